@@ -1,0 +1,88 @@
+"""Argument checks shared by the functional API and the modules: clear errors instead of NaNs or deep ATen failures.
+
+Every check raises ValueError (a bad value) or TypeError (a bad type) whose message names the function, the argument
+and what was expected. All checks look at shapes, dtypes and Python numbers only, so they cost nothing under
+``torch.compile`` and never synchronize with a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_floating(fn: str, input: Tensor, name: str = "input") -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"{fn}: {name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {input.dtype}"
+        )
+
+
+def check_eps(fn: str, eps: float | None, allow_none: bool = False) -> None:
+    if eps is None and allow_none:
+        return
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a positive float, got {eps!r}")
+    if not eps > 0 or math.isinf(eps):
+        raise ValueError(f"{fn}: eps must be a positive finite float (it keeps 1/sqrt(var + eps) finite), got {eps}")
+
+
+def check_min_dim(fn: str, input: Tensor, min_dim: int, layout: str) -> None:
+    if input.dim() < min_dim:
+        raise ValueError(f"{fn}: expected input of shape {layout} with at least {min_dim} dims, got shape {tuple(input.shape)}")
+
+
+def check_per_channel(fn: str, channels: int, **tensors: Tensor | None) -> None:
+    """Each given tensor must hold one value per channel (``input.shape[1]``)."""
+    for name, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise ValueError(
+                f"{fn}: {name} has {t.numel()} elements (shape {tuple(t.shape)}), expected {channels}, "
+                f"one per channel of the input (input.shape[1])"
+            )
+
+
+def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral):
+        return (int(normalized_shape),)
+    try:
+        shape = tuple(int(d) for d in normalized_shape)
+    except TypeError:
+        raise TypeError(f"{fn}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}") from None
+    if not shape:
+        raise ValueError(f"{fn}: normalized_shape must have at least one dim, got {normalized_shape!r}")
+    return shape
+
+
+def check_trailing(fn: str, input: Tensor, normalized_shape: tuple[int, ...], **params: Tensor | None) -> None:
+    k = len(normalized_shape)
+    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
+        raise ValueError(
+            f"{fn}: normalized_shape {list(normalized_shape)} must equal the trailing dims of the input, "
+            f"expected input of shape [*, {', '.join(map(str, normalized_shape))}], got {list(input.shape)}"
+        )
+    for name, p in params.items():
+        if p is not None and tuple(p.shape) != normalized_shape:
+            raise ValueError(f"{fn}: {name} must have shape {list(normalized_shape)}, got {list(p.shape)}")
+
+
+def check_groups(fn: str, num_groups: int, channels: int) -> None:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
+    if num_groups <= 0 or channels % num_groups != 0:
+        raise ValueError(
+            f"{fn}: num_groups ({num_groups}) must be a positive divisor of the number of channels ({channels})"
+        )
+
+
+def check_num_features(cls: str, num_features: int, arg: str = "num_features") -> None:
+    if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+        raise TypeError(f"{cls}: {arg} must be an int, got {num_features!r}")
+    if num_features < 0:
+        raise ValueError(f"{cls}: {arg} must be non-negative, got {num_features}")

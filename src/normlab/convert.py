@@ -1,0 +1,114 @@
+"""Swap a model's normalization layers between torch.nn and normlab, in place, both ways.
+
+The twin takes over the very same Parameter and buffer objects (so an optimizer built before the swap keeps
+working), the training flag, and with them the device and dtype. Only exact torch classes are converted: a
+subclass (timm's BatchNormAct2d, say) has behaviour of its own that a plain twin would drop, so it is left alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch.nn import Module
+
+from . import nn as nl
+
+__all__ = ["from_torch", "to_torch", "TWINS"]
+
+
+def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
+    tn = torch.nn
+    pairs = [
+        (tn.BatchNorm1d, nl.BatchNorm1d),
+        (tn.BatchNorm2d, nl.BatchNorm2d),
+        (tn.BatchNorm3d, nl.BatchNorm3d),
+        (tn.InstanceNorm1d, nl.InstanceNorm1d),
+        (tn.InstanceNorm2d, nl.InstanceNorm2d),
+        (tn.InstanceNorm3d, nl.InstanceNorm3d),
+        (tn.LayerNorm, nl.LayerNorm),
+        (tn.GroupNorm, nl.GroupNorm),
+    ]
+    if hasattr(tn, "RMSNorm"):
+        pairs.append((tn.RMSNorm, nl.RMSNorm))
+    return pairs
+
+
+TWINS: list[tuple[type[Module], type[Module]]] = _torch_twins()
+"""(torch class, normlab class) pairs that :func:`from_torch` and :func:`to_torch` convert between."""
+
+
+def _hyperparameters(module: Module) -> dict:
+    """Constructor arguments that rebuild ``module``'s configuration (parameters and buffers are carried apart)."""
+    if hasattr(module, "num_groups"):
+        kw = dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine)
+    elif hasattr(module, "num_features"):
+        kw = dict(
+            num_features=module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+    else:
+        kw = dict(normalized_shape=module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine)
+    if "bias" in module._parameters and (getattr(module, "affine", None) or getattr(module, "elementwise_affine", None)):
+        kw["bias"] = module.bias is not None
+    return kw
+
+
+def _build_twin(module: Module, target: type[Module]) -> Module:
+    kw = _hyperparameters(module)
+    accepted = inspect.signature(target.__init__).parameters
+    if kw.get("bias") is False and "bias" not in accepted:
+        raise ValueError(
+            f"cannot convert {type(module).__name__}(bias=False) to {target.__module__}.{target.__name__}: this torch "
+            f"version's {target.__name__} has no bias argument"
+        )
+    kw = {k: v for k, v in kw.items() if k in accepted}
+    twin = target(**kw, device="meta")
+    _carry_state(module, twin)
+    return twin
+
+
+def _carry_state(source: Module, twin: Module) -> None:
+    if set(source._parameters) != set(twin._parameters) or set(source._buffers) != set(twin._buffers):
+        raise ValueError(
+            f"cannot convert {type(source).__name__}: its parameters {sorted(source._parameters)} and buffers "
+            f"{sorted(source._buffers)} do not match {type(twin).__name__}'s"
+        )
+    for name, param in source._parameters.items():
+        twin._parameters[name] = param
+    for name, buf in source._buffers.items():
+        twin._buffers[name] = buf
+    twin._non_persistent_buffers_set = set(source._non_persistent_buffers_set)
+    twin.train(source.training)
+
+
+def _swap(model: Module, table: dict[type[Module], type[Module]]) -> Module:
+    target = table.get(type(model))
+    if target is not None:
+        return _build_twin(model, target)
+    for name, child in model.named_children():
+        new_child = _swap(child, table)
+        if new_child is not child:
+            setattr(model, name, new_child)
+    return model
+
+
+def from_torch(model: Module) -> Module:
+    """Replace, in place, every torch.nn normalization module in ``model`` by its normlab twin; return ``model``.
+
+    Converts BatchNorm1d/2d/3d, InstanceNorm1d/2d/3d, LayerNorm, GroupNorm and RMSNorm. Outputs and gradients are
+    unchanged. If ``model`` itself is a norm module, the twin is returned (a module cannot replace itself).
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"from_torch: model must be a torch.nn.Module, got {type(model).__name__}")
+    return _swap(model, dict(TWINS))
+
+
+def to_torch(model: Module) -> Module:
+    """The reverse of :func:`from_torch`: every normlab twin in ``model`` becomes the torch.nn module again."""
+    if not isinstance(model, Module):
+        raise TypeError(f"to_torch: model must be a torch.nn.Module, got {type(model).__name__}")
+    return _swap(model, {ours: theirs for theirs, ours in TWINS})

@@ -1,0 +1,200 @@
+r"""BatchNorm1d/2d/3d: drop-in twins of ``torch.nn.BatchNorm*d``.
+
+Same constructor signatures and defaults, same parameters and buffers (``weight``, ``bias``, ``running_mean``,
+``running_var``, ``num_batches_tracked``) with the same names, dtypes and shapes, the same ``_version = 2``
+state_dict hook, and the same train/eval semantics, so checkpoints load both ways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter, init
+
+from .. import _checks
+from .. import functional as NF
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _NormBase(Module):
+    """Parameters, buffers and state_dict contract shared by BatchNorm and InstanceNorm (as torch's _NormBase)."""
+
+    _version = 2
+    __constants__ = ["track_running_stats", "momentum", "eps", "num_features", "affine"]
+    num_features: int
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        _checks.check_num_features(type(self).__name__, num_features)
+        _checks.check_eps(type(self).__name__, eps)
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if self.affine:
+            self.weight = Parameter(torch.empty(num_features, **factory_kwargs))
+            if bias:
+                self.bias = Parameter(torch.empty(num_features, **factory_kwargs))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
+            self.running_mean: Tensor | None
+            self.running_var: Tensor | None
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+            self.num_batches_tracked: Tensor | None
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()  # type: ignore[union-attr]
+            self.running_var.fill_(1)  # type: ignore[union-attr]
+            self.num_batches_tracked.zero_()  # type: ignore[union-attr]
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        raise NotImplementedError
+
+    def _check_rank(self, input: Tensor, ranks: tuple[int, ...]) -> None:
+        if input.dim() not in ranks:
+            expected = " or ".join(f"{r}D" for r in ranks)
+            raise ValueError(f"{type(self).__name__}: expected {expected} input (got {input.dim()}D input)")
+
+    def _check_channels(self, input: Tensor, channel_dim: int = 1) -> None:
+        if input.shape[channel_dim] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}: expected input with {self.num_features} channels (num_features) at "
+                f"dim {channel_dim}, got {input.shape[channel_dim]} in input of shape {tuple(input.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
+            "bias={use_bias}, track_running_stats={track_running_stats}".format(
+                **self.__dict__, use_bias=self.bias is not None
+            )
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        version = local_metadata.get("version", None)
+        if (version is None or version < 2) and self.track_running_stats:
+            # Version 2 added num_batches_tracked; older checkpoints start it at 0.
+            key = prefix + "num_batches_tracked"
+            if key not in state_dict:
+                state_dict[key] = (
+                    self.num_batches_tracked
+                    if self.num_batches_tracked is not None and self.num_batches_tracked.device != torch.device("meta")
+                    else torch.tensor(0, dtype=torch.long)
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class _BatchNorm(_NormBase):
+    def _averaging_factor(self) -> float:
+        """The weight of this batch in the running statistics; counts the batch as torch does."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        self._check_channels(input)
+        factor = self._averaging_factor()
+        # Batch statistics in training, and in eval when there are no running buffers to use.
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # Buffers are passed only to be updated (training and tracking) or to normalize (eval).
+        pass_buffers = not self.training or self.track_running_stats
+        return NF.batch_norm(
+            input,
+            self.running_mean if pass_buffers else None,
+            self.running_var if pass_buffers else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+
+_BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} input.
+
+    .. math:: y = \frac{{x - \mathrm{{E}}[x]}}{{\sqrt{{\mathrm{{Var}}[x] + \epsilon}}}}\,\gamma + \beta
+
+    Statistics per channel over S_i = (N, {axes}): batch-dependent. In training the biased batch variance
+    normalizes, and the running estimates are updated with momentum (``None``: cumulative average) using the
+    unbiased one; in eval the running estimates normalize. ``track_running_stats=False`` sets the buffers to None
+    and uses batch statistics in eval too.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance, > 0. Default: 1e-5.
+        momentum: weight of the current batch in the running estimates, or None. Default: 0.1.
+        affine: learnable per-channel ``weight`` (gamma, init 1) and ``bias`` (beta, init 0). Default: True.
+        track_running_stats: keep ``running_mean``, ``running_var``, ``num_batches_tracked``. Default: True.
+        bias: with ``affine``, also learn ``bias``. Default: True.
+
+    Shape:
+        - Input: {shape_in}; output: same shape (channels_last stays channels_last).
+    """
+
+
+class BatchNorm1d(_BatchNorm):
+    __doc__ = _BATCH_NORM_DOC.format(shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (2, 3))
+
+
+class BatchNorm2d(_BatchNorm):
+    __doc__ = _BATCH_NORM_DOC.format(shape="4D", axes="H, W", shape_in="``(N, C, H, W)``")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (4,))
+
+
+class BatchNorm3d(_BatchNorm):
+    __doc__ = _BATCH_NORM_DOC.format(shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (5,))

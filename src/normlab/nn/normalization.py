@@ -1,0 +1,209 @@
+r"""LayerNorm, GroupNorm, RMSNorm: drop-in twins of the modules in ``torch/nn/modules/normalization.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter, init
+
+from .. import _checks
+from .. import functional as NF
+
+__all__ = ["LayerNorm", "GroupNorm", "RMSNorm"]
+
+
+class LayerNorm(Module):
+    r"""Layer Normalization (Ba et al. 2016) over the trailing ``normalized_shape`` dims.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
+
+    Statistics per row over S_i = the last ``len(normalized_shape)`` dims (biased variance): independent of the
+    batch, the same in training and eval.
+
+    Args:
+        normalized_shape: the trailing shape to normalize over (an int for the last dim).
+        eps: added to the variance, > 0. Default: 1e-5.
+        elementwise_affine: learnable ``weight`` (init 1) and ``bias`` (init 0) of shape ``normalized_shape``.
+        bias: with ``elementwise_affine``, also learn ``bias``. Default: True.
+
+    Shape:
+        - Input: ``(*, *normalized_shape)``; output: same shape.
+    """
+
+    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
+    normalized_shape: tuple[int, ...]
+    eps: float
+    elementwise_affine: bool
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int] | torch.Size,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
+        _checks.check_eps(type(self).__name__, eps)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if self.elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
+            if bias:
+                self.bias = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={use_bias}".format(
+            **self.__dict__, use_bias=self.bias is not None
+        )
+
+
+class GroupNorm(Module):
+    r"""Group Normalization (Wu & He 2018): channels split into ``num_groups`` groups, each normalized per example.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
+
+    Statistics per (example, group) over S_i = the C/G channels of the group and every spatial position:
+    independent of the batch. ``num_groups=1`` is the Group Norm paper's LayerNorm (per-channel affine),
+    ``num_groups=C`` its InstanceNorm.
+
+    Args:
+        num_groups: G, a divisor of ``num_channels``.
+        num_channels: C.
+        eps: added to the variance, > 0. Default: 1e-5.
+        affine: learnable per-channel ``weight`` and ``bias``. Default: True.
+        bias: with ``affine``, also learn ``bias``. Default: True.
+
+    Shape:
+        - Input: ``(N, C, *)``; output: same shape (channels_last stays channels_last).
+    """
+
+    __constants__ = ["num_groups", "num_channels", "eps", "affine"]
+    num_groups: int
+    num_channels: int
+    eps: float
+    affine: bool
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        name = type(self).__name__
+        _checks.check_num_features(name, num_channels, "num_channels")
+        _checks.check_groups(name, num_groups, num_channels)
+        _checks.check_eps(name, eps)
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if self.affine:
+            self.weight = Parameter(torch.empty(num_channels, **factory_kwargs))
+            if bias:
+                self.bias = Parameter(torch.empty(num_channels, **factory_kwargs))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        _checks.check_min_dim(type(self).__name__, input, 2, "(N, C, *)")
+        if input.shape[1] != self.num_channels:
+            raise ValueError(
+                f"GroupNorm: expected input with {self.num_channels} channels (num_channels) at dim 1, "
+                f"got {input.shape[1]} in input of shape {tuple(input.shape)}"
+            )
+        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={use_bias}".format(
+            **self.__dict__, use_bias=self.bias is not None
+        )
+
+
+class RMSNorm(Module):
+    r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019).
+
+    .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_k x_k^2 + \epsilon}}\,\gamma
+
+    over the K values of the trailing ``normalized_shape`` dims: LayerNorm without centering and bias.
+
+    Args:
+        normalized_shape: the trailing shape to normalize over.
+        eps: added to the mean square, > 0; ``None`` means ``torch.finfo(input.dtype).eps``. Default: None.
+        elementwise_affine: learnable ``weight`` (init 1) of shape ``normalized_shape``. Default: True.
+
+    Shape:
+        - Input: ``(*, *normalized_shape)``; output: same shape.
+    """
+
+    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
+    normalized_shape: tuple[int, ...]
+    eps: float | None
+    elementwise_affine: bool
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int] | torch.Size,
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
+        _checks.check_eps(type(self).__name__, eps, allow_none=True)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if self.elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)

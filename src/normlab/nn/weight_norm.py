@@ -1,0 +1,72 @@
+r"""Weight Normalization as a parametrization, state_dict-compatible with
+``torch.nn.utils.parametrizations.weight_norm``.
+
+.. math:: w = g\,\frac{v}{\lVert v\rVert}
+
+The parameter ``name`` is replaced by ``parametrizations.<name>.original0`` (g, the magnitude, shaped like
+``norm_except_dim(w, 2, dim)``) and ``parametrizations.<name>.original1`` (v, the direction, shaped like w):
+the same keys torch uses, so checkpoints move both ways. Old-style ``<name>_g`` / ``<name>_v`` keys (from
+``torch.nn.utils.weight_norm``) are accepted on load, as torch does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.nn.utils import parametrize
+
+from .. import functional as NF
+
+__all__ = ["weight_norm", "WeightNorm"]
+
+
+class WeightNorm(Module):
+    """The parametrization itself: ``forward(g, v) = g * v / ||v||`` with the norm over every dim but ``dim``."""
+
+    def __init__(self, dim: int | None = 0) -> None:
+        super().__init__()
+        self.dim = -1 if dim is None else dim
+
+    def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
+        return NF.weight_norm(weight_v, weight_g, self.dim)
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.norm_except_dim(weight, 2, self.dim), weight
+
+
+def _check_target(module: Module, name: str, dim: int | None) -> None:
+    if not isinstance(module, Module):
+        raise TypeError(f"weight_norm: module must be a torch.nn.Module, got {type(module).__name__}")
+    param = getattr(module, name, None)
+    if not isinstance(param, torch.nn.Parameter):
+        raise ValueError(f"weight_norm: {type(module).__name__} has no parameter named {name!r}")
+    if not param.is_floating_point():
+        raise TypeError(f"weight_norm: parameter {name!r} must be floating point, got {param.dtype}")
+    if dim is not None and not -param.dim() <= dim < max(param.dim(), 1):
+        raise ValueError(
+            f"weight_norm: dim must be None or in [{-param.dim()}, {param.dim() - 1}] for the "
+            f"{param.dim()}-d parameter {name!r}, got {dim}"
+        )
+
+
+def weight_norm(module: Module, name: str = "weight", dim: int | None = 0) -> Module:
+    r"""Apply Weight Normalization (Salimans & Kingma 2016) to ``module.<name>``; returns the module.
+
+    Args:
+        module: the module holding the parameter.
+        name: the parameter's name. Default: ``"weight"``.
+        dim: the dim kept by the norm (one g per slice along it); ``None`` for one norm over the whole tensor
+            (as in torch, ``-1`` means the same). Default: 0 (one g per output unit).
+    """
+    _check_target(module, name, dim)
+    parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)
+
+    def _accept_legacy_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        g_key, v_key = f"{prefix}{name}_g", f"{prefix}{name}_v"
+        if g_key in state_dict and v_key in state_dict:
+            state_dict[f"{prefix}parametrizations.{name}.original0"] = state_dict.pop(g_key)
+            state_dict[f"{prefix}parametrizations.{name}.original1"] = state_dict.pop(v_key)
+
+    module._register_load_state_dict_pre_hook(_accept_legacy_keys)
+    return module
