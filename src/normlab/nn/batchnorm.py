@@ -129,17 +129,34 @@ class _NormBase(Module):
 
 class _BatchNorm(_NormBase):
     def _averaging_factor(self) -> float:
-        """The weight of this batch in the running statistics; counts the batch as torch does."""
-        factor = 0.0 if self.momentum is None else self.momentum
+        """The weight of this batch in the running statistics (momentum=None is handled by _forward_cumulative)."""
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        return factor
+        return 0.0 if self.momentum is None else self.momentum
+
+    def _forward_cumulative(self, input: Tensor) -> Tensor:
+        """Training with ``momentum=None``: running stats are the plain average over all batches so far.
+
+        torch computes the factor as ``1 / float(num_batches_tracked)``, a host read of a tensor that breaks
+        ``torch.compile(fullgraph=True)``; here the factor stays a tensor and the update is a lerp.
+        """
+        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        out = NF.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        if input.numel() > 0:  # ATen leaves the buffers alone for an empty batch
+            with torch.no_grad():
+                dims = (0,) + tuple(range(2, input.dim()))
+                stats_dtype = self.running_mean.dtype  # type: ignore[union-attr]
+                var, mean = torch.var_mean(input.detach().to(stats_dtype), dim=dims, correction=1)
+                factor = self.num_batches_tracked.reciprocal().to(stats_dtype)  # type: ignore[union-attr]
+                self.running_mean.lerp_(mean, factor)  # type: ignore[union-attr]
+                self.running_var.lerp_(var, factor)  # type: ignore[union-attr]
+        return out
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_channels(input)
+        if self.training and self.track_running_stats and self.momentum is None:
+            return self._forward_cumulative(input)
         factor = self._averaging_factor()
         # Batch statistics in training, and in eval when there are no running buffers to use.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)

@@ -60,11 +60,15 @@ class Layout:
         """True when one statistic mixes different examples: the view's first axis (the batch) is reduced."""
         return 0 in self.axes
 
+    def statistic_of(self, flat_index: np.ndarray) -> np.ndarray:
+        """The index of the statistic that each input element (given by its C-order flat index) belongs to."""
+        coords = np.unravel_index(np.asarray(flat_index), self.view)
+        kept = [coords[i] for i in range(len(self.view)) if i not in self.axes]
+        return np.ravel_multi_index(kept, self.kept_shape) if kept else np.zeros_like(flat_index)
+
     def statistic_index(self) -> np.ndarray:
         """An int array of ``input_shape``: for every input element, the index of the statistic it belongs to."""
-        ids = np.arange(self.num_statistics).reshape(self.kept_shape)
-        expanded = np.expand_dims(ids, self.axes)
-        return np.broadcast_to(expanded, self.view).reshape(self.input_shape)
+        return self.statistic_of(np.arange(math.prod(self.input_shape))).reshape(self.input_shape)
 
 
 def _spatial_size(shape: Sequence[int]) -> int:

@@ -1,0 +1,36 @@
+"""Shared test helpers: comparisons in float64 and random inputs (never zeros)."""
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+
+def assert_close(actual, expected, *, atol, rtol, msg=""):
+    """Compare a torch tensor or array with an array, in float64, with a readable failure."""
+    a = actual.detach().double().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual, np.float64)
+    e = expected.detach().double().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected, np.float64)
+    assert a.shape == e.shape, f"{msg} shape {a.shape} != {e.shape}"
+    np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, err_msg=msg)
+
+
+def random_input(shape, dtype=torch.float32, seed=0, scale=1.0, shift=0.0):
+    """Fresh standard-normal values (times scale, plus shift) of ``shape``, rounded to ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+
+def random_params(c, dtype=torch.float32, seed=1):
+    """Non-trivial affine parameters: weight around 1, bias around 0, neither exactly."""
+    g = torch.Generator().manual_seed(seed)
+    w = 1.0 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
+    b = 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
+    return w.to(dtype), b.to(dtype)
+
+
+def nchw_shapes(min_dims=3, max_dims=5, max_side=6, min_batch=1):
+    """Hypothesis strategy for (N, C, *spatial) shapes."""
+    return st.integers(min_dims, max_dims).flatmap(
+        lambda nd: st.tuples(
+            st.integers(min_batch, 5), st.integers(1, 8), *[st.integers(1, max_side) for _ in range(nd - 2)]
+        )
+    )
