@@ -147,7 +147,7 @@ class _BatchNorm(_NormBase):
                 dims = (0,) + tuple(range(2, input.dim()))
                 stats_dtype = self.running_mean.dtype  # type: ignore[union-attr]
                 var, mean = torch.var_mean(input.detach().to(stats_dtype), dim=dims, correction=1)
-                factor = self.num_batches_tracked.reciprocal().to(stats_dtype)  # type: ignore[union-attr]
+                factor = self.num_batches_tracked.to(stats_dtype).reciprocal()  # type: ignore[union-attr]
                 self.running_mean.lerp_(mean, factor)  # type: ignore[union-attr]
                 self.running_var.lerp_(var, factor)  # type: ignore[union-attr]
         return out
