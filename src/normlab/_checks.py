@@ -16,6 +16,8 @@ from torch import Tensor
 
 
 def check_floating(fn: str, input: Tensor, name: str = "input") -> None:
+    if type(input) is Tensor and input.is_floating_point():
+        return
     if not isinstance(input, Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
@@ -25,6 +27,8 @@ def check_floating(fn: str, input: Tensor, name: str = "input") -> None:
 
 
 def check_eps(fn: str, eps: float | None, allow_none: bool = False) -> None:
+    if type(eps) is float and 0.0 < eps < math.inf:  # the common case, kept cheap for small-tensor calls
+        return
     if eps is None and allow_none:
         return
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
@@ -49,6 +53,8 @@ def check_per_channel(fn: str, channels: int, **tensors: Tensor | None) -> None:
 
 
 def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
+    if type(normalized_shape) is tuple and normalized_shape:  # modules pass their validated tuple
+        return normalized_shape
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
     try:
@@ -62,7 +68,7 @@ def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tup
 
 def check_trailing(fn: str, input: Tensor, normalized_shape: tuple[int, ...], **params: Tensor | None) -> None:
     k = len(normalized_shape)
-    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
+    if input.dim() < k or input.shape[input.dim() - k :] != normalized_shape:
         raise ValueError(
             f"{fn}: normalized_shape {list(normalized_shape)} must equal the trailing dims of the input, "
             f"expected input of shape [*, {', '.join(map(str, normalized_shape))}], got {list(input.shape)}"
@@ -73,6 +79,8 @@ def check_trailing(fn: str, input: Tensor, normalized_shape: tuple[int, ...], **
 
 
 def check_groups(fn: str, num_groups: int, channels: int) -> None:
+    if type(num_groups) is int and num_groups > 0 and channels % num_groups == 0:
+        return
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
     if num_groups <= 0 or channels % num_groups != 0:

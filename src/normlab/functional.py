@@ -82,7 +82,7 @@ def batch_norm(
     _checks.check_per_channel(
         fn, channels, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
-    if training and math.prod(input.shape) // max(channels, 1) == 1 and channels > 0:
+    if training and channels > 0 and input.numel() == channels:
         raise ValueError(
             f"{fn}: expected more than 1 value per channel when training, got input of shape {tuple(input.shape)}; "
             "batch statistics of a single value are undefined (use eval mode, a larger batch, or GroupNorm/LayerNorm)"

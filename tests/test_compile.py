@@ -1,0 +1,45 @@
+"""Every module compiles with torch.compile(fullgraph=True) on CPU inductor: no graph breaks, same results."""
+
+import pytest
+import torch
+import torch._dynamo
+
+import normlab.nn as nl
+from torch import nn
+
+CASES = {
+    "BatchNorm1d": (lambda: nl.BatchNorm1d(4), (6, 4)),
+    "BatchNorm1d-cumulative": (lambda: nl.BatchNorm1d(4, momentum=None), (6, 4, 3)),
+    "BatchNorm2d": (lambda: nl.BatchNorm2d(4), (3, 4, 5, 5)),
+    "BatchNorm3d": (lambda: nl.BatchNorm3d(4), (2, 4, 3, 3, 3)),
+    "InstanceNorm1d": (lambda: nl.InstanceNorm1d(4, affine=True), (3, 4, 7)),
+    "InstanceNorm2d": (lambda: nl.InstanceNorm2d(4, track_running_stats=True), (3, 4, 5, 5)),
+    "InstanceNorm3d": (lambda: nl.InstanceNorm3d(4), (2, 4, 3, 3, 3)),
+    "LayerNorm": (lambda: nl.LayerNorm([4, 5]), (3, 4, 5)),
+    "GroupNorm": (lambda: nl.GroupNorm(2, 4), (3, 4, 5, 5)),
+    "RMSNorm": (lambda: nl.RMSNorm(5), (3, 4, 5)),
+    "CosineLinear": (lambda: nl.CosineLinear(5, 3, centered=True, scale=5.0), (4, 5)),
+    "CosineConv2d": (lambda: nl.CosineConv2d(4, 3, 3, padding=1), (2, 4, 5, 5)),
+    "weight_norm": (lambda: nl.weight_norm(nn.Linear(5, 3)), (4, 5)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fullgraph_compile(name):
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    eager, compiled_module = make(), make()
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, fullgraph=True, backend="inductor")
+    torch._dynamo.reset()
+    for step in range(2):
+        x = torch.randn(shape) * (1 + step) + step
+        x_e, x_c = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y_e, y_c = eager(x_e), compiled(x_c)
+        torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5)
+        y_e.square().sum().backward()
+        y_c.square().sum().backward()
+        torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
+    for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers()):
+        torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=n)
