@@ -1,0 +1,293 @@
+"""Training loops for one lab run: a configuration dict in, (metrics, curves) out. Deterministic for a seed on CPU."""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import ImageData, load_images, load_text
+from .models import CharTransformer, ConvNet
+
+__all__ = ["run", "RunOutput"]
+
+RunOutput = tuple[dict[str, float], dict[str, list[float]]]
+
+
+def run(config: dict[str, Any]) -> RunOutput:
+    """Execute one run described by ``config`` (its ``task`` picks the loop)."""
+    torch.manual_seed(config["seed"])
+    task = config["task"]
+    if task == "classify":
+        return train_classifier(config)
+    if task == "char_lm":
+        return train_char_lm(config)
+    raise ValueError(f"unknown task {task!r}")
+
+
+@contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run probes (extra forwards, trial steps) without leaving a trace in parameters or running statistics."""
+    saved = copy.deepcopy(model.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)
+
+
+class BatchStatRecorder:
+    """Records the per-step batch mean and variance of a layer's input, per feature (PowerNorm's measurement)."""
+
+    def __init__(self, module: nn.Module, channel_dim: int) -> None:
+        self.means: list[Tensor] = []
+        self.vars: list[Tensor] = []
+        self.channel_dim = channel_dim
+        self.enabled = True
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        if not (self.enabled and module.training):
+            return
+        x = args[0].detach().movedim(self.channel_dim, -1).reshape(-1, args[0].shape[self.channel_dim])
+        var, mean = torch.var_mean(x.double(), dim=0)
+        self.means.append(mean)
+        self.vars.append(var)
+
+    def fluctuation(self, skip: int) -> dict[str, float]:
+        """Across steps: std of the batch mean over the typical std, and relative std of the batch variance."""
+        self.handle.remove()
+        if len(self.means) <= skip + 1:
+            return {}
+        means, variances = torch.stack(self.means[skip:]), torch.stack(self.vars[skip:])
+        scale = variances.mean(0).sqrt().clamp_min(1e-12)
+        return {
+            "batch_mean_fluctuation": float((means.std(0) / scale).mean()),
+            "batch_var_fluctuation": float((variances.std(0) / variances.mean(0).clamp_min(1e-12)).mean()),
+        }
+
+
+def _stream_order(labels: Tensor, stream: str, chunk: int, generator: torch.Generator) -> Tensor:
+    """The order examples arrive in: i.i.d. permutation, or class-sorted chunks cycling through the classes."""
+    n = len(labels)
+    if stream == "iid":
+        return torch.randperm(n, generator=generator)
+    per_class = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
+    per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
+    chunks = [list(idx.split(chunk)) for idx in per_class]
+    order = []
+    while any(chunks):
+        for class_chunks in chunks:
+            if class_chunks:
+                order.append(class_chunks.pop(0))
+    return torch.cat(order)
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum())
+    return correct / len(x)
+
+
+def _batch_stats_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+    """Accuracy in training mode on shuffled test batches: each batch normalized by its own statistics."""
+    probe = copy.deepcopy(model).train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    batch = max(batch, 2)
+    correct = total = 0
+    with torch.no_grad():
+        for i in range(0, len(x) - batch + 1, batch):
+            idx = order[i : i + batch]
+            correct += int((probe(x[idx]).argmax(-1) == y[idx]).sum())
+            total += len(idx)
+    return correct / max(total, 1)
+
+
+def _contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], seed: int) -> list[float]:
+    """Accuracy when every test example gets its own contrast a and brightness b: x -> a*x + b.
+
+    Strength s: log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) in standardized units.
+    """
+    g = torch.Generator().manual_seed(seed + 1000)
+    n = len(data.x_test)
+    shape = (n,) + (1,) * (data.x_test.dim() - 1)
+    u, v = torch.rand(shape, generator=g) * 2 - 1, torch.rand(shape, generator=g) * 2 - 1
+    return [_accuracy(model, torch.exp(u * s * math.log(5)) * data.x_test + 2 * s * v, data.y_test) for s in strengths]
+
+
+def _output_spread(model: nn.Module, data: ImageData, batch: int, compositions: int = 12) -> float:
+    """Training-mode output for one fixed example inside random batches: std across batches / mean |logit|."""
+    probe = copy.deepcopy(model).train()
+    g = torch.Generator().manual_seed(7)
+    example = data.x_test[:1]
+    outputs = []
+    with torch.no_grad():
+        for _ in range(compositions):
+            others = data.x_test[1 + torch.randperm(len(data.x_test) - 1, generator=g)[: batch - 1]]
+            outputs.append(probe(torch.cat([example, others]))[0])
+    out = torch.stack(outputs)
+    return float(out.std(0).mean() / out.abs().mean().clamp_min(1e-12))
+
+
+def _scale_invariance_error(model: nn.Module, layer: nn.Module, x: Tensor, alpha: float = 3.0) -> float:
+    """max |f(x; alpha*w) - f(x; w)| / max |f(x; w)| for the layer's weight, in training mode."""
+    with preserved_state(model), torch.no_grad():
+        base = model(x)
+        layer.weight.mul_(alpha)
+        scaled = model(x)
+    return float((scaled - base).abs().max() / base.abs().max().clamp_min(1e-12))
+
+
+def _gradient_predictiveness(model, loss_fn, x, y, lr) -> float:
+    """Santurkar et al. 2018: ||grad L(w) - grad L(w - lr*grad L(w))|| / ||grad L(w)|| on one batch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with preserved_state(model):
+        grads = torch.autograd.grad(loss_fn(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+        moved = torch.autograd.grad(loss_fn(model(x), y), params)
+    diff = math.sqrt(sum(float((a - b).square().sum()) for a, b in zip(grads, moved)))
+    norm = math.sqrt(sum(float(a.square().sum()) for a in grads))
+    return diff / max(norm, 1e-12)
+
+
+def _diverged(loss: float, initial: float) -> bool:
+    return not math.isfinite(loss) or loss > 10 * max(initial, 1.0)
+
+
+def train_classifier(config: dict[str, Any]) -> RunOutput:
+    data = load_images(config["data"], config.get("data_path"))
+    if config.get("train_subset"):
+        data = ImageData(data.name, data.x_train[: config["train_subset"]], data.y_train[: config["train_subset"]],
+                         data.x_test, data.y_test, data.num_classes)  # fmt: skip
+    device = torch.device(config.get("device", "cpu"))
+    model = ConvNet(
+        data.in_channels, data.num_classes, data.spatial_dims, config["norm"], config.get("width", 32),
+        config.get("depth", 3), config.get("weight_norm", False),
+    ).to(device)  # fmt: skip
+    batch, lr = config["batch_size"], config["lr"]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.get("momentum", 0.9),
+                          weight_decay=config.get("weight_decay", 0.0))  # fmt: skip
+    steps = config.get("steps") or config["epochs"] * math.ceil(len(data.x_train) / batch)
+    g = torch.Generator().manual_seed(config["seed"])
+    watched = model.features[3]  # the second conv, followed by a norm: the weight-decay study's layer
+    metrics: dict[str, float] = {}
+    if config.get("scale_invariance"):
+        metrics["scale_invariance_error"] = _scale_invariance_error(model, watched, data.x_train[:64].to(device))
+    last_norm = model.features[len(model.features) - 2]
+    recorder = BatchStatRecorder(last_norm, channel_dim=1) if config.get("record_batch_stats") else None
+    curves: dict[str, list[float]] = {"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []}
+    every = max(1, steps // config.get("points", 40))
+    order, pos, running, initial = None, 0, [], None
+    for step in range(steps):
+        if order is None or pos + batch > len(order):
+            order, pos = _stream_order(data.y_train, config.get("stream", "iid"), config.get("chunk", 100), g), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        if config.get("grad_predictiveness") and step % every == 0:
+            curves["grad_pred"].append(_gradient_predictiveness(model, F.cross_entropy, x, y, lr))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        initial = value if initial is None else initial
+        running.append(value)
+        if _diverged(value, initial):
+            metrics["diverged"] = 1.0
+            break
+        if step % every == 0 or step == steps - 1:
+            w2 = float(watched.weight.detach().square().sum())
+            curves["step"].append(step)
+            curves["loss"].append(float(np.mean(running)))
+            curves["weight_norm"].append(math.sqrt(w2))
+            curves["effective_lr"].append(lr / w2)
+            running = []
+    metrics.setdefault("diverged", 0.0)
+    if recorder is not None:
+        metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
+    model.eval()
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    if metrics["diverged"]:
+        chance = 1.0 / data.num_classes
+        metrics.update(test_acc=chance, test_acc_batch_stats=chance)
+        return metrics, curves
+    metrics["test_acc"] = _accuracy(model, x_test, y_test)
+    metrics["train_loss"] = curves["loss"][-1] if curves["loss"] else float("nan")
+    metrics["test_acc_batch_stats"] = _batch_stats_accuracy(model, x_test, y_test, config.get("test_batch", 50))
+    if config.get("contrast_strengths"):
+        curves["contrast_acc"] = _contrast_curve(model, data, config["contrast_strengths"], config["seed"])
+    if config.get("output_spread"):
+        metrics["output_spread"] = _output_spread(model, data, config.get("spread_batch", 16))
+    metrics["final_weight_norm"] = curves["weight_norm"][-1]
+    return metrics, curves
+
+
+def _lm_batch(ids: Tensor, batch: int, seq_len: int, pad: int, g: torch.Generator, variable: bool):
+    starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
+    window = torch.stack([ids[s : s + seq_len + 1] for s in starts.tolist()])
+    tokens, targets = window[:, :-1].clone(), window[:, 1:].clone()
+    if variable:
+        lengths = torch.randint(seq_len // 4, seq_len + 1, (batch,), generator=g)
+    else:
+        lengths = torch.full((batch,), seq_len)
+    padding = torch.arange(seq_len)[None, :] >= lengths[:, None]
+    tokens[padding] = pad
+    targets[padding] = -100
+    return tokens, targets, padding
+
+
+def train_char_lm(config: dict[str, Any]) -> RunOutput:
+    text = load_text()
+    vocab, pad = len(text.vocab), len(text.vocab)
+    seq_len, batch = config["seq_len"], config["batch_size"]
+    model = CharTransformer(vocab, config["norm"], config.get("dim", 64), config.get("layers", 2), max_len=seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
+    g = torch.Generator().manual_seed(config["seed"])
+    recorder = BatchStatRecorder(model.blocks[-1].norm2, channel_dim=-1)
+    curves: dict[str, list[float]] = {"step": [], "loss": [], "valid_bpc": []}
+    steps, every = config["steps"], max(1, config["steps"] // config.get("points", 20))
+    vg = torch.Generator().manual_seed(1234)
+    valid = [_lm_batch(text.valid, 32, seq_len, pad, vg, variable=False) for _ in range(4)]
+
+    def valid_bpc() -> float:
+        model.eval()
+        recorder.enabled = False
+        with torch.no_grad():
+            losses = [float(F.cross_entropy(model(t, p).transpose(1, 2), y)) for t, y, p in valid]
+        model.train()
+        recorder.enabled = True
+        return float(np.mean(losses)) / math.log(2)
+
+    metrics: dict[str, float] = {"diverged": 0.0}
+    running, initial = [], None
+    for step in range(steps):
+        tokens, targets, padding = _lm_batch(text.train, batch, seq_len, pad, g, variable=True)
+        loss = F.cross_entropy(model(tokens, padding).transpose(1, 2), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        value = float(loss.detach())
+        initial = value if initial is None else initial
+        running.append(value)
+        if _diverged(value, initial):
+            metrics["diverged"] = 1.0
+            break
+        if step % every == 0 or step == steps - 1:
+            curves["step"].append(step)
+            curves["loss"].append(float(np.mean(running)) / math.log(2))
+            curves["valid_bpc"].append(valid_bpc())
+            running = []
+    metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
+    metrics["valid_bpc"] = valid_bpc() if not metrics["diverged"] else math.log2(vocab)
+    return metrics, curves
