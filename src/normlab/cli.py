@@ -27,6 +27,41 @@ def _list_norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import os
+
+    from .lab import OUTCOME_ORDER, STUDIES, Options, compare
+    from .registry import canonical_name
+
+    if args.list:
+        for name, study in STUDIES.items():
+            print(f"{name:18s} {study.claim}\n{'':18s} ({study.source})")
+        return 0
+    norms = None
+    if args.norms:
+        norms = tuple(n if n in ("weight", "weight+meanonly") else canonical_name(n) for n in args.norms.split(","))
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data)
+    index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
+                                 progress=not args.no_progress)  # fmt: skip
+    width = max(len(n) for n in results) + 2
+    print("\n" + "study".ljust(width) + "  ".join(o for o in OUTCOME_ORDER))
+    for name, result in results.items():
+        counts = {o: sum(v.outcome == o for v in result.verdicts) for o in OUTCOME_ORDER}
+        print(name.ljust(width) + "  ".join(str(counts[o]).center(len(o)) for o in OUTCOME_ORDER))
+    print(f"\nreport: {index.resolve()}")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
@@ -50,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--figure", metavar="PATH", help="save the cube figure (PNG or SVG) to PATH")
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser(
+        "compare",
+        help="re-test the claims about normalization on this machine and write an HTML report",
+        description="Run the lab's studies (each a published claim about normalization), skipping runs already "
+        "stored in OUT/results.sqlite, then write OUT/index.html with figures, tables and verdicts computed "
+        "from the data, beside the published numbers.",
+    )
+    p.add_argument("--list", action="store_true", help="list the studies and their claims, then exit")
+    p.add_argument("--study", action="append", metavar="NAME", help="run only this study (repeatable)")
+    p.add_argument("--norms", help="comma-separated norm names (any from `normlab norms`) instead of each study's own")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 2, 5 with --full)")
+    p.add_argument("--full", action="store_true", help="more seeds, steps and settings (much slower)")
+    p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
+    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs train (default cpu)")
+    p.add_argument("--data", metavar="KIND:PATH", help="real images instead of the embedded data: cifar10:PATH or mnist:PATH")
+    p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("norms", help="list the registered normalization names", description="List create_norm's names.")
     p.set_defaults(func=_list_norms)

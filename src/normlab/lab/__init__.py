@@ -1,0 +1,60 @@
+"""The lab behind ``normlab compare``: re-test the folk claims about normalization on this machine.
+
+data -> models -> train (one run) -> store (SQLite) -> studies (claims, configs, analysis) -> report (HTML).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .report import OUTCOME_ORDER, write_report
+from .runner import run_sweep
+from .store import Store, config_key
+from .study import Options
+from .studies import STUDIES
+
+__all__ = ["STUDIES", "Options", "compare", "OUTCOME_ORDER"]
+
+
+def compare(
+    out: str | Path = "normlab-results",
+    studies: list[str] | None = None,
+    options: Options = Options(),
+    workers: int = 1,
+    fresh: bool = False,
+    progress: bool = True,
+    log=print,
+) -> tuple[Path, dict, bool]:
+    """Run the studies (skipping runs already stored in ``out``), analyze them and write the report.
+
+    Returns ``(index_path, {study: StudyResult}, all_runs_ok)``.
+    """
+    names = studies or list(STUDIES)
+    unknown = [n for n in names if n not in STUDIES]
+    if unknown:
+        raise ValueError(f"unknown study {', '.join(unknown)}; available: {', '.join(STUDIES)}")
+    out = Path(out)
+    if fresh:
+        for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    chosen = [STUDIES[n] for n in names]
+    configs = {s.name: s.configs(options) for s in chosen}
+    store_path = out / "results.sqlite"
+    sweep = run_sweep([c for s in chosen for c in configs[s.name]], store_path, workers=workers, progress=progress)
+    log(f"{sweep.total} runs: {sweep.skipped} already stored, {sweep.ran} ran now" +
+        (f" in {sweep.seconds:.0f} s" if sweep.ran else "") + (f", {len(sweep.failed)} failed" if sweep.failed else ""))
+    for config, error in sweep.failed:
+        print(f"run failed: {config}\n{error}", file=sys.stderr)
+    results, records, setups = {}, {}, {}
+    with Store(store_path) as store:
+        for s in chosen:
+            records[s.name] = store.records(s.name, keys=[config_key(c) for c in configs[s.name]])
+            results[s.name] = s.analyze(records[s.name], out / "figures", options)
+            setups[s.name] = s.setup(options)
+    index = write_report(out, chosen, results, records, setups, options)
+    return index, results, not sweep.failed

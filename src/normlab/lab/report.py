@@ -1,0 +1,135 @@
+"""The report: ``<out>/index.html`` with its figures in ``<out>/figures``, plus ``results.csv`` and ``results.json``.
+
+Self-contained and offline: no script, no CDN, only local images and inline CSS.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .published import ANCHORS
+from .store import RunRecord
+from .study import CRITERION, Study, StudyResult
+
+__all__ = ["write_report", "OUTCOME_ORDER"]
+
+OUTCOME_ORDER = ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive")
+_BADGE = {"reproduced": "#1b7f3b", "not reproduced at this scale": "#8a6d00", "contradicted": "#b3261e",
+          "inconclusive": "#5f6368"}  # fmt: skip
+
+_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #202124; }
+h1 { margin-bottom: 0; } h2 { border-top: 1px solid #ddd; padding-top: 1em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f3f3f3; } img { max-width: 100%; border: 1px solid #eee; }
+.badge { color: white; border-radius: 4px; padding: 1px 7px; font-size: 13px; white-space: nowrap; }
+.meta, .evidence { color: #5f6368; font-size: 13px; } .claim { font-size: 16px; }
+.anchor { background: #f8f9fa; border-left: 3px solid #bbb; padding: 0.3em 1em; margin: 0.6em 0; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _badge(outcome: str) -> str:
+    return f'<span class="badge" style="background:{_BADGE.get(outcome, "#5f6368")}">{_e(outcome)}</span>'
+
+
+def _table(headers, rows) -> str:
+    if not headers:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _counts(result: StudyResult) -> dict[str, int]:
+    counts = {o: 0 for o in OUTCOME_ORDER}
+    for v in result.verdicts:
+        counts[v.outcome] = counts.get(v.outcome, 0) + 1
+    return counts
+
+
+def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup: str) -> str:
+    parts = [
+        f'<h2 id="{_e(study.name)}">{_e(study.title)} <span class="meta">({_e(study.name)})</span></h2>',
+        f'<p class="claim"><b>Claim.</b> {_e(study.claim)} <span class="meta">Source: {_e(study.source)}</span></p>',
+        f"<p><b>Setup.</b> {_e(setup)} <span class='meta'>{runs} runs, {seconds:.0f} s of compute.</span></p>",
+    ]
+    parts += [f'<p><img src="figures/{_e(f)}" alt="{_e(study.name)} figure"></p>' for f in result.figures]
+    parts.append(_table(result.table_headers, result.table_rows))
+    parts.append("<p><b>Verdicts</b> (computed from the runs above):</p><ul>")
+    parts += [f"<li>{_badge(v.outcome)} {_e(v.claim)}<br><span class='evidence'>{_e(v.evidence)}</span></li>"
+              for v in result.verdicts] or ["<li>no verdict: no finished runs</li>"]  # fmt: skip
+    parts.append("</ul>")
+    parts += [f"<p>{_e(note)}</p>" for note in result.notes]
+    for anchor in ANCHORS.get(study.name, []):
+        parts.append(f'<div class="anchor"><b>Published</b> ({_e(anchor.source)}): {_e(anchor.text)}'
+                     f"{_table(anchor.headers, anchor.rows)}</div>")  # fmt: skip
+    return "\n".join(parts)
+
+
+def write_report(
+    out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, list[RunRecord]],
+    setups: dict[str, str], options: object,
+) -> Path:
+    """Write index.html, results.csv and results.json into ``out``; returns the index path."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary_rows = []
+    sections = []
+    for study in studies:
+        result, runs = results[study.name], records[study.name]
+        seconds = sum(r.seconds for r in runs)
+        counts = _counts(result)
+        cells = " ".join(f"{_badge(o)}&nbsp;{n}" for o, n in counts.items() if n)
+        summary_rows.append(f'<tr><td><a href="#{_e(study.name)}">{_e(study.title)}</a></td>'
+                            f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>")  # fmt: skip
+        sections.append(_section(study, result, seconds, len(runs), setups[study.name]))
+    when = time.strftime("%Y-%m-%d %H:%M")
+    machine = f"{platform.machine()}, {platform.system()}, torch {torch.__version__}, normlab {__version__}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>normlab compare</title><style>{_CSS}</style></head>
+<body>
+<h1>normlab compare</h1>
+<p class="meta">Measured on this machine ({_e(machine)}) on {_e(when)}. Options: {_e(options)}.</p>
+<h2>Summary</h2>
+<table><tr><th>study</th><th>claim</th><th>verdicts</th></tr>{''.join(summary_rows)}</table>
+<p><b>Criterion.</b> {_e(CRITERION)}</p>
+<p class="meta">Published numbers come from much larger models and data; they are shown for direction, not as targets.
+Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
+{''.join(sections)}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    _write_tables(out, studies, results, records)
+    return index
+
+
+def _write_tables(out: Path, studies, results, records) -> None:
+    flat = [r for s in studies for r in records[s.name]]
+    metric_names = sorted({m for r in flat for m in r.metrics})
+    config_names = sorted({c for r in flat for c in r.config})
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "study", "status", "seconds"] + config_names + metric_names)
+        for r in flat:
+            writer.writerow([r.key, r.study, r.status, f"{r.seconds:.2f}"] + [r.config.get(c, "") for c in config_names]
+                            + [r.metrics.get(m, "") for m in metric_names])  # fmt: skip
+    payload = {
+        "runs": [asdict(r) for r in flat],
+        "verdicts": {s.name: [asdict(v) for v in results[s.name].verdicts] for s in studies},
+        "criterion": CRITERION,
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")

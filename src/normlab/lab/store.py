@@ -1,0 +1,127 @@
+"""Results store: one SQLite file (stdlib sqlite3, WAL), one row per finished run, keyed by its configuration's hash.
+
+A row is written in one transaction when its run has finished, so a ``kill -9`` at any moment loses only the runs
+in progress: never a finished one, never half a row. ``INSERT OR IGNORE`` on the primary key makes a run that two
+workers finish twice count once. Each worker process opens its own connection; WAL lets them write one at a time
+while readers keep reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["Store", "RunRecord", "config_key", "LAB_VERSION"]
+
+# Bump when a change to the lab's code changes what a configuration produces, so old rows are not reused.
+LAB_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key      TEXT PRIMARY KEY,
+    study    TEXT NOT NULL,
+    status   TEXT NOT NULL CHECK (status IN ('done', 'not_applicable')),
+    config   TEXT NOT NULL,
+    metrics  TEXT NOT NULL,
+    curves   TEXT NOT NULL,
+    note     TEXT NOT NULL DEFAULT '',
+    seconds  REAL NOT NULL,
+    finished TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_study ON runs (study);
+"""
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A stable hash of the full configuration (and the lab version)."""
+    canonical = json.dumps({"lab_version": LAB_VERSION, **config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    key: str
+    study: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    note: str
+    seconds: float
+
+
+class Store:
+    """``<out>/results.sqlite``. Cheap to open; open one per process."""
+
+    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finished_keys(self) -> set[str]:
+        return {row[0] for row in self._conn.execute("SELECT key FROM runs")}
+
+    def put(
+        self,
+        config: dict[str, Any],
+        metrics: dict[str, float],
+        curves: dict[str, list[float]],
+        seconds: float,
+        status: str = "done",
+        note: str = "",
+    ) -> bool:
+        """Record one finished run atomically; returns False if that configuration was already stored."""
+        row = (
+            config_key(config),
+            config["study"],
+            status,
+            json.dumps(config, sort_keys=True),
+            json.dumps(metrics, allow_nan=True),
+            json.dumps(curves, allow_nan=True),
+            note,
+            float(seconds),
+            time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        with self._conn:  # one transaction: BEGIN ... COMMIT
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO runs (key, study, status, config, metrics, curves, note, seconds, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        return cur.rowcount == 1
+
+    def records(self, study: str | None = None, keys: Iterable[str] | None = None) -> list[RunRecord]:
+        query, args = "SELECT key, study, status, config, metrics, curves, note, seconds FROM runs", ()
+        if study is not None:
+            query, args = query + " WHERE study = ?", (study,)
+        rows = self._conn.execute(query + " ORDER BY key", args).fetchall()
+        wanted = None if keys is None else set(keys)
+        return [
+            RunRecord(k, s, st, json.loads(c), json.loads(m), json.loads(cu), n, sec)
+            for k, s, st, c, m, cu, n, sec in rows
+            if wanted is None or k in wanted
+        ]
+
+    def integrity_ok(self) -> bool:
+        return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

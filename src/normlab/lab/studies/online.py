@@ -1,0 +1,89 @@
+"""Study `online`: BatchNorm is not fit for online learning (batch size 1, non-i.i.d. streams)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..store import RunRecord
+from ..study import (
+    Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
+    values,
+)  # fmt: skip
+
+STREAMS = ("iid", "sorted")
+
+
+class Online(Study):
+    name = "online"
+    title = "BatchNorm and online learning"
+    claim = "BN is not fit for online learning: at batch size 1 on a non-i.i.d. stream it falls behind LN and GN."
+    source = "Ba et al. 2016 (Layer Normalization); Ioffe 2017 (Batch Renormalization, non-i.i.d. minibatches)"
+    default_norms = ("batch", "layer", "group")
+
+    def setup(self, options: Options) -> str:
+        return (
+            "MNIST-1D streamed one example per step (batch size 1), SGD lr 0.01 with momentum 0.9, "
+            f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: i.i.d. "
+            "order, and class-sorted chunks of 100 examples of one class after another. Test accuracy with BN's "
+            "running statistics and, for comparison, with each test batch of 50 normalized by its own statistics."
+        )
+
+    def _epochs(self, options: Options) -> int:
+        return 3 if options.full else 1
+
+    def _subset(self, options: Options) -> int:
+        return 4000 if options.full else 1500
+
+    def configs(self, options: Options) -> list[dict]:
+        return [
+            classify_config(self.name, options, norm, seed, batch_size=1, lr=0.01, epochs=self._epochs(options),
+                            stream=stream, chunk=100, train_subset=self._subset(options))  # fmt: skip
+            for norm in self.norms(options)
+            for stream in STREAMS
+            for seed in options.seed_list()
+        ]
+
+    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+        result = StudyResult(notes=not_applicable_notes(records))
+        groups = group_by(records, "norm", "stream")
+        norms = [n for n in self.norms(options) if any((n, s) in groups for s in STREAMS)]
+        acc = {(n, s): [100 * v for v in values(groups.get((n, s), []), "test_acc")] for n in norms for s in STREAMS}
+        acc_bs = {(n, s): [100 * v for v in values(groups.get((n, s), []), "test_acc_batch_stats")]
+                  for n in norms for s in STREAMS}  # fmt: skip
+
+        fig, (ax,) = new_figure(width=6)
+        x = np.arange(len(norms))
+        for i, s in enumerate(STREAMS):
+            means = [np.mean(acc[(n, s)]) if acc[(n, s)] else np.nan for n in norms]
+            errs = [np.std(acc[(n, s)], ddof=1) if len(acc[(n, s)]) > 1 else 0 for n in norms]
+            ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=errs, label=f"{s} stream, running stats")
+        for i, s in enumerate(STREAMS):
+            means = [np.mean(acc_bs[(n, s)]) if acc_bs[(n, s)] else np.nan for n in norms]
+            ax.scatter(x + (i - 0.5) * 0.38, means, marker="_", s=300, color="k", zorder=3,
+                       label="test batches' own statistics" if i == 0 else None)  # fmt: skip
+        ax.set_xticks(x, norms)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Online learning, batch size 1")
+        ax.legend(fontsize=7)
+        result.figures.append(save(fig, figdir, "online.png"))
+
+        result.table_headers = ["norm", "stream", "test acc % (running stats)", "test acc % (batch stats)"]
+        result.table_rows = [[n, s, fmt(acc[(n, s)]), fmt(acc_bs[(n, s)])] for n in norms for s in STREAMS]
+        if "batch" in norms:
+            for other in (n for n in norms if n != "batch"):
+                result.verdicts.append(compare(
+                    f"{other} beats BN on the class-sorted stream at batch size 1",
+                    acc[(other, "sorted")], acc[("batch", "sorted")], other, "BN", min_effect=1.0, unit="%",
+                ))  # fmt: skip
+            gap = compare(
+                "BN's running statistics do worse at test than batch statistics (train/test discrepancy)",
+                acc_bs[("batch", "sorted")], acc[("batch", "sorted")], "batch stats", "running stats", min_effect=1.0,
+                unit="%",
+            )
+            result.verdicts.append(gap)
+        return result
+
+
+STUDY = Online()

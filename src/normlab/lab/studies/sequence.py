@@ -1,0 +1,90 @@
+"""Study `sequence`: transformers use LayerNorm; BatchNorm's statistics fluctuate on text (PowerNorm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..store import RunRecord
+from ..study import (
+    Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    not_greater, plot_lines, save, values,
+)  # fmt: skip
+
+
+class Sequence(Study):
+    name = "sequence"
+    title = "Normalization in transformers"
+    claim = (
+        "Transformers use LN: on text, LN (and RMSNorm, about as good) beat naive BN, whose batch statistics "
+        "fluctuate more across steps than on images."
+    )
+    source = "Ba et al. 2016; Zhang & Sennrich 2019 (RMSNorm); Shen et al. 2020 (PowerNorm)"
+    default_norms = ("layer", "rms", "batch", "none")
+
+    def setup(self, options: Options) -> str:
+        return (
+            f"Character-level pre-norm transformer (2 blocks, width 64, 4 heads) on CPython's pydoc topics text, "
+            f"AdamW lr 3e-3, {self._steps(options)} steps of 16 padded sequences of random length 16-64; validation "
+            "bits per character on full-length windows of the held-out last 10% (BN uses its running statistics). "
+            "BN is applied naively over every token of the batch, padding included. Fluctuation: across steps, the "
+            "std of the batch mean of the last block's norm input over its typical std, and the relative std of the "
+            "batch variance; the image reference is the same measure at the last BN of the MNIST-1D CNN."
+        )
+
+    def _steps(self, options: Options) -> int:
+        return 1500 if options.full else 200
+
+    def configs(self, options: Options) -> list[dict]:
+        runs = [
+            dict(study=self.name, task="char_lm", norm=norm, seed=seed, device=options.device, batch_size=16,
+                 seq_len=64, lr=3e-3, steps=self._steps(options))  # fmt: skip
+            for norm in self.norms(options)
+            for seed in options.seed_list()
+        ]
+        if "batch" in self.norms(options):
+            runs += [classify_config(self.name, options, "batch", seed, batch_size=16, lr=0.05,
+                                     steps=self._steps(options), record_batch_stats=True) for seed in options.seed_list()]  # fmt: skip
+        return runs
+
+    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+        result = StudyResult(notes=not_applicable_notes(records))
+        groups = group_by(records, "task", "norm")
+        norms = [n for n in self.norms(options) if ("char_lm", n) in groups]
+        fig, (ax1, ax2) = new_figure(2)
+        for n in norms:
+            runs = groups[("char_lm", n)]
+            length = min(len(r.curves["valid_bpc"]) for r in runs)
+            plot_lines(ax1, runs[0].curves["step"], {n: [r.curves["valid_bpc"][:length] for r in runs]})
+        ax1.set_xlabel("step"), ax1.set_ylabel("validation bits per character"), ax1.set_title("Character LM")
+        text_bn, image_bn = groups.get(("char_lm", "batch"), []), groups.get(("classify", "batch"), [])
+        fluct = {"text (transformer)": values(text_bn, "batch_var_fluctuation"),
+                 "images (CNN)": values(image_bn, "batch_var_fluctuation")}  # fmt: skip
+        shown = {k: v for k, v in fluct.items() if v}
+        ax2.bar(list(shown), [sum(v) / len(v) for v in shown.values()])
+        ax2.set_ylabel("relative std of BN's batch variance"), ax2.set_title("Batch-statistic fluctuation")
+        result.figures.append(save(fig, figdir, "sequence.png"))
+
+        bpc = {n: values(groups[("char_lm", n)], "valid_bpc") for n in norms}
+        result.table_headers = ["norm", "validation bpc", "diverged runs"]
+        result.table_rows = [[n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], "diverged"))))]
+                             for n in norms]  # fmt: skip
+        if "layer" in norms:
+            for other in (n for n in norms if n not in ("layer", "rms")):
+                result.verdicts.append(compare(
+                    f"LN reaches lower validation bpc than {other}", bpc[other], bpc["layer"], other, "LN",
+                    min_effect=0.01, unit=" bpc",
+                ))  # fmt: skip
+            if "rms" in norms:
+                result.verdicts.append(not_greater(
+                    "RMSNorm is as good as LN (its bpc is not higher)", bpc["rms"], bpc["layer"], "RMS", "LN",
+                    min_effect=0.01, unit=" bpc",
+                ))  # fmt: skip
+        if text_bn and image_bn:
+            result.verdicts.append(compare(
+                "BN's batch variance fluctuates more across steps on text than on images",
+                fluct["text (transformer)"], fluct["images (CNN)"], "text", "images", min_effect=0.01,
+            ))  # fmt: skip
+        return result
+
+
+STUDY = Sequence()
