@@ -14,13 +14,14 @@ from torch import nn as tnn
 
 from . import nn as nl
 
-__all__ = ["create_norm", "available_norms", "NormEntry"]
+__all__ = ["create_norm", "available_norms", "is_batch_dependent", "NormEntry"]
 
 
 @dataclass(frozen=True)
 class NormEntry:
     summary: str
     build: Callable[..., tnn.Module]
+    batch_dependent: bool = False  # in training, does an example's output depend on the rest of its batch?
 
 
 def _batch(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
@@ -64,7 +65,7 @@ def _none(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
 
 
 _REGISTRY: dict[str, NormEntry] = {
-    "batch": NormEntry("BatchNorm: per channel over (N, *spatial); batch-dependent", _batch),
+    "batch": NormEntry("BatchNorm: per channel over (N, *spatial); batch-dependent", _batch, batch_dependent=True),
     "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer),
     "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance),
     "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group),
@@ -89,6 +90,11 @@ def canonical_name(name: str) -> str:
     if key not in _REGISTRY:
         raise ValueError(f"unknown norm {name!r}; available: {', '.join(available_norms())}")
     return key
+
+
+def is_batch_dependent(name: str) -> bool:
+    """Whether the registered norm ``name`` mixes examples of a batch in training."""
+    return _REGISTRY[canonical_name(name)].batch_dependent
 
 
 def create_norm(name: str, num_features: int, *, spatial_dims: int = 2, **kwargs: Any) -> tnn.Module:

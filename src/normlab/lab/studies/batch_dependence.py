@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...registry import is_batch_dependent
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Verdict, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     plot_lines, save, values,
 )  # fmt: skip
 
-# (label, norm, weight_norm): Weight Normalization variants are a norm of the weights, not a registry entry.
-VARIANTS = {"weight": ("none", True), "weight+meanonly": ("meanonly", True)}
+# label -> (activation norm, weight_norm, batch-dependent): Weight Normalization normalizes weights, so these
+# variants are not registry entries; mean-only BN subtracts the batch mean, so it mixes the batch.
+VARIANTS = {"weight": ("none", True, False), "weight+meanonly": ("meanonly", True, True)}
 DETERMINISTIC_BELOW = 1e-5  # float32 rounding of identical computations on different batch neighbours
 
 
@@ -39,7 +41,7 @@ class BatchDependence(Study):
     def configs(self, options: Options) -> list[dict]:
         runs = []
         for label in self.norms(options):
-            norm, wn = VARIANTS.get(label, (label, False))
+            norm, wn, _ = VARIANTS.get(label, (label, False, None))
             for seed in options.seed_list():
                 runs.append(classify_config(self.name, options, norm, seed, variant=label, weight_norm=wn,
                                             batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True,
@@ -67,8 +69,9 @@ class BatchDependence(Study):
         for v in labels:
             worst = max(spreads[v])
             deterministic = worst < DETERMINISTIC_BELOW
-            if v == "batch":
-                claim, ok = "BN's training-mode output for an example depends on its batch", not deterministic
+            expected_dependent = VARIANTS[v][2] if v in VARIANTS else is_batch_dependent(v)
+            if expected_dependent:
+                claim, ok = f"{v}'s training-mode output for an example depends on its batch", not deterministic
             else:
                 claim, ok = f"{v}'s output for an example does not depend on its batch", deterministic
             evidence = f"largest spread {worst:.1e}; threshold {DETERMINISTIC_BELOW:g} (float32 rounding)"

@@ -32,7 +32,7 @@ class Sequence(Study):
         )
 
     def _steps(self, options: Options) -> int:
-        return 1500 if options.full else 200
+        return 1500 if options.full else 400
 
     def configs(self, options: Options) -> list[dict]:
         runs = [

@@ -1,0 +1,85 @@
+"""End to end: the default `normlab compare`, then its report opened in a real headless Chromium."""
+
+import html
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from normlab.lab import STUDIES, Options
+from normlab.lab.runner import run_sweep
+from normlab.lab.store import Store
+from normlab.lab.train import run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == f"report: {(out / 'index.html').resolve()}"
+    return out
+
+
+def test_report_has_every_study_with_figures_tables_and_verdicts(report_dir):
+    page = (report_dir / "index.html").read_text()
+    for name, study in STUDIES.items():
+        assert f'id="{name}"' in page and html.escape(study.claim) in page
+    payload = json.loads((report_dir / "results.json").read_text())
+    assert set(payload["verdicts"]) == set(STUDIES)
+    for name, verdicts in payload["verdicts"].items():
+        assert verdicts, f"{name} produced no verdict"
+        assert all(v["outcome"] in ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive")
+                   for v in verdicts)  # fmt: skip
+    with Store(report_dir / "results.sqlite") as store:
+        assert store.count() == len(payload["runs"]) == sum(len(s.configs(Options())) for s in STUDIES.values())
+    assert len((report_dir / "results.csv").read_text().splitlines()) == len(payload["runs"]) + 1
+    assert "http://" not in page and "https://" not in page  # works offline: nothing fetched
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="chromium not installed")
+def test_report_renders_in_headless_chromium(report_dir):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must install Debian's chromium"
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((report_dir / "index.html").resolve().as_uri())
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])")
+        page.screenshot(path=str(report_dir / "screenshot.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(images) >= len(STUDIES)
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert (report_dir / "screenshot.png").stat().st_size > 50_000
+
+
+def test_rerun_only_rebuilds_the_report(report_dir):
+    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(report_dir), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "0 ran now" in res.stdout
+
+
+def test_same_seed_same_numbers():
+    config = dict(study="t", task="classify", data="mnist1d", norm="batch", seed=3, batch_size=32, lr=0.05, steps=30)
+    assert run(config) == run(config)
+
+
+def test_inapplicable_norms_are_recorded_with_the_reason(tmp_path):
+    configs = [dict(study="sequence", task="char_lm", norm="instance", seed=0, batch_size=4, seq_len=16, lr=1e-3, steps=2)]
+    report = run_sweep(configs, tmp_path / "r.sqlite", progress=False)
+    assert report.ran == 1 and not report.failed
+    (record,) = Store(tmp_path / "r.sqlite").records()
+    assert record.status == "not_applicable" and "spatial" in record.note

@@ -1,0 +1,82 @@
+"""The results store: atomic rows, no duplicates, concurrent writers, and nothing finished lost to kill -9."""
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from normlab.lab.store import Store, config_key
+
+
+def _config(i, study="s"):
+    return {"study": study, "task": "classify", "norm": "batch", "seed": i}
+
+
+def test_put_and_read_back(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        assert store.put(_config(0), {"test_acc": 0.5}, {"loss": [1.0, 0.5]}, 1.5)
+        assert not store.put(_config(0), {"test_acc": 0.9}, {}, 1.0)  # same configuration: ignored
+        store.put(_config(1), {}, {}, 0.1, status="not_applicable", note="IN needs spatial dims")
+        records = {r.config["seed"]: r for r in store.records("s")}
+    assert records[0].metrics == {"test_acc": 0.5} and records[0].curves == {"loss": [1.0, 0.5]}
+    assert records[1].status == "not_applicable" and "spatial" in records[1].note
+    assert config_key(_config(0)) != config_key(_config(1))
+    assert config_key(_config(0)) == config_key(dict(reversed(list(_config(0).items()))))
+
+
+def _writer(path, start, count):
+    with Store(path) as store:
+        for i in range(start, start + count):
+            store.put(_config(i), {"v": float(i)}, {"c": list(range(50))}, 0.0)
+
+
+def test_parallel_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "r.sqlite")
+    Store(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, start, 60)) for start in (0, 30, 60)]  # overlapping keys
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Store(path) as store:
+        assert store.integrity_ok()
+        assert store.count() == 120  # keys 0..119, each once
+        assert sorted(r.config["seed"] for r in store.records()) == list(range(120))
+
+
+def test_kill_9_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "normlab.cli", "compare", "--study", "weight-decay", "--seeds", "2",
+           "--workers", "1", "--no-progress", "--out", str(out)]
+    env = dict(os.environ, NORMLAB_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "results.sqlite"
+    deadline = time.time() + 240
+    stored = 0
+    while time.time() < deadline and stored < 2:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                stored = sqlite3.connect(db, timeout=5).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+    assert stored >= 2, "the sweep never stored a run"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    with Store(db) as store:
+        assert store.integrity_ok()
+        before = {r.key for r in store.records()}
+        assert len(before) >= 2 and len(before) < 8, "kill came too late to test anything"
+        assert all(r.status == "done" and r.metrics for r in store.records())
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"8 runs: {len(before)} already stored, {8 - len(before)} ran now" in resumed.stdout
+    with Store(db) as store:
+        assert store.count() == 8 and before <= {r.key for r in store.records()}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert "8 runs: 8 already stored, 0 ran now" in again.stdout
