@@ -102,7 +102,7 @@ def write_report(
 <html lang="en"><head><meta charset="utf-8"><title>normlab compare</title><style>{_CSS}</style></head>
 <body>
 <h1>normlab compare</h1>
-<p class="meta">Measured on this machine ({_e(machine)}) on {_e(when)}. Options: {_e(options)}.</p>
+<p class="meta">Measured on this machine ({_e(machine)}) on {_e(when)}. Options: {_e(options.describe())}.</p>
 <h2>Summary</h2>
 <table><tr><th>study</th><th>claim</th><th>verdicts</th></tr>{''.join(summary_rows)}</table>
 <p><b>Criterion.</b> {_e(CRITERION)}</p>

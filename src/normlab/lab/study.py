@@ -30,6 +30,12 @@ class Options:
     device: str = "cpu"
     data: str | None = None  # "cifar10:PATH" / "mnist:PATH"
 
+    def describe(self) -> str:
+        norms = ", ".join(self.norms) if self.norms else "each study's own"
+        data = self.data or "embedded (MNIST-1D, digits, pydoc text)"
+        return f"seeds {len(self.seed_list())}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
+               f"device {self.device}, data {data}"
+
     def seed_list(self) -> list[int]:
         return list(range(self.seeds if self.seeds is not None else (5 if self.full else 2)))
 
