@@ -29,6 +29,7 @@ def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
         (tn.LayerNorm, nl.LayerNorm),
         (tn.GroupNorm, nl.GroupNorm),
     ]
+    pairs.append((tn.SyncBatchNorm, nl.SyncBatchNorm))
     if hasattr(tn, "RMSNorm"):
         pairs.append((tn.RMSNorm, nl.RMSNorm))
     return pairs
@@ -52,6 +53,8 @@ def _hyperparameters(module: Module) -> dict:
         )
     else:
         kw = dict(normalized_shape=module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine)
+    if hasattr(module, "process_group"):
+        kw["process_group"] = module.process_group
     if "bias" in module._parameters and (getattr(module, "affine", None) or getattr(module, "elementwise_affine", None)):
         kw["bias"] = module.bias is not None
     return kw
@@ -99,7 +102,7 @@ def _swap(model: Module, table: dict[type[Module], type[Module]]) -> Module:
 def from_torch(model: Module) -> Module:
     """Replace, in place, every torch.nn normalization module in ``model`` by its normlab twin; return ``model``.
 
-    Converts BatchNorm1d/2d/3d, InstanceNorm1d/2d/3d, LayerNorm, GroupNorm and RMSNorm. Outputs and gradients are
+    Converts BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm1d/2d/3d, LayerNorm, GroupNorm and RMSNorm. Outputs and gradients are
     unchanged. If ``model`` itself is a norm module, the twin is returned (a module cannot replace itself).
     """
     if not isinstance(model, Module):

@@ -16,7 +16,7 @@ from torch.nn import Module, Parameter, init
 from .. import _checks
 from .. import functional as NF
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
 
 class _NormBase(Module):
@@ -215,3 +215,101 @@ class BatchNorm3d(_BatchNorm):
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (5,))
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch Normalization with statistics over the whole batch of a ``torch.distributed`` process group.
+
+    Drop-in for ``torch.nn.SyncBatchNorm`` (same signature, buffers and state_dict), and it also runs on CPU with
+    gloo. In training with more than one rank, each rank's slice is reduced to (count, mean, M2) per channel and
+    one ``all_gather`` merges them count-weighted, so any split of the batch (uneven, empty ranks, a subset group)
+    gives exactly the statistics of the concatenated batch; the backward takes one ``all_reduce``. In eval, or when
+    torch.distributed is not initialized, or the group has one rank, it is plain BatchNorm: no collective.
+
+    Args:
+        as :class:`BatchNorm2d`, plus ``process_group``: the group to synchronize over (default: the whole world).
+
+    Shape:
+        - Input: ``(N, C, *)`` with N allowed to differ between ranks (also 0); output: same shape.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        self.process_group = process_group
+        self._peers_checked = False
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"SyncBatchNorm: expected at least 2D input (got {input.dim()}D input)")
+
+    def _group(self) -> Any:
+        import torch.distributed as dist
+
+        if self.process_group is not None and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "SyncBatchNorm: process_group is set but torch.distributed is not initialized; call "
+                "torch.distributed.init_process_group first (or leave process_group=None for single-process BN)"
+            )
+        return self.process_group
+
+    def forward(self, input: Tensor) -> Tensor:
+        from .. import distributed
+
+        self._check_input_dim(input)
+        self._check_channels(input)
+        group = self._group()
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if not (use_batch_stats and self.training and distributed.world_size_of(group) > 1):
+            return super().forward(input)
+        if group is None:
+            import torch.distributed as dist
+
+            group = dist.group.WORLD
+        if not self._peers_checked:
+            distributed.check_peers(input, self.num_features, group)
+            self._peers_checked = True
+        factor: float | Tensor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+            if self.momentum is None:
+                factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()  # type: ignore[union-attr]
+        tracked = self.track_running_stats
+        return distributed.sync_batch_norm(
+            input, self.weight, self.bias, self.running_mean if tracked else None,
+            self.running_var if tracked else None, self.eps, factor, group,
+        )  # fmt: skip
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group: Any | None = None) -> Module:
+        """Replace every BatchNorm1d/2d/3d (torch's or normlab's) in ``module`` by a SyncBatchNorm over
+        ``process_group``, carrying the same parameter and buffer objects; returns the module (or the new layer if
+        ``module`` itself is a BatchNorm)."""
+        from ..convert import _carry_state
+
+        batch_norms = (BatchNorm1d, BatchNorm2d, BatchNorm3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
+                       torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)  # fmt: skip
+        if type(module) in batch_norms:
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group, device="meta",
+                            bias=module.bias is not None or not module.affine)  # fmt: skip
+            _carry_state(module, converted)
+            if hasattr(module, "qconfig"):
+                converted.qconfig = module.qconfig
+            return converted
+        for name, child in module.named_children():
+            new_child = cls.convert_sync_batchnorm(child, process_group)
+            if new_child is not child:
+                setattr(module, name, new_child)
+        return module

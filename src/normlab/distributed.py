@@ -1,0 +1,159 @@
+r"""Synchronized BatchNorm over ``torch.distributed``: exact for any split of the batch, on gloo (CPU) and NCCL.
+
+Each rank reduces its own slice to a count, a mean and a sum of squared deviations (M2) per channel, and one
+``all_gather`` merges them count-weighted (Chan et al.'s parallel variance):
+
+.. math::
+    n = \sum_r n_r,\qquad \mu = \frac{1}{n}\sum_r n_r\mu_r,\qquad
+    M_2 = \sum_r M_{2,r} + \sum_r n_r(\mu_r-\mu)^2,\qquad \sigma^2 = M_2/n
+
+so uneven slices (3 + 5), empty ranks and process-group subsets give the statistics of the concatenated batch,
+never a mean of per-rank means. The backward needs the batch sums of :math:`\partial L/\partial y` and
+:math:`\partial L/\partial y\cdot\hat x`: one ``all_reduce``. Parameter gradients stay local (DDP sums them).
+Statistics travel in float64; a small header with the dtype travels with them, so ranks that disagree fail with
+the same clear error instead of corrupting each other or aborting inside the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["sync_batch_norm", "check_peers", "world_size_of"]
+
+_DTYPE_CODES = {torch.float16: 1.0, torch.bfloat16: 2.0, torch.float32: 3.0, torch.float64: 4.0}
+_HEADER = 2  # channel count, dtype code
+
+
+def world_size_of(process_group: Any) -> int:
+    """Size of the group the statistics are synchronized over; 1 when torch.distributed is not running."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(process_group)
+
+
+def _reduce_dims(x: Tensor) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.dim()))
+
+
+def check_peers(input: Tensor, num_features: int, process_group: Any) -> None:
+    """Fixed-size exchange of (channels, dtype) before the first synchronized step; the same ValueError on every rank.
+
+    Needed once: gloo aborts the process when ranks gather tensors of different sizes.
+    """
+    mine = torch.tensor([float(num_features), _DTYPE_CODES[input.dtype]], dtype=torch.float64)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(gathered, mine.to(_comm_device(input, process_group)), group=process_group)
+    _raise_on_disagreement(torch.stack([g.cpu() for g in gathered]))
+
+
+def _raise_on_disagreement(headers: Tensor) -> None:
+    channels, dtypes = headers[:, 0].tolist(), headers[:, 1].tolist()
+    if len(set(channels)) > 1:
+        raise ValueError(
+            f"SyncBatchNorm: ranks disagree on the channel count (num_features per rank: {[int(c) for c in channels]})"
+        )
+    if len(set(dtypes)) > 1:
+        names = {v: str(k).replace("torch.", "") for k, v in _DTYPE_CODES.items()}
+        raise ValueError(f"SyncBatchNorm: ranks disagree on the input dtype (per rank: {[names[d] for d in dtypes]})")
+
+
+def _comm_device(input: Tensor, process_group: Any) -> torch.device:
+    backend = dist.get_backend(process_group)
+    return input.device if backend != "gloo" else torch.device("cpu")
+
+
+def _local_stats(x: Tensor) -> Tensor:
+    """``[count, mean(C), M2(C)]`` in float64; Welford inside var_mean keeps large means exact."""
+    channels = x.shape[1]
+    count = x.numel() // channels if channels else 0
+    if count == 0:
+        zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
+        return torch.cat([zeros.new_zeros(1), zeros, zeros])
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(x.detach().to(acc), dim=_reduce_dims(x), correction=0)
+    return torch.cat([mean.new_full((1,), float(count)), mean, var * count]).to(torch.float64)
+
+
+def _merge(stats: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Count-weighted merge of per-rank ``[count, mean, M2]`` rows into the batch's (count, mean, biased var)."""
+    counts, means, m2 = stats[:, 0], stats[:, 1 : 1 + channels], stats[:, 1 + channels :]
+    total = counts.sum()
+    mean = (counts[:, None] * means).sum(0) / total.clamp_min(1)
+    m2_total = m2.sum(0) + (counts[:, None] * (means - mean) ** 2).sum(0)
+    return total, mean, m2_total / total.clamp_min(1)
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, factor, process_group):  # type: ignore[override]
+        channels = input.shape[1]
+        header = torch.tensor([float(channels), _DTYPE_CODES[input.dtype]], dtype=torch.float64, device=input.device)
+        mine = torch.cat([header, _local_stats(input)])
+        device = _comm_device(input, process_group)
+        gathered = [torch.empty_like(mine, device=device) for _ in range(dist.get_world_size(process_group))]
+        dist.all_gather(gathered, mine.to(device), group=process_group)
+        rows = torch.stack(gathered).to(input.device)
+        _raise_on_disagreement(rows[:, :_HEADER].cpu())
+        total, mean, var = _merge(rows[:, _HEADER:], channels)
+        if int(total) == 1:
+            raise ValueError(
+                "SyncBatchNorm: expected more than 1 value per channel when training, got 1 over all ranks"
+            )
+        if running_mean is not None and int(total) > 0:
+            with torch.no_grad():
+                unbiased = var * total / (total - 1)
+                running_mean.lerp_(mean.to(running_mean.dtype), factor)
+                running_var.lerp_(unbiased.to(running_var.dtype), factor)
+        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+        mean, rstd = mean.to(acc), torch.rsqrt(var.to(acc) + eps)
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        x_hat = (input.to(acc) - mean.view(shape)) * rstd.view(shape)
+        out = x_hat
+        if weight is not None:
+            out = out * weight.to(acc).view(shape)
+        if bias is not None:
+            out = out + bias.to(acc).view(shape)
+        ctx.save_for_backward(input, weight, mean, rstd)
+        ctx.total, ctx.process_group, ctx.has_bias = float(total), process_group, bias is not None
+        return out.to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        input, weight, mean, rstd = ctx.saved_tensors
+        acc, dims = mean.dtype, _reduce_dims(input)
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        dy = grad_output.to(acc)
+        x_hat = (input.to(acc) - mean.view(shape)) * rstd.view(shape)
+        local = torch.cat([dy.sum(dims), (dy * x_hat).sum(dims)])  # every rank joins, even an empty one
+        # A copy: all_reduce works in place, and the local sums are the parameter gradients.
+        summed = local.to(device=_comm_device(input, ctx.process_group), dtype=torch.float64, copy=True)
+        dist.all_reduce(summed, group=ctx.process_group)
+        summed = summed.to(input.device, acc)
+        channels, total = input.shape[1], max(ctx.total, 1.0)
+        sum_dy, sum_dy_xhat = summed[:channels], summed[channels:]
+        scale = rstd if weight is None else rstd * weight.to(acc)
+        grad_input = (dy - (sum_dy / total).view(shape) - x_hat * (sum_dy_xhat / total).view(shape)) * scale.view(shape)
+        grad_weight = local[channels:].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = local[:channels].to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_input.to(input.dtype), grad_weight, grad_bias, None, None, None, None, None
+
+
+def sync_batch_norm(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    eps: float,
+    factor: float | Tensor,
+    process_group: Any,
+) -> Tensor:
+    """BatchNorm in training with statistics over the whole ``process_group``'s batch (see the module docstring).
+
+    Shapes: input ``(N_r, C, *)`` on each rank (N_r may differ, even be 0); weight, bias, buffers ``(C,)``.
+    """
+    return _SyncBatchNorm.apply(input, weight, bias, running_mean, running_var, eps, factor, process_group)
