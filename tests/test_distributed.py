@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import dist_workers
+import workers
 import normlab
 import normlab.nn as nl
-from dist_workers import C, full_batch
+from workers import C, full_batch
 
 TIMEOUT = 90
 
@@ -86,19 +86,19 @@ def check_exact(tmp_path, sizes, members, kwargs):
     ([5, 2], dict(track_running_stats=False, bias=False)),
 ])
 def test_two_ranks_uneven_split_is_exact(tmp_path, sizes, kwargs):
-    launch(dist_workers.exactness, 2, tmp_path, sizes, None, kwargs)
+    launch(workers.exactness, 2, tmp_path, sizes, None, kwargs)
     check_exact(tmp_path, sizes, [0, 1], kwargs)
 
 
 def test_three_ranks_with_an_empty_rank_is_exact(tmp_path):
     sizes = [2, 0, 5]
-    launch(dist_workers.exactness, 3, tmp_path, sizes, None, {})
+    launch(workers.exactness, 3, tmp_path, sizes, None, {})
     check_exact(tmp_path, sizes, [0, 1, 2], {})
 
 
 def test_process_group_subset_is_exact(tmp_path):
     sizes = [3, 4]  # ranks 0 and 2 synchronize; rank 1 stays out of the group
-    launch(dist_workers.exactness, 3, tmp_path, sizes, [0, 2], {})
+    launch(workers.exactness, 3, tmp_path, sizes, [0, 2], {})
     check_exact(tmp_path, sizes, [0, 2], {})
 
 
@@ -107,13 +107,13 @@ def test_process_group_subset_is_exact(tmp_path):
     ("dtype", "ranks disagree on the input dtype (per rank: ['float32', 'float64'])"),
 ])
 def test_disagreeing_ranks_all_get_the_same_clear_error(tmp_path, kind, message):
-    launch(dist_workers.disagreement, 2, tmp_path, kind)
+    launch(workers.disagreement, 2, tmp_path, kind)
     for rank in range(2):
         assert message in (tmp_path / f"rank{rank}.txt").read_text()
 
 
 def test_a_dead_rank_makes_the_others_fail_not_hang(tmp_path):
-    launch(dist_workers.dead_peer, 2, tmp_path, expect_exit=[0, 3])
+    launch(workers.dead_peer, 2, tmp_path, expect_exit=[0, 3])
     outcome = (tmp_path / "rank0.txt").read_text()
     assert outcome != "no error" and "Error" in outcome
 
@@ -143,3 +143,12 @@ def test_convert_and_state_dict_match_torch(tmp_path):
     torch.save(ours.state_dict(), tmp_path / "s.pt")
     torch.nn.SyncBatchNorm(4).load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     assert isinstance(normlab.to_torch(torch.nn.Sequential(ours))[0], torch.nn.SyncBatchNorm)
+
+
+def test_ddp_example_runs_under_torchrun():
+    root = Path(__file__).resolve().parents[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    res = subprocess.run(torchrun + [str(root / "examples" / "ddp_train.py"), "--steps", "5"], capture_output=True,
+                         text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "running stats equal on every rank: True" in res.stdout

@@ -67,15 +67,18 @@ def _comm_device(input: Tensor, process_group: Any) -> torch.device:
 
 
 def _local_stats(x: Tensor) -> Tensor:
-    """``[count, mean(C), M2(C)]`` in float64; Welford inside var_mean keeps large means exact."""
+    """``[count, mean(C), M2(C)]`` in float64, two-pass (mean, then centered squares): exact at large means, and on
+    CPU several times faster than ``torch.var_mean``'s Welford loop."""
     channels = x.shape[1]
     count = x.numel() // channels if channels else 0
     if count == 0:
         zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
         return torch.cat([zeros.new_zeros(1), zeros, zeros])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    var, mean = torch.var_mean(x.detach().to(acc), dim=_reduce_dims(x), correction=0)
-    return torch.cat([mean.new_full((1,), float(count)), mean, var * count]).to(torch.float64)
+    dims, shape = _reduce_dims(x), (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.detach().mean(dim=dims, dtype=acc)
+    m2 = (x.detach() - mean.view(shape)).square_().sum(dim=dims)
+    return torch.cat([mean.new_full((1,), float(count)), mean, m2]).to(torch.float64)
 
 
 def _merge(stats: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -88,6 +91,8 @@ def _merge(stats: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class _SyncBatchNorm(torch.autograd.Function):
+    """Statistics merged across ranks; the elementwise work runs in ATen's fused eval-mode BN kernels."""
+
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, eps, factor, process_group):  # type: ignore[override]
         channels = input.shape[1]
@@ -108,38 +113,50 @@ class _SyncBatchNorm(torch.autograd.Function):
                 unbiased = var * total / (total - 1)
                 running_mean.lerp_(mean.to(running_mean.dtype), factor)
                 running_var.lerp_(unbiased.to(running_var.dtype), factor)
-        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-        mean, rstd = mean.to(acc), torch.rsqrt(var.to(acc) + eps)
-        shape = (1, -1) + (1,) * (input.dim() - 2)
-        x_hat = (input.to(acc) - mean.view(shape)) * rstd.view(shape)
-        out = x_hat
-        if weight is not None:
-            out = out * weight.to(acc).view(shape)
-        if bias is not None:
-            out = out + bias.to(acc).view(shape)
-        ctx.save_for_backward(input, weight, mean, rstd)
-        ctx.total, ctx.process_group, ctx.has_bias = float(total), process_group, bias is not None
-        return out.to(input.dtype)
+        stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        mean, var = mean.to(stats_dtype), var.to(stats_dtype)
+        # Normalizing with given statistics is eval-mode BatchNorm: one fused ATen pass.
+        out = torch.nn.functional.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(input, weight, mean, var)
+        ctx.total, ctx.eps, ctx.process_group = float(total), eps, process_group
+        ctx.has_bias = bias is not None
+        return out
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        input, weight, mean, rstd = ctx.saved_tensors
-        acc, dims = mean.dtype, _reduce_dims(input)
-        shape = (1, -1) + (1,) * (input.dim() - 2)
-        dy = grad_output.to(acc)
-        x_hat = (input.to(acc) - mean.view(shape)) * rstd.view(shape)
-        local = torch.cat([dy.sum(dims), (dy * x_hat).sum(dims)])  # every rank joins, even an empty one
-        # A copy: all_reduce works in place, and the local sums are the parameter gradients.
-        summed = local.to(device=_comm_device(input, ctx.process_group), dtype=torch.float64, copy=True)
-        dist.all_reduce(summed, group=ctx.process_group)
-        summed = summed.to(input.device, acc)
+        input, weight, mean, var = ctx.saved_tensors
+        grad_output = grad_output.contiguous(memory_format=_format_of(input))
+        if input.numel() == 0:  # an empty rank still joins the all_reduce (ATen's kernel divides by its size)
+            sum_dy = sum_dy_xhat = mean.new_zeros(input.shape[1])
+            dx_frozen = torch.zeros_like(input)
+        else:
+            # Eval-mode backward: dx without the projection, and the per-channel sums dy, dy*x_hat (dbeta, dgamma).
+            dx_frozen, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+                grad_output, input, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
+            )
         channels, total = input.shape[1], max(ctx.total, 1.0)
-        sum_dy, sum_dy_xhat = summed[:channels], summed[channels:]
-        scale = rstd if weight is None else rstd * weight.to(acc)
-        grad_input = (dy - (sum_dy / total).view(shape) - x_hat * (sum_dy_xhat / total).view(shape)) * scale.view(shape)
-        grad_weight = local[channels:].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        grad_bias = local[:channels].to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_input.to(input.dtype), grad_weight, grad_bias, None, None, None, None, None
+        # A separate buffer: all_reduce works in place, and the local sums are the parameter gradients.
+        summed = torch.cat([sum_dy, sum_dy_xhat]).to(_comm_device(input, ctx.process_group), torch.float64)
+        dist.all_reduce(summed, group=ctx.process_group)
+        summed = summed.to(input.device, mean.dtype)
+        rstd = torch.rsqrt(var + ctx.eps)
+        scale = rstd if weight is None else rstd * weight.to(mean.dtype)
+        # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)) = dx_frozen + k0 + k1 * x, per channel.
+        k1 = -scale * rstd * summed[channels:] / total
+        k0 = -scale * summed[:channels] / total - k1 * mean
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        grad_input = dx_frozen + (k0.view(shape) + k1.view(shape) * input).to(dx_frozen.dtype)
+        grad_weight = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy.to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _format_of(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def sync_batch_norm(

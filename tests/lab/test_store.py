@@ -9,6 +9,7 @@ import sys
 import time
 
 from normlab.lab.store import Store, config_key
+from workers import store_writer
 
 
 def _config(i, study="s"):
@@ -27,17 +28,11 @@ def test_put_and_read_back(tmp_path):
     assert config_key(_config(0)) == config_key(dict(reversed(list(_config(0).items()))))
 
 
-def _writer(path, start, count):
-    with Store(path) as store:
-        for i in range(start, start + count):
-            store.put(_config(i), {"v": float(i)}, {"c": list(range(50))}, 0.0)
-
-
 def test_parallel_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "r.sqlite")
     Store(path).close()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, start, 60)) for start in (0, 30, 60)]  # overlapping keys
+    procs = [ctx.Process(target=store_writer, args=(path, start, 60)) for start in (0, 30, 60)]  # overlapping keys
     for p in procs:
         p.start()
     for p in procs:

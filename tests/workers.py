@@ -1,4 +1,4 @@
-"""Rank bodies for tests/test_distributed.py (a module of its own: spawned processes import it by name)."""
+"""Bodies of spawned test processes (a module of its own: spawned children import it by name)."""
 
 import datetime
 import os
@@ -103,3 +103,13 @@ def dead_peer(rank, world, init_file, out_dir):
         outcome = f"{type(err).__name__}: {err}"
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
         fh.write(outcome)
+
+
+def store_writer(path, start, count):
+    """Write rows ``start .. start+count`` to the results store at ``path`` (a concurrent writer)."""
+    from normlab.lab.store import Store
+
+    with Store(path) as store:
+        for i in range(start, start + count):
+            store.put({"study": "s", "task": "classify", "norm": "batch", "seed": i}, {"v": float(i)},
+                      {"c": list(range(50))}, 0.0)  # fmt: skip

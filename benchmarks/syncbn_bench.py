@@ -1,0 +1,66 @@
+"""SyncBatchNorm vs BatchNorm: time per training step (forward + backward) at N ranks, measured in the same run.
+
+    python benchmarks/syncbn_bench.py [--ranks 2] [--device cpu|cuda]
+
+On CPU the ranks are gloo processes on this machine; the ratio is SyncBN / BN per step on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import normlab.nn as nl
+
+SHAPES = [(16, 64, 28, 28), (64, 256, 7, 7), (256, 512)]
+
+
+def _time(module, x, repeats=20):
+    times = []
+    for _ in range(repeats + 3):
+        xi = x.detach().requires_grad_(True)
+        dist.barrier()
+        start = time.perf_counter()
+        module(xi).sum().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[3:])
+
+
+def worker(rank, world, init_file, device):
+    dist.init_process_group("gloo" if device == "cpu" else "nccl", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))  # fmt: skip
+    torch.set_num_threads(1)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    for shape in SHAPES:
+        x = torch.randn(shape, device=device)
+        bn = (nl.BatchNorm2d if len(shape) == 4 else nl.BatchNorm1d)(shape[1]).to(device)
+        sync = nl.SyncBatchNorm(shape[1]).to(device)
+        t_bn, t_sync = _time(bn, x), _time(sync, x)
+        if rank == 0:
+            print(f"| {tuple(shape)} per rank | {t_bn * 1e3:.2f} | {t_sync * 1e3:.2f} | {t_sync / t_bn:.2f} |", flush=True)
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    print(f"# {args.ranks} ranks, {args.device}, torch {torch.__version__}, 1 thread per rank")
+    print("| input | BN ms | SyncBN ms | SyncBN/BN |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(args.ranks, f"{tmp}/init", args.device), nprocs=args.ranks)
+
+
+if __name__ == "__main__":
+    main()
