@@ -39,7 +39,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
     norms = None
     if args.norms:
-        norms = tuple(n if n in ("weight", "weight+meanonly") else canonical_name(n) for n in args.norms.split(","))
+        special = ("weight", "weight+meanonly", "per-rank BN", "SyncBN", "GN")  # study variants, not registry names
+        norms = tuple(n if n in special else canonical_name(n) for n in args.norms.split(","))
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.device == "cuda":
@@ -50,7 +51,10 @@ def _compare(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
+                      nproc=args.nproc)  # fmt: skip
     index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
                                  progress=not args.no_progress)  # fmt: skip
     width = max(len(n) for n in results) + 2
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs train (default cpu)")
     p.add_argument("--data", metavar="KIND:PATH", help="real images instead of the embedded data: cifar10:PATH or mnist:PATH")
+    p.add_argument("--nproc", type=int, default=4, help="gloo ranks for the distributed study (default 4)")
     p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_compare)

@@ -25,6 +25,7 @@ def test_help():
     (["--study", "nope"], "unknown study nope"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--data", "imagenet:/x"], "--data must be cifar10:PATH or mnist:PATH"),
+    (["--nproc", "0"], "--nproc must be at least 1"),
 ])
 def test_bad_options_are_clear_errors(args, message, capsys, tmp_path):
     assert main(["compare", "--out", str(tmp_path), "--no-progress", *args]) == 2

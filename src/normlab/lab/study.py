@@ -29,12 +29,13 @@ class Options:
     full: bool = False
     device: str = "cpu"
     data: str | None = None  # "cifar10:PATH" / "mnist:PATH"
+    nproc: int = 4  # ranks of the distributed study
 
     def describe(self) -> str:
         norms = ", ".join(self.norms) if self.norms else "each study's own"
         data = self.data or "embedded (MNIST-1D, digits, pydoc text)"
         return f"seeds {len(self.seed_list())}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
-               f"device {self.device}, data {data}"
+               f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study"
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds if self.seeds is not None else (5 if self.full else 2)))
@@ -180,7 +181,8 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
 
     kind, path = parse_data_spec(options.data)
     config = dict(study=study, task="classify", data=data if kind == "default" else kind, norm=norm, seed=seed,
-                  device=options.device, **kw)  # fmt: skip
+                  device=options.device)  # fmt: skip
+    config.update(kw)
     if path is not None:
         config["data_path"] = str(path)
     return config

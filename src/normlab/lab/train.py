@@ -28,6 +28,10 @@ def run(config: dict[str, Any]) -> RunOutput:
         return train_classifier(config)
     if task == "char_lm":
         return train_char_lm(config)
+    if task == "distributed":
+        from .distributed_run import run_distributed
+
+        return run_distributed(config)
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -1,10 +1,10 @@
 """The lab's studies, one file each; ``STUDIES`` is the name -> study table ``normlab compare`` runs in order."""
 
-from . import batch_dependence, batch_size, contrast, learning_rate, online, sequence, weight_decay
+from . import batch_dependence, batch_size, contrast, distributed, learning_rate, online, sequence, weight_decay
 
 STUDIES = {
     m.STUDY.name: m.STUDY
-    for m in (batch_size, online, learning_rate, weight_decay, batch_dependence, contrast, sequence)
+    for m in (batch_size, online, learning_rate, weight_decay, batch_dependence, contrast, sequence, distributed)
 }
 
 __all__ = ["STUDIES"]
