@@ -57,7 +57,7 @@ def test_explain_rejects_bad_arguments():
         explain("bn", "2,x,3")
     with pytest.raises(ValueError, match="positive divisor"):
         explain("gn", "2,6,4", groups=4)
-    with pytest.raises(ValueError, match="GroupNorm only"):
+    with pytest.raises(ValueError, match="applies to GroupNorm-like methods and Ghost BN only, not BatchNorm"):
         explain("bn", "2,6,4", groups=2)
     with pytest.raises(ValueError, match="spatial"):
         explain("in", "2,6")

@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "many values each, whether it depends on the batch, its train/eval difference and its formula; "
         "optionally draw the Group Norm paper's N x C x H·W cube for that configuration.",
     )
-    p.add_argument("name", help="batch, layer, instance, group or rms (aliases: bn, ln, in, gn)")
+    p.add_argument("name", help="any name from `normlab norms` (batch, layer, instance, group, rms, ...; aliases bn, gn...)")
     p.add_argument("--shape", required=True, help="input shape N,C[,spatial...], e.g. 8,64,32,32")
-    p.add_argument("--groups", type=int, default=None, help="GroupNorm's number of groups (default 32)")
+    p.add_argument("--groups", type=int, default=None,
+                   help="groups for GroupNorm-like methods (default 32); virtual batch size for ghost")
     p.add_argument(
         "--normalized-dims", type=int, default=None, help="LayerNorm/RMSNorm: trailing dims normalized (default: all but N)"
     )

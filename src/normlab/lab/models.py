@@ -51,7 +51,8 @@ def make_norm(name: str, channels: int, spatial_dims: int) -> nn.Module:
     lab-only ``meanonly`` (mean-only BN for the Weight Normalization study)."""
     if name == "meanonly":
         return MeanOnlyBatchNorm(channels)
-    kwargs = {"num_groups": _default_groups(channels) if channels < 64 else 32} if canonical_name(name) == "group" else {}
+    grouped = canonical_name(name) in ("group", "ws")
+    kwargs = {"num_groups": _default_groups(channels) if channels < 64 else 32} if grouped else {}
     try:
         return create_norm(name, channels, spatial_dims=spatial_dims, **kwargs)
     except ValueError as err:
@@ -75,7 +76,7 @@ class ConvNet(nn.Module):
         weight_norm: bool = False,
     ) -> None:
         super().__init__()
-        conv = {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
+        conv = self._conv(norm, spatial_dims)
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(depth):
@@ -92,6 +93,20 @@ class ConvNet(nn.Module):
             for m in list(self.features) + [self.head]:
                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                     nl.weight_norm(m)
+
+    @staticmethod
+    def _conv(norm: str, spatial_dims: int):
+        """The registry's conv for weight-level methods (Weight Standardization, Spectral Norm), else nn.ConvNd."""
+        from ..registry import conv_layer
+
+        if norm != "meanonly":
+            try:
+                special = conv_layer(norm, spatial_dims)
+            except ValueError as err:
+                raise NotApplicable(str(err)) from err
+            if special is not None:
+                return special
+        return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))

@@ -1,25 +1,27 @@
-"""Drop-in twins of ``torch.nn``'s normalization modules, laid out as torch.nn's own files."""
+"""Drop-in twins of ``torch.nn``'s normalization modules, laid out as torch.nn's own files, and the rest of the
+catalog (Batch Renorm, Ghost BN, PowerNorm, FRN, EvoNorm, Switchable, DyT, Weight Standardization, Spectral,
+FrozenBatchNorm2d)."""
 
+from .batch_variants import (
+    BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d, PowerNorm,
+)  # fmt: skip
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .cosine import CosineConv1d, CosineConv2d, CosineLinear
+from .dyt import DynamicTanh
+from .frozen import FrozenBatchNorm2d
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .normalization import GroupNorm, LayerNorm, RMSNorm
+from .normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
+from .response import TLU, EvoNormB0, EvoNormS0, FilterResponseNorm
+from .spectral_norm import SpectralNorm, spectral_norm
+from .switchable import SwitchableNorm
 from .weight_norm import WeightNorm, weight_norm
+from .weight_standardization import StdConv1d, StdConv2d
 
 __all__ = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "CosineConv1d",
-    "CosineConv2d",
-    "CosineLinear",
-    "GroupNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
-    "InstanceNorm3d",
-    "LayerNorm",
-    "RMSNorm",
-    "SyncBatchNorm",
-    "WeightNorm",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "CosineConv1d",
+    "CosineConv2d", "CosineLinear", "DynamicTanh", "EvoNormB0", "EvoNormS0", "FilterResponseNorm",
+    "FrozenBatchNorm2d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d", "GroupNorm", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LocalResponseNorm", "PowerNorm", "RMSNorm", "SpectralNorm",
+    "StdConv1d", "StdConv2d", "SwitchableNorm", "SyncBatchNorm", "TLU", "WeightNorm", "spectral_norm",
     "weight_norm",
-]
+]  # fmt: skip

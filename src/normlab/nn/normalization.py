@@ -11,7 +11,7 @@ from torch.nn import Module, Parameter, init
 from .. import _checks
 from .. import functional as NF
 
-__all__ = ["LayerNorm", "GroupNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"]
 
 
 class LayerNorm(Module):
@@ -207,3 +207,29 @@ class RMSNorm(Module):
 
     def extra_repr(self) -> str:
         return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+
+
+class LocalResponseNorm(Module):
+    r"""Local Response Normalization (Krizhevsky et al. 2012) across channels, as ``torch.nn.LocalResponseNorm``.
+
+    .. math:: b_c = a_c\Big(k + \frac{\alpha}{n}\sum_{c'=\max(0, c-n/2)}^{\min(N-1, c+n/2)} a_{c'}^2\Big)^{-\beta}
+
+    Shape: input ``(N, C, *)``; output same.
+    """
+
+    __constants__ = ["size", "alpha", "beta", "k"]
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        _checks.check_num_features("LocalResponseNorm", size, "size")
+        if size < 1:
+            raise ValueError(f"LocalResponseNorm: size must be at least 1, got {size}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, input: Tensor) -> Tensor:
+        _checks.check_floating("LocalResponseNorm", input)
+        _checks.check_min_dim("LocalResponseNorm", input, 3, "(N, C, *)")
+        return torch.nn.functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)

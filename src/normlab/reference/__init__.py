@@ -4,16 +4,23 @@ Read these files to learn the formulas; nothing here is meant to be fast.
 
 - :mod:`~normlab.reference.layout`: which values each statistic is taken over (the Group Norm paper's S_i).
 - :mod:`~normlab.reference.standardization`: BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RMSNorm.
-- :mod:`~normlab.reference.reparametrization`: Weight Normalization and Cosine Normalization.
+- :mod:`~normlab.reference.reparametrization`: Weight, Cosine and Spectral Normalization, Weight Standardization.
+- :mod:`~normlab.reference.batch_variants`: Batch Renormalization, Ghost BatchNorm, PowerNorm.
+- :mod:`~normlab.reference.response`: FRN + TLU, EvoNorm-B0/S0, Switchable Normalization, DyT, LRN.
 """
+
+from . import batch_variants, response
 
 from .layout import Layout, batch_layout, group_layout, instance_layout, layer_layout
 from .reparametrization import (
     cosine_linear,
     cosine_linear_backward,
     norm_except_dim,
+    spectral_norm,
     weight_norm,
     weight_norm_backward,
+    weight_standardization,
+    weight_standardization_backward,
 )
 from .standardization import (
     Saved,
@@ -53,4 +60,9 @@ __all__ = [
     "standardize_backward",
     "weight_norm",
     "weight_norm_backward",
+    "weight_standardization",
+    "weight_standardization_backward",
+    "spectral_norm",
+    "batch_variants",
+    "response",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "Layout",
     "batch_layout",
     "instance_layout",
+    "ghost_layout",
     "group_layout",
     "layer_layout",
 ]
@@ -41,6 +42,7 @@ class Layout:
     input_shape: tuple[int, ...]
     view: tuple[int, ...]
     axes: tuple[int, ...]
+    batch_axes: tuple[int, ...] = (0,)  # the view's axes that index examples
 
     @property
     def kept_shape(self) -> tuple[int, ...]:
@@ -57,8 +59,8 @@ class Layout:
 
     @property
     def batch_dependent(self) -> bool:
-        """True when one statistic mixes different examples: the view's first axis (the batch) is reduced."""
-        return 0 in self.axes
+        """True when one statistic mixes different examples: an axis that indexes examples is reduced."""
+        return any(a in self.axes for a in self.batch_axes)
 
     def statistic_of(self, flat_index: np.ndarray) -> np.ndarray:
         """The index of the statistic that each input element (given by its C-order flat index) belongs to."""
@@ -85,6 +87,16 @@ def batch_layout(shape: Sequence[int]) -> Layout:
     _require_channels(shape)
     n, c = shape[0], shape[1]
     return Layout(tuple(shape), (n, c, _spatial_size(shape)), (0, 2))
+
+
+def ghost_layout(shape: Sequence[int], virtual_batch_size: int) -> Layout:
+    """Ghost BatchNorm: BatchNorm's sets within each virtual batch of ``virtual_batch_size`` consecutive examples."""
+    _require_channels(shape)
+    n, c = shape[0], shape[1]
+    if virtual_batch_size <= 0 or n % virtual_batch_size:
+        raise ValueError(f"virtual_batch_size ({virtual_batch_size}) must be a positive divisor of N ({n})")
+    view = (n // virtual_batch_size, virtual_batch_size, c, _spatial_size(shape))
+    return Layout(tuple(shape), view, (1, 3), batch_axes=(0, 1))
 
 
 def instance_layout(shape: Sequence[int]) -> Layout:

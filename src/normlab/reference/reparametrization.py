@@ -24,6 +24,9 @@ __all__ = [
     "cosine_linear",
     "cosine_linear_backward",
     "norm_except_dim",
+    "weight_standardization",
+    "weight_standardization_backward",
+    "spectral_norm",
 ]
 
 
@@ -109,3 +112,31 @@ def cosine_linear_backward(
     dx = _uncenter_grad(_cos_grad_wrt_first(dy, xc, wc, cos, eps), centered)
     dw = _uncenter_grad(_cos_grad_wrt_first(dy.T, wc, xc, cos.T, eps), centered)
     return dx.reshape(x.shape), dw
+
+
+def weight_standardization(weight: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, tuple]:
+    r"""Weight Standardization (Qiao et al. 2019): each output filter :math:`w_o` becomes
+    :math:`(w_o-\overline{w_o})/\sqrt{\mathrm{Var}(w_o)+\epsilon}` (over in-channels and kernel). Returns
+    ``(w_hat, saved)`` for :func:`weight_standardization_backward`. It is LayerNorm of the weight's rows."""
+    from .layout import layer_layout
+    from .standardization import standardize
+
+    w = np.asarray(weight, dtype=np.float64)
+    layout = layer_layout(w.shape, w.shape[1:])
+    w_hat, _, rstd = standardize(w, layout, eps)
+    return w_hat, (layout, w_hat, rstd)
+
+
+def weight_standardization_backward(dw_hat: np.ndarray, saved: tuple) -> np.ndarray:
+    from .standardization import standardize_backward
+
+    layout, w_hat, rstd = saved
+    return standardize_backward(dw_hat, w_hat, rstd, layout)
+
+
+def spectral_norm(weight: np.ndarray, dim: int = 0) -> np.ndarray:
+    r"""Spectral Normalization (Miyato et al. 2018): :math:`W/\sigma_{max}(W)`, with W viewed as a matrix whose rows
+    run along ``dim``. The exact largest singular value (torch estimates it by power iteration)."""
+    w = np.moveaxis(np.asarray(weight, dtype=np.float64), dim, 0)
+    sigma = np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False)[0]
+    return np.asarray(weight, dtype=np.float64) / sigma

@@ -1,0 +1,260 @@
+r"""BatchNorm's variants: Batch Renormalization, Ghost BatchNorm, PowerNorm. Formulas in
+:mod:`normlab.reference.batch_variants`; all keep BatchNorm's buffers and state_dict layout where they share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter, init
+
+from .. import _checks
+from .. import functional as NF
+from .batchnorm import _BatchNorm
+
+__all__ = [
+    "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
+    "PowerNorm",
+]  # fmt: skip
+
+
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+class _BatchRenorm(_BatchNorm):
+    r"""Batch Renormalization (Ioffe 2017): BatchNorm whose training output is corrected towards the running
+    statistics, :math:`\hat x = \frac{x-\mu_B}{\sigma_B}r + d`, with r and d clipped and carrying no gradient.
+
+    Args:
+        num_features, eps, affine, device, dtype, bias: as BatchNorm.
+        momentum: running-average rate (the paper's 0.01). Default: 0.01.
+        r_max, d_max: the clipping limits. Default: 3.0 and 5.0 (the paper's final values).
+        warmup: follow the paper's schedule: plain BN (r_max = 1, d_max = 0) for 5k steps, then r_max rising
+            linearly to its limit at 40k steps and d_max at 25k (counted by ``num_batches_tracked``). Default: False.
+
+    With ``r_max=1, d_max=0`` it is exactly BatchNorm. Eval normalizes with the running statistics, as BN.
+    """
+
+    WARMUP_STEPS, R_MAX_STEPS, D_MAX_STEPS = 5000, 40000, 25000
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.01, affine: bool = True,
+        r_max: float = 3.0, d_max: float = 5.0, warmup: bool = False, device: Any = None, dtype: Any = None, *,
+        bias: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(num_features, eps, momentum, affine, True, device, dtype, bias=bias)
+        if not r_max >= 1.0 or not d_max >= 0.0:
+            raise ValueError(f"{type(self).__name__}: expected r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
+        if momentum is None or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in (0, 1], got {momentum}")
+        self.r_max, self.d_max, self.warmup = float(r_max), float(d_max), warmup
+
+    def limits(self) -> tuple[Tensor, Tensor]:
+        """Current (r_max, d_max): the limits, or the warm-up schedule's values at this step."""
+        step = self.num_batches_tracked.to(torch.float64)  # type: ignore[union-attr]
+        if not self.warmup:
+            return step.new_tensor(self.r_max), step.new_tensor(self.d_max)
+
+        def ramp(limit: float, start_value: float, end_step: int) -> Tensor:
+            t = ((step - self.WARMUP_STEPS) / (end_step - self.WARMUP_STEPS)).clamp(0.0, 1.0)
+            return start_value + t * (limit - start_value)
+
+        return ramp(self.r_max, 1.0, self.R_MAX_STEPS), ramp(self.d_max, 0.0, self.D_MAX_STEPS)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(input)
+        self._check_input_dim(input)
+        self._check_channels(input)
+        x_hat = NF.batch_norm(input, None, None, None, None, True, 0.0, self.eps)  # validates; BN's gradient
+        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        with torch.no_grad():
+            r, d = self._corrections(input)
+        shape = _channel_shape(input)
+        out = x_hat * r.view(shape).to(x_hat.dtype) + d.view(shape).to(x_hat.dtype)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
+
+    def _corrections(self, input: Tensor) -> tuple[Tensor, Tensor]:
+        """r and d from the batch and the running statistics, then the running update (as BatchNorm's)."""
+        dims = (0,) + tuple(range(2, input.dim()))
+        stats = self.running_mean.dtype  # type: ignore[union-attr]
+        x = input.detach().to(stats)
+        mean = x.mean(dim=dims)
+        var = (x - mean.view(_channel_shape(x))).square().mean(dim=dims)
+        sigma = (self.running_var + self.eps).sqrt()  # type: ignore[operator]
+        r_max, d_max = (t.to(stats) for t in self.limits())
+        r = ((var + self.eps).sqrt() / sigma).clamp(1 / r_max, r_max)
+        d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
+        count = input.numel() // input.shape[1]
+        self.running_mean.lerp_(mean, self.momentum)  # type: ignore[union-attr, arg-type]
+        self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)  # type: ignore[union-attr, arg-type]
+        return r, d
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}, warmup={self.warmup}"
+
+
+class BatchRenorm1d(_BatchRenorm):
+    __doc__ = _BatchRenorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (2, 3))
+
+
+class BatchRenorm2d(_BatchRenorm):
+    __doc__ = _BatchRenorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (4,))
+
+
+class BatchRenorm3d(_BatchRenorm):
+    __doc__ = _BatchRenorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (5,))
+
+
+class _GhostBatchNorm(_BatchNorm):
+    r"""Ghost Batch Normalization (Hoffer et al. 2017): in training, BatchNorm over consecutive virtual batches of
+    ``virtual_batch_size`` examples (the last may be smaller), each updating the running statistics; in eval, plain
+    BatchNorm. Same buffers and state_dict as BatchNorm. Other args: as BatchNorm.
+    """
+
+    def __init__(
+        self, num_features: int, virtual_batch_size: int = 32, eps: float = 1e-5, momentum: float | None = 0.1,
+        affine: bool = True, track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+        bias: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        _checks.check_num_features(type(self).__name__, virtual_batch_size, "virtual_batch_size")
+        if virtual_batch_size < 2:
+            raise ValueError(f"{type(self).__name__}: virtual_batch_size must be at least 2, got {virtual_batch_size}")
+        self.virtual_batch_size = virtual_batch_size
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or input.shape[0] <= self.virtual_batch_size:
+            return super().forward(input)
+        return torch.cat([super(_GhostBatchNorm, self).forward(chunk) for chunk in input.split(self.virtual_batch_size)])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
+
+
+class GhostBatchNorm1d(_GhostBatchNorm):
+    __doc__ = _GhostBatchNorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (2, 3))
+
+
+class GhostBatchNorm2d(_GhostBatchNorm):
+    __doc__ = _GhostBatchNorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (4,))
+
+
+class GhostBatchNorm3d(_GhostBatchNorm):
+    __doc__ = _GhostBatchNorm.__doc__
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_rank(input, (5,))
+
+
+class _PowerNormFunction(torch.autograd.Function):
+    """PowerNorm's normalization with its approximate backward (Shen et al. 2020, Algorithm 1)."""
+
+    @staticmethod
+    def forward(ctx, x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw):  # type: ignore[override]
+        shape = _channel_shape(x)
+        rstd = (running_phi + eps).rsqrt()
+        x_hat = x * rstd.view(shape).to(x.dtype)
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, x.dim()))
+            quad = x.detach().to(running_phi.dtype).square().mean(dim=dims)
+            running_phi.mul_(alpha_fwd).add_((1 - alpha_fwd) * quad)
+        ctx.save_for_backward(x_hat, rstd, running_nu)
+        ctx.alpha_bkw = alpha_bkw
+        return x_hat
+
+    @staticmethod
+    def backward(ctx, grad_x_hat):  # type: ignore[override]
+        x_hat, rstd, running_nu = ctx.saved_tensors
+        shape = _channel_shape(x_hat)
+        dims = (0,) + tuple(range(2, x_hat.dim()))
+        grad_x = (grad_x_hat - running_nu.view(shape).to(x_hat.dtype) * x_hat) * rstd.view(shape).to(x_hat.dtype)
+        with torch.no_grad():
+            gamma = (grad_x_hat * x_hat).to(running_nu.dtype).mean(dim=dims)
+            running_nu.mul_(1 - (1 - ctx.alpha_bkw) * gamma).add_((1 - ctx.alpha_bkw) * gamma)
+        return grad_x, None, None, None, None, None
+
+
+class PowerNorm(Module):
+    r"""PowerNorm (Shen et al. 2020): BatchNorm for transformers, without centering and with running statistics.
+
+    .. math:: \hat x = x/\sqrt{\psi_{t-1}+\epsilon},\quad \psi_t = \alpha_f\psi_{t-1} + (1-\alpha_f)\,\overline{x^2},
+              \quad y = \gamma\hat x+\beta
+
+    The forward divides by the running quadratic mean of the previous steps, never the current batch's, which
+    removes the fluctuating batch statistics from the forward pass. **Approximate backward** (the paper's): the
+    gradient through :math:`\psi` is replaced by a running correction,
+    :math:`\partial L/\partial x = (g - \nu_{t-1}\hat x)/\sqrt{\psi_{t-1}+\epsilon}` with
+    :math:`g=\partial L/\partial\hat x` and :math:`\nu_t = \nu_{t-1}(1-(1-\alpha_b)\Gamma)+(1-\alpha_b)\Gamma`,
+    :math:`\Gamma=\overline{g\,\hat x}` per channel. So its gradient is not the exact derivative of its forward.
+
+    Args:
+        num_features: C. eps: > 0. alpha_fwd, alpha_bkw: the running-average rates (0.9 in the paper).
+        affine: learnable per-channel weight and bias.
+
+    Shape: input ``(N, C, *)``; output same. Buffers: ``running_phi`` (init 1), ``running_nu`` (init 0).
+    """
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, alpha_fwd: float = 0.9, alpha_bkw: float = 0.9,
+        affine: bool = True, device: Any = None, dtype: Any = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        _checks.check_num_features("PowerNorm", num_features)
+        _checks.check_eps("PowerNorm", eps)
+        for name, a in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
+            if not 0.0 <= a < 1.0:
+                raise ValueError(f"PowerNorm: {name} must be in [0, 1), got {a}")
+        self.num_features, self.eps, self.alpha_fwd, self.alpha_bkw, self.affine = num_features, eps, alpha_fwd, alpha_bkw, affine
+        kw = {"device": device, "dtype": dtype}
+        self.weight = Parameter(torch.ones(num_features, **kw)) if affine else None
+        self.bias = Parameter(torch.zeros(num_features, **kw)) if affine else None
+        self.register_buffer("running_phi", torch.ones(num_features, **kw))
+        self.register_buffer("running_nu", torch.zeros(num_features, **kw))
+
+    def reset_parameters(self) -> None:
+        self.running_phi.fill_(1)
+        self.running_nu.zero_()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        _checks.check_floating("PowerNorm", input)
+        _checks.check_min_dim("PowerNorm", input, 2, "(N, C, *)")
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"PowerNorm: expected input with {self.num_features} channels (num_features) at dim 1, "
+                             f"got {input.shape[1]} in input of shape {tuple(input.shape)}")  # fmt: skip
+        if self.training:
+            x_hat = _PowerNormFunction.apply(input, self.running_phi, self.running_nu, self.eps, self.alpha_fwd,
+                                             self.alpha_bkw)  # fmt: skip
+        else:
+            x_hat = input * (self.running_phi + self.eps).rsqrt().view(_channel_shape(input)).to(input.dtype)
+        if self.affine:
+            shape = _channel_shape(input)
+            x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)
+        return x_hat
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, affine={self.affine}"

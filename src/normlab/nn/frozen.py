@@ -1,0 +1,61 @@
+r"""FrozenBatchNorm2d: BatchNorm with statistics and affine parameters fixed as buffers (fine-tuning detectors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from .. import _checks
+
+__all__ = ["FrozenBatchNorm2d"]
+
+
+class FrozenBatchNorm2d(Module):
+    r""":math:`y = (x - \mu)\,\gamma/\sqrt{\sigma^2+\epsilon} + \beta` with :math:`\mu,\sigma^2,\gamma,\beta` fixed buffers.
+
+    Same buffers as torchvision's ``FrozenBatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``), so a
+    BatchNorm2d's checkpoint loads into it (``num_batches_tracked`` is dropped). Nothing trains, nothing is tracked,
+    training and eval are identical. :meth:`from_batch_norm` freezes an existing BatchNorm.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        _checks.check_num_features("FrozenBatchNorm2d", num_features)
+        _checks.check_eps("FrozenBatchNorm2d", eps)
+        self.num_features, self.eps = num_features, eps
+        kw = {"device": device, "dtype": dtype}
+        self.register_buffer("weight", torch.ones(num_features, **kw))
+        self.register_buffer("bias", torch.zeros(num_features, **kw))
+        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+        self.register_buffer("running_var", torch.ones(num_features, **kw))
+
+    @classmethod
+    def from_batch_norm(cls, bn: Module) -> "FrozenBatchNorm2d":
+        frozen = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        with torch.no_grad():
+            if bn.weight is not None:
+                frozen.weight.copy_(bn.weight)
+            if bn.bias is not None:
+                frozen.bias.copy_(bn.bias)
+            frozen.running_mean.copy_(bn.running_mean)
+            frozen.running_var.copy_(bn.running_var)
+        return frozen
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:  # fmt: skip
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def forward(self, input: Tensor) -> Tensor:
+        _checks.check_floating("FrozenBatchNorm2d", input)
+        if input.dim() != 4 or input.shape[1] != self.num_features:
+            raise ValueError(f"FrozenBatchNorm2d: expected input (N, {self.num_features}, H, W), got {tuple(input.shape)}")
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return input * scale.view(1, -1, 1, 1).to(input.dtype) + shift.view(1, -1, 1, 1).to(input.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
