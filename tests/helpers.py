@@ -34,3 +34,40 @@ def nchw_shapes(min_dims=3, max_dims=5, max_side=6, min_batch=1):
             st.integers(min_batch, 5), st.integers(1, 8), *[st.integers(1, max_side) for _ in range(nd - 2)]
         )
     )
+
+
+def randomize_parameters(module, seed=0, low=0.5, high=1.5):
+    """Parameters drawn uniformly from [low, high): away from the trivial init (ones and zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(low + (high - low) * torch.rand(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def gradcheck_module(module, x):
+    """torch.autograd.gradcheck of ``module`` at ``x``, its running buffers reset before every evaluation so that
+    gradcheck's repeated forwards see the same function."""
+    state = {k: v.clone() for k, v in module.named_buffers()}
+
+    def f(inp):
+        with torch.no_grad():
+            for name, buf in module.named_buffers():
+                buf.copy_(state[name])
+        return module(inp)
+
+    return torch.autograd.gradcheck(f, (x,))
+
+
+def numeric_grad(f, a, step):
+    """Central finite differences of the scalar ``f()`` with respect to the array ``a`` (perturbed in place)."""
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        orig = a[i]
+        a[i] = orig + step
+        plus = f()
+        a[i] = orig - step
+        minus = f()
+        a[i] = orig
+        grad[i] = (plus - minus) / (2 * step)
+    return grad

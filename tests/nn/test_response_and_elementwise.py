@@ -7,19 +7,13 @@ import torch.nn.functional as F
 
 import normlab
 import normlab.nn as nl
-from helpers import assert_close, random_input
+from helpers import assert_close, gradcheck_module, random_input
+from helpers import randomize_parameters as _randomize
 from normlab.reference import response as RR
 
-TOL = dict(atol=1e-10, rtol=1e-9)
-GRAD_TOL = dict(atol=1e-9, rtol=1e-8)  # sums over a statistic's set round more than outputs
+from tolerances import FLOAT64 as TOL
+from tolerances import FLOAT64_GRAD as GRAD_TOL
 
-
-def _randomize(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.5 + 0.5 * torch.rand(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def _np(t):
@@ -68,15 +62,7 @@ def test_evonorm_b0_and_s0_match_reference():
 def test_gradcheck(make, shape):
     m = _randomize(make())
     x = random_input(shape, torch.float64, seed=7, shift=0.2).requires_grad_(True)
-    state = {k: v.clone() for k, v in m.named_buffers()}
-
-    def f(inp):
-        with torch.no_grad():  # running statistics must not drift between gradcheck's evaluations
-            for name, buf in m.named_buffers():
-                buf.copy_(state[name])
-        return m(inp)
-
-    assert torch.autograd.gradcheck(f, (x,))
+    assert gradcheck_module(m, x)
 
 
 @pytest.mark.parametrize("training", [True, False])

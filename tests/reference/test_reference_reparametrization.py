@@ -3,22 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close
+from helpers import assert_close, numeric_grad
 from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
 
-
-def _numeric_grad(f, a, step=FINITE_DIFFERENCE["step"]):
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        orig = a[i]
-        a[i] = orig + step
-        plus = f()
-        a[i] = orig - step
-        minus = f()
-        a[i] = orig
-        grad[i] = (plus - minus) / (2 * step)
-    return grad
 
 
 FD = dict(atol=FINITE_DIFFERENCE["atol"], rtol=FINITE_DIFFERENCE["rtol"])
@@ -34,8 +22,8 @@ def test_weight_norm_backward_matches_finite_differences(shape, dim, rng):
     def loss():
         return float((R.weight_norm(v, g, dim) * dw).sum())
 
-    assert_close(dv, _numeric_grad(loss, v), **FD)
-    assert_close(dg, _numeric_grad(loss, g), **FD)
+    assert_close(dv, numeric_grad(loss, v, FINITE_DIFFERENCE["step"]), **FD)
+    assert_close(dg, numeric_grad(loss, g, FINITE_DIFFERENCE["step"]), **FD)
 
 
 @pytest.mark.parametrize("dim", [0, 1, None])
@@ -62,8 +50,8 @@ def test_cosine_linear_backward_matches_finite_differences(centered, rng):
     def loss():
         return float((R.cosine_linear(x, w, centered) * dy).sum())
 
-    assert_close(dx, _numeric_grad(loss, x), **FD)
-    assert_close(dw, _numeric_grad(loss, w), **FD)
+    assert_close(dx, numeric_grad(loss, x, FINITE_DIFFERENCE["step"]), **FD)
+    assert_close(dw, numeric_grad(loss, w, FINITE_DIFFERENCE["step"]), **FD)
 
 
 def test_cosine_linear_is_cosine_and_pearson(rng):

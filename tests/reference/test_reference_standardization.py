@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import assert_close, nchw_shapes
+from helpers import assert_close, numeric_grad, nchw_shapes
 from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
 
@@ -33,20 +33,6 @@ def _methods(shape):
     ]
 
 
-def _numeric_grad(f, a, step):
-    grad = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        orig = a[i]
-        a[i] = orig + step
-        plus = f()
-        a[i] = orig - step
-        minus = f()
-        a[i] = orig
-        grad[i] = (plus - minus) / (2 * step)
-    return grad
-
 
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 6, 2, 3)])
 @pytest.mark.parametrize("index", range(6))
@@ -63,10 +49,10 @@ def test_backward_matches_finite_differences(shape, index, rng):
     y, saved = forward(x, w, b)
     dx, dw, db = R.backward(dy, saved)
     step, atol, rtol = FINITE_DIFFERENCE["step"], FINITE_DIFFERENCE["atol"], FINITE_DIFFERENCE["rtol"]
-    assert_close(dx, _numeric_grad(loss, x, step), atol=atol, rtol=rtol, msg=f"{name} dx")
-    assert_close(dw, _numeric_grad(loss, w, step), atol=atol, rtol=rtol, msg=f"{name} dweight")
+    assert_close(dx, numeric_grad(loss, x, step), atol=atol, rtol=rtol, msg=f"{name} dx")
+    assert_close(dw, numeric_grad(loss, w, step), atol=atol, rtol=rtol, msg=f"{name} dweight")
     if name != "rms":
-        assert_close(db, _numeric_grad(loss, b, step), atol=atol, rtol=rtol, msg=f"{name} dbias")
+        assert_close(db, numeric_grad(loss, b, step), atol=atol, rtol=rtol, msg=f"{name} dbias")
 
 
 def _torch_twin(name, shape):

@@ -163,8 +163,23 @@ def _gradient_predictiveness(model, loss_fn, x, y, lr) -> float:
     return diff / max(norm, 1e-12)
 
 
-def _diverged(loss: float, initial: float) -> bool:
-    return not math.isfinite(loss) or loss > 10 * max(initial, 1.0)
+class _LossLog:
+    """The loss between two curve points, and divergence: non-finite, or 10x the first loss."""
+
+    def __init__(self) -> None:
+        self.initial: float | None = None
+        self.window: list[float] = []
+
+    def add(self, loss: Tensor) -> bool:
+        """Record one step's loss; True when training has diverged."""
+        value = float(loss.detach())
+        self.initial = value if self.initial is None else self.initial
+        self.window.append(value)
+        return not math.isfinite(value) or value > 10 * max(self.initial, 1.0)
+
+    def flush(self) -> float:
+        mean, self.window = float(np.mean(self.window)), []
+        return mean
 
 
 def train_classifier(config: dict[str, Any]) -> RunOutput:
@@ -190,7 +205,7 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
     recorder = BatchStatRecorder(last_norm, channel_dim=1) if config.get("record_batch_stats") else None
     curves: dict[str, list[float]] = {"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []}
     every = max(1, steps // config.get("points", 40))
-    order, pos, running, initial = None, 0, [], None
+    order, pos, log = None, 0, _LossLog()
     for step in range(steps):
         if order is None or pos + batch > len(order):
             order, pos = _stream_order(data.y_train, config.get("stream", "iid"), config.get("chunk", 100), g), 0
@@ -203,19 +218,15 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        value = float(loss.detach())
-        initial = value if initial is None else initial
-        running.append(value)
-        if _diverged(value, initial):
+        if log.add(loss):
             metrics["diverged"] = 1.0
             break
         if step % every == 0 or step == steps - 1:
             w2 = float(watched.weight.detach().square().sum())
             curves["step"].append(step)
-            curves["loss"].append(float(np.mean(running)))
+            curves["loss"].append(log.flush())
             curves["weight_norm"].append(math.sqrt(w2))
             curves["effective_lr"].append(lr / w2)
-            running = []
     metrics.setdefault("diverged", 0.0)
     if recorder is not None:
         metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
@@ -273,7 +284,7 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
         return float(np.mean(losses)) / math.log(2)
 
     metrics: dict[str, float] = {"diverged": 0.0}
-    running, initial = [], None
+    log = _LossLog()
     for step in range(steps):
         tokens, targets, padding = _lm_batch(text.train, batch, seq_len, pad, g, variable=True)
         loss = F.cross_entropy(model(tokens, padding).transpose(1, 2), targets)
@@ -281,17 +292,13 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        value = float(loss.detach())
-        initial = value if initial is None else initial
-        running.append(value)
-        if _diverged(value, initial):
+        if log.add(loss):
             metrics["diverged"] = 1.0
             break
         if step % every == 0 or step == steps - 1:
             curves["step"].append(step)
-            curves["loss"].append(float(np.mean(running)) / math.log(2))
+            curves["loss"].append(log.flush() / math.log(2))
             curves["valid_bpc"].append(valid_bpc())
-            running = []
     metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
     metrics["valid_bpc"] = valid_bpc() if not metrics["diverged"] else math.log2(vocab)
     return metrics, curves
