@@ -58,6 +58,7 @@ def test_evonorm_b0_and_s0_match_reference():
     (lambda: nl.SwitchableNorm(3, dtype=torch.float64), (3, 3, 4)),
     (lambda: nl.FilterResponseNorm(3, dtype=torch.float64), (2, 3, 4)),
     (lambda: nl.DynamicTanh(5, dtype=torch.float64), (3, 5)),
+    (lambda: nl.LocalResponseNorm(3), (2, 5, 3)),
 ])
 def test_gradcheck(make, shape):
     m = _randomize(make())
