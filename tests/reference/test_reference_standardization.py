@@ -99,22 +99,17 @@ def test_reference_matches_torch_autograd_float64(shape, seed):
             assert_close(bt.grad, db, **tol, msg=f"{name} dbias")
 
 
-def test_running_stats_update_matches_torch(rng):
-    x = rng.normal(size=(6, 3, 4)) * 2 + 1
+@pytest.mark.parametrize("update, torch_update, shape", [
+    (R.running_stats_update, lambda x, rm, rv, m: F.batch_norm(x, rm, rv, training=True, momentum=m), (6, 3, 4)),
+    (R.instance_running_stats_update,
+     lambda x, rm, rv, m: F.instance_norm(x, rm, rv, use_input_stats=True, momentum=m), (4, 3, 7)),
+])
+def test_running_stats_update_matches_torch(update, torch_update, shape, rng):
+    x = rng.normal(size=shape) * 2 + 1
     rm, rv = rng.normal(size=3), rng.uniform(0.5, 2, size=3)
-    new_mean, new_var = R.running_stats_update(rm, rv, x, 0.3)
+    new_mean, new_var = update(rm, rv, x, 0.3)
     rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
-    F.batch_norm(torch.tensor(x), rm_t, rv_t, training=True, momentum=0.3)
-    assert_close(rm_t, new_mean, atol=1e-12, rtol=1e-12)
-    assert_close(rv_t, new_var, atol=1e-12, rtol=1e-12)
-
-
-def test_instance_running_stats_update_matches_torch(rng):
-    x = rng.normal(size=(4, 3, 7)) * 2 + 1
-    rm, rv = rng.normal(size=3), rng.uniform(0.5, 2, size=3)
-    new_mean, new_var = R.instance_running_stats_update(rm, rv, x, 0.2)
-    rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
-    F.instance_norm(torch.tensor(x), rm_t, rv_t, use_input_stats=True, momentum=0.2)
+    torch_update(torch.tensor(x), rm_t, rv_t, 0.3)
     assert_close(rm_t, new_mean, atol=1e-12, rtol=1e-12)
     assert_close(rv_t, new_var, atol=1e-12, rtol=1e-12)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .store import RunRecord
 
-__all__ = ["Options", "Study", "StudyResult", "Verdict", "compare", "group_by", "mean_spread", "SPREAD_FACTOR"]
+__all__ = ["Options", "Study", "StudyResult", "Verdict", "compare", "group_by", "mean_spread", "seed_rows", "SPREAD_FACTOR"]
 
 SPREAD_FACTOR = 2.0
 CRITERION = (
@@ -138,6 +138,12 @@ def not_applicable_notes(records: list[RunRecord]) -> list[str]:
         if r.status == "not_applicable":
             seen.setdefault(r.config.get("norm"), r.note)
     return [f"`{norm}` was not run here: {note}" for norm, note in sorted(seen.items(), key=lambda kv: str(kv[0]))]
+
+
+def seed_rows(by_x: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Per-x lists of per-seed values -> one row per seed across x (nan where a run is missing), for plot_lines."""
+    seeds = max((len(v) for v in by_x), default=0)
+    return [[v[i] if i < len(v) else math.nan for v in by_x] for i in range(seeds)]
 
 
 def plot_lines(ax, xs, groups: dict[str, list[list[float]]], logx: bool = False) -> None:

@@ -8,7 +8,7 @@ from ...reference.layout import batch_layout
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    not_greater, plot_lines, save, values,
+    not_greater, plot_lines, save, seed_rows, values,
 )  # fmt: skip
 
 DEPTH, WIDTH = 4, 32
@@ -55,9 +55,7 @@ class BatchSize(Study):
 
         fig, (ax,) = new_figure()
         for n in norms:
-            runs = [[error[n][b][i] if i < len(error[n][b]) else float("nan") for b in sizes]
-                    for i in range(max(len(error[n][b]) for b in sizes))]  # fmt: skip
-            plot_lines(ax, sizes, {n: runs}, logx=True)
+            plot_lines(ax, sizes, {n: seed_rows([error[n][b] for b in sizes])}, logx=True)
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel("test error (%)")
         ax.set_title("Test error vs batch size")

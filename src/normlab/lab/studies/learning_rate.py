@@ -10,7 +10,7 @@ import numpy as np
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    plot_lines, save, values,
+    plot_lines, save, seed_rows, values,
 )  # fmt: skip
 
 PROBE_LR = 0.3
@@ -55,9 +55,7 @@ class LearningRate(Study):
 
         fig, (ax1, ax2) = new_figure(2)
         for n in norms:
-            seeds = max(len(acc[(n, lr)]) for lr in lrs)
-            runs = [[acc[(n, lr)][i] if i < len(acc[(n, lr)]) else np.nan for lr in lrs] for i in range(seeds)]
-            plot_lines(ax1, lrs, {n: runs})
+            plot_lines(ax1, lrs, {n: seed_rows([acc[(n, lr)] for lr in lrs])})
             probes = [r.curves["grad_pred"] for r in groups.get((n, PROBE_LR), []) if r.curves.get("grad_pred")]
             if probes:
                 length = min(len(p) for p in probes)
