@@ -37,3 +37,29 @@ def test_norms_option_reaches_the_models(tmp_path, capsys):
                  "--no-progress", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "2 runs: 0 already stored, 2 ran now" in out
+
+
+def test_real_cifar10_files_and_fresh(tmp_path, capsys):
+    """--data reads CIFAR-10 pickle batches the test writes; --fresh discards stored runs."""
+    import pickle
+
+    import numpy as np
+
+    data = tmp_path / "cifar"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [("data_batch_1", 48), ("test_batch", 24)]:
+        labels = list(np.arange(n) % 10)
+        images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(data / name, "wb") as fh:
+            pickle.dump({b"data": images, b"labels": labels}, fh)
+    args = ["compare", "--study", "contrast", "--norms", "bn", "--seeds", "1", "--data", f"cifar10:{data}",
+            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]
+    assert main(args) == 0
+    assert "1 runs: 0 already stored, 1 ran now" in capsys.readouterr().out
+    from normlab.lab.store import Store
+
+    (record,) = Store(tmp_path / "out" / "results.sqlite").records()
+    assert record.config["data"] == "cifar10" and record.config["data_path"] == str(data)
+    assert main(args) == 0 and "1 runs: 1 already stored, 0 ran now" in capsys.readouterr().out
+    assert main(args + ["--fresh"]) == 0 and "1 runs: 0 already stored, 1 ran now" in capsys.readouterr().out

@@ -18,9 +18,12 @@ STREAMS = ("iid", "sorted")
 class Online(Study):
     name = "online"
     title = "BatchNorm and online learning"
-    claim = "BN is not fit for online learning: at batch size 1 on a non-i.i.d. stream it falls behind LN and GN."
+    claim = (
+        "BN is not fit for online learning: at batch size 1 on a non-i.i.d. stream it falls behind LN and GN "
+        "(Batch Renorm was designed to close part of that gap)."
+    )
     source = "Ba et al. 2016 (Layer Normalization); Ioffe 2017 (Batch Renormalization, non-i.i.d. minibatches)"
-    default_norms = ("batch", "layer", "group")
+    default_norms = ("batch", "batchrenorm", "layer", "group")
 
     def setup(self, options: Options) -> str:
         return (

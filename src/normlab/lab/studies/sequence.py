@@ -15,11 +15,11 @@ class Sequence(Study):
     name = "sequence"
     title = "Normalization in transformers"
     claim = (
-        "Transformers use LN: on text, LN (and RMSNorm, about as good) beat naive BN, whose batch statistics "
-        "fluctuate more across steps than on images."
+        "Transformers use LN: on text, LN (and RMSNorm and DyT, about as good) beat naive BN, whose batch "
+        "statistics fluctuate more across steps than on images."
     )
-    source = "Ba et al. 2016; Zhang & Sennrich 2019 (RMSNorm); Shen et al. 2020 (PowerNorm)"
-    default_norms = ("layer", "rms", "batch", "none")
+    source = "Ba et al. 2016; Zhang & Sennrich 2019 (RMSNorm); Shen et al. 2020 (PowerNorm); Zhu et al. 2025 (DyT)"
+    default_norms = ("layer", "rms", "dyt", "batch", "none")
 
     def setup(self, options: Options) -> str:
         return (
@@ -69,7 +69,7 @@ class Sequence(Study):
         result.table_rows = [[n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], "diverged"))))]
                              for n in norms]  # fmt: skip
         if "layer" in norms:
-            for other in (n for n in norms if n not in ("layer", "rms")):
+            for other in (n for n in norms if n not in ("layer", "rms", "dyt")):
                 result.verdicts.append(compare(
                     f"LN reaches lower validation bpc than {other}", bpc[other], bpc["layer"], other, "LN",
                     min_effect=0.01, unit=" bpc",
@@ -78,6 +78,11 @@ class Sequence(Study):
                 result.verdicts.append(not_greater(
                     "RMSNorm is as good as LN (its bpc is not higher)", bpc["rms"], bpc["layer"], "RMS", "LN",
                     min_effect=0.01, unit=" bpc",
+                ))  # fmt: skip
+            if "dyt" in norms:
+                result.verdicts.append(not_greater(
+                    "DyT is as good as LN (its bpc is not higher; Zhu et al. 2025)", bpc["dyt"], bpc["layer"], "DyT",
+                    "LN", min_effect=0.01, unit=" bpc",
                 ))  # fmt: skip
         if text_bn and image_bn:
             result.verdicts.append(compare(
