@@ -8,14 +8,16 @@ from tolerances import vs_torch
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
-def clone_pair(theirs: torch.nn.Module, ours: torch.nn.Module) -> None:
-    """Give ``ours`` the same (random, non-trivial) parameters and buffers as ``theirs``."""
+def clone_pair(theirs: torch.nn.Module, ours: torch.nn.Module, seed: int = 0) -> None:
+    """Give ``ours`` the same (random, non-trivial, seeded so a failure replays) parameters and buffers as ``theirs``."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in theirs.parameters():
-            p.copy_(torch.randn_like(p.float()).to(p.dtype) * 0.5 + 1.0)
+            p.copy_((torch.randn(p.shape, generator=g) * 0.5 + 1.0).to(p.dtype))
         for name, b in theirs.named_buffers():
             if b.is_floating_point():
-                b.copy_(torch.rand_like(b.float()).to(b.dtype) + 0.5 if "var" in name else torch.randn_like(b.float()).to(b.dtype))
+                noise = torch.rand(b.shape, generator=g) + 0.5 if "var" in name else torch.randn(b.shape, generator=g)
+                b.copy_(noise.to(b.dtype))
     missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True)
     assert not missing and not unexpected
 

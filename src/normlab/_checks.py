@@ -52,6 +52,14 @@ def check_per_channel(fn: str, channels: int, **tensors: Tensor | None) -> None:
             )
 
 
+def check_channels(fn: str, input: Tensor, expected: int, arg: str = "num_features", dim: int = 1) -> None:
+    if input.shape[dim] != expected:
+        raise ValueError(
+            f"{fn}: expected input with {expected} channels ({arg}) at dim {dim}, got {input.shape[dim]} in input of "
+            f"shape {tuple(input.shape)}"
+        )
+
+
 def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
     if type(normalized_shape) is tuple and normalized_shape:  # modules pass their validated tuple
         return normalized_shape

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .functional import _channel_moments, _channels_last_format
+
 __all__ = ["sync_batch_norm", "check_peers", "world_size_of"]
 
 _DTYPE_CODES = {torch.float16: 1.0, torch.bfloat16: 2.0, torch.float32: 3.0, torch.float64: 4.0}
@@ -67,18 +69,14 @@ def _comm_device(input: Tensor, process_group: Any) -> torch.device:
 
 
 def _local_stats(x: Tensor) -> Tensor:
-    """``[count, mean(C), M2(C)]`` in float64, two-pass (mean, then centered squares): exact at large means, and on
-    CPU several times faster than ``torch.var_mean``'s Welford loop."""
+    """``[count, mean(C), M2(C)]`` in float64 (the moments from :func:`normlab.functional._channel_moments`)."""
     channels = x.shape[1]
     count = x.numel() // channels if channels else 0
     if count == 0:
         zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
         return torch.cat([zeros.new_zeros(1), zeros, zeros])
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dims, shape = _reduce_dims(x), (1, -1) + (1,) * (x.dim() - 2)
-    mean = x.detach().mean(dim=dims, dtype=acc)
-    m2 = (x.detach() - mean.view(shape)).square_().sum(dim=dims)
-    return torch.cat([mean.new_full((1,), float(count)), mean, m2]).to(torch.float64)
+    mean, var = _channel_moments(x)
+    return torch.cat([mean.new_full((1,), float(count)), mean, var * count]).to(torch.float64)
 
 
 def _merge(stats: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -125,7 +123,7 @@ class _SyncBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         input, weight, mean, var = ctx.saved_tensors
-        grad_output = grad_output.contiguous(memory_format=_format_of(input))
+        grad_output = grad_output.contiguous(memory_format=_channels_last_format(input) or torch.contiguous_format)
         if input.numel() == 0:  # an empty rank still joins the all_reduce (ATen's kernel divides by its size)
             sum_dy = sum_dy_xhat = mean.new_zeros(input.shape[1])
             dx_frozen = torch.zeros_like(input)
@@ -149,14 +147,6 @@ class _SyncBatchNorm(torch.autograd.Function):
         grad_weight = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = sum_dy.to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
-
-
-def _format_of(t: Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def sync_batch_norm(

@@ -46,6 +46,19 @@ def _channels_last_format(input: Tensor) -> torch.memory_format | None:
     return None
 
 
+def _channel_moments(input: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance over (N, *spatial), outside autograd.
+
+    Two-pass (mean, then centered squares): exact at large means, accumulated in at least float32 as ATen does for
+    half inputs, and on CPU several times faster than ``torch.var_mean``'s Welford loop.
+    """
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    x = input.detach()
+    dims, shape = (0,) + tuple(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.mean(dim=dims, dtype=acc)
+    return mean, (x - mean.view(shape)).square_().mean(dim=dims)
+
+
 def _restore_format(output: Tensor, fmt: torch.memory_format | None) -> Tensor:
     return output if fmt is None else output.contiguous(memory_format=fmt)
 

@@ -47,11 +47,6 @@ def _needs_spatial(name: str, build: Callable[..., tnn.Module]) -> Callable[...,
     return checked
 
 
-def _batch(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-    cls = {0: nl.BatchNorm1d, 1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}[spatial_dims]
-    return cls(num_features, **kw)
-
-
 def _layer(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     # On feature maps, the Group Norm paper's LayerNorm: one statistic per example over (C, *spatial), per-channel
     # affine, which is GroupNorm with a single group. On feature vectors, torch's LayerNorm over C.
@@ -109,7 +104,10 @@ def _spectral_conv(spatial_dims: int) -> Callable[..., tnn.Module]:
 
 
 _REGISTRY: dict[str, NormEntry] = {
-    "batch": NormEntry("BatchNorm: per channel over (N, *spatial); batch-dependent", _batch, batch_dependent=True),
+    "batch": NormEntry(
+        "BatchNorm: per channel over (N, *spatial); batch-dependent",
+        _ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch"), batch_dependent=True,
+    ),
     "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer),
     "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance),
     "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group),

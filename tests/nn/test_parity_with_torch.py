@@ -47,7 +47,7 @@ def test_batch_norm(rank, n, c, side, affine, bias, track, momentum, dtype, chan
     cls = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}[rank]
     kw = dict(momentum=momentum, affine=affine, track_running_stats=track, bias=bias, dtype=dtype)
     theirs, ours = getattr(torch.nn, cls)(c, **kw), getattr(nl, cls)(c, **kw)
-    clone_pair(theirs, ours)
+    clone_pair(theirs, ours, seed)
     fmt = _fmt(shape, channels_last)
     compare_steps(theirs, ours, _inputs(shape, dtype, fmt, 3, seed), dtype, fmt)
     theirs.eval(), ours.eval()
@@ -70,7 +70,7 @@ def test_instance_norm(rank, n, c, side, affine, track, momentum, unbatched, dty
     cls = {3: "InstanceNorm1d", 4: "InstanceNorm2d", 5: "InstanceNorm3d"}[rank]
     kw = dict(momentum=momentum, affine=affine, track_running_stats=track, dtype=dtype)
     theirs, ours = getattr(torch.nn, cls)(c, **kw), getattr(nl, cls)(c, **kw)
-    clone_pair(theirs, ours)
+    clone_pair(theirs, ours, seed)
     fmt = _fmt(shape, channels_last)
     inputs = _inputs(shape, dtype, fmt, 3, seed)
     if unbatched:
@@ -96,7 +96,7 @@ def test_group_norm(rank, n, groups, per_group, side, affine, bias, dtype, chann
     assume(per_group * side ** (rank - 2) > 1)  # a set of one value has zero variance: output is just beta
     kw = dict(affine=affine, bias=bias, dtype=dtype)
     theirs, ours = torch.nn.GroupNorm(groups, c, **kw), nl.GroupNorm(groups, c, **kw)
-    clone_pair(theirs, ours)
+    clone_pair(theirs, ours, seed)
     fmt = _fmt(shape, channels_last)
     compare_steps(theirs, ours, _inputs(shape, dtype, fmt, 2, seed), dtype, fmt)
 
@@ -115,7 +115,7 @@ def test_layer_norm(lead, normalized, affine, bias, eps, dtype, seed):
     shape = tuple(lead) + tuple(normalized)
     kw = dict(eps=eps, elementwise_affine=affine, bias=bias, dtype=dtype)
     theirs, ours = torch.nn.LayerNorm(normalized, **kw), nl.LayerNorm(normalized, **kw)
-    clone_pair(theirs, ours)
+    clone_pair(theirs, ours, seed)
     compare_steps(theirs, ours, _inputs(shape, dtype, None, 2, seed), dtype)
 
 
@@ -131,7 +131,7 @@ def test_rms_norm(lead, normalized, affine, eps, dtype, seed):
     shape = tuple(lead) + tuple(normalized)
     kw = dict(eps=eps, elementwise_affine=affine, dtype=dtype)
     theirs, ours = torch.nn.RMSNorm(normalized, **kw), nl.RMSNorm(normalized, **kw)
-    clone_pair(theirs, ours)
+    clone_pair(theirs, ours, seed)
     compare_steps(theirs, ours, _inputs(shape, dtype, None, 2, seed), dtype)
 
 

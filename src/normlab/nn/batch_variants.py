@@ -11,7 +11,7 @@ from torch.nn import Module, Parameter, init
 
 from .. import _checks
 from .. import functional as NF
-from .batchnorm import _BatchNorm
+from .batchnorm import _BatchNorm, _lerp_buffer
 
 __all__ = [
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
@@ -82,18 +82,15 @@ class _BatchRenorm(_BatchNorm):
 
     def _corrections(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """r and d from the batch and the running statistics, then the running update (as BatchNorm's)."""
-        dims = (0,) + tuple(range(2, input.dim()))
-        stats = self.running_mean.dtype  # type: ignore[union-attr]
-        x = input.detach().to(stats)
-        mean = x.mean(dim=dims)
-        var = (x - mean.view(_channel_shape(x))).square().mean(dim=dims)
-        sigma = (self.running_var + self.eps).sqrt()  # type: ignore[operator]
-        r_max, d_max = (t.to(stats) for t in self.limits())
+        mean, var = NF._channel_moments(input)
+        running_mean, running_var = self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype)  # type: ignore[union-attr]
+        sigma = (running_var + self.eps).sqrt()
+        r_max, d_max = (t.to(mean.dtype) for t in self.limits())
         r = ((var + self.eps).sqrt() / sigma).clamp(1 / r_max, r_max)
-        d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
+        d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
         count = input.numel() // input.shape[1]
-        self.running_mean.lerp_(mean, self.momentum)  # type: ignore[union-attr, arg-type]
-        self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)  # type: ignore[union-attr, arg-type]
+        _lerp_buffer(self.running_mean, mean, self.momentum)  # type: ignore[arg-type]
+        _lerp_buffer(self.running_var, var * count / max(count - 1, 1), self.momentum)  # type: ignore[arg-type]
         return r, d
 
     def extra_repr(self) -> str:
@@ -252,9 +249,7 @@ class PowerNorm(Module):
     def forward(self, input: Tensor) -> Tensor:
         _checks.check_floating("PowerNorm", input)
         _checks.check_min_dim("PowerNorm", input, 2, "(N, C, *)")
-        if input.shape[1] != self.num_features:
-            raise ValueError(f"PowerNorm: expected input with {self.num_features} channels (num_features) at dim 1, "
-                             f"got {input.shape[1]} in input of shape {tuple(input.shape)}")  # fmt: skip
+        _checks.check_channels("PowerNorm", input, self.num_features)
         if self.training:
             x_hat = _power_norm_training(input, self.running_phi, self.running_nu, self.eps, self.alpha_fwd,
                                          self.alpha_bkw)  # fmt: skip

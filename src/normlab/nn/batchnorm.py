@@ -95,11 +95,7 @@ class _NormBase(Module):
             raise ValueError(f"{type(self).__name__}: expected {expected} input (got {input.dim()}D input)")
 
     def _check_channels(self, input: Tensor, channel_dim: int = 1) -> None:
-        if input.shape[channel_dim] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__}: expected input with {self.num_features} channels (num_features) at "
-                f"dim {channel_dim}, got {input.shape[channel_dim]} in input of shape {tuple(input.shape)}"
-            )
+        _checks.check_channels(type(self).__name__, input, self.num_features, dim=channel_dim)
 
     def extra_repr(self) -> str:
         return (
@@ -127,6 +123,12 @@ class _NormBase(Module):
         )
 
 
+def _lerp_buffer(buffer: Tensor | None, batch_value: Tensor, factor: float | Tensor) -> None:
+    """``buffer <- (1 - factor) * buffer + factor * batch_value``, computed in the statistics' precision (at least
+    float32, as ATen) and stored in the buffer's dtype."""
+    buffer.copy_(buffer.to(batch_value.dtype).lerp(batch_value, factor))  # type: ignore[union-attr]
+
+
 class _BatchNorm(_NormBase):
     def _averaging_factor(self) -> float:
         """The weight of this batch in the running statistics (momentum=None is handled by _forward_cumulative)."""
@@ -144,12 +146,11 @@ class _BatchNorm(_NormBase):
         out = NF.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if input.numel() > 0:  # ATen leaves the buffers alone for an empty batch
             with torch.no_grad():
-                dims = (0,) + tuple(range(2, input.dim()))
-                stats_dtype = self.running_mean.dtype  # type: ignore[union-attr]
-                var, mean = torch.var_mean(input.detach().to(stats_dtype), dim=dims, correction=1)
-                factor = self.num_batches_tracked.to(stats_dtype).reciprocal()  # type: ignore[union-attr]
-                self.running_mean.lerp_(mean, factor)  # type: ignore[union-attr]
-                self.running_var.lerp_(var, factor)  # type: ignore[union-attr]
+                mean, var = NF._channel_moments(input)
+                count = input.numel() // input.shape[1]
+                factor = self.num_batches_tracked.to(mean.dtype).reciprocal()  # type: ignore[union-attr]
+                _lerp_buffer(self.running_mean, mean, factor)
+                _lerp_buffer(self.running_var, var * count / max(count - 1, 1), factor)
         return out
 
     def forward(self, input: Tensor) -> Tensor:

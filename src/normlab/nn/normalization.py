@@ -144,11 +144,7 @@ class GroupNorm(Module):
 
     def forward(self, input: Tensor) -> Tensor:
         _checks.check_min_dim(type(self).__name__, input, 2, "(N, C, *)")
-        if input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"GroupNorm: expected input with {self.num_channels} channels (num_channels) at dim 1, "
-                f"got {input.shape[1]} in input of shape {tuple(input.shape)}"
-            )
+        _checks.check_channels("GroupNorm", input, self.num_channels, "num_channels")
         return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

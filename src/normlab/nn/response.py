@@ -36,9 +36,7 @@ class _ChannelNorm(Module):
                 f"{name}: expected input of shape (N, C, *spatial) with at least one spatial dim, got shape "
                 f"{tuple(input.shape)}; it normalizes each channel over its spatial positions"
             )
-        if input.shape[1] != self.num_features:
-            raise ValueError(f"{name}: expected input with {self.num_features} channels (num_features) at dim 1, "
-                             f"got {input.shape[1]} in input of shape {tuple(input.shape)}")  # fmt: skip
+        _checks.check_channels(name, input, self.num_features)
 
 
 class TLU(Module):
