@@ -147,8 +147,15 @@ def test_convert_and_state_dict_match_torch(tmp_path):
 
 def test_ddp_example_runs_under_torchrun():
     root = Path(__file__).resolve().parents[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    res = subprocess.run(torchrun + [str(root / "examples" / "ddp_train.py"), "--steps", "5"], capture_output=True,
-                         text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "running stats equal on every rank: True" in res.stdout
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
+    proc = subprocess.Popen(torchrun + [str(root / "examples" / "ddp_train.py"), "--steps", "5"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the ranks too, not only torchrun
+        proc.communicate()
+        pytest.fail("examples/ddp_train.py hung under torchrun")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "running stats equal on every rank: True" in stdout

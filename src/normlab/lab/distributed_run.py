@@ -74,5 +74,8 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
             with open(os.path.join(tmp, "result.json"), "w") as fh:
                 json.dump({"metrics": {"test_acc": acc, "diverged": 0.0}, "curves": curves}, fh)
         dist.barrier()
+        # DDP's reducer must go before the process group it talks to: the other order hung gloo teardown about one
+        # run in two (measured with examples/ddp_train.py).
+        del ddp, opt
     finally:
         dist.destroy_process_group()
