@@ -14,7 +14,10 @@ from torch import nn as tnn
 
 from . import nn as nl
 
-__all__ = ["create_norm", "available_norms", "is_batch_dependent", "conv_layer", "NormEntry"]
+__all__ = [
+    "create_norm", "create_packed_norm", "can_pack", "group_kwarg", "available_norms", "is_batch_dependent",
+    "conv_layer", "NormEntry",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class NormEntry:
     build: Callable[..., tnn.Module]
     batch_dependent: bool = False  # in training, does an example's output depend on the rest of its batch?
     conv: Callable[..., tnn.Module] | None = None  # weight-level methods: how to build the layers before the norm
+    # How K independent models' norms run as one module over their channels side by side (the lab's packed
+    # engine): None where a statistic or parameter would mix models (a shared scalar, a window across channels).
+    pack: Callable[..., tnn.Module] | None = None
 
 
 def _ranked(classes: dict[int, type], name: str) -> Callable[..., tnn.Module]:
@@ -92,6 +98,33 @@ def _frozen(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.FrozenBatchNorm2d(num_features, **kw)
 
 
+def _pack_channels(build: Callable[..., tnn.Module]) -> Callable[..., tnn.Module]:
+    """Per-channel statistics and parameters: K models' C channels side by side are one module of K*C channels."""
+
+    def pack(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
+        return build(copies * num_features, spatial_dims, **kw)
+
+    return pack
+
+
+def _pack_groups(build: Callable[..., tnn.Module], key: str) -> Callable[..., tnn.Module]:
+    """Statistics per group of channels: K models of G groups each are one module of K*G groups over K*C channels."""
+
+    def pack(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
+        if key not in kw:
+            raise ValueError(f"packing a grouped norm needs its {key} given explicitly")
+        kw[key] = copies * kw[key]
+        return build(copies * num_features, spatial_dims, **kw)
+
+    return pack
+
+
+def _pack_layer(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
+    if spatial_dims == 0:
+        raise ValueError("create_packed_norm('layer'): LayerNorm over token features does not pack over channels")
+    return nl.GroupNorm(copies, copies * num_features, **kw)  # one group (one statistic per example) per model
+
+
 def _std_conv(spatial_dims: int) -> Callable[..., tnn.Module]:
     if spatial_dims not in (1, 2):
         raise ValueError("Weight Standardization: StdConv1d/StdConv2d exist for spatial_dims 1 and 2")
@@ -107,35 +140,45 @@ _REGISTRY: dict[str, NormEntry] = {
     "batch": NormEntry(
         "BatchNorm: per channel over (N, *spatial); batch-dependent",
         _ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch"), batch_dependent=True,
+        pack=_pack_channels(_ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch")),
     ),
-    "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer),
-    "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance),
-    "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group),
+    "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer, pack=_pack_layer),
+    "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance,
+                          pack=_pack_channels(_instance)),
+    "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group,
+                       pack=_pack_groups(_group, "num_groups")),
     "rms": NormEntry("RMSNorm: LayerNorm without centering, over the trailing feature dim", _rms),
-    "none": NormEntry("no normalization (identity), the baseline", _none),
+    "none": NormEntry("no normalization (identity), the baseline", _none, pack=_pack_channels(_none)),
     "batchrenorm": NormEntry(
         "Batch Renormalization: BN corrected towards running statistics (r, d clipped)",
         _ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}, "batchrenorm"), batch_dependent=True,
+        pack=_pack_channels(_ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}, "batchrenorm")),
     ),
     "ghost": NormEntry(
         "Ghost BatchNorm: BN over virtual batches (virtual_batch_size=32)",
         _ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}, "ghost"), batch_dependent=True,
+        pack=_pack_channels(_ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}, "ghost")),
     ),
     "power": NormEntry("PowerNorm: running quadratic mean, no centering, approximate backward",
-                       lambda c, s, **kw: nl.PowerNorm(c, **kw), batch_dependent=True),
+                       lambda c, s, **kw: nl.PowerNorm(c, **kw), batch_dependent=True,
+                       pack=_pack_channels(lambda c, s, **kw: nl.PowerNorm(c, **kw))),
     "frn": NormEntry("Filter Response Normalization + TLU: per (example, channel) mean square",
-                     _needs_spatial("frn", nl.FilterResponseNorm)),
+                     _needs_spatial("frn", nl.FilterResponseNorm),
+                     pack=_pack_channels(_needs_spatial("frn", nl.FilterResponseNorm))),
     "evonorm_b0": NormEntry("EvoNorm-B0: batch variance vs instance term, fused activation",
-                            _needs_spatial("evonorm_b0", nl.EvoNormB0), batch_dependent=True),
+                            _needs_spatial("evonorm_b0", nl.EvoNormB0), batch_dependent=True,
+                            pack=_pack_channels(_needs_spatial("evonorm_b0", nl.EvoNormB0))),
     "evonorm_s0": NormEntry("EvoNorm-S0: group variance with a swish-like numerator",
-                            _needs_spatial("evonorm_s0", nl.EvoNormS0)),
+                            _needs_spatial("evonorm_s0", nl.EvoNormS0),
+                            pack=_pack_groups(_needs_spatial("evonorm_s0", nl.EvoNormS0), "groups")),
     "switchable": NormEntry("Switchable Normalization: learned mixture of IN, LN and BN statistics",
                             _needs_spatial("switchable", nl.SwitchableNorm), batch_dependent=True),
     "dyt": NormEntry("DyT: gamma * tanh(alpha * x) + beta, no statistics", _dyt),
     "lrn": NormEntry("Local Response Normalization across a window of 5 channels",
                      _needs_spatial("lrn", lambda c, size=5, **kw: nl.LocalResponseNorm(size, **kw))),
     "frozen": NormEntry("FrozenBatchNorm2d: fixed statistics and affine (fine-tuning)", _frozen),
-    "ws": NormEntry("Weight Standardization convs followed by GroupNorm (Qiao et al.)", _group, conv=_std_conv),
+    "ws": NormEntry("Weight Standardization convs followed by GroupNorm (Qiao et al.)", _group, conv=_std_conv,
+                    pack=_pack_groups(_group, "num_groups")),
     "spectral": NormEntry("Spectral Normalization of the convs, no activation norm", _none, conv=_spectral_conv),
 }
 
@@ -203,6 +246,27 @@ def conv_layer(name: str, spatial_dims: int) -> Callable[..., tnn.Module] | None
     """For weight-level methods (``ws``, ``spectral``): the conv class (or factory) a model should use; else None."""
     entry = _REGISTRY[canonical_name(name)]
     return None if entry.conv is None else entry.conv(spatial_dims)
+
+
+def group_kwarg(name: str) -> str | None:
+    """The constructor argument that sets a grouped method's group count (None for methods without groups)."""
+    return {"group": "num_groups", "ws": "num_groups", "evonorm_s0": "groups"}.get(canonical_name(name))
+
+
+def can_pack(name: str, spatial_dims: int) -> bool:
+    """Whether K models' ``name`` norms run exactly as one module over their channels side by side."""
+    entry = _REGISTRY[canonical_name(name)]
+    return entry.pack is not None and not (canonical_name(name) == "layer" and spatial_dims == 0)
+
+
+def create_packed_norm(name: str, num_features: int, copies: int, *, spatial_dims: int = 2, **kwargs: Any) -> tnn.Module:
+    """``copies`` independent ``name`` norms of ``num_features`` channels each, as one module over
+    ``copies * num_features`` channels (model k owns channels ``k*C .. (k+1)*C - 1``). Each model's statistics and
+    parameters stay its own: the packed module computes exactly what the ``copies`` modules compute alone.
+    ValueError for methods that do not pack (see :func:`can_pack`)."""
+    if not can_pack(name, spatial_dims):
+        raise ValueError(f"create_packed_norm: {name!r} does not pack over channels (spatial_dims={spatial_dims})")
+    return _REGISTRY[canonical_name(name)].pack(num_features, spatial_dims, copies, **kwargs)
 
 
 def create_norm(

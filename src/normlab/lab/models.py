@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as nl
-from ..registry import canonical_name, create_norm
+from ..registry import create_norm, create_packed_norm, group_kwarg
 
-__all__ = ["ConvNet", "CharTransformer", "MeanOnlyBatchNorm", "make_norm", "NotApplicable"]
+__all__ = ["ConvNet", "PackedLinear", "CharTransformer", "MeanOnlyBatchNorm", "make_norm", "norm_kwargs", "NotApplicable"]
 
 
 class NotApplicable(ValueError):
@@ -46,15 +46,24 @@ def _default_groups(channels: int) -> int:
     return max(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and g <= max(1, channels // 2))
 
 
-def make_norm(name: str, channels: int, spatial_dims: int) -> nn.Module:
-    """``create_norm`` with lab defaults (GroupNorm: 8 groups on 32 channels, as the paper's 32 on 64+), plus the
-    lab-only ``meanonly`` (mean-only BN for the Weight Normalization study)."""
+def norm_kwargs(name: str, channels: int) -> dict:
+    """Lab defaults: a grouped method gets 32 groups from 64 channels up, else the most groups of at least 2
+    channels each (16 groups of 2 on the lab's 32 channels), whatever its constructor calls the count."""
     if name == "meanonly":
-        return MeanOnlyBatchNorm(channels)
-    grouped = canonical_name(name) in ("group", "ws")
-    kwargs = {"num_groups": _default_groups(channels) if channels < 64 else 32} if grouped else {}
+        return {}
+    key = group_kwarg(name)
+    return {key: _default_groups(channels) if channels < 64 else 32} if key else {}
+
+
+def make_norm(name: str, channels: int, spatial_dims: int, copies: int | None = None) -> nn.Module:
+    """``create_norm`` with the lab's defaults (:func:`norm_kwargs`), plus the lab-only ``meanonly`` (mean-only BN
+    for the Weight Normalization study). With ``copies``, the packed norm of that many independent models."""
+    if name == "meanonly":
+        return MeanOnlyBatchNorm(channels * (copies or 1))
     try:
-        return create_norm(name, channels, spatial_dims=spatial_dims, **kwargs)
+        if copies is not None:
+            return create_packed_norm(name, channels, copies, spatial_dims=spatial_dims, **norm_kwargs(name, channels))
+        return create_norm(name, channels, spatial_dims=spatial_dims, **norm_kwargs(name, channels))
     except ValueError as err:
         raise NotApplicable(str(err)) from err
 
@@ -63,6 +72,10 @@ class ConvNet(nn.Module):
     """conv-norm-ReLU blocks (stride 2 after the first), global average pool, linear head. 1-d or 2-d by the data.
 
     With ``weight_norm=True`` every conv and the head are weight-normalized (Salimans & Kingma).
+
+    With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.packed`): grouped convs,
+    the norm's packed form and a per-copy head, with the same state_dict keys as one net and every tensor the K
+    nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``.
     """
 
     def __init__(
@@ -74,24 +87,27 @@ class ConvNet(nn.Module):
         width: int = 32,
         depth: int = 3,
         weight_norm: bool = False,
+        copies: int | None = None,
     ) -> None:
         super().__init__()
         conv = self._conv(norm, spatial_dims)
+        k = copies or 1
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(depth):
             layers += [
-                conv(c, width, 3, stride=1 if i == 0 else 2, padding=1),
-                make_norm(norm, width, spatial_dims),
+                conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k),
+                make_norm(norm, width, spatial_dims, copies),
                 nn.ReLU(),
             ]
             c = width
+        self.copies = copies
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool1d(1) if spatial_dims == 1 else nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(width, num_classes)
+        self.head = nn.Linear(width, num_classes) if copies is None else PackedLinear(copies, width, num_classes)
         if weight_norm:
             for m in list(self.features) + [self.head]:
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, PackedLinear)):
                     nl.weight_norm(m)
 
     @staticmethod
@@ -110,6 +126,24 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
+
+
+class PackedLinear(nn.Module):
+    """K independent ``Linear(in, out)`` layers: weight ``(K*out, in)``, bias ``(K*out,)``; ``(N, K*in) -> (N, K, out)``."""
+
+    def __init__(self, copies: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.copies, self.in_features, self.out_features = copies, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(copies * out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(copies * out_features))
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, i, o = self.copies, self.in_features, self.out_features
+        w = self.weight.view(k, o, i)
+        return torch.baddbmm(self.bias.view(k, 1, o), x.view(-1, k, i).transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)
 
 
 class TokenNorm(nn.Module):

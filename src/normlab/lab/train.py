@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import ClassifyConfig, from_dict
 from .data import ImageData, load_images, load_text
 from .models import CharTransformer, ConvNet
 
@@ -22,6 +23,7 @@ RunOutput = tuple[dict[str, float], dict[str, list[float]]]
 
 def run(config: dict[str, Any]) -> RunOutput:
     """Execute one run described by ``config`` (its ``task`` picks the loop)."""
+    from_dict(config)  # a malformed configuration fails here, before any work
     torch.manual_seed(config["seed"])
     task = config["task"]
     if task == "classify":
@@ -114,7 +116,7 @@ def _batch_stats_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) ->
     return correct / max(total, 1)
 
 
-def _contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], seed: int) -> list[float]:
+def _contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], seed: int, device) -> list[float]:
     """Accuracy when every test example gets its own contrast a and brightness b: x -> a*x + b.
 
     Strength s: log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) in standardized units.
@@ -123,10 +125,12 @@ def _contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], s
     n = len(data.x_test)
     shape = (n,) + (1,) * (data.x_test.dim() - 1)
     u, v = torch.rand(shape, generator=g) * 2 - 1, torch.rand(shape, generator=g) * 2 - 1
-    return [_accuracy(model, torch.exp(u * s * math.log(5)) * data.x_test + 2 * s * v, data.y_test) for s in strengths]
+    x, y = data.x_test.to(device), data.y_test.to(device)
+    u, v = u.to(device), v.to(device)
+    return [_accuracy(model, torch.exp(u * s * math.log(5)) * x + 2 * s * v, y) for s in strengths]
 
 
-def _output_spread(model: nn.Module, data: ImageData, batch: int, compositions: int = 12) -> float:
+def _output_spread(model: nn.Module, data: ImageData, batch: int, device, compositions: int = 12) -> float:
     """Training-mode output for one fixed example inside random batches: std across batches / mean |logit|."""
     probe = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(7)
@@ -135,7 +139,7 @@ def _output_spread(model: nn.Module, data: ImageData, batch: int, compositions: 
     with torch.no_grad():
         for _ in range(compositions):
             others = data.x_test[1 + torch.randperm(len(data.x_test) - 1, generator=g)[: batch - 1]]
-            outputs.append(probe(torch.cat([example, others]))[0])
+            outputs.append(probe(torch.cat([example, others]).to(device))[0])
     out = torch.stack(outputs)
     return float(out.std(0).mean() / out.abs().mean().clamp_min(1e-12))
 
@@ -182,37 +186,77 @@ class _LossLog:
         return mean
 
 
-def train_classifier(config: dict[str, Any]) -> RunOutput:
-    data = load_images(config["data"], config.get("data_path"))
-    if config.get("train_subset"):
-        data = ImageData(data.name, data.x_train[: config["train_subset"]], data.y_train[: config["train_subset"]],
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning rate's multiplier at ``step``: 1 (constant) or a cosine decay to 0 at the last step."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
+def classifier_data(c: ClassifyConfig) -> ImageData:
+    data = load_images(c.data, c.data_path)
+    if c.train_subset:
+        data = ImageData(data.name, data.x_train[: c.train_subset], data.y_train[: c.train_subset],
                          data.x_test, data.y_test, data.num_classes)  # fmt: skip
-    device = torch.device(config.get("device", "cpu"))
-    model = ConvNet(
-        data.in_channels, data.num_classes, data.spatial_dims, config["norm"], config.get("width", 32),
-        config.get("depth", 3), config.get("weight_norm", False),
-    ).to(device)  # fmt: skip
-    batch, lr = config["batch_size"], config["lr"]
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.get("momentum", 0.9),
-                          weight_decay=config.get("weight_decay", 0.0))  # fmt: skip
-    steps = config.get("steps") or config["epochs"] * math.ceil(len(data.x_train) / batch)
-    g = torch.Generator().manual_seed(config["seed"])
-    watched = model.features[3]  # the second conv, followed by a norm: the weight-decay study's layer
+    return data
+
+
+def build_classifier(c: ClassifyConfig, data: ImageData, copies: int | None = None) -> ConvNet:
+    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, c.weight_norm,
+                   copies=copies)  # fmt: skip
+
+
+def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:
+    return c.steps or c.epochs * math.ceil(len(data.x_train) / c.batch_size)
+
+
+class BatchOrder:
+    """The examples one run trains on, batch after batch, from its own generator (seeded by the run's seed)."""
+
+    def __init__(self, c: ClassifyConfig, labels: Tensor) -> None:
+        self.c, self.labels = c, labels
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.order: Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> Tensor:
+        batch = self.c.batch_size
+        if self.order is None or self.pos + batch > len(self.order):
+            self.order, self.pos = _stream_order(self.labels, self.c.stream, self.c.chunk, self.generator), 0
+        self.pos += batch
+        return self.order[self.pos - batch : self.pos]
+
+
+def watched_layer(model: ConvNet) -> nn.Module:
+    """The second conv, followed by a norm: the weight-decay study's layer."""
+    return model.features[3]
+
+
+def train_classifier(config: dict[str, Any]) -> RunOutput:
+    c = from_dict(config)
+    data = classifier_data(c)
+    device = torch.device(c.device)
+    model = build_classifier(c, data).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    steps = classifier_steps(c, data)
+    watched = watched_layer(model)
     metrics: dict[str, float] = {}
-    if config.get("scale_invariance"):
+    if c.scale_invariance:
         metrics["scale_invariance_error"] = _scale_invariance_error(model, watched, data.x_train[:64].to(device))
     last_norm = model.features[len(model.features) - 2]
-    recorder = BatchStatRecorder(last_norm, channel_dim=1) if config.get("record_batch_stats") else None
+    recorder = BatchStatRecorder(last_norm, channel_dim=1) if c.record_batch_stats else None
     curves: dict[str, list[float]] = {"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []}
-    every = max(1, steps // config.get("points", 40))
-    order, pos, log = None, 0, _LossLog()
+    every = max(1, steps // c.points)
+    batches, log = BatchOrder(c, data.y_train), _LossLog()
     for step in range(steps):
-        if order is None or pos + batch > len(order):
-            order, pos = _stream_order(data.y_train, config.get("stream", "iid"), config.get("chunk", 100), g), 0
-        idx = order[pos : pos + batch]
-        pos += batch
+        idx = batches.next()
         x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
-        if config.get("grad_predictiveness") and step % every == 0:
+        lr = c.lr * lr_factor(c.lr_schedule, step, steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if c.grad_predictiveness and step % every == 0:
             curves["grad_pred"].append(_gradient_predictiveness(model, F.cross_entropy, x, y, lr))
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -223,26 +267,39 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
             break
         if step % every == 0 or step == steps - 1:
             w2 = float(watched.weight.detach().square().sum())
-            curves["step"].append(step)
-            curves["loss"].append(log.flush())
-            curves["weight_norm"].append(math.sqrt(w2))
-            curves["effective_lr"].append(lr / w2)
+            record_point(curves, step, log.flush(), w2, lr)
     metrics.setdefault("diverged", 0.0)
     if recorder is not None:
         metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
+    return evaluate_classifier(model, c, data, metrics, curves)
+
+
+def record_point(curves: dict[str, list[float]], step: int, loss: float, watched_w2: float, lr: float) -> None:
+    curves["step"].append(step)
+    curves["loss"].append(loss)
+    curves["weight_norm"].append(math.sqrt(watched_w2))
+    curves["effective_lr"].append(lr / watched_w2)
+
+
+def evaluate_classifier(
+    model: ConvNet, c: ClassifyConfig, data: ImageData, metrics: dict[str, float], curves: dict[str, list[float]]
+) -> RunOutput:
+    """The test metrics of a trained (or diverged) classifier; shared by runs trained alone and packed."""
+    device = torch.device(c.device)
     model.eval()
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    if metrics["diverged"]:
+    if metrics.get("diverged"):
         chance = 1.0 / data.num_classes
         metrics.update(test_acc=chance, test_acc_batch_stats=chance)
         return metrics, curves
     metrics["test_acc"] = _accuracy(model, x_test, y_test)
+    metrics["train_acc"] = _accuracy(model, data.x_train.to(device), data.y_train.to(device))
     metrics["train_loss"] = curves["loss"][-1] if curves["loss"] else float("nan")
-    metrics["test_acc_batch_stats"] = _batch_stats_accuracy(model, x_test, y_test, config.get("test_batch", 50))
-    if config.get("contrast_strengths"):
-        curves["contrast_acc"] = _contrast_curve(model, data, config["contrast_strengths"], config["seed"])
-    if config.get("output_spread"):
-        metrics["output_spread"] = _output_spread(model, data, config.get("spread_batch", 16))
+    metrics["test_acc_batch_stats"] = _batch_stats_accuracy(model, x_test, y_test, c.test_batch)
+    if c.contrast_strengths:
+        curves["contrast_acc"] = _contrast_curve(model, data, list(c.contrast_strengths), c.seed, device)
+    if c.output_spread:
+        metrics["output_spread"] = _output_spread(model, data, c.spread_batch, device)
     metrics["final_weight_norm"] = curves["weight_norm"][-1]
     return metrics, curves
 
@@ -262,17 +319,19 @@ def _lm_batch(ids: Tensor, batch: int, seq_len: int, pad: int, g: torch.Generato
 
 
 def train_char_lm(config: dict[str, Any]) -> RunOutput:
+    c = from_dict(config)
+    device = torch.device(c.device)
     text = load_text()
     vocab, pad = len(text.vocab), len(text.vocab)
-    seq_len, batch = config["seq_len"], config["batch_size"]
-    model = CharTransformer(vocab, config["norm"], config.get("dim", 64), config.get("layers", 2), max_len=seq_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
-    g = torch.Generator().manual_seed(config["seed"])
+    model = CharTransformer(vocab, c.norm, c.dim, c.layers, max_len=c.seq_len).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(c.seed)
     recorder = BatchStatRecorder(model.blocks[-1].norm2, channel_dim=-1)
     curves: dict[str, list[float]] = {"step": [], "loss": [], "valid_bpc": []}
-    steps, every = config["steps"], max(1, config["steps"] // config.get("points", 20))
+    every = max(1, c.steps // c.points)
     vg = torch.Generator().manual_seed(1234)
-    valid = [_lm_batch(text.valid, 32, seq_len, pad, vg, variable=False) for _ in range(4)]
+    valid = [tuple(t.to(device) for t in _lm_batch(text.valid, 32, c.seq_len, pad, vg, variable=False))
+             for _ in range(4)]  # fmt: skip
 
     def valid_bpc() -> float:
         model.eval()
@@ -285,8 +344,11 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
 
     metrics: dict[str, float] = {"diverged": 0.0}
     log = _LossLog()
-    for step in range(steps):
-        tokens, targets, padding = _lm_batch(text.train, batch, seq_len, pad, g, variable=True)
+    for step in range(c.steps):
+        warm = min(1.0, (step + 1) / c.warmup) if c.warmup else 1.0
+        for group in opt.param_groups:
+            group["lr"] = c.lr * warm * lr_factor(c.lr_schedule, step, c.steps)
+        tokens, targets, padding = (t.to(device) for t in _lm_batch(text.train, c.batch_size, c.seq_len, pad, g, True))
         loss = F.cross_entropy(model(tokens, padding).transpose(1, 2), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,10 +357,10 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
         if log.add(loss):
             metrics["diverged"] = 1.0
             break
-        if step % every == 0 or step == steps - 1:
+        if step % every == 0 or step == c.steps - 1:
             curves["step"].append(step)
             curves["loss"].append(log.flush() / math.log(2))
             curves["valid_bpc"].append(valid_bpc())
-    metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
+    metrics.update(recorder.fluctuation(skip=min(20, c.steps // 4)))
     metrics["valid_bpc"] = valid_bpc() if not metrics["diverged"] else math.log2(vocab)
     return metrics, curves

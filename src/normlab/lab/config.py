@@ -1,0 +1,117 @@
+"""The run contract: one typed configuration per kind of run, every field of which is part of the stored key.
+
+A study builds its runs with :func:`make_config`; the training code reads the typed object, never a default of its
+own, so changing any field (width, depth, momentum, data size, steps...) changes the key and cannot reuse a stale
+row. The store and ``results.json`` keep the configuration as a plain dict (:func:`dataclasses.asdict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ClassifyConfig", "CharLMConfig", "DistributedConfig", "RunConfig", "make_config", "from_dict"]
+
+
+@dataclass(frozen=True)
+class _Common:
+    study: str
+    norm: str
+    seed: int
+    device: str = "cpu"
+    data: str = "mnist1d"
+    data_path: str | None = None
+    variant: str | None = None  # a study's label when the norm name alone does not tell runs apart
+
+
+@dataclass(frozen=True)
+class ClassifyConfig(_Common):
+    """The lab's ConvNet trained by SGD on image classification."""
+
+    task: str = "classify"
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 1
+    steps: int | None = None  # overrides epochs
+    lr_schedule: str = "constant"  # or "cosine": decays to 0 over the run
+    width: int = 32
+    depth: int = 3
+    weight_norm: bool = False
+    train_subset: int | None = None
+    stream: str = "iid"  # or "sorted": class-sorted chunks
+    chunk: int = 100
+    points: int = 40
+    test_batch: int = 50
+    scale_invariance: bool = False
+    grad_predictiveness: bool = False
+    record_batch_stats: bool = False
+    output_spread: bool = False
+    spread_batch: int = 16
+    contrast_strengths: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CharLMConfig(_Common):
+    """The character-level transformer trained by AdamW on CPython's pydoc text."""
+
+    task: str = "char_lm"
+    data: str = "pydoc-topics"
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 3e-3
+    steps: int = 400
+    lr_schedule: str = "constant"
+    warmup: int = 0
+    dim: int = 64
+    layers: int = 2
+    points: int = 20
+
+
+@dataclass(frozen=True)
+class DistributedConfig(_Common):
+    """The ConvNet trained data-parallel over ``nproc`` gloo ranks, one global batch a step."""
+
+    task: str = "distributed"
+    nproc: int = 4
+    global_batch: int = 8
+    sync: bool = False
+    lr: float = 0.05
+    momentum: float = 0.9
+    steps: int = 300
+    width: int = 32
+    depth: int = 3
+    points: int = 30
+    record_losses: bool = False  # every step's loss of the global batch, for the exactness check
+
+
+RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig
+_BY_TASK: dict[str, type] = {"classify": ClassifyConfig, "char_lm": CharLMConfig, "distributed": DistributedConfig}
+
+
+def make_config(task: str = "classify", **fields: Any) -> dict[str, Any]:
+    """A run's full configuration as a dict: every field of the task's dataclass, defaults filled in.
+
+    Unknown fields raise TypeError (a typo must not become a silently ignored key).
+    """
+    if task not in _BY_TASK:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(_BY_TASK)}")
+    if isinstance(fields.get("contrast_strengths"), list):
+        fields["contrast_strengths"] = tuple(fields["contrast_strengths"])
+    config = dataclasses.asdict(_BY_TASK[task](task=task, **fields))
+    if config.get("contrast_strengths") is not None:
+        config["contrast_strengths"] = list(config["contrast_strengths"])
+    return config
+
+
+def from_dict(config: dict[str, Any]) -> RunConfig:
+    """The typed object for a stored or built configuration dict."""
+    cls = _BY_TASK.get(config.get("task", ""))
+    if cls is None:
+        raise ValueError(f"unknown task {config.get('task')!r}; expected one of {sorted(_BY_TASK)}")
+    fields = dict(config)
+    if isinstance(fields.get("contrast_strengths"), list):
+        fields["contrast_strengths"] = tuple(fields["contrast_strengths"])
+    return cls(**fields)
