@@ -53,8 +53,10 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
-                      nproc=args.nproc)  # fmt: skip
+                      nproc=args.nproc, first_seed=args.first_seed)  # fmt: skip
     index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
                                  progress=not args.no_progress)  # fmt: skip
     width = max(len(n) for n in results) + 2
@@ -101,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the studies and their claims, then exit")
     p.add_argument("--study", action="append", metavar="NAME", help="run only this study (repeatable)")
     p.add_argument("--norms", help="comma-separated norm names (any from `normlab norms`) instead of each study's own")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 2, 5 with --full)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per configuration (default: each study's, 5 for the classification studies; x2 with --full)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="N",
+                   help="run seeds N, N+1, ... (default 0); two runs with disjoint seeds test the verdicts' stability")
     p.add_argument("--full", action="store_true", help="more seeds, steps and settings (much slower)")
     p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")

@@ -5,6 +5,7 @@ data -> models -> train (one run) -> store (SQLite) -> studies (claims, configs,
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,10 +13,25 @@ from pathlib import Path
 from .report import OUTCOME_ORDER, write_report
 from .runner import run_sweep
 from .store import Store, config_key
-from .study import Options
+from .study import Options, checked_analysis
 from .studies import STUDIES
 
 __all__ = ["STUDIES", "Options", "compare", "OUTCOME_ORDER"]
+
+
+def preflight(out: Path, options: Options) -> None:
+    """Check what the user gave before any run starts: ValueError with one clear line naming the path and what was
+    expected. Reads only: a bad store or data directory is left as it was."""
+    from .data import check_data
+    from .store import check_store
+
+    check_data(options.data)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: expected a directory, found a file")
+    existing = next((p for p in [out, *out.parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable")
+    check_store(out / "results.sqlite")
 
 
 def compare(
@@ -36,6 +52,7 @@ def compare(
     if unknown:
         raise ValueError(f"unknown study {', '.join(unknown)}; available: {', '.join(STUDIES)}")
     out = Path(out)
+    preflight(out, options)
     if fresh:
         for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures"):
             if path.is_dir():
@@ -54,7 +71,7 @@ def compare(
     with Store(store_path) as store:
         for s in chosen:
             records[s.name] = store.records(s.name, keys=[config_key(c) for c in configs[s.name]])
-            results[s.name] = s.analyze(records[s.name], out / "figures", options)
+            results[s.name] = checked_analysis(s, records[s.name], out / "figures", options)
             setups[s.name] = s.setup(options)
     index = write_report(out, chosen, results, records, setups, options)
     return index, results, not sweep.failed

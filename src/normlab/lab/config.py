@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClassifyConfig", "CharLMConfig", "DistributedConfig", "RunConfig", "make_config", "from_dict"]
+__all__ = [
+    "ClassifyConfig", "CharLMConfig", "DistributedConfig", "RunConfig", "RunOutput", "make_config", "from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ClassifyConfig(_Common):
     width: int = 32
     depth: int = 3
     weight_norm: bool = False
+    norm_options: dict[str, Any] | None = None  # extra constructor arguments (Ghost BN's virtual_batch_size...)
     train_subset: int | None = None
     stream: str = "iid"  # or "sorted": class-sorted chunks
     chunk: int = 100
@@ -88,6 +91,7 @@ class DistributedConfig(_Common):
 
 
 RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig
+RunOutput = tuple[dict[str, float], dict[str, list[float]]]  # (metrics, curves) of one run
 _BY_TASK: dict[str, type] = {"classify": ClassifyConfig, "char_lm": CharLMConfig, "distributed": DistributedConfig}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "TextData", "load_images", "load_text", "read_cifar10", "read_mnist", "parse_data_spec"]
+__all__ = ["ImageData", "TextData", "check_data", "load_images", "load_text", "read_cifar10", "read_mnist", "parse_data_spec"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,23 @@ def parse_data_spec(spec: str | None) -> tuple[str, str | None]:
     if kind not in _READERS or not path:
         raise ValueError(f"--data must be cifar10:PATH or mnist:PATH, got {spec!r}")
     return kind, path
+
+
+def check_data(spec: str | None) -> None:
+    """ValueError naming the path and what was expected unless ``--data`` ``spec`` loads (read-only)."""
+    kind, path = parse_data_spec(spec)
+    if path is None:
+        return
+    expected = {"cifar10": "CIFAR-10's python batches (data_batch_1..5 and test_batch pickles)",
+                "mnist": "MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*, optionally .gz)"}
+    if not Path(path).is_dir():
+        raise ValueError(f"--data {spec}: {path} is not a directory; expected one holding {expected[kind]}")
+    try:
+        data = load_images(kind, path)
+    except Exception as err:  # any reader failure (missing file, bad pickle, truncated idx) is the user's data
+        raise ValueError(f"--data {spec}: could not read {path} as {expected[kind]}: {err}") from None
+    if len(data.x_train) == 0 or len(data.x_test) == 0:
+        raise ValueError(f"--data {spec}: {path} holds no training or no test examples")
 
 
 @lru_cache(maxsize=None)

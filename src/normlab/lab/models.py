@@ -55,15 +55,18 @@ def norm_kwargs(name: str, channels: int) -> dict:
     return {key: _default_groups(channels) if channels < 64 else 32} if key else {}
 
 
-def make_norm(name: str, channels: int, spatial_dims: int, copies: int | None = None) -> nn.Module:
+def make_norm(
+    name: str, channels: int, spatial_dims: int, copies: int | None = None, options: dict | None = None
+) -> nn.Module:
     """``create_norm`` with the lab's defaults (:func:`norm_kwargs`), plus the lab-only ``meanonly`` (mean-only BN
     for the Weight Normalization study). With ``copies``, the packed norm of that many independent models."""
     if name == "meanonly":
         return MeanOnlyBatchNorm(channels * (copies or 1))
+    kwargs = {**norm_kwargs(name, channels), **(options or {})}
     try:
         if copies is not None:
-            return create_packed_norm(name, channels, copies, spatial_dims=spatial_dims, **norm_kwargs(name, channels))
-        return create_norm(name, channels, spatial_dims=spatial_dims, **norm_kwargs(name, channels))
+            return create_packed_norm(name, channels, copies, spatial_dims=spatial_dims, **kwargs)
+        return create_norm(name, channels, spatial_dims=spatial_dims, **kwargs)
     except ValueError as err:
         raise NotApplicable(str(err)) from err
 
@@ -88,6 +91,7 @@ class ConvNet(nn.Module):
         depth: int = 3,
         weight_norm: bool = False,
         copies: int | None = None,
+        norm_options: dict | None = None,
     ) -> None:
         super().__init__()
         conv = self._conv(norm, spatial_dims)
@@ -97,7 +101,7 @@ class ConvNet(nn.Module):
         for i in range(depth):
             layers += [
                 conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k),
-                make_norm(norm, width, spatial_dims, copies),
+                make_norm(norm, width, spatial_dims, copies, norm_options),
                 nn.ReLU(),
             ]
             c = width

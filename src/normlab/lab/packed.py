@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..registry import can_pack
 from .config import ClassifyConfig, from_dict
 from .train import (
-    BatchOrder, RunOutput, _LossLog, _scale_invariance_error, build_classifier, classifier_data, classifier_steps,
+    BatchOrder, RunOutput, _LossLog, _scale_invariance_error, preserved_state, build_classifier, classifier_data, classifier_steps,
     evaluate_classifier, lr_factor, record_point, watched_layer,
 )  # fmt: skip
 
@@ -35,16 +35,16 @@ __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state",
 
 MAX_COPIES = 16
 # Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise.
-PER_RUN_FIELDS = ("seed", "lr", "weight_decay")
+PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk")
 
 
 def pack_key(config: dict[str, Any]) -> str | None:
-    """Runs with the same key train together; None for a run that trains alone (a probe that steps the model
-    on its own, or a norm that does not pack)."""
-    if config.get("task") != "classify":
-        return None
+    """Runs with the same key train together; None for a run that trains alone (a recorder hooked on one
+    model's layer, or a norm that does not pack)."""
     c = from_dict(config)
-    if c.grad_predictiveness or c.record_batch_stats:
+    if not isinstance(c, ClassifyConfig):
+        return None
+    if c.record_batch_stats:
         return None
     spatial = 2 if c.data in ("digits", "cifar10", "mnist") else 1
     if c.norm != "meanonly":
@@ -121,37 +121,79 @@ def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
 
 class PackedSGD:
     """``torch.optim.SGD`` (momentum, weight decay, no dampening or Nesterov) with a learning rate and weight decay
-    per packed run, broadcast along each tensor's pack axis."""
+    per packed run, broadcast along each tensor's pack axis. Learning rates follow one schedule: run k's rate at a
+    step is ``lrs[k] * factor``. Foreach ops: a handful of kernels a step, whatever the number of tensors."""
 
-    def __init__(self, packed: nn.Module, axes: dict[str, int | None], copies: int, momentum: float) -> None:
-        self.params = [(p, axes[name]) for name, p in packed.named_parameters()]
-        self.copies, self.momentum = copies, momentum
-        self.buffers: list[Tensor | None] = [None] * len(self.params)
+    def __init__(
+        self, packed: nn.Module, axes: dict[str, int | None], lrs: list[float], decays: list[float], momentum: float
+    ) -> None:
+        self.params = [p for _, p in packed.named_parameters()]
+        self.axes = [axes[name] for name, _ in packed.named_parameters()]
+        self.copies, self.momentum = len(lrs), momentum
+        self.decays = [self._per_run(decays, p, a) for p, a in zip(self.params, self.axes)] if any(decays) else None
+        self.lrs = [self._per_run(lrs, p, a) for p, a in zip(self.params, self.axes)]
+        self.base_lrs = list(lrs)
+        self.buffers: list[Tensor] | None = None
 
-    def _per_run(self, values: Tensor, p: Tensor, axis: int) -> Tensor:
+    def _per_run(self, values: list[float], p: Tensor, axis: int | None) -> Tensor:
         shape = [1] * p.dim()
         shape[axis] = -1
-        return values.repeat_interleave(p.shape[axis] // self.copies).view(shape)
+        per_run = torch.tensor(values, dtype=p.dtype, device=p.device)
+        return per_run.repeat_interleave(p.shape[axis] // self.copies).view(shape)
+
+    def stop(self, run: int) -> None:
+        """Run ``run`` learns no more (it diverged)."""
+        self.base_lrs[run] = 0.0
+        self.lrs = [self._per_run(self.base_lrs, p, a) for p, a in zip(self.params, self.axes)]
 
     @torch.no_grad()
-    def step(self, lrs: list[float], decays: list[float]) -> None:
-        for i, (p, axis) in enumerate(self.params):
-            if p.grad is None:
-                continue
-            grad = p.grad
-            if any(decays):
-                grad = grad + self._per_run(torch.tensor(decays, dtype=p.dtype, device=p.device), p, axis) * p
-            if self.momentum:
-                if self.buffers[i] is None:
-                    self.buffers[i] = grad.clone()
-                else:
-                    self.buffers[i].mul_(self.momentum).add_(grad)
-                grad = self.buffers[i]
-            p.sub_(self._per_run(torch.tensor(lrs, dtype=p.dtype, device=p.device), p, axis) * grad)
+    def step(self, factor: float) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.decays is not None:
+            grads = torch._foreach_add(grads, torch._foreach_mul(self.params, self.decays))
+        if self.momentum:
+            if self.buffers is None:
+                self.buffers = [g.clone() for g in grads]
+            else:
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+            grads = self.buffers
+        torch._foreach_sub_(self.params, torch._foreach_mul(torch._foreach_mul(self.lrs, factor), grads))
 
     def zero_grad(self) -> None:
-        for p, _ in self.params:
+        for p in self.params:
             p.grad = None
+
+
+def _per_run_norms(tensors: list[Tensor], axes: list[int], copies: int) -> Tensor:
+    """The Euclidean norm of each run's slice of ``tensors`` taken together: shape ``(copies,)``."""
+    squares = [torch.stack([part.square().sum() for part in t.chunk(copies, dim=a)]) for t, a in zip(tensors, axes)]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def _gradient_predictiveness(packed: nn.Module, axes: dict, x: Tensor, y: Tensor, lrs: list[float]) -> list[float]:
+    """Per run, as :func:`normlab.lab.train._gradient_predictiveness` computes it alone: ||g(w) - g(w - lr g(w))||
+    / ||g(w)|| on the same batch, the model left as it was."""
+    names = [n for n, p in packed.named_parameters() if p.requires_grad]
+    params = [dict(packed.named_parameters())[n] for n in names]
+    param_axes = [axes[n] for n in names]
+    copies = len(lrs)
+
+    def summed_loss() -> Tensor:
+        return F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0).sum()
+
+    with preserved_state(packed):
+        grads = torch.autograd.grad(summed_loss(), params)
+        with torch.no_grad():
+            for p, g, a in zip(params, grads, param_axes):
+                shape = [1] * p.dim()
+                shape[a] = -1
+                per_run = torch.tensor(lrs, dtype=p.dtype, device=p.device)
+                p.sub_(per_run.repeat_interleave(p.shape[a] // copies).view(shape) * g)
+        moved = torch.autograd.grad(summed_loss(), params)
+    diff = _per_run_norms([a - b for a, b in zip(grads, moved)], param_axes, copies)
+    norm = _per_run_norms(list(grads), param_axes, copies).clamp_min(1e-12)
+    return (diff / norm).tolist()
 
 
 def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
@@ -166,15 +208,15 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
     singles = []
     for c in cs:
         torch.manual_seed(c.seed)
-        singles.append(build_classifier(c, data))
+        singles.append(build_classifier(c, data).to(device))
     metrics: list[dict[str, float]] = [{} for _ in cs]
     for m, c, model in zip(metrics, cs, singles):
         if c.scale_invariance:
-            m["scale_invariance_error"] = _scale_invariance_error(model, watched_layer(model), data.x_train[:64])
-    packed = build_classifier(c0, data, copies=k)
+            m["scale_invariance_error"] = _scale_invariance_error(model, watched_layer(model),
+                                                                  data.x_train[:64].to(device))  # fmt: skip
+    packed = build_classifier(c0, data, copies=k).to(device)
     axes = pack_state(singles, packed)
-    packed.to(device)
-    opt = PackedSGD(packed, axes, k, c0.momentum)
+    opt = PackedSGD(packed, axes, [c.lr for c in cs], [c.weight_decay for c in cs], c0.momentum)
     steps = classifier_steps(c0, data)
     every = max(1, steps // c0.points)
     orders = [BatchOrder(c, data.y_train) for c in cs]
@@ -190,23 +232,28 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
         live = [i for i in range(k) if alive[i]]
         opt.zero_grad()
         losses[live].sum().backward()
-        lrs = [c.lr * lr_factor(c.lr_schedule, step, steps) if alive[i] else 0.0 for i, c in enumerate(cs)]
-        opt.step(lrs, [c.weight_decay for c in cs])
+        factor = lr_factor(c0.lr_schedule, step, steps)
+        if c0.grad_predictiveness and step % every == 0:
+            probe = _gradient_predictiveness(packed, axes, x, y, [c.lr * factor for c in cs])
+            for i in live:
+                curves[i]["grad_pred"].append(probe[i])
+        opt.step(factor)
         values = losses.detach().tolist()
         for i in live:
             if logs[i].add(torch.tensor(values[i])):
                 metrics[i]["diverged"] = 1.0
                 alive[i] = False
+                opt.stop(i)
         if not any(alive):
             break
         if step % every == 0 or step == steps - 1:
             w2 = watched_layer(packed).weight.detach().reshape(k, -1).square().sum(1).tolist()
             for i in live:
                 if alive[i]:
-                    record_point(curves[i], step, logs[i].flush(), w2[i], lrs[i])
+                    record_point(curves[i], step, logs[i].flush(), w2[i], cs[i].lr * factor)
     unpack_state(packed, singles)
     outputs = []
     for m, c, model, curve in zip(metrics, cs, singles, curves):
         m.setdefault("diverged", 0.0)
-        outputs.append(evaluate_classifier(model.to(device), c, data, m, curve))
+        outputs.append(evaluate_classifier(model, c, data, m, curve))
     return outputs

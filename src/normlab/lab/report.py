@@ -18,13 +18,13 @@ import torch
 from .. import __version__
 from .published import ANCHORS
 from .store import RunRecord
-from .study import CRITERION, Study, StudyResult
+from .study import CONVERGENCE, CRITERION, NOT_TRAINED, Study, StudyResult
 
 __all__ = ["write_report", "OUTCOME_ORDER"]
 
-OUTCOME_ORDER = ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive")
+OUTCOME_ORDER = ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive", NOT_TRAINED)
 _BADGE = {"reproduced": "#1b7f3b", "not reproduced at this scale": "#8a6d00", "contradicted": "#b3261e",
-          "inconclusive": "#5f6368"}  # fmt: skip
+          "inconclusive": "#5f6368", NOT_TRAINED: "#5f6368"}  # fmt: skip
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #202124; }
@@ -67,6 +67,10 @@ def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup
         f'<p class="claim"><b>Claim.</b> {_e(study.claim)} <span class="meta">Source: {_e(study.source)}</span></p>',
         f"<p><b>Setup.</b> {_e(setup)} <span class='meta'>{runs} runs, {seconds:.0f} s of compute.</span></p>",
     ]
+    if result.training is not None:
+        color = "#1b7f3b" if result.training.met else "#b3261e"
+        parts.append(f'<p class="training" style="border-left:3px solid {color};padding-left:0.6em"><b>Trained?</b> '
+                     f"{_e(result.training.text())}</p>")  # fmt: skip
     parts += [f'<p><img src="figures/{_e(f)}" alt="{_e(study.name)} figure"></p>' for f in result.figures]
     parts.append(_table(result.table_headers, result.table_rows))
     parts.append("<p><b>Verdicts</b> (computed from the runs above):</p><ul>")
@@ -106,6 +110,7 @@ def write_report(
 <h2>Summary</h2>
 <table><tr><th>study</th><th>claim</th><th>verdicts</th></tr>{''.join(summary_rows)}</table>
 <p><b>Criterion.</b> {_e(CRITERION)}</p>
+<p><b>Training.</b> {_e(CONVERGENCE)}</p>
 <p class="meta">Published numbers come from much larger models and data; they are shown for direction, not as targets.
 Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
 {''.join(sections)}
@@ -131,5 +136,6 @@ def _write_tables(out: Path, studies, results, records) -> None:
         "runs": [asdict(r) for r in flat],
         "verdicts": {s.name: [asdict(v) for v in results[s.name].verdicts] for s in studies},
         "criterion": CRITERION,
+        "training": {s.name: asdict(results[s.name].training) if results[s.name].training else None for s in studies},
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")

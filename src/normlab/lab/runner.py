@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .models import NotApplicable
+from .packed import plan_packs
 from .store import Store, config_key
 
 __all__ = ["SweepReport", "run_sweep", "execute"]
@@ -26,30 +27,34 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def execute(config: dict[str, Any], store_path: str, threads: int = 1) -> tuple[str, float, str]:
-    """Run one configuration and store its row; returns (key, seconds, status). Runs in a worker process."""
+def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1) -> list[tuple[str, float, str]]:
+    """Run one work item (a single run, or a pack of runs trained together) and store one row per run; returns
+    (key, seconds, status) per run. Runs in a worker process."""
     import torch
 
+    from .packed import train_packed
     from .train import run
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        metrics, curves = run(config)
-        status, note = "done", ""
+        outputs = train_packed(configs) if len(configs) > 1 else [run(configs[0])]
+        rows = [(m, c, "done", "") for m, c in outputs]
     except NotApplicable as err:
-        metrics, curves, status, note = {}, {}, "not_applicable", str(err)
-    seconds = time.perf_counter() - start
+        rows = [({}, {}, "not_applicable", str(err))] * len(configs)
+    seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
     with Store(store_path) as store:
-        store.put(config, metrics, curves, seconds, status=status, note=note)
-    return config_key(config), seconds, status
+        for config, (metrics, curves, status, note) in zip(configs, rows):
+            store.put(config, metrics, curves, seconds, status=status, note=note)
+    return [(config_key(c), seconds, status) for c, (_, _, status, _) in zip(configs, rows)]
 
 
-def _execute_safely(config: dict[str, Any], store_path: str, threads: int) -> tuple[str, float, str, str]:
+def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int) -> list[tuple[str, float, str, str]]:
     try:
-        return (*execute(config, store_path, threads), "")
+        return [(*row, "") for row in execute(configs, store_path, threads)]
     except Exception:  # a broken run must not take the sweep down; it is reported and not stored
-        return config_key(config), 0.0, "failed", traceback.format_exc()
+        error = traceback.format_exc()
+        return [(config_key(c), 0.0, "failed", error) for c in configs]
 
 
 def run_sweep(
@@ -83,19 +88,31 @@ def run_sweep(
         bar.update(1)
         bar.set_postfix_str(f"{config['study']}: {config.get('norm')}", refresh=False)
 
+    items = plan_packs(todo)
+    items.sort(key=_cost, reverse=True)  # longest first, so the workers finish together
     try:
         if workers <= 1:
-            for config in todo:
-                record(config, _execute_safely(config, store_path, threads))
+            for item in items:
+                for config, outcome in zip(item, _execute_safely(item, store_path, threads)):
+                    record(config, outcome)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_execute_safely, c, store_path, threads): c for c in todo}
+                futures = {pool.submit(_execute_safely, item, store_path, threads): item for item in items}
                 for future in as_completed(futures):
-                    record(futures[future], future.result())
+                    for config, outcome in zip(futures[future], future.result()):
+                        record(config, outcome)
     finally:
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _cost(item: list[dict[str, Any]]) -> float:
+    """A rough cost of a work item, for ordering: training steps, a pack of K counted as about K/4 runs."""
+    c = item[0]
+    steps = c.get("steps") or c.get("epochs", 1) * (c.get("train_subset") or 4000) / max(c.get("batch_size", 1), 1)
+    weight = {"char_lm": 8.0, "distributed": 6.0}.get(c.get("task"), 1.0)
+    return steps * weight * max(1.0, len(item) / 4)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Store", "RunRecord", "config_key", "LAB_VERSION"]
+__all__ = ["Store", "RunRecord", "config_key", "check_store", "LAB_VERSION"]
 
 # Bump when a change to the lab's code changes what a configuration produces, so old rows are not reused.
-LAB_VERSION = "1"
+LAB_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -53,6 +53,32 @@ class RunRecord:
     curves: dict[str, list[float]]
     note: str
     seconds: float
+
+
+_COLUMNS = ["key", "study", "status", "config", "metrics", "curves", "note", "seconds", "finished"]
+
+
+def check_store(path: str | Path) -> None:
+    """ValueError naming ``path`` unless it is absent or a normlab results store. Opens it read-only: a file that
+    is not one (corrupt, or another program's database) is left exactly as it was."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"{path}: expected a normlab results store (an SQLite file), found a directory")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"{path}: expected a normlab results store, but it is not a readable SQLite database "
+                         f"({err}); move it away or choose another --out") from None  # fmt: skip
+    if tables and columns != _COLUMNS:
+        raise ValueError(f"{path}: an SQLite database but not a normlab results store (tables: "
+                         f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another --out")  # fmt: skip
 
 
 class Store:

@@ -3,6 +3,7 @@ table and verdicts. Verdicts come from the data by a stated criterion, never fro
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +13,64 @@ import numpy as np
 
 from .store import RunRecord
 
-__all__ = ["Options", "Study", "StudyResult", "Verdict", "compare", "group_by", "mean_spread", "seed_rows", "SPREAD_FACTOR"]
+__all__ = [
+    "Options", "Study", "StudyResult", "Verdict", "Sample", "compare", "group_by", "mean_spread", "seed_rows",
+    "converged", "CRITERION", "CONVERGENCE", "NOT_TRAINED",
+]
 
-SPREAD_FACTOR = 2.0
+CONFIDENCE = 0.95
+PLATEAU_FRACTION = 0.10
 CRITERION = (
-    f"A difference counts when the two means differ in the claimed direction by more than {SPREAD_FACTOR:g}x the larger "
-    "standard deviation over seeds (and by at least `min_effect`). The opposite difference by that margin contradicts "
-    "the claim; anything smaller is 'not reproduced at this scale'. One seed cannot give a spread: 'inconclusive'."
+    "Runs are paired by seed (the same initialization of the shared layers and the same data order for every norm "
+    "compared). A difference counts when a two-sided paired t-test on the per-seed differences rejects 'no "
+    f"difference' at {CONFIDENCE:.0%} (|mean difference| > t(0.975, n-1) x its standard error) and the mean "
+    "difference is at least `min_effect`; runs that cannot be paired are compared by Welch's t-test. A difference "
+    "that counts in the claimed direction reproduces the claim, the opposite contradicts it, anything else is 'not "
+    "reproduced at this scale'. One seed cannot give a spread: 'inconclusive'. A comparison that involves a run "
+    "that did not train reads 'inconclusive: not trained'."
 )
+CONVERGENCE = (
+    f"A run has converged when its training loss fell by less than {PLATEAU_FRACTION:.0%} of its total fall during "
+    "the last fifth of training (a plateau). A run that diverged is a finished result, scored at chance. A study's "
+    "runs have trained when they converged and the best norm of the study reaches the study's accuracy target."
+)
+NOT_TRAINED = "inconclusive: not trained"
+
+
+class Sample(list):
+    """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing) and how many of
+    the runs behind them did not converge."""
+
+    def __init__(self, values=(), seeds=(), untrained: int = 0) -> None:
+        super().__init__(values)
+        self.seeds = list(seeds)
+        self.untrained = untrained
+
+    def map(self, fn) -> "Sample":
+        return Sample([fn(v) for v in self], self.seeds, self.untrained)
+
+    def minus(self, other: "Sample") -> "Sample":
+        """Per-seed differences over the seeds both have."""
+        mine, theirs = dict(zip(self.seeds, self)), dict(zip(other.seeds, other))
+        common = [s for s in self.seeds if s in theirs]
+        return Sample([mine[s] - theirs[s] for s in common], common, self.untrained + other.untrained)
+
+
+def converged(curve: Sequence[float]) -> bool:
+    """The plateau test of :data:`CONVERGENCE` on a run's loss curve (points evenly spaced in steps)."""
+    loss = [v for v in curve if math.isfinite(v)]
+    if len(loss) < 5:
+        return False
+    start, end, at_four_fifths = loss[0], loss[-1], loss[int(0.8 * (len(loss) - 1))]
+    total = start - end
+    return total > 0 and (at_four_fifths - end) < PLATEAU_FRACTION * total
+
+
+def run_converged(record: RunRecord) -> bool:
+    if record.metrics.get("diverged"):
+        return True
+    curve = record.curves.get("loss") or []
+    return converged(curve)
 
 
 @dataclass(frozen=True)
@@ -30,15 +81,20 @@ class Options:
     device: str = "cpu"
     data: str | None = None  # "cifar10:PATH" / "mnist:PATH"
     nproc: int = 4  # ranks of the distributed study
+    first_seed: int = 0  # seeds first_seed, first_seed + 1, ...
 
     def describe(self) -> str:
         norms = ", ".join(self.norms) if self.norms else "each study's own"
         data = self.data or "embedded (MNIST-1D, digits, pydoc text)"
-        return f"seeds {len(self.seed_list())}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
+        seeds = f"{self.seeds} seeds" if self.seeds else "each study's seeds"
+        return f"{seeds} from seed {self.first_seed}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
                f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study"
 
-    def seed_list(self) -> list[int]:
-        return list(range(self.seeds if self.seeds is not None else (5 if self.full else 2)))
+    def seed_list(self, default: int = 5) -> list[int]:
+        """The seeds each setting runs: ``--seeds`` of them (else the study's ``default``, doubled with --full),
+        starting at ``--first-seed``."""
+        count = self.seeds if self.seeds is not None else (2 * default if self.full else default)
+        return list(range(self.first_seed, self.first_seed + count))
 
 
 @dataclass
@@ -48,6 +104,41 @@ class Verdict:
     evidence: str
 
 
+@dataclass(frozen=True)
+class Target:
+    """What 'trained' means for a study: the best setting's mean ``metric`` must reach ``threshold``."""
+
+    metric: str = "test_acc"
+    threshold: float = 0.90
+    higher_is_better: bool = True
+    task: str | None = None  # only runs of this task count (the sequence study's language models)
+
+    def describe(self) -> str:
+        if self.metric == "test_acc":
+            return f"the best setting reaches at least {self.threshold:.0%} mean test accuracy"
+        return f"the best setting reaches at most {self.threshold:g} mean {self.metric.replace('_', ' ')}"
+
+
+@dataclass
+class TrainingCheck:
+    """Whether a study's runs trained: the target, the best setting, and the convergence count."""
+
+    target: str
+    met: bool
+    best: str
+    converged: int
+    runs: int
+    unconverged: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        status = "met" if self.met else "NOT met"
+        text = (f"Target: {self.target}: {status} (best: {self.best}). Converged: {self.converged} of {self.runs} "
+                "runs.")  # fmt: skip
+        if self.unconverged:
+            text += " Not converged: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
+        return text
+
+
 @dataclass
 class StudyResult:
     figures: list[str] = field(default_factory=list)
@@ -55,6 +146,7 @@ class StudyResult:
     table_rows: list[list[str]] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    training: TrainingCheck | None = None
 
 
 class Study:
@@ -63,6 +155,8 @@ class Study:
     claim: str
     source: str
     default_norms: tuple[str, ...]
+
+    target: Target = Target()
 
     def norms(self, options: Options) -> tuple[str, ...]:
         return options.norms if options.norms else self.default_norms
@@ -75,6 +169,48 @@ class Study:
 
     def setup(self, options: Options) -> str:
         raise NotImplementedError
+
+
+def _setting_label(config: dict, varying: list[str]) -> str:
+    return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("norm"))
+
+
+def check_training(target: Target, records: list[RunRecord]) -> TrainingCheck:
+    """The :data:`CONVERGENCE` check of a study's finished runs against its ``target``."""
+    done = [r for r in records if r.status == "done" and (target.task is None or r.config.get("task") == target.task)]
+    ignored = {"seed", "study", "device", "data_path"}
+    keys = sorted({k for r in done for k in r.config} - ignored)
+    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in done}) > 1]
+    settings: dict[str, list[RunRecord]] = {}
+    for r in done:
+        settings.setdefault(_setting_label(r.config, varying), []).append(r)
+    sign = 1.0 if target.higher_is_better else -1.0
+    scored = {label: float(np.mean([r.metrics[target.metric] for r in runs if target.metric in r.metrics]))
+              for label, runs in settings.items() if any(target.metric in r.metrics for r in runs)}  # fmt: skip
+    if scored:
+        best = max(scored, key=lambda label: sign * scored[label])
+        value = scored[best]
+        met = sign * value >= sign * target.threshold
+        shown = f"{100 * value:.1f}%" if target.metric == "test_acc" else f"{value:.3f}"
+        best_text = f"{best}: {shown}"
+    else:
+        met, best_text = False, "no finished run"
+    unconverged = sorted({_setting_label(r.config, varying) for r in done if not run_converged(r)})
+    return TrainingCheck(target.describe(), met, best_text, sum(run_converged(r) for r in done), len(done),
+                         unconverged)  # fmt: skip
+
+
+def checked_analysis(study: Study, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    """The study's analysis with its training check; when the target is not met, no verdict stands."""
+    result = study.analyze(records, figdir, options)
+    result.training = check_training(study.target, records)
+    if not result.training.met:
+        result.verdicts = [
+            Verdict(v.claim, NOT_TRAINED, v.evidence + "; the study's accuracy target was not met")
+            if v.outcome != "inconclusive" else v
+            for v in result.verdicts
+        ]
+    return result
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
@@ -92,6 +228,30 @@ def fmt(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def _t_critical(df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def difference_test(higher: Sequence[float], lower: Sequence[float]) -> tuple[float, float, float, str] | None:
+    """(mean difference, its standard error, the t critical value, how paired) for higher - lower; None when
+    there are too few values for a spread."""
+    if isinstance(higher, Sample) and isinstance(lower, Sample) and higher.seeds and lower.seeds:
+        diffs = higher.minus(lower)
+        if len(diffs) >= 2:
+            d = np.asarray(diffs, dtype=float)
+            return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), _t_critical(d.size - 1), \
+                f"paired over {d.size} seeds"
+    a, b = np.asarray(higher, dtype=float), np.asarray(lower, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return None
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / max(va**2 / (a.size - 1) + vb**2 / (b.size - 1), 1e-300) if se > 0 else a.size + b.size - 2
+    return float(a.mean() - b.mean()), se, _t_critical(df), f"unpaired (Welch), n={a.size} and {b.size}"
+
+
 def compare(
     claim: str, higher: Sequence[float], lower: Sequence[float], label_hi: str, label_lo: str, min_effect: float = 0.0,
     unit: str = "",
@@ -100,13 +260,17 @@ def compare(
     (m_hi, s_hi), (m_lo, s_lo) = mean_spread(higher), mean_spread(lower)
     if math.isnan(m_hi) or math.isnan(m_lo):
         return Verdict(claim, "inconclusive", "missing runs")
-    effect = m_hi - m_lo
-    spread = max(s_hi, s_lo)
-    evidence = f"{label_hi} {m_hi:.4g}{unit} vs {label_lo} {m_lo:.4g}{unit}: difference {effect:+.4g}{unit}"
-    if math.isnan(spread):
+    evidence = f"{label_hi} {m_hi:.4g}{unit} vs {label_lo} {m_lo:.4g}{unit}"
+    untrained = getattr(higher, "untrained", 0) + getattr(lower, "untrained", 0)
+    test = difference_test(higher, lower)
+    if test is None:
         return Verdict(claim, "inconclusive", evidence + "; one seed gives no spread")
-    margin = max(SPREAD_FACTOR * spread, min_effect)
-    evidence += f", margin {margin:.3g}{unit} ({SPREAD_FACTOR:g} x spread {spread:.3g})"
+    effect, se, crit, how = test
+    margin = max(crit * se, min_effect)
+    evidence += (f": difference {effect:+.4g}{unit} ± {se:.2g} (standard error, {how}), needs more than "
+                 f"{margin:.3g}{unit} (t {crit:.2f} x standard error, or min_effect {min_effect:g})")  # fmt: skip
+    if untrained:
+        return Verdict(claim, NOT_TRAINED, evidence + f"; {untrained} of the runs compared had not converged")
     if effect > margin:
         return Verdict(claim, "reproduced", evidence)
     if effect < -margin:
@@ -181,18 +345,22 @@ def save(fig, figdir: Path, name: str) -> str:
     return name
 
 
-def classify_config(study: str, options: Options, norm: str, seed: int, data: str = "mnist1d", **kw: Any) -> dict:
-    """A classification run's configuration; ``--data`` replaces the study's embedded data set."""
+def classify_config(study: str, options: Options, norm: str, seed: int, data: str = "mnist1d", task: str = "classify",
+                    **kw: Any) -> dict:
+    """A run's full configuration (:func:`normlab.lab.config.make_config`); ``--data`` replaces the study's embedded
+    image data set."""
+    from .config import make_config
     from .data import parse_data_spec
 
     kind, path = parse_data_spec(options.data)
-    config = dict(study=study, task="classify", data=data if kind == "default" else kind, norm=norm, seed=seed,
-                  device=options.device)  # fmt: skip
-    config.update(kw)
     if path is not None:
-        config["data_path"] = str(path)
-    return config
+        kw["data_path"] = str(path)
+    return make_config(task, study=study, data=data if kind == "default" else kind, norm=norm, seed=seed,
+                       device=options.device, **kw)  # fmt: skip
 
 
-def values(records: list[RunRecord], metric: str) -> list[float]:
-    return [r.metrics[metric] for r in records if metric in r.metrics]
+def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:
+    """A metric of ``records`` (one setting, several seeds) as a :class:`Sample` ordered by seed."""
+    ordered = sorted((r for r in records if metric in r.metrics), key=lambda r: r.config.get("seed", 0))
+    return Sample([scale * r.metrics[metric] for r in ordered], [r.config.get("seed") for r in ordered],
+                  sum(not run_converged(r) for r in ordered))  # fmt: skip

@@ -12,13 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ClassifyConfig, from_dict
+from .config import ClassifyConfig, RunOutput, from_dict
 from .data import ImageData, load_images, load_text
 from .models import CharTransformer, ConvNet
 
 __all__ = ["run", "RunOutput"]
 
-RunOutput = tuple[dict[str, float], dict[str, list[float]]]
 
 
 def run(config: dict[str, Any]) -> RunOutput:
@@ -205,7 +204,7 @@ def classifier_data(c: ClassifyConfig) -> ImageData:
 
 def build_classifier(c: ClassifyConfig, data: ImageData, copies: int | None = None) -> ConvNet:
     return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, c.weight_norm,
-                   copies=copies)  # fmt: skip
+                   copies=copies, norm_options=c.norm_options)  # fmt: skip
 
 
 def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:

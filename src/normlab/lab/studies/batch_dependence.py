@@ -7,7 +7,7 @@ from pathlib import Path
 from ...registry import is_batch_dependent
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Verdict, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     plot_lines, save, values,
 )  # fmt: skip
 
@@ -26,17 +26,19 @@ class BatchDependence(Study):
     )
     source = "Salimans & Kingma 2016 (Weight Normalization), Ba et al. 2016"
     default_norms = ("batch", "layer", "group", "weight", "weight+meanonly", "none")
+    target = Target("test_acc", 0.90)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN, SGD lr 0.05 with momentum 0.9, batch 64, {self._epochs(options)} epochs. "
+            f"MNIST-1D, 3-block 1-d CNN, SGD lr 0.05 (cosine decay) with momentum 0.9, batch 64, "
+            f"{self._epochs(options)} epochs. "
             "'weight' is Weight Normalization on every conv and the head with no activation norm; 'weight+meanonly' "
             "adds mean-only BN. Batch dependence: after training, one test example is put in 12 random batches of 16 "
             "and run in training mode; the spread is the std of its logits across batches over their mean magnitude."
         )
 
     def _epochs(self, options: Options) -> int:
-        return 8 if options.full else 3
+        return 16 if options.full else 8
 
     def configs(self, options: Options) -> list[dict]:
         runs = []
@@ -44,7 +46,7 @@ class BatchDependence(Study):
             norm, wn, _ = VARIANTS.get(label, (label, False, None))
             for seed in options.seed_list():
                 runs.append(classify_config(self.name, options, norm, seed, variant=label, weight_norm=wn,
-                                            batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True,
+                                            batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True, lr_schedule="cosine",
                                             spread_batch=16))  # fmt: skip
         return runs
 
@@ -76,7 +78,7 @@ class BatchDependence(Study):
                 claim, ok = f"{v}'s output for an example does not depend on its batch", deterministic
             evidence = f"largest spread {worst:.1e}; threshold {DETERMINISTIC_BELOW:g} (float32 rounding)"
             result.verdicts.append(Verdict(claim, "reproduced" if ok else "contradicted", evidence))
-        acc = {v: [100 * a for a in values(groups[(v,)], "test_acc")] for v in labels}
+        acc = {v: values(groups[(v,)], "test_acc", 100) for v in labels}
         if "weight" in acc and "weight+meanonly" in acc:
             result.verdicts.append(compare(
                 "WN + mean-only BN is more accurate than WN alone", acc["weight+meanonly"], acc["weight"],

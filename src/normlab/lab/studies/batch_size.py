@@ -7,11 +7,15 @@ from pathlib import Path
 from ...reference.layout import batch_layout
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     not_greater, plot_lines, save, seed_rows, values,
 )  # fmt: skip
 
 DEPTH, WIDTH = 4, 32
+# batch size -> (epochs, learning rate): lr 0.2·B/32 (linear scaling) with a cosine decay; small batches take more
+# steps per epoch, so they reach their plateau in fewer epochs. Measured (5 seeds): BN at B=32 reaches 96.5% after
+# 8 epochs; the same epochs at B=2 would cost 16x the steps.
+RECIPES = {2: (2, 0.0125), 4: (3, 0.025), 8: (3, 0.05), 16: (5, 0.1), 32: (8, 0.2), 64: (12, 0.4)}
 
 
 class BatchSize(Study):
@@ -20,26 +24,30 @@ class BatchSize(Study):
     claim = "BN's error grows as the batch shrinks; GN, LN and IN stay flat."
     source = "Wu & He 2018, Group Normalization, Fig. 1 and Table 2"
     default_norms = ("batch", "group", "layer", "instance")
+    target = Target("test_acc", 0.90)
 
     def batch_sizes(self, options: Options) -> list[int]:
         return [2, 4, 8, 16, 32, 64] if options.full else [2, 8, 32]
 
-    def setup(self, options: Options) -> str:
-        subset = "all 4000" if options.full else "1000"
-        return (
-            f"MNIST-1D, {subset} training examples, a {DEPTH}-block 1-d CNN (width {WIDTH}, stride 2 after the first "
-            f"block, so the last maps are 5 long), SGD with momentum 0.9, {self._epochs(options)} epochs at every "
-            "batch size, learning rate 0.1·B/32 (the paper's linear scaling). Test error uses BN's running statistics."
-        )
+    def recipe(self, batch: int, options: Options) -> tuple[int, float]:
+        epochs, lr = RECIPES[batch]
+        return (2 * epochs if options.full else epochs), lr
 
-    def _epochs(self, options: Options) -> int:
-        return 8 if options.full else 4
+    def setup(self, options: Options) -> str:
+        recipes = ", ".join(f"B={b}: {e} epochs at lr {lr:g}" for b in self.batch_sizes(options)
+                            for e, lr in [self.recipe(b, options)])  # fmt: skip
+        return (
+            f"MNIST-1D, all 4000 training examples, a {DEPTH}-block 1-d CNN (width {WIDTH}, stride 2 after the first "
+            "block, so the last maps are 5 long), SGD with momentum 0.9 and a cosine learning-rate decay to 0, "
+            f"learning rate 0.2·B/32 (linear scaling). Every batch size trains to its plateau: {recipes}. Test error "
+            "uses BN's running statistics; BN is also scored with each test batch of 50 normalized by its own."
+        )
 
     def configs(self, options: Options) -> list[dict]:
         return [
             classify_config(
-                self.name, options, norm, seed, batch_size=b, lr=0.1 * b / 32, epochs=self._epochs(options),
-                depth=DEPTH, width=WIDTH, train_subset=None if options.full else 1000,
+                self.name, options, norm, seed, batch_size=b, lr=self.recipe(b, options)[1],
+                epochs=self.recipe(b, options)[0], depth=DEPTH, width=WIDTH, lr_schedule="cosine",
             )  # fmt: skip
             for norm in self.norms(options)
             for b in self.batch_sizes(options)
@@ -51,7 +59,8 @@ class BatchSize(Study):
         groups = group_by(records, "norm", "batch_size")
         sizes = self.batch_sizes(options)
         norms = [n for n in self.norms(options) if any((n, b) in groups for b in sizes)]
-        error = {n: {b: [100 * (1 - v) for v in values(groups.get((n, b), []), "test_acc")] for b in sizes} for n in norms}
+        error = {n: {b: values(groups.get((n, b), []), "test_acc").map(lambda v: 100 * (1 - v)) for b in sizes}
+                 for n in norms}  # fmt: skip
 
         fig, (ax,) = new_figure()
         for n in norms:
@@ -81,39 +90,32 @@ class BatchSize(Study):
                     f"{n} beats BN at batch {small} (the paper: GN 24.1% vs BN 34.7% error at batch 2)",
                     error["batch"][small], error[n][small], "BN error", f"{n} error", min_effect=0.5, unit="%",
                 ))  # fmt: skip
-                growth = {m: [s - l for s, l in zip(error[m][small], error[m][large])] for m in ("batch", n)}
+                growth = {m: error[m][small].minus(error[m][large]) for m in ("batch", n)}
                 result.verdicts.append(compare(
                     f"BN's error grows more than {n}'s from batch {large} to {small}",
                     growth["batch"], growth[n], "BN growth", f"{n} growth", min_effect=0.5, unit=" pts",
                 ))  # fmt: skip
-        self._explain_driver(result, groups, small)
-        subset = 4000 if options.full else 1000
-        steps = {b: self._epochs(options) * -(-subset // b) for b in sizes}
-        result.notes.append(
-            "Same epochs means fewer steps at larger batches: "
-            + ", ".join(f"B={b}: {n} steps" for b, n in steps.items())
-            + ". A norm whose error falls as the batch shrinks is mostly gaining steps, not losing accuracy to large "
-            "batches; read the columns at equal batch size to compare norms."
-        )
+        self._explain_driver(result, groups, sizes)
         return result
 
-    def _explain_driver(self, result: StudyResult, groups: dict, small: int) -> None:
+    def _explain_driver(self, result: StudyResult, groups: dict, sizes: list[int]) -> None:
         last_length = 40
         for _ in range(DEPTH - 1):
             last_length = (last_length + 1) // 2
-        layout = batch_layout((small, WIDTH, last_length))
-        bn = groups.get(("batch", small), [])
-        text = (
-            f"What drives it: at batch {small}, BN's last layer takes each channel's mean and variance over "
-            f"{layout.values_per_statistic} values ({small} examples x {last_length} positions), so the statistics it "
-            "normalizes with in training are noisy and differ from the running averages used at test."
+        seen = ", ".join(f"B={b}: {batch_layout((b, WIDTH, last_length)).values_per_statistic}" for b in sizes)
+        result.notes.append(
+            "The mechanism: BN's last layer takes each channel's mean and variance over B examples x "
+            f"{last_length} positions, so each statistic sees {seen} values. The fewer values, the noisier the "
+            "statistics BN trains with, and the further they are from the running averages it uses at test."
         )
-        if bn:
-            text += (
-                f" Measured at batch {small}: BN test accuracy {fmt(values(bn, 'test_acc'), 100)}% with running "
-                f"statistics vs {fmt(values(bn, 'test_acc_batch_stats'), 100)}% when test batches of 50 use their own."
-            )
-        result.notes.append(text)
+        rows = []
+        for b in sizes:
+            bn = groups.get(("batch", b), [])
+            if bn:
+                rows.append(f"B={b}: {fmt(values(bn, 'test_acc', 100))}% with running statistics vs "
+                            f"{fmt(values(bn, 'test_acc_batch_stats', 100))}% with test batches' own")  # fmt: skip
+        if rows:
+            result.notes.append("BN's train/test discrepancy (test accuracy): " + "; ".join(rows) + ".")
 
 
 STUDY = BatchSize()

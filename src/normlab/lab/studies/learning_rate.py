@@ -9,7 +9,7 @@ import numpy as np
 
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     plot_lines, save, seed_rows, values,
 )  # fmt: skip
 
@@ -22,24 +22,25 @@ class LearningRate(Study):
     claim = "BN tolerates much larger learning rates; its loss landscape is smoother (more predictive gradients)."
     source = "Ioffe & Szegedy 2015; Santurkar et al. 2018 (How Does Batch Normalization Help Optimization?)"
     default_norms = ("batch", "layer", "group", "none")
+    target = Target("test_acc", 0.90)
 
     def lrs(self, options: Options) -> list[float]:
         return [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0] if options.full else [0.003, 0.03, PROBE_LR, 3.0]
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9, batch 64, {self._epochs(options)} epochs, constant "
-            f"learning rate from a log-spaced sweep {self.lrs(options)}. A run diverges when its loss is non-finite or "
+            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9, batch 64, {self._epochs(options)} epochs, peak "
+            f"learning rate (cosine decay to 0) from a log-spaced sweep {self.lrs(options)}. A run diverges when its loss is non-finite or "
             "10x its first value (scored at chance). Gradient predictiveness at lr "
             f"{PROBE_LR}: ||g(w) - g(w - lr g(w))|| / ||g(w)|| on the same batch, along training."
         )
 
     def _epochs(self, options: Options) -> int:
-        return 6 if options.full else 2
+        return 16 if options.full else 8
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, batch_size=64, lr=lr, epochs=self._epochs(options),
+            classify_config(self.name, options, norm, seed, batch_size=64, lr=lr, epochs=self._epochs(options), lr_schedule="cosine",
                             grad_predictiveness=(lr == PROBE_LR), points=20)  # fmt: skip
             for norm in self.norms(options)
             for lr in self.lrs(options)
@@ -51,7 +52,7 @@ class LearningRate(Study):
         groups = group_by(records, "norm", "lr")
         lrs = self.lrs(options)
         norms = [n for n in self.norms(options) if any((n, lr) in groups for lr in lrs)]
-        acc = {(n, lr): [100 * v for v in values(groups.get((n, lr), []), "test_acc")] for n in norms for lr in lrs}
+        acc = {(n, lr): values(groups.get((n, lr), []), "test_acc", 100) for n in norms for lr in lrs}
 
         fig, (ax1, ax2) = new_figure(2)
         for n in norms:

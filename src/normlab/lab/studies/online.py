@@ -8,11 +8,12 @@ import numpy as np
 
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
+    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
     values,
 )  # fmt: skip
 
 STREAMS = ("iid", "sorted")
+LR = 0.02
 
 
 class Online(Study):
@@ -24,10 +25,11 @@ class Online(Study):
     )
     source = "Ba et al. 2016 (Layer Normalization); Ioffe 2017 (Batch Renormalization, non-i.i.d. minibatches)"
     default_norms = ("batch", "batchrenorm", "layer", "group")
+    target = Target("test_acc", 0.60)
 
     def setup(self, options: Options) -> str:
         return (
-            "MNIST-1D streamed one example per step (batch size 1), plain SGD lr 0.01, "
+            f"MNIST-1D streamed one example per step (batch size 1), plain SGD lr {LR} with a cosine decay, "
             f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: i.i.d. "
             "order, and class-sorted chunks (10 examples of one class, then 10 of the next, cycling). Test accuracy with BN's "
             "running statistics and, for comparison, with each test batch of 50 normalized by its own statistics."
@@ -37,12 +39,12 @@ class Online(Study):
         return 4 if options.full else 2
 
     def _subset(self, options: Options) -> int:
-        return 4000 if options.full else 1500
+        return 4000
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, batch_size=1, lr=0.01, momentum=0.0,
-                            epochs=self._epochs(options), stream=stream, chunk=10,
+            classify_config(self.name, options, norm, seed, batch_size=1, lr=LR, momentum=0.0,
+                            epochs=self._epochs(options), stream=stream, chunk=10, lr_schedule="cosine",
                             train_subset=self._subset(options))  # fmt: skip
             for norm in self.norms(options)
             for stream in STREAMS
@@ -53,8 +55,8 @@ class Online(Study):
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm", "stream")
         norms = [n for n in self.norms(options) if any((n, s) in groups for s in STREAMS)]
-        acc = {(n, s): [100 * v for v in values(groups.get((n, s), []), "test_acc")] for n in norms for s in STREAMS}
-        acc_bs = {(n, s): [100 * v for v in values(groups.get((n, s), []), "test_acc_batch_stats")]
+        acc = {(n, s): values(groups.get((n, s), []), "test_acc", 100) for n in norms for s in STREAMS}
+        acc_bs = {(n, s): values(groups.get((n, s), []), "test_acc_batch_stats", 100)
                   for n in norms for s in STREAMS}  # fmt: skip
 
         fig, (ax,) = new_figure(width=6)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Verdict, classify_config, compare, fmt, group_by, new_figure, plot_lines, save,
+    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, new_figure, plot_lines, save,
     values,
 )  # fmt: skip
 
@@ -23,20 +23,22 @@ class WeightDecay(Study):
     )
     source = "van Laarhoven 2017 (L2 Regularization versus Batch and Weight Normalization); Zhang et al. 2018"
     default_norms = ("batch",)
+    target = Target("test_acc", 0.90)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1, momentum 0.9, batch 64, "
+            f"MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1 (cosine decay), momentum 0.9, "
+            "batch 64, "
             f"{self._epochs(options)} epochs, weight decay {list(DECAYS)}. The watched layer is the second conv. Scale "
             "invariance: the network's training-mode output with that conv's weight multiplied by 3, against the "
             "original (an unnormalized net is run as the control the check must fail on)."
         )
 
     def _epochs(self, options: Options) -> int:
-        return 10 if options.full else 4
+        return 16 if options.full else 8
 
     def configs(self, options: Options) -> list[dict]:
-        common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True)
+        common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="cosine")
         runs = [
             classify_config(self.name, options, norm, seed, weight_decay=wd, **common)
             for norm in self.norms(options)

@@ -1,0 +1,86 @@
+"""The packed engine: K runs trained as one model compute what each computes alone."""
+
+import math
+
+import pytest
+import torch
+
+from normlab.lab.config import make_config
+from normlab.lab.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
+from normlab.lab.train import build_classifier, classifier_data, run
+from normlab.registry import available_norms, can_pack
+from normlab.lab.config import from_dict
+
+PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)] + ["meanonly"]
+
+
+def _configs(norm, **kw):
+    base = dict(study="t", norm=norm, batch_size=4, steps=8, train_subset=256, points=4, depth=3,
+                lr_schedule="cosine", momentum=0.9)  # fmt: skip
+    base.update(kw)
+    # seeds, learning rates and weight decays differ inside the pack; everything else is shared
+    return [make_config(seed=s, lr=0.05 * (1 + s), weight_decay=1e-3 * s, **base) for s in (3, 4, 5)]
+
+
+def test_every_packable_norm_is_tested():
+    assert {"batch", "group", "layer", "instance", "none", "ws", "evonorm_s0"} <= set(PACKED_NORMS)
+    assert not can_pack("switchable", 1) and not can_pack("dyt", 1) and not can_pack("lrn", 1)
+
+
+@pytest.mark.parametrize("norm", PACKED_NORMS)
+def test_packed_equals_alone(norm):
+    configs = _configs(norm)
+    packed = train_packed(configs)
+    for config, (pm, pc) in zip(configs, packed):
+        am, ac = run(config)
+        assert pc["step"] == ac["step"]
+        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
+        assert pc["weight_norm"] == pytest.approx(ac["weight_norm"], rel=1e-5)
+        assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)  # at most 2 of 1000 test examples
+        assert pm["train_loss"] == pytest.approx(am["train_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_packed_parameters_equal_alone_after_training():
+    """Parameters and running statistics themselves, not only the losses, for BN with weight norm and a stream."""
+    configs = _configs("batch", weight_norm=True, stream="sorted", chunk=5)
+    c = from_dict(configs[0])
+    data = classifier_data(c)
+    singles = []
+    for config in configs:
+        torch.manual_seed(config["seed"])
+        singles.append(build_classifier(from_dict(config), data))
+    packed = build_classifier(c, data, copies=len(configs))
+    pack_state(singles, packed)
+    copies = [build_classifier(from_dict(config), data) for config in configs]
+    unpack_state(packed, copies)
+    for a, b in zip(singles, copies):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+
+
+def test_a_diverging_run_does_not_disturb_the_others():
+    configs = [make_config(study="t", norm="none", seed=s, batch_size=8, steps=30, train_subset=256, points=10,
+                           lr=lr) for s, lr in ((0, 0.05), (1, 50.0))]  # fmt: skip
+    (good, _), (bad, _) = train_packed(configs)
+    alone, _ = run(configs[0])
+    assert bad["diverged"] == 1.0 and bad["test_acc"] == pytest.approx(0.1)
+    assert good["diverged"] == 0.0 and good["test_acc"] == pytest.approx(alone["test_acc"], abs=2e-3)
+
+
+def test_plan_packs_groups_by_everything_but_seed_lr_and_decay():
+    a = _configs("batch")
+    b = _configs("group")
+    probe = make_config(study="t", norm="batch", seed=0, grad_predictiveness=True)
+    lm = make_config("char_lm", study="t", norm="layer", seed=0)
+    items = plan_packs(a + b + [probe, lm], max_copies=2)
+    assert sorted(len(i) for i in items) == [1, 1, 1, 1, 2, 2]
+    assert pack_key(probe) is None and pack_key(lm) is None
+    assert pack_key(make_config(study="t", norm="switchable", seed=0)) is None
+    assert all(len({pack_key(c) for c in item}) == 1 for item in items)
+
+
+def test_packed_run_is_deterministic():
+    configs = _configs("group")[:2]
+    first, second = train_packed(configs), train_packed(configs)
+    assert [m["test_acc"] for m, _ in first] == [m["test_acc"] for m, _ in second]
+    assert all(math.isfinite(v) for _, c in first for v in c["loss"])
