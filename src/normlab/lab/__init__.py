@@ -26,12 +26,15 @@ def preflight(out: Path, options: Options) -> None:
     from .store import check_store
 
     check_data(options.data)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: expected a directory, found a file")
-    existing = next((p for p in [out, *out.parents] if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {existing} is not writable")
-    check_store(out / "results.sqlite")
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: expected a directory, found a file")
+        existing = next((p for p in [out, *out.parents] if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out}: {existing} is not writable")
+        check_store(out / "results.sqlite")
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot be used ({err.strerror or err})") from None
 
 
 def compare(
