@@ -53,12 +53,14 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.pack < 1:
+        raise ValueError(f"--pack must be at least 1, got {args.pack}")
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
                       nproc=args.nproc, first_seed=args.first_seed)  # fmt: skip
     index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
-                                 progress=not args.no_progress)  # fmt: skip
+                                 progress=not args.no_progress, against=args.against, max_pack=args.pack)  # fmt: skip
     width = max(len(n) for n in results) + 2
     print("\n" + "study".ljust(width) + "  ".join(o for o in OUTCOME_ORDER))
     for name, result in results.items():
@@ -113,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs train (default cpu)")
     p.add_argument("--data", metavar="KIND:PATH", help="real images instead of the embedded data: cifar10:PATH or mnist:PATH")
     p.add_argument("--nproc", type=int, default=4, help="gloo ranks for the distributed study (default 4)")
+    p.add_argument("--against", metavar="DIR",
+                   help="another compare output (run with other seeds): the report lists the verdicts that changed")
+    p.add_argument("--pack", type=int, default=16, metavar="K",
+                   help="train up to K CNN runs together as one packed model (default 16; 1: every run alone)")
     p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_compare)

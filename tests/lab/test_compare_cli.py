@@ -63,3 +63,30 @@ def test_real_cifar10_files_and_fresh(tmp_path, capsys):
     assert record.config["data"] == "cifar10" and record.config["data_path"] == str(data)
     assert main(args) == 0 and "1 runs: 1 already stored, 0 ran now" in capsys.readouterr().out
     assert main(args + ["--fresh"]) == 0 and "1 runs: 0 already stored, 1 ran now" in capsys.readouterr().out
+
+
+def test_first_seed_and_against(tmp_path, capsys):
+    """Two runs with disjoint seeds; the second's report compares its verdicts with the first's."""
+    import json
+
+    from normlab.lab.store import Store
+
+    common = ["compare", "--study", "contrast", "--norms", "in,none", "--seeds", "2", "--no-progress",
+              "--workers", "1"]  # fmt: skip
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b"), "--first-seed", "7", "--against", str(tmp_path / "a")]) == 0
+    seeds = {r.config["seed"] for r in Store(tmp_path / "b" / "results.sqlite").records()}
+    assert seeds == {7, 8}
+    page = (tmp_path / "b" / "index.html").read_text()
+    verdicts = json.loads((tmp_path / "a" / "results.json").read_text())["verdicts"]["contrast"]
+    assert 'id="seed-stability"' in page and f"{len(verdicts)} claims judged by both" in page
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "c"), "--against", str(tmp_path / "nothing")]) == 2
+    assert "--against" in capsys.readouterr().err and not (tmp_path / "c" / "results.sqlite").exists()
+
+
+def test_report_shows_the_training_check(tmp_path):
+    assert main(["compare", "--study", "contrast", "--norms", "bn", "--seeds", "2", "--no-progress", "--workers", "1",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    page = (tmp_path / "index.html").read_text()
+    assert "Trained?" in page and "the best setting reaches at least 97% mean test accuracy" in page

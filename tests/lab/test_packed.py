@@ -40,6 +40,24 @@ def test_packed_equals_alone(norm):
         assert pm["train_loss"] == pytest.approx(am["train_loss"], rel=1e-5, abs=1e-6)
 
 
+def test_runs_of_several_norms_share_a_pack():
+    """A mixed pack: each norm layer is split into the norms' parts; every run still computes what it does alone,
+    its gradient-predictiveness probe included."""
+    configs = [c for norm in ("batch", "group", "meanonly", "layer") for c in _configs(norm, grad_predictiveness=True)[:2]]
+    configs.insert(3, configs.pop(0))  # not sorted by norm: a batch run between group runs
+    assert len({pack_key(c) for c in configs}) == 1
+    for config, (pm, pc) in zip(configs, train_packed(configs)):
+        am, ac = run(config)
+        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6), config["norm"]
+        assert pc["grad_pred"] == pytest.approx(ac["grad_pred"], rel=1e-4)
+        assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)
+
+
+def test_weight_standardization_packs_only_with_itself():
+    assert pack_key(_configs("ws")[0]) != pack_key(_configs("group")[0])
+    assert pack_key(_configs("batch")[0]) == pack_key(_configs("group")[0])
+
+
 def test_packed_parameters_equal_alone_after_training():
     """Parameters and running statistics themselves, not only the losses, for BN with weight norm and a stream."""
     configs = _configs("batch", weight_norm=True, stream="sorted", chunk=5)
@@ -70,10 +88,10 @@ def test_a_diverging_run_does_not_disturb_the_others():
 def test_plan_packs_groups_by_everything_but_seed_lr_and_decay():
     a = _configs("batch")
     b = _configs("group")
-    probe = make_config(study="t", norm="batch", seed=0, grad_predictiveness=True)
+    probe = make_config(study="t", norm="batch", seed=0, record_batch_stats=True)  # a hook on one model: alone
     lm = make_config("char_lm", study="t", norm="layer", seed=0)
     items = plan_packs(a + b + [probe, lm], max_copies=2)
-    assert sorted(len(i) for i in items) == [1, 1, 1, 1, 2, 2]
+    assert sorted(len(i) for i in items) == [1, 1, 2, 2, 2]  # 6 runs of two norms: 3 packs of 2, norms together
     assert pack_key(probe) is None and pack_key(lm) is None
     assert pack_key(make_config(study="t", norm="switchable", seed=0)) is None
     assert all(len({pack_key(c) for c in item}) == 1 for item in items)

@@ -10,7 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .report import OUTCOME_ORDER, write_report
+from .report import OUTCOME_ORDER, load_verdicts, write_report
+from .packed import MAX_COPIES
 from .runner import run_sweep
 from .store import Store, config_key
 from .study import Options, checked_analysis
@@ -45,8 +46,11 @@ def compare(
     fresh: bool = False,
     progress: bool = True,
     log=print,
+    against: str | Path | None = None,
+    max_pack: int = MAX_COPIES,
 ) -> tuple[Path, dict, bool]:
-    """Run the studies (skipping runs already stored in ``out``), analyze them and write the report.
+    """Run the studies (skipping runs already stored in ``out``), analyze them and write the report; with
+    ``against`` (another run's output directory, other seeds), the report compares the two runs' verdicts.
 
     Returns ``(index_path, {study: StudyResult}, all_runs_ok)``.
     """
@@ -56,6 +60,8 @@ def compare(
         raise ValueError(f"unknown study {', '.join(unknown)}; available: {', '.join(STUDIES)}")
     out = Path(out)
     preflight(out, options)
+    if against is not None:
+        load_verdicts(Path(against))  # an unreadable --against fails before any run
     if fresh:
         for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures"):
             if path.is_dir():
@@ -65,7 +71,8 @@ def compare(
     chosen = [STUDIES[n] for n in names]
     configs = {s.name: s.configs(options) for s in chosen}
     store_path = out / "results.sqlite"
-    sweep = run_sweep([c for s in chosen for c in configs[s.name]], store_path, workers=workers, progress=progress)
+    sweep = run_sweep([c for s in chosen for c in configs[s.name]], store_path, workers=workers, progress=progress,
+                      max_pack=max_pack)  # fmt: skip
     log(f"{sweep.total} runs: {sweep.skipped} already stored, {sweep.ran} ran now" +
         (f" in {sweep.seconds:.0f} s" if sweep.ran else "") + (f", {len(sweep.failed)} failed" if sweep.failed else ""))
     for config, error in sweep.failed:
@@ -76,5 +83,5 @@ def compare(
             records[s.name] = store.records(s.name, keys=[config_key(c) for c in configs[s.name]])
             results[s.name] = checked_analysis(s, records[s.name], out / "figures", options)
             setups[s.name] = s.setup(options)
-    index = write_report(out, chosen, results, records, setups, options)
+    index = write_report(out, chosen, results, records, setups, options, Path(against) if against else None)
     return index, results, not sweep.failed

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +73,31 @@ def make_norm(
         raise NotApplicable(str(err)) from err
 
 
+def run_groups(norms: Sequence[str], options: Sequence[dict | None]) -> list[list[int]]:
+    """Consecutive runs with the same norm and options: the parts of a mixed pack's norm layers."""
+    groups: list[list[int]] = []
+    for i, key in enumerate(zip(norms, options)):
+        if groups and key == (norms[groups[-1][0]], options[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class SplitNorm(nn.Module):
+    """A mixed pack's norm layer: consecutive channel blocks, each the packed norm of one group of runs (runs of
+    one norm). State dict keys ``parts.{g}.*``; ``run_groups`` says which runs each part holds."""
+
+    def __init__(self, parts: list[nn.Module], sizes: list[int], run_groups: list[list[int]]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.sizes = sizes
+        self.run_groups = run_groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1))], dim=1)
+
+
 class ConvNet(nn.Module):
     """conv-norm-ReLU blocks (stride 2 after the first), global average pool, linear head. 1-d or 2-d by the data.
 
@@ -78,7 +105,9 @@ class ConvNet(nn.Module):
 
     With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.packed`): grouped convs,
     the norm's packed form and a per-copy head, with the same state_dict keys as one net and every tensor the K
-    nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``.
+    nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
+    ``norm_options``) may give one entry per copy: runs of several norms then share one pack, each norm layer a
+    :class:`SplitNorm` of the norms' packed forms.
     """
 
     def __init__(
@@ -86,24 +115,32 @@ class ConvNet(nn.Module):
         in_channels: int,
         num_classes: int,
         spatial_dims: int,
-        norm: str = "batch",
+        norm: str | Sequence[str] = "batch",
         width: int = 32,
         depth: int = 3,
         weight_norm: bool = False,
         copies: int | None = None,
-        norm_options: dict | None = None,
+        norm_options: dict | Sequence[dict | None] | None = None,
     ) -> None:
         super().__init__()
-        conv = self._conv(norm, spatial_dims)
         k = copies or 1
+        norms = [norm] * k if isinstance(norm, str) else list(norm)
+        options = [norm_options] * k if norm_options is None or isinstance(norm_options, dict) else list(norm_options)
+        if len(norms) != k or len(options) != k:
+            raise ValueError(f"ConvNet: one norm and one options entry per copy ({k}), got {len(norms)}, {len(options)}")
+        conv = self._conv(norms[0], spatial_dims)
+        if any(self._conv(n, spatial_dims) is not conv for n in norms[1:]):
+            raise ValueError("ConvNet: packed runs must share their conv kind (Weight Standardization or plain)")
+        groups = run_groups(norms, options)
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(depth):
-            layers += [
-                conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k),
-                make_norm(norm, width, spatial_dims, copies, norm_options),
-                nn.ReLU(),
-            ]
+            if copies is None or len(groups) == 1:
+                norm_layer = make_norm(norms[0], width, spatial_dims, copies, options[0])
+            else:
+                parts = [make_norm(norms[g[0]], width, spatial_dims, len(g), options[g[0]]) for g in groups]
+                norm_layer = SplitNorm(parts, [len(g) * width for g in groups], groups)
+            layers += [conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k), norm_layer, nn.ReLU()]
             c = width
         self.copies = copies
         self.features = nn.Sequential(*layers)
@@ -115,6 +152,7 @@ class ConvNet(nn.Module):
                     nl.weight_norm(m)
 
     @staticmethod
+    @lru_cache(maxsize=None)
     def _conv(norm: str, spatial_dims: int):
         """The registry's conv for weight-level methods (Weight Standardization, Spectral Norm), else nn.ConvNd."""
         from ..registry import conv_layer

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import can_pack
+from ..registry import can_pack, canonical_name, conv_layer
 from .config import ClassifyConfig, from_dict
+from .models import ConvNet, SplitNorm
 from .train import (
     BatchOrder, RunOutput, _LossLog, _scale_invariance_error, preserved_state, build_classifier, classifier_data, classifier_steps,
     evaluate_classifier, lr_factor, record_point, watched_layer,
@@ -34,32 +35,40 @@ from .train import (
 __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
 
 MAX_COPIES = 16
-# Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise.
-PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk")
+# Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise, each run
+# draws its own batches, and runs of different norms each get their part of every norm layer.
+PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk", "norm", "variant", "norm_options")
+
+
+def _spatial_dims(c: ClassifyConfig) -> int:
+    return 2 if c.data in ("digits", "cifar10", "mnist") else 1
 
 
 def pack_key(config: dict[str, Any]) -> str | None:
     """Runs with the same key train together; None for a run that trains alone (a recorder hooked on one
     model's layer, or a norm that does not pack)."""
     c = from_dict(config)
-    if not isinstance(c, ClassifyConfig):
+    if not isinstance(c, ClassifyConfig) or c.record_batch_stats:
         return None
-    if c.record_batch_stats:
-        return None
-    spatial = 2 if c.data in ("digits", "cifar10", "mnist") else 1
+    conv = "plain"
     if c.norm != "meanonly":
         try:
-            if not can_pack(c.norm, spatial):
+            if not can_pack(c.norm, _spatial_dims(c)):
                 return None
+            conv = "plain" if conv_layer(c.norm, _spatial_dims(c)) is None else canonical_name(c.norm)
         except ValueError:
             return None
     shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
-    return json.dumps(shared, sort_keys=True)
+    return json.dumps({**shared, "conv": conv}, sort_keys=True)
+
+
+def _run_order(config: dict[str, Any]) -> str:
+    return json.dumps([config["norm"], config["norm_options"], config["variant"]], sort_keys=True)
 
 
 def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> list[list[dict[str, Any]]]:
     """Split ``configs`` into work items: packs of up to ``max_copies`` runs that share a key, and single runs.
-    A group larger than ``max_copies`` is split into near-equal packs."""
+    A group larger than ``max_copies`` is split into near-equal packs; the runs of one norm stay together."""
     groups: dict[str, list[dict]] = {}
     items: list[list[dict]] = []
     for config in configs:
@@ -69,6 +78,7 @@ def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> l
         else:
             groups.setdefault(key, []).append(config)
     for group in groups.values():
+        group.sort(key=_run_order)
         count = -(-len(group) // max_copies)
         size = -(-len(group) // count)
         items += [group[i : i + size] for i in range(0, len(group), size)]
@@ -77,6 +87,8 @@ def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> l
 
 def _pack_axis(single: torch.Size, packed: torch.Size, copies: int) -> int | None:
     """The axis along which ``copies`` tensors of shape ``single`` concatenate to ``packed``; None if shared."""
+    if copies == 1:  # a part of a mixed pack that holds one run: the tensor is that run's
+        return 0 if len(single) else None
     if single == packed:
         return None
     axes = [a for a, (s, p) in enumerate(zip(single, packed)) if s != p]
@@ -85,17 +97,35 @@ def _pack_axis(single: torch.Size, packed: torch.Size, copies: int) -> int | Non
     return axes[0]
 
 
-def pack_state(models: list[nn.Module], packed: nn.Module) -> dict[str, int | None]:
+def _layout(packed: nn.Module, copies: int) -> dict[str, tuple[str, list[int]]]:
+    """Packed state key -> (the single-run key it holds, the runs it holds in order). A mixed pack's norm layers
+    (:class:`~normlab.lab.models.SplitNorm`) hold each group of runs in a part of their own."""
+    layout = {key: (key, list(range(copies))) for key in packed.state_dict()}
+    for prefix, module in packed.named_modules():
+        if isinstance(module, SplitNorm):
+            for g, runs in enumerate(module.run_groups):
+                head = f"{prefix}.parts.{g}."
+                for key in layout:
+                    if key.startswith(head):
+                        layout[key] = (f"{prefix}.{key[len(head):]}", runs)
+    return layout
+
+
+PackLayout = dict[str, tuple[int | None, list[int]]]  # packed key -> (pack axis or None if shared, runs held)
+
+
+def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
     """Copy ``models``' state into ``packed`` (each tensor the models' tensors concatenated); returns each entry's
-    pack axis. A tensor the models share (a step counter) must be equal in all of them; a shared parameter cannot
-    be packed (ValueError)."""
+    pack axis and runs. A tensor the models share (a step counter) must be equal in all of them; a shared
+    parameter cannot be packed (ValueError)."""
     states = [m.state_dict() for m in models]
     params = dict(packed.named_parameters())
-    axes: dict[str, int | None] = {}
+    layout: PackLayout = {}
     with torch.no_grad():
-        for key, target in packed.state_dict().items():
-            parts = [s[key] for s in states]
-            axis = _pack_axis(parts[0].shape, target.shape, len(models))
+        for key, (single_key, runs) in _layout(packed, len(models)).items():
+            target = packed.state_dict()[key]
+            parts = [states[i][single_key] for i in runs]
+            axis = _pack_axis(parts[0].shape, target.shape, len(runs))
             if axis is None:
                 if key in params:
                     raise ValueError(f"parameter {key} is shared by the packed runs")
@@ -104,19 +134,29 @@ def pack_state(models: list[nn.Module], packed: nn.Module) -> dict[str, int | No
                 target.copy_(parts[0])
             else:
                 target.copy_(torch.cat(parts, dim=axis))
-            axes[key] = axis
-    return axes
+            layout[key] = (axis, runs)
+    return layout
 
 
 def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
     """The inverse of :func:`pack_state`: load each model's slice of ``packed``'s state into it."""
     packed_state = packed.state_dict()
-    for k, model in enumerate(models):
-        state = {}
-        for key, single in model.state_dict().items():
-            axis = _pack_axis(single.shape, packed_state[key].shape, len(models))
-            state[key] = packed_state[key] if axis is None else packed_state[key].chunk(len(models), dim=axis)[k]
+    states: list[dict[str, Tensor]] = [{} for _ in models]
+    for key, (single_key, runs) in _layout(packed, len(models)).items():
+        single = models[runs[0]].state_dict()[single_key]
+        axis = _pack_axis(single.shape, packed_state[key].shape, len(runs))
+        for j, i in enumerate(runs):
+            states[i][single_key] = packed_state[key] if axis is None else packed_state[key].chunk(len(runs), axis)[j]
+    for model, state in zip(models, states):
         model.load_state_dict(state)
+
+
+def _per_run(values: list[float], p: Tensor, axis: int | None, runs: list[int]) -> Tensor:
+    """One value per run, broadcast over ``p``'s slices of the ``runs`` it holds along its pack ``axis``."""
+    shape = [1] * p.dim()
+    shape[axis] = -1  # type: ignore[index]
+    per_run = torch.tensor([values[i] for i in runs], dtype=p.dtype, device=p.device)
+    return per_run.repeat_interleave(p.shape[axis] // len(runs)).view(shape)  # type: ignore[index]
 
 
 class PackedSGD:
@@ -125,26 +165,20 @@ class PackedSGD:
     step is ``lrs[k] * factor``. Foreach ops: a handful of kernels a step, whatever the number of tensors."""
 
     def __init__(
-        self, packed: nn.Module, axes: dict[str, int | None], lrs: list[float], decays: list[float], momentum: float
+        self, packed: nn.Module, layout: PackLayout, lrs: list[float], decays: list[float], momentum: float
     ) -> None:
         self.params = [p for _, p in packed.named_parameters()]
-        self.axes = [axes[name] for name, _ in packed.named_parameters()]
-        self.copies, self.momentum = len(lrs), momentum
-        self.decays = [self._per_run(decays, p, a) for p, a in zip(self.params, self.axes)] if any(decays) else None
-        self.lrs = [self._per_run(lrs, p, a) for p, a in zip(self.params, self.axes)]
+        self.layout = [layout[name] for name, _ in packed.named_parameters()]
+        self.momentum = momentum
+        self.decays = [_per_run(decays, p, *lo) for p, lo in zip(self.params, self.layout)] if any(decays) else None
+        self.lrs = [_per_run(lrs, p, *lo) for p, lo in zip(self.params, self.layout)]
         self.base_lrs = list(lrs)
         self.buffers: list[Tensor] | None = None
-
-    def _per_run(self, values: list[float], p: Tensor, axis: int | None) -> Tensor:
-        shape = [1] * p.dim()
-        shape[axis] = -1
-        per_run = torch.tensor(values, dtype=p.dtype, device=p.device)
-        return per_run.repeat_interleave(p.shape[axis] // self.copies).view(shape)
 
     def stop(self, run: int) -> None:
         """Run ``run`` learns no more (it diverged)."""
         self.base_lrs[run] = 0.0
-        self.lrs = [self._per_run(self.base_lrs, p, a) for p, a in zip(self.params, self.axes)]
+        self.lrs = [_per_run(self.base_lrs, p, *lo) for p, lo in zip(self.params, self.layout)]
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
@@ -165,19 +199,21 @@ class PackedSGD:
             p.grad = None
 
 
-def _per_run_norms(tensors: list[Tensor], axes: list[int], copies: int) -> Tensor:
-    """The Euclidean norm of each run's slice of ``tensors`` taken together: shape ``(copies,)``."""
-    squares = [torch.stack([part.square().sum() for part in t.chunk(copies, dim=a)]) for t, a in zip(tensors, axes)]
-    return torch.stack(squares).sum(0).sqrt()
+def _per_run_norms(tensors: list[Tensor], layout: list[tuple[int, list[int]]], copies: int) -> Tensor:
+    """The Euclidean norm of each run's slices of ``tensors`` taken together: shape ``(copies,)``."""
+    squares = torch.zeros(copies, dtype=torch.float64)
+    for t, (axis, runs) in zip(tensors, layout):
+        for run, part in zip(runs, t.chunk(len(runs), dim=axis)):
+            squares[run] += float(part.double().square().sum())
+    return squares.sqrt()
 
 
-def _gradient_predictiveness(packed: nn.Module, axes: dict, x: Tensor, y: Tensor, lrs: list[float]) -> list[float]:
+def _gradient_predictiveness(packed: nn.Module, layout: PackLayout, x: Tensor, y: Tensor, lrs: list[float]) -> list[float]:
     """Per run, as :func:`normlab.lab.train._gradient_predictiveness` computes it alone: ||g(w) - g(w - lr g(w))||
     / ||g(w)|| on the same batch, the model left as it was."""
-    names = [n for n, p in packed.named_parameters() if p.requires_grad]
-    params = [dict(packed.named_parameters())[n] for n in names]
-    param_axes = [axes[n] for n in names]
-    copies = len(lrs)
+    named = [(n, p) for n, p in packed.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    param_layout = [layout[n] for n, _ in named]
 
     def summed_loss() -> Tensor:
         return F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0).sum()
@@ -185,15 +221,19 @@ def _gradient_predictiveness(packed: nn.Module, axes: dict, x: Tensor, y: Tensor
     with preserved_state(packed):
         grads = torch.autograd.grad(summed_loss(), params)
         with torch.no_grad():
-            for p, g, a in zip(params, grads, param_axes):
-                shape = [1] * p.dim()
-                shape[a] = -1
-                per_run = torch.tensor(lrs, dtype=p.dtype, device=p.device)
-                p.sub_(per_run.repeat_interleave(p.shape[a] // copies).view(shape) * g)
+            for p, g, lo in zip(params, grads, param_layout):
+                p.sub_(_per_run(lrs, p, *lo) * g)
         moved = torch.autograd.grad(summed_loss(), params)
-    diff = _per_run_norms([a - b for a, b in zip(grads, moved)], param_axes, copies)
-    norm = _per_run_norms(list(grads), param_axes, copies).clamp_min(1e-12)
+    diff = _per_run_norms([a - b for a, b in zip(grads, moved)], param_layout, len(lrs))
+    norm = _per_run_norms(list(grads), param_layout, len(lrs)).clamp_min(1e-12)
     return (diff / norm).tolist()
+
+
+def build_packed_classifier(cs: list[ClassifyConfig], data) -> nn.Module:
+    """The lab's ConvNet for the runs ``cs`` (one pack key) side by side; runs of several norms share it."""
+    c0 = cs[0]
+    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, [c.norm for c in cs], c0.width, c0.depth,
+                   c0.weight_norm, copies=len(cs), norm_options=[c.norm_options for c in cs])  # fmt: skip
 
 
 def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
@@ -214,9 +254,9 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
         if c.scale_invariance:
             m["scale_invariance_error"] = _scale_invariance_error(model, watched_layer(model),
                                                                   data.x_train[:64].to(device))  # fmt: skip
-    packed = build_classifier(c0, data, copies=k).to(device)
-    axes = pack_state(singles, packed)
-    opt = PackedSGD(packed, axes, [c.lr for c in cs], [c.weight_decay for c in cs], c0.momentum)
+    packed = build_packed_classifier(cs, data).to(device)
+    layout = pack_state(singles, packed)
+    opt = PackedSGD(packed, layout, [c.lr for c in cs], [c.weight_decay for c in cs], c0.momentum)
     steps = classifier_steps(c0, data)
     every = max(1, steps // c0.points)
     orders = [BatchOrder(c, data.y_train) for c in cs]
@@ -234,7 +274,7 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
         losses[live].sum().backward()
         factor = lr_factor(c0.lr_schedule, step, steps)
         if c0.grad_predictiveness and step % every == 0:
-            probe = _gradient_predictiveness(packed, axes, x, y, [c.lr * factor for c in cs])
+            probe = _gradient_predictiveness(packed, layout, x, y, [c.lr * factor for c in cs])
             for i in live:
                 curves[i]["grad_pred"].append(probe[i])
         opt.step(factor)

@@ -20,7 +20,7 @@ from .published import ANCHORS
 from .store import RunRecord
 from .study import CONVERGENCE, CRITERION, NOT_TRAINED, Study, StudyResult
 
-__all__ = ["write_report", "OUTCOME_ORDER"]
+__all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "stability_rows"]
 
 OUTCOME_ORDER = ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive", NOT_TRAINED)
 _BADGE = {"reproduced": "#1b7f3b", "not reproduced at this scale": "#8a6d00", "contradicted": "#b3261e",
@@ -84,9 +84,51 @@ def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup
     return "\n".join(parts)
 
 
+def load_verdicts(path: Path) -> dict[tuple[str, str], str]:
+    """(study, claim) -> outcome from another run's ``results.json`` (ValueError naming the file if unreadable)."""
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+        return {(study, v["claim"]): v["outcome"] for study, vs in payload["verdicts"].items() for v in vs}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--against {path}: expected a normlab report directory with results.json ({err})") from None
+
+
+def stability_rows(
+    studies: list[Study], results: dict[str, StudyResult], other: dict[tuple[str, str], str]
+) -> list[tuple[str, str, str, str, str]]:
+    """(study, claim, outcome here, outcome there, change) for every claim both runs judged. A change is 'flip'
+    when one run reproduces what the other contradicts, 'changed' for any other difference, else 'same'."""
+    rows = []
+    for study in studies:
+        for v in results[study.name].verdicts:
+            there = other.get((study.name, v.claim))
+            if there is None:
+                continue
+            pair = {v.outcome, there}
+            change = "flip" if pair == {"reproduced", "contradicted"} else ("same" if len(pair) == 1 else "changed")
+            rows.append((study.name, v.claim, v.outcome, there, change))
+    return rows
+
+
+def _stability_section(rows: list[tuple[str, str, str, str, str]], against: Path) -> str:
+    flips = sum(r[4] == "flip" for r in rows)
+    changed = sum(r[4] == "changed" for r in rows)
+    parts = [
+        '<h2 id="seed-stability">Seed stability</h2>',
+        f"<p>The same verdicts from another run with other seeds (<code>{_e(against)}</code>): {len(rows)} claims "
+        f"judged by both, {len(rows) - flips - changed} the same, {changed} changed, <b>{flips} flipped</b> "
+        "(reproduced in one run, contradicted in the other).</p>",
+    ]
+    shown = [r for r in rows if r[4] != "same"]
+    if shown:
+        parts.append(_table(["study", "claim", "this run", "other run", "change"], shown))
+    return "\n".join(parts)
+
+
 def write_report(
     out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, list[RunRecord]],
-    setups: dict[str, str], options: object,
+    setups: dict[str, str], options: object, against: Path | None = None,
 ) -> Path:
     """Write index.html, results.csv and results.json into ``out``; returns the index path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +142,9 @@ def write_report(
         summary_rows.append(f'<tr><td><a href="#{_e(study.name)}">{_e(study.title)}</a></td>'
                             f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>")  # fmt: skip
         sections.append(_section(study, result, seconds, len(runs), setups[study.name]))
+    stability = ""
+    if against is not None:
+        stability = _stability_section(stability_rows(studies, results, load_verdicts(against)), against)
     when = time.strftime("%Y-%m-%d %H:%M")
     machine = f"{platform.machine()}, {platform.system()}, torch {torch.__version__}, normlab {__version__}"
     page = f"""<!DOCTYPE html>
@@ -113,6 +158,7 @@ def write_report(
 <p><b>Training.</b> {_e(CONVERGENCE)}</p>
 <p class="meta">Published numbers come from much larger models and data; they are shown for direction, not as targets.
 Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
+{stability}
 {''.join(sections)}
 </body></html>
 """

@@ -20,6 +20,7 @@ __all__ = [
 
 CONFIDENCE = 0.95
 PLATEAU_FRACTION = 0.10
+STUCK_FRACTION = 0.20
 CRITERION = (
     "Runs are paired by seed (the same initialization of the shared layers and the same data order for every norm "
     "compared). A difference counts when a two-sided paired t-test on the per-seed differences rejects 'no "
@@ -30,9 +31,12 @@ CRITERION = (
     "that did not train reads 'inconclusive: not trained'."
 )
 CONVERGENCE = (
-    f"A run has converged when its training loss fell by less than {PLATEAU_FRACTION:.0%} of its total fall during "
-    "the last fifth of training (a plateau). A run that diverged is a finished result, scored at chance. A study's "
-    "runs have trained when they converged and the best norm of the study reaches the study's accuracy target."
+    "A run has converged when its training loss has reached a plateau: its mean over the last fifth of training is "
+    f"lower than its mean over the fourth fifth by less than {PLATEAU_FRACTION:.0%} of its whole fall (from its "
+    f"highest point to the last fifth's mean). For a run that hardly learned (a fall under {STUCK_FRACTION:.0%} of its "
+    f"highest loss, as BN at batch size 1), the fall counted is {STUCK_FRACTION:.0%} of that loss: a stuck run is a "
+    "result too. A run that diverged is a finished result, scored at chance. A study's runs have trained when its "
+    "best setting reaches the study's target; comparisons are drawn only from converged runs."
 )
 NOT_TRAINED = "inconclusive: not trained"
 
@@ -61,9 +65,14 @@ def converged(curve: Sequence[float]) -> bool:
     loss = [v for v in curve if math.isfinite(v)]
     if len(loss) < 5:
         return False
-    start, end, at_four_fifths = loss[0], loss[-1], loss[int(0.8 * (len(loss) - 1))]
-    total = start - end
-    return total > 0 and (at_four_fifths - end) < PLATEAU_FRACTION * total
+    # fifths of the curve, averaged: a noisy curve (a class-sorted stream) is judged by its level, not one point
+    n = len(loss)
+    fourth, last = loss[int(0.6 * n) : int(0.8 * n)], loss[int(0.8 * n) :]
+    top, before, end = max(loss), float(np.mean(fourth)), float(np.mean(last))
+    # a curve that hardly fell is a run that hardly learned, a result too (BN at batch 1): its plateau is judged
+    # against a fall of STUCK_FRACTION of its highest loss
+    total = max(top - end, STUCK_FRACTION * abs(top))
+    return (before - end) < PLATEAU_FRACTION * total
 
 
 def run_converged(record: RunRecord) -> bool:
@@ -357,6 +366,13 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
         kw["data_path"] = str(path)
     return make_config(task, study=study, data=data if kind == "default" else kind, norm=norm, seed=seed,
                        device=options.device, **kw)  # fmt: skip
+
+
+def sample(records: list[RunRecord], fn) -> Sample:
+    """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed."""
+    ordered = sorted((r for r in records if r.status == "done"), key=lambda r: r.config.get("seed", 0))
+    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered],
+                  sum(not run_converged(r) for r in ordered))  # fmt: skip
 
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:

@@ -193,11 +193,20 @@ class _PowerNormFunction(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
-@torch.compiler.disable
-def _power_norm_training(x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw):
-    """Kept out of torch.compile: the backward updates ``running_nu`` in place, which compiled graphs do not replay
-    (measured: compiled input gradients off by 3% from the second step on)."""
+def _power_norm_training_eager(x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw):
     return _PowerNormFunction.apply(x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw)
+
+
+_power_norm_training = None
+
+
+def _resolve_power_norm_training() -> None:
+    """Kept out of torch.compile: the backward updates ``running_nu`` in place, which compiled graphs do not replay
+    (measured: compiled input gradients off by 3% from the second step on). ``torch.compiler.disable`` imports
+    torch._dynamo (0.8 s), so it is applied when the first PowerNorm is built, not when normlab is imported."""
+    global _power_norm_training
+    if _power_norm_training is None:
+        _power_norm_training = torch.compiler.disable(_power_norm_training_eager)
 
 
 class PowerNorm(Module):
@@ -227,6 +236,7 @@ class PowerNorm(Module):
         affine: bool = True, device: Any = None, dtype: Any = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        _resolve_power_norm_training()
         _checks.check_num_features("PowerNorm", num_features)
         _checks.check_eps("PowerNorm", eps)
         for name, a in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
@@ -251,8 +261,10 @@ class PowerNorm(Module):
         _checks.check_min_dim("PowerNorm", input, 2, "(N, C, *)")
         _checks.check_channels("PowerNorm", input, self.num_features)
         if self.training:
-            x_hat = _power_norm_training(input, self.running_phi, self.running_nu, self.eps, self.alpha_fwd,
-                                         self.alpha_bkw)  # fmt: skip
+            _resolve_power_norm_training()  # a module unpickled in a fresh process skipped __init__
+            x_hat = _power_norm_training(  # type: ignore[misc]
+                input, self.running_phi, self.running_nu, self.eps, self.alpha_fwd, self.alpha_bkw
+            )
         else:
             x_hat = input * (self.running_phi + self.eps).rsqrt().view(_channel_shape(input)).to(input.dtype)
         if self.affine:

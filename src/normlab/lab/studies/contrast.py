@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, sample,
     plot_lines, save,
 )  # fmt: skip
 
@@ -56,7 +56,8 @@ class Contrast(Study):
         result.figures.append(save(fig, figdir, "contrast.png"))
         result.table_headers = ["norm"] + [f"s={s:g}" for s in STRENGTHS]
         result.table_rows = [[n] + [fmt([c[i] for c in curves[n]]) for i in range(len(STRENGTHS))] for n in norms]
-        drop = {n: [c[0] - c[-1] for c in curves[n]] for n in norms}
+        drop = {n: sample(groups[(n,)], lambda r: 100 * (r.curves["contrast_acc"][0] - r.curves["contrast_acc"][-1]))
+                for n in norms}  # fmt: skip
         if "instance" in norms:
             for other in (n for n in norms if n != "instance"):
                 result.verdicts.append(compare(

@@ -36,7 +36,7 @@ class Online(Study):
         )
 
     def _epochs(self, options: Options) -> int:
-        return 4 if options.full else 2
+        return 6 if options.full else 3
 
     def _subset(self, options: Options) -> int:
         return 4000

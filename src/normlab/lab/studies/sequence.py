@@ -50,7 +50,8 @@ class Sequence(Study):
         ]
         if "batch" in self.norms(options):
             runs += [classify_config(self.name, options, "batch", seed, batch_size=16, lr=0.05,
-                                     steps=self._steps(options), record_batch_stats=True)
+                                     steps=self._steps(options), record_batch_stats=True,
+                                     lr_schedule="cosine")
                      for seed in options.seed_list(default=SEEDS)]  # fmt: skip
         return runs
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, new_figure, plot_lines, save,
+    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
     values,
 )  # fmt: skip
 
@@ -85,7 +85,7 @@ class WeightDecay(Study):
                     evidence += f"; unnormalized control: {max(control):.2g}"
                 result.verdicts.append(Verdict(f"the net with {n} is invariant to the conv's scale", outcome, evidence))
             no_wd, big_wd = groups.get((n, 0.0), []), groups.get((n, DECAYS[-1]), [])
-            initial = [r.curves["weight_norm"][0] for r in no_wd]
+            initial = sample(no_wd, lambda r: r.curves["weight_norm"][0])
             result.verdicts.append(compare(
                 f"without weight decay ‖w‖ grows ({n})", values(no_wd, "final_weight_norm"), initial, "final",
                 "initial", min_effect=0.01,
@@ -95,11 +95,14 @@ class WeightDecay(Study):
                 values(big_wd, "final_weight_norm"), "wd=0", f"wd={DECAYS[-1]:g}", min_effect=0.01,
             ))  # fmt: skip
             result.verdicts.append(compare(
-                f"so the effective learning rate stays larger with weight decay ({n})",
-                [r.curves["effective_lr"][-1] for r in big_wd], [r.curves["effective_lr"][-1] for r in no_wd],
-                f"wd={DECAYS[-1]:g}", "wd=0",
+                f"so the effective learning rate lr/‖w‖² (peak lr, final ‖w‖) stays larger with weight decay ({n})",
+                sample(big_wd, _effective_lr), sample(no_wd, _effective_lr), f"wd={DECAYS[-1]:g}", "wd=0",
             ))  # fmt: skip
         return result
+
+
+def _effective_lr(record: RunRecord) -> float:
+    return record.config["lr"] / record.metrics["final_weight_norm"] ** 2
 
 
 STUDY = WeightDecay()
