@@ -36,14 +36,15 @@ CONVERGENCE = (
     f"highest point to the last fifth's mean). For a run that hardly learned (a fall under {STUCK_FRACTION:.0%} of its "
     f"highest loss, as BN at batch size 1), the fall counted is {STUCK_FRACTION:.0%} of that loss: a stuck run is a "
     "result too. A run that diverged is a finished result, scored at chance. A study's runs have trained when its "
-    "best setting reaches the study's target; comparisons are drawn only from converged runs."
+    "best setting reaches the study's target; comparisons are drawn only from converged settings, each judged by "
+    "the mean loss curve of its seeds."
 )
 NOT_TRAINED = "inconclusive: not trained"
 
 
 class Sample(list):
     """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing) and how many of
-    the runs behind them did not converge."""
+    the runs behind them belong to a setting that did not converge."""
 
     def __init__(self, values=(), seeds=(), untrained: int = 0) -> None:
         super().__init__(values)
@@ -75,11 +76,15 @@ def converged(curve: Sequence[float]) -> bool:
     return (before - end) < PLATEAU_FRACTION * total
 
 
-def run_converged(record: RunRecord) -> bool:
-    if record.metrics.get("diverged"):
+def setting_converged(records: Sequence[RunRecord]) -> bool:
+    """The plateau test on the mean loss curve of one setting's seeds (seed noise averages out; one seed's wobble
+    does not decide). Diverged runs are finished results and are left out; a setting whose runs all diverged has
+    converged."""
+    curves = [r.curves.get("loss") or [] for r in records if r.status == "done" and not r.metrics.get("diverged")]
+    if not curves:
         return True
-    curve = record.curves.get("loss") or []
-    return converged(curve)
+    length = min(len(c) for c in curves)
+    return converged(np.mean([c[:length] for c in curves], axis=0).tolist()) if length else False
 
 
 @dataclass(frozen=True)
@@ -135,14 +140,14 @@ class TrainingCheck:
     target: str
     met: bool
     best: str
-    converged: int
-    runs: int
+    converged: int  # settings (one configuration, all its seeds)
+    runs: int  # settings checked
     unconverged: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         status = "met" if self.met else "NOT met"
-        text = (f"Target: {self.target}: {status} (best: {self.best}). Converged: {self.converged} of {self.runs} "
-                "runs.")  # fmt: skip
+        text = (f"Target: {self.target}: {status} (best: {self.best}). Converged (mean loss curve over the seeds): "
+                f"{self.converged} of {self.runs} settings.")  # fmt: skip
         if self.unconverged:
             text += " Not converged: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
         return text
@@ -181,6 +186,8 @@ class Study:
 
 
 def _setting_label(config: dict, varying: list[str]) -> str:
+    if "variant" in varying:  # a study's own label already names the norm and its options
+        varying = [k for k in varying if k not in ("norm", "norm_options", "weight_norm")]
     return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("norm"))
 
 
@@ -204,8 +211,8 @@ def check_training(target: Target, records: list[RunRecord]) -> TrainingCheck:
         best_text = f"{best}: {shown}"
     else:
         met, best_text = False, "no finished run"
-    unconverged = sorted({_setting_label(r.config, varying) for r in done if not run_converged(r)})
-    return TrainingCheck(target.describe(), met, best_text, sum(run_converged(r) for r in done), len(done),
+    unconverged = sorted(label for label, runs in settings.items() if not setting_converged(runs))
+    return TrainingCheck(target.describe(), met, best_text, len(settings) - len(unconverged), len(settings),
                          unconverged)  # fmt: skip
 
 
@@ -372,11 +379,11 @@ def sample(records: list[RunRecord], fn) -> Sample:
     """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed."""
     ordered = sorted((r for r in records if r.status == "done"), key=lambda r: r.config.get("seed", 0))
     return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered],
-                  sum(not run_converged(r) for r in ordered))  # fmt: skip
+                  0 if setting_converged(ordered) else len(ordered))  # fmt: skip
 
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:
     """A metric of ``records`` (one setting, several seeds) as a :class:`Sample` ordered by seed."""
     ordered = sorted((r for r in records if metric in r.metrics), key=lambda r: r.config.get("seed", 0))
     return Sample([scale * r.metrics[metric] for r in ordered], [r.config.get("seed") for r in ordered],
-                  sum(not run_converged(r) for r in ordered))  # fmt: skip
+                  0 if setting_converged(ordered) else len(ordered))  # fmt: skip
