@@ -13,6 +13,7 @@ import torch
 from torch.nn import Module
 
 from . import nn as nl
+from .nn._state import carry_state
 
 __all__ = ["from_torch", "to_torch", "TWINS"]
 
@@ -70,22 +71,8 @@ def _build_twin(module: Module, target: type[Module]) -> Module:
         )
     kw = {k: v for k, v in kw.items() if k in accepted}
     twin = target(**kw, device="meta")
-    _carry_state(module, twin)
+    carry_state(module, twin)
     return twin
-
-
-def _carry_state(source: Module, twin: Module) -> None:
-    if set(source._parameters) != set(twin._parameters) or set(source._buffers) != set(twin._buffers):
-        raise ValueError(
-            f"cannot convert {type(source).__name__}: its parameters {sorted(source._parameters)} and buffers "
-            f"{sorted(source._buffers)} do not match {type(twin).__name__}'s"
-        )
-    for name, param in source._parameters.items():
-        twin._parameters[name] = param
-    for name, buf in source._buffers.items():
-        twin._buffers[name] = buf
-    twin._non_persistent_buffers_set = set(source._non_persistent_buffers_set)
-    twin.train(source.training)
 
 
 def _swap(model: Module, table: dict[type[Module], type[Module]]) -> Module:

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from ._state import carry_state
 from .. import functional as NF
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
@@ -297,7 +298,6 @@ class SyncBatchNorm(_BatchNorm):
         """Replace every BatchNorm1d/2d/3d (torch's or normlab's) in ``module`` by a SyncBatchNorm over
         ``process_group``, carrying the same parameter and buffer objects; returns the module (or the new layer if
         ``module`` itself is a BatchNorm)."""
-        from ..convert import _carry_state
 
         batch_norms = (BatchNorm1d, BatchNorm2d, BatchNorm3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
                        torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)  # fmt: skip
@@ -305,7 +305,7 @@ class SyncBatchNorm(_BatchNorm):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
                             module.track_running_stats, process_group, device="meta",
                             bias=module.bias is not None or not module.affine)  # fmt: skip
-            _carry_state(module, converted)
+            carry_state(module, converted)
             if hasattr(module, "qconfig"):
                 converted.qconfig = module.qconfig
             return converted
