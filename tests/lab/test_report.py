@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from normlab.lab import STUDIES, Options
+from normlab.lab import OUTCOME_ORDER, STUDIES, Options
 from normlab.lab.runner import run_sweep
 from normlab.lab.store import Store
 from normlab.lab.train import run
@@ -35,8 +35,7 @@ def test_report_has_every_study_with_figures_tables_and_verdicts(report_dir):
     assert set(payload["verdicts"]) == set(STUDIES)
     for name, verdicts in payload["verdicts"].items():
         assert verdicts, f"{name} produced no verdict"
-        assert all(v["outcome"] in ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive")
-                   for v in verdicts)  # fmt: skip
+        assert all(v["outcome"] in OUTCOME_ORDER for v in verdicts)
     with Store(report_dir / "results.sqlite") as store:
         assert store.count() == len(payload["runs"]) == sum(len(s.configs(Options())) for s in STUDIES.values())
     assert len((report_dir / "results.csv").read_text().splitlines()) == len(payload["runs"]) + 1
