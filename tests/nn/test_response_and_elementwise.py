@@ -81,6 +81,26 @@ def test_switchable_matches_reference(training):
     assert_close(m(x), ref, **TOL)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_switchable_has_no_cancellation_at_large_means(training):
+    """Mean 1e4, std 1: E[x²] - E[x]² in float32 loses every digit (it returned NaN); the mixture must match the
+    float64 reference to float32 accuracy."""
+    m = nl.SwitchableNorm(3)
+    with torch.no_grad():
+        m.mean_weight.copy_(torch.tensor([0.3, -0.2, 1.0]))
+        m.var_weight.copy_(torch.tensor([-1.0, 0.5, 0.1]))
+        m.running_mean.fill_(1e4)
+    m.train(training)
+    x = (random_input((4, 3, 5, 6), torch.float64, seed=3) + 1e4).float()
+    ref = RR.switchable_norm(_np(x).astype(np.float64), _np(m.weight).astype(np.float64), _np(m.bias).astype(np.float64),
+                             _np(m.mean_weight).astype(np.float64), _np(m.var_weight).astype(np.float64), m.eps,
+                             _np(m.running_mean).astype(np.float64), _np(m.running_var).astype(np.float64), training)  # fmt: skip
+    out = m(x).double()
+    assert torch.isfinite(out).all()
+    # float32 arithmetic at 1e4 has a unit in the last place of ~1e-3: x - mean carries that much, and so does y
+    assert float((out - torch.as_tensor(ref)).abs().max()) < 2e-3
+
+
 @pytest.mark.parametrize("pick, twin", [
     (0, lambda x: F.instance_norm(x)), (1, lambda x: F.group_norm(x, 1)), (2, lambda x: F.batch_norm(x, None, None, training=True)),
 ])

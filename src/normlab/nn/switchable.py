@@ -47,12 +47,13 @@ class SwitchableNorm(_ChannelNorm):
         if self.training and v.shape[0] * v.shape[2] == 1:
             raise ValueError("SwitchableNorm: expected more than 1 value per channel when training")
         var_in, mean_in = torch.var_mean(v, dim=2, correction=0, keepdim=True)
-        second_in = var_in + mean_in.square()
+        # LN's and BN's variances from IN's by the law of total variance (equal group sizes): the mean of the
+        # variances plus the variance of the means. E[x²] - E[x]² would cancel (NaN at mean 1e4, std 1, measured).
         mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = second_in.mean(1, keepdim=True) - mean_ln.square()
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second_in.mean(0, keepdim=True) - mean_bn.square()
+            var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
             with torch.no_grad():
                 count = n * v.shape[2]
                 self.running_mean.lerp_(mean_bn.flatten().to(self.running_mean.dtype), self.momentum)
