@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from normlab.lab.config import make_config
 from normlab.lab.packed import PackedSGD, pack_state
-from normlab.lab.train import build_classifier, classifier_data
+from normlab.lab.train import build_classifier, build_packed_classifier, classifier_data
 from normlab.lab.config import from_dict
 
 
@@ -41,7 +41,7 @@ def _packed(config: dict, copies: int, steps: int) -> float:
     c = from_dict(config)
     data = classifier_data(c)
     singles = [build_classifier(c, data) for _ in range(copies)]
-    packed = build_classifier(c, data, copies=copies)
+    packed = build_packed_classifier([c] * copies, data)
     layout = pack_state(singles, packed)
     opt = PackedSGD(packed, layout, [c.lr] * copies, [0.0] * copies, c.momentum)
     idx = torch.arange(copies * c.batch_size).view(c.batch_size, copies) % len(data.x_train)

@@ -26,8 +26,10 @@ class NormEntry:
     build: Callable[..., tnn.Module]
     batch_dependent: bool = False  # in training, does an example's output depend on the rest of its batch?
     conv: Callable[..., tnn.Module] | None = None  # weight-level methods: how to build the layers before the norm
+    groups_arg: str | None = None  # the constructor argument that sets the group count, for grouped methods
     # How K independent models' norms run as one module over their channels side by side (the lab's packed
-    # engine): None where a statistic or parameter would mix models (a shared scalar, a window across channels).
+    # engine), given the entry: None where a statistic or parameter would mix models (a shared scalar, a window
+    # across channels).
     pack: Callable[..., tnn.Module] | None = None
 
 
@@ -98,28 +100,21 @@ def _frozen(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.FrozenBatchNorm2d(num_features, **kw)
 
 
-def _pack_channels(build: Callable[..., tnn.Module]) -> Callable[..., tnn.Module]:
+def _pack_channels(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
     """Per-channel statistics and parameters: K models' C channels side by side are one module of K*C channels."""
-
-    def pack(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
-        return build(copies * num_features, spatial_dims, **kw)
-
-    return pack
+    return entry.build(copies * num_features, spatial_dims, **kw)
 
 
-def _pack_groups(build: Callable[..., tnn.Module], key: str) -> Callable[..., tnn.Module]:
+def _pack_groups(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
     """Statistics per group of channels: K models of G groups each are one module of K*G groups over K*C channels."""
-
-    def pack(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
-        if key not in kw:
-            raise ValueError(f"packing a grouped norm needs its {key} given explicitly")
-        kw[key] = copies * kw[key]
-        return build(copies * num_features, spatial_dims, **kw)
-
-    return pack
+    key = entry.groups_arg
+    if key not in kw:
+        raise ValueError(f"packing a grouped norm needs its {key} given explicitly")
+    kw[key] = copies * kw[key]
+    return entry.build(copies * num_features, spatial_dims, **kw)
 
 
-def _pack_layer(num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
+def _pack_layer(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
     if spatial_dims == 0:
         raise ValueError("create_packed_norm('layer'): LayerNorm over token features does not pack over channels")
     return nl.GroupNorm(copies, copies * num_features, **kw)  # one group (one statistic per example) per model
@@ -140,37 +135,36 @@ _REGISTRY: dict[str, NormEntry] = {
     "batch": NormEntry(
         "BatchNorm: per channel over (N, *spatial); batch-dependent",
         _ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch"), batch_dependent=True,
-        pack=_pack_channels(_ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch")),
+        pack=_pack_channels,
     ),
     "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer, pack=_pack_layer),
     "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance,
-                          pack=_pack_channels(_instance)),
+                          pack=_pack_channels),
     "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group,
-                       pack=_pack_groups(_group, "num_groups")),
+                       groups_arg="num_groups", pack=_pack_groups),
     "rms": NormEntry("RMSNorm: LayerNorm without centering, over the trailing feature dim", _rms),
-    "none": NormEntry("no normalization (identity), the baseline", _none, pack=_pack_channels(_none)),
+    "none": NormEntry("no normalization (identity), the baseline", _none, pack=_pack_channels),
     "batchrenorm": NormEntry(
         "Batch Renormalization: BN corrected towards running statistics (r, d clipped)",
         _ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}, "batchrenorm"), batch_dependent=True,
-        pack=_pack_channels(_ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}, "batchrenorm")),
+        pack=_pack_channels,
     ),
     "ghost": NormEntry(
         "Ghost BatchNorm: BN over virtual batches (virtual_batch_size=32)",
         _ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}, "ghost"), batch_dependent=True,
-        pack=_pack_channels(_ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}, "ghost")),
+        pack=_pack_channels,
     ),
     "power": NormEntry("PowerNorm: running quadratic mean, no centering, approximate backward",
                        lambda c, s, **kw: nl.PowerNorm(c, **kw), batch_dependent=True,
-                       pack=_pack_channels(lambda c, s, **kw: nl.PowerNorm(c, **kw))),
+                       pack=_pack_channels),
     "frn": NormEntry("Filter Response Normalization + TLU: per (example, channel) mean square",
                      _needs_spatial("frn", nl.FilterResponseNorm),
-                     pack=_pack_channels(_needs_spatial("frn", nl.FilterResponseNorm))),
+                     pack=_pack_channels),
     "evonorm_b0": NormEntry("EvoNorm-B0: batch variance vs instance term, fused activation",
                             _needs_spatial("evonorm_b0", nl.EvoNormB0), batch_dependent=True,
-                            pack=_pack_channels(_needs_spatial("evonorm_b0", nl.EvoNormB0))),
+                            pack=_pack_channels),
     "evonorm_s0": NormEntry("EvoNorm-S0: group variance with a swish-like numerator",
-                            _needs_spatial("evonorm_s0", nl.EvoNormS0),
-                            pack=_pack_groups(_needs_spatial("evonorm_s0", nl.EvoNormS0), "groups")),
+                            _needs_spatial("evonorm_s0", nl.EvoNormS0), groups_arg="groups", pack=_pack_groups),
     "switchable": NormEntry("Switchable Normalization: learned mixture of IN, LN and BN statistics",
                             _needs_spatial("switchable", nl.SwitchableNorm), batch_dependent=True),
     "dyt": NormEntry("DyT: gamma * tanh(alpha * x) + beta, no statistics", _dyt),
@@ -178,7 +172,7 @@ _REGISTRY: dict[str, NormEntry] = {
                      _needs_spatial("lrn", lambda c, size=5, **kw: nl.LocalResponseNorm(size, **kw))),
     "frozen": NormEntry("FrozenBatchNorm2d: fixed statistics and affine (fine-tuning)", _frozen),
     "ws": NormEntry("Weight Standardization convs followed by GroupNorm (Qiao et al.)", _group, conv=_std_conv,
-                    pack=_pack_groups(_group, "num_groups")),
+                    groups_arg="num_groups", pack=_pack_groups),
     "spectral": NormEntry("Spectral Normalization of the convs, no activation norm", _none, conv=_spectral_conv),
 }
 
@@ -250,7 +244,7 @@ def conv_layer(name: str, spatial_dims: int) -> Callable[..., tnn.Module] | None
 
 def group_kwarg(name: str) -> str | None:
     """The constructor argument that sets a grouped method's group count (None for methods without groups)."""
-    return {"group": "num_groups", "ws": "num_groups", "evonorm_s0": "groups"}.get(canonical_name(name))
+    return _REGISTRY[canonical_name(name)].groups_arg
 
 
 def can_pack(name: str, spatial_dims: int) -> bool:
@@ -266,7 +260,8 @@ def create_packed_norm(name: str, num_features: int, copies: int, *, spatial_dim
     ValueError for methods that do not pack (see :func:`can_pack`)."""
     if not can_pack(name, spatial_dims):
         raise ValueError(f"create_packed_norm: {name!r} does not pack over channels (spatial_dims={spatial_dims})")
-    return _REGISTRY[canonical_name(name)].pack(num_features, spatial_dims, copies, **kwargs)
+    entry = _REGISTRY[canonical_name(name)]
+    return entry.pack(entry, num_features, spatial_dims, copies, **kwargs)
 
 
 def create_norm(

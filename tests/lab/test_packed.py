@@ -7,7 +7,7 @@ import torch
 
 from normlab.lab.config import make_config
 from normlab.lab.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
-from normlab.lab.train import build_classifier, classifier_data, run
+from normlab.lab.train import build_classifier, build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 from normlab.lab.config import from_dict
 
@@ -67,7 +67,7 @@ def test_packed_parameters_equal_alone_after_training():
     for config in configs:
         torch.manual_seed(config["seed"])
         singles.append(build_classifier(from_dict(config), data))
-    packed = build_classifier(c, data, copies=len(configs))
+    packed = build_packed_classifier([from_dict(config) for config in configs], data)
     pack_state(singles, packed)
     copies = [build_classifier(from_dict(config), data) for config in configs]
     unpack_state(packed, copies)

@@ -67,7 +67,7 @@ def test_training_check_needs_the_target_and_reports_unconverged_settings():
     falling = [2.3, 2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.8, 0.6, 0.4]
     records = [_record("batch", s, 0.95, flat) for s in range(3)] + [_record("group", s, 0.5, falling) for s in range(3)]
     check = check_training(Target("test_acc", 0.90), records)
-    assert check.met and check.best == "norm=batch: 95.0%" and check.converged == 1 and check.runs == 2
+    assert check.met and check.best == "norm=batch: 95.0%" and check.converged == 1 and check.settings == 2
     assert check.unconverged == ["norm=group"]
     assert not check_training(Target("test_acc", 0.97), records).met
     assert "NOT met" in check_training(Target("test_acc", 0.97), records).text()

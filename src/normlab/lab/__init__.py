@@ -60,8 +60,7 @@ def compare(
         raise ValueError(f"unknown study {', '.join(unknown)}; available: {', '.join(STUDIES)}")
     out = Path(out)
     preflight(out, options)
-    if against is not None:
-        load_verdicts(Path(against))  # an unreadable --against fails before any run
+    other = None if against is None else (Path(against), load_verdicts(Path(against)))  # fails before any run
     if fresh:
         for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures"):
             if path.is_dir():
@@ -83,5 +82,5 @@ def compare(
             records[s.name] = store.records(s.name, keys=[config_key(c) for c in configs[s.name]])
             results[s.name] = checked_analysis(s, records[s.name], out / "figures", options)
             setups[s.name] = s.setup(options)
-    index = write_report(out, chosen, results, records, setups, options, Path(against) if against else None)
+    index = write_report(out, chosen, results, records, setups, options, other)
     return index, results, not sweep.failed

@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from ..registry import can_pack, canonical_name, conv_layer
 from .config import ClassifyConfig, from_dict
-from .models import ConvNet, SplitNorm
+from .models import SplitNorm
 from .train import (
-    BatchOrder, RunOutput, _LossLog, _scale_invariance_error, preserved_state, build_classifier, classifier_data, classifier_steps,
-    evaluate_classifier, lr_factor, record_point, watched_layer,
+    BatchOrder, RunOutput, _LossLog, _scale_invariance_error, build_classifier, build_packed_classifier, classifier_data,
+    classifier_steps, evaluate_classifier, lr_factor, new_classifier_curves, preserved_state, record_point,
+    watched_layer,
 )  # fmt: skip
 
 __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
@@ -40,10 +41,6 @@ MAX_COPIES = 16
 PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk", "norm", "variant", "norm_options")
 
 
-def _spatial_dims(c: ClassifyConfig) -> int:
-    return 2 if c.data in ("digits", "cifar10", "mnist") else 1
-
-
 def pack_key(config: dict[str, Any]) -> str | None:
     """Runs with the same key train together; None for a run that trains alone (a recorder hooked on one
     model's layer, or a norm that does not pack)."""
@@ -52,10 +49,10 @@ def pack_key(config: dict[str, Any]) -> str | None:
         return None
     conv = "plain"
     if c.norm != "meanonly":
-        try:
-            if not can_pack(c.norm, _spatial_dims(c)):
+        try:  # the ConvNet's maps have spatial dims; whether a norm packs, and its conv kind, differ only for vectors
+            if not can_pack(c.norm, spatial_dims=1):
                 return None
-            conv = "plain" if conv_layer(c.norm, _spatial_dims(c)) is None else canonical_name(c.norm)
+            conv = "plain" if conv_layer(c.norm, 1) is None else canonical_name(c.norm)
         except ValueError:
             return None
     shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
@@ -119,11 +116,12 @@ def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
     pack axis and runs. A tensor the models share (a step counter) must be equal in all of them; a shared
     parameter cannot be packed (ValueError)."""
     states = [m.state_dict() for m in models]
+    packed_state = packed.state_dict()
     params = dict(packed.named_parameters())
     layout: PackLayout = {}
     with torch.no_grad():
         for key, (single_key, runs) in _layout(packed, len(models)).items():
-            target = packed.state_dict()[key]
+            target = packed_state[key]
             parts = [states[i][single_key] for i in runs]
             axis = _pack_axis(parts[0].shape, target.shape, len(runs))
             if axis is None:
@@ -141,10 +139,10 @@ def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
 def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
     """The inverse of :func:`pack_state`: load each model's slice of ``packed``'s state into it."""
     packed_state = packed.state_dict()
+    shapes = {key: t.shape for key, t in models[0].state_dict().items()}  # the runs' nets have the same shapes
     states: list[dict[str, Tensor]] = [{} for _ in models]
     for key, (single_key, runs) in _layout(packed, len(models)).items():
-        single = models[runs[0]].state_dict()[single_key]
-        axis = _pack_axis(single.shape, packed_state[key].shape, len(runs))
+        axis = _pack_axis(shapes[single_key], packed_state[key].shape, len(runs))
         for j, i in enumerate(runs):
             states[i][single_key] = packed_state[key] if axis is None else packed_state[key].chunk(len(runs), axis)[j]
     for model, state in zip(models, states):
@@ -229,13 +227,6 @@ def _gradient_predictiveness(packed: nn.Module, layout: PackLayout, x: Tensor, y
     return (diff / norm).tolist()
 
 
-def build_packed_classifier(cs: list[ClassifyConfig], data) -> nn.Module:
-    """The lab's ConvNet for the runs ``cs`` (one pack key) side by side; runs of several norms share it."""
-    c0 = cs[0]
-    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, [c.norm for c in cs], c0.width, c0.depth,
-                   c0.weight_norm, copies=len(cs), norm_options=[c.norm_options for c in cs])  # fmt: skip
-
-
 def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per run, each what the run
     gives alone up to float rounding."""
@@ -261,7 +252,7 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
     every = max(1, steps // c0.points)
     orders = [BatchOrder(c, data.y_train) for c in cs]
     logs = [_LossLog() for _ in cs]
-    curves = [{"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []} for _ in cs]
+    curves = [new_classifier_curves() for _ in cs]
     alive = [True] * k
     in_shape = data.x_train.shape[1:]
     for step in range(steps):
@@ -280,7 +271,7 @@ def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
         opt.step(factor)
         values = losses.detach().tolist()
         for i in live:
-            if logs[i].add(torch.tensor(values[i])):
+            if logs[i].add(values[i]):
                 metrics[i]["diverged"] = 1.0
                 alive[i] = False
                 opt.stop(i)

@@ -128,7 +128,7 @@ def _stability_section(rows: list[tuple[str, str, str, str, str]], against: Path
 
 def write_report(
     out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, list[RunRecord]],
-    setups: dict[str, str], options: object, against: Path | None = None,
+    setups: dict[str, str], options: object, against: tuple[Path, dict[tuple[str, str], str]] | None = None,
 ) -> Path:
     """Write index.html, results.csv and results.json into ``out``; returns the index path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,9 @@ def write_report(
                             f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>")  # fmt: skip
         sections.append(_section(study, result, seconds, len(runs), setups[study.name]))
     stability = ""
-    if against is not None:
-        stability = _stability_section(stability_rows(studies, results, load_verdicts(against)), against)
+    if against is not None:  # (another run's directory, its verdicts from load_verdicts)
+        path, verdicts = against
+        stability = _stability_section(stability_rows(studies, results, verdicts), path)
     when = time.strftime("%Y-%m-%d %H:%M")
     machine = f"{platform.machine()}, {platform.system()}, torch {torch.__version__}, normlab {__version__}"
     page = f"""<!DOCTYPE html>

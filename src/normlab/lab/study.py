@@ -140,14 +140,14 @@ class TrainingCheck:
     target: str
     met: bool
     best: str
-    converged: int  # settings (one configuration, all its seeds)
-    runs: int  # settings checked
+    converged: int  # settings (one configuration, all its seeds) that converged
+    settings: int  # settings checked
     unconverged: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         status = "met" if self.met else "NOT met"
         text = (f"Target: {self.target}: {status} (best: {self.best}). Converged (mean loss curve over the seeds): "
-                f"{self.converged} of {self.runs} settings.")  # fmt: skip
+                f"{self.converged} of {self.settings} settings.")  # fmt: skip
         if self.unconverged:
             text += " Not converged: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
         return text
@@ -273,7 +273,7 @@ def compare(
     unit: str = "",
 ) -> Verdict:
     """Verdict on "``higher`` exceeds ``lower``" by :data:`CRITERION`."""
-    (m_hi, s_hi), (m_lo, s_lo) = mean_spread(higher), mean_spread(lower)
+    (m_hi, _), (m_lo, _) = mean_spread(higher), mean_spread(lower)
     if math.isnan(m_hi) or math.isnan(m_lo):
         return Verdict(claim, "inconclusive", "missing runs")
     evidence = f"{label_hi} {m_hi:.4g}{unit} vs {label_lo} {m_lo:.4g}{unit}"
@@ -384,6 +384,4 @@ def sample(records: list[RunRecord], fn) -> Sample:
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:
     """A metric of ``records`` (one setting, several seeds) as a :class:`Sample` ordered by seed."""
-    ordered = sorted((r for r in records if metric in r.metrics), key=lambda r: r.config.get("seed", 0))
-    return Sample([scale * r.metrics[metric] for r in ordered], [r.config.get("seed") for r in ordered],
-                  0 if setting_converged(ordered) else len(ordered))  # fmt: skip
+    return sample([r for r in records if metric in r.metrics], lambda r: scale * r.metrics[metric])

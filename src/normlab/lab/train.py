@@ -173,9 +173,8 @@ class _LossLog:
         self.initial: float | None = None
         self.window: list[float] = []
 
-    def add(self, loss: Tensor) -> bool:
+    def add(self, value: float) -> bool:
         """Record one step's loss; True when training has diverged."""
-        value = float(loss.detach())
         self.initial = value if self.initial is None else self.initial
         self.window.append(value)
         return not math.isfinite(value) or value > 10 * max(self.initial, 1.0)
@@ -202,9 +201,16 @@ def classifier_data(c: ClassifyConfig) -> ImageData:
     return data
 
 
-def build_classifier(c: ClassifyConfig, data: ImageData, copies: int | None = None) -> ConvNet:
+def build_classifier(c: ClassifyConfig, data: ImageData) -> ConvNet:
     return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, c.weight_norm,
-                   copies=copies, norm_options=c.norm_options)  # fmt: skip
+                   norm_options=c.norm_options)  # fmt: skip
+
+
+def build_packed_classifier(cs: list[ClassifyConfig], data: ImageData) -> ConvNet:
+    """The lab's ConvNet for the runs ``cs`` (one pack key) side by side; runs of several norms share it."""
+    c0 = cs[0]
+    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, [c.norm for c in cs], c0.width, c0.depth,
+                   c0.weight_norm, copies=len(cs), norm_options=[c.norm_options for c in cs])  # fmt: skip
 
 
 def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:
@@ -246,7 +252,7 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
         metrics["scale_invariance_error"] = _scale_invariance_error(model, watched, data.x_train[:64].to(device))
     last_norm = model.features[len(model.features) - 2]
     recorder = BatchStatRecorder(last_norm, channel_dim=1) if c.record_batch_stats else None
-    curves: dict[str, list[float]] = {"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []}
+    curves = new_classifier_curves()
     every = max(1, steps // c.points)
     batches, log = BatchOrder(c, data.y_train), _LossLog()
     for step in range(steps):
@@ -261,7 +267,7 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if log.add(loss):
+        if log.add(float(loss.detach())):
             metrics["diverged"] = 1.0
             break
         if step % every == 0 or step == steps - 1:
@@ -271,6 +277,10 @@ def train_classifier(config: dict[str, Any]) -> RunOutput:
     if recorder is not None:
         metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
     return evaluate_classifier(model, c, data, metrics, curves)
+
+
+def new_classifier_curves() -> dict[str, list[float]]:
+    return {"step": [], "loss": [], "weight_norm": [], "effective_lr": [], "grad_pred": []}
 
 
 def record_point(curves: dict[str, list[float]], step: int, loss: float, watched_w2: float, lr: float) -> None:
@@ -353,7 +363,7 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if log.add(loss):
+        if log.add(float(loss.detach())):
             metrics["diverged"] = 1.0
             break
         if step % every == 0 or step == c.steps - 1:
