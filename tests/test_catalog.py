@@ -15,7 +15,7 @@ NAMES = normlab.available_norms()
 def test_explain_knows_every_method_and_agrees_with_the_registry(name):
     e = explain(name, "8,64,16,16")
     text = e.text()
-    assert e.info.title in text and "batch-dependent:" in text and "formula:" in text
+    assert e.method.title in text and "batch-dependent:" in text and "formula:" in text
     if e.layout is not None:
         assert e.layout.batch_dependent == is_batch_dependent(name), name
     else:

@@ -25,7 +25,7 @@ CASES = {
     "GhostBatchNorm2d": (lambda: nl.GhostBatchNorm2d(4, virtual_batch_size=2), (6, 4, 3, 3)),
     "FilterResponseNorm": (lambda: nl.FilterResponseNorm(4, learnable_eps=True), (2, 4, 5, 5)),
     "EvoNormB0": (lambda: nl.EvoNormB0(4), (2, 4, 5, 5)),
-    "EvoNormS0": (lambda: nl.EvoNormS0(4, groups=2), (2, 4, 5, 5)),
+    "EvoNormS0": (lambda: nl.EvoNormS0(4, num_groups=2), (2, 4, 5, 5)),
     "SwitchableNorm": (lambda: nl.SwitchableNorm(4), (3, 4, 3, 3)),
     "DynamicTanh": (lambda: nl.DynamicTanh(5), (3, 4, 5)),
     "LocalResponseNorm": (lambda: nl.LocalResponseNorm(3), (3, 4, 3, 3)),

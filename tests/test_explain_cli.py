@@ -13,7 +13,7 @@ from normlab.explain import draw_cube, explain, first_set_mask
 
 
 def test_group_norm_example_from_the_issue():
-    e = explain("group", "8,64,32,32", groups=32)
+    e = explain("group", "8,64,32,32", num_groups=32)
     assert e.layout.num_statistics == 256 and e.layout.values_per_statistic == 2048
     text = e.text()
     assert "C/G·H·W = 2·32·32 = 2048" in text and "256 means" in text and "N·G = 8·32 = 256" in text
@@ -38,7 +38,7 @@ def test_counts_and_batch_dependence(name, shape, stats, values, batch_dependent
 
 @given(shape=nchw_shapes(min_dims=3, max_dims=5), method=st.sampled_from(["batch", "instance", "group", "layer"]))
 def test_cube_masks_are_exactly_the_first_statistic_set(shape, method):
-    e = explain(method, shape, groups=1 if method == "group" else None)
+    e = explain(method, shape, num_groups=1 if method == "group" else None)
     n_mask, c_mask, s_mask = first_set_mask(e.layout)
     product = np.einsum("i,j,k->ijk", n_mask, c_mask, s_mask)
     ids = e.layout.statistic_index().reshape(shape[0], shape[1], -1)
@@ -46,7 +46,7 @@ def test_cube_masks_are_exactly_the_first_statistic_set(shape, method):
 
 
 def test_figure_is_written(tmp_path):
-    path = draw_cube(explain("gn", "8,64,32,32", groups=32), tmp_path / "cube.png")
+    path = draw_cube(explain("gn", "8,64,32,32", num_groups=32), tmp_path / "cube.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -56,9 +56,11 @@ def test_explain_rejects_bad_arguments():
     with pytest.raises(ValueError, match="comma-separated positive integers"):
         explain("bn", "2,x,3")
     with pytest.raises(ValueError, match="positive divisor"):
-        explain("gn", "2,6,4", groups=4)
-    with pytest.raises(ValueError, match="applies to GroupNorm-like methods and Ghost BN only, not BatchNorm"):
-        explain("bn", "2,6,4", groups=2)
+        explain("gn", "2,6,4", num_groups=4)
+    with pytest.raises(ValueError, match="num_groups applies to grouped methods only, not BatchNorm"):
+        explain("bn", "2,6,4", num_groups=2)
+    with pytest.raises(ValueError, match="virtual_batch_size applies to Ghost BatchNorm only, not GroupNorm"):
+        explain("gn", "2,6,4", virtual_batch_size=2)
     with pytest.raises(ValueError, match="spatial"):
         explain("in", "2,6")
 
@@ -94,7 +96,7 @@ def test_registry():
     assert isinstance(normlab.create_norm("instance", 8, spatial_dims=1), normlab.nn.InstanceNorm1d)
     with pytest.raises(ValueError, match="unknown norm 'nope'; available: batch"):
         normlab.create_norm("nope", 8)
-    with pytest.raises(ValueError, match="InstanceNorm needs spatial dims"):
+    with pytest.raises(ValueError, match=r"create_norm\(.instance., spatial_dims=0\): it normalizes each channel over spatial positions"):
         normlab.create_norm("instance", 8, spatial_dims=0)
     with pytest.raises(ValueError, match="spatial_dims must be"):
         normlab.create_norm("batch", 8, spatial_dims=4)

@@ -1,6 +1,6 @@
 """The package's layers, read from its modules' imports: none runs back up, and there is no import cycle.
 
-reference -> functional -> distributed -> nn -> registry / convert -> explain -> lab -> cli (the package root
+reference -> functional -> distributed -> nn -> method / registry / convert -> explain -> lab -> cli (the package root
 ``normlab/__init__.py`` is the facade over all of them and may be imported anywhere only for ``__version__``).
 """
 
@@ -11,7 +11,7 @@ import normlab
 
 ROOT = Path(normlab.__file__).parent
 LAYERS = {
-    "_checks": 0, "reference": 0, "functional": 1, "distributed": 2, "nn": 3, "registry": 4, "convert": 4,
+    "_checks": 0, "reference": 0, "functional": 1, "distributed": 2, "nn": 3, "method": 4, "registry": 4, "convert": 4,
     "explain": 5, "lab": 6, "cli": 7,
 }  # fmt: skip
 

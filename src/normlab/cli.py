@@ -12,7 +12,8 @@ from . import __version__
 def _explain(args: argparse.Namespace) -> int:
     from .explain import draw_cube, explain
 
-    explanation = explain(args.name, args.shape, groups=args.groups, normalized_dims=args.normalized_dims)
+    explanation = explain(args.name, args.shape, num_groups=args.num_groups,
+                          virtual_batch_size=args.virtual_batch_size, normalized_dims=args.normalized_dims)
     print(explanation.text())
     if args.figure:
         print(f"figure: {draw_cube(explanation, args.figure)}")
@@ -20,17 +21,18 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _list_norms(args: argparse.Namespace) -> int:
-    from .registry import _REGISTRY
+    from .registry import METHODS
 
-    for name in sorted(_REGISTRY):
-        print(f"{name:10s} {_REGISTRY[name].summary}")
+    for method in sorted(METHODS, key=lambda m: m.name):
+        aliases = f" (also {', '.join(method.aliases)})" if method.aliases else ""
+        print(f"{method.name:12s} {method.title}: {method.summary}{aliases}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     import os
 
-    from .lab import OUTCOME_ORDER, STUDIES, Options, compare
+    from .lab import OUTCOME_ORDER, STUDIES, Options, compare, study_variants
     from .registry import canonical_name
 
     if args.list:
@@ -39,8 +41,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
     norms = None
     if args.norms:
-        special = ("weight", "weight+meanonly", "per-rank BN", "SyncBN", "GN")  # study variants, not registry names
-        norms = tuple(n if n in special else canonical_name(n) for n in args.norms.split(","))
+        variants = study_variants()
+        norms = tuple(n if n in variants else canonical_name(n) for n in args.norms.split(","))
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.device == "cuda":
@@ -87,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="any name from `normlab norms` (batch, layer, instance, group, rms, ...; aliases bn, gn...)")
     p.add_argument("--shape", required=True, help="input shape N,C[,spatial...], e.g. 8,64,32,32")
-    p.add_argument("--groups", type=int, default=None,
-                   help="groups for GroupNorm-like methods (default 32); virtual batch size for ghost")
+    p.add_argument("--num-groups", "--groups", type=int, default=None, dest="num_groups",
+                   help="num_groups of grouped methods (group, evonorm_s0, ws; default 32)")
+    p.add_argument("--virtual-batch-size", type=int, default=None, help="Ghost BatchNorm's virtual batch (default 32)")
     p.add_argument(
         "--normalized-dims", type=int, default=None, help="LayerNorm/RMSNorm: trailing dims normalized (default: all but N)"
     )

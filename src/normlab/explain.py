@@ -15,93 +15,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .reference.layout import Layout, batch_layout, ghost_layout, group_layout, instance_layout, layer_layout
-from .registry import canonical_name
+from .method import Method
+from .registry import get_method
 
 __all__ = ["Explanation", "explain", "draw_cube", "parse_shape"]
-
-_STANDARDIZE = r"y = (x - mean) / sqrt(var + eps) * gamma + beta"
-
-
-@dataclass(frozen=True)
-class _Method:
-    title: str
-    batch_dependent: str
-    train_eval: str
-    formula: str
-    sets: str | None = "batch"  # which statistic sets: batch, instance, group, layer, ghost; None: no statistics
-    center: bool = True
-
-
-_PER_EXAMPLE = "no: each statistic uses one example only"
-_SAME = "identical in training and eval"
-_BN_TRAIN_EVAL = (
-    "training normalizes with the batch statistics and updates running estimates (unbiased variance); eval "
-    "normalizes with the running estimates"
-)
-
-_METHODS: dict[str, _Method] = {
-    "batch": _Method(
-        "BatchNorm",
-        "yes: each statistic mixes all N examples, so in training an example's output depends on the rest of its "
-        "batch (and is undefined with one value per channel)",
-        _BN_TRAIN_EVAL,
-        _STANDARDIZE + "   (mean, var per channel over N and spatial)",
-    ),
-    "layer": _Method("LayerNorm", _PER_EXAMPLE, _SAME,
-                     _STANDARDIZE + "   (mean, var per example over the normalized dims)", "layer"),
-    "instance": _Method(
-        "InstanceNorm", "no: each statistic uses one channel of one example",
-        "identical in training and eval by default; with track_running_stats=True eval uses running estimates",
-        _STANDARDIZE + "   (mean, var per example and channel over spatial)", "instance",
-    ),
-    "group": _Method(
-        "GroupNorm", "no: each statistic uses one group of channels of one example", _SAME,
-        _STANDARDIZE + "   (mean, var per example and group of C/G channels over those channels and spatial)", "group",
-    ),
-    "rms": _Method("RMSNorm", _PER_EXAMPLE, _SAME, "y = x / sqrt(mean(x^2) + eps) * gamma   (no centering, no bias)",
-                   "layer", center=False),
-    "batchrenorm": _Method(
-        "Batch Renormalization", "yes: batch statistics, corrected towards the running ones by r and d",
-        _BN_TRAIN_EVAL, "y = gamma * ((x - mu_B)/sigma_B * r + d) + beta,  r = clip(sigma_B/sigma, 1/r_max, r_max), "
-        "d = clip((mu_B - mu)/sigma, -d_max, d_max), no gradient through r, d",
-    ),
-    "ghost": _Method(
-        "Ghost BatchNorm", "yes, within each virtual batch of examples", _BN_TRAIN_EVAL,
-        _STANDARDIZE + "   (BatchNorm over each virtual batch separately)", "ghost",
-    ),
-    "power": _Method(
-        "PowerNorm", "yes, through the running quadratic mean updated by every batch",
-        "training divides by the running quadratic mean of earlier batches (then updates it); eval by the final one",
-        "y = gamma * x / sqrt(psi + eps) + beta,  psi <- a psi + (1 - a) mean(x^2)  (approximate backward)",
-        center=False,
-    ),
-    "frn": _Method("Filter Response Normalization", "no: each statistic uses one channel of one example", _SAME,
-                   "y = max(gamma * x / sqrt(mean(x^2) + |eps|) + beta, tau)   (TLU)", "instance", center=False),
-    "evonorm_b0": _Method(
-        "EvoNorm-B0", "yes: the batch variance enters the denominator",
-        "training uses the batch variance and updates running_var; eval uses running_var",
-        "y = gamma * x / max(sqrt(var_batch + eps), v1 * x + sqrt(var_instance + eps)) + beta",
-    ),
-    "evonorm_s0": _Method("EvoNorm-S0", "no: each statistic uses one group of channels of one example", _SAME,
-                          "y = gamma * x * sigmoid(v1 * x) / sqrt(var_group + eps) + beta", "group"),
-    "switchable": _Method(
-        "Switchable Normalization", "yes, through its BatchNorm part (learned weight)",
-        "training uses batch statistics for the BN part; eval uses running estimates for it",
-        "mean = sum_k w_k mean_k, var = sum_k w'_k var_k over k in {IN, LN, BN} (softmax weights); shaded: the BN sets",
-    ),
-    "dyt": _Method("DyT (Dynamic Tanh)", "no: elementwise", _SAME, "y = gamma * tanh(alpha * x) + beta", None),
-    "lrn": _Method("Local Response Normalization", "no: a window of neighbouring channels of one position", _SAME,
-                   "b_c = a_c / (k + alpha/n * sum over n neighbouring channels of a^2)^beta  (overlapping windows)",
-                   None),
-    "frozen": _Method("FrozenBatchNorm2d", "no: fixed statistics", _SAME,
-                      "y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, all buffers", None),
-    "ws": _Method("Weight Standardization + GroupNorm", "no", _SAME,
-                  "each conv filter w_o -> (w_o - mean(w_o)) / std(w_o); shaded: the GroupNorm sets after it", "group"),
-    "spectral": _Method("Spectral Normalization", "no: it normalizes weights", _SAME,
-                        "W -> W / sigma_max(W) (power iteration)", None),
-    "none": _Method("no normalization", "no", _SAME, "y = x", None),
-}
-
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"8,64,32,32"`` (or a sequence) -> ``(8, 64, 32, 32)``; ValueError for anything else."""
@@ -122,21 +39,28 @@ def _axis_names(ndim: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Explanation:
-    method: str
+    method: Method
     shape: tuple[int, ...]
     layout: Layout | None  # None: the method takes no statistics over sets of values
     over: list[tuple[str, int]]  # factors of the values per statistic
     count: list[tuple[str, int]]  # factors of the number of statistics
-    info: _Method
-    groups: int | None
+    num_groups: int | None = None
+    virtual_batch_size: int | None = None
+
+    @property
+    def config(self) -> str:
+        if self.num_groups is not None:
+            return f"num_groups={self.num_groups}"
+        if self.virtual_batch_size is not None:
+            return f"virtual_batch_size={self.virtual_batch_size}"
+        return ""
 
     def text(self) -> str:
         names = _axis_names(len(self.shape))
         dims = ", ".join(f"{n}={d}" for n, d in zip(names, self.shape))
-        label = "virtual_batch_size" if self.info.sets == "ghost" else "num_groups"
-        config = f" ({label}={self.groups})" if self.groups is not None else ""
-        kind = "means and as many variances" if self.info.center else "mean squares (no centering)"
-        lines = [f"{self.info.title}{config} on input ({dims})"]
+        config = f" ({self.config})" if self.config else ""
+        kind = "means and as many variances" if self.method.center else "mean squares (no centering)"
+        lines = [f"{self.method.title}{config} on input ({dims})"]
         if self.layout is None:
             lines.append("  reduces over: nothing; no statistics over sets of values")
         else:
@@ -146,10 +70,13 @@ class Explanation:
                 f"{_product(self.count)}",
             ]
         lines += [
-            f"  batch-dependent: {self.info.batch_dependent}",
-            f"  train/eval:   {self.info.train_eval}",
-            f"  formula:      {self.info.formula}",
+            f"  batch-dependent: {self.method.dependence_text}",
+            f"  train/eval:   {self.method.train_eval}",
+            f"  formula:      {self.method.formula}",
         ]
+        if self.method.fused_activation:
+            lines.append("  activation:   built in (it replaces the norm and the activation after it)")
+        lines.append(f"  paper:        {self.method.paper}")
         return "\n".join(lines)
 
 
@@ -196,41 +123,51 @@ def _layout(sets: str, shape: tuple[int, ...], groups: int | None, normalized_di
 
 
 def explain(
-    name: str, shape: str | Sequence[int], groups: int | None = None, normalized_dims: int | None = None
+    name: str, shape: str | Sequence[int], num_groups: int | None = None, virtual_batch_size: int | None = None,
+    normalized_dims: int | None = None,
 ) -> Explanation:
-    """Describe the method ``name`` on an input of ``shape``.
+    """Describe the method ``name`` on an input of ``shape``, from its registry record and its statistics' layout.
 
     Args:
         name: any registered norm (``normlab norms`` lists them) or alias.
         shape: ``(N, C, *spatial)`` as ints or ``"8,64,32,32"``.
-        groups: the group count G for GroupNorm-like methods (default 32), or the virtual batch size for Ghost
-            BatchNorm (default 32, capped at N); not accepted by other methods.
+        num_groups: the group count G for grouped methods (default 32).
+        virtual_batch_size: Ghost BatchNorm's virtual batch (default 32, capped at N).
         normalized_dims: for LayerNorm/RMSNorm, how many trailing dims are normalized (default: all but N).
+
+    Example::
+
+        >>> from normlab.explain import explain
+        >>> print(explain("group", "8,64,32,32", num_groups=32).text().splitlines()[1])
+          reduces over: C/G·H·W = 2·32·32 = 2048 values per statistic
     """
-    method = canonical_name(name)
-    info = _METHODS[method]
+    method = get_method(name)
     shape = parse_shape(shape)
-    if info.sets == "group":
-        groups = 32 if groups is None else groups
-    elif info.sets == "ghost":
-        groups = min(32, shape[0]) if groups is None else groups
-        if groups <= 0 or shape[0] % groups:
-            raise ValueError(f"explain: the virtual batch size ({groups}) must divide N ({shape[0]})")
-    elif groups is not None:
-        raise ValueError(f"explain: --groups applies to GroupNorm-like methods and Ghost BN only, not {info.title}")
-    if info.sets == "layer":
+    sets = method.statistics
+    if method.grouped:
+        num_groups = 32 if num_groups is None else num_groups
+    elif num_groups is not None:
+        raise ValueError(f"explain: num_groups applies to grouped methods only, not {method.title}")
+    if sets == "ghost":
+        virtual_batch_size = min(32, shape[0]) if virtual_batch_size is None else virtual_batch_size
+        if virtual_batch_size <= 0 or shape[0] % virtual_batch_size:
+            raise ValueError(f"explain: the virtual batch size ({virtual_batch_size}) must divide N ({shape[0]})")
+    elif virtual_batch_size is not None:
+        raise ValueError(f"explain: virtual_batch_size applies to Ghost BatchNorm only, not {method.title}")
+    if sets == "layer":
         normalized_dims = len(shape) - 1 if normalized_dims is None else normalized_dims
         if not 1 <= normalized_dims <= len(shape) - 1:
             raise ValueError(f"explain: normalized_dims must be in [1, {len(shape) - 1}], got {normalized_dims}")
     elif normalized_dims is not None:
         raise ValueError("explain: normalized_dims applies to LayerNorm and RMSNorm only")
-    if info.sets in ("instance",) and len(shape) < 3:
-        raise ValueError(f"explain: {info.title} needs at least one spatial dim (shape N,C,L or longer)")
-    if info.sets is None:
-        return Explanation(method, shape, None, [], [], info, groups)
-    layout = _layout(info.sets, shape, groups, normalized_dims or 0)
-    over, count = _factors(info.sets, shape, groups, normalized_dims or 0)
-    return Explanation(method, shape, layout, over, count, info, groups)
+    if 0 not in method.spatial_dims and len(shape) < 3:
+        raise ValueError(f"explain: {method.title} needs at least one spatial dim (shape N,C,L or longer)")
+    if sets is None:
+        return Explanation(method, shape, None, [], [], num_groups, virtual_batch_size)
+    size = num_groups if sets == "group" else virtual_batch_size
+    layout = _layout(sets, shape, size, normalized_dims or 0)
+    over, count = _factors(sets, shape, size, normalized_dims or 0)
+    return Explanation(method, shape, layout, over, count, num_groups, virtual_batch_size)
 
 
 def first_set_mask(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,7 +203,7 @@ def draw_cube(explanation: Explanation, path: str | Path) -> Path:
 
     layout = explanation.layout
     if layout is None:
-        raise ValueError(f"explain: {explanation.info.title} takes no statistics over sets of values: no cube to draw")
+        raise ValueError(f"explain: {explanation.method.title} takes no statistics over sets of values: no cube to draw")
     fractions = [_bin(m, cap) for m, cap in zip(first_set_mask(layout), (8, 16, 8))]
     frac = np.einsum("i,j,k->ijk", *fractions)
     filled = np.ones(frac.shape, dtype=bool)
@@ -286,9 +223,9 @@ def draw_cube(explanation: Explanation, path: str | Path) -> Path:
     ax.set_ylabel(f"C ({c})")
     ax.set_zlabel(f"{spatial} ({s})")
     ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
-    config = f", {'V' if explanation.info.sets == 'ghost' else 'G'}={explanation.groups}" if explanation.groups else ""
+    config = f", {explanation.config}" if explanation.config else ""
     ax.set_title(
-        f"{explanation.info.title}{config} on {tuple(explanation.shape)}\n"
+        f"{explanation.method.title}{config} on {tuple(explanation.shape)}\n"
         f"{layout.num_statistics} statistics, each over {layout.values_per_statistic} values",
         fontsize=10,
     )

@@ -1,58 +1,31 @@
-"""One name -> normalization table, so models (and the lab) take a norm by name: ``create_norm("group", 64)``.
+"""Every method normlab ships, one :class:`~normlab.method.Method` record each, and the lookups that read them.
 
-Each entry builds a module for a feature map with ``spatial_dims`` spatial dims after ``(N, C)``
-(0 for ``(N, C)`` features or ``(N, T, C)`` token sequences, 2 for images). Adding a method is one line in
-``_REGISTRY``.
+``create_norm("group", 64)`` builds a module for a feature map with ``spatial_dims`` spatial dims after ``(N, C)``
+(0 for ``(N, C)`` features or ``(N, T, C)`` token sequences, 2 for images). ``normlab explain``, the lab, the CLI
+and the README's methods table read the same records. Adding a method is its module, its test file and one record
+in ``METHODS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn as tnn
 
 from . import nn as nl
+from . import reference as R
+from .method import (
+    BN_TRAIN_EVAL, SAME_IN_EVAL, STANDARDIZE, Method, pack_channels, pack_groups, params, ranked, single,
+)  # fmt: skip
+from .nn.norm_act import with_activation
 
 __all__ = [
-    "create_norm", "create_packed_norm", "can_pack", "group_kwarg", "available_norms", "is_batch_dependent",
-    "conv_layer", "NormEntry",
-]
+    "METHODS", "Method", "create_norm", "create_packed_norm", "can_pack", "available_norms", "canonical_name",
+    "get_method", "is_batch_dependent", "conv_layer",
+]  # fmt: skip
 
-
-@dataclass(frozen=True)
-class NormEntry:
-    summary: str
-    build: Callable[..., tnn.Module]
-    batch_dependent: bool = False  # in training, does an example's output depend on the rest of its batch?
-    conv: Callable[..., tnn.Module] | None = None  # weight-level methods: how to build the layers before the norm
-    groups_arg: str | None = None  # the constructor argument that sets the group count, for grouped methods
-    # How K independent models' norms run as one module over their channels side by side (the lab's packed
-    # engine), given the entry: None where a statistic or parameter would mix models (a shared scalar, a window
-    # across channels).
-    pack: Callable[..., tnn.Module] | None = None
-
-
-def _ranked(classes: dict[int, type], name: str) -> Callable[..., tnn.Module]:
-    """A builder picking the 1d/2d/3d class by ``spatial_dims`` (vectors use the 1d class)."""
-
-    def build(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-        return classes[max(spatial_dims, 1)](num_features, **kw)
-
-    build.__name__ = f"_{name}"
-    return build
-
-
-def _needs_spatial(name: str, build: Callable[..., tnn.Module]) -> Callable[..., tnn.Module]:
-    def checked(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-        if spatial_dims == 0:
-            raise ValueError(
-                f"create_norm({name!r}): it normalizes each channel over spatial positions (spatial_dims >= 1); "
-                "feature vectors and tokens have none"
-            )
-        return build(num_features, **kw)
-
-    return checked
+_ON_MAPS = "it normalizes each channel over spatial positions (spatial_dims >= 1); feature vectors and tokens have none"
 
 
 def _layer(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
@@ -63,27 +36,14 @@ def _layer(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.GroupNorm(1, num_features, **kw)
 
 
-def _instance(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-    if spatial_dims == 0:
-        raise ValueError(
-            "create_norm('instance'): InstanceNorm needs spatial dims (spatial_dims >= 1); feature vectors have one "
-            "value per (example, channel), so there is nothing to normalize over"
-        )
-    kw.setdefault("affine", True)
-    return {1: nl.InstanceNorm1d, 2: nl.InstanceNorm2d, 3: nl.InstanceNorm3d}[spatial_dims](num_features, **kw)
+def _layer_reference(m: tnn.Module, x):
+    if isinstance(m, tnn.GroupNorm):
+        return R.group_norm(x, 1, *params(m, "weight", "bias"), m.eps)[0]
+    return R.layer_norm(x, m.normalized_shape, *params(m, "weight", "bias"), m.eps)[0]
 
 
 def _group(num_features: int, spatial_dims: int, num_groups: int = 32, **kw: Any) -> tnn.Module:
     return nl.GroupNorm(num_groups, num_features, **kw)
-
-
-def _rms(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-    if spatial_dims != 0:
-        raise ValueError(
-            "create_norm('rms'): RMSNorm normalizes the trailing feature dim of (N, *, C) inputs (spatial_dims=0); "
-            "for channels-first feature maps use 'layer' or 'group'"
-        )
-    return nl.RMSNorm(num_features, **kw)
 
 
 def _none(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
@@ -94,29 +54,18 @@ def _dyt(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.DynamicTanh(num_features, channels_last=spatial_dims == 0, **kw)
 
 
-def _frozen(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
-    if spatial_dims != 2:
-        raise ValueError("create_norm('frozen'): FrozenBatchNorm2d takes (N, C, H, W) feature maps (spatial_dims=2)")
-    return nl.FrozenBatchNorm2d(num_features, **kw)
+def _dyt_reference(m: nl.DynamicTanh, x):
+    alpha, w, b = params(m, "alpha", "weight", "bias")
+    if not m.channels_last:
+        w, b = (p.reshape((-1,) + (1,) * (x.ndim - 2)) for p in (w, b))
+    return R.response.dynamic_tanh(x, float(alpha[0]), w, b)
 
 
-def _pack_channels(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
-    """Per-channel statistics and parameters: K models' C channels side by side are one module of K*C channels."""
-    return entry.build(copies * num_features, spatial_dims, **kw)
+def _lrn(num_features: int, spatial_dims: int, size: int = 5, **kw: Any) -> tnn.Module:
+    return nl.LocalResponseNorm(size, **kw)
 
 
-def _pack_groups(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
-    """Statistics per group of channels: K models of G groups each are one module of K*G groups over K*C channels."""
-    key = entry.groups_arg
-    if key not in kw:
-        raise ValueError(f"packing a grouped norm needs its {key} given explicitly")
-    kw[key] = copies * kw[key]
-    return entry.build(copies * num_features, spatial_dims, **kw)
-
-
-def _pack_layer(entry: NormEntry, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
-    if spatial_dims == 0:
-        raise ValueError("create_packed_norm('layer'): LayerNorm over token features does not pack over channels")
+def _pack_layer(method: Method, num_features: int, spatial_dims: int, copies: int, **kw: Any) -> tnn.Module:
     return nl.GroupNorm(copies, copies * num_features, **kw)  # one group (one statistic per example) per model
 
 
@@ -131,62 +80,170 @@ def _spectral_conv(spatial_dims: int) -> Callable[..., tnn.Module]:
     return lambda *args, **kw: nl.spectral_norm(conv(*args, **kw))
 
 
-_REGISTRY: dict[str, NormEntry] = {
-    "batch": NormEntry(
-        "BatchNorm: per channel over (N, *spatial); batch-dependent",
-        _ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}, "batch"), batch_dependent=True,
-        pack=_pack_channels,
-    ),
-    "layer": NormEntry("LayerNorm: per example over (C, *spatial), or over C for vectors", _layer, pack=_pack_layer),
-    "instance": NormEntry("InstanceNorm: per (example, channel) over spatial positions", _instance,
-                          pack=_pack_channels),
-    "group": NormEntry("GroupNorm: per (example, group of channels); num_groups=32 by default", _group,
-                       groups_arg="num_groups", pack=_pack_groups),
-    "rms": NormEntry("RMSNorm: LayerNorm without centering, over the trailing feature dim", _rms),
-    "none": NormEntry("no normalization (identity), the baseline", _none, pack=_pack_channels),
-    "batchrenorm": NormEntry(
-        "Batch Renormalization: BN corrected towards running statistics (r, d clipped)",
-        _ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}, "batchrenorm"), batch_dependent=True,
-        pack=_pack_channels,
-    ),
-    "ghost": NormEntry(
-        "Ghost BatchNorm: BN over virtual batches (virtual_batch_size=32)",
-        _ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}, "ghost"), batch_dependent=True,
-        pack=_pack_channels,
-    ),
-    "power": NormEntry("PowerNorm: running quadratic mean, no centering, approximate backward",
-                       lambda c, s, **kw: nl.PowerNorm(c, **kw), batch_dependent=True,
-                       pack=_pack_channels),
-    "frn": NormEntry("Filter Response Normalization + TLU: per (example, channel) mean square",
-                     _needs_spatial("frn", nl.FilterResponseNorm),
-                     pack=_pack_channels),
-    "evonorm_b0": NormEntry("EvoNorm-B0: batch variance vs instance term, fused activation",
-                            _needs_spatial("evonorm_b0", nl.EvoNormB0), batch_dependent=True,
-                            pack=_pack_channels),
-    "evonorm_s0": NormEntry("EvoNorm-S0: group variance with a swish-like numerator",
-                            _needs_spatial("evonorm_s0", nl.EvoNormS0), groups_arg="groups", pack=_pack_groups),
-    "switchable": NormEntry("Switchable Normalization: learned mixture of IN, LN and BN statistics",
-                            _needs_spatial("switchable", nl.SwitchableNorm), batch_dependent=True),
-    "dyt": NormEntry("DyT: gamma * tanh(alpha * x) + beta, no statistics", _dyt),
-    "lrn": NormEntry("Local Response Normalization across a window of 5 channels",
-                     _needs_spatial("lrn", lambda c, size=5, **kw: nl.LocalResponseNorm(size, **kw))),
-    "frozen": NormEntry("FrozenBatchNorm2d: fixed statistics and affine (fine-tuning)", _frozen),
-    "ws": NormEntry("Weight Standardization convs followed by GroupNorm (Qiao et al.)", _group, conv=_std_conv,
-                    groups_arg="num_groups", pack=_pack_groups),
-    "spectral": NormEntry("Spectral Normalization of the convs, no activation norm", _none, conv=_spectral_conv),
-}
+def _group_reference(m: tnn.GroupNorm, x):
+    return R.group_norm(x, m.num_groups, *params(m, "weight", "bias"), m.eps)[0]
 
-_ALIASES = {
-    "bn": "batch", "ln": "layer", "in": "instance", "gn": "group", "rmsnorm": "rms", "identity": "none",
-    "brn": "batchrenorm", "batch_renorm": "batchrenorm", "ghostbn": "ghost", "powernorm": "power", "pn": "power",
-    "sn": "switchable", "evonorm-b0": "evonorm_b0", "evonorm-s0": "evonorm_s0", "b0": "evonorm_b0",
-    "s0": "evonorm_s0", "dynamic_tanh": "dyt", "frozenbn": "frozen",
-}  # fmt: skip
+
+def _rms_reference(m: nl.RMSNorm, x):
+    eps = m.eps if m.eps is not None else torch.finfo(m.weight.dtype if m.weight is not None else torch.float32).eps
+    return R.rms_norm(x, m.normalized_shape, params(m, "weight")[0], eps)[0]
+
+
+METHODS: tuple[Method, ...] = (
+    Method(
+        "batch", "BatchNorm", "per channel over (N, *spatial); batch-dependent", "Ioffe & Szegedy 2015",
+        "`BatchNorm1d/2d/3d`, `SyncBatchNorm`", ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}),
+        STANDARDIZE + "   (mean, var per channel over N and spatial)",
+        lambda m, x: R.batch_norm(x, *params(m, "weight", "bias"), m.eps)[0],
+        aliases=("bn",), statistics="batch", train_eval=BN_TRAIN_EVAL, pack=pack_channels,
+    ),
+    Method(
+        "layer", "LayerNorm", "per example over (C, *spatial), or over C for vectors", "Ba et al. 2016",
+        "`LayerNorm` (vectors), `GroupNorm(1, C)` (maps)", _layer,
+        STANDARDIZE + "   (mean, var per example over the normalized dims)", _layer_reference,
+        aliases=("ln",), statistics="layer", pack=_pack_layer, pack_dims=(1, 2, 3),
+    ),
+    Method(
+        "instance", "InstanceNorm", "per (example, channel) over spatial positions", "Ulyanov et al. 2016",
+        "`InstanceNorm1d/2d/3d`", ranked({1: nl.InstanceNorm1d, 2: nl.InstanceNorm2d, 3: nl.InstanceNorm3d}),
+        STANDARDIZE + "   (mean, var per example and channel over spatial)",
+        lambda m, x: R.instance_norm(x, *params(m, "weight", "bias"), m.eps)[0],
+        aliases=("in",), statistics="instance", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+        train_eval="identical in training and eval by default; with track_running_stats=True eval uses running "
+        "estimates", pack=pack_channels, defaults={"affine": True},
+    ),
+    Method(
+        "group", "GroupNorm", "per (example, group of channels); num_groups=32 by default", "Wu & He 2018",
+        "`GroupNorm`", _group,
+        STANDARDIZE + "   (mean, var per example and group of C/G channels over those channels and spatial)",
+        _group_reference, aliases=("gn",), statistics="group", grouped=True, pack=pack_groups,
+    ),
+    Method(
+        "rms", "RMSNorm", "LayerNorm without centering, over the trailing feature dim", "Zhang & Sennrich 2019",
+        "`RMSNorm`", single(nl.RMSNorm), "y = x / sqrt(mean(x^2) + eps) * gamma   (no centering, no bias)",
+        _rms_reference, aliases=("rmsnorm",), statistics="layer", center=False, spatial_dims=(0,),
+        not_applicable="RMSNorm normalizes the trailing feature dim of (N, *, C) inputs (spatial_dims=0); for "
+        "channels-first feature maps use 'layer' or 'group'",
+    ),
+    Method(
+        "none", "no normalization", "identity, the baseline", "-", "`torch.nn.Identity`", _none, "y = x",
+        lambda m, x: x, aliases=("identity",), batch_dependent=False, pack=pack_channels,
+    ),
+    Method(
+        "batchrenorm", "Batch Renormalization", "BN corrected towards running statistics (r, d clipped)",
+        "Ioffe 2017", "`BatchRenorm1d/2d/3d`",
+        ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}),
+        "y = gamma * ((x - mu_B)/sigma_B * r + d) + beta,  r = clip(sigma_B/sigma, 1/r_max, r_max), "
+        "d = clip((mu_B - mu)/sigma, -d_max, d_max), no gradient through r, d",
+        lambda m, x: R.batch_variants.batch_renorm(
+            x, *params(m, "running_mean", "running_var", "weight", "bias"), m.eps, *(float(t) for t in m.limits()))[0],
+        aliases=("brn", "batch_renorm"), statistics="batch", train_eval=BN_TRAIN_EVAL, pack=pack_channels,
+        dependence="yes: batch statistics, corrected towards the running ones by r and d",
+    ),
+    Method(
+        "ghost", "Ghost BatchNorm", "BN over virtual batches (virtual_batch_size=32)", "Hoffer et al. 2017",
+        "`GhostBatchNorm1d/2d/3d`", ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}),
+        STANDARDIZE + "   (BatchNorm over each virtual batch separately)",
+        lambda m, x: R.batch_variants.ghost_batch_norm(
+            x, m.virtual_batch_size, *params(m, "weight", "bias"), m.eps)[0],
+        aliases=("ghostbn",), statistics="ghost", train_eval=BN_TRAIN_EVAL, pack=pack_channels,
+    ),
+    Method(
+        "power", "PowerNorm", "running quadratic mean, no centering, approximate backward", "Shen et al. 2020",
+        "`PowerNorm`", single(nl.PowerNorm),
+        "y = gamma * x / sqrt(psi + eps) + beta,  psi <- a psi + (1 - a) mean(x^2)  (approximate backward)",
+        lambda m, x: R.batch_variants.power_norm(
+            x, *params(m, "running_phi", "weight", "bias"), m.eps, m.alpha_fwd)[0],
+        aliases=("powernorm", "pn"), statistics="batch", center=False, pack=pack_channels,
+        dependence="yes, through the running quadratic mean updated by every batch",
+        train_eval="training divides by the running quadratic mean of earlier batches (then updates it); eval by "
+        "the final one",
+    ),
+    Method(
+        "meanonly", "Mean-only BatchNorm", "BN's centering without the division (with Weight Normalization)",
+        "Salimans & Kingma 2016", "`MeanOnlyBatchNorm`", single(nl.MeanOnlyBatchNorm),
+        "y = x - mean + beta   (mean per channel over N and spatial; no division)",
+        lambda m, x: R.batch_variants.mean_only_batch_norm(x, params(m, "bias")[0]),
+        aliases=("mean_only", "mobn"), statistics="batch", train_eval="training subtracts the batch mean and "
+        "updates a running mean; eval subtracts the running mean", pack=pack_channels,
+    ),
+    Method(
+        "frn", "Filter Response Normalization", "FRN + TLU: per (example, channel) mean square",
+        "Singh & Krishnan 2019", "`FilterResponseNorm`, `TLU`", single(nl.FilterResponseNorm),
+        "y = max(gamma * x / sqrt(mean(x^2) + |eps|) + beta, tau)   (TLU)",
+        lambda m, x: R.response.filter_response_norm(x, *params(m, "weight", "bias", "tau"), m.eps)[0],
+        statistics="instance", center=False, spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+        fused_activation=True, pack=pack_channels,
+    ),
+    Method(
+        "evonorm_b0", "EvoNorm-B0", "batch variance vs instance term, fused activation", "Liu et al. 2020",
+        "`EvoNormB0`", single(nl.EvoNormB0),
+        "y = gamma * x / max(sqrt(var_batch + eps), v1 * x + sqrt(var_instance + eps)) + beta",
+        lambda m, x: R.response.evonorm_b0(x, *params(m, "weight", "bias", "v1"), m.eps),
+        aliases=("evonorm-b0", "b0"), statistics="batch", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+        dependence="yes: the batch variance enters the denominator", fused_activation=True, pack=pack_channels,
+        train_eval="training uses the batch variance and updates running_var; eval uses running_var",
+    ),
+    Method(
+        "evonorm_s0", "EvoNorm-S0", "group variance with a swish-like numerator", "Liu et al. 2020", "`EvoNormS0`",
+        single(nl.EvoNormS0), "y = gamma * x * sigmoid(v1 * x) / sqrt(var_group + eps) + beta",
+        lambda m, x: R.response.evonorm_s0(x, *params(m, "weight", "bias", "v1"), m.num_groups, m.eps),
+        aliases=("evonorm-s0", "s0"), statistics="group", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+        grouped=True, fused_activation=True, pack=pack_groups,
+    ),
+    Method(
+        "switchable", "Switchable Normalization", "learned mixture of IN, LN and BN statistics", "Luo et al. 2018",
+        "`SwitchableNorm`", single(nl.SwitchableNorm),
+        "mean = sum_k w_k mean_k, var = sum_k w'_k var_k over k in {IN, LN, BN} (softmax weights); shaded: the "
+        "BN sets",
+        lambda m, x: R.response.switchable_norm(
+            x, *params(m, "weight", "bias", "mean_weight", "var_weight"), m.eps),
+        aliases=("sn",), statistics="batch", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+        dependence="yes, through its BatchNorm part (learned weight)",
+        train_eval="training uses batch statistics for the BN part; eval uses running estimates for it",
+    ),
+    Method(
+        "dyt", "DyT (Dynamic Tanh)", "gamma * tanh(alpha * x) + beta, no statistics", "Zhu et al. 2025",
+        "`DynamicTanh`", _dyt, "y = gamma * tanh(alpha * x) + beta", _dyt_reference, aliases=("dynamic_tanh",),
+        batch_dependent=False, dependence="no: elementwise",
+    ),
+    Method(
+        "lrn", "Local Response Normalization", "across a window of 5 channels", "Krizhevsky et al. 2012",
+        "`LocalResponseNorm`", _lrn,
+        "b_c = a_c / (k + alpha/n * sum over n neighbouring channels of a^2)^beta  (overlapping windows)",
+        lambda m, x: R.response.local_response_norm(x, m.size, m.alpha, m.beta, m.k),
+        batch_dependent=False, dependence="no: a window of neighbouring channels of one position",
+        spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+    ),
+    Method(
+        "frozen", "FrozenBatchNorm2d", "fixed statistics and affine (fine-tuning)", "torchvision",
+        "`FrozenBatchNorm2d`", single(nl.FrozenBatchNorm2d),
+        "y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, all buffers",
+        lambda m, x: R.batch_norm_inference(
+            x, *params(m, "running_mean", "running_var", "weight", "bias"), m.eps)[0],
+        aliases=("frozenbn",), batch_dependent=False, dependence="no: fixed statistics", spatial_dims=(2,),
+        not_applicable="FrozenBatchNorm2d takes (N, C, H, W) feature maps (spatial_dims=2)",
+    ),
+    Method(
+        "ws", "Weight Standardization + GroupNorm", "standardized conv filters followed by GroupNorm",
+        "Qiao et al. 2019", "`StdConv1d/2d` + `GroupNorm`", _group,
+        "each conv filter w_o -> (w_o - mean(w_o)) / std(w_o); shaded: the GroupNorm sets after it",
+        _group_reference, statistics="group", grouped=True, conv=_std_conv, pack=pack_groups,
+    ),
+    Method(
+        "spectral", "Spectral Normalization", "convs divided by their largest singular value, no activation norm",
+        "Miyato et al. 2018", "`spectral_norm(conv)`", _none, "W -> W / sigma_max(W) (power iteration)",
+        lambda m, x: x, batch_dependent=False, dependence="no: it normalizes weights", conv=_spectral_conv,
+    ),
+)
+
+_BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
+_BY_ALIAS: dict[str, str] = {alias: m.name for m in METHODS for alias in (m.name, *m.aliases)}
 
 
 def available_norms() -> list[str]:
     """Names :func:`create_norm` accepts, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_BY_NAME)
 
 
 def canonical_name(name: str) -> str:
@@ -194,63 +251,37 @@ def canonical_name(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"norm name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _REGISTRY:
+    if key not in _BY_ALIAS:
         raise ValueError(f"unknown norm {name!r}; available: {', '.join(available_norms())}")
-    return key
+    return _BY_ALIAS[key]
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` record for ``name`` or an alias."""
+    return _BY_NAME[canonical_name(name)]
 
 
 def is_batch_dependent(name: str) -> bool:
     """Whether the registered norm ``name`` mixes examples of a batch in training."""
-    return _REGISTRY[canonical_name(name)].batch_dependent
-
-
-_ACTIVATIONS: dict[str, Callable[[], tnn.Module]] = {
-    "relu": lambda: tnn.ReLU(inplace=False), "gelu": tnn.GELU, "silu": tnn.SiLU, "tanh": tnn.Tanh,
-    "leaky_relu": tnn.LeakyReLU, "identity": tnn.Identity,
-}  # fmt: skip
-
-
-def _activation(act: str | tnn.Module | type) -> tnn.Module:
-    if isinstance(act, tnn.Module):
-        return act
-    if isinstance(act, type) and issubclass(act, tnn.Module):
-        return act()
-    if isinstance(act, str) and act.lower() in _ACTIVATIONS:
-        return _ACTIVATIONS[act.lower()]()
-    raise ValueError(f"create_norm: act must be a module, a module class or one of {sorted(_ACTIVATIONS)}, got {act!r}")
-
-
-_WITH_ACT: dict[type, type] = {}
-
-
-def _with_activation(norm: tnn.Module, act: tnn.Module) -> tnn.Module:
-    """timm's norm+act: the same module (same state_dict keys) whose forward ends with ``act``."""
-    if isinstance(norm, tnn.Identity):
-        return act
-    cls = type(norm)
-    if cls not in _WITH_ACT:
-        _WITH_ACT[cls] = type(f"{cls.__name__}Act", (cls,), {"forward": lambda self, x: self.act(cls.forward(self, x))})
-    norm.__class__ = _WITH_ACT[cls]
-    norm.act = act
-    return norm
+    return get_method(name).is_batch_dependent
 
 
 def conv_layer(name: str, spatial_dims: int) -> Callable[..., tnn.Module] | None:
     """For weight-level methods (``ws``, ``spectral``): the conv class (or factory) a model should use; else None."""
-    entry = _REGISTRY[canonical_name(name)]
-    return None if entry.conv is None else entry.conv(spatial_dims)
-
-
-def group_kwarg(name: str) -> str | None:
-    """The constructor argument that sets a grouped method's group count (None for methods without groups)."""
-    return _REGISTRY[canonical_name(name)].groups_arg
+    method = get_method(name)
+    return None if method.conv is None else method.conv(spatial_dims)
 
 
 def can_pack(name: str, spatial_dims: int) -> bool:
     """Whether K models' ``name`` norms run exactly as one module over their channels side by side."""
-    entry = _REGISTRY[canonical_name(name)]
-    return entry.pack is not None and not (canonical_name(name) == "layer" and spatial_dims == 0)
+    return get_method(name).can_pack(spatial_dims)
+
+
+def _check_spatial_dims(fn: str, method: Method, spatial_dims: int) -> None:
+    if spatial_dims not in (0, 1, 2, 3):
+        raise ValueError(f"{fn}: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
+    if not method.applies_to(spatial_dims):
+        raise ValueError(f"{fn}({method.name!r}, spatial_dims={spatial_dims}): {method.not_applicable}")
 
 
 def create_packed_norm(name: str, num_features: int, copies: int, *, spatial_dims: int = 2, **kwargs: Any) -> tnn.Module:
@@ -258,10 +289,11 @@ def create_packed_norm(name: str, num_features: int, copies: int, *, spatial_dim
     ``copies * num_features`` channels (model k owns channels ``k*C .. (k+1)*C - 1``). Each model's statistics and
     parameters stay its own: the packed module computes exactly what the ``copies`` modules compute alone.
     ValueError for methods that do not pack (see :func:`can_pack`)."""
-    if not can_pack(name, spatial_dims):
+    method = get_method(name)
+    _check_spatial_dims("create_packed_norm", method, spatial_dims)
+    if not method.can_pack(spatial_dims):
         raise ValueError(f"create_packed_norm: {name!r} does not pack over channels (spatial_dims={spatial_dims})")
-    entry = _REGISTRY[canonical_name(name)]
-    return entry.pack(entry, num_features, spatial_dims, copies, **kwargs)
+    return method.pack(method, num_features, spatial_dims, copies, **{**method.defaults, **kwargs})
 
 
 def create_norm(
@@ -274,11 +306,18 @@ def create_norm(
         num_features: C, the channel / feature count.
         spatial_dims: spatial dims after (N, C): 0 for vectors and token sequences, 1-3 for feature maps.
             Default: 2.
-        act: an activation fused after the norm (timm's norm+act): a name (``"relu"``, ``"gelu"``, ``"silu"``...),
-            a module or a module class. The norm's state_dict keys are unchanged.
+        act: an activation after the norm (timm's norm+act): a name (``"relu"``, ``"gelu"``, ``"silu"``...),
+            a module or a module class. The result is a :mod:`normlab.nn.norm_act` class (``BatchNormAct2d``...),
+            a subclass of the norm with the norm's state_dict keys.
         **kwargs: passed to the module (``eps``, ``momentum``, ``num_groups``, ``affine``, ...).
+
+    Example::
+
+        >>> import normlab
+        >>> normlab.create_norm("gn", 64, num_groups=8)
+        GroupNorm(8, 64, eps=1e-05, affine=True)
     """
-    if spatial_dims not in (0, 1, 2, 3):
-        raise ValueError(f"create_norm: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
-    norm = _REGISTRY[canonical_name(name)].build(num_features, spatial_dims, **kwargs)
-    return norm if act is None else _with_activation(norm, _activation(act))
+    method = get_method(name)
+    _check_spatial_dims("create_norm", method, spatial_dims)
+    norm = method.build(num_features, spatial_dims, **{**method.defaults, **kwargs})
+    return norm if act is None else with_activation(norm, act)

@@ -11,7 +11,7 @@ from normlab.lab.train import build_classifier, build_packed_classifier, classif
 from normlab.registry import available_norms, can_pack
 from normlab.lab.config import from_dict
 
-PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)] + ["meanonly"]
+PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
 
 
 def _configs(norm, **kw):

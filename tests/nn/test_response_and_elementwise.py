@@ -48,13 +48,13 @@ def test_evonorm_b0_and_s0_match_reference():
     b0.eval()
     assert_close(b0(x), RR.evonorm_b0(_np(x), _np(b0.weight), _np(b0.bias), _np(b0.v1), b0.eps,
                                       running_var=_np(b0.running_var), training=False), **TOL)  # fmt: skip
-    s0 = _randomize(nl.EvoNormS0(4, groups=2, dtype=torch.float64))
+    s0 = _randomize(nl.EvoNormS0(4, num_groups=2, dtype=torch.float64))
     assert_close(s0(x), RR.evonorm_s0(_np(x), _np(s0.weight), _np(s0.bias), _np(s0.v1), 2, s0.eps), **TOL)
 
 
 @pytest.mark.parametrize("make, shape", [
     (lambda: nl.EvoNormB0(3, dtype=torch.float64), (4, 3, 5)),
-    (lambda: nl.EvoNormS0(4, groups=2, dtype=torch.float64), (2, 4, 3, 2)),
+    (lambda: nl.EvoNormS0(4, num_groups=2, dtype=torch.float64), (2, 4, 3, 2)),
     (lambda: nl.SwitchableNorm(3, dtype=torch.float64), (3, 3, 4)),
     (lambda: nl.FilterResponseNorm(3, dtype=torch.float64), (2, 3, 4)),
     (lambda: nl.DynamicTanh(5, dtype=torch.float64), (3, 5)),
@@ -153,7 +153,7 @@ def test_bad_input(make, shape, message):
     with pytest.raises(TypeError, match="floating-point"):
         nl.FilterResponseNorm(3)(torch.ones(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="num_groups"):
-        nl.EvoNormS0(6, groups=4)
+        nl.EvoNormS0(6, num_groups=4)
 
 
 def test_create_norm_with_fused_activation_keeps_state_dict_keys():

@@ -17,7 +17,12 @@ from .store import Store, config_key
 from .study import Options, checked_analysis
 from .studies import STUDIES
 
-__all__ = ["STUDIES", "Options", "compare", "OUTCOME_ORDER"]
+__all__ = ["STUDIES", "Options", "compare", "OUTCOME_ORDER", "study_variants"]
+
+
+def study_variants() -> set[str]:
+    """The labels ``--norms`` accepts besides registry names: the studies' own variants."""
+    return {label for study in STUDIES.values() for label in study.variants}
 
 
 def preflight(out: Path, options: Options) -> None:

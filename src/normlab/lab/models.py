@@ -11,37 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as nl
-from ..registry import create_norm, create_packed_norm, group_kwarg
+from ..registry import conv_layer, create_norm, create_packed_norm, get_method
 
-__all__ = ["ConvNet", "PackedLinear", "CharTransformer", "MeanOnlyBatchNorm", "make_norm", "norm_kwargs", "NotApplicable"]
+__all__ = ["ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable"]
 
 
 class NotApplicable(ValueError):
     """A norm that cannot be used in a model (e.g. InstanceNorm on token features); the study records why."""
-
-
-class MeanOnlyBatchNorm(nn.Module):
-    """Mean-only BatchNorm (Salimans & Kingma 2016): subtract the batch mean per channel, add a bias; no scaling.
-
-    Used with Weight Normalization, which already fixes the scale. Keeps a running mean for eval.
-    """
-
-    def __init__(self, num_features: int, momentum: float = 0.1) -> None:
-        super().__init__()
-        self.momentum = momentum
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = (0,) + tuple(range(2, x.dim()))
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            mean = x.mean(dim=dims)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-        else:
-            mean = self.running_mean
-        return x - mean.view(shape) + self.bias.view(shape)
 
 
 def _default_groups(channels: int) -> int:
@@ -50,20 +26,17 @@ def _default_groups(channels: int) -> int:
 
 def norm_kwargs(name: str, channels: int) -> dict:
     """Lab defaults: a grouped method gets 32 groups from 64 channels up, else the most groups of at least 2
-    channels each (16 groups of 2 on the lab's 32 channels), whatever its constructor calls the count."""
-    if name == "meanonly":
+    channels each (16 groups of 2 on the lab's 32 channels)."""
+    if not get_method(name).grouped:
         return {}
-    key = group_kwarg(name)
-    return {key: _default_groups(channels) if channels < 64 else 32} if key else {}
+    return {"num_groups": _default_groups(channels) if channels < 64 else 32}
 
 
 def make_norm(
     name: str, channels: int, spatial_dims: int, copies: int | None = None, options: dict | None = None
 ) -> nn.Module:
-    """``create_norm`` with the lab's defaults (:func:`norm_kwargs`), plus the lab-only ``meanonly`` (mean-only BN
-    for the Weight Normalization study). With ``copies``, the packed norm of that many independent models."""
-    if name == "meanonly":
-        return MeanOnlyBatchNorm(channels * (copies or 1))
+    """``create_norm`` with the lab's defaults (:func:`norm_kwargs`). With ``copies``, the packed norm of that many
+    independent models. NotApplicable where the method does not apply (the registry says why)."""
     kwargs = {**norm_kwargs(name, channels), **(options or {})}
     try:
         if copies is not None:
@@ -155,15 +128,12 @@ class ConvNet(nn.Module):
     @lru_cache(maxsize=None)
     def _conv(norm: str, spatial_dims: int):
         """The registry's conv for weight-level methods (Weight Standardization, Spectral Norm), else nn.ConvNd."""
-        from ..registry import conv_layer
-
-        if norm != "meanonly":
-            try:
-                special = conv_layer(norm, spatial_dims)
-            except ValueError as err:
-                raise NotApplicable(str(err)) from err
-            if special is not None:
-                return special
+        try:
+            special = conv_layer(norm, spatial_dims)
+        except ValueError as err:
+            raise NotApplicable(str(err)) from err
+        if special is not None:
+            return special
         return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
     def forward(self, x: Tensor) -> Tensor:

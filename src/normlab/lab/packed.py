@@ -47,14 +47,12 @@ def pack_key(config: dict[str, Any]) -> str | None:
     c = from_dict(config)
     if not isinstance(c, ClassifyConfig) or c.record_batch_stats:
         return None
-    conv = "plain"
-    if c.norm != "meanonly":
-        try:  # the ConvNet's maps have spatial dims; whether a norm packs, and its conv kind, differ only for vectors
-            if not can_pack(c.norm, spatial_dims=1):
-                return None
-            conv = "plain" if conv_layer(c.norm, 1) is None else canonical_name(c.norm)
-        except ValueError:
+    try:  # the ConvNet's maps have spatial dims; whether a norm packs, and its conv kind, differ only for vectors
+        if not can_pack(c.norm, spatial_dims=1):
             return None
+        conv = "plain" if conv_layer(c.norm, 1) is None else canonical_name(c.norm)
+    except ValueError:
+        return None
     shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
     return json.dumps({**shared, "conv": conv}, sort_keys=True)
 

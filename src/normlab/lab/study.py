@@ -169,6 +169,7 @@ class Study:
     claim: str
     source: str
     default_norms: tuple[str, ...]
+    variants: tuple[str, ...] = ()  # labels --norms accepts besides registry names (a norm plus WN, SyncBN...)
 
     target: Target = Target()
 

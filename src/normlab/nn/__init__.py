@@ -1,15 +1,17 @@
 """Drop-in twins of ``torch.nn``'s normalization modules, laid out as torch.nn's own files, and the rest of the
-catalog (Batch Renorm, Ghost BN, PowerNorm, FRN, EvoNorm, Switchable, DyT, Weight Standardization, Spectral,
-FrozenBatchNorm2d)."""
+catalog (Batch Renorm, Ghost BN, PowerNorm, mean-only BN, FRN, EvoNorm, Switchable, DyT, Weight Standardization, Spectral,
+FrozenBatchNorm2d), and norm + activation classes (``BatchNormAct2d``, ...)."""
 
 from .batch_variants import (
-    BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d, PowerNorm,
+    BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d, MeanOnlyBatchNorm, PowerNorm,
 )  # fmt: skip
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .cosine import CosineConv1d, CosineConv2d, CosineLinear
 from .dyt import DynamicTanh
 from .frozen import FrozenBatchNorm2d
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from . import norm_act
+from .norm_act import *  # noqa: F401,F403  (BatchNormAct2d, GroupNormAct, ...: one per norm class)
 from .normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
 from .response import TLU, EvoNormB0, EvoNormS0, FilterResponseNorm
 from .spectral_norm import SpectralNorm, spectral_norm
@@ -21,7 +23,8 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "CosineConv1d",
     "CosineConv2d", "CosineLinear", "DynamicTanh", "EvoNormB0", "EvoNormS0", "FilterResponseNorm",
     "FrozenBatchNorm2d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LocalResponseNorm", "PowerNorm", "RMSNorm", "SpectralNorm",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LocalResponseNorm", "MeanOnlyBatchNorm", "PowerNorm", "RMSNorm", "SpectralNorm",
     "StdConv1d", "StdConv2d", "SwitchableNorm", "SyncBatchNorm", "TLU", "WeightNorm", "spectral_norm",
     "weight_norm",
 ]  # fmt: skip
+__all__ += [name for name in norm_act.__all__ if name.endswith(('Act', 'Act1d', 'Act2d', 'Act3d'))]

@@ -1,4 +1,4 @@
-r"""BatchNorm's variants: Batch Renormalization, Ghost BatchNorm, PowerNorm. Formulas in
+r"""BatchNorm's variants: Batch Renormalization, Ghost BatchNorm, PowerNorm, mean-only BatchNorm. Formulas in
 :mod:`normlab.reference.batch_variants`; all keep BatchNorm's buffers and state_dict layout where they share it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .batchnorm import _BatchNorm, _lerp_buffer
 
 __all__ = [
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
-    "PowerNorm",
+    "PowerNorm", "MeanOnlyBatchNorm",
 ]  # fmt: skip
 
 
@@ -274,3 +274,54 @@ class PowerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, affine={self.affine}"
+
+
+class MeanOnlyBatchNorm(Module):
+    r"""Mean-only BatchNorm (Salimans & Kingma 2016, "Weight Normalization"), the companion of Weight Normalization.
+
+    .. math:: y = x - \mu_c + \beta_c
+
+    :math:`\mu_c`: the batch mean per channel over N and spatial positions in training (``running_mean`` updated
+    with ``momentum``), ``running_mean`` in eval. No division: Weight Normalization already fixes the scale, and a
+    mean is far less noisy over a small batch than a deviation. Batch-dependent in training.
+
+    Args:
+        num_features: C, the channels of the input.
+        momentum: the running mean's update rate. Default: 0.1.
+
+    Shape:
+        - Input: :math:`(N, C, *)`. Output: the same.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> mob = nl.MeanOnlyBatchNorm(3)
+        >>> y = mob(torch.randn(16, 3, 4) + 5)
+        >>> bool(y.mean(dim=(0, 2)).abs().max() < 1e-5)
+        True
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        _checks.check_num_features("MeanOnlyBatchNorm", num_features)
+        self.num_features, self.momentum = num_features, momentum
+        kw = {"device": device, "dtype": dtype}
+        self.bias = Parameter(torch.empty(num_features, **kw))
+        self.register_buffer("running_mean", torch.empty(num_features, **kw))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        init.zeros_(self.running_mean)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        _checks.check_floating("MeanOnlyBatchNorm", input)
+        _checks.check_min_dim("MeanOnlyBatchNorm", input, 2, "(N, C, *)")
+        _checks.check_channels("MeanOnlyBatchNorm", input, self.num_features)
+        return NF.mean_only_batch_norm(input, self.running_mean, self.bias, self.training, self.momentum)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}"

@@ -6,19 +6,38 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter
+from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from .. import functional as NF
 
 __all__ = ["DynamicTanh"]
 
 
 class DynamicTanh(Module):
-    r""":math:`y = \gamma\tanh(\alpha x) + \beta`, with a learnable scalar :math:`\alpha` (init ``alpha_init_value``).
+    r"""DyT (Zhu et al. 2025, "Transformers without Normalization"): an elementwise stand-in for LayerNorm.
 
-    Drop-in for LayerNorm in transformers: ``weight`` and ``bias`` have ``normalized_shape`` and act on the trailing
-    dims. With ``channels_last=False`` (feature maps ``(N, C, *)``), they have shape ``(C,)`` and act on dim 1.
-    No batch dependence, no train/eval difference; elementwise, so every shape works.
+    .. math:: y = \gamma\tanh(\alpha x) + \beta
+
+    with a learnable scalar :math:`\alpha` (init ``alpha_init_value``). No statistics: no batch dependence, no
+    train/eval difference.
+
+    Args:
+        normalized_shape: the trailing dims ``weight`` and ``bias`` act on (an int for one dim), as LayerNorm's.
+        channels_last: True (default) for ``(*, normalized_shape)`` inputs; False for channels-first feature maps
+            ``(N, C, *)``, with ``normalized_shape = C`` and the parameters acting on dim 1.
+        alpha_init_value: the initial :math:`\alpha`. Default: 0.5.
+
+    Shape:
+        - Input: :math:`(*, \text{normalized\_shape})`, or :math:`(N, C, *)` with ``channels_last=False``.
+          Output: the same.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> dyt = nl.DynamicTanh(16)
+        >>> dyt(torch.randn(2, 10, 16)).shape
+        torch.Size([2, 10, 16])
     """
 
     def __init__(
@@ -31,21 +50,18 @@ class DynamicTanh(Module):
             raise ValueError("DynamicTanh: channels_last=False takes one channel count as normalized_shape")
         self.channels_last, self.alpha_init_value = channels_last, alpha_init_value
         kw = {"device": device, "dtype": dtype}
-        self.alpha = Parameter(torch.full((1,), float(alpha_init_value), **kw))
-        self.weight = Parameter(torch.ones(self.normalized_shape, **kw))
-        self.bias = Parameter(torch.zeros(self.normalized_shape, **kw))
+        self.alpha = Parameter(torch.empty(1, **kw))
+        self.weight = Parameter(torch.empty(self.normalized_shape, **kw))
+        self.bias = Parameter(torch.empty(self.normalized_shape, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init.constant_(self.alpha, self.alpha_init_value)
+        init.ones_(self.weight)
+        init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        _checks.check_floating("DynamicTanh", input)
-        if self.channels_last:
-            _checks.check_trailing("DynamicTanh", input, self.normalized_shape)
-            weight, bias = self.weight, self.bias
-        else:
-            if input.dim() < 2 or input.shape[1] != self.normalized_shape[0]:
-                raise ValueError(f"DynamicTanh: expected input (N, {self.normalized_shape[0]}, *), got {tuple(input.shape)}")
-            shape = (1, -1) + (1,) * (input.dim() - 2)
-            weight, bias = self.weight.view(shape), self.bias.view(shape)
-        return torch.tanh(self.alpha * input) * weight + bias
+        return NF.dynamic_tanh(input, self.alpha, self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, channels_last={self.channels_last}, alpha_init_value={self.alpha_init_value}"

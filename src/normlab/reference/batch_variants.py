@@ -23,7 +23,8 @@ import numpy as np
 from .layout import batch_layout
 from .standardization import Saved, _channel_param, backward, batch_norm
 
-__all__ = ["batch_renorm", "batch_renorm_backward", "ghost_batch_norm", "ghost_batch_norm_backward", "power_norm"]
+__all__ = ["batch_renorm", "batch_renorm_backward", "ghost_batch_norm", "ghost_batch_norm_backward", "power_norm", "mean_only_batch_norm",
+           "mean_only_batch_norm_backward"]
 
 
 def batch_renorm(
@@ -98,3 +99,18 @@ def power_norm(
         y = y + _channel_param(bias, nd)
     quad = (x * x).mean(axis=(0,) + tuple(range(2, nd)))
     return y, alpha * phi + (1 - alpha) * quad
+
+
+def mean_only_batch_norm(x: np.ndarray, bias=None) -> np.ndarray:
+    r"""Mean-only BatchNorm in training (Salimans & Kingma 2016): :math:`y = x - \mu_c + \beta_c`, the mean per
+    channel over N and spatial positions; no division."""
+    x = np.asarray(x, dtype=np.float64)
+    y = x - x.mean(axis=(0,) + tuple(range(2, x.ndim)), keepdims=True)
+    return y if bias is None else y + _channel_param(bias, x.ndim)
+
+
+def mean_only_batch_norm_backward(dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Gradients ``(dx, dbias)``: :math:`\partial L/\partial x = g - \bar g` per channel, :math:`\sum g` for the bias."""
+    dy = np.asarray(dy, np.float64)
+    axes = (0,) + tuple(range(2, dy.ndim))
+    return dy - dy.mean(axis=axes, keepdims=True), dy.sum(axis=axes)

@@ -28,6 +28,10 @@ __all__ = [
     "dynamic_tanh",
     "dynamic_tanh_backward",
     "local_response_norm",
+    "local_response_norm_backward",
+    "evonorm_b0_backward",
+    "evonorm_s0_backward",
+    "switchable_norm_backward",
 ]
 
 
@@ -65,12 +69,47 @@ def _var(x, layout):
 
 def evonorm_b0(x, weight, bias, v1, eps: float = 1e-5, running_var=None, training: bool = True) -> np.ndarray:
     """EvoNorm-B0. In training the batch variance (over N, spatial) is used; in eval ``running_var``."""
-    x = _f(x)
+    return _evonorm_b0_parts(_f(x), weight, bias, v1, eps, running_var, training)[0]
+
+
+def _evonorm_b0_parts(x, weight, bias, v1, eps, running_var=None, training=True):
     nd = x.ndim
     batch_var = _var(x, batch_layout(x.shape)) if training else _channel_param(running_var, nd)
+    batch_std = np.sqrt(batch_var + eps)
     inst_std = np.sqrt(_var(x, instance_layout(x.shape)) + eps)
-    den = np.maximum(np.sqrt(batch_var + eps), _channel_param(v1, nd) * x + inst_std)
-    return x / den * _channel_param(weight, nd) + _channel_param(bias, nd)
+    inst_term = _channel_param(v1, nd) * x + inst_std
+    den = np.maximum(batch_std, inst_term)
+    return x / den * _channel_param(weight, nd) + _channel_param(bias, nd), batch_std, inst_std, inst_term, den
+
+
+def _std_backward(d_std, x, layout, eps):
+    """Gradient through :math:`s = \\sqrt{\\mathrm{var}_S(x)+\\epsilon}` per set S of ``layout``, given
+    ``d_std`` per element (summed over each set): :math:`\\partial s/\\partial x_i = (x_i-\\mu)/(|S|\\,s)`."""
+    v = x.reshape(layout.view)
+    total = d_std.reshape(layout.view).sum(axis=layout.axes, keepdims=True)
+    centered = v - v.mean(axis=layout.axes, keepdims=True)
+    s = np.sqrt(v.var(axis=layout.axes, keepdims=True) + eps)
+    return (total * centered / (layout.values_per_statistic * s)).reshape(x.shape)
+
+
+def evonorm_b0_backward(dy, x, weight, bias, v1, eps: float = 1e-5):
+    r"""Gradients ``(dx, dweight, dbias, dv1)`` of :func:`evonorm_b0` in training. The max routes the gradient of
+    the denominator :math:`\partial L/\partial d = -\gamma\,\partial L/\partial y\; x/d^2` to the branch that won:
+    the batch deviation (through the batch variance) or :math:`v_1x + \sqrt{\sigma^2_I+\epsilon}`."""
+    x, dy = _f(x), _f(dy)
+    nd = x.ndim
+    axes = (0,) + tuple(range(2, nd))
+    _, batch_std, _, inst_term, den = _evonorm_b0_parts(x, weight, bias, v1, eps)
+    w = _channel_param(weight, nd)
+    d_den = -dy * w * x / den**2
+    batch_wins = batch_std >= inst_term
+    d_batch = np.where(batch_wins, d_den, 0.0)
+    d_inst = np.where(batch_wins, 0.0, d_den)
+    dx = dy * w / den
+    dx = dx + _std_backward(d_batch, x, batch_layout(x.shape), eps)
+    dx = dx + d_inst * _channel_param(v1, nd)
+    dx = dx + _std_backward(d_inst, x, instance_layout(x.shape), eps)
+    return dx, (dy * x / den).sum(axes), dy.sum(axes), (d_inst * x).sum(axes)
 
 
 def evonorm_s0(x, weight, bias, v1, groups: int, eps: float = 1e-5) -> np.ndarray:
@@ -82,34 +121,100 @@ def evonorm_s0(x, weight, bias, v1, groups: int, eps: float = 1e-5) -> np.ndarra
     return swish / group_std * _channel_param(weight, nd) + _channel_param(bias, nd)
 
 
+def evonorm_s0_backward(dy, x, weight, bias, v1, groups: int, eps: float = 1e-5):
+    r"""Gradients ``(dx, dweight, dbias, dv1)`` of :func:`evonorm_s0`. With :math:`\sigma = \mathrm{sigmoid}(v_1x)`,
+    :math:`a = x\sigma`: :math:`\partial a/\partial x = \sigma + v_1x\sigma(1-\sigma)`,
+    :math:`\partial a/\partial v_1 = x^2\sigma(1-\sigma)`, and the group deviation
+    :math:`s` takes :math:`-\sum_{g}\gamma\,\partial L/\partial y\;a/s^2`."""
+    x, dy = _f(x), _f(dy)
+    nd = x.ndim
+    axes = (0,) + tuple(range(2, nd))
+    layout = group_layout(x.shape, groups)
+    std = np.sqrt(_var(x, layout) + eps)
+    v = _channel_param(v1, nd)
+    sig = 1 / (1 + np.exp(-v * x))
+    a = x * sig
+    g = dy * _channel_param(weight, nd)
+    dx = g * (sig + v * x * sig * (1 - sig)) / std
+    dx = dx + _std_backward(-g * a / std**2, x, layout, eps)
+    dv1 = (g * x * x * sig * (1 - sig) / std).sum(axes)
+    return dx, (dy * a / std).sum(axes), dy.sum(axes), dv1
+
+
 def _softmax(z):
     e = np.exp(_f(z) - np.max(z))
     return e / e.sum()
+
+
+def _switchable_statistics(x, running_mean=None, running_var=None, training: bool = True):
+    """Means and variances of IN (per n, c), LN (per n) and BN (per c), shaped to broadcast over ``(N, C, S)``."""
+    n, c = x.shape[:2]
+    v = x.reshape(n, c, -1)
+    means = [v.mean(2, keepdims=True), v.mean((1, 2), keepdims=True)]
+    variances = [v.var(2, keepdims=True), v.var((1, 2), keepdims=True)]
+    if training:
+        means.append(v.mean((0, 2), keepdims=True))
+        variances.append(v.var((0, 2), keepdims=True))
+    else:
+        means.append(_f(running_mean).reshape(1, c, 1))
+        variances.append(_f(running_var).reshape(1, c, 1))
+    return v, means, variances
 
 
 def switchable_norm(
     x, weight, bias, mean_weight, var_weight, eps: float = 1e-5, running_mean=None, running_var=None,
     training: bool = True,
 ) -> np.ndarray:
-    """Switchable Normalization (IN, LN, BN mixture). ``mean_weight``/``var_weight`` are the 3 logits (IN, LN, BN);
-    in eval the BN statistics come from ``running_mean``/``running_var``."""
+    r"""Switchable Normalization: :math:`\mu = \sum_k w_k\mu_k`, :math:`\sigma^2 = \sum_k w'_k\sigma^2_k` over
+    k in (IN, LN, BN), :math:`w = \mathrm{softmax}` of ``mean_weight``, :math:`w'` of ``var_weight`` (3 logits each),
+    :math:`y = \gamma(x-\mu)/\sqrt{\sigma^2+\epsilon}+\beta`. In eval the BN statistics are
+    ``running_mean``/``running_var``."""
     x = _f(x)
-    n, c = x.shape[:2]
-    v = x.reshape(n, c, -1)
-    mean_in, var_in = v.mean(2, keepdims=True), v.var(2, keepdims=True)
-    second_in = var_in + mean_in**2
-    mean_ln = mean_in.mean(1, keepdims=True)
-    var_ln = second_in.mean(1, keepdims=True) - mean_ln**2
-    if training:
-        mean_bn = mean_in.mean(0, keepdims=True)
-        var_bn = second_in.mean(0, keepdims=True) - mean_bn**2
-    else:
-        mean_bn, var_bn = _f(running_mean).reshape(1, c, 1), _f(running_var).reshape(1, c, 1)
+    v, means, variances = _switchable_statistics(x, running_mean, running_var, training)
     wm, wv = _softmax(mean_weight), _softmax(var_weight)
-    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
-    var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+    mean = sum(w * m for w, m in zip(wm, means))
+    var = sum(w * s for w, s in zip(wv, variances))
     y = ((v - mean) / np.sqrt(var + eps)).reshape(x.shape)
     return y * _channel_param(weight, x.ndim) + _channel_param(bias, x.ndim)
+
+
+def _softmax_backward(w, dw):
+    return w * (dw - (w * dw).sum())
+
+
+def switchable_norm_backward(dy, x, weight, bias, mean_weight, var_weight, eps: float = 1e-5):
+    r"""Gradients ``(dx, dweight, dbias, dmean_weight, dvar_weight)`` of :func:`switchable_norm` in training.
+
+    With :math:`g = \gamma\,\partial L/\partial y` and :math:`r = 1/\sqrt{\sigma^2+\epsilon}` per (n, c):
+    :math:`\partial L/\partial\mu = -r\sum_s g`, :math:`\partial L/\partial\sigma^2 = -\frac{r^3}{2}\sum_s g(x-\mu)`;
+    each statistic :math:`\mu_k, \sigma^2_k` over its set :math:`S_k` takes its weight's share, summed over what it
+    is shared by, and passes :math:`1/|S_k|` and :math:`2(x-\mu_k)/|S_k|` to every x it reduced."""
+    x, dy = _f(x), _f(dy)
+    v, means, variances = _switchable_statistics(x)
+    n, c, s = v.shape
+    wm, wv = _softmax(mean_weight), _softmax(var_weight)
+    mean = sum(w * m for w, m in zip(wm, means))
+    var = sum(w * q for w, q in zip(wv, variances))
+    r = 1 / np.sqrt(var + eps)
+    x_hat = (v - mean) * r
+    dyv = dy.reshape(v.shape)
+    g = dyv * (1.0 if weight is None else _f(weight).reshape(1, c, 1))
+    d_mean = -r * g.sum(2, keepdims=True)
+    d_var = -0.5 * r**3 * (g * (v - mean)).sum(2, keepdims=True)
+    dx = g * r
+    d_logits_m, d_logits_v = np.zeros(3), np.zeros(3)
+    for k, axes in enumerate([(2,), (1, 2), (0, 2)]):
+        size = np.prod([v.shape[a] for a in axes])
+        reduce = tuple(a for a in (0, 1) if a in axes)
+        dm_k = (wm[k] * d_mean).sum(reduce, keepdims=True) if reduce else wm[k] * d_mean
+        dv_k = (wv[k] * d_var).sum(reduce, keepdims=True) if reduce else wv[k] * d_var
+        dx = dx + dm_k / size + dv_k * 2 * (v - means[k]) / size
+        d_logits_m[k] = (d_mean * means[k]).sum()
+        d_logits_v[k] = (d_var * variances[k]).sum()
+    dweight = None if weight is None else (dyv * x_hat).sum((0, 2))
+    dbias = None if bias is None else dyv.sum((0, 2))
+    return (dx.reshape(x.shape), dweight, dbias, _softmax_backward(wm, d_logits_m),
+            _softmax_backward(wv, d_logits_v))  # fmt: skip
 
 
 def dynamic_tanh(x, alpha: float, weight, bias) -> np.ndarray:
@@ -133,3 +238,17 @@ def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k
     sq = np.pad(x * x, [(0, 0), (size // 2, (size - 1) // 2)] + [(0, 0)] * (x.ndim - 2))
     window = np.stack([sq[:, i : i + size].sum(axis=1) for i in range(c)], axis=1)
     return x / (k + alpha / size * window) ** beta
+
+
+def local_response_norm_backward(dy, x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    r"""Gradient ``dx`` of :func:`local_response_norm`. With :math:`D_c = k+\frac{\alpha}{n}\sum_{w(c)}a^2`:
+    :math:`\partial L/\partial a_j = \partial L/\partial b_j\,D_j^{-\beta} - \frac{2\alpha\beta}{n}a_j
+    \sum_{c:\,j\in w(c)}\partial L/\partial b_c\,a_c\,D_c^{-\beta-1}`, the sum over the mirrored window."""
+    x, dy = _f(x), _f(dy)
+    c = x.shape[1]
+    pad = [(0, 0)] * (x.ndim - 2)
+    sq = np.pad(x * x, [(0, 0), (size // 2, (size - 1) // 2)] + pad)
+    den = k + alpha / size * np.stack([sq[:, i : i + size].sum(axis=1) for i in range(c)], axis=1)
+    t = np.pad(dy * x * den ** (-beta - 1), [(0, 0), ((size - 1) // 2, size // 2)] + pad)
+    mirrored = np.stack([t[:, i : i + size].sum(axis=1) for i in range(c)], axis=1)
+    return dy * den**-beta - 2 * alpha * beta / size * x * mirrored

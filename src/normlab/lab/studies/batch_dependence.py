@@ -11,9 +11,9 @@ from ..study import (
     plot_lines, save, values,
 )  # fmt: skip
 
-# label -> (activation norm, weight_norm, batch-dependent): Weight Normalization normalizes weights, so these
-# variants are not registry entries; mean-only BN subtracts the batch mean, so it mixes the batch.
-VARIANTS = {"weight": ("none", True, False), "weight+meanonly": ("meanonly", True, True)}
+# label -> (activation norm, weight_norm): Weight Normalization reparametrizes the weights of every layer, so these
+# variants are a registry norm plus WN, not registry entries.
+VARIANTS = {"weight": ("none", True), "weight+meanonly": ("meanonly", True)}
 DETERMINISTIC_BELOW = 1e-5  # float32 rounding of identical computations on different batch neighbours
 
 
@@ -26,6 +26,7 @@ class BatchDependence(Study):
     )
     source = "Salimans & Kingma 2016 (Weight Normalization), Ba et al. 2016"
     default_norms = ("batch", "layer", "group", "weight", "weight+meanonly", "none")
+    variants = tuple(VARIANTS)
     target = Target("test_acc", 0.90)
 
     def setup(self, options: Options) -> str:
@@ -43,7 +44,7 @@ class BatchDependence(Study):
     def configs(self, options: Options) -> list[dict]:
         runs = []
         for label in self.norms(options):
-            norm, wn, _ = VARIANTS.get(label, (label, False, None))
+            norm, wn = VARIANTS.get(label, (label, False))
             for seed in options.seed_list():
                 runs.append(classify_config(self.name, options, norm, seed, variant=label, weight_norm=wn,
                                             batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True, lr_schedule="cosine",
@@ -71,7 +72,7 @@ class BatchDependence(Study):
         for v in labels:
             worst = max(spreads[v])
             deterministic = worst < DETERMINISTIC_BELOW
-            expected_dependent = VARIANTS[v][2] if v in VARIANTS else is_batch_dependent(v)
+            expected_dependent = is_batch_dependent(VARIANTS.get(v, (v,))[0])
             if expected_dependent:
                 claim, ok = f"{v}'s training-mode output for an example depends on its batch", not deterministic
             else:

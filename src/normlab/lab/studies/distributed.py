@@ -42,6 +42,7 @@ class Distributed(Study):
     )
     source = "Wu & He 2018 (8 GPUs, BN statistics not synced); Peng et al. 2018 (MegDet, cross-GPU BN)"
     default_norms = tuple(VARIANTS)
+    variants = tuple(VARIANTS)
     target = Target("test_acc", 0.90, task="classify")
 
     def setup(self, options: Options) -> str:

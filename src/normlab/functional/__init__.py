@@ -9,6 +9,9 @@ Each function validates its arguments, then runs the fastest path that is exact:
   mean 1e4, std 1). Those two run on a contiguous copy, and the result is returned in channels_last again.
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
 
+Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
+(FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
+
 The formulas, with the sets each statistic is taken over, are in :mod:`normlab.reference`.
 """
 
@@ -21,9 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks
+from .. import _checks
+from .catalog import (
+    dynamic_tanh, evonorm_b0, evonorm_s0, filter_response_norm, global_response_norm, mean_only_batch_norm,
+    switchable_norm, tlu,
+)  # fmt: skip
 
 __all__ = [
+    "filter_response_norm",
+    "tlu",
+    "evonorm_b0",
+    "evonorm_s0",
+    "switchable_norm",
+    "dynamic_tanh",
+    "mean_only_batch_norm",
+    "global_response_norm",
     "batch_norm",
     "layer_norm",
     "group_norm",

@@ -1,0 +1,132 @@
+"""Norm + activation as one module, as timm's ``BatchNormAct2d``: real classes, importable by name and picklable.
+
+``BatchNormAct2d`` is a :class:`normlab.nn.BatchNorm2d` (a subclass, so ``isinstance`` checks and the norm's
+``state_dict`` keys are unchanged) whose forward ends with ``self.act``. The activation is a child module: one with
+parameters (``PReLU``) adds its own keys under ``act.``; the parameter-free ones add none. ``normlab.to_torch``
+turns one back into ``Sequential(norm, act)``; :func:`split_norm_act` does that for a single module.
+
+Every norm class the registry builds has its norm+act class here, named by inserting ``Act`` before the rank
+suffix: ``BatchNorm2d`` -> ``BatchNormAct2d``, ``GroupNorm`` -> ``GroupNormAct``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from torch import Tensor
+from torch import nn as tnn
+
+from . import batch_variants, batchnorm, dyt, frozen, instancenorm, normalization, response, switchable
+
+__all__ = ["ACTIVATIONS", "NORM_ACT_CLASSES", "make_activation", "norm_act_class", "with_activation", "split_norm_act"]
+
+ACTIVATIONS: dict[str, Callable[[], tnn.Module]] = {
+    "relu": tnn.ReLU, "gelu": tnn.GELU, "silu": tnn.SiLU, "swish": tnn.SiLU, "tanh": tnn.Tanh,
+    "leaky_relu": tnn.LeakyReLU, "elu": tnn.ELU, "mish": tnn.Mish, "prelu": tnn.PReLU, "identity": tnn.Identity,
+}  # fmt: skip
+
+
+def make_activation(act: str | tnn.Module | type) -> tnn.Module:
+    """A module from an activation name (see :data:`ACTIVATIONS`), a module class or a module."""
+    if isinstance(act, tnn.Module):
+        return act
+    if isinstance(act, type) and issubclass(act, tnn.Module):
+        return act()
+    if isinstance(act, str) and act.lower() in ACTIVATIONS:
+        return ACTIVATIONS[act.lower()]()
+    raise ValueError(f"act must be a module, a module class or one of {sorted(ACTIVATIONS)}, got {act!r}")
+
+
+class _NormActMixin:
+    """The forward and repr every norm+act class shares; ``norm_class`` is the norm it extends."""
+
+    norm_class: type[tnn.Module]
+    act: tnn.Module
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.act(self.norm_class.forward(self, input))
+
+    @classmethod
+    def from_norm(cls, norm: tnn.Module, act: str | tnn.Module | type = "relu") -> tnn.Module:
+        """The norm+act module holding ``norm``'s very parameters and buffers (no copy) and its configuration."""
+        if type(norm) is not cls.norm_class:
+            raise TypeError(f"{cls.__name__}.from_norm: expected a {cls.norm_class.__name__}, got {type(norm).__name__}")
+        fused = cls.__new__(cls)
+        fused.__dict__.update(norm.__dict__)
+        for slot in ("_parameters", "_buffers", "_modules"):
+            fused.__dict__[slot] = dict(norm.__dict__[slot])
+        fused.act = make_activation(act)
+        return fused
+
+
+def _act_name(norm_class: type) -> str:
+    match = re.fullmatch(r"(.*?)([123]d)?", norm_class.__name__)
+    base, rank = match.group(1), match.group(2) or ""
+    return f"{base}Act{rank}"
+
+
+def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
+    name = _act_name(norm_class)
+
+    def __init__(self, *args: Any, act: str | tnn.Module | type = "relu", **kwargs: Any) -> None:
+        norm_class.__init__(self, *args, **kwargs)
+        self.act = make_activation(act)
+
+    doc = (
+        f"{norm_class.__name__} followed by an activation ``act`` (default ReLU), as one module.\n\n"
+        f"    Takes {norm_class.__name__}'s arguments plus ``act``: a name (``\"relu\"``, ``\"gelu\"``, "
+        f"``\"silu\"``...), a module class or a module. Same state_dict keys as {norm_class.__name__} "
+        f"(plus ``act.*`` for an activation with parameters).\n"
+    )
+    cls = type(name, (_NormActMixin, norm_class), {"__init__": __init__, "norm_class": norm_class, "__doc__": doc})
+    cls.__module__ = __name__
+    cls.__qualname__ = name
+    return cls
+
+
+_NORMS = (
+    batchnorm.BatchNorm1d, batchnorm.BatchNorm2d, batchnorm.BatchNorm3d, batchnorm.SyncBatchNorm,
+    instancenorm.InstanceNorm1d, instancenorm.InstanceNorm2d, instancenorm.InstanceNorm3d,
+    normalization.LayerNorm, normalization.GroupNorm, normalization.RMSNorm, normalization.LocalResponseNorm,
+    batch_variants.BatchRenorm1d, batch_variants.BatchRenorm2d, batch_variants.BatchRenorm3d,
+    batch_variants.GhostBatchNorm1d, batch_variants.GhostBatchNorm2d, batch_variants.GhostBatchNorm3d,
+    batch_variants.PowerNorm, batch_variants.MeanOnlyBatchNorm, frozen.FrozenBatchNorm2d,
+    response.FilterResponseNorm, response.EvoNormB0, response.EvoNormS0, switchable.SwitchableNorm,
+    dyt.DynamicTanh,
+)  # fmt: skip
+
+NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in _NORMS}
+"""norm class -> its norm+act class."""
+
+globals().update({cls.__name__: cls for cls in NORM_ACT_CLASSES.values()})
+__all__ += sorted(cls.__name__ for cls in NORM_ACT_CLASSES.values())
+
+
+def norm_act_class(norm_class: type) -> type[tnn.Module]:
+    """The norm+act class of ``norm_class`` (``BatchNorm2d`` -> ``BatchNormAct2d``)."""
+    if norm_class not in NORM_ACT_CLASSES:
+        raise ValueError(f"no norm+act class for {norm_class.__name__}; normlab has them for "
+                         f"{', '.join(sorted(c.__name__ for c in NORM_ACT_CLASSES))}")  # fmt: skip
+    return NORM_ACT_CLASSES[norm_class]
+
+
+def with_activation(norm: tnn.Module, act: str | tnn.Module | type) -> tnn.Module:
+    """``norm`` followed by ``act`` as its norm+act class (the identity "norm" gives the activation alone)."""
+    if type(norm) is tnn.Identity:
+        return make_activation(act)
+    return norm_act_class(type(norm)).from_norm(norm, act)
+
+
+def split_norm_act(module: tnn.Module) -> tnn.Module:
+    """The plain norm (same parameters and buffers) and its activation: ``Sequential(norm, act)``."""
+    if not isinstance(module, _NormActMixin):
+        raise TypeError(f"split_norm_act: expected a norm+act module, got {type(module).__name__}")
+    norm = module.norm_class.__new__(module.norm_class)
+    norm.__dict__.update(module.__dict__)
+    modules = dict(module._modules)
+    act = modules.pop("act")
+    norm.__dict__["_modules"] = modules
+    norm.__dict__["_parameters"] = dict(module._parameters)
+    norm.__dict__["_buffers"] = dict(module._buffers)
+    return tnn.Sequential(norm, act)
