@@ -10,7 +10,7 @@ Each function validates its arguments, then runs the fastest path that is exact:
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
-(FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
+(FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN).
 
 The formulas, with the sets each statistic is taken over, are in :mod:`normlab.reference`.
 """
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import _checks
 from .catalog import (
-    dynamic_tanh, evonorm_b0, evonorm_s0, filter_response_norm, global_response_norm, mean_only_batch_norm,
+    dynamic_tanh, evonorm_b0, evonorm_s0, filter_response_norm, mean_only_batch_norm,
     switchable_norm, tlu,
 )  # fmt: skip
 
@@ -38,7 +38,6 @@ __all__ = [
     "switchable_norm",
     "dynamic_tanh",
     "mean_only_batch_norm",
-    "global_response_norm",
     "batch_norm",
     "layer_norm",
     "group_norm",
