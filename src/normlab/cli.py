@@ -21,8 +21,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _list_norms(args: argparse.Namespace) -> int:
-    from .registry import METHODS
+    from .registry import METHODS, methods_table
 
+    if args.markdown:
+        print(methods_table(), end="")
+        return 0
     for method in sorted(METHODS, key=lambda m: m.name):
         aliases = f" (also {', '.join(method.aliases)})" if method.aliases else ""
         print(f"{method.name:12s} {method.title}: {method.summary}{aliases}")
@@ -126,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_compare)
 
-    p = sub.add_parser("norms", help="list the registered normalization names", description="List create_norm's names.")
+    p = sub.add_parser("norms", help="list the registered normalization methods",
+                       description="List create_norm's names with their aliases and what each does.")
+    p.add_argument("--markdown", action="store_true", help="print the README's methods table instead")
     p.set_defaults(func=_list_norms)
     return parser
 

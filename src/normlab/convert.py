@@ -14,6 +14,7 @@ from torch.nn import Module
 
 from . import nn as nl
 from .nn._state import carry_state
+from .nn.norm_act import NORM_ACT_CLASSES, split_norm_act
 
 __all__ = ["from_torch", "to_torch", "TWINS"]
 
@@ -37,6 +38,7 @@ def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
 
 
 TWINS: list[tuple[type[Module], type[Module]]] = _torch_twins()
+_NORM_ACT_TYPES = frozenset(NORM_ACT_CLASSES.values())
 """(torch class, normlab class) pairs that :func:`from_torch` and :func:`to_torch` convert between."""
 
 
@@ -75,12 +77,15 @@ def _build_twin(module: Module, target: type[Module]) -> Module:
     return twin
 
 
-def _swap(model: Module, table: dict[type[Module], type[Module]]) -> Module:
+def _swap(model: Module, table: dict[type[Module], type[Module]], split_act: bool = False) -> Module:
+    if split_act and type(model) in _NORM_ACT_TYPES:
+        norm, act = split_norm_act(model)
+        return torch.nn.Sequential(_swap(norm, table), act)
     target = table.get(type(model))
     if target is not None:
         return _build_twin(model, target)
     for name, child in model.named_children():
-        new_child = _swap(child, table)
+        new_child = _swap(child, table, split_act)
         if new_child is not child:
             setattr(model, name, new_child)
     return model
@@ -98,7 +103,9 @@ def from_torch(model: Module) -> Module:
 
 
 def to_torch(model: Module) -> Module:
-    """The reverse of :func:`from_torch`: every normlab twin in ``model`` becomes the torch.nn module again."""
+    """The reverse of :func:`from_torch`: every normlab twin in ``model`` becomes the torch.nn module again, and
+    every norm+act module (``BatchNormAct2d``...) ``Sequential(norm, act)`` with the norm converted the same way
+    (its state_dict keys gain the ``0.`` prefix of the Sequential)."""
     if not isinstance(model, Module):
         raise TypeError(f"to_torch: model must be a torch.nn.Module, got {type(model).__name__}")
-    return _swap(model, {ours: theirs for theirs, ours in TWINS})
+    return _swap(model, {ours: theirs for theirs, ours in TWINS}, split_act=True)

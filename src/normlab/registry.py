@@ -22,7 +22,7 @@ from .nn.norm_act import with_activation
 
 __all__ = [
     "METHODS", "Method", "create_norm", "create_packed_norm", "can_pack", "available_norms", "canonical_name",
-    "get_method", "is_batch_dependent", "conv_layer",
+    "get_method", "is_batch_dependent", "conv_layer", "methods_table",
 ]  # fmt: skip
 
 _ON_MAPS = "it normalizes each channel over spatial positions (spatial_dims >= 1); feature vectors and tokens have none"
@@ -37,7 +37,7 @@ def _layer(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
 
 
 def _layer_reference(m: tnn.Module, x):
-    if isinstance(m, tnn.GroupNorm):
+    if isinstance(m, nl.GroupNorm):
         return R.group_norm(x, 1, *params(m, "weight", "bias"), m.eps)[0]
     return R.layer_norm(x, m.normalized_shape, *params(m, "weight", "bias"), m.eps)[0]
 
@@ -80,7 +80,7 @@ def _spectral_conv(spatial_dims: int) -> Callable[..., tnn.Module]:
     return lambda *args, **kw: nl.spectral_norm(conv(*args, **kw))
 
 
-def _group_reference(m: tnn.GroupNorm, x):
+def _group_reference(m: nl.GroupNorm, x):
     return R.group_norm(x, m.num_groups, *params(m, "weight", "bias"), m.eps)[0]
 
 
@@ -91,7 +91,7 @@ def _rms_reference(m: nl.RMSNorm, x):
 
 METHODS: tuple[Method, ...] = (
     Method(
-        "batch", "BatchNorm", "per channel over (N, *spatial); batch-dependent", "Ioffe & Szegedy 2015",
+        "batch", "BatchNorm", "per channel over (N, *spatial)", "Ioffe & Szegedy 2015",
         "`BatchNorm1d/2d/3d`, `SyncBatchNorm`", ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}),
         STANDARDIZE + "   (mean, var per channel over N and spatial)",
         lambda m, x: R.batch_norm(x, *params(m, "weight", "bias"), m.eps)[0],
@@ -176,7 +176,7 @@ METHODS: tuple[Method, ...] = (
         fused_activation=True, pack=pack_channels,
     ),
     Method(
-        "evonorm_b0", "EvoNorm-B0", "batch variance vs instance term, fused activation", "Liu et al. 2020",
+        "evonorm_b0", "EvoNorm-B0", "batch variance vs instance term", "Liu et al. 2020",
         "`EvoNormB0`", single(nl.EvoNormB0),
         "y = gamma * x / max(sqrt(var_batch + eps), v1 * x + sqrt(var_instance + eps)) + beta",
         lambda m, x: R.response.evonorm_b0(x, *params(m, "weight", "bias", "v1"), m.eps),
@@ -201,6 +201,13 @@ METHODS: tuple[Method, ...] = (
         aliases=("sn",), statistics="batch", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
         dependence="yes, through its BatchNorm part (learned weight)",
         train_eval="training uses batch statistics for the BN part; eval uses running estimates for it",
+    ),
+    Method(
+        "grn", "Global Response Normalization", "each channel's L2 norm over space, relative to the channels' mean, "
+        "rescales it (ConvNeXt V2)", "Woo et al. 2023", "`GlobalResponseNorm`", single(nl.GlobalResponseNorm),
+        "y = gamma * x * G / (mean_c G + eps) + beta + x,  G = ||x||_2 over spatial per (example, channel)",
+        lambda m, x: R.response.global_response_norm(x, *params(m, "weight", "bias"), m.eps),
+        statistics="instance", center=False, spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS, pack=None,
     ),
     Method(
         "dyt", "DyT (Dynamic Tanh)", "gamma * tanh(alpha * x) + beta, no statistics", "Zhu et al. 2025",
@@ -228,12 +235,15 @@ METHODS: tuple[Method, ...] = (
         "ws", "Weight Standardization + GroupNorm", "standardized conv filters followed by GroupNorm",
         "Qiao et al. 2019", "`StdConv1d/2d` + `GroupNorm`", _group,
         "each conv filter w_o -> (w_o - mean(w_o)) / std(w_o); shaded: the GroupNorm sets after it",
-        _group_reference, statistics="group", grouped=True, conv=_std_conv, pack=pack_groups,
+        _group_reference, statistics="group", grouped=True, conv=_std_conv, pack=pack_groups, spatial_dims=(1, 2),
+        not_applicable="Weight Standardization standardizes conv filters: StdConv1d/StdConv2d exist for spatial_dims "
+        "1 and 2",
     ),
     Method(
         "spectral", "Spectral Normalization", "convs divided by their largest singular value, no activation norm",
         "Miyato et al. 2018", "`spectral_norm(conv)`", _none, "W -> W / sigma_max(W) (power iteration)",
         lambda m, x: x, batch_dependent=False, dependence="no: it normalizes weights", conv=_spectral_conv,
+        spatial_dims=(1, 2, 3), not_applicable="Spectral Normalization here wraps the convs of a feature-map model",
     ),
 )
 
@@ -315,9 +325,25 @@ def create_norm(
 
         >>> import normlab
         >>> normlab.create_norm("gn", 64, num_groups=8)
-        GroupNorm(8, 64, eps=1e-05, affine=True)
+        GroupNorm(8, 64, eps=1e-05, affine=True, bias=True)
     """
     method = get_method(name)
     _check_spatial_dims("create_norm", method, spatial_dims)
     norm = method.build(num_features, spatial_dims, **{**method.defaults, **kwargs})
     return norm if act is None else with_activation(norm, act)
+
+
+def methods_table() -> str:
+    """The README's methods table, in Markdown, from the records (``normlab norms --markdown`` prints it)."""
+    rows = [
+        "| name | module | what it does (input `(N, C, *S)`) | batch-dep. | applies to | paper |",
+        "|---|---|---|---|---|---|",
+    ]
+    dims = {0: "vectors", 1: "1d", 2: "2d", 3: "3d"}
+    for m in METHODS:
+        name = f"`{m.name}`" + (f" ({', '.join(f'`{a}`' for a in m.aliases)})" if m.aliases else "")
+        applies = ", ".join(dims[d] for d in m.spatial_dims)
+        extra = " (activation built in)" if m.fused_activation else ""
+        rows.append(f"| {name} | {m.modules} | {m.summary}{extra} | {'yes' if m.is_batch_dependent else 'no'} | "
+                    f"{applies} | {m.paper} |")  # fmt: skip
+    return "\n".join(rows) + "\n"

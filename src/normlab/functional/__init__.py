@@ -10,7 +10,7 @@ Each function validates its arguments, then runs the fastest path that is exact:
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
-(FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN).
+(FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
 
 The formulas, with the sets each statistic is taken over, are in :mod:`normlab.reference`.
 """
@@ -25,19 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _checks
-from .catalog import (
-    dynamic_tanh, evonorm_b0, evonorm_s0, filter_response_norm, mean_only_batch_norm,
-    switchable_norm, tlu,
-)  # fmt: skip
+from . import catalog
+from .catalog import *  # noqa: F401,F403  (the catalog's functional forms, listed in catalog.__all__)
 
 __all__ = [
-    "filter_response_norm",
-    "tlu",
-    "evonorm_b0",
-    "evonorm_s0",
-    "switchable_norm",
-    "dynamic_tanh",
-    "mean_only_batch_norm",
     "batch_norm",
     "layer_norm",
     "group_norm",
@@ -46,7 +37,7 @@ __all__ = [
     "weight_norm",
     "cosine_linear",
     "cosine_conv",
-]
+] + catalog.__all__
 
 
 def _channels_last_format(input: Tensor) -> torch.memory_format | None:

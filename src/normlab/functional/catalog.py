@@ -1,5 +1,5 @@
 r"""Functional forms of the methods beyond ``torch.nn.functional``: FRN + TLU, EvoNorm-B0/S0, Switchable
-Normalization, DyT, and mean-only BatchNorm.
+Normalization, DyT, mean-only BatchNorm and Global Response Normalization.
 
 Each takes its parameters and buffers as arguments, as ``torch.nn.functional.batch_norm`` does, so the modules in
 :mod:`normlab.nn` are thin wrappers and a user can call the math on their own tensors. Inputs are channels-first
@@ -25,6 +25,7 @@ __all__ = [
     "switchable_norm",
     "dynamic_tanh",
     "mean_only_batch_norm",
+    "global_response_norm",
 ]
 
 
@@ -200,3 +201,17 @@ def mean_only_batch_norm(
         mean = running_mean
     out = input - mean.view(shape)
     return out if bias is None else out + bias.view(shape)
+
+
+def global_response_norm(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
+    r"""Global Response Normalization (ConvNeXt V2):
+    :math:`G_{nc} = \lVert x_{nc\cdot}\rVert_2` over spatial positions,
+    :math:`N_{nc} = G_{nc}/(\frac{1}{C}\sum_{c'}G_{nc'}+\epsilon)`, :math:`y = \gamma_c\,x\,N_{nc} + \beta_c + x`."""
+    fn = "global_response_norm"
+    _check_maps(fn, input, weight=weight, bias=bias)
+    _checks.check_eps(fn, eps)
+    shape = _per_channel(input)
+    # torch.linalg.vector_norm rescales internally, so the squares do not overflow in fp16 for large inputs.
+    g = torch.linalg.vector_norm(input, 2, dim=tuple(range(2, input.dim())), keepdim=True)
+    nx = g / (g.mean(dim=1, keepdim=True) + eps)
+    return input * (1 + weight.view(shape) * nx) + bias.view(shape)

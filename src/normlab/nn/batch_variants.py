@@ -35,6 +35,16 @@ class _BatchRenorm(_BatchNorm):
             linearly to its limit at 40k steps and d_max at 25k (counted by ``num_batches_tracked``). Default: False.
 
     With ``r_max=1, d_max=0`` it is exactly BatchNorm. Eval normalizes with the running statistics, as BN.
+
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, L)`` (1d), ``(N, C, H, W)`` (2d), ``(N, C, D, H, W)`` (3d); output: same.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> brn = nl.BatchRenorm2d(8)
+        >>> brn(torch.randn(4, 8, 5, 5)).shape
+        torch.Size([4, 8, 5, 5])
     """
 
     WARMUP_STEPS, R_MAX_STEPS, D_MAX_STEPS = 5000, 40000, 25000
@@ -121,7 +131,25 @@ class BatchRenorm3d(_BatchRenorm):
 class _GhostBatchNorm(_BatchNorm):
     r"""Ghost Batch Normalization (Hoffer et al. 2017): in training, BatchNorm over consecutive virtual batches of
     ``virtual_batch_size`` examples (the last may be smaller), each updating the running statistics; in eval, plain
-    BatchNorm. Same buffers and state_dict as BatchNorm. Other args: as BatchNorm.
+    BatchNorm. Same buffers and state_dict as BatchNorm.
+
+    .. math:: y = \frac{x - \mathrm{E}_{v}[x]}{\sqrt{\mathrm{Var}_{v}[x] + \epsilon}}\,\gamma + \beta
+              \quad\text{per channel, over each virtual batch } v
+
+    Args:
+        num_features: C, the number of channels.
+        virtual_batch_size: examples per virtual batch, at least 2. Default: 32.
+        eps, momentum, affine, track_running_stats, bias: as BatchNorm.
+
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, L)`` (1d), ``(N, C, H, W)`` (2d), ``(N, C, D, H, W)`` (3d); output: same.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> gbn = nl.GhostBatchNorm2d(8, virtual_batch_size=4)
+        >>> gbn(torch.randn(16, 8, 5, 5)).shape
+        torch.Size([16, 8, 5, 5])
     """
 
     def __init__(
@@ -228,7 +256,17 @@ class PowerNorm(Module):
         num_features: C. eps: > 0. alpha_fwd, alpha_bkw: the running-average rates (0.9 in the paper).
         affine: learnable per-channel weight and bias.
 
-    Shape: input ``(N, C, *)``; output same. Buffers: ``running_phi`` (init 1), ``running_nu`` (init 0).
+    Buffers: ``running_phi`` (init 1), ``running_nu`` (init 0).
+
+    Shape:
+        - Input: ``(N, C, *)``; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> pn = nl.PowerNorm(16)
+        >>> pn(torch.randn(8, 16)).shape
+        torch.Size([8, 16])
     """
 
     def __init__(

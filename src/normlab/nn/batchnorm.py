@@ -195,25 +195,35 @@ _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} 
 
     Shape:
         - Input: {shape_in}; output: same shape (channels_last stays channels_last).
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> bn = nl.{name}(8)
+        >>> bn(torch.randn({example})).shape
+        torch.Size([{example}])
     """
 
 
 class BatchNorm1d(_BatchNorm):
-    __doc__ = _BATCH_NORM_DOC.format(shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``")
+    __doc__ = _BATCH_NORM_DOC.format(shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``", name="BatchNorm1d",
+                                      example="4, 8, 10")
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (2, 3))
 
 
 class BatchNorm2d(_BatchNorm):
-    __doc__ = _BATCH_NORM_DOC.format(shape="4D", axes="H, W", shape_in="``(N, C, H, W)``")
+    __doc__ = _BATCH_NORM_DOC.format(shape="4D", axes="H, W", shape_in="``(N, C, H, W)``", name="BatchNorm2d",
+                                      example="4, 8, 5, 5")
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (4,))
 
 
 class BatchNorm3d(_BatchNorm):
-    __doc__ = _BATCH_NORM_DOC.format(shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``")
+    __doc__ = _BATCH_NORM_DOC.format(shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``", name="BatchNorm3d",
+                                      example="2, 8, 3, 4, 4")
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (5,))
@@ -221,6 +231,10 @@ class BatchNorm3d(_BatchNorm):
 
 class SyncBatchNorm(_BatchNorm):
     r"""Batch Normalization with statistics over the whole batch of a ``torch.distributed`` process group.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
+
+    with the mean and variance per channel over every rank's examples and spatial positions.
 
     Drop-in for ``torch.nn.SyncBatchNorm`` (same signature, buffers and state_dict), and it also runs on CPU with
     gloo. In training with more than one rank, each rank's slice is reduced to (count, mean, M2) per channel and
@@ -233,6 +247,16 @@ class SyncBatchNorm(_BatchNorm):
 
     Shape:
         - Input: ``(N, C, *)`` with N allowed to differ between ranks (also 0); output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> sbn = nl.SyncBatchNorm(8)  # without an initialized process group: plain BatchNorm
+        >>> sbn(torch.randn(4, 8, 5, 5)).shape
+        torch.Size([4, 8, 5, 5])
+        >>> model = nl.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(8)))
+        >>> type(model[0]).__name__
+        'SyncBatchNorm'
     """
 
     def __init__(

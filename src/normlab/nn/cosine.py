@@ -47,6 +47,13 @@ class CosineLinear(_ScaledCosine):
 
     Shape:
         - Input: ``(*, in_features)``; output: ``(*, out_features)``, each in [-1, 1] (times ``scale``).
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> cos = nl.CosineLinear(16, 4)
+        >>> bool(cos(torch.randn(3, 16)).abs().max() <= 1)
+        True
     """
 
     def __init__(
@@ -140,20 +147,40 @@ class _CosineConvNd(_ScaledCosine):
 
 
 class CosineConv1d(_CosineConvNd):
-    r"""1-d convolution with Cosine Normalization: the cosine between each filter and each input patch.
+    r"""1-d convolution with Cosine Normalization: the cosine between each filter and each input patch,
+    :math:`y_{o,p} = s\cdot\frac{w_o\cdot x_p}{\lVert w_o\rVert\,\lVert x_p\rVert}` for filter o and patch p.
 
     Arguments as ``torch.nn.Conv1d`` (zero padding, no bias) plus ``centered``, ``scale`` and ``eps`` as in
-    :class:`CosineLinear`. Shape: ``(N, C_in, L)`` -> ``(N, C_out, L_out)``.
+    :class:`CosineLinear`.
+
+    Shape:
+        - Input: ``(N, C_in, L)``; output: ``(N, C_out, L_out)``.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> nl.CosineConv1d(3, 8, 3)(torch.randn(2, 3, 10)).shape
+        torch.Size([2, 8, 8])
     """
 
     _expand = staticmethod(_single)
 
 
 class CosineConv2d(_CosineConvNd):
-    r"""2-d convolution with Cosine Normalization: the cosine between each filter and each input patch.
+    r"""2-d convolution with Cosine Normalization: the cosine between each filter and each input patch,
+    :math:`y_{o,p} = s\cdot\frac{w_o\cdot x_p}{\lVert w_o\rVert\,\lVert x_p\rVert}` for filter o and patch p.
 
     Arguments as ``torch.nn.Conv2d`` (zero padding, no bias) plus ``centered``, ``scale`` and ``eps`` as in
-    :class:`CosineLinear`. Shape: ``(N, C_in, H, W)`` -> ``(N, C_out, H_out, W_out)``.
+    :class:`CosineLinear`.
+
+    Shape:
+        - Input: ``(N, C_in, H, W)``; output: ``(N, C_out, H_out, W_out)``.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> nl.CosineConv2d(3, 8, 3, padding=1)(torch.randn(2, 3, 6, 6)).shape
+        torch.Size([2, 8, 6, 6])
     """
 
     _expand = staticmethod(_pair)

@@ -19,6 +19,22 @@ class FrozenBatchNorm2d(Module):
     Same buffers as torchvision's ``FrozenBatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``), so a
     BatchNorm2d's checkpoint loads into it (``num_batches_tracked`` is dropped). Nothing trains, nothing is tracked,
     training and eval are identical. :meth:`from_batch_norm` freezes an existing BatchNorm.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance, > 0. Default: 1e-5.
+
+    Shape:
+        - Input: ``(N, C, H, W)``; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> bn = torch.nn.BatchNorm2d(8).eval()
+        >>> frozen = nl.FrozenBatchNorm2d.from_batch_norm(bn)
+        >>> x = torch.randn(2, 8, 5, 5)
+        >>> torch.allclose(frozen(x), bn(x), atol=1e-6)
+        True
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, device: Any = None, dtype: Any = None) -> None:
@@ -27,10 +43,17 @@ class FrozenBatchNorm2d(Module):
         _checks.check_eps("FrozenBatchNorm2d", eps)
         self.num_features, self.eps = num_features, eps
         kw = {"device": device, "dtype": dtype}
-        self.register_buffer("weight", torch.ones(num_features, **kw))
-        self.register_buffer("bias", torch.zeros(num_features, **kw))
-        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
-        self.register_buffer("running_var", torch.ones(num_features, **kw))
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, torch.empty(num_features, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The identity: weight and running_var 1, bias and running_mean 0."""
+        with torch.no_grad():
+            self.weight.fill_(1)
+            self.bias.zero_()
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
 
     @classmethod
     def from_batch_norm(cls, bn: Module) -> "FrozenBatchNorm2d":

@@ -108,23 +108,33 @@ _INSTANCE_NORM_DOC = r"""Instance Normalization (Ulyanov et al. 2016) over a {sh
 
     Shape:
         - Input: {shape_in}; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> inorm = nl.{name}(8, affine=True)
+        >>> inorm(torch.randn({example})).shape
+        torch.Size([{example}])
     """
 
 
 class InstanceNorm1d(_InstanceNorm):
-    __doc__ = _INSTANCE_NORM_DOC.format(shape="2D (unbatched) or 3D", axes="L", shape_in="``(N, C, L)`` or ``(C, L)``")
+    __doc__ = _INSTANCE_NORM_DOC.format(shape="2D (unbatched) or 3D", axes="L", shape_in="``(N, C, L)`` or ``(C, L)``",
+                                         name="InstanceNorm1d", example="4, 8, 10")
     _spatial_dims = 1
 
 
 class InstanceNorm2d(_InstanceNorm):
     __doc__ = _INSTANCE_NORM_DOC.format(
-        shape="3D (unbatched) or 4D", axes="H, W", shape_in="``(N, C, H, W)`` or ``(C, H, W)``"
+        shape="3D (unbatched) or 4D", axes="H, W", shape_in="``(N, C, H, W)`` or ``(C, H, W)``",
+        name="InstanceNorm2d", example="4, 8, 5, 5",
     )
     _spatial_dims = 2
 
 
 class InstanceNorm3d(_InstanceNorm):
     __doc__ = _INSTANCE_NORM_DOC.format(
-        shape="4D (unbatched) or 5D", axes="D, H, W", shape_in="``(N, C, D, H, W)`` or ``(C, D, H, W)``"
+        shape="4D (unbatched) or 5D", axes="D, H, W", shape_in="``(N, C, D, H, W)`` or ``(C, D, H, W)``",
+        name="InstanceNorm3d", example="2, 8, 3, 4, 4",
     )
     _spatial_dims = 3

@@ -7,6 +7,25 @@ turns one back into ``Sequential(norm, act)``; :func:`split_norm_act` does that 
 
 Every norm class the registry builds has its norm+act class here, named by inserting ``Act`` before the rank
 suffix: ``BatchNorm2d`` -> ``BatchNormAct2d``, ``GroupNorm`` -> ``GroupNormAct``.
+
+Examples::
+
+    >>> import pickle, torch, normlab, normlab.nn as nl
+    >>> m = nl.BatchNormAct2d(8, act="silu")
+    >>> isinstance(m, nl.BatchNorm2d), list(m.state_dict()) == list(nl.BatchNorm2d(8).state_dict())
+    (True, True)
+    >>> type(pickle.loads(pickle.dumps(m))).__name__
+    'BatchNormAct2d'
+    >>> normlab.create_norm("group", 8, num_groups=4, act="relu")
+    GroupNormAct(
+      4, 8, eps=1e-05, affine=True, bias=True
+      (act): ReLU()
+    )
+    >>> normlab.to_torch(torch.nn.Sequential(m))[0]
+    Sequential(
+      (0): BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+      (1): SiLU()
+    )
 """
 
 from __future__ import annotations
@@ -17,7 +36,7 @@ from typing import Any, Callable
 from torch import Tensor
 from torch import nn as tnn
 
-from . import batch_variants, batchnorm, dyt, frozen, instancenorm, normalization, response, switchable
+from . import batch_variants, batchnorm, dyt, frozen, grn, instancenorm, normalization, response, switchable
 
 __all__ = ["ACTIVATIONS", "NORM_ACT_CLASSES", "make_activation", "norm_act_class", "with_activation", "split_norm_act"]
 
@@ -77,7 +96,9 @@ def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
         f"{norm_class.__name__} followed by an activation ``act`` (default ReLU), as one module.\n\n"
         f"    Takes {norm_class.__name__}'s arguments plus ``act``: a name (``\"relu\"``, ``\"gelu\"``, "
         f"``\"silu\"``...), a module class or a module. Same state_dict keys as {norm_class.__name__} "
-        f"(plus ``act.*`` for an activation with parameters).\n"
+        f"(plus ``act.*`` for an activation with parameters).\n\n"
+        f"    Shape:\n        - Input and output: as {norm_class.__name__}.\n\n"
+        f"    Examples: see :mod:`normlab.nn.norm_act`.\n"
     )
     cls = type(name, (_NormActMixin, norm_class), {"__init__": __init__, "norm_class": norm_class, "__doc__": doc})
     cls.__module__ = __name__
@@ -93,7 +114,7 @@ _NORMS = (
     batch_variants.GhostBatchNorm1d, batch_variants.GhostBatchNorm2d, batch_variants.GhostBatchNorm3d,
     batch_variants.PowerNorm, batch_variants.MeanOnlyBatchNorm, frozen.FrozenBatchNorm2d,
     response.FilterResponseNorm, response.EvoNormB0, response.EvoNormS0, switchable.SwitchableNorm,
-    dyt.DynamicTanh,
+    dyt.DynamicTanh, grn.GlobalResponseNorm,
 )  # fmt: skip
 
 NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in _NORMS}

@@ -30,6 +30,14 @@ class LayerNorm(Module):
 
     Shape:
         - Input: ``(*, *normalized_shape)``; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> ln = nl.LayerNorm(16)
+        >>> y = ln(torch.randn(2, 10, 16) * 3 + 1)
+        >>> bool(y.mean(-1).abs().max() < 1e-5), bool((y.std(-1, correction=0) - 1).abs().max() < 1e-3)
+        (True, True)
     """
 
     __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
@@ -96,6 +104,13 @@ class GroupNorm(Module):
 
     Shape:
         - Input: ``(N, C, *)``; output: same shape (channels_last stays channels_last).
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> gn = nl.GroupNorm(4, 8)
+        >>> gn(torch.randn(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
     """
 
     __constants__ = ["num_groups", "num_channels", "eps", "affine"]
@@ -167,6 +182,13 @@ class RMSNorm(Module):
 
     Shape:
         - Input: ``(*, *normalized_shape)``; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> rms = nl.RMSNorm(16)
+        >>> rms(torch.randn(2, 10, 16)).shape
+        torch.Size([2, 10, 16])
     """
 
     __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
@@ -210,7 +232,23 @@ class LocalResponseNorm(Module):
 
     .. math:: b_c = a_c\Big(k + \frac{\alpha}{n}\sum_{c'=\max(0, c-n/2)}^{\min(N-1, c+n/2)} a_{c'}^2\Big)^{-\beta}
 
-    Shape: input ``(N, C, *)``; output same.
+    No parameters or buffers.
+
+    Args:
+        size: n, the channels in each window.
+        alpha: the multiplier of the windowed sum. Default: 1e-4.
+        beta: the exponent. Default: 0.75.
+        k: the additive constant. Default: 1.
+
+    Shape:
+        - Input: ``(N, C, *)`` with at least one spatial dim; output: same shape.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> lrn = nl.LocalResponseNorm(5)
+        >>> lrn(torch.randn(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
     """
 
     __constants__ = ["size", "alpha", "beta", "k"]
@@ -225,6 +263,10 @@ class LocalResponseNorm(Module):
     def forward(self, input: Tensor) -> Tensor:
         _checks.check_floating("LocalResponseNorm", input)
         _checks.check_min_dim("LocalResponseNorm", input, 3, "(N, C, *)")
+        if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16) and input.dim() > 3:
+            # ATen's CPU LRN on maps runs avg_pool3d, which has no fp16/bf16 kernel: compute in float32, round once
+            out = torch.nn.functional.local_response_norm(input.float(), self.size, self.alpha, self.beta, self.k)
+            return out.to(input.dtype)
         return torch.nn.functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:

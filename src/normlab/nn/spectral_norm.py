@@ -66,8 +66,17 @@ class SpectralNorm(Module):
 def spectral_norm(
     module: Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12, dim: int | None = None
 ) -> Module:
-    """Apply Spectral Normalization to ``module.<name>``; returns the module. ``dim`` defaults to 0 (1 for
-    transposed convolutions), as in torch."""
+    r"""Apply Spectral Normalization (Miyato et al. 2018) to ``module.<name>``: :math:`W/\sigma_{\max}(W)`, the
+    largest singular value estimated by ``n_power_iterations`` steps of power iteration per training forward.
+    Returns the module. ``dim`` defaults to 0 (1 for transposed convolutions), as in torch.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> conv = nl.spectral_norm(torch.nn.Conv2d(3, 8, 3))
+        >>> conv(torch.randn(2, 3, 6, 6)).shape
+        torch.Size([2, 8, 4, 4])
+    """
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.nn.Parameter):
         raise ValueError(f"spectral_norm: {type(module).__name__} has no parameter named {name!r}")

@@ -58,6 +58,13 @@ def weight_norm(module: Module, name: str = "weight", dim: int | None = 0) -> Mo
         name: the parameter's name. Default: ``"weight"``.
         dim: the dim kept by the norm (one g per slice along it); ``None`` for one norm over the whole tensor
             (as in torch, ``-1`` means the same). Default: 0 (one g per output unit).
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> layer = nl.weight_norm(torch.nn.Linear(16, 4))
+        >>> sorted(name for name, _ in layer.named_parameters())
+        ['bias', 'parametrizations.weight.original0', 'parametrizations.weight.original1']
     """
     _check_target(module, name, dim)
     parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)

@@ -31,7 +31,19 @@ class _StdConv:
 
 
 class StdConv1d(_StdConv, nn.Conv1d):
-    """``nn.Conv1d`` with Weight Standardization (same signature plus ``eps``; same state_dict). Usually with GN."""
+    r"""``nn.Conv1d`` with Weight Standardization (Qiao et al. 2019): each filter is standardized,
+    :math:`\hat w_o = (w_o - \overline{w_o})/\sqrt{\mathrm{Var}(w_o)+\epsilon}`, before the convolution. Same
+    signature as ``nn.Conv1d`` plus ``eps`` (default 1e-6); same state_dict. Usually followed by GroupNorm.
+
+    Shape:
+        - Input: ``(N, C_in, L)``; output: ``(N, C_out, L_out)``, as ``nn.Conv1d``.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> nl.StdConv1d(3, 8, 3, padding=1)(torch.randn(2, 3, 10)).shape
+        torch.Size([2, 8, 10])
+    """
 
     def __init__(self, *args: Any, eps: float = 1e-6, **kwargs: Any) -> None:
         nn.Conv1d.__init__(self, *args, **kwargs)
@@ -39,7 +51,19 @@ class StdConv1d(_StdConv, nn.Conv1d):
 
 
 class StdConv2d(_StdConv, nn.Conv2d):
-    """``nn.Conv2d`` with Weight Standardization (same signature plus ``eps``; same state_dict). Usually with GN."""
+    r"""``nn.Conv2d`` with Weight Standardization (Qiao et al. 2019): each filter is standardized,
+    :math:`\hat w_o = (w_o - \overline{w_o})/\sqrt{\mathrm{Var}(w_o)+\epsilon}`, before the convolution. Same
+    signature as ``nn.Conv2d`` plus ``eps`` (default 1e-6); same state_dict. Usually followed by GroupNorm.
+
+    Shape:
+        - Input: ``(N, C_in, H, W)``; output: ``(N, C_out, H_out, W_out)``, as ``nn.Conv2d``.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> nl.StdConv2d(3, 8, 3, padding=1)(torch.randn(2, 3, 6, 6)).shape
+        torch.Size([2, 8, 6, 6])
+    """
 
     def __init__(self, *args: Any, eps: float = 1e-6, **kwargs: Any) -> None:
         nn.Conv2d.__init__(self, *args, **kwargs)

@@ -8,6 +8,8 @@ Filter Response Normalization + TLU, EvoNorm-B0/S0, Switchable Normalization, Dy
 - Switchable Normalization (Luo et al. 2018): mean and variance are softmax-weighted mixtures of the IN, LN and BN
   ones; one-hot weights give back one of them.
 - DyT (Zhu et al. 2025): :math:`y = \gamma\tanh(\alpha x)+\beta`, no statistics at all.
+- GRN (Woo et al. 2023, ConvNeXt V2): :math:`G_{nc} = \lVert x_{nc\cdot}\rVert_2` over spatial positions,
+  :math:`N_{nc} = G_{nc}/(\frac{1}{C}\sum_{c'}G_{nc'}+\epsilon)`, :math:`y = \gamma x N + \beta + x`.
 - LRN (Krizhevsky et al. 2012, torch's form): :math:`b_c = a_c\big/\big(k+\frac{\alpha}{n}\sum_{c'\in w(c)}a_{c'}^2\big)^\beta`
   over a window of n channels (zero-padded).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layout import batch_layout, group_layout, instance_layout
-from .standardization import Saved, _channel_param, backward, standardize
+from .standardization import Saved, _affine, _channel_param, backward, standardize
 
 __all__ = [
     "filter_response_norm",
@@ -32,6 +34,8 @@ __all__ = [
     "evonorm_b0_backward",
     "evonorm_s0_backward",
     "switchable_norm_backward",
+    "global_response_norm",
+    "global_response_norm_backward",
 ]
 
 
@@ -175,7 +179,7 @@ def switchable_norm(
     mean = sum(w * m for w, m in zip(wm, means))
     var = sum(w * s for w, s in zip(wv, variances))
     y = ((v - mean) / np.sqrt(var + eps)).reshape(x.shape)
-    return y * _channel_param(weight, x.ndim) + _channel_param(bias, x.ndim)
+    return _affine(y, _channel_param(weight, x.ndim), _channel_param(bias, x.ndim))
 
 
 def _softmax_backward(w, dw):
@@ -252,3 +256,32 @@ def local_response_norm_backward(dy, x, size: int, alpha: float = 1e-4, beta: fl
     t = np.pad(dy * x * den ** (-beta - 1), [(0, 0), ((size - 1) // 2, size // 2)] + pad)
     mirrored = np.stack([t[:, i : i + size].sum(axis=1) for i in range(c)], axis=1)
     return dy * den**-beta - 2 * alpha * beta / size * x * mirrored
+
+
+def global_response_norm(x, weight, bias, eps: float = 1e-6) -> np.ndarray:
+    """GRN over ``(N, C, *spatial)``: each channel's L2 norm over spatial positions, divided by the mean of those
+    norms across channels, scales x (``y = x + gamma * x * N + beta``)."""
+    x = _f(x)
+    nd = x.ndim
+    g = np.sqrt((x * x).sum(axis=tuple(range(2, nd)), keepdims=True))
+    n = g / (g.mean(axis=1, keepdims=True) + eps)
+    return x + _channel_param(weight, nd) * x * n + _channel_param(bias, nd)
+
+
+def global_response_norm_backward(dy, x, weight, eps: float = 1e-6):
+    r"""Gradients ``(dx, dweight, dbias)`` of :func:`global_response_norm`. With :math:`u = \gamma\,\partial L/\partial y`
+    and :math:`a_{nc} = \sum_s u\,x`, :math:`m_n = \frac{1}{C}\sum_c G_{nc}`:
+    :math:`\partial L/\partial G_{nc} = a_{nc}/(m_n+\epsilon) - \frac{1}{C}\sum_{c'}a_{nc'}G_{nc'}/(m_n+\epsilon)^2`,
+    and :math:`\partial G_{nc}/\partial x_{ncs} = x_{ncs}/G_{nc}`."""
+    x, dy = _f(x), _f(dy)
+    nd = x.ndim
+    spatial = tuple(range(2, nd))
+    g = np.sqrt((x * x).sum(axis=spatial, keepdims=True))
+    m = g.mean(axis=1, keepdims=True) + eps
+    n = g / m
+    u = dy * _channel_param(weight, nd)
+    a = (u * x).sum(axis=spatial, keepdims=True)
+    d_g = a / m - (a * g).sum(axis=1, keepdims=True) / (x.shape[1] * m * m)
+    dx = dy + u * n + d_g * x / np.where(g > 0, g, 1.0)
+    axes = (0,) + spatial
+    return dx, (dy * x * n).sum(axis=axes), dy.sum(axis=axes)
