@@ -66,3 +66,16 @@ def test_only_methods_without_spatial_statistics_work_on_tokens():
             pass
     assert {"layer", "rms", "batch", "dyt", "power", "none", "batchrenorm", "ghost"} <= set(applicable)
     assert not {"instance", "frn", "lrn"} & set(applicable)
+
+
+def test_norms_with_a_built_in_activation_replace_the_relu():
+    for name in NAMES:
+        method = normlab.registry.get_method(name)
+        try:
+            model = ConvNet(1, 3, 2, norm=name, width=8, depth=2)
+        except NotApplicable:
+            continue
+        activations = [type(m) for m in model.features if isinstance(m, (torch.nn.ReLU, torch.nn.Identity))]
+        assert activations == [torch.nn.Identity if method.fused_activation else torch.nn.ReLU] * 2, name
+    with pytest.raises(ValueError, match="share their activation"):
+        ConvNet(1, 3, 2, norm=["frn", "batch"], width=8, depth=2, copies=2)

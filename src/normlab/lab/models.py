@@ -73,6 +73,7 @@ class SplitNorm(nn.Module):
 
 class ConvNet(nn.Module):
     """conv-norm-ReLU blocks (stride 2 after the first), global average pool, linear head. 1-d or 2-d by the data.
+    A norm with its activation built in (FRN + TLU, EvoNorm) takes the ReLU's place, as in its paper.
 
     With ``weight_norm=True`` every conv and the head are weight-normalized (Salimans & Kingma).
 
@@ -104,6 +105,9 @@ class ConvNet(nn.Module):
         conv = self._conv(norms[0], spatial_dims)
         if any(self._conv(n, spatial_dims) is not conv for n in norms[1:]):
             raise ValueError("ConvNet: packed runs must share their conv kind (Weight Standardization or plain)")
+        fused = get_method(norms[0]).fused_activation  # FRN+TLU, EvoNorm: the norm is the activation too
+        if any(get_method(n).fused_activation != fused for n in norms[1:]):
+            raise ValueError("ConvNet: packed runs must share their activation (fused in the norm or ReLU)")
         groups = run_groups(norms, options)
         layers: list[nn.Module] = []
         c = in_channels
@@ -113,7 +117,7 @@ class ConvNet(nn.Module):
             else:
                 parts = [make_norm(norms[g[0]], width, spatial_dims, len(g), options[g[0]]) for g in groups]
                 norm_layer = SplitNorm(parts, [len(g) * width for g in groups], groups)
-            layers += [conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k), norm_layer, nn.ReLU()]
+            layers += [conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k), norm_layer, nn.Identity() if fused else nn.ReLU()]
             c = width
         self.copies = copies
         self.features = nn.Sequential(*layers)

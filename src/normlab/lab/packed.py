@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import can_pack, canonical_name, conv_layer
+from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
 from .models import SplitNorm
 from .train import (
@@ -51,10 +51,11 @@ def pack_key(config: dict[str, Any]) -> str | None:
         if not can_pack(c.norm, spatial_dims=1):
             return None
         conv = "plain" if conv_layer(c.norm, 1) is None else canonical_name(c.norm)
+        activation = "fused" if get_method(c.norm).fused_activation else "relu"
     except ValueError:
         return None
     shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
-    return json.dumps({**shared, "conv": conv}, sort_keys=True)
+    return json.dumps({**shared, "conv": conv, "activation": activation}, sort_keys=True)
 
 
 def _run_order(config: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 __all__ = ["Store", "RunRecord", "config_key", "check_store", "LAB_VERSION"]
 
 # Bump when a change to the lab's code changes what a configuration produces, so old rows are not reused.
-LAB_VERSION = "2"
+LAB_VERSION = "3"  # 3: norms with a built-in activation (FRN, EvoNorm) replace the ReLU in the ConvNet
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
