@@ -10,12 +10,18 @@ __version__ = "0.1.0"
 
 from . import functional, nn, reference
 from .convert import from_torch, to_torch
+from . import ecosystem  # noqa: F401  (torch's fusion table learns the twins)
 from .registry import available_norms, create_norm
+from .transform import fold_batchnorm, freeze_batchnorm, param_groups, swap
 
 __all__ = [
     "__version__",
     "available_norms",
     "create_norm",
+    "fold_batchnorm",
+    "freeze_batchnorm",
+    "param_groups",
+    "swap",
     "from_torch",
     "functional",
     "nn",

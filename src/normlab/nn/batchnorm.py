@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
-from ._state import carry_state
+from ._state import carry_state, trace_as_leaf
 from .. import functional as NF
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
@@ -44,7 +44,8 @@ class _NormBase(Module):
         bias: bool = True,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        Module.__init__(self)  # not torch's twin's __init__: this one builds the same state, with checks
+        trace_as_leaf(self)
         _checks.check_num_features(type(self).__name__, num_features)
         _checks.check_eps(type(self).__name__, eps)
         self.num_features = num_features
@@ -119,8 +120,8 @@ class _NormBase(Module):
                     if self.num_batches_tracked is not None and self.num_batches_tracked.device != torch.device("meta")
                     else torch.tensor(0, dtype=torch.long)
                 )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        Module._load_from_state_dict(  # torch's twin would repeat the version handling above
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
 
@@ -205,7 +206,7 @@ _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} 
     """
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
     __doc__ = _BATCH_NORM_DOC.format(shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``", name="BatchNorm1d",
                                       example="4, 8, 10")
 
@@ -213,7 +214,7 @@ class BatchNorm1d(_BatchNorm):
         self._check_rank(input, (2, 3))
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
     __doc__ = _BATCH_NORM_DOC.format(shape="4D", axes="H, W", shape_in="``(N, C, H, W)``", name="BatchNorm2d",
                                       example="4, 8, 5, 5")
 
@@ -221,7 +222,7 @@ class BatchNorm2d(_BatchNorm):
         self._check_rank(input, (4,))
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
     __doc__ = _BATCH_NORM_DOC.format(shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``", name="BatchNorm3d",
                                       example="2, 8, 3, 4, 4")
 
@@ -229,7 +230,10 @@ class BatchNorm3d(_BatchNorm):
         self._check_rank(input, (5,))
 
 
-class SyncBatchNorm(_BatchNorm):
+# Not a torch.nn.SyncBatchNorm: DistributedDataParallel refuses any instance of that class on CPU ("SyncBatchNorm
+# layers only work with GPU modules"), and running on CPU with gloo is what this one is for. It is a torch
+# _BatchNorm, as torch's SyncBatchNorm is, so tools that look for batch norms by that base find it.
+class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
     r"""Batch Normalization with statistics over the whole batch of a ``torch.distributed`` process group.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
@@ -321,10 +325,14 @@ class SyncBatchNorm(_BatchNorm):
     def convert_sync_batchnorm(cls, module: Module, process_group: Any | None = None) -> Module:
         """Replace every BatchNorm1d/2d/3d (torch's or normlab's) in ``module`` by a SyncBatchNorm over
         ``process_group``, carrying the same parameter and buffer objects; returns the module (or the new layer if
-        ``module`` itself is a BatchNorm)."""
+        ``module`` itself is a BatchNorm). A norm+act BatchNorm (``BatchNormAct2d``) becomes ``SyncBatchNormAct``
+        with the same activation (torch's ``convert_sync_batchnorm`` would drop the activation)."""
 
         batch_norms = (BatchNorm1d, BatchNorm2d, BatchNorm3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
                        torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)  # fmt: skip
+        if getattr(type(module), "norm_class", None) in batch_norms:  # norm+act (normlab.nn.norm_act)
+            norm, act = module.split()
+            return type(module).join(cls.convert_sync_batchnorm(norm, process_group), act)
         if type(module) in batch_norms:
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
                             module.track_running_stats, process_group, device="meta",

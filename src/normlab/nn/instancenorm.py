@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .. import functional as NF
@@ -118,13 +119,13 @@ _INSTANCE_NORM_DOC = r"""Instance Normalization (Ulyanov et al. 2016) over a {sh
     """
 
 
-class InstanceNorm1d(_InstanceNorm):
+class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
     __doc__ = _INSTANCE_NORM_DOC.format(shape="2D (unbatched) or 3D", axes="L", shape_in="``(N, C, L)`` or ``(C, L)``",
                                          name="InstanceNorm1d", example="4, 8, 10")
     _spatial_dims = 1
 
 
-class InstanceNorm2d(_InstanceNorm):
+class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
     __doc__ = _INSTANCE_NORM_DOC.format(
         shape="3D (unbatched) or 4D", axes="H, W", shape_in="``(N, C, H, W)`` or ``(C, H, W)``",
         name="InstanceNorm2d", example="4, 8, 5, 5",
@@ -132,7 +133,7 @@ class InstanceNorm2d(_InstanceNorm):
     _spatial_dims = 2
 
 
-class InstanceNorm3d(_InstanceNorm):
+class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
     __doc__ = _INSTANCE_NORM_DOC.format(
         shape="4D (unbatched) or 5D", axes="D, H, W", shape_in="``(N, C, D, H, W)`` or ``(C, D, H, W)``",
         name="InstanceNorm3d", example="2, 8, 3, 4, 4",

@@ -79,6 +79,21 @@ class _NormActMixin:
         return fused
 
 
+    def split(self) -> tuple[tnn.Module, tnn.Module]:
+        """The plain norm (same parameters and buffers, no copy) and the activation."""
+        norm = self.norm_class.__new__(self.norm_class)
+        norm.__dict__.update(self.__dict__)
+        modules = dict(self._modules)
+        act = modules.pop("act")
+        norm.__dict__.update(_modules=modules, _parameters=dict(self._parameters), _buffers=dict(self._buffers))
+        return norm, act
+
+    @staticmethod
+    def join(norm: tnn.Module, act: tnn.Module) -> tnn.Module:
+        """``norm`` followed by ``act`` as norm+act module of ``norm``'s class."""
+        return with_activation(norm, act)
+
+
 def _act_name(norm_class: type) -> str:
     match = re.fullmatch(r"(.*?)([123]d)?", norm_class.__name__)
     base, rank = match.group(1), match.group(2) or ""
@@ -143,11 +158,4 @@ def split_norm_act(module: tnn.Module) -> tnn.Module:
     """The plain norm (same parameters and buffers) and its activation: ``Sequential(norm, act)``."""
     if not isinstance(module, _NormActMixin):
         raise TypeError(f"split_norm_act: expected a norm+act module, got {type(module).__name__}")
-    norm = module.norm_class.__new__(module.norm_class)
-    norm.__dict__.update(module.__dict__)
-    modules = dict(module._modules)
-    act = modules.pop("act")
-    norm.__dict__["_modules"] = modules
-    norm.__dict__["_parameters"] = dict(module._parameters)
-    norm.__dict__["_buffers"] = dict(module._buffers)
-    return tnn.Sequential(norm, act)
+    return tnn.Sequential(*module.split())

@@ -10,11 +10,12 @@ from torch.nn import Module, Parameter, init
 
 from .. import _checks
 from .. import functional as NF
+from ._state import trace_as_leaf
 
 __all__ = ["LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"]
 
 
-class LayerNorm(Module):
+class LayerNorm(torch.nn.LayerNorm):
     r"""Layer Normalization (Ba et al. 2016) over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
@@ -55,7 +56,8 @@ class LayerNorm(Module):
         dtype: Any = None,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
+        trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps)
         self.eps = eps
@@ -86,7 +88,7 @@ class LayerNorm(Module):
         )
 
 
-class GroupNorm(Module):
+class GroupNorm(torch.nn.GroupNorm):
     r"""Group Normalization (Wu & He 2018): channels split into ``num_groups`` groups, each normalized per example.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
@@ -131,7 +133,8 @@ class GroupNorm(Module):
         bias: bool = True,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
+        trace_as_leaf(self)
         name = type(self).__name__
         _checks.check_num_features(name, num_channels, "num_channels")
         _checks.check_groups(name, num_groups, num_channels)
@@ -168,7 +171,7 @@ class GroupNorm(Module):
         )
 
 
-class RMSNorm(Module):
+class RMSNorm(torch.nn.RMSNorm):
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019).
 
     .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_k x_k^2 + \epsilon}}\,\gamma
@@ -205,7 +208,8 @@ class RMSNorm(Module):
         dtype: Any = None,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
+        trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps, allow_none=True)
         self.eps = eps
@@ -227,7 +231,7 @@ class RMSNorm(Module):
         return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
 
 
-class LocalResponseNorm(Module):
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
     r"""Local Response Normalization (Krizhevsky et al. 2012) across channels, as ``torch.nn.LocalResponseNorm``.
 
     .. math:: b_c = a_c\Big(k + \frac{\alpha}{n}\sum_{c'=\max(0, c-n/2)}^{\min(N-1, c+n/2)} a_{c'}^2\Big)^{-\beta}
@@ -254,7 +258,8 @@ class LocalResponseNorm(Module):
     __constants__ = ["size", "alpha", "beta", "k"]
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
-        super().__init__()
+        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
+        trace_as_leaf(self)
         _checks.check_num_features("LocalResponseNorm", size, "size")
         if size < 1:
             raise ValueError(f"LocalResponseNorm: size must be at least 1, got {size}")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from ._state import trace_as_leaf
 
 __all__ = ["StdConv1d", "StdConv2d"]
 
@@ -25,6 +26,7 @@ class _StdConv:
     def _init_eps(self, eps: float) -> None:
         _checks.check_eps(type(self).__name__, eps)
         self.eps = eps
+        trace_as_leaf(self)  # one call in torch.fx graphs, as the nn.Conv it extends
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, standardize_filters(self.weight, self.eps), self.bias)  # type: ignore[attr-defined]

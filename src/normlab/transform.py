@@ -1,0 +1,301 @@
+"""Whole-model tools: fold eval BatchNorm into the conv before it, freeze BatchNorm, swap one norm for another, and
+optimizer groups that exempt norm parameters from weight decay.
+
+Each works on any ``nn.Module`` (torch's, timm's, torchvision's, Hugging Face's) and says what it changed and what
+it could not, with the reason, instead of skipping in silence.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from . import nn as nl
+from .registry import create_norm, get_method
+
+__all__ = ["FoldReport", "fold_batchnorm", "freeze_batchnorm", "swap", "SwapReport", "param_groups", "is_norm"]
+
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, nl.FrozenBatchNorm2d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_BASES = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm,
+    nl.FrozenBatchNorm2d, nl.FilterResponseNorm, nl.EvoNormB0, nl.EvoNormS0, nl.SwitchableNorm, nl.DynamicTanh,
+    nl.PowerNorm, nl.MeanOnlyBatchNorm, nl.GlobalResponseNorm, nl.TLU,
+)  # fmt: skip
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalization layer: torch's, normlab's, or a third-party class whose name says so
+    (``LlamaRMSNorm``, timm's ``LayerNorm2d``, torchvision's ``FrozenBatchNorm2d``...)."""
+    if isinstance(module, _NORM_BASES):
+        return True
+    name = type(module).__name__
+    return any(key in name for key in ("Norm", "norm")) and not isinstance(module, (nn.Sequential, nn.ModuleList))
+
+
+@dataclass
+class FoldReport:
+    """What :func:`fold_batchnorm` folded (``(conv, norm)`` module names) and what it left, with the reason."""
+
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (norm name, reason)
+    traced: bool = True
+
+    def __str__(self) -> str:
+        lines = [f"folded {len(self.folded)} BatchNorm layer(s) into the conv/linear before them"]
+        lines += [f"  {norm} -> {conv}" for conv, norm in self.folded]
+        if self.skipped:
+            lines.append(f"left {len(self.skipped)}:")
+            lines += [f"  {norm}: {reason}" for norm, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def _fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """``layer`` followed by eval ``bn`` as one layer (a copy of ``layer`` with new weight and bias)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+    fused = copy.deepcopy(layer)
+    transpose = isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    if isinstance(layer, nn.Linear):
+        w, b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias)
+    else:
+        w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias,
+                                    transpose=transpose)  # fmt: skip
+    fused.weight, fused.bias = w, b
+    return fused
+
+
+def _why_not(layer: nn.Module | None, bn: nn.Module) -> str | None:
+    if bn.training:
+        return "in training mode: its statistics change with every batch (call model.eval() first)"
+    if getattr(bn, "running_mean", None) is None:
+        return "track_running_stats=False: it normalizes with batch statistics in eval too"
+    if layer is None:
+        return "its input does not come from a Conv/Linear module alone (an add, a pooling, a function...)"
+    if not isinstance(layer, (*_CONVS, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return f"the layer before it is a {type(layer).__name__}, not a Conv/Linear"
+    if type(layer).forward not in (c.forward for c in (*_CONVS, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                                       nn.ConvTranspose3d)):  # fmt: skip
+        return f"the layer before it ({type(layer).__name__}) computes its own weight (WS, cosine): folding would change it"
+    if isinstance(layer, nn.Linear) and bn.running_mean.numel() != layer.out_features:
+        return "the Linear's outputs are not the BatchNorm's channels"
+    return None
+
+
+def _fold_traced(model: nn.Module, report: FoldReport) -> nn.Module:
+    import torch.fx as fx
+
+    traced = fx.symbolic_trace(model)
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], _BATCH_NORMS):
+            continue
+        bn = modules[node.target]
+        source = node.args[0] if node.args else None
+        layer = None
+        if isinstance(source, fx.Node) and source.op == "call_module":
+            layer = modules[source.target]
+            if len(source.users) > 1:
+                report.skipped.append((node.target, f"the output of {source.target} is also used elsewhere"))
+                continue
+        reason = _why_not(layer, bn) if not isinstance(bn, nl.FrozenBatchNorm2d) or layer is None else None
+        if reason is None and isinstance(bn, nl.FrozenBatchNorm2d):
+            reason = _why_not(layer, nn.BatchNorm2d(1).eval())  # frozen: always eval, buffers only
+        if reason:
+            report.skipped.append((node.target, reason))
+            continue
+        parent, _, name = source.target.rpartition(".")
+        setattr(traced.get_submodule(parent) if parent else traced, name, _fold_pair(layer, bn))
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+        report.folded.append((source.target, node.target))
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
+
+
+def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> None:
+    for name, child in list(model.named_children()):
+        _fold_sequential(child, report, f"{prefix}{name}.")
+    if not isinstance(model, nn.Sequential):
+        for name, child in model.named_children():
+            if isinstance(child, _BATCH_NORMS):
+                report.skipped.append((prefix + name, "the model does not trace with torch.fx and this BatchNorm is "
+                                                      "not in a Sequential after its conv"))  # fmt: skip
+        return
+    keys = list(model._modules)
+    for before, key in zip([None] + keys[:-1], keys):
+        bn = model._modules[key]
+        if not isinstance(bn, _BATCH_NORMS):
+            continue
+        layer = model._modules[before] if before is not None else None
+        reason = _why_not(layer, bn if not isinstance(bn, nl.FrozenBatchNorm2d) else nn.BatchNorm2d(1).eval())
+        if reason:
+            report.skipped.append((prefix + key, reason))
+            continue
+        model._modules[before] = _fold_pair(layer, bn)
+        model._modules[key] = nn.Identity()
+        report.folded.append((prefix + before, prefix + key))
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, FoldReport]:
+    r"""Fold every eval BatchNorm into the Conv/Linear right before it: :math:`W' = W\gamma/\sqrt{\sigma^2+\epsilon}`,
+    :math:`b' = (b-\mu)\gamma/\sqrt{\sigma^2+\epsilon}+\beta`; eval outputs are unchanged up to rounding.
+
+    The model is traced with ``torch.fx`` (so residual blocks fold too); where it does not trace, adjacent
+    (Conv, BatchNorm) pairs inside ``nn.Sequential`` are folded. Works on torch's, normlab's and frozen BatchNorms.
+
+    Returns ``(model, report)``: a new model (the input is untouched unless ``inplace``; a traced model comes back as
+    a ``torch.fx.GraphModule``) and a :class:`FoldReport` of what was folded and what was not, with the reason.
+
+    Example::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+        >>> folded, report = normlab.fold_batchnorm(model)
+        >>> report.folded
+        [('0', '1')]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batchnorm: model must be a torch.nn.Module, got {type(model).__name__}")
+    work = model if inplace else copy.deepcopy(model)
+    report = FoldReport()
+    try:
+        return _fold_traced(work, report), report
+    except Exception as err:  # torch.fx cannot trace data-dependent control flow: fold what Sequential shows
+        report = FoldReport(traced=False)
+        report.skipped.append(("(model)", f"torch.fx could not trace it ({type(err).__name__}); folded within "
+                                          "nn.Sequential only"))  # fmt: skip
+        _fold_sequential(work, report)
+        return work, report
+
+
+def _replace(model: nn.Module, convert, prefix: str = "") -> nn.Module:
+    new = convert(prefix.rstrip("."), model)
+    if new is not None:
+        return new
+    for name, child in list(model.named_children()):
+        replacement = _replace(child, convert, f"{prefix}{name}.")
+        if replacement is not child:
+            setattr(model, name, replacement)
+    return model
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm2d (torch's, normlab's, SyncBatchNorm on 4-d maps) becomes a :class:`normlab.nn.FrozenBatchNorm2d`
+    with its running statistics and affine parameters as fixed buffers (fine-tuning with small batches); in place,
+    returns the model (or the frozen layer if ``model`` is one)."""
+
+    def convert(name: str, m: nn.Module):
+        if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nl.SyncBatchNorm)) and m.running_mean is not None:
+            return nl.FrozenBatchNorm2d.from_batch_norm(m)
+        return None
+
+    return _replace(model, convert)
+
+
+@dataclass
+class SwapReport:
+    changed: list[tuple[str, str, str]] = field(default_factory=list)  # (name, old class, new module repr)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+    def __str__(self) -> str:
+        lines = [f"swapped {len(self.changed)} layer(s)"] + [f"  {n}: {old} -> {new}" for n, old, new in self.changed]
+        if self.skipped:
+            lines += [f"left {len(self.skipped)}:"] + [f"  {n}: {why}" for n, why in self.skipped]
+        return "\n".join(lines)
+
+
+def _valid_groups(channels: int, wanted: int) -> int:
+    """The largest divisor of ``channels`` that is at most ``wanted`` (GroupNorm needs G | C)."""
+    return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0)
+
+
+def swap(model: nn.Module, source: str, target: str, num_groups: int = 32, **kwargs: Any) -> tuple[nn.Module, SwapReport]:
+    """Replace, in place, every ``source`` norm layer of ``model`` by the registry's ``target`` for the same channels
+    (``swap(model, "batch", "group")``: every BatchNorm becomes a GroupNorm with a valid group count, at most
+    ``num_groups``). Parameters of the same meaning (per-channel ``weight`` and ``bias``) carry over; statistics
+    do not. Returns ``(model, report)``; ``report`` lists each change and each layer it could not swap, with why.
+    """
+    src, dst = get_method(source), get_method(target)
+    source_classes = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.SyncBatchNorm: 2,
+                      nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3, nn.GroupNorm: 2,
+                      nn.LayerNorm: 0, nn.RMSNorm: 0, nl.SyncBatchNorm: 2}  # fmt: skip
+    wanted = {
+        "batch": (nn.modules.batchnorm._BatchNorm, nl.SyncBatchNorm), "instance": (nn.modules.instancenorm._InstanceNorm,),
+        "group": (nn.GroupNorm,), "layer": (nn.LayerNorm,), "rms": (nn.RMSNorm,),
+    }.get(src.name)  # fmt: skip
+    if wanted is None:
+        raise ValueError(f"swap: source must be one of batch, instance, group, layer, rms; got {source!r}")
+    report = SwapReport()
+
+    def convert(name: str, m: nn.Module):
+        if not isinstance(m, wanted) or type(m).__name__.endswith("Act") or not any(
+            isinstance(m, c) for c in source_classes
+        ):
+            return None
+        channels = getattr(m, "num_features", None) or getattr(m, "num_channels", None)
+        if channels is None:
+            shape = m.normalized_shape
+            if len(shape) != 1:
+                report.skipped.append((name, f"normalizes {len(shape)} trailing dims, not one channel dim"))
+                return None
+            channels = shape[0]
+        spatial = next(d for c, d in source_classes.items() if isinstance(m, c))
+        if isinstance(m, (nn.BatchNorm1d,)) and not dst.applies_to(0):
+            spatial = 1
+        opts = dict(kwargs)
+        if dst.grouped:
+            opts.setdefault("num_groups", _valid_groups(channels, num_groups))
+        try:
+            new = create_norm(dst.name, channels, spatial_dims=spatial if dst.applies_to(spatial) else max(dst.spatial_dims), **opts)
+        except ValueError as err:
+            report.skipped.append((name, str(err)))
+            return None
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        with torch.no_grad():
+            for attr, value in (("weight", weight), ("bias", bias)):
+                mine = getattr(new, attr, None)
+                if isinstance(mine, nn.Parameter) and isinstance(value, torch.Tensor) and mine.shape == value.shape:
+                    mine.copy_(value)
+        new.to(device=next((t.device for t in m.state_dict().values()), None))
+        new.train(m.training)
+        report.changed.append((name, type(m).__name__, repr(new)))
+        return new
+
+    return _replace(model, convert), report
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, no_decay: Iterable[str] = (), bias: bool = True
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: weight decay on weights, none on norm parameters and (with ``bias``) biases.
+
+    Weight decay on a norm's scale or shift does not regularize what the network computes (a BatchNorm after a layer
+    undoes that layer's scale; see the lab's weight-decay study), so the usual practice, timm's and Hugging Face's,
+    exempts them. ``no_decay`` adds parameter names (substrings) to exempt.
+
+    Example::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        >>> [len(g["params"]) for g in normlab.param_groups(model, weight_decay=0.05)]
+        [1, 3]
+    """
+    if weight_decay < 0:
+        raise ValueError(f"param_groups: weight_decay must be >= 0, got {weight_decay}")
+    norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+    decay, exempt = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = id(p) in norm_params or (bias and name.endswith("bias")) or any(k in name for k in no_decay)
+        (exempt if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
