@@ -9,13 +9,15 @@
 __version__ = "0.1.0"
 
 from . import functional, nn, reference
-from .convert import from_torch, to_torch
+from .convert import from_torch, register_converter, to_torch
 from . import ecosystem  # noqa: F401  (torch's fusion table learns the twins)
 from .registry import available_norms, create_norm
 from .transform import fold_batchnorm, freeze_batchnorm, param_groups, swap
+from .auditor import audit
 
 __all__ = [
     "__version__",
+    "audit",
     "available_norms",
     "create_norm",
     "fold_batchnorm",
@@ -26,5 +28,6 @@ __all__ = [
     "functional",
     "nn",
     "reference",
+    "register_converter",
     "to_torch",
 ]

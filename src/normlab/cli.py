@@ -1,4 +1,4 @@
-"""The ``normlab`` command line: ``normlab explain`` (and the lab's ``normlab compare``)."""
+"""The ``normlab`` command line: explain, norms, compare (the lab), audit, convert, advise."""
 
 from __future__ import annotations
 
@@ -75,6 +75,89 @@ def _compare(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _load_model(spec: str):
+    """``MODULE:FACTORY`` (``torchvision.models:resnet18``) or ``path/to/file.py:FACTORY`` -> ``FACTORY()``."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    module_name, sep, factory = spec.rpartition(":")
+    if not sep or not module_name or not factory:
+        raise ValueError(f"model must be MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ValueError(f"model file {module_name} does not exist")
+            loaded = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ValueError:
+        raise
+    except Exception as err:  # an import can fail in any way (ImportError, a RuntimeError in an extension...)
+        raise ValueError(f"cannot import {module_name}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise ValueError(f"{module_name} has no callable {factory}")
+    import torch
+
+    model = fn()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .auditor import audit, format_findings
+    from .explain import parse_shape
+
+    shape = parse_shape(args.input_shape)
+    model = _load_model(args.model)
+    model.train(not args.eval)
+    findings = audit(model, torch.randn(shape), batch_size=args.batch_size)
+    print(format_findings(findings, as_json=args.json))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .transform import fold_batchnorm, freeze_batchnorm, swap
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.exists():
+        raise ValueError(f"--out {args.out}: expected a file path in an existing directory")
+    model = _load_model(args.model)
+    for item in args.swap or []:
+        source, sep, target = item.partition("=")
+        if not sep:
+            raise ValueError(f"--swap must be SOURCE=TARGET (batch=group), got {item!r}")
+        model, report = swap(model, source, target)
+        print(report)
+    if args.freeze:
+        model = freeze_batchnorm(model)
+        print("froze every BatchNorm2d")
+    if args.fold:
+        model, report = fold_batchnorm(model.eval())
+        print(report)
+    torch.save(model.state_dict(), out)
+    print(f"state_dict: {out.resolve()}")
+    return 0
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from .lab.advise import advise
+
+    print(advise(args.arch, args.batch_size, args.distributed, args.report).text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
@@ -128,6 +211,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "audit", help="run a model once and report normalization problems, with evidence and fixes",
+        description="Build MODEL, run it on a random input of --input-shape and report: conv/linear bias before BN, "
+        "BN at batch size <= 4, statistics over a single value, LayerNorm through permutes, norms in fp16/bf16, "
+        "Keras-style BN momentum, norms left in training mode.",
+    )
+    p.add_argument("model", metavar="MODULE:FACTORY", help="e.g. torchvision.models:resnet18 or my_model.py:build")
+    p.add_argument("--input-shape", required=True, help="example input shape, e.g. 8,3,224,224")
+    p.add_argument("--batch-size", type=int, default=None, help="the training batch size, if not the input's N")
+    p.add_argument("--eval", action="store_true", help="audit the model in eval mode (default: training mode)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser(
+        "convert", help="swap, freeze or fold a model's norms and save its state_dict",
+        description="Build MODEL, apply --swap SOURCE=TARGET (every SOURCE norm becomes TARGET, e.g. batch=group), "
+        "--freeze (BatchNorm2d -> FrozenBatchNorm2d) and --fold (eval BN folded into the conv before it), in that "
+        "order, print what changed, and write the converted state_dict to --out.",
+    )
+    p.add_argument("model", metavar="MODULE:FACTORY", help="e.g. torchvision.models:resnet18 or my_model.py:build")
+    p.add_argument("--swap", action="append", metavar="SOURCE=TARGET", help="e.g. batch=group (repeatable)")
+    p.add_argument("--freeze", action="store_true", help="freeze every BatchNorm2d")
+    p.add_argument("--fold", action="store_true", help="fold eval BatchNorm into the preceding conv/linear")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to save the state_dict (torch.save)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "advise", help="which normalization to use, with reasons and published numbers",
+        description="Recommend a normalization for an architecture and per-device batch size, with the reasons, "
+        "the published numbers, alternatives and, with --report, the verdicts of your own normlab compare run.",
+    )
+    p.add_argument("--arch", required=True, choices=["cnn", "transformer", "rnn", "mlp", "gan"])
+    p.add_argument("--batch-size", type=int, required=True, help="examples per device")
+    p.add_argument("--distributed", action="store_true", help="training on several devices")
+    p.add_argument("--report", metavar="DIR", help="a normlab compare output directory")
+    p.set_defaults(func=_advise)
 
     p = sub.add_parser("norms", help="list the registered normalization methods",
                        description="List create_norm's names with their aliases and what each does.")

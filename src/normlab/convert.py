@@ -1,22 +1,27 @@
 """Swap a model's normalization layers between torch.nn and normlab, in place, both ways.
 
 The twin takes over the very same Parameter and buffer objects (so an optimizer built before the swap keeps
-working), the training flag, and with them the device and dtype. Only exact torch classes are converted: a
-subclass (timm's BatchNormAct2d, say) has behaviour of its own that a plain twin would drop, so it is left alone.
+working), the training flag, and with them the device and dtype. Exact torch classes convert by the twin table;
+other classes (Hugging Face's ``LlamaRMSNorm``, ...) by a converter registered for them
+(:func:`register_converter`). A subclass (timm's BatchNormAct2d, say) has behaviour of its own that a plain twin
+would drop, so it is left alone; every norm-looking class left in place is named in a warning.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
+from typing import Callable
 
 import torch
 from torch.nn import Module
 
 from . import nn as nl
+from . import hf
 from .nn._state import carry_state
 from .nn.norm_act import NORM_ACT_CLASSES, split_norm_act
 
-__all__ = ["from_torch", "to_torch", "TWINS"]
+__all__ = ["from_torch", "to_torch", "TWINS", "register_converter", "converter_for", "looks_like_norm"]
 
 
 def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
@@ -77,35 +82,131 @@ def _build_twin(module: Module, target: type[Module]) -> Module:
     return twin
 
 
-def _swap(model: Module, table: dict[type[Module], type[Module]], split_act: bool = False) -> Module:
-    if split_act and type(model) in _NORM_ACT_TYPES:
-        norm, act = split_norm_act(model)
-        return torch.nn.Sequential(_swap(norm, table), act)
-    target = table.get(type(model))
-    if target is not None:
-        return _build_twin(model, target)
+Converter = Callable[[Module], Module]
+_CONVERTERS: dict[str, Converter] = dict(hf.CONVERTERS)
+
+
+def _class_key(cls: type | str) -> str:
+    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_converter(cls: type | str, fn: Converter) -> None:
+    """Teach :func:`from_torch` a third-party norm class: ``fn(module)`` returns the normlab module computing the
+    same function, holding ``module``'s very parameters. ``cls`` is the class or its ``"module.QualName"`` (so
+    registering needs no import of the library that defines it).
+
+    Example::
+
+        >>> import torch, normlab
+        >>> class MyRMSNorm(torch.nn.Module):
+        ...     def __init__(self, d):
+        ...         super().__init__()
+        ...         self.weight, self.eps = torch.nn.Parameter(torch.ones(d)), 1e-6
+        ...     def forward(self, x):
+        ...         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        >>> def convert(m):
+        ...     new = normlab.nn.RMSNorm(m.weight.shape[0], eps=m.eps)
+        ...     new.weight = m.weight
+        ...     return new
+        >>> normlab.register_converter(MyRMSNorm, convert)
+        >>> normlab.from_torch(torch.nn.Sequential(MyRMSNorm(8)))[0]
+        RMSNorm((8,), eps=1e-06, elementwise_affine=True)
+    """
+    if not callable(fn):
+        raise TypeError(f"register_converter: fn must be callable, got {type(fn).__name__}")
+    if not isinstance(cls, (str, type)):
+        raise TypeError(f"register_converter: cls must be a class or a 'module.QualName' string, got {cls!r}")
+    _CONVERTERS[_class_key(cls)] = fn
+
+
+def converter_for(cls: type) -> Converter | None:
+    """The converter registered for ``cls`` (or found for a copy of a known class, see :mod:`normlab.hf`)."""
+    fn = _CONVERTERS.get(_class_key(cls))
+    if fn is None and cls.__module__.startswith("transformers."):
+        fn = hf.converter_for_copy(cls)
+    return fn
+
+
+def looks_like_norm(module: Module) -> bool:
+    """A normalization layer by its class name (``...Norm...``), for the warning about what was left in place."""
+    name = type(module).__name__
+    return "Norm" in name and not isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList))
+
+
+def _swap(model: Module, convert: Callable[[Module], Module | None], warn_if_left: Callable[[Module], bool],
+          left: dict[str, int]) -> Module:  # fmt: skip
+    new = convert(model)
+    if new is not None:
+        return new
+    if warn_if_left(model):
+        left[type(model).__name__] = left.get(type(model).__name__, 0) + 1
     for name, child in model.named_children():
-        new_child = _swap(child, table, split_act)
+        new_child = _swap(child, convert, warn_if_left, left)
         if new_child is not child:
             setattr(model, name, new_child)
     return model
 
 
+def _has_torch_semantics(module: Module) -> bool:
+    """A normlab module with options torch's twin lacks (RMSNorm's weight_offset or casting_mode, LayerNorm's
+    upcast) computes something else, so to_torch leaves it."""
+    return not (getattr(module, "weight_offset", 0.0) or getattr(module, "casting_mode", "none") != "none"
+                or getattr(module, "upcast", False))  # fmt: skip
+
+
+def _warn_left(fn: str, left: dict[str, int]) -> None:
+    if left:
+        listed = ", ".join(f"{name} ({n})" for name, n in sorted(left.items()))
+        warnings.warn(f"{fn}: left in place, no conversion known: {listed}; "
+                      "normlab.register_converter(cls, fn) teaches it one", stacklevel=3)  # fmt: skip
+
+
+def _normlab_class(module: Module) -> bool:
+    return type(module).__module__.startswith("normlab.")
+
+
 def from_torch(model: Module) -> Module:
     """Replace, in place, every torch.nn normalization module in ``model`` by its normlab twin; return ``model``.
 
-    Converts BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm1d/2d/3d, LayerNorm, GroupNorm and RMSNorm. Outputs and gradients are
-    unchanged. If ``model`` itself is a norm module, the twin is returned (a module cannot replace itself).
+    Converts BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm1d/2d/3d, LayerNorm, GroupNorm and RMSNorm, and every
+    class with a registered converter (:func:`register_converter`; shipped: Hugging Face's Llama-family, Gemma,
+    T5 and OLMo norms). Outputs and gradients are unchanged. Norm classes it cannot convert are named in a
+    warning, never skipped in silence. If ``model`` itself is a norm module, the twin is returned.
     """
     if not isinstance(model, Module):
         raise TypeError(f"from_torch: model must be a torch.nn.Module, got {type(model).__name__}")
-    return _swap(model, dict(TWINS))
+    twins = dict(TWINS)
+
+    def convert(m: Module) -> Module | None:
+        if type(m) in twins:
+            return _build_twin(m, twins[type(m)])
+        fn = converter_for(type(m))
+        return None if fn is None else fn(m)
+
+    left: dict[str, int] = {}
+    converted = _swap(model, convert, lambda m: looks_like_norm(m) and not _normlab_class(m), left)
+    _warn_left("from_torch", left)
+    return converted
 
 
 def to_torch(model: Module) -> Module:
     """The reverse of :func:`from_torch`: every normlab twin in ``model`` becomes the torch.nn module again, and
     every norm+act module (``BatchNormAct2d``...) ``Sequential(norm, act)`` with the norm converted the same way
-    (its state_dict keys gain the ``0.`` prefix of the Sequential)."""
+    (its state_dict keys gain the ``0.`` prefix of the Sequential). normlab modules torch has no class for (FRN,
+    or an RMSNorm with a Gemma weight offset) stay, and are named in a warning."""
     if not isinstance(model, Module):
         raise TypeError(f"to_torch: model must be a torch.nn.Module, got {type(model).__name__}")
-    return _swap(model, {ours: theirs for theirs, ours in TWINS}, split_act=True)
+    back = {ours: theirs for theirs, ours in TWINS}
+
+    def convert(m: Module) -> Module | None:
+        if type(m) in _NORM_ACT_TYPES:
+            norm, act = split_norm_act(m)
+            return torch.nn.Sequential(convert(norm) or norm, act)
+        if type(m) in back and _has_torch_semantics(m):
+            return _build_twin(m, back[type(m)])
+        return None
+
+    left: dict[str, int] = {}
+    converted = _swap(model, convert, lambda m: _normlab_class(m) and looks_like_norm(m), left)
+    _warn_left("to_torch", left)
+    return converted

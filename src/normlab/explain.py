@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .reference.layout import Layout, batch_layout, ghost_layout, group_layout, instance_layout, layer_layout
+from .reference.layout import (
+    Layout, batch_layout, channel_layout, ghost_layout, group_layout, instance_layout, layer_layout,
+)  # fmt: skip
 from .method import Method
 from .registry import get_method
 
@@ -106,6 +108,8 @@ def _factors(sets: str, shape: tuple[int, ...], groups: int | None, normalized_d
         return spatial, named[:2]
     if sets == "group":
         return [("C/G", shape[1] // groups)] + spatial, [named[0], ("G", groups)]
+    if sets == "position":
+        return [named[1]], [named[0]] + spatial
     split = len(shape) - normalized_dims
     return named[split:], named[:split]
 
@@ -119,6 +123,8 @@ def _layout(sets: str, shape: tuple[int, ...], groups: int | None, normalized_di
         return instance_layout(shape)
     if sets == "group":
         return group_layout(shape, groups)
+    if sets == "position":
+        return channel_layout(shape)
     return layer_layout(shape, shape[len(shape) - normalized_dims :])
 
 

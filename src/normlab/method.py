@@ -28,6 +28,7 @@ STATISTICS: dict[str, tuple[bool, str]] = {
     "instance": (False, "no: each statistic uses one channel of one example"),
     "group": (False, "no: each statistic uses one group of channels of one example"),
     "layer": (False, "no: each statistic uses one example only"),
+    "position": (False, "no: each statistic uses the channels of one example at one position"),
 }  # fmt: skip
 
 SAME_IN_EVAL = "identical in training and eval"

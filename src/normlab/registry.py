@@ -210,6 +210,19 @@ METHODS: tuple[Method, ...] = (
         statistics="instance", center=False, spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS, pack=None,
     ),
     Method(
+        "layer2d", "LayerNorm2d", "per (example, position) over the channels (ConvNeXt)", "Liu et al. 2022",
+        "`LayerNorm2d`", single(nl.LayerNorm2d), STANDARDIZE + "   (mean, var per example and position over C)",
+        lambda m, x: R.layer_norm_2d(x, *params(m, "weight", "bias"), m.eps)[0],
+        aliases=("layernorm2d", "ln2d"), statistics="position", spatial_dims=(1, 2, 3), not_applicable=_ON_MAPS,
+    ),
+    Method(
+        "rms2d", "RMSNorm2d", "per (example, position) over the channels, no centering", "Zhang & Sennrich 2019",
+        "`RMSNorm2d`", single(nl.RMSNorm2d), "y = x / sqrt(mean_c(x^2) + eps) * gamma   (per example and position)",
+        lambda m, x: R.rms_norm_2d(x, params(m, "weight")[0], m.eps)[0],
+        aliases=("rmsnorm2d",), statistics="position", center=False, spatial_dims=(1, 2, 3),
+        not_applicable=_ON_MAPS,
+    ),
+    Method(
         "dyt", "DyT (Dynamic Tanh)", "gamma * tanh(alpha * x) + beta, no statistics", "Zhu et al. 2025",
         "`DynamicTanh`", _dyt, "y = gamma * tanh(alpha * x) + beta", _dyt_reference, aliases=("dynamic_tanh",),
         batch_dependent=False, dependence="no: elementwise",

@@ -203,17 +203,34 @@ def instance_norm(
     return _restore_format(out, fmt)
 
 
+CASTING_MODES = ("none", "llama", "gemma", "t5")
+"""RMSNorm precision policies (the order of casts around the fp32 statistics), as Liger-Kernel names them:
+
+- ``none``: ``torch.nn.functional.rms_norm`` (statistics in at least float32, one rounding to the input dtype).
+- ``llama``: ``x`` to float32, normalize, cast to the input dtype, then times the weight (Llama, Mistral, Qwen2/3).
+- ``gemma``: ``x`` and the weight in float32, normalize and scale, cast to the input dtype last (Gemma).
+- ``t5``: float32 mean square; ``x`` (input dtype) times the float32 rsqrt; cast to the weight's dtype when it is
+  fp16/bf16; then times the weight (T5).
+"""
+
+
 def rms_norm(
     input: Tensor,
     normalized_shape: int | Sequence[int],
     weight: Tensor | None = None,
     eps: float | None = None,
+    *,
+    weight_offset: float = 0.0,
+    casting_mode: str = "none",
 ) -> Tensor:
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019), as ``torch.nn.functional.rms_norm``.
 
-    .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_{k} x_k^2 + \epsilon}}\,\gamma
+    .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_{k} x_k^2 + \epsilon}}\,(\delta + \gamma)
 
     over the K values of the trailing ``normalized_shape`` dims; ``eps=None`` means ``torch.finfo(input.dtype).eps``.
+    :math:`\delta` is ``weight_offset`` (0; Gemma stores the weight as :math:`\gamma - 1` and uses 1).
+    ``casting_mode`` (see :data:`CASTING_MODES`) picks the order of casts of a model family, so a converted model
+    computes what the original does, bit for bit in float32 and within rounding in bf16.
     Shapes: input ``(*, *normalized_shape)``; weight ``normalized_shape``; output like input.
     """
     fn = "rms_norm"
@@ -221,7 +238,30 @@ def rms_norm(
     _checks.check_eps(fn, eps, allow_none=True)
     shape = _checks.as_shape(fn, normalized_shape)
     _checks.check_trailing(fn, input, shape, weight=weight)
-    return F.rms_norm(input, shape, weight, eps)
+    if casting_mode not in CASTING_MODES:
+        raise ValueError(f"{fn}: casting_mode must be one of {', '.join(CASTING_MODES)}, got {casting_mode!r}")
+    if casting_mode == "none":
+        if weight is not None and weight_offset:
+            weight = weight + weight_offset
+        return F.rms_norm(input, shape, weight, eps)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    dims = tuple(range(-len(shape), 0))
+    x32 = input.float()
+    rstd = torch.rsqrt(x32.pow(2).mean(dims, keepdim=True) + eps)
+    if casting_mode == "llama":
+        out = (x32 * rstd).to(input.dtype)
+        return out if weight is None else (weight + weight_offset if weight_offset else weight) * out
+    if casting_mode == "gemma":
+        out = x32 * rstd
+        if weight is not None:
+            out = out * (weight_offset + weight.float())
+        return out.to(input.dtype)
+    out = input * rstd  # t5
+    if weight is None:
+        return out
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        out = out.to(weight.dtype)
+    return (weight + weight_offset if weight_offset else weight) * out
 
 
 def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:

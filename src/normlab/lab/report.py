@@ -84,14 +84,15 @@ def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup
     return "\n".join(parts)
 
 
-def load_verdicts(path: Path) -> dict[tuple[str, str], str]:
-    """(study, claim) -> outcome from another run's ``results.json`` (ValueError naming the file if unreadable)."""
+def load_verdicts(path: Path, option: str = "--against") -> dict[tuple[str, str], str]:
+    """(study, claim) -> outcome from another run's ``results.json`` (ValueError naming the option and the file if
+    unreadable)."""
     file = path / "results.json" if path.is_dir() else path
     try:
         payload = json.loads(file.read_text(encoding="utf-8"))
         return {(study, v["claim"]): v["outcome"] for study, vs in payload["verdicts"].items() for v in vs}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"--against {path}: expected a normlab report directory with results.json ({err})") from None
+        raise ValueError(f"{option} {path}: expected a normlab report directory with results.json ({err})") from None
 
 
 def stability_rows(

@@ -8,6 +8,7 @@ from .batch_variants import (
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .cosine import CosineConv1d, CosineConv2d, CosineLinear
 from .dyt import DynamicTanh
+from .channels import LayerNorm2d, RMSNorm2d
 from .frozen import FrozenBatchNorm2d
 from .grn import GlobalResponseNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
@@ -24,7 +25,7 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "CosineConv1d",
     "CosineConv2d", "CosineLinear", "DynamicTanh", "EvoNormB0", "EvoNormS0", "FilterResponseNorm",
     "FrozenBatchNorm2d", "GhostBatchNorm1d", "GlobalResponseNorm", "GhostBatchNorm2d", "GhostBatchNorm3d", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LocalResponseNorm", "MeanOnlyBatchNorm", "PowerNorm", "RMSNorm", "SpectralNorm",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "LocalResponseNorm", "MeanOnlyBatchNorm", "PowerNorm", "RMSNorm", "RMSNorm2d", "SpectralNorm",
     "StdConv1d", "StdConv2d", "SwitchableNorm", "SyncBatchNorm", "TLU", "WeightNorm", "spectral_norm",
     "weight_norm",
 ]  # fmt: skip

@@ -36,7 +36,7 @@ from typing import Any, Callable
 from torch import Tensor
 from torch import nn as tnn
 
-from . import batch_variants, batchnorm, dyt, frozen, grn, instancenorm, normalization, response, switchable
+from . import batch_variants, batchnorm, channels, dyt, frozen, grn, instancenorm, normalization, response, switchable
 
 __all__ = ["ACTIVATIONS", "NORM_ACT_CLASSES", "make_activation", "norm_act_class", "with_activation", "split_norm_act"]
 
@@ -129,7 +129,7 @@ _NORMS = (
     batch_variants.GhostBatchNorm1d, batch_variants.GhostBatchNorm2d, batch_variants.GhostBatchNorm3d,
     batch_variants.PowerNorm, batch_variants.MeanOnlyBatchNorm, frozen.FrozenBatchNorm2d,
     response.FilterResponseNorm, response.EvoNormB0, response.EvoNormS0, switchable.SwitchableNorm,
-    dyt.DynamicTanh, grn.GlobalResponseNorm,
+    dyt.DynamicTanh, grn.GlobalResponseNorm, channels.LayerNorm2d, channels.RMSNorm2d,
 )  # fmt: skip
 
 NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in _NORMS}

@@ -28,6 +28,9 @@ class LayerNorm(torch.nn.LayerNorm):
         eps: added to the variance, > 0. Default: 1e-5.
         elementwise_affine: learnable ``weight`` (init 1) and ``bias`` (init 0) of shape ``normalized_shape``.
         bias: with ``elementwise_affine``, also learn ``bias``. Default: True.
+        upcast: compute in float32 and cast the output to the input dtype (keyword only), as OLMo's LayerNorm
+            does; ATen already keeps float32 statistics for fp16/bf16, so this changes only the output's
+            rounding path. Default: False.
 
     Shape:
         - Input: ``(*, *normalized_shape)``; output: same shape.
@@ -54,13 +57,15 @@ class LayerNorm(torch.nn.LayerNorm):
         bias: bool = True,
         device: Any = None,
         dtype: Any = None,
+        *,
+        upcast: bool = False,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
         trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps)
-        self.eps = eps
+        self.eps, self.upcast = eps, upcast
         self.elementwise_affine = elementwise_affine
         if self.elementwise_affine:
             self.weight = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
@@ -80,12 +85,18 @@ class LayerNorm(torch.nn.LayerNorm):
                 init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.upcast and input.dtype != torch.float32:
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            out = NF.layer_norm(input.float(), self.normalized_shape, weight, bias, self.eps)
+            return out.to(input.dtype)
         return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={use_bias}".format(
+        text = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={use_bias}".format(
             **self.__dict__, use_bias=self.bias is not None
         )
+        return text + (", upcast=True" if self.upcast else "")
 
 
 class GroupNorm(torch.nn.GroupNorm):
@@ -174,14 +185,20 @@ class GroupNorm(torch.nn.GroupNorm):
 class RMSNorm(torch.nn.RMSNorm):
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019).
 
-    .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_k x_k^2 + \epsilon}}\,\gamma
+    .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_k x_k^2 + \epsilon}}\,(\delta + \gamma)
 
     over the K values of the trailing ``normalized_shape`` dims: LayerNorm without centering and bias.
 
     Args:
         normalized_shape: the trailing shape to normalize over.
         eps: added to the mean square, > 0; ``None`` means ``torch.finfo(input.dtype).eps``. Default: None.
-        elementwise_affine: learnable ``weight`` (init 1) of shape ``normalized_shape``. Default: True.
+        elementwise_affine: learnable ``weight`` of shape ``normalized_shape``, initialized so that the scale
+            :math:`\delta + \gamma` is 1. Default: True.
+        weight_offset: :math:`\delta`, added to the weight when it scales (keyword only). Gemma stores
+            :math:`\gamma - 1` and uses 1. Default: 0.
+        casting_mode: the order of casts around the float32 statistics (keyword only): ``"none"`` (torch's
+            ``rms_norm``), ``"llama"``, ``"gemma"`` or ``"t5"``; see :data:`normlab.functional.CASTING_MODES`.
+            Default: ``"none"``.
 
     Shape:
         - Input: ``(*, *normalized_shape)``; output: same shape.
@@ -206,12 +223,18 @@ class RMSNorm(torch.nn.RMSNorm):
         elementwise_affine: bool = True,
         device: Any = None,
         dtype: Any = None,
+        *,
+        weight_offset: float = 0.0,
+        casting_mode: str = "none",
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
         trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps, allow_none=True)
+        if casting_mode not in NF.CASTING_MODES:
+            raise ValueError(f"RMSNorm: casting_mode must be one of {', '.join(NF.CASTING_MODES)}, got {casting_mode!r}")
+        self.weight_offset, self.casting_mode = float(weight_offset), casting_mode
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         if self.elementwise_affine:
@@ -222,13 +245,17 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def reset_parameters(self) -> None:
         if self.elementwise_affine:
-            init.ones_(self.weight)
+            init.constant_(self.weight, 1.0 - self.weight_offset)
 
     def forward(self, x: Tensor) -> Tensor:
-        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps, weight_offset=self.weight_offset,
+                           casting_mode=self.casting_mode)  # fmt: skip
 
     def extra_repr(self) -> str:
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        text = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        if self.weight_offset:
+            text += f", weight_offset={self.weight_offset}"
+        return text + (f", casting_mode={self.casting_mode!r}" if self.casting_mode != "none" else "")
 
 
 class LocalResponseNorm(torch.nn.LocalResponseNorm):

@@ -11,7 +11,7 @@ Read these files to learn the formulas; nothing here is meant to be fast.
 
 from . import batch_variants, response
 
-from .layout import Layout, batch_layout, group_layout, instance_layout, layer_layout
+from .layout import Layout, batch_layout, channel_layout, group_layout, instance_layout, layer_layout
 from .reparametrization import (
     cosine_linear,
     cosine_linear_backward,
@@ -31,7 +31,9 @@ from .standardization import (
     instance_norm,
     instance_running_stats_update,
     layer_norm,
+    layer_norm_2d,
     rms_norm,
+    rms_norm_2d,
     running_stats_update,
     standardize,
     standardize_backward,
@@ -53,6 +55,9 @@ __all__ = [
     "instance_running_stats_update",
     "layer_layout",
     "layer_norm",
+    "layer_norm_2d",
+    "rms_norm_2d",
+    "channel_layout",
     "norm_except_dim",
     "rms_norm",
     "running_stats_update",

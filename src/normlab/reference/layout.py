@@ -11,6 +11,7 @@ InstanceNorm    ``(N, C, S)``           ``(2,)``       ``N*C``
 GroupNorm(G)    ``(N, G, C/G*S)``       ``(2,)``       ``N*G``
 LayerNorm(k)    ``(M, K)``              ``(1,)``       ``M`` (rows of the last k dims)
 RMSNorm(k)      ``(M, K)``              ``(1,)``       ``M``, without centering
+LayerNorm2d     ``(N, C, S)``           ``(1,)``       ``N*S`` (per position)
 ==============  ======================  =============  =====================
 
 The same :class:`Layout` drives the reference math, ``normlab explain`` and its cube figure, so the figure cannot
@@ -32,6 +33,7 @@ __all__ = [
     "ghost_layout",
     "group_layout",
     "layer_layout",
+    "channel_layout",
 ]
 
 
@@ -124,3 +126,10 @@ def layer_layout(shape: Sequence[int], normalized_shape: Sequence[int]) -> Layou
         )
     rows = math.prod(shape[: len(shape) - k])
     return Layout(tuple(shape), (rows, math.prod(normalized_shape)), (1,))
+
+
+def channel_layout(shape: Sequence[int]) -> Layout:
+    """LayerNorm2d / RMSNorm2d: one statistic per (example, position), over the C channels there."""
+    _require_channels(shape)
+    n, c = shape[0], shape[1]
+    return Layout(tuple(shape), (n, c, _spatial_size(shape)), (1,))

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .layout import Layout, batch_layout, group_layout, instance_layout, layer_layout
+from .layout import Layout, batch_layout, channel_layout, group_layout, instance_layout, layer_layout
 
 __all__ = [
     "Saved",
@@ -38,6 +38,8 @@ __all__ = [
     "instance_norm",
     "group_norm",
     "rms_norm",
+    "layer_norm_2d",
+    "rms_norm_2d",
     "backward",
     "running_stats_update",
     "instance_running_stats_update",
@@ -171,6 +173,17 @@ def rms_norm(
     The default eps is float32's machine epsilon, what torch uses for ``eps=None`` on float32 input.
     """
     return _trailing(x, tuple(normalized_shape), weight, None, eps, center=False)
+
+
+def layer_norm_2d(x: np.ndarray, weight=None, bias=None, eps: float = 1e-6) -> tuple[np.ndarray, Saved]:
+    r"""LayerNorm over the channels of ``(N, C, *spatial)`` at each position (ConvNeXt's LayerNorm2d): statistics
+    per (n, s) over S_i = the C channels; weight/bias ``(C,)``."""
+    return _channelwise(x, channel_layout(np.shape(x)), weight, bias, eps)
+
+
+def rms_norm_2d(x: np.ndarray, weight=None, eps: float = 1e-6) -> tuple[np.ndarray, Saved]:
+    r"""RMSNorm over the channels of ``(N, C, *spatial)`` at each position, no centering; weight ``(C,)``."""
+    return _channelwise(x, channel_layout(np.shape(x)), weight, None, eps, center=False)
 
 
 def backward(dy: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

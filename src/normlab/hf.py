@@ -1,0 +1,108 @@
+"""Converters for Hugging Face transformers' norm classes, used by :func:`normlab.from_torch`.
+
+Each returns the normlab module that computes what the original computes, cast for cast, holding the original's
+weight Parameter (no copy):
+
+- ``LlamaRMSNorm`` and its copies (Mistral, Qwen2, Qwen3, Phi-3, ...): ``RMSNorm(casting_mode="llama")``: x to
+  float32, normalize, cast to the input dtype, then times the weight.
+- ``GemmaRMSNorm`` (Gemma 1-3): ``RMSNorm(weight_offset=1, casting_mode="gemma")``: the weight is stored as
+  :math:`\\gamma - 1`; x and the weight in float32, cast last.
+- ``T5LayerNorm``: ``RMSNorm(casting_mode="t5")``.
+- ``OlmoLayerNorm``: ``LayerNorm(elementwise_affine=False, upcast=True)``, eps 1e-5.
+
+transformers keeps "copies" of a class in other model files (generated from one definition); a class named
+``...Norm`` whose methods are, up to comments, those of a class above gets its converter too. Nothing here imports
+transformers: the classes are named by their import path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from functools import lru_cache
+from typing import Callable
+
+from torch.nn import Module
+
+from . import nn as nl
+
+__all__ = ["CONVERTERS", "converter_for_copy"]
+
+
+def _carry(source: Module, new: Module) -> Module:
+    """``new`` with ``source``'s parameters (the same objects) and training flag."""
+    for name, param in source._parameters.items():
+        new._parameters[name] = param
+    new.train(source.training)
+    return new
+
+
+def llama_rms_norm(module: Module) -> Module:
+    weight = module.weight
+    new = nl.RMSNorm(tuple(weight.shape), eps=module.variance_epsilon, casting_mode="llama", device="meta")
+    return _carry(module, new)
+
+
+def gemma_rms_norm(module: Module) -> Module:
+    weight = module.weight
+    new = nl.RMSNorm(tuple(weight.shape), eps=module.eps, weight_offset=1.0, casting_mode="gemma", device="meta")
+    return _carry(module, new)
+
+
+def t5_layer_norm(module: Module) -> Module:
+    weight = module.weight
+    new = nl.RMSNorm(tuple(weight.shape), eps=module.variance_epsilon, casting_mode="t5", device="meta")
+    return _carry(module, new)
+
+
+def olmo_layer_norm(module: Module) -> Module:
+    new = nl.LayerNorm(module.normalized_shape, eps=1e-5, elementwise_affine=False, upcast=True)
+    return _carry(module, new)
+
+
+CONVERTERS: dict[str, Callable[[Module], Module]] = {
+    "transformers.models.llama.modeling_llama.LlamaRMSNorm": llama_rms_norm,
+    "transformers.models.mistral.modeling_mistral.MistralRMSNorm": llama_rms_norm,
+    "transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm": llama_rms_norm,
+    "transformers.models.qwen3.modeling_qwen3.Qwen3RMSNorm": llama_rms_norm,
+    "transformers.models.gemma.modeling_gemma.GemmaRMSNorm": gemma_rms_norm,
+    "transformers.models.t5.modeling_t5.T5LayerNorm": t5_layer_norm,
+    "transformers.models.olmo.modeling_olmo.OlmoLayerNorm": olmo_layer_norm,
+}
+
+
+def _code(cls: type) -> tuple[str, ...] | None:
+    """The class's methods other than ``__init__``/``extra_repr``, without comments, blank lines or its own name."""
+    try:
+        parts = []
+        for name, fn in sorted(vars(cls).items()):
+            if callable(fn) and name not in ("__init__", "extra_repr"):
+                lines = [re.sub(r"#.*", "", line).rstrip() for line in inspect.getsource(fn).splitlines()]
+                parts.append("\n".join(line for line in lines if line.strip()).replace(cls.__name__, "<cls>"))
+        return tuple(parts)
+    except (OSError, TypeError):
+        return None
+
+
+@lru_cache(maxsize=None)
+def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module]]:
+    known = {}
+    for path, fn in CONVERTERS.items():
+        module_name, _, class_name = path.rpartition(".")
+        try:
+            code = _code(getattr(importlib.import_module(module_name), class_name))
+        except (ImportError, AttributeError):
+            continue
+        if code:
+            known.setdefault(code, fn)
+    return known
+
+
+@lru_cache(maxsize=None)
+def converter_for_copy(cls: type) -> Callable[[Module], Module] | None:
+    """The converter of the known class whose methods ``cls`` repeats (transformers' copies), or None."""
+    if "Norm" not in cls.__name__:
+        return None
+    code = _code(cls)
+    return _known_code().get(code) if code else None

@@ -1,0 +1,149 @@
+"""normlab.audit's rules on models built to break them (and on clean ones), the audit / convert / advise commands."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import normlab
+import normlab.nn as nl
+from normlab.cli import main
+from normlab.lab.advise import advise
+
+
+def _rules(model, x, **kw):
+    return [(f.rule, f.module) for f in normlab.audit(model, x, **kw)]
+
+
+def test_each_rule_fires_with_its_evidence():
+    class Permuted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.9), Permuted(), nn.AdaptiveAvgPool2d(1),
+                          nn.GroupNorm(8, 8))  # fmt: skip
+    findings = normlab.audit(model, torch.randn(2, 3, 8, 8))
+    by_rule = {f.rule: f for f in findings}
+    assert set(by_rule) == {"bias-before-bn", "small-batch-bn", "keras-momentum", "permuted-layernorm",
+                            "single-value-statistic"}  # fmt: skip
+    assert "8 parameters" in by_rule["bias-before-bn"].evidence and by_rule["bias-before-bn"].fix.endswith("bias=False")
+    assert "BN 34.7% vs GN 24.1%" in by_rule["small-batch-bn"].evidence
+    assert "momentum=0.1" in by_rule["keras-momentum"].fix
+    assert "LayerNorm2d" in by_rule["permuted-layernorm"].fix
+    assert by_rule["single-value-statistic"].module == "4"
+
+
+def test_batch_size_low_precision_train_mode_and_weight_decay_rules():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
+                          nl.BatchNorm2d(8))  # fmt: skip
+    x = torch.randn(32, 3, 8, 8)
+    assert _rules(model, x) == []  # a clean model at batch 32
+    assert ("small-batch-bn", "1") in _rules(model, x, batch_size=4)
+    model.eval()
+    model[4].train()
+    assert _rules(model, x) == [("train-mode-norm", "4")]
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
+    assert [r for r, _ in _rules(model, x, optimizer=opt)] == ["norm-weight-decay"]
+    opt = torch.optim.SGD(normlab.param_groups(model, 5e-4), lr=0.1)
+    assert _rules(model, x, optimizer=opt) == []
+    half = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).to(torch.bfloat16)
+    assert ("low-precision-norm", "1") in _rules(half, torch.randn(8, 4, dtype=torch.bfloat16))
+
+
+def test_audit_restores_the_models_state():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    normlab.audit(model, torch.randn(4, 3, 6, 6) + 3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_audit_on_torchvision_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    findings = normlab.audit(torchvision.models.resnet18(weights=None), torch.randn(2, 3, 64, 64))
+    rules = {f.rule for f in findings}
+    assert rules == {"small-batch-bn"} and len(findings) == 20  # its convs have no bias: nothing else to say
+
+
+MODEL_FILE = """
+import torch
+def build():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 16, 3), torch.nn.BatchNorm2d(16))
+def not_a_model():
+    return 3
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "mymodel.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def test_audit_command_text_and_json(model_file, capsys):
+    assert main(["audit", f"{model_file}:build", "--input-shape", "2,3,8,8"]) == 0
+    out = capsys.readouterr().out
+    assert "[bias-before-bn] 1" in out and "[small-batch-bn] 4" in out
+    assert main(["audit", f"{model_file}:build", "--input-shape", "2,3,8,8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["rule"] for r in rows} == {"bias-before-bn", "small-batch-bn"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nofactory", "model must be MODULE:FACTORY"), ("missing.py:build", "does not exist"),
+    ("no_such_module_xyz:build", "cannot import no_such_module_xyz"),
+])  # fmt: skip
+def test_audit_bad_model_spec(spec, message, capsys):
+    assert main(["audit", spec, "--input-shape", "2,3,8,8"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_audit_factory_that_is_not_a_model(model_file, capsys):
+    assert main(["audit", f"{model_file}:not_a_model", "--input-shape", "2,3,8,8"]) == 2
+    assert "not a torch.nn.Module" in capsys.readouterr().err
+
+
+def test_convert_command_swaps_folds_and_writes_a_loadable_state_dict(model_file, tmp_path, capsys):
+    out = tmp_path / "converted.pt"
+    assert main(["convert", f"{model_file}:build", "--swap", "batch=group", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "swapped 2 layer(s)" in text and "GroupNorm(16, 16" in text
+    state = torch.load(out)
+    model, _ = normlab.swap(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                                          nn.BatchNorm2d(16)), "batch", "group")  # fmt: skip
+    model.load_state_dict(state)
+    assert main(["convert", f"{model_file}:build", "--fold", "--out", str(out)]) == 0
+    assert "folded 2 BatchNorm layer(s)" in capsys.readouterr().out
+    assert main(["convert", f"{model_file}:build", "--swap", "batch", "--out", str(out)]) == 2
+    assert "--swap must be SOURCE=TARGET" in capsys.readouterr().err
+    assert main(["convert", f"{model_file}:build", "--fold", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("arch, batch, distributed, expected", [
+    ("cnn", 2, False, "GroupNorm"), ("cnn", 64, False, "BatchNorm"), ("cnn", 4, True, "SyncBatchNorm"),
+    ("transformer", 8, False, "LayerNorm"), ("rnn", 1, False, "LayerNorm"), ("mlp", 256, False, "BatchNorm1d"),
+    ("mlp", 2, False, "LayerNorm"), ("gan", 16, False, "Spectral Normalization"),
+])  # fmt: skip
+def test_advise_recommends_with_reasons_and_published_numbers(arch, batch, distributed, expected):
+    advice = advise(arch, batch, distributed)
+    assert expected in advice.recommendation and advice.reasons and advice.published
+
+
+def test_advise_command_with_the_users_own_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--study", "contrast", "--norms", "in,gn", "--seeds", "2", "--out", str(out),
+                 "--no-progress", "--workers", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["advise", "--arch", "gan", "--batch-size", "8", "--report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "measured on this machine (normlab compare):" in text and "[contrast]" in text
+    assert main(["advise", "--arch", "cnn", "--batch-size", "8", "--report", str(tmp_path)]) == 2
+    assert "--report" in capsys.readouterr().err
+    assert main(["advise", "--arch", "cnn", "--batch-size", "0"]) == 2
