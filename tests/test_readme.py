@@ -20,3 +20,14 @@ def test_table_has_one_row_per_record(capsys):
     assert main(["norms", "--markdown"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == [m.name for m in METHODS]
+
+
+def test_readme_walkthrough_runs():
+    """The README's audit -> swap -> fold walk-through, as written."""
+    import pytest
+
+    pytest.importorskip("torchvision")
+    text = README.read_text()
+    block = re.search(r"<!-- walkthrough -->\n```python\n(.*?)```\n<!-- walkthrough end -->", text, re.S)
+    assert block, "README lost its walkthrough markers"
+    exec(compile(block.group(1), "README walkthrough", "exec"), {})
