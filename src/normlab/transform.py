@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import nn as nl
+from .convert import looks_like_norm
 from .registry import create_norm, get_method
 
 __all__ = ["FoldReport", "fold_batchnorm", "freeze_batchnorm", "swap", "SwapReport", "param_groups", "is_norm"]
@@ -31,10 +32,7 @@ _NORM_BASES = (
 def is_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer: torch's, normlab's, or a third-party class whose name says so
     (``LlamaRMSNorm``, timm's ``LayerNorm2d``, torchvision's ``FrozenBatchNorm2d``...)."""
-    if isinstance(module, _NORM_BASES):
-        return True
-    name = type(module).__name__
-    return any(key in name for key in ("Norm", "norm")) and not isinstance(module, (nn.Sequential, nn.ModuleList))
+    return isinstance(module, _NORM_BASES) or looks_like_norm(module)
 
 
 @dataclass
@@ -218,54 +216,71 @@ def _valid_groups(channels: int, wanted: int) -> int:
     return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0)
 
 
+_SOURCES: dict[str, tuple[type, ...]] = {
+    "batch": (nn.modules.batchnorm._BatchNorm,), "instance": (nn.modules.instancenorm._InstanceNorm,),
+    "group": (nn.GroupNorm,), "layer": (nn.LayerNorm,), "rms": (nn.RMSNorm,),
+}  # fmt: skip
+
+
+def _rank(module: nn.Module) -> int:
+    """The spatial dims a norm module is built for, by its class (1d/2d/3d; LayerNorm and RMSNorm: 0)."""
+    name = type(module).__name__
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        return 0
+    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 2
+
+
+def _channels(module: nn.Module) -> int | None:
+    for attr in ("num_features", "num_channels"):
+        if getattr(module, attr, None) is not None:
+            return getattr(module, attr)
+    shape = getattr(module, "normalized_shape", ())
+    return shape[0] if len(shape) == 1 else None
+
+
 def swap(model: nn.Module, source: str, target: str, num_groups: int = 32, **kwargs: Any) -> tuple[nn.Module, SwapReport]:
     """Replace, in place, every ``source`` norm layer of ``model`` by the registry's ``target`` for the same channels
     (``swap(model, "batch", "group")``: every BatchNorm becomes a GroupNorm with a valid group count, at most
-    ``num_groups``). Parameters of the same meaning (per-channel ``weight`` and ``bias``) carry over; statistics
-    do not. Returns ``(model, report)``; ``report`` lists each change and each layer it could not swap, with why.
+    ``num_groups``). Per-channel ``weight`` and ``bias`` carry over when the target has them; statistics do not.
+    Returns ``(model, report)``; ``report`` lists each change and each layer it could not swap, with why.
+
+    Example::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3), torch.nn.BatchNorm2d(24))
+        >>> model, report = normlab.swap(model, "batch", "group", num_groups=16)
+        >>> model[1]
+        GroupNorm(12, 24, eps=1e-05, affine=True, bias=True)
     """
     src, dst = get_method(source), get_method(target)
-    source_classes = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.SyncBatchNorm: 2,
-                      nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3, nn.GroupNorm: 2,
-                      nn.LayerNorm: 0, nn.RMSNorm: 0, nl.SyncBatchNorm: 2}  # fmt: skip
-    wanted = {
-        "batch": (nn.modules.batchnorm._BatchNorm, nl.SyncBatchNorm), "instance": (nn.modules.instancenorm._InstanceNorm,),
-        "group": (nn.GroupNorm,), "layer": (nn.LayerNorm,), "rms": (nn.RMSNorm,),
-    }.get(src.name)  # fmt: skip
-    if wanted is None:
-        raise ValueError(f"swap: source must be one of batch, instance, group, layer, rms; got {source!r}")
+    if src.name not in _SOURCES:
+        raise ValueError(f"swap: source must be one of {', '.join(_SOURCES)}; got {source!r}")
     report = SwapReport()
 
-    def convert(name: str, m: nn.Module):
-        if not isinstance(m, wanted) or type(m).__name__.endswith("Act") or not any(
-            isinstance(m, c) for c in source_classes
-        ):
+    def convert(name: str, m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, _SOURCES[src.name]) or hasattr(type(m), "norm_class"):  # norm+act keeps its act
             return None
-        channels = getattr(m, "num_features", None) or getattr(m, "num_channels", None)
-        if channels is None:
-            shape = m.normalized_shape
-            if len(shape) != 1:
-                report.skipped.append((name, f"normalizes {len(shape)} trailing dims, not one channel dim"))
-                return None
-            channels = shape[0]
-        spatial = next(d for c, d in source_classes.items() if isinstance(m, c))
-        if isinstance(m, (nn.BatchNorm1d,)) and not dst.applies_to(0):
-            spatial = 1
-        opts = dict(kwargs)
+        channels, rank = _channels(m), _rank(m)
+        if channels is None or isinstance(m, (nl.LayerNorm2d, nl.RMSNorm2d)):
+            report.skipped.append((name, "it normalizes several trailing dims, or channels per position, not "
+                                         "the channel dim of a feature map"))  # fmt: skip
+            return None
+        options = dict(kwargs)
         if dst.grouped:
-            opts.setdefault("num_groups", _valid_groups(channels, num_groups))
+            options.setdefault("num_groups", _valid_groups(channels, num_groups))
         try:
-            new = create_norm(dst.name, channels, spatial_dims=spatial if dst.applies_to(spatial) else max(dst.spatial_dims), **opts)
+            new = create_norm(dst.name, channels, spatial_dims=rank, **options)
         except ValueError as err:
             report.skipped.append((name, str(err)))
             return None
-        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
         with torch.no_grad():
-            for attr, value in (("weight", weight), ("bias", bias)):
-                mine = getattr(new, attr, None)
-                if isinstance(mine, nn.Parameter) and isinstance(value, torch.Tensor) and mine.shape == value.shape:
-                    mine.copy_(value)
-        new.to(device=next((t.device for t in m.state_dict().values()), None))
+            for attr in ("weight", "bias"):
+                old, mine = getattr(m, attr, None), getattr(new, attr, None)
+                if isinstance(mine, nn.Parameter) and isinstance(old, torch.Tensor) and mine.shape == old.shape:
+                    mine.copy_(old)
+        reference = next(iter(m.state_dict().values()), None)
+        if reference is not None:
+            new.to(device=reference.device)
         new.train(m.training)
         report.changed.append((name, type(m).__name__, repr(new)))
         return new
