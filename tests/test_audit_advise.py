@@ -147,3 +147,18 @@ def test_advise_command_with_the_users_own_report(tmp_path, capsys):
     assert main(["advise", "--arch", "cnn", "--batch-size", "8", "--report", str(tmp_path)]) == 2
     assert "--report" in capsys.readouterr().err
     assert main(["advise", "--arch", "cnn", "--batch-size", "0"]) == 2
+
+
+def test_a_norm_taking_its_statistics_in_half_precision_is_found():
+    class NaiveRMSNorm(nn.Module):  # no float32 upcast: the sum of squares overflows fp16 for large inputs
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight.to(x.dtype)
+
+    x = (torch.randn(4, 64) * 300).half()
+    rules = {f.rule: f for f in normlab.audit(nn.Sequential(NaiveRMSNorm(64)), x)}
+    assert "largest difference 1 of the output" in rules["low-precision-statistics"].evidence
+    assert not normlab.audit(nn.Sequential(nl.RMSNorm(64, casting_mode="llama")), x)

@@ -7,6 +7,7 @@ receives, its shape and dtype, and whether it is the very output of a conv/linea
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -82,6 +83,21 @@ class _Watcher:
             h.remove()
 
 
+def _low_precision_error(module: nn.Module, x: torch.Tensor) -> float | None:
+    """Largest |output - output computed in float32| over the float32 output's largest magnitude (copies of the
+    module, so no running statistic moves)."""
+    try:
+        with torch.no_grad():
+            low = copy.deepcopy(module)(x).float()
+            high = copy.deepcopy(module).float()(x.float())
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    scale = float(high.abs().max())
+    if not torch.isfinite(low).all():
+        return float("inf")
+    return float((low - high).abs().max()) / scale if scale > 0 else None
+
+
 def _check_norm(name: str, m: nn.Module, x: torch.Tensor, before: nn.Module | None, batch: int,
                 watcher: _Watcher) -> list[Finding]:  # fmt: skip
     found = []
@@ -116,6 +132,15 @@ def _check_norm(name: str, m: nn.Module, x: torch.Tensor, before: nn.Module | No
             "low-precision-norm", name, "a norm's running statistics and scale held in fp16/bf16 round every update "
             "(a variance near 1e-3 keeps ~3 digits)", f"{', '.join(low)} in {m.state_dict()[low[0]].dtype}",
             "keep norms in float32 (use torch.autocast instead of model.half(): it runs norms in float32)"))  # fmt: skip
+    if x.dtype in (torch.float16, torch.bfloat16) and not low:
+        error = _low_precision_error(m, x)
+        if error is not None and error > 8 * torch.finfo(x.dtype).eps:
+            found.append(Finding(
+                "low-precision-statistics", name, f"on {x.dtype} input this norm's output is far from the same "
+                "module computed in float32: its statistics are taken in low precision",
+                f"largest difference {error:.2g} of the output's scale (rounding alone: about "
+                f"{torch.finfo(x.dtype).eps:.1g})", "compute the statistics in float32 (x.float() first), as "
+                "torch's and normlab's norms do"))  # fmt: skip
     momentum = getattr(m, "momentum", None)
     if isinstance(m, _BN) and isinstance(momentum, float) and momentum >= 0.5:
         found.append(Finding(
@@ -133,7 +158,8 @@ def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer
     Rules: a conv/linear bias right before BatchNorm; BatchNorm training at batch size <= 4 (``batch_size``
     overrides the example's); a statistic over a single value (IN/GN/BN); LayerNorm reached through permutes of an
     NCHW map; norms held in fp16/bf16; Keras-style momentum (>= 0.5) in a torch BatchNorm; weight decay on norm
-    parameters (when ``optimizer`` is given); a norm left in training mode in a model put in eval.
+    parameters (when ``optimizer`` is given); a norm left in training mode in a model put in eval; a norm whose
+    fp16/bf16 output is far from the same module computed in float32 (statistics taken in low precision).
 
     Example::
 
