@@ -143,3 +143,20 @@ def test_every_record_is_consistent():
             with pytest.raises(ValueError, match=rf"create_norm\('{m.name}', spatial_dims={spatial_dims}\)"):
                 create_norm(m.name, 8, spatial_dims=spatial_dims)
         assert math.isfinite(len(m.summary)) and m.paper and m.formula
+
+
+@pytest.mark.parametrize("name", [m.name for m in METHODS])
+def test_every_method_traces_with_torch_fx_as_one_call(name):
+    """torch.fx's default tracer keeps torch's norms as one call; normlab's too, so its Python argument checks
+    never meet a proxy."""
+    import torch.fx as fx
+
+    method = normlab.registry.get_method(name)
+    spatial_dims = max(method.spatial_dims)
+    module = create_norm(name, 8, spatial_dims=spatial_dims, **_constructor_kwargs(name)).eval()
+    model = torch.nn.Sequential(torch.nn.Identity(), module)
+    traced = fx.symbolic_trace(model)
+    if not isinstance(module, torch.nn.Identity):
+        assert [n.target for n in traced.graph.nodes if n.op == "call_module"] == ["0", "1"]
+    x = random_input(SHAPES[spatial_dims] if spatial_dims != 2 else (4, 8, 5, 6), seed=5)
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)

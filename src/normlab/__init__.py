@@ -1,9 +1,13 @@
 """normlab: normalization layers for deep learning.
 
 - :mod:`normlab.reference`: every method in float64 NumPy with its analytic backward (the oracle).
-- :mod:`normlab.functional` and :mod:`normlab.nn`: drop-in twins of ``torch.nn.functional`` / ``torch.nn``.
-- :func:`from_torch` / :func:`to_torch`: swap a model's normalization layers both ways.
-- :func:`create_norm` / :func:`available_norms`: one name -> class table.
+- :mod:`normlab.functional` and :mod:`normlab.nn`: drop-in twins of ``torch.nn.functional`` / ``torch.nn`` (the
+  twins are instances of torch's classes), the rest of the catalog, and norm + activation classes.
+- :func:`create_norm` / :func:`available_norms`: one record per method (:mod:`normlab.registry`) -> module.
+- :func:`from_torch` / :func:`to_torch` / :func:`register_converter`: swap a model's norms both ways, Hugging Face's
+  included.
+- :func:`fold_batchnorm`, :func:`freeze_batchnorm`, :func:`swap`, :func:`param_groups`, :func:`audit`: whole-model
+  tools.
 """
 
 __version__ = "0.1.0"

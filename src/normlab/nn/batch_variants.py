@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from ._state import trace_as_leaf
 from .. import functional as NF
 from .batchnorm import _BatchNorm, _lerp_buffer
 
@@ -274,6 +275,7 @@ class PowerNorm(Module):
         affine: bool = True, device: Any = None, dtype: Any = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        trace_as_leaf(self)
         _resolve_power_norm_training()
         _checks.check_num_features("PowerNorm", num_features)
         _checks.check_eps("PowerNorm", eps)
@@ -341,6 +343,7 @@ class MeanOnlyBatchNorm(Module):
 
     def __init__(self, num_features: int, momentum: float = 0.1, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        trace_as_leaf(self)
         _checks.check_num_features("MeanOnlyBatchNorm", num_features)
         self.num_features, self.momentum = num_features, momentum
         kw = {"device": device, "dtype": dtype}

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from ._state import trace_as_leaf
 from .. import functional as NF
 
 __all__ = ["DynamicTanh"]
@@ -45,6 +46,7 @@ class DynamicTanh(Module):
         device: Any = None, dtype: Any = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape("DynamicTanh", normalized_shape)
         if not channels_last and len(self.normalized_shape) != 1:
             raise ValueError("DynamicTanh: channels_last=False takes one channel count as normalized_shape")

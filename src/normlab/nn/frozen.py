@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from .. import _checks
+from ._state import trace_as_leaf
 
 __all__ = ["FrozenBatchNorm2d"]
 
@@ -39,6 +40,7 @@ class FrozenBatchNorm2d(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        trace_as_leaf(self)
         _checks.check_num_features("FrozenBatchNorm2d", num_features)
         _checks.check_eps("FrozenBatchNorm2d", eps)
         self.num_features, self.eps = num_features, eps

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from ._state import trace_as_leaf
 from .. import functional as NF
 
 __all__ = ["FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0"]
@@ -25,6 +26,7 @@ class _ChannelNorm(Module):
         _checks.check_num_features(type(self).__name__, num_features)
         _checks.check_eps(type(self).__name__, eps)
         self.num_features, self.eps = num_features, eps
+        trace_as_leaf(self)
 
     def _check_channels(self, input: Tensor) -> None:
         name = type(self).__name__
@@ -60,6 +62,7 @@ class TLU(Module):
 
     def __init__(self, num_features: int, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        trace_as_leaf(self)
         _checks.check_num_features("TLU", num_features)
         self.num_features = num_features
         self.tau = Parameter(torch.empty(num_features, device=device, dtype=dtype))
