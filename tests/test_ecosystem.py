@@ -159,3 +159,41 @@ def test_from_torch_and_to_torch_still_swap_exact_classes():
     assert [type(m) for m in model] == [nl.BatchNorm2d, nl.BatchNorm2d, nl.BatchRenorm2d]
     normlab.to_torch(model)
     assert [type(m) for m in model] == [nn.BatchNorm2d, nn.BatchNorm2d, nl.BatchRenorm2d]
+
+
+def test_timm_convnext_converts_exactly():
+    """timm's LayerNorm2d becomes normlab's (same parameters); outputs and gradients bit-equal."""
+    import copy
+    import warnings
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+    converted = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normlab.from_torch(converted)
+    from normlab.convert import looks_like_norm
+
+    kinds = {type(m) for m in converted.modules() if looks_like_norm(m)}
+    assert kinds == {nl.LayerNorm2d}, kinds
+    x = random_input((2, 3, 64, 64), seed=8)
+    y, y2 = model(x), converted(x)
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+    y.square().mean().backward()
+    y2.square().mean().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), converted.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0, msg=name)
+
+
+def test_timm_layer_norm_converts_and_fast_norm_is_left_and_named():
+    import warnings
+
+    timm_norm = pytest.importorskip("timm.layers.norm")
+    model = nn.Sequential(timm_norm.LayerNorm(8), timm_norm.LayerNorm2d(8))
+    model[1]._fast_norm = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        normlab.from_torch(model)
+    assert type(model[0]) is nl.LayerNorm and type(model[1]) is timm_norm.LayerNorm2d
+    assert any("LayerNorm2d (1)" in str(w.message) for w in caught)

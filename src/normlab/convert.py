@@ -17,7 +17,7 @@ import torch
 from torch.nn import Module
 
 from . import nn as nl
-from . import hf
+from . import converters
 from .nn._state import carry_state
 from .nn.norm_act import NORM_ACT_CLASSES, split_norm_act
 
@@ -82,8 +82,8 @@ def _build_twin(module: Module, target: type[Module]) -> Module:
     return twin
 
 
-Converter = Callable[[Module], Module]
-_CONVERTERS: dict[str, Converter] = dict(hf.CONVERTERS)
+Converter = Callable[[Module], Module | None]  # None: cannot convert this instance (it is left and named)
+_CONVERTERS: dict[str, Converter] = dict(converters.CONVERTERS)
 
 
 def _class_key(cls: type | str) -> str:
@@ -120,17 +120,21 @@ def register_converter(cls: type | str, fn: Converter) -> None:
 
 
 def converter_for(cls: type) -> Converter | None:
-    """The converter registered for ``cls`` (or found for a copy of a known class, see :mod:`normlab.hf`)."""
+    """The converter registered for ``cls`` (or found for a copy of a known class, see :mod:`normlab.converters`)."""
     fn = _CONVERTERS.get(_class_key(cls))
     if fn is None and cls.__module__.startswith("transformers."):
-        fn = hf.converter_for_copy(cls)
+        fn = converters.converter_for_copy(cls)
     return fn
 
 
 def looks_like_norm(module: Module) -> bool:
-    """A normalization layer by its class name (``...Norm...``), for the warning about what was left in place."""
-    name = type(module).__name__
-    return "Norm" in name and not isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList))
+    """A normalization layer by its class name (``...Norm...``) and shape (its own state, or no submodules), for the
+    warning about what was left in place."""
+    if "Norm" not in type(module).__name__:
+        return False
+    # a norm holds its own parameters or buffers, or has no submodules; a "NormMlpHead" container does neither
+    own_state = any(t is not None for t in (*module._parameters.values(), *module._buffers.values()))
+    return own_state or not module._modules
 
 
 def _swap(model: Module, convert: Callable[[Module], Module | None], warn_if_left: Callable[[Module], bool],

@@ -1,4 +1,4 @@
-"""Converters for Hugging Face transformers' norm classes, used by :func:`normlab.from_torch`.
+"""Converters for third-party norm classes (Hugging Face transformers, timm), used by :func:`normlab.from_torch`.
 
 Each returns the normlab module that computes what the original computes, cast for cast, holding the original's
 weight Parameter (no copy):
@@ -9,10 +9,13 @@ weight Parameter (no copy):
   :math:`\\gamma - 1`; x and the weight in float32, cast last.
 - ``T5LayerNorm``: ``RMSNorm(casting_mode="t5")``.
 - ``OlmoLayerNorm``: ``LayerNorm(elementwise_affine=False, upcast=True)``, eps 1e-5.
+- timm's ``LayerNorm2d`` and ``LayerNorm``: ``LayerNorm2d`` / ``LayerNorm`` (left in place when timm's fast-norm
+  mode is on: it casts differently under autocast).
 
 transformers keeps "copies" of a class in other model files (generated from one definition); a class named
 ``...Norm`` whose methods are, up to comments, those of a class above gets its converter too. Nothing here imports
-transformers: the classes are named by their import path.
+transformers or timm: the classes are named by their import path. A converter may return None: the module is
+then left in place and named in from_torch's warning.
 """
 
 from __future__ import annotations
@@ -61,7 +64,24 @@ def olmo_layer_norm(module: Module) -> Module:
     return _carry(module, new)
 
 
-CONVERTERS: dict[str, Callable[[Module], Module]] = {
+def timm_layer_norm_2d(module: Module) -> Module | None:
+    if getattr(module, "_fast_norm", False):
+        return None
+    new = nl.LayerNorm2d(module.normalized_shape[0], eps=module.eps, affine=module.elementwise_affine, device="meta")
+    return _carry(module, new)
+
+
+def timm_layer_norm(module: Module) -> Module | None:
+    if getattr(module, "_fast_norm", False):
+        return None
+    new = nl.LayerNorm(module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine,
+                       bias=module.bias is not None, device="meta")  # fmt: skip
+    return _carry(module, new)
+
+
+CONVERTERS: dict[str, Callable[[Module], Module | None]] = {
+    "timm.layers.norm.LayerNorm2d": timm_layer_norm_2d,
+    "timm.layers.norm.LayerNorm": timm_layer_norm,
     "transformers.models.llama.modeling_llama.LlamaRMSNorm": llama_rms_norm,
     "transformers.models.mistral.modeling_mistral.MistralRMSNorm": llama_rms_norm,
     "transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm": llama_rms_norm,
