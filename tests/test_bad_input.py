@@ -146,3 +146,24 @@ def test_non_tensor_input_is_a_type_error():
 def test_num_features_must_be_an_int(bad):
     with pytest.raises(TypeError, match="num_features must be an int"):
         nl.BatchNorm1d(bad)
+
+
+def test_real_model_tools_reject_bad_arguments_clearly():
+    import normlab
+
+    with pytest.raises(ValueError, match="casting_mode must be one of none, llama, gemma, t5"):
+        nl.RMSNorm(8, casting_mode="fp8")
+    with pytest.raises(ValueError, match="casting_mode must be one of"):
+        NF.rms_norm(torch.randn(2, 8), 8, casting_mode="bf16")
+    with pytest.raises(ValueError, match="unknown norm 'grp'"):
+        normlab.swap(torch.nn.Sequential(torch.nn.BatchNorm2d(4)), "batch", "grp")
+    with pytest.raises(TypeError, match="fold_batchnorm: model must be a torch.nn.Module"):
+        normlab.fold_batchnorm("resnet")
+    with pytest.raises(TypeError, match="register_converter: fn must be callable"):
+        normlab.register_converter(torch.nn.Linear, 3)
+    with pytest.raises(TypeError, match="audit: example_input must be a tensor"):
+        normlab.audit(torch.nn.Linear(2, 2), [1, 2])
+    with pytest.raises(ValueError, match="advise: arch must be one of"):
+        from normlab.lab.advise import advise
+
+        advise("vit", 8)
