@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import normlab.nn as nl
+from timing import forward_backward_seconds
 
 
 class PermuteLayerNorm2d(torch.nn.LayerNorm):
@@ -38,16 +37,6 @@ CASES = [
 ]
 
 
-def _time(module, x, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 3):
-        xi = x.detach().requires_grad_(True)
-        start = time.perf_counter()
-        module(xi).sum().backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -65,7 +54,8 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last)
             theirs, ours = make_theirs(), make_ours()
             torch.testing.assert_close(ours(x), theirs(x))
-            rounds = [(_time(theirs, x, args.repeats), _time(ours, x, args.repeats)) for _ in range(args.rounds)]
+            rounds = [(forward_backward_seconds(theirs, x, args.repeats), forward_backward_seconds(ours, x, args.repeats))
+                  for _ in range(args.rounds)]
             t_theirs, t_ours = min(r[0] for r in rounds), min(r[1] for r in rounds)
             print(f"| {name} | {tuple(shape)} | {layout} | {t_theirs * 1e3:.2f} | {t_ours * 1e3:.2f} | "
                   f"{t_ours / t_theirs:.2f} |")

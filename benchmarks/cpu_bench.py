@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 import normlab.nn as nl
+from timing import forward_backward_seconds
 
 CASES = [
     ("BatchNorm2d", lambda m: m.BatchNorm2d(64), (32, 64, 28, 28), None),
@@ -28,16 +27,6 @@ CASES = [
     ("LayerNorm(768)", lambda m: m.LayerNorm(768), (16, 256, 768), None),
     ("RMSNorm(768)", lambda m: m.RMSNorm(768), (16, 256, 768), None),
 ]
-
-
-def _time(module, x, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 3):
-        xi = x.detach().requires_grad_(True)
-        start = time.perf_counter()
-        module(xi).sum().backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
 
 
 def main() -> None:
@@ -58,7 +47,8 @@ def main() -> None:
             x = x.contiguous(memory_format=fmt)
         theirs, ours = make(torch.nn), make(nl)
         # Alternate rounds so both see the same machine noise; keep each one's best round.
-        rounds = [(_time(theirs, x, args.repeats), _time(ours, x, args.repeats)) for _ in range(args.rounds)]
+        rounds = [(forward_backward_seconds(theirs, x, args.repeats), forward_backward_seconds(ours, x, args.repeats))
+                  for _ in range(args.rounds)]
         t_torch, t_ours = min(r[0] for r in rounds), min(r[1] for r in rounds)
         ratio = t_ours / t_torch
         if args.markdown:

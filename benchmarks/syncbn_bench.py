@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import tempfile
-import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import normlab.nn as nl
+from timing import forward_backward_seconds
 
 SHAPES = [(16, 64, 28, 28), (64, 256, 7, 7), (256, 512)]
-
-
-def _time(module, x, repeats=20):
-    times = []
-    for _ in range(repeats + 3):
-        xi = x.detach().requires_grad_(True)
-        dist.barrier()
-        start = time.perf_counter()
-        module(xi).sum().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
 
 
 def worker(rank, world, init_file, device):
@@ -45,10 +31,14 @@ def worker(rank, world, init_file, device):
         x = torch.randn(shape, device=device)
         bn = (nl.BatchNorm2d if len(shape) == 4 else nl.BatchNorm1d)(shape[1]).to(device)
         sync = nl.SyncBatchNorm(shape[1]).to(device)
-        t_bn, t_sync = _time(bn, x), _time(sync, x)
+        t_bn, t_sync = _timed(bn, x), _timed(sync, x)
         if rank == 0:
             print(f"| {tuple(shape)} per rank | {t_bn * 1e3:.2f} | {t_sync * 1e3:.2f} | {t_sync / t_bn:.2f} |", flush=True)
     dist.destroy_process_group()
+
+
+def _timed(module, x, repeats=20):
+    return forward_backward_seconds(module, x, repeats, before_each=dist.barrier)
 
 
 def main() -> None:
