@@ -16,7 +16,7 @@ from torch import nn as tnn
 from . import nn as nl
 from . import reference as R
 from .method import (
-    BN_TRAIN_EVAL, SAME_IN_EVAL, STANDARDIZE, Method, pack_channels, pack_groups, params, ranked, single,
+    BN_TRAIN_EVAL, STANDARDIZE, Method, pack_channels, pack_groups, params, ranked, single,
 )  # fmt: skip
 from .nn.norm_act import with_activation
 
