@@ -123,3 +123,14 @@ def test_param_groups_exempt_norms_and_biases():
     torch.optim.AdamW(normlab.param_groups(model, 0.05))  # the groups are what torch's optimizers take
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         normlab.param_groups(model, -1)
+
+
+def test_fold_folds_frozen_batch_norms_even_in_a_model_in_training_mode():
+    model = _warmed(torchvision.models.resnet18(weights=None))
+    x = random_input((2, 3, 64, 64), seed=6)
+    expected = model(x)
+    frozen = normlab.freeze_batchnorm(model).train()  # frozen: training mode changes nothing, so it folds
+    folded, report = normlab.fold_batchnorm(frozen)
+    assert len(report.folded) == 20 and not report.skipped, str(report)
+    relative = float((folded(x) - expected).abs().max() / expected.abs().max())
+    assert relative < 1e-5, relative

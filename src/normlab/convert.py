@@ -43,8 +43,8 @@ def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
 
 
 TWINS: list[tuple[type[Module], type[Module]]] = _torch_twins()
-_NORM_ACT_TYPES = frozenset(NORM_ACT_CLASSES.values())
 """(torch class, normlab class) pairs that :func:`from_torch` and :func:`to_torch` convert between."""
+_NORM_ACT_TYPES = frozenset(NORM_ACT_CLASSES.values())
 
 
 def _hyperparameters(module: Module) -> dict:

@@ -29,15 +29,14 @@ from typing import Callable
 from torch.nn import Module
 
 from . import nn as nl
+from .nn._state import carry_state
 
 __all__ = ["CONVERTERS", "converter_for_copy"]
 
 
 def _carry(source: Module, new: Module) -> Module:
-    """``new`` with ``source``'s parameters (the same objects) and training flag."""
-    for name, param in source._parameters.items():
-        new._parameters[name] = param
-    new.train(source.training)
+    """``new`` holding ``source``'s parameters and buffers (the same objects) and its training flag."""
+    carry_state(source, new)
     return new
 
 
@@ -61,7 +60,7 @@ def t5_layer_norm(module: Module) -> Module:
 
 def olmo_layer_norm(module: Module) -> Module:
     new = nl.LayerNorm(module.normalized_shape, eps=1e-5, elementwise_affine=False, upcast=True)
-    return _carry(module, new)
+    return new.train(module.training)  # no parameters or buffers to carry
 
 
 def timm_layer_norm_2d(module: Module) -> Module | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch.ao.quantization import fuser_method_mappings
 from torch.nn import Module
 
@@ -24,11 +23,12 @@ FUSION_PATTERNS: dict[tuple[type, ...], Callable] = {}
 """The patterns normlab added to torch's default fusion table."""
 
 
-def _on_torch_twins(fuser: Callable) -> Callable:
-    to_torch = {ours: theirs for theirs, ours in TWINS}
+_TO_TORCH = {ours: theirs for theirs, ours in TWINS}
 
+
+def _on_torch_twins(fuser: Callable) -> Callable:
     def fuse(is_qat: bool, *modules: Module):
-        return fuser(is_qat, *(_build_twin(m, to_torch[type(m)]) if type(m) in to_torch else m for m in modules))
+        return fuser(is_qat, *(_build_twin(m, _TO_TORCH[type(m)]) if type(m) in _TO_TORCH else m for m in modules))
 
     fuse.__name__ = getattr(fuser, "__name__", "fuser")
     return fuse

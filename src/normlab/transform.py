@@ -69,17 +69,19 @@ def _fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return fused
 
 
+_FOLDABLE = (*_CONVS, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _why_not(layer: nn.Module | None, bn: nn.Module) -> str | None:
-    if bn.training:
+    if bn.training and not isinstance(bn, nl.FrozenBatchNorm2d):  # frozen: the same in training and eval
         return "in training mode: its statistics change with every batch (call model.eval() first)"
     if getattr(bn, "running_mean", None) is None:
         return "track_running_stats=False: it normalizes with batch statistics in eval too"
     if layer is None:
         return "its input does not come from a Conv/Linear module alone (an add, a pooling, a function...)"
-    if not isinstance(layer, (*_CONVS, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+    if not isinstance(layer, _FOLDABLE):
         return f"the layer before it is a {type(layer).__name__}, not a Conv/Linear"
-    if type(layer).forward not in (c.forward for c in (*_CONVS, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                                                       nn.ConvTranspose3d)):  # fmt: skip
+    if type(layer).forward not in (c.forward for c in _FOLDABLE):
         return f"the layer before it ({type(layer).__name__}) computes its own weight (WS, cosine): folding would change it"
     if isinstance(layer, nn.Linear) and bn.running_mean.numel() != layer.out_features:
         return "the Linear's outputs are not the BatchNorm's channels"
@@ -102,9 +104,7 @@ def _fold_traced(model: nn.Module, report: FoldReport) -> nn.Module:
             if len(source.users) > 1:
                 report.skipped.append((node.target, f"the output of {source.target} is also used elsewhere"))
                 continue
-        reason = _why_not(layer, bn) if not isinstance(bn, nl.FrozenBatchNorm2d) or layer is None else None
-        if reason is None and isinstance(bn, nl.FrozenBatchNorm2d):
-            reason = _why_not(layer, nn.BatchNorm2d(1).eval())  # frozen: always eval, buffers only
+        reason = _why_not(layer, bn)
         if reason:
             report.skipped.append((node.target, reason))
             continue
@@ -134,7 +134,7 @@ def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> 
         if not isinstance(bn, _BATCH_NORMS):
             continue
         layer = model._modules[before] if before is not None else None
-        reason = _why_not(layer, bn if not isinstance(bn, nl.FrozenBatchNorm2d) else nn.BatchNorm2d(1).eval())
+        reason = _why_not(layer, bn)
         if reason:
             report.skipped.append((prefix + key, reason))
             continue

@@ -57,6 +57,16 @@ def make_activation(act: str | tnn.Module | type) -> tnn.Module:
     raise ValueError(f"act must be a module, a module class or one of {sorted(ACTIVATIONS)}, got {act!r}")
 
 
+def _as_class(module: tnn.Module, cls: type) -> tnn.Module:
+    """A ``cls`` instance with ``module``'s configuration and its very parameters, buffers and submodules, in
+    dicts of its own (adding or removing one leaves ``module`` as it was)."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    for slot in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[slot] = dict(module.__dict__[slot])
+    return new
+
+
 class _NormActMixin:
     """The forward and repr every norm+act class shares; ``norm_class`` is the norm it extends."""
 
@@ -71,22 +81,14 @@ class _NormActMixin:
         """The norm+act module holding ``norm``'s very parameters and buffers (no copy) and its configuration."""
         if type(norm) is not cls.norm_class:
             raise TypeError(f"{cls.__name__}.from_norm: expected a {cls.norm_class.__name__}, got {type(norm).__name__}")
-        fused = cls.__new__(cls)
-        fused.__dict__.update(norm.__dict__)
-        for slot in ("_parameters", "_buffers", "_modules"):
-            fused.__dict__[slot] = dict(norm.__dict__[slot])
+        fused = _as_class(norm, cls)
         fused.act = make_activation(act)
         return fused
 
-
     def split(self) -> tuple[tnn.Module, tnn.Module]:
         """The plain norm (same parameters and buffers, no copy) and the activation."""
-        norm = self.norm_class.__new__(self.norm_class)
-        norm.__dict__.update(self.__dict__)
-        modules = dict(self._modules)
-        act = modules.pop("act")
-        norm.__dict__.update(_modules=modules, _parameters=dict(self._parameters), _buffers=dict(self._buffers))
-        return norm, act
+        norm = _as_class(self, self.norm_class)
+        return norm, norm._modules.pop("act")
 
     @staticmethod
     def join(norm: tnn.Module, act: tnn.Module) -> tnn.Module:
