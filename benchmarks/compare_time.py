@@ -1,22 +1,28 @@
-"""Time of the default `normlab compare` on this machine, and what each study costs (a benchmark, not a test).
+"""Time of the default `normlab compare` on this machine, and what each study and each part of it costs (a
+benchmark, not a test).
 
     python benchmarks/compare_time.py [--workers 2] [--out DIR]
 
 Runs the default compare once, as a user would (all studies, 2 worker processes, one thread each), and prints the
-total wall time, then each study's compute time: the sum of its runs' seconds on one core (a pack's time shared by
-its runs), and its share of the total. With DIR holding a finished run, only the report is rebuilt: use a new one.
+total wall time, then per study the compute time (the sum of its runs' seconds on one core, a pack's time shared by
+its runs) of each part: learning-rate selection, the final runs, the doubled-budget runs; then each study's training
+check and verdict counts. With DIR holding a finished run, only the report is rebuilt: use a new one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
 import time
+from pathlib import Path
 
 from normlab.lab import STUDIES, Options, compare
-from normlab.lab.store import Store
+from normlab.lab.report import outcome_counts
+
+ROLES = ("selection", "final", "doubled")
 
 
 def main() -> None:
@@ -26,18 +32,27 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="normlab-compare-")
     start = time.perf_counter()
-    compare(out, options=Options(), workers=args.workers, progress=False, log=lambda *_: None)
+    _, results, _ = compare(out, options=Options(), workers=args.workers, progress=False, log=lambda *_: None)
     wall = time.perf_counter() - start
-    with Store(f"{out}/results.sqlite") as store:
-        records = store.records()
-    compute = {name: sum(r.seconds for r in records if r.study == name) for name in STUDIES}
-    total = sum(compute.values())
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall")
-    print("| study | runs | compute s (one core) | share |\n|---|---|---|---|")
-    for name, study in STUDIES.items():
-        runs = len(study.configs(Options()))
-        print(f"| {name} | {runs} | {compute[name]:.0f} | {100 * compute[name] / total:.0f}% |")
-    print(f"| **total** | {len(records)} | **{total:.0f}** | |")
+    runs = json.loads((Path(out) / "results.json").read_text())["runs"]
+    cost = {(name, role): [r["seconds"] for r in runs if r["study"] == name and r["role"] == role]
+            for name in STUDIES for role in ROLES}  # fmt: skip
+    total = sum(sum(v) for v in cost.values())
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
+    print("| study | selection runs, s | final runs, s | doubled-budget runs, s | compute s | share |")
+    print("|---|---|---|---|---|---|")
+    for name in STUDIES:
+        cells = [f"{len(cost[(name, r)])}, {sum(cost[(name, r)]):.0f}" for r in ROLES]
+        study_total = sum(sum(cost[(name, r)]) for r in ROLES)
+        print(f"| {name} | " + " | ".join(cells) + f" | {study_total:.0f} | {100 * study_total / total:.0f}% |")
+    parts = [f"{len([s for (n, r), v in cost.items() if r == role for s in v])}, "
+             f"{sum(sum(v) for (n, r), v in cost.items() if r == role):.0f}" for role in ROLES]  # fmt: skip
+    print("| **total** | " + " | ".join(parts) + f" | **{total:.0f}** | |")
+    print("\n| study | target met | doubled budget: trained / settings | verdicts |\n|---|---|---|---|")
+    for name, result in results.items():
+        t = result.training
+        counts = ", ".join(f"{o.value} {n}" for o, n in outcome_counts(result.verdicts).items() if n)
+        print(f"| {name} | {'yes' if t.met else 'NO'} ({t.best}) | {t.trained} / {t.settings} | {counts} |")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def _compare(args: argparse.Namespace) -> int:
     import os
 
     from .lab import OUTCOME_ORDER, STUDIES, Options, compare, study_variants
+    from .lab.report import outcome_counts
     from .registry import canonical_name
 
     if args.list:
@@ -62,15 +63,17 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--pack must be at least 1, got {args.pack}")
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
+    if not args.budget > 0:
+        raise ValueError(f"--budget must be a positive factor, got {args.budget}")
     options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
-                      nproc=args.nproc, first_seed=args.first_seed)  # fmt: skip
+                      nproc=args.nproc, first_seed=args.first_seed, budget=args.budget)  # fmt: skip
     index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
                                  progress=not args.no_progress, against=args.against, max_pack=args.pack)  # fmt: skip
     width = max(len(n) for n in results) + 2
-    print("\n" + "study".ljust(width) + "  ".join(o for o in OUTCOME_ORDER))
+    print("\n" + "study".ljust(width) + "  ".join(o.value for o in OUTCOME_ORDER))
     for name, result in results.items():
-        counts = {o: sum(v.outcome == o for v in result.verdicts) for o in OUTCOME_ORDER}
-        print(name.ljust(width) + "  ".join(str(counts[o]).center(len(o)) for o in OUTCOME_ORDER))
+        counts = outcome_counts(result.verdicts)
+        print(name.ljust(width) + "  ".join(str(counts[o]).center(len(o.value)) for o in OUTCOME_ORDER))
     print(f"\nreport: {index.resolve()}")
     return 0 if ok else 1
 
@@ -199,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0, metavar="N",
                    help="run seeds N, N+1, ... (default 0); two runs with disjoint seeds test the verdicts' stability")
     p.add_argument("--full", action="store_true", help="more seeds, steps and settings (much slower)")
+    p.add_argument("--budget", type=float, default=1.0, metavar="FACTOR",
+                   help="every run's training steps times FACTOR (default 1; below 1 a quick look whose models "
+                   "likely do not train, and the report says so)")
     p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs train (default cpu)")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from torch import nn as tnn
 
-__all__ = ["Method", "STATISTICS", "SAME_IN_EVAL", "BN_TRAIN_EVAL", "STANDARDIZE"]
+__all__ = ["Method", "Recipe", "NO_RECIPE", "STATISTICS", "SAME_IN_EVAL", "BN_TRAIN_EVAL", "STANDARDIZE"]
 
 # The reference's statistic layouts (normlab.reference.layout), by the sets a statistic is taken over, and what
 # each says about batch dependence. A method's ``statistics`` is one of these keys, or None (no statistics over
@@ -40,6 +40,34 @@ STANDARDIZE = "y = (x - mean) / sqrt(var + eps) * gamma + beta"
 
 Builder = Callable[..., tnn.Module]  # (num_features, spatial_dims, **kwargs) -> module
 Reference = Callable[[tnn.Module, np.ndarray], np.ndarray]  # (module, float64 input) -> float64 training output
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How a method's paper trains with it, beyond its constructor's defaults: what a fair comparison gives it.
+
+    Args:
+        source: where the recipe is published (paper and section).
+        options: constructor arguments in every model.
+        role_options: constructor arguments by the norm's role in a transformer block (``"attention"``: the norm
+            before attention; ``"mlp"``: before the MLP; ``"final"``: before the head), over ``options``.
+        weight_norm: the paper uses the method with Weight Normalization on every conv and linear layer.
+        data_init: weight-normalized layers start from the paper's data-dependent initialization
+            (:func:`normlab.nn.data_dependent_init`).
+    """
+
+    source: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    role_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    weight_norm: bool = False
+    data_init: bool = False
+
+    def options_for(self, role: str | None = None) -> dict[str, Any]:
+        """The constructor arguments for a norm in ``role`` (None: outside a transformer block)."""
+        return {**self.options, **(self.role_options.get(role, {}) if role else {})}
+
+
+NO_RECIPE = Recipe()
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,7 @@ class Method:
         reference: the float64 training-mode forward from a built module's parameters and buffers
             (:mod:`normlab.reference`), called before the module runs; the all-methods tests compare with it.
         defaults: constructor arguments ``create_norm`` gives unless the caller does.
+        recipe: how its paper trains with it (:class:`Recipe`); the lab's models follow it.
     """
 
     name: str
@@ -100,6 +129,7 @@ class Method:
     pack: Callable[..., tnn.Module] | None = None
     pack_dims: tuple[int, ...] = (0, 1, 2, 3)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    recipe: Recipe = NO_RECIPE
 
     def __post_init__(self) -> None:
         if self.statistics is not None and self.statistics not in STATISTICS:

@@ -16,13 +16,13 @@ from torch import nn as tnn
 from . import nn as nl
 from . import reference as R
 from .method import (
-    BN_TRAIN_EVAL, STANDARDIZE, Method, pack_channels, pack_groups, params, ranked, single,
+    BN_TRAIN_EVAL, STANDARDIZE, Method, Recipe, pack_channels, pack_groups, params, ranked, single,
 )  # fmt: skip
 from .nn.norm_act import with_activation
 
 __all__ = [
     "METHODS", "Method", "create_norm", "create_packed_norm", "can_pack", "available_norms", "canonical_name",
-    "get_method", "is_batch_dependent", "conv_layer", "methods_table",
+    "get_method", "is_batch_dependent", "conv_layer", "methods_table", "DYT_RECIPE", "WEIGHT_NORM_RECIPE",
 ]  # fmt: skip
 
 _ON_MAPS = "it normalizes each channel over spatial positions (spatial_dims >= 1); feature vectors and tokens have none"
@@ -88,6 +88,23 @@ def _rms_reference(m: nl.RMSNorm, x):
     eps = m.eps if m.eps is not None else torch.finfo(m.weight.dtype if m.weight is not None else torch.float32).eps
     return R.rms_norm(x, m.normalized_shape, params(m, "weight")[0], eps)[0]
 
+
+# Zhu et al. 2025, section 7 ("Initialization of alpha"): alpha0 = 0.5 for non-LLM models; in language models
+# alpha0 is set per model, larger in the DyT before attention than in the others, and smaller the wider the model.
+# Their smallest LLaMA (7B, width 4096) uses 0.8 before attention and 0.2 elsewhere; those values are the recipe
+# for a transformer here (the paper gives none for narrower models).
+DYT_RECIPE = Recipe(
+    source="Zhu et al. 2025, section 7 and its LLaMA table: alpha0 0.5 (non-LLM); 0.8 before attention, 0.2 "
+    "elsewhere in a language model", options={"alpha_init_value": 0.5},
+    role_options={"attention": {"alpha_init_value": 0.8}, "mlp": {"alpha_init_value": 0.2},
+                  "final": {"alpha_init_value": 0.2}},
+)  # fmt: skip
+# Weight Normalization is a reparametrization of a layer's weight, not a norm layer the registry builds: its
+# record is its recipe alone (Salimans & Kingma 2016, section 3).
+WEIGHT_NORM_RECIPE = Recipe(
+    source="Salimans & Kingma 2016, section 3: data-dependent initialization (each layer's pre-activations start "
+    "with zero mean and unit variance over a batch)", data_init=True,
+)
 
 METHODS: tuple[Method, ...] = (
     Method(
@@ -166,6 +183,8 @@ METHODS: tuple[Method, ...] = (
         lambda m, x: R.batch_variants.mean_only_batch_norm(x, params(m, "bias")[0]),
         aliases=("mean_only", "mobn"), statistics="batch", train_eval="training subtracts the batch mean and "
         "updates a running mean; eval subtracts the running mean", pack=pack_channels,
+        recipe=Recipe(source="Salimans & Kingma 2016, section 2.2: mean-only BN together with Weight Normalization",
+                      weight_norm=True, data_init=True),
     ),
     Method(
         "frn", "Filter Response Normalization", "FRN + TLU: per (example, channel) mean square",
@@ -225,7 +244,7 @@ METHODS: tuple[Method, ...] = (
     Method(
         "dyt", "DyT (Dynamic Tanh)", "gamma * tanh(alpha * x) + beta, no statistics", "Zhu et al. 2025",
         "`DynamicTanh`", _dyt, "y = gamma * tanh(alpha * x) + beta", _dyt_reference, aliases=("dynamic_tanh",),
-        batch_dependent=False, dependence="no: elementwise",
+        batch_dependent=False, dependence="no: elementwise", recipe=DYT_RECIPE,
     ),
     Method(
         "lrn", "Local Response Normalization", "across a window of 5 channels", "Krizhevsky et al. 2012",

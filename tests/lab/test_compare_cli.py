@@ -26,6 +26,7 @@ def test_help():
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--data", "imagenet:/x"], "--data must be cifar10:PATH or mnist:PATH"),
     (["--nproc", "0"], "--nproc must be at least 1"),
+    (["--budget", "0"], "--budget must be a positive factor"),
 ])
 def test_bad_options_are_clear_errors(args, message, capsys, tmp_path):
     assert main(["compare", "--out", str(tmp_path), "--no-progress", *args]) == 2
@@ -33,10 +34,15 @@ def test_bad_options_are_clear_errors(args, message, capsys, tmp_path):
 
 
 def test_norms_option_reaches_the_models(tmp_path, capsys):
+    import json
+
     assert main(["compare", "--study", "contrast", "--norms", "gn,in", "--seeds", "1", "--out", str(tmp_path),
-                 "--no-progress", "--workers", "1"]) == 0
+                 "--no-progress", "--workers", "1", "--budget", "0.1"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "2 runs: 0 already stored, 2 ran now" in out
+    assert "runs: 0 already stored" in out
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {r["config"]["norm"] for r in runs} == {"group", "instance"}
+    assert {r["role"] for r in runs} == {"selection", "final", "doubled"}
 
 
 def test_real_cifar10_files_and_fresh(tmp_path, capsys):
@@ -54,15 +60,16 @@ def test_real_cifar10_files_and_fresh(tmp_path, capsys):
         with open(data / name, "wb") as fh:
             pickle.dump({b"data": images, b"labels": labels}, fh)
     args = ["compare", "--study", "contrast", "--norms", "bn", "--seeds", "1", "--data", f"cifar10:{data}",
-            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]
+            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1", "--budget", "0.1"]
     assert main(args) == 0
-    assert "1 runs: 0 already stored, 1 ran now" in capsys.readouterr().out
+    assert "runs: 0 already stored" in capsys.readouterr().out
     from normlab.lab.store import Store
 
-    (record,) = Store(tmp_path / "out" / "results.sqlite").records()
-    assert record.config["data"] == "cifar10" and record.config["data_path"] == str(data)
-    assert main(args) == 0 and "1 runs: 1 already stored, 0 ran now" in capsys.readouterr().out
-    assert main(args + ["--fresh"]) == 0 and "1 runs: 0 already stored, 1 ran now" in capsys.readouterr().out
+    records = Store(tmp_path / "out" / "results.sqlite").records()
+    assert all(r.config["data"] == "cifar10" and r.config["data_path"] == str(data) for r in records)
+    n = len(records)
+    assert main(args) == 0 and f"{n} runs: {n} already stored, 0 ran now" in capsys.readouterr().out
+    assert main(args + ["--fresh"]) == 0 and f"{n} runs: 0 already stored, {n} ran now" in capsys.readouterr().out
 
 
 def test_first_seed_and_against(tmp_path, capsys):
@@ -72,11 +79,12 @@ def test_first_seed_and_against(tmp_path, capsys):
     from normlab.lab.store import Store
 
     common = ["compare", "--study", "contrast", "--norms", "in,none", "--seeds", "2", "--no-progress",
-              "--workers", "1"]  # fmt: skip
+              "--workers", "1", "--budget", "0.1"]  # fmt: skip
     assert main(common + ["--out", str(tmp_path / "a")]) == 0
     assert main(common + ["--out", str(tmp_path / "b"), "--first-seed", "7", "--against", str(tmp_path / "a")]) == 0
-    seeds = {r.config["seed"] for r in Store(tmp_path / "b" / "results.sqlite").records()}
-    assert seeds == {7, 8}
+    runs = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
+    assert {r["config"]["seed"] for r in runs if r["role"] == "final"} == {7, 8}
+    assert {r["config"]["seed"] for r in runs if r["role"] == "selection"} == {507, 508}  # disjoint from the finals
     page = (tmp_path / "b" / "index.html").read_text()
     verdicts = json.loads((tmp_path / "a" / "results.json").read_text())["verdicts"]["contrast"]
     assert 'id="seed-stability"' in page and f"{len(verdicts)} claims judged by both" in page
@@ -87,6 +95,6 @@ def test_first_seed_and_against(tmp_path, capsys):
 
 def test_report_shows_the_training_check(tmp_path):
     assert main(["compare", "--study", "contrast", "--norms", "bn", "--seeds", "2", "--no-progress", "--workers", "1",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+                 "--out", str(tmp_path), "--budget", "0.1"]) == 0  # fmt: skip
     page = (tmp_path / "index.html").read_text()
     assert "Trained?" in page and "the best setting reaches at least 97% mean test accuracy" in page

@@ -1,6 +1,7 @@
 """The lab behind ``normlab compare``: re-test the folk claims about normalization on this machine.
 
-data -> models -> train (one run) -> store (SQLite) -> studies (claims, configs, analysis) -> report (HTML).
+data -> models -> train (one run) -> store (SQLite) -> studies (claims, configs, analysis) -> fairness (each
+setting's learning rate, the doubled-budget check) -> report (HTML).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from .report import OUTCOME_ORDER, load_verdicts, write_report
 from .packed import MAX_COPIES
-from .runner import run_sweep
-from .store import Store, config_key
+from .fairness import StudyPlan
+from .runner import SweepReport, run_sweep
+from .store import RunRecord, Store, config_key
 from .study import Options, checked_analysis
 from .studies import STUDIES
 
@@ -73,19 +75,51 @@ def compare(
             elif path.exists():
                 path.unlink()
     chosen = [STUDIES[n] for n in names]
-    configs = {s.name: s.configs(options) for s in chosen}
+    plans = {s.name: StudyPlan(s, options) for s in chosen}
     store_path = out / "results.sqlite"
-    sweep = run_sweep([c for s in chosen for c in configs[s.name]], store_path, workers=workers, progress=progress,
-                      max_pack=max_pack)  # fmt: skip
-    log(f"{sweep.total} runs: {sweep.skipped} already stored, {sweep.ran} ran now" +
-        (f" in {sweep.seconds:.0f} s" if sweep.ran else "") + (f", {len(sweep.failed)} failed" if sweep.failed else ""))
-    for config, error in sweep.failed:
-        print(f"run failed: {config}\n{error}", file=sys.stderr)
-    results, records, setups = {}, {}, {}
     with Store(store_path) as store:
-        for s in chosen:
-            records[s.name] = store.records(s.name, keys=[config_key(c) for c in configs[s.name]])
-            results[s.name] = checked_analysis(s, records[s.name], out / "figures", options)
-            setups[s.name] = s.setup(options)
+        before = store.finished_keys()
+    total, requested = SweepReport(total=0, skipped=0), set()
+
+    def sweep(configs: list[dict]) -> None:
+        report = run_sweep(configs, store_path, workers=workers, progress=progress, max_pack=max_pack)
+        requested.update(config_key(c) for c in configs)
+        total.total, total.skipped = len(requested), len(requested & before)
+        total.ran += report.ran
+        total.failed += report.failed
+        total.seconds += report.seconds
+
+    def stored() -> dict[str, RunRecord]:
+        with Store(store_path) as store:
+            return {r.key: r for r in store.records()}
+
+    # 1. learning-rate selection, round by round until no grid grows; the runs of studies that tune nothing
+    #    (and so wait for nothing) share the first round
+    sweep([c for p in plans.values() for c in p.selection_configs()] +
+          [c for p in plans.values() if not p.choices for c in p.final_configs() + p.check_configs()])
+    while grown := [p for p in [p for p in plans.values() if p.choices] if p.update(stored())]:
+        sweep([c for p in grown for c in p.selection_configs()])
+    # 2. the final runs at the chosen rates, and each setting again at twice its budget
+    sweep([c for p in plans.values() if p.choices for c in p.final_configs() + p.check_configs()])
+    log(f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now" +
+        (f" in {total.seconds:.0f} s" if total.ran else "") + (f", {len(total.failed)} failed" if total.failed else ""))
+    for config, error in total.failed:
+        print(f"run failed: {config}\n{error}", file=sys.stderr)
+    # 3. analysis: each study reads its final runs, marked by the doubled-budget check
+    everything = stored()
+    results, records, setups = {}, {}, {}
+    for s in chosen:
+        plan = plans[s.name]
+        budgets = plan.judge_budgets(everything)
+        final = plan.annotate([everything[k] for k in _keys(plan.final_configs()) if k in everything], budgets)
+        results[s.name] = checked_analysis(s, final, out / "figures", options)
+        results[s.name].fairness = plan.fairness(budgets, out / "figures")
+        records[s.name] = {role: [everything[k] for k in _keys(configs) if k in everything]
+                           for role, configs in plan.roles().items()}  # fmt: skip
+        setups[s.name] = s.setup(options)
     index = write_report(out, chosen, results, records, setups, options, other)
-    return index, results, not sweep.failed
+    return index, results, not total.failed
+
+
+def _keys(configs: list[dict]) -> list[str]:
+    return list(dict.fromkeys(config_key(c) for c in configs))

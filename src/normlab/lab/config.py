@@ -44,6 +44,9 @@ class ClassifyConfig(_Common):
     weight_norm: bool = False
     norm_options: dict[str, Any] | None = None  # extra constructor arguments (Ghost BN's virtual_batch_size...)
     train_subset: int | None = None
+    validation_fraction: float = 0.0  # > 0: the last share of the training examples is held out, and the run
+    # reports valid_* metrics on it instead of test_* (learning-rate selection never sees the test set)
+    budget: float = 1.0  # the training steps are budget x (steps, or epochs over the training examples)
     stream: str = "iid"  # or "sorted": class-sorted chunks
     chunk: int = 100
     points: int = 40
@@ -68,6 +71,7 @@ class CharLMConfig(_Common):
     steps: int = 400
     lr_schedule: str = "constant"
     warmup: int = 0
+    budget: float = 1.0  # steps and warmup are budget x the fields'
     dim: int = 64
     layers: int = 2
     points: int = 20

@@ -45,7 +45,8 @@ class ImageData:
 class TextData:
     name: str
     train: torch.Tensor  # int64 character ids
-    valid: torch.Tensor
+    valid: torch.Tensor  # held out, for choosing (learning rates)
+    test: torch.Tensor  # held out, for judging
     vocab: list[str]
 
 
@@ -186,12 +187,13 @@ def load_images(kind: str = "mnist1d", path: str | None = None) -> ImageData:
 
 @lru_cache(maxsize=None)
 def load_text(max_chars: int = 400_000) -> TextData:
-    """CPython's pydoc topics (English prose about Python), as character ids; the last 10% is validation."""
+    """CPython's pydoc topics (English prose about Python), as character ids; of the last 10%, the first half is
+    validation (learning-rate selection) and the second half test (verdicts)."""
     from pydoc_data.topics import topics
 
     text = "\n".join(topics[k] for k in sorted(topics))[:max_chars]
     vocab = sorted(set(text))
     index = {ch: i for i, ch in enumerate(vocab)}
     ids = torch.tensor([index[ch] for ch in text], dtype=torch.long)
-    split = int(len(ids) * 0.9)
-    return TextData("pydoc-topics", ids[:split], ids[split:], vocab)
+    split, half = int(len(ids) * 0.9), int(len(ids) * 0.95)
+    return TextData("pydoc-topics", ids[:split], ids[split:half], ids[half:], vocab)

@@ -13,7 +13,18 @@ from torch import Tensor, nn
 from .. import nn as nl
 from ..registry import conv_layer, create_norm, create_packed_norm, get_method
 
-__all__ = ["ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable"]
+__all__ = [
+    "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
+]
+
+
+def uses_weight_norm(norm: str, weight_norm: bool) -> bool:
+    """Whether a run's layers are weight-normalized: asked for, or the norm's recipe pairs it with Weight
+    Normalization (mean-only BN)."""
+    try:
+        return weight_norm or get_method(norm).recipe.weight_norm
+    except ValueError:
+        return weight_norm
 
 
 class NotApplicable(ValueError):
@@ -33,11 +44,17 @@ def norm_kwargs(name: str, channels: int) -> dict:
 
 
 def make_norm(
-    name: str, channels: int, spatial_dims: int, copies: int | None = None, options: dict | None = None
+    name: str, channels: int, spatial_dims: int, copies: int | None = None, options: dict | None = None,
+    role: str | None = None,
 ) -> nn.Module:
-    """``create_norm`` with the lab's defaults (:func:`norm_kwargs`). With ``copies``, the packed norm of that many
-    independent models. NotApplicable where the method does not apply (the registry says why)."""
-    kwargs = {**norm_kwargs(name, channels), **(options or {})}
+    """``create_norm`` with the lab's defaults (:func:`norm_kwargs`) and the method's recipe for its ``role`` in a
+    transformer block (:class:`normlab.method.Recipe`), then ``options``. With ``copies``, the packed norm of that
+    many independent models. NotApplicable where the method does not apply (the registry says why)."""
+    try:
+        recipe = get_method(name).recipe.options_for(role)
+    except ValueError as err:
+        raise NotApplicable(str(err)) from err
+    kwargs = {**norm_kwargs(name, channels), **recipe, **(options or {})}
     try:
         if copies is not None:
             return create_packed_norm(name, channels, copies, spatial_dims=spatial_dims, **kwargs)
@@ -166,9 +183,9 @@ class TokenNorm(nn.Module):
     """A norm over the feature dim of ``(N, T, D)`` tokens: built for vectors and applied to the flattened tokens,
     so BatchNorm takes statistics over every token of the batch, padding included (the naive use PowerNorm studies)."""
 
-    def __init__(self, name: str, dim: int) -> None:
+    def __init__(self, name: str, dim: int, role: str | None = None) -> None:
         super().__init__()
-        self.norm = make_norm(name, dim, spatial_dims=0)
+        self.norm = make_norm(name, dim, spatial_dims=0, role=role)
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, d = x.shape
@@ -178,7 +195,7 @@ class TokenNorm(nn.Module):
 class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, norm: str) -> None:
         super().__init__()
-        self.norm1, self.norm2 = TokenNorm(norm, dim), TokenNorm(norm, dim)
+        self.norm1, self.norm2 = TokenNorm(norm, dim, "attention"), TokenNorm(norm, dim, "mlp")
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -196,7 +213,7 @@ class CharTransformer(nn.Module):
         self.embed = nn.Embedding(vocab + 1, dim)  # the last id is padding
         self.pos = nn.Parameter(torch.randn(max_len, dim) / math.sqrt(dim))
         self.blocks = nn.ModuleList(_Block(dim, heads, norm) for _ in range(layers))
-        self.final_norm = TokenNorm(norm, dim)
+        self.final_norm = TokenNorm(norm, dim, "final")
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
-from .models import SplitNorm
+from .models import SplitNorm, uses_weight_norm
 from .train import (
     BatchOrder, RunOutput, _LossLog, _scale_invariance_error, build_classifier, build_packed_classifier, classifier_data,
     classifier_steps, evaluate_classifier, lr_factor, new_classifier_curves, preserved_state, record_point,
@@ -55,6 +55,7 @@ def pack_key(config: dict[str, Any]) -> str | None:
     except ValueError:
         return None
     shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
+    shared["weight_norm"] = uses_weight_norm(c.norm, c.weight_norm)  # the recipe of mean-only BN adds WN
     return json.dumps({**shared, "conv": conv, "activation": activation}, sort_keys=True)
 
 

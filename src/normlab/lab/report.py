@@ -17,14 +17,17 @@ import torch
 
 from .. import __version__
 from .published import ANCHORS
+from .fairness import Fairness
 from .store import RunRecord
-from .study import CONVERGENCE, CRITERION, NOT_TRAINED, Study, StudyResult
+from .study import CONVERGENCE, Study, StudyResult
+from .verdicts import CRITERION, Outcome
 
 __all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "stability_rows"]
 
-OUTCOME_ORDER = ("reproduced", "not reproduced at this scale", "contradicted", "inconclusive", NOT_TRAINED)
-_BADGE = {"reproduced": "#1b7f3b", "not reproduced at this scale": "#8a6d00", "contradicted": "#b3261e",
-          "inconclusive": "#5f6368", NOT_TRAINED: "#5f6368"}  # fmt: skip
+OUTCOME_ORDER = tuple(Outcome)
+_BADGE = {Outcome.REPRODUCED: "#1b7f3b", Outcome.NOT_REPRODUCED: "#8a6d00", Outcome.CONTRADICTED: "#b3261e",
+          Outcome.INCONCLUSIVE: "#5f6368", Outcome.NOT_TRAINED: "#5f6368"}  # fmt: skip
+Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, doubled
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #202124; }
@@ -54,18 +57,51 @@ def _table(headers, rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _counts(result: StudyResult) -> dict[str, int]:
+def outcome_counts(verdicts) -> dict[Outcome, int]:
+    """How many of ``verdicts`` have each outcome, in :data:`OUTCOME_ORDER` (the report's and the CLI's summary)."""
     counts = {o: 0 for o in OUTCOME_ORDER}
-    for v in result.verdicts:
-        counts[v.outcome] = counts.get(v.outcome, 0) + 1
+    for v in verdicts:
+        counts[v.outcome] += 1
     return counts
 
 
-def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup: str) -> str:
+def _cost(runs: Runs) -> str:
+    parts = [f"{role} {len(rs)} runs, {sum(r.seconds for r in rs):.0f} s" for role, rs in runs.items() if rs]
+    return "Compute (one core): " + "; ".join(parts) + "."
+
+
+def _fairness(fair: Fairness | None) -> str:
+    if fair is None:
+        return ""
+    parts = [f'<div class="fairness"><p><b>Learning rates.</b> {_e(fair.selection)}</p>']
+    if fair.figure:
+        parts.append(f'<p><img src="figures/{_e(fair.figure)}" alt="learning-rate selection"></p>')
+    if fair.choices:
+        rows = [[c.label, ", ".join(f"{lr:g}: {_score(c.scores.get(lr))}" for lr in c.grid),
+                 "-" if c.chosen is None else f"{c.chosen:g}", c.note] for c in fair.choices]  # fmt: skip
+        parts.append(_table(["setting", "grid: mean validation score", "chosen rate", "note"], rows))
+    parts.append(f"<p><b>Doubled budget.</b> {_e(fair.check)}</p>")
+    if fair.budgets:
+        rows = [[b.label, f"{100 * b.once:.4g}" if b.once <= 1 else f"{b.once:.4g}",
+                 f"{100 * b.twice:.4g}" if b.twice <= 1 else f"{b.twice:.4g}", "yes" if b.trained else "NO"]
+                for b in fair.budgets]  # fmt: skip
+        parts.append(_table(["setting", "at its budget", "at twice the budget", "trained"], rows))
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _score(value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{100 * value:.1f}%" if value <= 1 else f"{value:.3f}"
+
+
+def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:
     parts = [
         f'<h2 id="{_e(study.name)}">{_e(study.title)} <span class="meta">({_e(study.name)})</span></h2>',
         f'<p class="claim"><b>Claim.</b> {_e(study.claim)} <span class="meta">Source: {_e(study.source)}</span></p>',
-        f"<p><b>Setup.</b> {_e(setup)} <span class='meta'>{runs} runs, {seconds:.0f} s of compute.</span></p>",
+        f"<p><b>Setup.</b> {_e(setup)} <span class='meta'>{_e(_cost(runs))}</span></p>",
+        _fairness(result.fairness),
     ]
     if result.training is not None:
         color = "#1b7f3b" if result.training.met else "#b3261e"
@@ -84,20 +120,20 @@ def _section(study: Study, result: StudyResult, seconds: float, runs: int, setup
     return "\n".join(parts)
 
 
-def load_verdicts(path: Path, option: str = "--against") -> dict[tuple[str, str], str]:
+def load_verdicts(path: Path, option: str = "--against") -> dict[tuple[str, str], Outcome]:
     """(study, claim) -> outcome from another run's ``results.json`` (ValueError naming the option and the file if
     unreadable)."""
     file = path / "results.json" if path.is_dir() else path
     try:
         payload = json.loads(file.read_text(encoding="utf-8"))
-        return {(study, v["claim"]): v["outcome"] for study, vs in payload["verdicts"].items() for v in vs}
+        return {(study, v["claim"]): Outcome(v["outcome"]) for study, vs in payload["verdicts"].items() for v in vs}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{option} {path}: expected a normlab report directory with results.json ({err})") from None
 
 
 def stability_rows(
-    studies: list[Study], results: dict[str, StudyResult], other: dict[tuple[str, str], str]
-) -> list[tuple[str, str, str, str, str]]:
+    studies: list[Study], results: dict[str, StudyResult], other: dict[tuple[str, str], Outcome]
+) -> list[tuple[str, str, Outcome, Outcome, str]]:
     """(study, claim, outcome here, outcome there, change) for every claim both runs judged. A change is 'flip'
     when one run reproduces what the other contradicts, 'changed' for any other difference, else 'same'."""
     rows = []
@@ -107,12 +143,13 @@ def stability_rows(
             if there is None:
                 continue
             pair = {v.outcome, there}
-            change = "flip" if pair == {"reproduced", "contradicted"} else ("same" if len(pair) == 1 else "changed")
+            flip = pair == {Outcome.REPRODUCED, Outcome.CONTRADICTED}
+            change = "flip" if flip else ("same" if len(pair) == 1 else "changed")
             rows.append((study.name, v.claim, v.outcome, there, change))
     return rows
 
 
-def _stability_section(rows: list[tuple[str, str, str, str, str]], against: Path) -> str:
+def _stability_section(rows: list[tuple[str, str, Outcome, Outcome, str]], against: Path) -> str:
     flips = sum(r[4] == "flip" for r in rows)
     changed = sum(r[4] == "changed" for r in rows)
     parts = [
@@ -128,8 +165,8 @@ def _stability_section(rows: list[tuple[str, str, str, str, str]], against: Path
 
 
 def write_report(
-    out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, list[RunRecord]],
-    setups: dict[str, str], options: object, against: tuple[Path, dict[tuple[str, str], str]] | None = None,
+    out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, Runs],
+    setups: dict[str, str], options: object, against: tuple[Path, dict[tuple[str, str], Outcome]] | None = None,
 ) -> Path:
     """Write index.html, results.csv and results.json into ``out``; returns the index path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +174,11 @@ def write_report(
     sections = []
     for study in studies:
         result, runs = results[study.name], records[study.name]
-        seconds = sum(r.seconds for r in runs)
-        counts = _counts(result)
+        counts = outcome_counts(result.verdicts)
         cells = " ".join(f"{_badge(o)}&nbsp;{n}" for o, n in counts.items() if n)
         summary_rows.append(f'<tr><td><a href="#{_e(study.name)}">{_e(study.title)}</a></td>'
                             f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>")  # fmt: skip
-        sections.append(_section(study, result, seconds, len(runs), setups[study.name]))
+        sections.append(_section(study, result, runs, setups[study.name]))
     stability = ""
     if against is not None:  # (another run's directory, its verdicts from load_verdicts)
         path, verdicts = against
@@ -171,19 +207,28 @@ Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">resul
 
 
 def _write_tables(out: Path, studies, results, records) -> None:
-    flat = [r for s in studies for r in records[s.name]]
-    metric_names = sorted({m for r in flat for m in r.metrics})
-    config_names = sorted({c for r in flat for c in r.config})
+    flat = _unique((role, r) for s in studies for role, rs in records[s.name].items() for r in rs)
+    metric_names = sorted({m for _, r in flat for m in r.metrics})
+    config_names = sorted({c for _, r in flat for c in r.config})
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["key", "study", "status", "seconds"] + config_names + metric_names)
-        for r in flat:
-            writer.writerow([r.key, r.study, r.status, f"{r.seconds:.2f}"] + [r.config.get(c, "") for c in config_names]
-                            + [r.metrics.get(m, "") for m in metric_names])  # fmt: skip
+        writer.writerow(["key", "study", "role", "status", "seconds"] + config_names + metric_names)
+        for role, r in flat:
+            writer.writerow([r.key, r.study, role, r.status, f"{r.seconds:.2f}"] +
+                            [r.config.get(c, "") for c in config_names] + [r.metrics.get(m, "") for m in metric_names])  # fmt: skip
     payload = {
-        "runs": [asdict(r) for r in flat],
+        "runs": [{**asdict(r), "role": role} for role, r in flat],
         "verdicts": {s.name: [asdict(v) for v in results[s.name].verdicts] for s in studies},
         "criterion": CRITERION,
         "training": {s.name: asdict(results[s.name].training) if results[s.name].training else None for s in studies},
+        "fairness": {s.name: asdict(results[s.name].fairness) if results[s.name].fairness else None for s in studies},
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
+
+
+def _unique(rows) -> list[tuple[str, RunRecord]]:
+    """One row per stored run (a run that is both a study's final run and another's is listed once)."""
+    seen: dict[str, tuple[str, RunRecord]] = {}
+    for role, r in rows:
+        seen.setdefault(r.key, (role, r))
+    return list(seen.values())

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .models import NotApplicable
 from .packed import MAX_COPIES, plan_packs
-from .store import Store, config_key
+from .store import Store, config_key, training_code_hash
 
 __all__ = ["SweepReport", "run_sweep", "execute"]
 
@@ -27,10 +27,16 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1) -> list[tuple[str, float, str]]:
+def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None
+            ) -> list[tuple[str, float, str]]:
     """Run one work item (a single run, or a pack of runs trained together) and store one row per run; returns
-    (key, seconds, status) per run. Runs in a worker process."""
+    (key, seconds, status) per run. Runs in a worker process; ``code`` is the driver's training-code hash: a worker
+    that imported other training code (edited during the sweep) refuses, rather than store rows under keys the
+    driver never asks for."""
     import torch
+
+    if code is not None and code != training_code_hash():
+        raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
 
     from .packed import train_packed
     from .train import run
@@ -49,9 +55,10 @@ def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1) ->
     return [(config_key(c), seconds, status) for c, (_, _, status, _) in zip(configs, rows)]
 
 
-def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int) -> list[tuple[str, float, str, str]]:
+def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int, code: str
+                    ) -> list[tuple[str, float, str, str]]:
     try:
-        return [(*row, "") for row in execute(configs, store_path, threads)]
+        return [(*row, "") for row in execute(configs, store_path, threads, code)]
     except Exception:  # a broken run must not take the sweep down; it is reported and not stored
         error = traceback.format_exc()
         return [(config_key(c), 0.0, "failed", error) for c in configs]
@@ -76,6 +83,7 @@ def run_sweep(
     if not todo:
         return report
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    code = training_code_hash()
     bar = _progress_bar(len(todo), progress)
     start = time.perf_counter()
 
@@ -95,11 +103,11 @@ def run_sweep(
     try:
         if workers <= 1:
             for item in items:
-                for config, outcome in zip(item, _execute_safely(item, store_path, threads)):
+                for config, outcome in zip(item, _execute_safely(item, store_path, threads, code)):
                     record(config, outcome)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_execute_safely, item, store_path, threads): item for item in items}
+                futures = {pool.submit(_execute_safely, item, store_path, threads, code): item for item in items}
                 for future in as_completed(futures):
                     for config, outcome in zip(futures[future], future.result()):
                         record(config, outcome)

@@ -16,10 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Store", "RunRecord", "config_key", "check_store", "LAB_VERSION"]
+__all__ = ["Store", "RunRecord", "config_key", "check_store", "LAB_VERSION", "training_code_hash"]
 
-# Bump when a change to the lab's code changes what a configuration produces, so old rows are not reused.
-LAB_VERSION = "3"  # 3: norms with a built-in activation (FRN, EvoNorm) replace the ReLU in the ConvNet
+# What a configuration produces is set by its fields and by the code that trains it. LAB_VERSION names the lab's
+# generations for people (4: learning rates selected per setting, method recipes, budgets); the key also holds a
+# hash of the training code itself (TRAINING_CODE), so a change to that code cannot reuse rows stored by the old
+# code, whether or not anyone remembers to bump the version.
+LAB_VERSION = "4"
+# The code a run's result depends on: the lab's training path and the norms it builds (not the studies' analysis,
+# the report or the CLI, which read stored rows).
+TRAINING_CODE = (
+    "lab/config.py", "lab/data.py", "lab/models.py", "lab/train.py", "lab/packed.py", "lab/distributed_run.py",
+    "lab/metrics.py", "nn", "functional", "registry.py", "method.py", "distributed.py", "_checks.py",
+)  # fmt: skip
+
+
+def training_code_hash(root: Path | None = None) -> str:
+    """sha256 over the bytes of every file of :data:`TRAINING_CODE` under the package ``root``, in a fixed order."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    digest = hashlib.sha256()
+    for entry in TRAINING_CODE:
+        path = root / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+_CODE = training_code_hash()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -38,8 +61,9 @@ CREATE INDEX IF NOT EXISTS runs_by_study ON runs (study);
 
 
 def config_key(config: dict[str, Any]) -> str:
-    """A stable hash of the full configuration (and the lab version)."""
-    canonical = json.dumps({"lab_version": LAB_VERSION, **config}, sort_keys=True, separators=(",", ":"))
+    """A stable hash of the full configuration, the lab version and the training code (:func:`training_code_hash`)."""
+    canonical = json.dumps({"lab_version": LAB_VERSION, "code": _CODE, **config}, sort_keys=True,
+                           separators=(",", ":"))  # fmt: skip
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -53,6 +77,7 @@ class RunRecord:
     curves: dict[str, list[float]]
     note: str
     seconds: float
+    untrained: str = ""  # not stored: set by the training check when its setting did not train, saying why
 
 
 _COLUMNS = ["key", "study", "status", "config", "metrics", "curves", "note", "seconds", "finished"]

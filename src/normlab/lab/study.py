@@ -12,53 +12,32 @@ from typing import Any, Sequence
 import numpy as np
 
 from .store import RunRecord
+from .verdicts import (
+    CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
+)  # fmt: skip
+
+NOT_TRAINED = Outcome.NOT_TRAINED
 
 __all__ = [
     "Options", "Study", "StudyResult", "Verdict", "Sample", "compare", "group_by", "mean_spread", "seed_rows",
-    "converged", "CRITERION", "CONVERGENCE", "NOT_TRAINED",
+    "converged", "CRITERION", "CONVERGENCE", "NOT_TRAINED", "Outcome", "check", "setting_label", "varying_fields",
 ]
 
-CONFIDENCE = 0.95
 PLATEAU_FRACTION = 0.10
 STUCK_FRACTION = 0.20
-CRITERION = (
-    "Runs are paired by seed (the same initialization of the shared layers and the same data order for every norm "
-    "compared). A difference counts when a two-sided paired t-test on the per-seed differences rejects 'no "
-    f"difference' at {CONFIDENCE:.0%} (|mean difference| > t(0.975, n-1) x its standard error) and the mean "
-    "difference is at least `min_effect`; runs that cannot be paired are compared by Welch's t-test. A difference "
-    "that counts in the claimed direction reproduces the claim, the opposite contradicts it, anything else is 'not "
-    "reproduced at this scale'. One seed cannot give a spread: 'inconclusive'. A comparison that involves a run "
-    "that did not train reads 'inconclusive: not trained'."
-)
 CONVERGENCE = (
     "A run has converged when its training loss has reached a plateau: its mean over the last fifth of training is "
     f"lower than its mean over the fourth fifth by less than {PLATEAU_FRACTION:.0%} of its whole fall (from its "
     f"highest point to the last fifth's mean). For a run that hardly learned (a fall under {STUCK_FRACTION:.0%} of its "
     f"highest loss, as BN at batch size 1), the fall counted is {STUCK_FRACTION:.0%} of that loss: a stuck run is a "
-    "result too. A run that diverged is a finished result, scored at chance. A study's runs have trained when its "
-    "best setting reaches the study's target; comparisons are drawn only from converged settings, each judged by "
-    "the mean loss curve of its seeds."
+    "result too. A run that diverged is a finished result, scored at chance. This plateau test is a first filter "
+    "only: with a learning rate decayed to zero the end of any run is flat. The evidence is the doubled budget: "
+    "every compared setting is trained again with twice its steps (the same schedule, stretched) on its first "
+    "seeds, and it has trained when that moves its mean metric by less than the study's tolerance. A study's runs "
+    "have trained when its best setting reaches the study's target; comparisons are drawn only from settings that "
+    "pass both tests. Where methods are compared, each setting trains at its own learning rate, chosen on a "
+    "validation split held out of the training data (each study says how)."
 )
-NOT_TRAINED = "inconclusive: not trained"
-
-
-class Sample(list):
-    """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing) and how many of
-    the runs behind them belong to a setting that did not converge."""
-
-    def __init__(self, values=(), seeds=(), untrained: int = 0) -> None:
-        super().__init__(values)
-        self.seeds = list(seeds)
-        self.untrained = untrained
-
-    def map(self, fn) -> "Sample":
-        return Sample([fn(v) for v in self], self.seeds, self.untrained)
-
-    def minus(self, other: "Sample") -> "Sample":
-        """Per-seed differences over the seeds both have."""
-        mine, theirs = dict(zip(self.seeds, self)), dict(zip(other.seeds, other))
-        common = [s for s in self.seeds if s in theirs]
-        return Sample([mine[s] - theirs[s] for s in common], common, self.untrained + other.untrained)
 
 
 def converged(curve: Sequence[float]) -> bool:
@@ -96,26 +75,21 @@ class Options:
     data: str | None = None  # "cifar10:PATH" / "mnist:PATH"
     nproc: int = 4  # ranks of the distributed study
     first_seed: int = 0  # seeds first_seed, first_seed + 1, ...
+    budget: float = 1.0  # every run's training steps times this (below 1: a quick look, likely not trained)
 
     def describe(self) -> str:
         norms = ", ".join(self.norms) if self.norms else "each study's own"
         data = self.data or "embedded (MNIST-1D, digits, pydoc text)"
         seeds = f"{self.seeds} seeds" if self.seeds else "each study's seeds"
+        budget = "" if self.budget == 1 else f", budget x{self.budget:g}"
         return f"{seeds} from seed {self.first_seed}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
-               f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study"
+               f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study{budget}"
 
     def seed_list(self, default: int = 5) -> list[int]:
         """The seeds each setting runs: ``--seeds`` of them (else the study's ``default``, doubled with --full),
         starting at ``--first-seed``."""
         count = self.seeds if self.seeds is not None else (2 * default if self.full else default)
         return list(range(self.first_seed, self.first_seed + count))
-
-
-@dataclass
-class Verdict:
-    claim: str
-    outcome: str  # reproduced | not reproduced at this scale | contradicted | inconclusive
-    evidence: str
 
 
 @dataclass(frozen=True)
@@ -143,13 +117,19 @@ class TrainingCheck:
     converged: int  # settings (one configuration, all its seeds) that converged
     settings: int  # settings checked
     unconverged: list[str] = field(default_factory=list)
+    trained: int | None = None  # settings that passed the doubled-budget check (None: not checked)
+    untrained: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         status = "met" if self.met else "NOT met"
-        text = (f"Target: {self.target}: {status} (best: {self.best}). Converged (mean loss curve over the seeds): "
+        text = (f"Target: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve over the seeds): "
                 f"{self.converged} of {self.settings} settings.")  # fmt: skip
         if self.unconverged:
-            text += " Not converged: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
+            text += " No plateau: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
+        if self.trained is not None:
+            text += f" Doubled budget: {self.trained} of {self.settings} settings trained."
+            if self.untrained:
+                text += " Not trained: " + "; ".join(self.untrained[:8]) + ("..." if len(self.untrained) > 8 else "")
         return text
 
 
@@ -161,6 +141,7 @@ class StudyResult:
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     training: TrainingCheck | None = None
+    fairness: Any = None  # normlab.lab.fairness.Fairness: how rates were chosen, which settings trained
 
 
 class Study:
@@ -172,6 +153,11 @@ class Study:
     variants: tuple[str, ...] = ()  # labels --norms accepts besides registry names (a norm plus WN, SyncBN...)
 
     target: Target = Target()
+    # Fairness (normlab.lab.fairness): how each compared setting's learning rate is chosen (None: as written, for
+    # the reason ``untuned`` gives), and when a setting counts as trained.
+    selection: Any = None
+    untuned: str = ""
+    budget_check: Any = None
 
     def norms(self, options: Options) -> tuple[str, ...]:
         return options.norms if options.norms else self.default_norms
@@ -186,21 +172,28 @@ class Study:
         raise NotImplementedError
 
 
-def _setting_label(config: dict, varying: list[str]) -> str:
+def varying_fields(configs: Sequence[dict]) -> list[str]:
+    """The fields (but seed and where the run happens) that differ between ``configs``."""
+    ignored = {"seed", "study", "device", "data_path"}
+    keys = sorted({k for c in configs for k in c} - ignored)
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def setting_label(config: dict, varying: list[str]) -> str:
+    """A setting's label: the ``varying`` fields' values (a study's own ``variant`` names its norm)."""
     if "variant" in varying:  # a study's own label already names the norm and its options
         varying = [k for k in varying if k not in ("norm", "norm_options", "weight_norm")]
-    return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("norm"))
+    return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("variant") or config.get("norm"))
 
 
-def check_training(target: Target, records: list[RunRecord]) -> TrainingCheck:
-    """The :data:`CONVERGENCE` check of a study's finished runs against its ``target``."""
+def check_training(target: Target, records: list[RunRecord], tuned: bool = False) -> TrainingCheck:
+    """The :data:`CONVERGENCE` check of a study's finished runs against its ``target`` (``tuned``: the rates were
+    chosen per setting, so the rate does not tell settings apart)."""
     done = [r for r in records if r.status == "done" and (target.task is None or r.config.get("task") == target.task)]
-    ignored = {"seed", "study", "device", "data_path"}
-    keys = sorted({k for r in done for k in r.config} - ignored)
-    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in done}) > 1]
+    varying = [k for k in varying_fields([r.config for r in done]) if k != "lr" or not tuned]
     settings: dict[str, list[RunRecord]] = {}
     for r in done:
-        settings.setdefault(_setting_label(r.config, varying), []).append(r)
+        settings.setdefault(setting_label(r.config, varying), []).append(r)
     sign = 1.0 if target.higher_is_better else -1.0
     scored = {label: float(np.mean([r.metrics[target.metric] for r in runs if target.metric in r.metrics]))
               for label, runs in settings.items() if any(target.metric in r.metrics for r in runs)}  # fmt: skip
@@ -213,29 +206,23 @@ def check_training(target: Target, records: list[RunRecord]) -> TrainingCheck:
     else:
         met, best_text = False, "no finished run"
     unconverged = sorted(label for label, runs in settings.items() if not setting_converged(runs))
+    untrained = sorted(label for label, runs in settings.items() if any(r.untrained for r in runs))
     return TrainingCheck(target.describe(), met, best_text, len(settings) - len(unconverged), len(settings),
-                         unconverged)  # fmt: skip
+                         unconverged, len(settings) - len(untrained), untrained)  # fmt: skip
+
 
 
 def checked_analysis(study: Study, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
     """The study's analysis with its training check; when the target is not met, no verdict stands."""
     result = study.analyze(records, figdir, options)
-    result.training = check_training(study.target, records)
+    result.training = check_training(study.target, records, tuned=study.selection is not None)
     if not result.training.met:
         result.verdicts = [
             Verdict(v.claim, NOT_TRAINED, v.evidence + "; the study's accuracy target was not met")
-            if v.outcome != "inconclusive" else v
+            if v.outcome != Outcome.INCONCLUSIVE else v
             for v in result.verdicts
         ]
     return result
-
-
-def mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (nan for a single value)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
 
 
 def fmt(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -243,66 +230,6 @@ def fmt(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     if math.isnan(m):
         return "-"
     return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def _t_critical(df: float) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
-
-
-def difference_test(higher: Sequence[float], lower: Sequence[float]) -> tuple[float, float, float, str] | None:
-    """(mean difference, its standard error, the t critical value, how paired) for higher - lower; None when
-    there are too few values for a spread."""
-    if isinstance(higher, Sample) and isinstance(lower, Sample) and higher.seeds and lower.seeds:
-        diffs = higher.minus(lower)
-        if len(diffs) >= 2:
-            d = np.asarray(diffs, dtype=float)
-            return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), _t_critical(d.size - 1), \
-                f"paired over {d.size} seeds"
-    a, b = np.asarray(higher, dtype=float), np.asarray(lower, dtype=float)
-    if a.size < 2 or b.size < 2:
-        return None
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / max(va**2 / (a.size - 1) + vb**2 / (b.size - 1), 1e-300) if se > 0 else a.size + b.size - 2
-    return float(a.mean() - b.mean()), se, _t_critical(df), f"unpaired (Welch), n={a.size} and {b.size}"
-
-
-def compare(
-    claim: str, higher: Sequence[float], lower: Sequence[float], label_hi: str, label_lo: str, min_effect: float = 0.0,
-    unit: str = "",
-) -> Verdict:
-    """Verdict on "``higher`` exceeds ``lower``" by :data:`CRITERION`."""
-    (m_hi, _), (m_lo, _) = mean_spread(higher), mean_spread(lower)
-    if math.isnan(m_hi) or math.isnan(m_lo):
-        return Verdict(claim, "inconclusive", "missing runs")
-    evidence = f"{label_hi} {m_hi:.4g}{unit} vs {label_lo} {m_lo:.4g}{unit}"
-    untrained = getattr(higher, "untrained", 0) + getattr(lower, "untrained", 0)
-    test = difference_test(higher, lower)
-    if test is None:
-        return Verdict(claim, "inconclusive", evidence + "; one seed gives no spread")
-    effect, se, crit, how = test
-    margin = max(crit * se, min_effect)
-    evidence += (f": difference {effect:+.4g}{unit} ± {se:.2g} (standard error, {how}), needs more than "
-                 f"{margin:.3g}{unit} (t {crit:.2f} x standard error, or min_effect {min_effect:g})")  # fmt: skip
-    if untrained:
-        return Verdict(claim, NOT_TRAINED, evidence + f"; {untrained} of the runs compared had not converged")
-    if effect > margin:
-        return Verdict(claim, "reproduced", evidence)
-    if effect < -margin:
-        return Verdict(claim, "contradicted", evidence)
-    return Verdict(claim, "not reproduced at this scale", evidence)
-
-
-def not_greater(
-    claim: str, value: Sequence[float], reference: Sequence[float], label: str, label_ref: str,
-    min_effect: float = 0.0, unit: str = "",
-) -> Verdict:
-    """Verdict on "``value`` is not greater than ``reference``": contradicted only by a difference that counts."""
-    v = compare(claim, value, reference, label, label_ref, min_effect, unit)
-    flipped = {"reproduced": "contradicted", "contradicted": "reproduced", "not reproduced at this scale": "reproduced"}
-    return Verdict(claim, flipped.get(v.outcome, v.outcome), v.evidence)
 
 
 def group_by(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
@@ -377,10 +304,15 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
 
 
 def sample(records: list[RunRecord], fn) -> Sample:
-    """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed."""
+    """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed; its runs count as
+    untrained when the setting failed the doubled-budget check (the reason kept) or has no plateau."""
     ordered = sorted((r for r in records if r.status == "done"), key=lambda r: r.config.get("seed", 0))
-    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered],
-                  0 if setting_converged(ordered) else len(ordered))  # fmt: skip
+    notes = sorted({r.untrained for r in ordered if r.untrained})
+    if not setting_converged(ordered):
+        notes.append(f"{setting_label(ordered[0].config, ['variant'] if ordered[0].config.get('variant') else ['norm'])}"
+                     ": its training loss has no plateau")  # fmt: skip
+    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered], len(ordered) if notes else 0,
+                  notes)  # fmt: skip
 
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:

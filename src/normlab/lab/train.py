@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ClassifyConfig, RunOutput, from_dict
+from .metrics import TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC
 from .data import ImageData, load_images, load_text
-from .models import CharTransformer, ConvNet
+from ..nn import data_dependent_init
+from ..registry import WEIGHT_NORM_RECIPE
+from .models import CharTransformer, ConvNet, uses_weight_norm
 
 __all__ = ["run", "RunOutput"]
 
@@ -194,27 +197,42 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
 
 
 def classifier_data(c: ClassifyConfig) -> ImageData:
+    """The run's data: the first ``train_subset`` training examples; with ``validation_fraction``, the last share
+    of those is held out and takes the test split's place (the test set is then not read)."""
     data = load_images(c.data, c.data_path)
-    if c.train_subset:
-        data = ImageData(data.name, data.x_train[: c.train_subset], data.y_train[: c.train_subset],
-                         data.x_test, data.y_test, data.num_classes)  # fmt: skip
-    return data
+    x, y = data.x_train[: c.train_subset or None], data.y_train[: c.train_subset or None]
+    if c.validation_fraction:
+        keep = len(x) - max(1, round(c.validation_fraction * len(x)))
+        return ImageData(data.name, x[:keep], y[:keep], x[keep:], y[keep:], data.num_classes)
+    return ImageData(data.name, x, y, data.x_test, data.y_test, data.num_classes)
+
+
+INIT_BATCH = 256  # examples of Weight Normalization's data-dependent initialization
 
 
 def build_classifier(c: ClassifyConfig, data: ImageData) -> ConvNet:
-    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, c.weight_norm,
-                   norm_options=c.norm_options)  # fmt: skip
+    """The run's ConvNet; weight-normalized layers start from WN's data-dependent initialization (its recipe) on
+    a batch drawn from the run's own generator, so the run starts the same alone and packed."""
+    weight_norm = uses_weight_norm(c.norm, c.weight_norm)
+    model = ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, weight_norm,
+                    norm_options=c.norm_options)  # fmt: skip
+    if weight_norm and WEIGHT_NORM_RECIPE.data_init:
+        g = torch.Generator().manual_seed(c.seed + 7919)
+        idx = torch.randperm(len(data.x_train), generator=g)[:INIT_BATCH]
+        data_dependent_init(model.train(), data.x_train[idx])
+    return model
 
 
 def build_packed_classifier(cs: list[ClassifyConfig], data: ImageData) -> ConvNet:
     """The lab's ConvNet for the runs ``cs`` (one pack key) side by side; runs of several norms share it."""
     c0 = cs[0]
     return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, [c.norm for c in cs], c0.width, c0.depth,
-                   c0.weight_norm, copies=len(cs), norm_options=[c.norm_options for c in cs])  # fmt: skip
+                   uses_weight_norm(c0.norm, c0.weight_norm), copies=len(cs),
+                   norm_options=[c.norm_options for c in cs])  # fmt: skip
 
 
 def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:
-    return c.steps or c.epochs * math.ceil(len(data.x_train) / c.batch_size)
+    return max(1, round(c.budget * (c.steps or c.epochs * math.ceil(len(data.x_train) / c.batch_size))))
 
 
 class BatchOrder:
@@ -297,11 +315,15 @@ def evaluate_classifier(
     device = torch.device(c.device)
     model.eval()
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    if c.validation_fraction:  # a selection run: its score on the held-out examples, nothing of the test set
+        chance = 1.0 / data.num_classes
+        metrics[VALID_ACC] = chance if metrics.get("diverged") else _accuracy(model, x_test, y_test)
+        return metrics, curves
     if metrics.get("diverged"):
         chance = 1.0 / data.num_classes
-        metrics.update(test_acc=chance, test_acc_batch_stats=chance)
+        metrics.update({TEST_ACC: chance, "test_acc_batch_stats": chance})
         return metrics, curves
-    metrics["test_acc"] = _accuracy(model, x_test, y_test)
+    metrics[TEST_ACC] = _accuracy(model, x_test, y_test)
     metrics["train_acc"] = _accuracy(model, data.x_train.to(device), data.y_train.to(device))
     metrics["train_loss"] = curves["loss"][-1] if curves["loss"] else float("nan")
     metrics["test_acc_batch_stats"] = _batch_stats_accuracy(model, x_test, y_test, c.test_batch)
@@ -336,27 +358,28 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(c.seed)
     recorder = BatchStatRecorder(model.blocks[-1].norm2, channel_dim=-1)
-    curves: dict[str, list[float]] = {"step": [], "loss": [], "valid_bpc": []}
-    every = max(1, c.steps // c.points)
+    curves: dict[str, list[float]] = {"step": [], "loss": [], VALID_BPC: []}
+    steps, warmup = max(1, round(c.budget * c.steps)), round(c.budget * c.warmup)
+    every = max(1, steps // c.points)
     vg = torch.Generator().manual_seed(1234)
-    valid = [tuple(t.to(device) for t in _lm_batch(text.valid, 32, c.seq_len, pad, vg, variable=False))
-             for _ in range(4)]  # fmt: skip
+    held_out = {split: [tuple(t.to(device) for t in _lm_batch(ids, 32, c.seq_len, pad, vg, variable=False))
+                        for _ in range(4)] for split, ids in (("valid", text.valid), ("test", text.test))}  # fmt: skip
 
-    def valid_bpc() -> float:
+    def bpc(split: str = "valid") -> float:
         model.eval()
         recorder.enabled = False
         with torch.no_grad():
-            losses = [float(F.cross_entropy(model(t, p).transpose(1, 2), y)) for t, y, p in valid]
+            losses = [float(F.cross_entropy(model(t, p).transpose(1, 2), y)) for t, y, p in held_out[split]]
         model.train()
         recorder.enabled = True
         return float(np.mean(losses)) / math.log(2)
 
     metrics: dict[str, float] = {"diverged": 0.0}
     log = _LossLog()
-    for step in range(c.steps):
-        warm = min(1.0, (step + 1) / c.warmup) if c.warmup else 1.0
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
         for group in opt.param_groups:
-            group["lr"] = c.lr * warm * lr_factor(c.lr_schedule, step, c.steps)
+            group["lr"] = c.lr * warm * lr_factor(c.lr_schedule, step, steps)
         tokens, targets, padding = (t.to(device) for t in _lm_batch(text.train, c.batch_size, c.seq_len, pad, g, True))
         loss = F.cross_entropy(model(tokens, padding).transpose(1, 2), targets)
         opt.zero_grad(set_to_none=True)
@@ -366,10 +389,11 @@ def train_char_lm(config: dict[str, Any]) -> RunOutput:
         if log.add(float(loss.detach())):
             metrics["diverged"] = 1.0
             break
-        if step % every == 0 or step == c.steps - 1:
+        if step % every == 0 or step == steps - 1:
             curves["step"].append(step)
             curves["loss"].append(log.flush() / math.log(2))
-            curves["valid_bpc"].append(valid_bpc())
-    metrics.update(recorder.fluctuation(skip=min(20, c.steps // 4)))
-    metrics["valid_bpc"] = valid_bpc() if not metrics["diverged"] else math.log2(vocab)
+            curves[VALID_BPC].append(bpc("valid"))
+    metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
+    for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
+        metrics[name] = bpc(split) if not metrics["diverged"] else math.log2(vocab)
     return metrics, curves

@@ -18,7 +18,7 @@ from .normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
 from .response import TLU, EvoNormB0, EvoNormS0, FilterResponseNorm
 from .spectral_norm import SpectralNorm, spectral_norm
 from .switchable import SwitchableNorm
-from .weight_norm import WeightNorm, weight_norm
+from .weight_norm import WeightNorm, data_dependent_init, weight_norm
 from .weight_standardization import StdConv1d, StdConv2d
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "FrozenBatchNorm2d", "GhostBatchNorm1d", "GlobalResponseNorm", "GhostBatchNorm2d", "GhostBatchNorm3d", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "LocalResponseNorm", "MeanOnlyBatchNorm", "PowerNorm", "RMSNorm", "RMSNorm2d", "SpectralNorm",
     "StdConv1d", "StdConv2d", "SwitchableNorm", "SyncBatchNorm", "TLU", "WeightNorm", "spectral_norm",
-    "weight_norm",
+    "weight_norm", "data_dependent_init",
 ]  # fmt: skip
 __all__ += [name for name in norm_act.__all__ if name.endswith(('Act', 'Act1d', 'Act2d', 'Act3d'))]

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from .. import functional as NF
 
-__all__ = ["weight_norm", "WeightNorm"]
+__all__ = ["weight_norm", "WeightNorm", "data_dependent_init"]
 
 
 class WeightNorm(Module):
@@ -77,3 +77,68 @@ def weight_norm(module: Module, name: str = "weight", dim: int | None = 0) -> Mo
 
     module._register_load_state_dict_pre_hook(_accept_legacy_keys)
     return module
+
+
+def _weight_normalized(model: Module) -> list[Module]:
+    """The layers of ``model`` whose ``weight`` is reparametrized by :class:`WeightNorm`."""
+    return [m for m in model.modules() if parametrize.is_parametrized(m, "weight")
+            and any(isinstance(p, WeightNorm) for p in m.parametrizations["weight"])]  # fmt: skip
+
+
+@torch.no_grad()
+def data_dependent_init(model: Module, input: Tensor, eps: float = 1e-6) -> Module:
+    r"""Weight Normalization's data-dependent initialization (Salimans & Kingma 2016, section 3); returns ``model``.
+
+    Layer by layer in the order the forward reaches them, each weight-normalized layer's pre-activations
+    :math:`t = v \cdot x / \lVert v\rVert` on the batch ``input`` (the layers before it already initialized) set
+
+    .. math:: g \leftarrow \frac{1}{\sigma[t]}, \qquad b \leftarrow -\frac{\mu[t]}{\sigma[t]}
+
+    per output unit (mean and standard deviation over the batch and the spatial positions), so that every
+    such layer starts with outputs of zero mean and unit variance. Layers without a bias get the scale only.
+
+    Args:
+        model: a module holding layers made with :func:`weight_norm` (``dim=0``).
+        input: a batch the model takes, of more than one example.
+        eps: added to the standard deviation.
+
+    Examples::
+
+        >>> import torch, normlab.nn as nl
+        >>> layer = nl.weight_norm(torch.nn.Linear(8, 4))
+        >>> x = 3 + 5 * torch.randn(256, 8)
+        >>> _ = nl.data_dependent_init(layer, x)
+        >>> y = layer(x)
+        >>> bool(y.mean(0).abs().max() < 1e-4), bool((y.std(0, unbiased=False) - 1).abs().max() < 1e-3)
+        (True, True)
+    """
+    if not isinstance(input, Tensor) or input.dim() < 2 or input.shape[0] < 2:
+        raise ValueError("data_dependent_init: input must be a batch of at least 2 examples")
+    layers = _weight_normalized(model)
+    if not layers:
+        raise ValueError("data_dependent_init: the model has no weight-normalized layer (normlab.nn.weight_norm)")
+    order: list[Module] = []
+    hooks = [m.register_forward_hook(lambda m, _a, _o: order.append(m) if m not in order else None) for m in layers]
+    try:
+        model(input)
+    finally:
+        for h in hooks:
+            h.remove()
+    for layer in order:
+        g = layer.parametrizations["weight"].original0
+        bias = getattr(layer, "bias", None)
+        g.fill_(1.0)
+        if bias is not None:
+            bias.zero_()
+        captured: list[Tensor] = []
+        hook = layer.register_forward_hook(lambda _m, _a, out: captured.append(out))
+        try:
+            model(input)
+        finally:
+            hook.remove()
+        t = captured[0].movedim(-1 if captured[0].dim() == 2 else 1, 0).reshape(g.shape[0], -1)
+        mean, std = t.mean(1), t.std(1, unbiased=False) + eps
+        g.copy_((1.0 / std).view(g.shape))
+        if bias is not None:
+            bias.copy_(-mean / std)
+    return model

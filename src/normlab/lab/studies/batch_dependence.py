@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...registry import is_batch_dependent
+from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
+    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     plot_lines, save, values,
 )  # fmt: skip
 
@@ -28,13 +29,16 @@ class BatchDependence(Study):
     default_norms = ("batch", "layer", "group", "weight", "weight+meanonly", "none")
     variants = tuple(VARIANTS)
     target = Target("test_acc", 0.90)
+    selection = Selection()
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN, SGD lr 0.05 (cosine decay) with momentum 0.9, batch 64, "
+            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9 and a cosine decay (peak rate chosen per variant, "
+            f"grid around 0.05), batch 64, "
             f"{self._epochs(options)} epochs. "
-            "'weight' is Weight Normalization on every conv and the head with no activation norm; 'weight+meanonly' "
-            "adds mean-only BN. Batch dependence: after training, one test example is put in 12 random batches of 16 "
+            "'weight' is Weight Normalization on every conv and the head with no activation norm, started from its "
+            "paper's data-dependent initialization; 'weight+meanonly' adds mean-only BN (its paper's pairing). Batch dependence: after training, one test example is put in 12 random batches of 16 "
             "and run in training mode; the spread is the std of its logits across batches over their mean magnitude."
         )
 
@@ -78,7 +82,7 @@ class BatchDependence(Study):
             else:
                 claim, ok = f"{v}'s output for an example does not depend on its batch", deterministic
             evidence = f"largest spread {worst:.1e}; threshold {DETERMINISTIC_BELOW:g} (float32 rounding)"
-            result.verdicts.append(Verdict(claim, "reproduced" if ok else "contradicted", evidence))
+            result.verdicts.append(check(claim, ok, evidence))
         acc = {v: values(groups[(v,)], "test_acc", 100) for v in labels}
         if "weight" in acc and "weight+meanonly" in acc:
             result.verdicts.append(compare(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...reference.layout import batch_layout
+from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
@@ -26,6 +27,8 @@ class BatchSize(Study):
     source = "Wu & He 2018, Group Normalization, Fig. 1 and Table 2"
     default_norms = ("batch", "group", "layer", "instance")
     target = Target("test_acc", 0.90)
+    selection = Selection()
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def batch_sizes(self, options: Options) -> list[int]:
         return [2, 4, 8, 16, 32, 64] if options.full else [2, 8, 32]
@@ -40,7 +43,8 @@ class BatchSize(Study):
         return (
             f"MNIST-1D, all 4000 training examples, a {DEPTH}-block 1-d CNN (width {WIDTH}, stride 2 after the first "
             "block, so the last maps are 5 long), SGD with momentum 0.9 and a cosine decay to 0. Every batch size "
-            f"trains to its plateau, which takes large batches more epochs: {recipes}. (The paper trains every batch "
+            f"trains to its plateau, which takes large batches more epochs: {recipes} (that rate is the centre of "
+            "each setting's learning-rate grid; every norm at every batch size trains at its own chosen rate). (The paper trains every batch "
             "size for the same epochs; here that left batch 32 unconverged.) Test error uses BN's running "
             "statistics; BN is also scored with each test batch of 50 normalized by its own. Training accuracy "
             "(below the table) shows how far each setting fit its data."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, sample,
@@ -23,10 +24,13 @@ class Contrast(Study):
     source = "Ulyanov et al. 2016 (Instance Normalization); Huang & Belongie 2017 (AdaIN)"
     default_norms = ("batch", "instance", "group", "layer", "none")
     target = Target("test_acc", 0.97)
+    selection = Selection()
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD lr 0.05 (cosine decay) with momentum 0.9, batch 32, "
+            f"scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD with momentum 0.9 and a cosine decay (peak rate chosen per norm, "
+            "grid around 0.05), batch 32, "
             f"{self._epochs(options)} epochs on unchanged images. At test every image gets its own contrast a and "
             "brightness b, x -> a·x + b, with log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) (standardized units) "
             f"for strengths s in {STRENGTHS}."

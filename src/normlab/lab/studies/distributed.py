@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, new_figure,
+    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure,
     not_applicable_notes, plot_lines, save, values,
 )  # fmt: skip
 
@@ -44,6 +45,8 @@ class Distributed(Study):
     default_norms = tuple(VARIANTS)
     variants = tuple(VARIANTS)
     target = Target("test_acc", 0.90, task="classify")
+    selection = Selection()  # the accuracy runs; the exactness runs are one fixed computation, compared exactly
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         per_rank = max(2, GLOBAL_BATCH // options.nproc)
@@ -120,9 +123,8 @@ class Distributed(Study):
             evidence = (f"over {reference.size} steps, largest |loss difference| from single-process BN: SyncBN "
                         f"{gaps['SyncBN']:.2g}, per-rank BN {gaps['per-rank BN']:.2g} (float32 rounding: at most "
                         f"{EXACT_TOLERANCE:g})")  # fmt: skip
-            outcome = "reproduced" if exact else "contradicted"
-            result.verdicts.append(Verdict(
-                "SyncBN over N ranks computes single-process BN on the global batch; per-rank BN does not", outcome,
+            result.verdicts.append(check(
+                "SyncBN over N ranks computes single-process BN on the global batch; per-rank BN does not", exact,
                 evidence,
             ))  # fmt: skip
 

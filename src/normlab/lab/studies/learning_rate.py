@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
@@ -23,6 +24,8 @@ class LearningRate(Study):
     source = "Ioffe & Szegedy 2015; Santurkar et al. 2018 (How Does Batch Normalization Help Optimization?)"
     default_norms = ("batch", "layer", "group", "none")
     target = Target("test_acc", 0.90)
+    untuned = "Not chosen: the learning rate is the variable under test, and every norm runs the whole grid."
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def lrs(self, options: Options) -> list[float]:
         return [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0] if options.full else [0.003, 0.03, PROBE_LR, 3.0]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
@@ -26,10 +27,13 @@ class Online(Study):
     source = "Ba et al. 2016 (Layer Normalization); Ioffe 2017 (Batch Renormalization, non-i.i.d. minibatches)"
     default_norms = ("batch", "batchrenorm", "layer", "group")
     target = Target("test_acc", 0.60)
+    selection = Selection()
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D streamed one example per step (batch size 1), plain SGD lr {LR} with a cosine decay, "
+            f"MNIST-1D streamed one example per step (batch size 1), plain SGD with a cosine decay (peak rate chosen per norm and stream, "
+            f"grid around {LR}), "
             f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: i.i.d. "
             "order, and class-sorted chunks (10 examples of one class, then 10 of the next, cycling). Test accuracy with BN's "
             "running statistics and, for comparison, with each test batch of 50 normalized by its own statistics."

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
-    Options, Study, StudyResult, Target, Verdict, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
+    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
     values,
 )  # fmt: skip
 
@@ -24,6 +25,9 @@ class WeightDecay(Study):
     source = "van Laarhoven 2017 (L2 Regularization versus Batch and Weight Normalization); Zhang et al. 2018"
     default_norms = ("batch",)
     target = Target("test_acc", 0.90)
+    untuned = ("Not chosen: the study measures how weight decay moves the effective learning rate lr/‖w‖² at one "
+               "peak rate; it compares weight decays of one norm (and a scale-invariance control), not methods.")
+    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
@@ -79,11 +83,11 @@ class WeightDecay(Study):
             control = values(groups.get(("none", 0.0), []), "scale_invariance_error")
             if errors:
                 worst = max(errors)
-                outcome = "reproduced" if worst < INVARIANCE_TOLERANCE else "contradicted"
                 evidence = f"max relative output change {worst:.1e} (tolerance {INVARIANCE_TOLERANCE:g})"
                 if control:
                     evidence += f"; unnormalized control: {max(control):.2g}"
-                result.verdicts.append(Verdict(f"the net with {n} is invariant to the conv's scale", outcome, evidence))
+                result.verdicts.append(check(f"the net with {n} is invariant to the conv's scale",
+                                             worst < INVARIANCE_TOLERANCE, evidence))  # fmt: skip
             no_wd, big_wd = groups.get((n, 0.0), []), groups.get((n, DECAYS[-1]), [])
             initial = sample(no_wd, lambda r: r.curves["weight_norm"][0])
             result.verdicts.append(compare(
