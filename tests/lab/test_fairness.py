@@ -1,0 +1,174 @@
+"""Fairness: each setting's learning rate chosen on a validation split, the doubled-budget training check, outcomes
+as a type, and the training-code hash in every run's key."""
+
+import inspect
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab.lab import STUDIES, Options, fairness, runner
+from normlab.lab import store as store_module
+from normlab.lab.config import from_dict, make_config
+from normlab.lab.fairness import SELECTION_SEED_OFFSET, BudgetCheck, Selection, StudyPlan
+from normlab.lab.metrics import TEST_ACC, VALID_ACC
+from normlab.lab.store import RunRecord, config_key, training_code_hash
+from normlab.lab.study import Study, Target, sample
+from normlab.lab.train import build_classifier, classifier_data, run
+from normlab.lab.verdicts import Outcome, Verdict, compare
+
+
+class _Study(Study):
+    """Two norms, two seeds; the learning rate 0.1 is each grid's centre."""
+
+    name = "fake"
+    default_norms = ("batch", "group")
+    target = Target(TEST_ACC, 0.5)
+    selection = Selection(seeds=2, extensions=2)
+    budget_check = BudgetCheck(tolerance=0.01, seeds=2)
+
+    def configs(self, options):
+        return [make_config(study=self.name, norm=n, seed=s, lr=0.1, epochs=2, output_spread=True)
+                for n in self.default_norms for s in options.seed_list()]  # fmt: skip
+
+
+def _done(config, **metrics):
+    return RunRecord(config_key(config), config["study"], "done", config, metrics, {"loss": []}, "", 1.0)
+
+
+def _select(plan, score):
+    """Store a selection run for every (setting, lr, seed) of the grid with ``score(norm, lr)`` as its metric."""
+    return {config_key(c): _done(c, **{VALID_ACC: score(c["norm"], c["lr"])}) for c in plan.selection_configs()}
+
+
+def test_the_grid_is_log_spaced_with_at_least_four_rates():
+    grid = Selection().grid(0.05)
+    assert len(grid) >= 4
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert all(r == pytest.approx(ratios[0], rel=1e-2) for r in ratios) and 0.05 in grid
+    with pytest.raises(ValueError, match="at least 4"):
+        Selection(below=1, above=1)
+
+
+def test_selection_runs_hold_out_validation_on_their_own_seeds():
+    plan = StudyPlan(_Study(), Options(seeds=2, first_seed=3))
+    configs = plan.selection_configs()
+    finals = plan.final_configs()
+    assert {c["seed"] for c in configs} == {3 + SELECTION_SEED_OFFSET, 4 + SELECTION_SEED_OFFSET}
+    assert not {c["seed"] for c in configs} & {c["seed"] for c in finals}
+    assert all(c["validation_fraction"] == 0.2 and not c["output_spread"] for c in configs)
+    assert all(c["validation_fraction"] == 0.0 and c["output_spread"] for c in finals)
+    assert len(configs) == 2 * len(Selection().grid(0.1)) * 2  # settings x rates x seeds
+
+
+def test_each_setting_gets_its_own_best_rate_and_an_edge_grows_the_grid():
+    plan = StudyPlan(_Study(), Options(seeds=2))
+    best = {"batch": 0.1, "group": 0.0111}  # group's best is below the first grid's low edge
+
+    def score(norm, lr):
+        return 0.9 - abs(math.log(lr / best[norm]))
+
+    assert plan.update(_select(plan, score))  # group's best rate sits on the low edge: the grid grows
+    group = next(c for c in plan.choices.values() if c.label == "norm=group")
+    assert group.grid[0] == pytest.approx(0.0111 / 3, rel=1e-2) and group.extensions == 1
+    while plan.update(_select(plan, score)):
+        pass
+    chosen = {c.label: c.chosen for c in plan.choices.values()}
+    assert chosen == {"norm=batch": 0.1, "norm=group": pytest.approx(0.0111, rel=1e-2)}
+    assert {c["norm"]: c["lr"] for c in plan.final_configs()} == {"batch": 0.1, "group": chosen["norm=group"]}
+
+
+def test_a_grid_grows_at_most_its_extensions_and_says_so():
+    plan = StudyPlan(_Study(), Options(seeds=2))
+    rounds = 0
+    while plan.update(_select(plan, lambda norm, lr: -lr)):  # the smaller the better, without end
+        rounds += 1
+    assert rounds == 2
+    assert all("edge" in c.note and c.chosen == min(c.grid) for c in plan.choices.values())
+
+
+def test_the_doubled_budget_check_marks_settings_that_moved():
+    plan = StudyPlan(_Study(), Options(seeds=2))
+    plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1)))
+    records = {}
+    for once, twice in plan.check_pairs():
+        assert twice["budget"] == 2 * once["budget"] and twice["seed"] == once["seed"]
+        moved = 0.05 if once["norm"] == "group" else 0.002
+        records[config_key(once)] = _done(once, **{TEST_ACC: 0.80})
+        records[config_key(twice)] = _done(twice, **{TEST_ACC: 0.80 + moved})
+    budgets = plan.judge_budgets(records)
+    assert sorted((b.label, b.trained) for b in budgets.values()) == [("norm=batch", True), ("norm=group", False)]
+    finals = plan.annotate([records[config_key(once)] for once, _ in plan.check_pairs()], budgets)
+    group = [r for r in finals if r.config["norm"] == "group"]
+    batch = [r for r in finals if r.config["norm"] == "batch"]
+    assert all("80 at its budget vs 85 at twice" in r.untrained for r in group) and not any(r.untrained for r in batch)
+    verdict = compare("c", sample(group, lambda r: 1.0), sample(batch, lambda r: 0.0), "a", "b")
+    assert verdict.outcome is Outcome.NOT_TRAINED and "85 at twice" in verdict.evidence
+
+
+def test_a_selection_run_never_reads_the_test_set():
+    config = make_config(study="t", norm="batch", seed=0, steps=5, validation_fraction=0.25)
+    data, full = classifier_data(from_dict(config)), classifier_data(from_dict({**config, "validation_fraction": 0.0}))
+    assert len(data.x_test) == len(full.x_train) // 4 and len(data.x_train) == len(full.x_train) - len(data.x_test)
+    assert torch.equal(data.x_test, full.x_train[len(data.x_train):])
+    metrics, _ = run(config)
+    assert VALID_ACC in metrics and not any(k.startswith("test") for k in metrics)
+
+
+def test_every_method_vs_method_study_selects_and_every_study_checks():
+    for study in STUDIES.values():
+        assert study.budget_check is not None, study.name
+        assert study.selection is not None or study.untuned, study.name
+
+
+def test_outcomes_are_a_type_and_no_study_writes_one():
+    assert Verdict("c", "reproduced", "e").outcome is Outcome.REPRODUCED
+    with pytest.raises(ValueError):
+        Verdict("c", "mostly reproduced", "e")
+    literal = re.compile(r'"(reproduced|contradicted|inconclusive|not reproduced at this scale)"')
+    for path in Path(inspect.getfile(STUDIES["online"].__class__)).parent.glob("*.py"):
+        assert not literal.search(path.read_text()), path.name
+
+
+def test_the_key_holds_the_training_code(tmp_path, monkeypatch):
+    """Editing the code that trains a run changes every key: old rows cannot be reused by forgetting a bump."""
+    import shutil
+
+    root = Path(store_module.__file__).resolve().parents[1]
+    copy = tmp_path / "normlab"
+    shutil.copytree(root, copy)
+    assert training_code_hash(copy) == training_code_hash()
+    train = copy / "lab" / "train.py"
+    train.write_text(train.read_text() + "\n# an edit\n")
+    assert training_code_hash(copy) != training_code_hash()
+    (copy / "lab" / "report.py").write_text("# the report does not train\n")
+    train.write_text((root / "lab" / "train.py").read_text())
+    assert training_code_hash(copy) == training_code_hash()
+    config = make_config(study="t", norm="batch", seed=0)
+    before = config_key(config)
+    monkeypatch.setattr(store_module, "_CODE", "edited")
+    assert config_key(config) != before
+
+
+def test_a_worker_with_other_training_code_stores_nothing(tmp_path):
+    config = make_config(study="t", norm="batch", seed=0, steps=2)
+    with pytest.raises(RuntimeError, match="training code changed"):
+        runner.execute([config], str(tmp_path / "r.sqlite"), code="not this code")
+    assert not (tmp_path / "r.sqlite").exists() or store_module.Store(tmp_path / "r.sqlite").count() == 0
+
+
+def test_recipes_reach_the_lab_models():
+    from normlab.lab.data import load_text
+    from normlab.lab.models import CharTransformer
+    from normlab.nn.weight_norm import _weight_normalized
+
+    config = from_dict(make_config(study="t", norm="meanonly", seed=0))
+    model = build_classifier(config, classifier_data(config))
+    assert len(_weight_normalized(model)) == 4  # mean-only BN comes with WN on every conv and the head
+    lm = CharTransformer(len(load_text().vocab), "dyt", 16, 1)
+    assert [m.norm.alpha.item() for m in (lm.blocks[0].norm1, lm.blocks[0].norm2, lm.final_norm)] == \
+        pytest.approx([0.8, 0.2, 0.2])
+
+
