@@ -53,7 +53,29 @@ def test_batch_size_low_precision_train_mode_and_weight_decay_rules():
     opt = torch.optim.SGD(normlab.param_groups(model, 5e-4), lr=0.1)
     assert _rules(model, x, optimizer=opt) == []
     half = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).to(torch.bfloat16)
-    assert ("low-precision-norm", "1") in _rules(half, torch.randn(8, 4, dtype=torch.bfloat16))
+    assert _rules(half, torch.randn(8, 4, dtype=torch.bfloat16)) == [("lost-norm-updates", "1")]
+    half = nn.Sequential(nn.Linear(4, 4, bias=False), nn.BatchNorm1d(4)).to(torch.bfloat16)
+    assert _rules(half, torch.randn(8, 4, dtype=torch.bfloat16)) == [("lost-norm-updates", "1"),
+                                                                       ("low-precision-norm", "1")]  # fmt: skip
+
+
+def test_norm_weights_in_bf16_lose_updates_measured_on_the_model():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8)).to(torch.bfloat16)
+    with torch.no_grad():
+        model[3].weight[:4] = 0.01  # where bf16 numbers are close together a step survives: half of this weight
+    x = torch.randn(8, 4, dtype=torch.bfloat16)
+    first, second = normlab.audit(model, x)
+    assert first.rule == second.rule == "lost-norm-updates" and "normlab.keep_norms_fp32(model)" in first.fix
+    assert first.evidence.endswith("in torch.bfloat16, at lr 1e-3 | 1e-4: weight 100% | 100%, bias 0% | 0%")
+    assert second.evidence.endswith("weight 50% | 50%, bias 0% | 0%")
+    fp16 = nn.Sequential(nn.LayerNorm(8)).half()  # fp16 keeps 3 more bits: a step of 1e-3 survives, 1e-4 does not
+    (finding,) = normlab.audit(fp16, torch.randn(2, 8).half())
+    assert finding.evidence.endswith("in torch.float16, at lr 1e-3 | 1e-4: weight 0% | 100%, bias 0% | 0%")
+    fp16[0].requires_grad_(False)  # frozen: no update to lose
+    assert not normlab.audit(fp16, torch.randn(2, 8).half())
+    # with the norms in float32 the rule is gone, and the rules that follow the model's tensors still see them
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)).to(torch.bfloat16)
+    assert _rules(normlab.keep_norms_fp32(model), x) == [("bias-before-bn", "1")]
 
 
 def test_audit_restores_the_models_state():
@@ -68,6 +90,18 @@ def test_audit_on_torchvision_resnet18():
     findings = normlab.audit(torchvision.models.resnet18(weights=None), torch.randn(2, 3, 64, 64))
     rules = {f.rule for f in findings}
     assert rules == {"small-batch-bn"} and len(findings) == 20  # its convs have no bias: nothing else to say
+
+
+def test_audit_command_prints_one_entry_per_rule_and_evidence_listing_the_layers(capsys):
+    pytest.importorskip("torchvision")
+    args = ["audit", "torchvision.models:resnet18", "--input-shape", "2,3,64,64"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 finding(s) in 20 module(s)\n[small-batch-bn] 20 modules: bn1, layer1.0.bn1, ")
+    assert out.count("[small-batch-bn]") == out.count("evidence:") == 1 and "layer4.1.bn2" in out
+    assert main(args + ["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["rule"] == "small-batch-bn" and len(row["modules"]) == 20 and row["modules"][-1] == "layer4.1.bn2"
 
 
 MODEL_FILE = """
@@ -90,10 +124,12 @@ def model_file(tmp_path):
 def test_audit_command_text_and_json(model_file, capsys):
     assert main(["audit", f"{model_file}:build", "--input-shape", "2,3,8,8"]) == 0
     out = capsys.readouterr().out
-    assert "[bias-before-bn] 1" in out and "[small-batch-bn] 4" in out
+    # each bias has its own evidence (two entries); the small batch is one entry for both BatchNorms
+    assert "[bias-before-bn] 1\n" in out and "[bias-before-bn] 4\n" in out and "[small-batch-bn] 2 modules: 1, 4" in out
     assert main(["audit", f"{model_file}:build", "--input-shape", "2,3,8,8", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["rule"] for r in rows} == {"bias-before-bn", "small-batch-bn"}
+    assert [(r["rule"], r["modules"]) for r in rows] == [("bias-before-bn", ["1"]), ("small-batch-bn", ["1", "4"]),
+                                                         ("bias-before-bn", ["4"])]  # fmt: skip
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -12,7 +12,7 @@ import normlab
 ROOT = Path(normlab.__file__).parent
 LAYERS = {
     "_checks": 0, "reference": 0, "functional": 1, "distributed": 2, "nn": 3, "method": 4, "registry": 4, "convert": 4, "converters": 4, "ecosystem": 4, "transform": 5, "auditor": 5,
-    "explain": 5, "lab": 6, "cli": 7,
+    "explain": 5, "precision": 5, "lab": 6, "cli": 7,
 }  # fmt: skip
 
 

@@ -6,8 +6,8 @@
 - :func:`create_norm` / :func:`available_norms`: one record per method (:mod:`normlab.registry`) -> module.
 - :func:`from_torch` / :func:`to_torch` / :func:`register_converter`: swap a model's norms both ways, Hugging Face's
   included.
-- :func:`fold_batchnorm`, :func:`freeze_batchnorm`, :func:`swap`, :func:`param_groups`, :func:`audit`: whole-model
-  tools.
+- :func:`fold_batchnorm`, :func:`freeze_batchnorm`, :func:`swap`, :func:`param_groups`, :func:`audit`,
+  :func:`keep_norms_fp32`: whole-model tools.
 """
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ from . import ecosystem  # noqa: F401  (torch's fusion table learns the twins)
 from .registry import available_norms, create_norm
 from .transform import fold_batchnorm, freeze_batchnorm, param_groups, swap
 from .auditor import audit
+from .precision import keep_norms_fp32
 
 __all__ = [
     "__version__",
@@ -26,6 +27,7 @@ __all__ = [
     "create_norm",
     "fold_batchnorm",
     "freeze_batchnorm",
+    "keep_norms_fp32",
     "param_groups",
     "swap",
     "from_torch",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+import textwrap
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,10 @@ __all__ = ["Finding", "audit", "format_findings"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_LOW = (torch.float16, torch.bfloat16)
+_ADAM_LRS = (1e-3, 1e-4)  # one Adam step moves a weight by about lr: Adam's default lr and a usual fine-tuning one
+_KEEP_FP32 = ("normlab.keep_norms_fp32(model): norm parameters, buffers and statistics in float32, inputs and "
+              "outputs in the model's dtype (or torch.autocast on a float32 model)")  # fmt: skip
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 error (%), images per GPU, BN not synced
 _GN_PAPER = {32: (23.6, 24.1), 16: (23.7, 24.2), 8: (24.8, 24.0), 4: (27.3, 24.2), 2: (34.7, 24.1)}
 
@@ -40,6 +45,28 @@ def _published_bn_vs_gn(batch: int) -> str:
     bn, gn = _GN_PAPER[key]
     return (f"published (Wu & He 2018, ResNet-50 ImageNet top-1 error): at {key} images per GPU BN {bn}% vs GN "
             f"{gn}%; BN 23.6% at 32")  # fmt: skip
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that says 0% and 100% only when it is exactly that."""
+    if 0 < share < 0.01:
+        return "<1%"
+    if 0.99 < share < 1:
+        return ">99%"
+    return f"{share:.0%}"
+
+
+def _lost_updates_evidence(params: dict[str, torch.Tensor]) -> str:
+    """For each parameter, the share of its values that one Adam step leaves unchanged in the parameter's dtype: Adam
+    moves each weight by about lr whatever the gradient's scale, so the share of ``w + lr == w`` (and ``w - lr``)."""
+    shares = []
+    for pname, p in params.items():
+        w = p.detach()
+        lost = [float(((w + lr == w).float().mean() + (w - lr == w).float().mean()) / 2) for lr in _ADAM_LRS]
+        shares.append(f"{pname} {' | '.join(_percent(s) for s in lost)}")
+    dtype = next(iter(params.values())).dtype
+    lrs = " | ".join(f"{lr:.0e}".replace("e-0", "e-") for lr in _ADAM_LRS)
+    return f"share of values one Adam step (±lr) leaves unchanged in {dtype}, at lr {lrs}: {', '.join(shares)}"
 
 
 def _values_per_statistic(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, str] | None:
@@ -68,7 +95,7 @@ class _Watcher:
             if isinstance(m, _LAYERS):
                 self.handles.append(m.register_forward_hook(self._layer_output))
             if looks_like_norm(m) or isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)):
-                self.handles.append(m.register_forward_pre_hook(self._norm_input))
+                self.handles.append(m.register_forward_pre_hook(self._norm_input, prepend=True))
 
     def _layer_output(self, module, args, output) -> None:
         if isinstance(output, torch.Tensor):
@@ -125,14 +152,20 @@ def _check_norm(name: str, m: nn.Module, x: torch.Tensor, before: nn.Module | No
             "permuted-layernorm", name, "LayerNorm over channels reached by permuting an NCHW map: two permutes and "
             "a copy per call", f"input {tuple(x.shape)} is a permuted view of a contiguous NCHW tensor",
             "normlab.nn.LayerNorm2d on the NCHW map (no permute; no copy on channels_last input)"))  # fmt: skip
-    low = [n for n, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
-           if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16)]  # fmt: skip
-    if low:
+    low_params = {n: p for n, p in m.named_parameters(recurse=False) if p.requires_grad and p.dtype in _LOW}
+    if low_params:
         found.append(Finding(
-            "low-precision-norm", name, "a norm's running statistics and scale held in fp16/bf16 round every update "
-            "(a variance near 1e-3 keeps ~3 digits)", f"{', '.join(low)} in {m.state_dict()[low[0]].dtype}",
-            "keep norms in float32 (use torch.autocast instead of model.half(): it runs norms in float32)"))  # fmt: skip
-    if x.dtype in (torch.float16, torch.bfloat16) and not low:
+            "lost-norm-updates", name, "a norm's scale sits near 1, where fp16/bf16 numbers are far apart (bf16: "
+            "2^-8 to 2^-7): an optimizer step smaller than half that spacing rounds away and the parameter stops "
+            "learning", _lost_updates_evidence(low_params), _KEEP_FP32))  # fmt: skip
+    low_buffers = {n: b for n, b in m.named_buffers(recurse=False) if b.dtype in _LOW}
+    if low_buffers:
+        found.append(Finding(
+            "low-precision-norm", name, "a norm's running statistics held in fp16/bf16 round every update (a variance "
+            "near 1e-3 keeps ~3 digits)", f"{', '.join(low_buffers)} in {next(iter(low_buffers.values())).dtype}",
+            _KEEP_FP32))  # fmt: skip
+    low_state = low_buffers or any(p.dtype in _LOW for p in m.parameters(recurse=False))
+    if x.dtype in _LOW and not low_state:
         error = _low_precision_error(m, x)
         if error is not None and error > 8 * torch.finfo(x.dtype).eps:
             found.append(Finding(
@@ -157,9 +190,11 @@ def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer
 
     Rules: a conv/linear bias right before BatchNorm; BatchNorm training at batch size <= 4 (``batch_size``
     overrides the example's); a statistic over a single value (IN/GN/BN); LayerNorm reached through permutes of an
-    NCHW map; norms held in fp16/bf16; Keras-style momentum (>= 0.5) in a torch BatchNorm; weight decay on norm
-    parameters (when ``optimizer`` is given); a norm left in training mode in a model put in eval; a norm whose
-    fp16/bf16 output is far from the same module computed in float32 (statistics taken in low precision).
+    NCHW map; trainable norm parameters in fp16/bf16, with the share of their values that one Adam step leaves
+    unchanged (the update rounds away); running statistics in fp16/bf16; Keras-style momentum (>= 0.5) in a torch
+    BatchNorm; weight decay on norm parameters (when ``optimizer`` is given); a norm left in training mode in a model
+    put in eval; a norm whose fp16/bf16 output is far from the same module computed in float32 (statistics taken in
+    low precision). :func:`format_findings` prints findings of one rule with the same evidence as one entry.
 
     Example::
 
@@ -213,14 +248,28 @@ def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer
     return findings
 
 
+def _grouped(findings: list[Finding]) -> list[tuple[Finding, list[str]]]:
+    """Findings of one rule with the same evidence as one entry: (the first of them, every module), in order."""
+    groups: dict[tuple[str, str, str, str], tuple[Finding, list[str]]] = {}
+    for f in findings:
+        groups.setdefault((f.rule, f.reason, f.evidence, f.fix), (f, []))[1].append(f.module)
+    return list(groups.values())
+
+
 def format_findings(findings: list[Finding], as_json: bool = False) -> str:
-    """A text table (or JSON) of ``findings``."""
+    """A text table (or JSON) of ``findings``; findings of one rule with the same evidence are one entry that lists
+    their modules (JSON: ``"modules"``)."""
+    groups = _grouped(findings)
     if as_json:
-        return json.dumps([asdict(f) for f in findings], indent=2)
+        rows = [{"rule": f.rule, "modules": modules, "reason": f.reason, "evidence": f.evidence, "fix": f.fix}
+                for f, modules in groups]  # fmt: skip
+        return json.dumps(rows, indent=2)
     if not findings:
         return "no findings"
-    lines = [f"{len(findings)} finding(s)"]
-    for f in findings:
-        lines += [f"[{f.rule}] {f.module}", f"  why:      {f.reason}", f"  evidence: {f.evidence}",
-                  f"  fix:      {f.fix}"]  # fmt: skip
+    lines = [f"{len(groups)} finding(s) in {len({f.module for f in findings})} module(s)"]
+    for f, modules in groups:
+        where = modules[0] if len(modules) == 1 else f"{len(modules)} modules: {', '.join(modules)}"
+        lines += [textwrap.fill(f"[{f.rule}] {where}", width=120, subsequent_indent="    ",
+                                break_on_hyphens=False, break_long_words=False),
+                  f"  why:      {f.reason}", f"  evidence: {f.evidence}", f"  fix:      {f.fix}"]  # fmt: skip
     return "\n".join(lines)
