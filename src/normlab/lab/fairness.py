@@ -91,13 +91,13 @@ class BudgetCheck:
     tolerance: float
     seeds: int = 2
     scale: float = 100.0
-    unit: str = " points"
+    unit: str = " points of accuracy"
 
     def describe(self, metric: str) -> str:
-        return (f"Trained? Every compared setting is also trained with twice its budget (the same schedule, "
-                f"stretched) on its first {self.seeds} final seed(s); it has trained when its mean {metric} moves by "
-                f"less than {self.tolerance * self.scale:g}{self.unit}. A verdict that rests on a setting that moved "
-                "more reads 'inconclusive: not trained'.")  # fmt: skip
+        return (f"Every compared setting is also trained with twice its budget (the same schedule, stretched) on its "
+                f"first {self.seeds} final seed(s); it has trained when its mean {metric} moves by less than "
+                f"{self.tolerance * self.scale:g}{self.unit}. A verdict that rests on a setting that moved more reads "
+                "'inconclusive: not trained'.")  # fmt: skip
 
 
 def _rate(lr: float) -> float:
@@ -173,8 +173,7 @@ class StudyPlan:
             for c in self.written:
                 if c["task"] == self.selection.task:
                     self.templates.setdefault(setting_key(c, "lr"), c)
-        labels = _labels(self.written, ignored=("lr",) if self.templates else ())
-        self.labels = labels
+        self.labels = labels = _labels(self.written, ignored=("lr",) if self.templates else ())
         higher = _SELECTION_METRIC[self.selection.task][1] if self.selection else True
         self.choices = {key: Choice(labels[setting_key(c)], self.selection.grid(c["lr"]), higher)
                         for key, c in self.templates.items()}  # fmt: skip
@@ -263,9 +262,12 @@ class StudyPlan:
         return results
 
     def _label_of(self, final_key: str) -> str:
+        """A final setting's label: that of its written configuration (a tuned one's rate aside)."""
         config = json.loads(final_key)
+        tuned = self.selection is not None and config["task"] == self.selection.task
+        without = ("lr",) if tuned else ()
         for c in self.written:
-            if setting_key(c, "lr") == setting_key(config, "lr"):
+            if setting_key(c, *without) == setting_key(config, *without):
                 return self.labels[setting_key(c)]
         return final_key
 
@@ -294,11 +296,16 @@ class StudyPlan:
 
 
 def _labels(configs: list[dict[str, Any]], ignored: tuple[str, ...] = ()) -> dict[str, str]:
-    """Setting key -> a short label naming what varies between the settings."""
+    """Setting key -> a short label naming what varies between the settings of its task (a study's runs of other
+    tasks, as the distributed exactness runs, do not lengthen the labels)."""
     from .study import setting_label, varying_fields
 
-    varying = [k for k in varying_fields(configs) if k not in ignored]
-    return {setting_key(c): setting_label(c, varying) for c in configs}
+    labels = {}
+    for task in dict.fromkeys(c["task"] for c in configs):
+        same = [c for c in configs if c["task"] == task]
+        varying = [k for k in varying_fields(same) if k not in ignored]
+        labels.update({setting_key(c): setting_label(c, varying) for c in same})
+    return labels
 
 
 def _selection_figure(name: str, selection: Selection, choices: list[Choice], figdir: Path) -> str:

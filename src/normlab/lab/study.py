@@ -125,11 +125,11 @@ class TrainingCheck:
         text = (f"Target: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve over the seeds): "
                 f"{self.converged} of {self.settings} settings.")  # fmt: skip
         if self.unconverged:
-            text += " No plateau: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else "")
+            text += " No plateau: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else ".")
         if self.trained is not None:
             text += f" Doubled budget: {self.trained} of {self.settings} settings trained."
             if self.untrained:
-                text += " Not trained: " + "; ".join(self.untrained[:8]) + ("..." if len(self.untrained) > 8 else "")
+                text += " Not trained: " + "; ".join(self.untrained[:8]) + ("..." if len(self.untrained) > 8 else ".")
         return text
 
 
@@ -173,8 +173,10 @@ class Study:
 
 
 def varying_fields(configs: Sequence[dict]) -> list[str]:
-    """The fields (but seed and where the run happens) that differ between ``configs``."""
-    ignored = {"seed", "study", "device", "data_path"}
+    """The fields (but seed, where the run happens and what it measures besides training) that differ between
+    ``configs``."""
+    ignored = {"seed", "study", "device", "data_path", "grad_predictiveness", "output_spread", "scale_invariance",
+               "contrast_strengths"}  # fmt: skip
     keys = sorted({k for c in configs for k in c} - ignored)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
