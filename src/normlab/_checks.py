@@ -37,6 +37,25 @@ def check_eps(fn: str, eps: float | None, allow_none: bool = False) -> None:
         raise ValueError(f"{fn}: eps must be a positive finite float (it keeps 1/sqrt(var + eps) finite), got {eps}")
 
 
+def check_batch_norm_eps(fn: str, eps: float, training: bool) -> None:
+    """BatchNorm's eps as torch checks it, at forward: positive when the batch's statistics are used, non-negative
+    with the running ones (``eps=0`` runs in eval, as in torch)."""
+    if type(eps) is float and 0.0 < eps < math.inf:  # the common case, kept cheap for small-tensor calls
+        return
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a float, got {eps!r}")
+    if training and not eps > 0:
+        raise ValueError(f"{fn}: eps must be positive during training (it keeps 1/sqrt(var + eps) finite), got {eps}")
+    if not eps >= 0 or math.isinf(eps):
+        raise ValueError(f"{fn}: eps must be non-negative and finite, got {eps}")
+
+
+def check_real(fn: str, name: str, value: float) -> None:
+    """A number (not a bool); its range is checked where it is used."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a float, got {value!r}")
+
+
 def check_min_dim(fn: str, input: Tensor, min_dim: int, layout: str) -> None:
     if input.dim() < min_dim:
         raise ValueError(f"{fn}: expected input of shape {layout} with at least {min_dim} dims, got shape {tuple(input.shape)}")
@@ -91,10 +110,10 @@ def check_groups(fn: str, num_groups: int, channels: int) -> None:
         return
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
-    if num_groups <= 0 or channels % num_groups != 0:
-        raise ValueError(
-            f"{fn}: num_groups ({num_groups}) must be a positive divisor of the number of channels ({channels})"
-        )
+    if num_groups <= 0:
+        raise ValueError(f"{fn}: num_groups must be positive, got {num_groups}")
+    if channels % num_groups != 0:  # torch's words, so that code matching torch's message keeps working
+        raise ValueError(f"{fn}: num_channels ({channels}) must be divisible by num_groups ({num_groups})")
 
 
 def check_num_features(cls: str, num_features: int, arg: str = "num_features") -> None:

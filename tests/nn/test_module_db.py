@@ -569,30 +569,10 @@ CHECKS = {
     "train_eval_flag": Check(check_train_eval_flag, "test_if_train_and_eval_modes_differ", per_mode=False),
 }
 
-_BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
-_EPS_AT_CONSTRUCTION = ("issue 16: eps <= 0 raises ValueError at construction; torch's class constructs it and raises "
-                        "ValueError in the training forward")  # fmt: skip
-_GRAD_LAYOUT = ("issue 16: for {fmt} input on CPU the input gradient (torch.autograd.grad) is contiguous; torch's "
-                "is {fmt}")  # fmt: skip
-# (twin, check, mode; "-" for checks run once) -> what fails today. Every other combination passes.
-XFAIL: dict[tuple[str, str, str], str] = {
-    **{(bn, "errors", "train"): _EPS_AT_CONSTRUCTION for bn in _BATCH_NORMS},
-    **{(bn, "errors", "eval"): "issue 16: eps=-1 raises ValueError at construction; torch's class constructs it and "
-       "raises ValueError ('eps must be non-negative') in the eval forward" for bn in _BATCH_NORMS},
-    **{(bn, "error_messages", "train"): "issue 16: eps <= 0 says 'eps must be a positive finite float', which "
-       "torch's regex 'eps must be positive' does not match" for bn in _BATCH_NORMS},
-    **{(bn, "error_inputs_as_torch", "train"): _EPS_AT_CONSTRUCTION for bn in _BATCH_NORMS},
-    **{(bn, "error_inputs_as_torch", "eval"): "issue 16: eps <= 0 raises ValueError at construction; torch's class "
-       "runs eps=0 in eval and raises for eps=-1 in the eval forward" for bn in _BATCH_NORMS},
-    ("GroupNorm", "error_messages", "train"): "issue 16: the divisibility error says 'num_groups (3) must be a "
-    "positive divisor of the number of channels (10)'; torch's regex wants 'num_channels (10) must be divisible by "
-    "num_groups (3)'",
-    **{(twin, "memory_format", mode): _GRAD_LAYOUT.format(fmt="channels_last")
-       for twin in ("BatchNorm2d", "SyncBatchNorm") for mode in ("train", "eval")},  # fmt: skip
-    **{("BatchNorm3d", "memory_format", mode): _GRAD_LAYOUT.format(fmt="channels_last_3d")
-       for mode in ("train", "eval")},  # fmt: skip
-    ("GroupNorm", "memory_format", "train"): _GRAD_LAYOUT.format(fmt="channels_last"),
-}
+# (twin, check, mode; "-" for checks run once) -> what fails today, as a strict xfail naming its issue. Empty: every
+# combination passes (the gaps issue 16 measured, eps checked at construction, GroupNorm's message, the input
+# gradient's layout on channels_last input, are fixed).
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 
 _FIXED = " (passing now? remove its entry from XFAIL in tests/nn/test_module_db.py)"

@@ -156,3 +156,21 @@ def test_momentum_none_is_cumulative_average():
     torch.testing.assert_close(ours.running_mean, means)
     torch.testing.assert_close(ours.running_var, variances)
     assert int(ours.num_batches_tracked) == 4
+
+
+@pytest.mark.parametrize("make, shape, fmt", [
+    (lambda: (nl.BatchNorm2d(6), torch.nn.BatchNorm2d(6)), (4, 6, 5, 5), torch.channels_last),
+    (lambda: (nl.BatchNorm3d(6), torch.nn.BatchNorm3d(6)), (2, 6, 3, 4, 5), torch.channels_last_3d),
+    (lambda: (nl.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6)), (4, 6, 5, 5), torch.channels_last),
+])
+def test_channels_last_gradients_keep_the_layout_and_the_values(make, shape, fmt):
+    """The exact contiguous computation on CPU is invisible: the input gradient comes back channels_last, as from
+    torch's kernel, with the same values."""
+    ours, theirs = make()
+    x = (1e4 + torch.randn(shape, dtype=torch.float64)).to(memory_format=fmt).requires_grad_()
+    ours, theirs = ours.double(), theirs.double()
+    grad_out = torch.randn(shape, dtype=torch.float64).to(memory_format=fmt)
+    (g_ours,) = torch.autograd.grad(ours(x), x, grad_out)
+    (g_theirs,) = torch.autograd.grad(theirs(x), x, grad_out)
+    assert g_ours.is_contiguous(memory_format=fmt) and ours(x).is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(g_ours, g_theirs)

@@ -68,6 +68,21 @@ def _restore_format(output: Tensor, fmt: torch.memory_format | None) -> Tensor:
     return output if fmt is None else output.contiguous(memory_format=fmt)
 
 
+class _Contiguous(torch.autograd.Function):
+    """``input.contiguous()`` whose backward hands the gradient back in the input's layout ``fmt``: the exact
+    contiguous computation stays an implementation detail, and the caller gets a channels_last input gradient
+    for a channels_last input, as from torch's own kernel."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, fmt: torch.memory_format) -> Tensor:  # type: ignore[override]
+        ctx.fmt = fmt
+        return input.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad.contiguous(memory_format=ctx.fmt), None
+
+
 def _unstable_on_channels_last(input: Tensor) -> torch.memory_format | None:
     return _channels_last_format(input) if input.device.type == "cpu" else None
 
@@ -94,7 +109,7 @@ def batch_norm(
     """
     fn = "batch_norm"
     _checks.check_floating(fn, input)
-    _checks.check_eps(fn, eps)
+    _checks.check_batch_norm_eps(fn, eps, training)
     _checks.check_min_dim(fn, input, 2, "(N, C, *)")
     channels = input.shape[1]
     _checks.check_per_channel(
@@ -108,7 +123,7 @@ def batch_norm(
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
     fmt = _unstable_on_channels_last(input)
-    x = input if fmt is None else input.contiguous()
+    x = input if fmt is None else _Contiguous.apply(input, fmt)
     out = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return _restore_format(out, fmt)
 
@@ -156,7 +171,7 @@ def group_norm(
     _checks.check_groups(fn, num_groups, channels)
     _checks.check_per_channel(fn, channels, weight=weight, bias=bias)
     fmt = _unstable_on_channels_last(input)
-    x = input if fmt is None else input.contiguous()
+    x = input if fmt is None else _Contiguous.apply(input, fmt)
     return _restore_format(F.group_norm(x, num_groups, weight, bias, eps), fmt)
 
 

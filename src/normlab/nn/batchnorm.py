@@ -47,7 +47,7 @@ class _NormBase(Module):
         Module.__init__(self)  # not torch's twin's __init__: this one builds the same state, with checks
         trace_as_leaf(self)
         _checks.check_num_features(type(self).__name__, num_features)
-        _checks.check_eps(type(self).__name__, eps)
+        _checks.check_real(type(self).__name__, "eps", eps)  # its range is checked at forward, as torch does
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -188,7 +188,7 @@ _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} 
 
     Args:
         num_features: C, the number of channels.
-        eps: added to the variance, > 0. Default: 1e-5.
+        eps: added to the variance; > 0 in training, >= 0 in eval (checked at forward, as torch does). Default: 1e-5.
         momentum: weight of the current batch in the running estimates, or None. Default: 0.1.
         affine: learnable per-channel ``weight`` (gamma, init 1) and ``bias`` (beta, init 0). Default: True.
         track_running_stats: keep ``running_mean``, ``running_var``, ``num_batches_tracked``. Default: True.
@@ -307,6 +307,7 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
             import torch.distributed as dist
 
             group = dist.group.WORLD
+        _checks.check_batch_norm_eps(type(self).__name__, self.eps, training=True)
         if not self._peers_checked:
             distributed.check_peers(input, self.num_features, group)
             self._peers_checked = True
