@@ -92,8 +92,8 @@ def test_report_renders_in_headless_chromium(report_dir):
 
 
 def test_rerun_only_rebuilds_the_report(report_dir):
-    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(report_dir), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(report_dir), "--no-progress",
+                          *QUICK], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0 and "0 ran now" in res.stdout
 
 
