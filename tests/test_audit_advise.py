@@ -175,7 +175,7 @@ def test_advise_recommends_with_reasons_and_published_numbers(arch, batch, distr
 def test_advise_command_with_the_users_own_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["compare", "--study", "contrast", "--norms", "in,gn", "--seeds", "2", "--out", str(out),
-                 "--no-progress", "--workers", "1"]) == 0  # fmt: skip
+                 "--no-progress", "--workers", "1", "--budget", "0.1"]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["advise", "--arch", "gan", "--batch-size", "8", "--report", str(out)]) == 0
     text = capsys.readouterr().out
