@@ -29,7 +29,9 @@ from .store import RunRecord, config_key
 __all__ = ["Selection", "BudgetCheck", "StudyPlan", "Choice", "BudgetResult", "Fairness", "SELECTION_SEED_OFFSET"]
 
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
-_SELECTION_METRIC = {"classify": (VALID_ACC, True), "char_lm": (VALID_BPC, False)}  # task -> (metric, higher is better)
+# task -> (validation metric, higher is better, display scale, what the report calls it)
+_SELECTION_METRIC = {"classify": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
+                     "char_lm": (VALID_BPC, False, 1.0, "validation bits per character")}  # fmt: skip
 # probes that only the final analysis reads: a selection run skips them (they change no training step)
 _PROBES = {"output_spread": False, "contrast_strengths": None, "grad_predictiveness": False, "scale_invariance": False,
            "record_batch_stats": False}  # fmt: skip
@@ -155,6 +157,8 @@ class Fairness:
     choices: list[Choice] = field(default_factory=list)
     budgets: list[BudgetResult] = field(default_factory=list)
     figure: str | None = None
+    score_scale: float = 1.0  # display scale of the validation scores (100: accuracy in %)
+    check_scale: float = 1.0  # display scale of the doubled-budget metric
 
 
 class StudyPlan:
@@ -168,15 +172,22 @@ class StudyPlan:
         self.written = [self._scaled(c, options.budget) for c in study.configs(options)]
         self.selection_seeds = [options.first_seed + SELECTION_SEED_OFFSET + i
                                 for i in range(self.selection.seeds if self.selection else 0)]  # fmt: skip
-        self.templates: dict[str, dict[str, Any]] = {}
-        if self.selection is not None:
-            for c in self.written:
-                if c["task"] == self.selection.task:
-                    self.templates.setdefault(setting_key(c, "lr"), c)
-        self.labels = labels = _labels(self.written, ignored=("lr",) if self.templates else ())
+        self.templates: dict[str, dict[str, Any]] = {}  # tuned setting -> its first written run
+        for c in self.written:
+            if self._tuned(c):
+                self.templates.setdefault(self._setting(c), c)
+        labels = _labels(self.written, ignored=("lr",) if self.templates else ())
+        self.labels = {self._setting(c): labels[setting_key(c)] for c in self.written}  # by _setting
         higher = _SELECTION_METRIC[self.selection.task][1] if self.selection else True
-        self.choices = {key: Choice(labels[setting_key(c)], self.selection.grid(c["lr"]), higher)
+        self.choices = {key: Choice(self.labels[key], self.selection.grid(c["lr"]), higher)
                         for key, c in self.templates.items()}  # fmt: skip
+
+    def _tuned(self, config: dict[str, Any]) -> bool:
+        return self.selection is not None and config["task"] == self.selection.task
+
+    def _setting(self, config: dict[str, Any]) -> str:
+        """A setting as the plan knows it: a tuned one's rate is chosen, so it does not tell settings apart."""
+        return setting_key(config, "lr") if self._tuned(config) else setting_key(config)
 
     @staticmethod
     def _scaled(config: dict[str, Any], budget: float) -> dict[str, Any]:
@@ -197,7 +208,7 @@ class StudyPlan:
         """Score every rate from the stored selection runs (``records`` by key), choose, and grow the grids whose
         best rate is on an edge; True when a grid grew (another round is needed)."""
         grew = False
-        metric = self.selection.metric if self.selection else ""
+        metric = self.selection.metric
         for key, choice in self.choices.items():
             for lr in choice.grid:
                 runs = [records.get(config_key(self._selection_config(self.templates[key], lr, s)))
@@ -223,8 +234,7 @@ class StudyPlan:
     def final_configs(self) -> list[dict[str, Any]]:
         out = []
         for c in self.written:
-            choice = self.choices.get(setting_key(c, "lr")) if self.selection and c["task"] == self.selection.task \
-                else None
+            choice = self.choices.get(self._setting(c))
             out.append({**c, "lr": choice.chosen} if choice is not None and choice.chosen is not None else c)
         return out
 
@@ -257,19 +267,9 @@ class StudyPlan:
         results = {}
         for key, rows in pairs.items():
             m1, m2 = float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))
-            results[key] = BudgetResult(self._label_of(key), [r[0] for r in rows], m1, m2,
-                                        abs(m2 - m1) < self.check.tolerance)  # fmt: skip
+            label = self.labels.get(self._setting(json.loads(key)), key)
+            results[key] = BudgetResult(label, [r[0] for r in rows], m1, m2, abs(m2 - m1) < self.check.tolerance)
         return results
-
-    def _label_of(self, final_key: str) -> str:
-        """A final setting's label: that of its written configuration (a tuned one's rate aside)."""
-        config = json.loads(final_key)
-        tuned = self.selection is not None and config["task"] == self.selection.task
-        without = ("lr",) if tuned else ()
-        for c in self.written:
-            if setting_key(c, *without) == setting_key(config, *without):
-                return self.labels[setting_key(c)]
-        return final_key
 
     def annotate(self, records: list[RunRecord], budgets: dict[str, BudgetResult]) -> list[RunRecord]:
         """The final runs, each marked with why its setting did not train (empty when it did)."""
@@ -286,9 +286,11 @@ class StudyPlan:
 
     def fairness(self, budgets: dict[str, BudgetResult], figdir: Path) -> Fairness:
         summary = Fairness(check=self.check.describe(self.study.target.metric.replace("_", " ")),
-                           choices=list(self.choices.values()), budgets=list(budgets.values()))  # fmt: skip
+                           choices=list(self.choices.values()), budgets=list(budgets.values()),
+                           check_scale=self.check.scale)  # fmt: skip
         if self.selection is not None and self.choices:
             summary.selection = self.selection.describe()
+            summary.score_scale = _SELECTION_METRIC[self.selection.task][2]
             summary.figure = _selection_figure(self.study.name, self.selection, summary.choices, figdir)
         else:
             summary.selection = self.study.untuned
@@ -312,7 +314,7 @@ def _selection_figure(name: str, selection: Selection, choices: list[Choice], fi
     from .study import new_figure, save
 
     fig, (ax,) = new_figure(width=7)
-    scale = 100.0 if selection.metric == VALID_ACC else 1.0
+    _, _, scale, axis_label = _SELECTION_METRIC[selection.task]
     for choice in choices:
         lrs = sorted(choice.scores)
         line = ax.plot(lrs, [scale * choice.scores[lr] for lr in lrs], marker="o", ms=3, label=choice.label)[0]
@@ -320,7 +322,7 @@ def _selection_figure(name: str, selection: Selection, choices: list[Choice], fi
             ax.plot([choice.chosen], [scale * choice.scores[choice.chosen]], marker="*", ms=12, color=line.get_color())
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(("validation accuracy (%)" if scale == 100 else "validation bits per character"))
+    ax.set_ylabel(axis_label)
     ax.set_title("Learning-rate selection (star: chosen)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)

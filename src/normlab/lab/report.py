@@ -77,23 +77,23 @@ def _fairness(fair: Fairness | None) -> str:
     if fair.figure:
         parts.append(f'<p><img src="figures/{_e(fair.figure)}" alt="learning-rate selection"></p>')
     if fair.choices:
-        rows = [[c.label, ", ".join(f"{lr:g}: {_score(c.scores.get(lr))}" for lr in c.grid),
+        rows = [[c.label, ", ".join(f"{lr:g}: {_score(c.scores.get(lr), fair.score_scale)}" for lr in c.grid),
                  "-" if c.chosen is None else f"{c.chosen:g}", c.note] for c in fair.choices]  # fmt: skip
         parts.append(_table(["setting", "grid: mean validation score", "chosen rate", "note"], rows))
     parts.append(f"<p><b>Doubled budget.</b> {_e(fair.check)}</p>")
     if fair.budgets:
-        rows = [[b.label, f"{100 * b.once:.4g}" if b.once <= 1 else f"{b.once:.4g}",
-                 f"{100 * b.twice:.4g}" if b.twice <= 1 else f"{b.twice:.4g}", "yes" if b.trained else "NO"]
+        s = fair.check_scale
+        rows = [[b.label, f"{s * b.once:.4g}", f"{s * b.twice:.4g}", "yes" if b.trained else "NO"]
                 for b in fair.budgets]  # fmt: skip
         parts.append(_table(["setting", "at its budget", "at twice the budget", "trained"], rows))
     parts.append("</div>")
     return "\n".join(parts)
 
 
-def _score(value: float | None) -> str:
+def _score(value: float | None, scale: float) -> str:
     if value is None or value != value:
         return "-"
-    return f"{100 * value:.1f}%" if value <= 1 else f"{value:.3f}"
+    return f"{scale * value:.1f}%" if scale == 100 else f"{value:.3f}"
 
 
 def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:

@@ -32,8 +32,12 @@ TRAINING_CODE = (
 
 
 def training_code_hash(root: Path | None = None) -> str:
-    """sha256 over the bytes of every file of :data:`TRAINING_CODE` under the package ``root``, in a fixed order."""
-    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    """sha256 over the bytes of every file of :data:`TRAINING_CODE` under the package ``root``, in a fixed order;
+    without ``root``, the hash of the code this process imported (read once, at import)."""
+    return _CODE if root is None else _hash_code(Path(root))
+
+
+def _hash_code(root: Path) -> str:
     digest = hashlib.sha256()
     for entry in TRAINING_CODE:
         path = root / entry
@@ -42,7 +46,7 @@ def training_code_hash(root: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-_CODE = training_code_hash()
+_CODE = _hash_code(Path(__file__).resolve().parents[1])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -213,7 +213,6 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
                          unconverged, len(settings) - len(untrained), untrained)  # fmt: skip
 
 
-
 def checked_analysis(study: Study, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
     """The study's analysis with its training check; when the target is not met, no verdict stands."""
     result = study.analyze(records, figdir, options)
