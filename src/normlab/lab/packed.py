@@ -227,7 +227,7 @@ def _gradient_predictiveness(packed: nn.Module, layout: PackLayout, x: Tensor, y
     return (diff / norm).tolist()
 
 
-def train_packed(configs: list[dict[str, Any]]) -> list[RunOutput]:
+def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per run, each what the run
     gives alone up to float rounding."""
     cs: list[ClassifyConfig] = [from_dict(c) for c in configs]  # type: ignore[misc]

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .checkpoint import Checkpoints
 from .models import NotApplicable
 from .packed import MAX_COPIES, plan_packs
 from .store import Store, config_key, training_code_hash
 
-__all__ = ["SweepReport", "run_sweep", "execute"]
+__all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows"]
 
 
 @dataclass
@@ -27,12 +28,25 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None
-            ) -> list[tuple[str, float, str]]:
-    """Run one work item (a single run, or a pack of runs trained together) and store one row per run; returns
-    (key, seconds, status) per run. Runs in a worker process; ``code`` is the driver's training-code hash: a worker
-    that imported other training code (edited during the sweep) refuses, rather than store rows under keys the
-    driver never asks for."""
+@dataclass(frozen=True, kw_only=True)
+class RunRow:
+    """One run's outcome, as a worker hands it to whoever stores it."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    seconds: float
+    status: str  # "done" or "not_applicable" (a failed run raises instead: it is reported, never stored)
+    note: str = ""
+
+
+def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None = None,
+               checkpoints: Checkpoints | None = None) -> list[RunRow]:
+    """Train one work item (a single run, or a pack of runs trained together) and return one row per run, storing
+    nothing: a local worker stores its rows itself, a remote one (Ray) hands them to the driver. ``code`` is the
+    driver's training-code hash: a worker that imported other training code (edited during the sweep) refuses,
+    rather than return rows under keys the driver never asks for. With ``checkpoints``, the item saves its state at
+    their interval and resumes from a saved one."""
     import torch
 
     if code is not None and code != training_code_hash():
@@ -42,23 +56,40 @@ def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, co
     from .train import run
 
     torch.set_num_threads(threads)
+    saver = checkpoints.saver(configs) if checkpoints is not None else None
     start = time.perf_counter()
     try:
-        outputs = train_packed(configs) if len(configs) > 1 else [run(configs[0])]
+        outputs = train_packed(configs, saver=saver) if len(configs) > 1 else [run(configs[0], saver=saver)]
         rows = [(m, c, "done", "") for m, c in outputs]
     except NotApplicable as err:
         rows = [({}, {}, "not_applicable", str(err))] * len(configs)
     seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
+    return [RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
+            for config, (m, c, status, note) in zip(configs, rows)]  # fmt: skip
+
+
+def store_rows(store_path: str, rows: list[RunRow], checkpoints: Checkpoints | None = None
+               ) -> list[tuple[str, float, str]]:
+    """Store one work item's rows (one transaction each), then remove its checkpoint; (key, seconds, status) per
+    run."""
     with Store(store_path) as store:
-        for config, (metrics, curves, status, note) in zip(configs, rows):
-            store.put(config, metrics, curves, seconds, status=status, note=note)
-    return [(config_key(c), seconds, status) for c, (_, _, status, _) in zip(configs, rows)]
+        for row in rows:
+            store.put(row.config, row.metrics, row.curves, row.seconds, status=row.status, note=row.note)
+    if checkpoints is not None:
+        checkpoints.remove([row.config for row in rows])
+    return [(config_key(row.config), row.seconds, row.status) for row in rows]
 
 
-def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int, code: str
-                    ) -> list[tuple[str, float, str, str]]:
+def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None,
+            checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str]]:
+    """:func:`train_item`, then :func:`store_rows`: a local worker's whole job."""
+    return store_rows(store_path, train_item(configs, threads, code, checkpoints), checkpoints)
+
+
+def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int, code: str,
+                    checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str, str]]:
     try:
-        return [(*row, "") for row in execute(configs, store_path, threads, code)]
+        return [(*row, "") for row in execute(configs, store_path, threads, code, checkpoints)]
     except Exception:  # a broken run must not take the sweep down; it is reported and not stored
         error = traceback.format_exc()
         return [(config_key(c), 0.0, "failed", error) for c in configs]
@@ -71,9 +102,13 @@ def run_sweep(
     progress: bool = True,
     on_result: Callable[[dict, str], None] | None = None,
     max_pack: int = MAX_COPIES,
+    checkpoints: Checkpoints | None = None,
+    executor: str = "local",
 ) -> SweepReport:
     """Run every configuration not yet in the store at ``store_path``; runs that share a pack key train together,
-    at most ``max_pack`` at a time (1: every run alone)."""
+    at most ``max_pack`` at a time (1: every run alone). ``executor`` "local" runs the work items in ``workers``
+    processes of this machine, each storing its own rows; with ``checkpoints``, each item saves its training state
+    at their interval, and a rerun resumes it."""
     store_path = str(store_path)
     with Store(store_path) as store:
         finished = store.finished_keys()
@@ -101,13 +136,20 @@ def run_sweep(
     items = plan_packs(todo, max_pack)
     items = _schedule(items)
     try:
-        if workers <= 1:
+        if executor == "ray":  # normlab.lab.executors: each item a Ray task; this driver alone stores the rows
+            from .executors import run_on_ray
+
+            run_on_ray(items, store_path, code=code, checkpoints=checkpoints, record=record)
+        elif executor != "local":
+            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+        elif workers <= 1:
             for item in items:
-                for config, outcome in zip(item, _execute_safely(item, store_path, threads, code)):
+                for config, outcome in zip(item, _execute_safely(item, store_path, threads, code, checkpoints)):
                     record(config, outcome)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_execute_safely, item, store_path, threads, code): item for item in items}
+                futures = {pool.submit(_execute_safely, item, store_path, threads, code, checkpoints): item
+                           for item in items}  # fmt: skip
                 for future in as_completed(futures):
                     for config, outcome in zip(futures[future], future.result()):
                         record(config, outcome)

@@ -23,8 +23,8 @@ __all__ = ["run", "RunOutput"]
 
 
 
-def run(config: dict[str, Any]) -> RunOutput:
-    """Execute one run described by ``config`` (its ``task`` picks the loop)."""
+def run(config: dict[str, Any], saver=None) -> RunOutput:
+    """Execute one run described by ``config`` (its ``task`` picks the loop); ``saver`` checkpoints it."""
     from_dict(config)  # a malformed configuration fails here, before any work
     torch.manual_seed(config["seed"])
     task = config["task"]
