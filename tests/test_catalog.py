@@ -4,9 +4,14 @@ import pytest
 import torch
 
 import normlab
+from normlab import registry
 from normlab.explain import explain
 from normlab.lab.models import CharTransformer, ConvNet, NotApplicable
-from normlab.registry import is_batch_dependent
+from normlab.method import Method, single
+from normlab.nn.norm_act import norm_act_class
+from normlab.nn.norm_classes import NORM_CLASSES
+from normlab.registry import METHODS, create_norm, is_batch_dependent
+from normlab.transform import is_norm, param_groups
 
 NAMES = normlab.available_norms()
 
@@ -79,3 +84,69 @@ def test_norms_with_a_built_in_activation_replace_the_relu():
         assert activations == [torch.nn.Identity if method.fused_activation else torch.nn.ReLU] * 2, name
     with pytest.raises(ValueError, match="share their activation"):
         ConvNet(1, 3, 2, norm=["frn", "batch"], width=8, depth=2, copies=2)
+
+
+def _norm_list_gaps(methods) -> list[str]:
+    """What is missing for each class the registry builds (every method, every spatial_dims it applies to) from
+    the one list of norm classes and what derives from it: its norm+act class, ``is_norm``, and no weight decay
+    from ``param_groups`` (with ``bias=False``, so that a parameter named "bias" is not exempt by its name)."""
+    gaps = []
+    for method in methods:
+        for spatial_dims in method.spatial_dims:
+            kwargs = {"num_groups": 4} if method.grouped else {}
+            norm = create_norm(method.name, 8, spatial_dims=spatial_dims, **kwargs)
+            if type(norm) is torch.nn.Identity:  # no normalization ("none"; "spectral" normalizes weights)
+                continue
+            where = f"{method.name} (spatial_dims={spatial_dims}) builds {type(norm).__name__}"
+            if type(norm) not in NORM_CLASSES:
+                gaps.append(f"{where}: not in normlab.nn.norm_classes.NORM_CLASSES")
+            modules = [norm]
+            try:
+                modules.append(create_norm(method.name, 8, spatial_dims=spatial_dims, act="relu", **kwargs))
+            except ValueError as err:
+                gaps.append(f"{where}: no norm+act class ({err})")
+            else:
+                if type(modules[1]) is not norm_act_class(type(norm)):
+                    gaps.append(f"{where}: act= gives a {type(modules[1]).__name__}")
+            for module in modules:  # the norm, and its norm+act module
+                if not is_norm(module):
+                    gaps.append(f"{where}: is_norm({type(module).__name__}) is False")
+                decay = param_groups(torch.nn.Sequential(module), weight_decay=0.1, bias=False)[0]["params"]
+                if decay:
+                    gaps.append(f"{where}: param_groups decays {len(decay)} parameter(s) of {type(module).__name__}")
+    return gaps
+
+
+def test_every_class_the_registry_builds_is_in_the_one_list_of_norm_classes():
+    built = set()
+    for method in METHODS:  # what the check below walks over: every record, at every spatial_dims
+        for spatial_dims in method.spatial_dims:
+            built.add(type(create_norm(method.name, 8, spatial_dims=spatial_dims,
+                                       **({"num_groups": 4} if method.grouped else {}))))  # fmt: skip
+    assert len(built - {torch.nn.Identity}) >= 25
+    assert _norm_list_gaps(METHODS) == []
+
+
+class Rescale(torch.nn.Module):
+    """A norm class left out of the list, whose name does not say "Norm"."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, *([1] * (x.dim() - 2))) / x.abs().amax()
+
+
+def test_the_norm_list_check_fails_for_a_registered_class_left_out(monkeypatch):
+    fake = Method(
+        name="rescale", title="Rescale", summary="a test's norm", paper="-", modules="`Rescale`",
+        build=single(Rescale), formula="y = x * gamma / max|x|", reference=lambda m, x: x, batch_dependent=True,
+    )  # fmt: skip
+    monkeypatch.setitem(registry._BY_NAME, "rescale", fake)
+    monkeypatch.setitem(registry._BY_ALIAS, "rescale", "rescale")
+    gaps = _norm_list_gaps([fake])
+    assert len(gaps) == 4 * 4, gaps  # every spatial_dims: not listed, no norm+act class, not a norm, decayed
+    assert all(g.startswith("rescale (spatial_dims=") and "builds Rescale" in g for g in gaps)
+    with pytest.raises(TypeError):
+        Method("rescale", "Rescale")  # records are keyword-only

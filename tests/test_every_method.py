@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import normlab
 from helpers import assert_close, random_input
+from normlab.method import GHOST
 from normlab.registry import METHODS, create_norm
 from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
@@ -27,7 +28,7 @@ def _build(name: str, channels: int, spatial_dims: int, dtype: torch.dtype, seed
     kwargs = {}
     if method.grouped:
         kwargs["num_groups"] = channels // 2 if channels % 2 == 0 else channels
-    if method.statistics == "ghost":
+    if method.statistics is GHOST:
         kwargs["virtual_batch_size"] = 2 if batch % 2 == 0 else batch  # a virtual batch of one has no statistics
     module = create_norm(name, channels, spatial_dims=spatial_dims, **kwargs).to(dtype)
     g = torch.Generator().manual_seed(seed)

@@ -14,9 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .reference.layout import (
-    Layout, batch_layout, channel_layout, ghost_layout, group_layout, instance_layout, layer_layout,
-)  # fmt: skip
+from .reference.layout import Layout
 from .method import Method
 from .registry import get_method
 
@@ -96,43 +94,12 @@ def _product(factors: list[tuple[str, int]]) -> str:
     return f"{names} = {values} = {total}"
 
 
-def _factors(sets: str, shape: tuple[int, ...], groups: int | None, normalized_dims: int) -> tuple[list, list]:
-    names = _axis_names(len(shape))
-    named = list(zip(names, shape))
-    spatial = named[2:]
-    if sets == "batch":
-        return [named[0]] + spatial, [named[1]]
-    if sets == "ghost":
-        return [("V", groups)] + spatial, [("N/V", shape[0] // groups), named[1]]
-    if sets == "instance":
-        return spatial, named[:2]
-    if sets == "group":
-        return [("C/G", shape[1] // groups)] + spatial, [named[0], ("G", groups)]
-    if sets == "position":
-        return [named[1]], [named[0]] + spatial
-    split = len(shape) - normalized_dims
-    return named[split:], named[:split]
-
-
-def _layout(sets: str, shape: tuple[int, ...], groups: int | None, normalized_dims: int) -> Layout:
-    if sets == "batch":
-        return batch_layout(shape)
-    if sets == "ghost":
-        return ghost_layout(shape, groups)
-    if sets == "instance":
-        return instance_layout(shape)
-    if sets == "group":
-        return group_layout(shape, groups)
-    if sets == "position":
-        return channel_layout(shape)
-    return layer_layout(shape, shape[len(shape) - normalized_dims :])
-
-
 def explain(
     name: str, shape: str | Sequence[int], num_groups: int | None = None, virtual_batch_size: int | None = None,
     normalized_dims: int | None = None,
 ) -> Explanation:
-    """Describe the method ``name`` on an input of ``shape``, from its registry record and its statistics' layout.
+    """Describe the method ``name`` on an input of ``shape``, from its registry record and its statistics' layout
+    (the record's :class:`~normlab.method.StatisticsLayout`).
 
     Args:
         name: any registered norm (``normlab norms`` lists them) or alias.
@@ -150,17 +117,18 @@ def explain(
     method = get_method(name)
     shape = parse_shape(shape)
     sets = method.statistics
+    sized_by = None if sets is None else sets.sized_by
     if method.grouped:
         num_groups = 32 if num_groups is None else num_groups
     elif num_groups is not None:
         raise ValueError(f"explain: num_groups applies to grouped methods only, not {method.title}")
-    if sets == "ghost":
+    if sized_by == "virtual_batch_size":
         virtual_batch_size = min(32, shape[0]) if virtual_batch_size is None else virtual_batch_size
         if virtual_batch_size <= 0 or shape[0] % virtual_batch_size:
             raise ValueError(f"explain: the virtual batch size ({virtual_batch_size}) must divide N ({shape[0]})")
     elif virtual_batch_size is not None:
         raise ValueError(f"explain: virtual_batch_size applies to Ghost BatchNorm only, not {method.title}")
-    if sets == "layer":
+    if sized_by == "normalized_dims":
         normalized_dims = len(shape) - 1 if normalized_dims is None else normalized_dims
         if not 1 <= normalized_dims <= len(shape) - 1:
             raise ValueError(f"explain: normalized_dims must be in [1, {len(shape) - 1}], got {normalized_dims}")
@@ -170,10 +138,10 @@ def explain(
         raise ValueError(f"explain: {method.title} needs at least one spatial dim (shape N,C,L or longer)")
     if sets is None:
         return Explanation(method, shape, None, [], [], num_groups, virtual_batch_size)
-    size = num_groups if sets == "group" else virtual_batch_size
-    layout = _layout(sets, shape, size, normalized_dims or 0)
-    over, count = _factors(sets, shape, size, normalized_dims or 0)
-    return Explanation(method, shape, layout, over, count, num_groups, virtual_batch_size)
+    settings = {"num_groups": num_groups, "virtual_batch_size": virtual_batch_size, "normalized_dims": normalized_dims}
+    size = settings[sized_by] if sized_by else None
+    over, count = sets.factors(list(zip(_axis_names(len(shape)), shape)), size)
+    return Explanation(method, shape, sets.layout(shape, size), over, count, num_groups, virtual_batch_size)
 
 
 def first_set_mask(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

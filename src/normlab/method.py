@@ -16,20 +16,87 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from torch import nn as tnn
 
-__all__ = ["Method", "Recipe", "NO_RECIPE", "STATISTICS", "SAME_IN_EVAL", "BN_TRAIN_EVAL", "STANDARDIZE"]
+from .reference.layout import (
+    Layout, batch_layout, channel_layout, ghost_layout, group_layout, instance_layout, layer_layout,
+)  # fmt: skip
 
-# The reference's statistic layouts (normlab.reference.layout), by the sets a statistic is taken over, and what
-# each says about batch dependence. A method's ``statistics`` is one of these keys, or None (no statistics over
-# sets of values: elementwise, weight-level or windowed methods).
-STATISTICS: dict[str, tuple[bool, str]] = {
-    "batch": (True, "yes: each statistic mixes all N examples, so in training an example's output depends on the "
-                    "rest of its batch (and is undefined with one value per channel)"),
-    "ghost": (True, "yes, within each virtual batch of examples"),
-    "instance": (False, "no: each statistic uses one channel of one example"),
-    "group": (False, "no: each statistic uses one group of channels of one example"),
-    "layer": (False, "no: each statistic uses one example only"),
-    "position": (False, "no: each statistic uses the channels of one example at one position"),
-}  # fmt: skip
+__all__ = [
+    "Method", "Recipe", "NO_RECIPE", "StatisticsLayout", "STATISTICS", "BATCH", "GHOST", "INSTANCE", "GROUP", "LAYER",
+    "POSITION", "SAME_IN_EVAL", "BN_TRAIN_EVAL", "STANDARDIZE",
+]  # fmt: skip
+
+Factors = list[tuple[str, int]]  # (axis name, size) pairs, in order; their product is a count
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StatisticsLayout:
+    """The sets a method's statistics are taken over (the Group Norm paper's S_i): a :class:`Method`'s
+    ``statistics`` is one of the objects in :data:`STATISTICS`, or None.
+
+    For an input shape it gives the :class:`~normlab.reference.layout.Layout` the float64 reference computes with,
+    and the named factors ``normlab explain`` prints, so the text, the cube figure and the math are one object's.
+
+    Args:
+        name: a short name ("batch", "group", ...), for messages and reprs.
+        batch_dependent: whether one statistic mixes examples of a batch (what every layout it gives says).
+        dependence: ``explain``'s sentence on batch dependence.
+        sized_by: the setting that sizes the sets, passed as ``size`` below: ``"num_groups"`` (G),
+            ``"virtual_batch_size"`` (V) or ``"normalized_dims"`` (how many trailing dims); None for none.
+        layout: ``(shape, size) -> Layout`` of an input of ``shape``.
+        factors: ``(axes, size) -> (over, count)`` from the input's named axes ``[("N", 8), ("C", 64), ...]``: the
+            factors of the values per statistic and of the number of statistics.
+    """
+
+    name: str
+    batch_dependent: bool
+    dependence: str
+    sized_by: str | None = None
+    layout: Callable[[tuple[int, ...], int | None], Layout] = field(repr=False)
+    factors: Callable[[Factors, int | None], tuple[Factors, Factors]] = field(repr=False)
+
+
+def _ghost_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
+    return [("V", size)] + axes[2:], [("N/V", axes[0][1] // size), axes[1]]
+
+
+def _group_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
+    return [("C/G", axes[1][1] // size)] + axes[2:], [axes[0], ("G", size)]
+
+
+def _layer_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
+    split = len(axes) - size
+    return axes[split:], axes[:split]
+
+
+BATCH = StatisticsLayout(
+    name="batch", batch_dependent=True, dependence="yes: each statistic mixes all N examples, so in training an "
+    "example's output depends on the rest of its batch (and is undefined with one value per channel)",
+    layout=lambda shape, size: batch_layout(shape), factors=lambda axes, size: ([axes[0]] + axes[2:], [axes[1]]),
+)  # fmt: skip
+GHOST = StatisticsLayout(
+    name="ghost", batch_dependent=True, dependence="yes, within each virtual batch of examples",
+    sized_by="virtual_batch_size", layout=ghost_layout, factors=_ghost_factors,
+)
+INSTANCE = StatisticsLayout(
+    name="instance", batch_dependent=False, dependence="no: each statistic uses one channel of one example",
+    layout=lambda shape, size: instance_layout(shape), factors=lambda axes, size: (axes[2:], axes[:2]),
+)
+GROUP = StatisticsLayout(
+    name="group", batch_dependent=False, dependence="no: each statistic uses one group of channels of one example",
+    sized_by="num_groups", layout=group_layout, factors=_group_factors,
+)
+LAYER = StatisticsLayout(
+    name="layer", batch_dependent=False, dependence="no: each statistic uses one example only",
+    sized_by="normalized_dims", layout=lambda shape, size: layer_layout(shape, shape[len(shape) - size :]),
+    factors=_layer_factors,
+)
+POSITION = StatisticsLayout(
+    name="position", batch_dependent=False,
+    dependence="no: each statistic uses the channels of one example at one position",
+    layout=lambda shape, size: channel_layout(shape), factors=lambda axes, size: ([axes[1]], [axes[0]] + axes[2:]),
+)
+STATISTICS: tuple[StatisticsLayout, ...] = (BATCH, GHOST, INSTANCE, GROUP, LAYER, POSITION)
+"""Every statistics layout a method can have (the reference's layouts, :mod:`normlab.reference.layout`)."""
 
 SAME_IN_EVAL = "identical in training and eval"
 BN_TRAIN_EVAL = (
@@ -70,9 +137,9 @@ class Recipe:
 NO_RECIPE = Recipe()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
-    """One normalization method, described once.
+    """One normalization method, described once. Every field is a keyword argument.
 
     Args:
         name: the registry name (``create_norm(name, ...)``, ``--norms name``).
@@ -84,8 +151,9 @@ class Method:
             ``spatial_dims``.
         formula: the forward, one line of text (``normlab explain``).
         aliases: other names ``create_norm`` accepts.
-        statistics: the sets a statistic is taken over (a key of :data:`STATISTICS`), for ``explain`` and its
-            figure; None for methods without statistics over sets of values.
+        statistics: the sets a statistic is taken over, a :class:`StatisticsLayout` of :data:`STATISTICS`
+            (``BATCH``, ``GROUP``...), for ``explain`` and its figure; None for methods without statistics over
+            sets of values.
         center: whether the statistics include a mean (False: mean squares).
         batch_dependent: whether an example's training output depends on the rest of its batch; None derives it
             from ``statistics``.
@@ -116,7 +184,7 @@ class Method:
     formula: str
     reference: Reference
     aliases: tuple[str, ...] = ()
-    statistics: str | None = None
+    statistics: StatisticsLayout | None = None
     center: bool = True
     batch_dependent: bool | None = None
     dependence: str = ""
@@ -133,7 +201,8 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.statistics is not None and self.statistics not in STATISTICS:
-            raise ValueError(f"Method {self.name!r}: statistics must be one of {sorted(STATISTICS)} or None")
+            raise ValueError(f"Method {self.name!r}: statistics must be one of normlab.method.STATISTICS "
+                             f"({', '.join(s.name.upper() for s in STATISTICS)}) or None")
         if self.statistics is None and self.batch_dependent is None:
             raise ValueError(f"Method {self.name!r}: without statistics, say batch_dependent explicitly")
         if set(self.spatial_dims) != {0, 1, 2, 3} and not self.not_applicable:
@@ -144,7 +213,7 @@ class Method:
         """In training, does an example's output depend on the rest of its batch?"""
         if self.batch_dependent is not None:
             return self.batch_dependent
-        return STATISTICS[self.statistics][0]
+        return self.statistics.batch_dependent
 
     @property
     def dependence_text(self) -> str:
@@ -152,7 +221,7 @@ class Method:
             return self.dependence
         if self.statistics is None:
             return "yes" if self.is_batch_dependent else "no"
-        return STATISTICS[self.statistics][1]
+        return self.statistics.dependence
 
     def applies_to(self, spatial_dims: int) -> bool:
         return spatial_dims in self.spatial_dims

@@ -16,16 +16,18 @@ from torch import nn
 
 from . import nn as nl
 from .convert import looks_like_norm
+from .nn.norm_classes import NORM_CLASSES, NORM_PARTS
 from .registry import create_norm, get_method
 
 __all__ = ["FoldReport", "fold_batchnorm", "freeze_batchnorm", "swap", "SwapReport", "param_groups", "is_norm"]
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, nl.FrozenBatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# torch's norm classes, by their bases (a third-party subclass is a norm too), and every normlab norm class by the
+# one list of them (a normlab class whose name lacks "Norm", BatchRenorm2d say, is not found by its name)
 _NORM_BASES = (
     nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm,
-    nl.FrozenBatchNorm2d, nl.FilterResponseNorm, nl.EvoNormB0, nl.EvoNormS0, nl.SwitchableNorm, nl.DynamicTanh,
-    nl.PowerNorm, nl.MeanOnlyBatchNorm, nl.GlobalResponseNorm, nl.TLU,
+    *NORM_CLASSES, *NORM_PARTS,
 )  # fmt: skip
 
 

@@ -21,14 +21,3 @@ def carry_state(source: Module, twin: Module) -> None:
     twin._non_persistent_buffers_set = set(source._non_persistent_buffers_set)
     twin.train(source.training)
 
-
-# torch.fx's default tracer keeps a module as one call (a leaf) when its ``__module__`` starts with "torch.nn";
-# otherwise it traces into forward, where normlab's argument checks (shape tests in Python) cannot run on proxies.
-FX_LEAF_MODULE = "torch.nn.modules.normlab"
-
-
-def trace_as_leaf(module: Module) -> None:
-    """Make torch.fx's default tracer keep ``module`` as one ``call_module`` node, as it does torch's own norms.
-
-    Set on the instance only: the class keeps its real ``__module__``, so pickling and imports are unaffected."""
-    module.__dict__["__module__"] = FX_LEAF_MODULE

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch.nn import Parameter, init
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 from .. import functional as NF
 from .batchnorm import _BatchNorm, _lerp_buffer
 
@@ -238,7 +238,7 @@ def _resolve_power_norm_training() -> None:
         _power_norm_training = torch.compiler.disable(_power_norm_training_eager)
 
 
-class PowerNorm(Module):
+class PowerNorm(Twin):
     r"""PowerNorm (Shen et al. 2020): BatchNorm for transformers, without centering and with running statistics.
 
     .. math:: \hat x = x/\sqrt{\psi_{t-1}+\epsilon},\quad \psi_t = \alpha_f\psi_{t-1} + (1-\alpha_f)\,\overline{x^2},
@@ -275,7 +275,6 @@ class PowerNorm(Module):
         affine: bool = True, device: Any = None, dtype: Any = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        trace_as_leaf(self)
         _resolve_power_norm_training()
         _checks.check_num_features("PowerNorm", num_features)
         _checks.check_eps("PowerNorm", eps)
@@ -316,7 +315,7 @@ class PowerNorm(Module):
         return f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, affine={self.affine}"
 
 
-class MeanOnlyBatchNorm(Module):
+class MeanOnlyBatchNorm(Twin):
     r"""Mean-only BatchNorm (Salimans & Kingma 2016, "Weight Normalization"), the companion of Weight Normalization.
 
     .. math:: y = x - \mu_c + \beta_c
@@ -343,7 +342,6 @@ class MeanOnlyBatchNorm(Module):
 
     def __init__(self, num_features: int, momentum: float = 0.1, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        trace_as_leaf(self)
         _checks.check_num_features("MeanOnlyBatchNorm", num_features)
         self.num_features, self.momentum = num_features, momentum
         kw = {"device": device, "dtype": dtype}

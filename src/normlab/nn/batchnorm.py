@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
-from ._state import carry_state, trace_as_leaf
+from ._state import carry_state
+from ._twin import Twin, torch_base
 from .. import functional as NF
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
 
-class _NormBase(Module):
+class _NormBase(Twin):
     """Parameters, buffers and state_dict contract shared by BatchNorm and InstanceNorm (as torch's _NormBase)."""
 
     _version = 2
@@ -44,8 +45,7 @@ class _NormBase(Module):
         bias: bool = True,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        Module.__init__(self)  # not torch's twin's __init__: this one builds the same state, with checks
-        trace_as_leaf(self)
+        super().__init__()  # Twin's: Module's own, not torch's (this one builds the same state, with checks)
         _checks.check_num_features(type(self).__name__, num_features)
         _checks.check_real(type(self).__name__, "eps", eps)  # its range is checked at forward, as torch does
         self.num_features = num_features
@@ -120,8 +120,8 @@ class _NormBase(Module):
                     if self.num_batches_tracked is not None and self.num_batches_tracked.device != torch.device("meta")
                     else torch.tensor(0, dtype=torch.long)
                 )
-        Module._load_from_state_dict(  # torch's twin would repeat the version handling above
-            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        super()._load_from_state_dict(  # Twin's: Module's, so torch's does not repeat the version handling
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
 
@@ -230,6 +230,15 @@ class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
         self._check_rank(input, (5,))
 
 
+_TORCH_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def _converts_to_sync(cls: type) -> bool:
+    """Whether convert_sync_batchnorm replaces a module of class ``cls``: torch's BatchNorm classes and normlab's
+    twins of them, by exact class (a subclass, timm's ``BatchNormAct2d`` say, has behaviour a SyncBatchNorm drops)."""
+    return cls in _TORCH_BATCH_NORMS or torch_base(cls) in _TORCH_BATCH_NORMS
+
+
 # Not a torch.nn.SyncBatchNorm: DistributedDataParallel refuses any instance of that class on CPU ("SyncBatchNorm
 # layers only work with GPU modules"), and running on CPU with gloo is what this one is for. It is a torch
 # _BatchNorm, as torch's SyncBatchNorm is, so tools that look for batch norms by that base find it.
@@ -329,12 +338,11 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
         ``module`` itself is a BatchNorm). A norm+act BatchNorm (``BatchNormAct2d``) becomes ``SyncBatchNormAct``
         with the same activation (torch's ``convert_sync_batchnorm`` would drop the activation)."""
 
-        batch_norms = (BatchNorm1d, BatchNorm2d, BatchNorm3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
-                       torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)  # fmt: skip
-        if getattr(type(module), "norm_class", None) in batch_norms:  # norm+act (normlab.nn.norm_act)
+        norm_class = getattr(type(module), "norm_class", None)  # norm+act (normlab.nn.norm_act)
+        if norm_class is not None and _converts_to_sync(norm_class):
             norm, act = module.split()
             return type(module).join(cls.convert_sync_batchnorm(norm, process_group), act)
-        if type(module) in batch_norms:
+        if _converts_to_sync(type(module)):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
                             module.track_running_stats, process_group, device="meta",
                             bias=module.bias is not None or not module.affine)  # fmt: skip

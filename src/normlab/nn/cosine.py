@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch.nn import Parameter, init
 from torch.nn.modules.utils import _pair, _single
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 from .. import functional as NF
 
 __all__ = ["CosineLinear", "CosineConv1d", "CosineConv2d"]
 
 
-class _ScaledCosine(Module):
+class _ScaledCosine(Twin):
     """Holds the optional learnable scale shared by the cosine layers."""
 
     def _init_scale(self, scale: float | None, factory_kwargs: dict) -> None:
@@ -70,7 +70,6 @@ class CosineLinear(_ScaledCosine):
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        trace_as_leaf(self)
         _checks.check_num_features("CosineLinear", in_features, "in_features")
         _checks.check_num_features("CosineLinear", out_features, "out_features")
         _checks.check_eps("CosineLinear", eps)
@@ -114,7 +113,6 @@ class _CosineConvNd(_ScaledCosine):
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        trace_as_leaf(self)
         name = type(self).__name__
         _checks.check_num_features(name, in_channels, "in_channels")
         _checks.check_num_features(name, out_channels, "out_channels")

@@ -6,16 +6,16 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch.nn import Parameter, init
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 from .. import functional as NF
 
 __all__ = ["DynamicTanh"]
 
 
-class DynamicTanh(Module):
+class DynamicTanh(Twin):
     r"""DyT (Zhu et al. 2025, "Transformers without Normalization"): an elementwise stand-in for LayerNorm.
 
     .. math:: y = \gamma\tanh(\alpha x) + \beta
@@ -46,7 +46,6 @@ class DynamicTanh(Module):
         device: Any = None, dtype: Any = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        trace_as_leaf(self)
         self.normalized_shape = _checks.as_shape("DynamicTanh", normalized_shape)
         if not channels_last and len(self.normalized_shape) != 1:
             raise ValueError("DynamicTanh: channels_last=False takes one channel count as normalized_shape")

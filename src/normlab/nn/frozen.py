@@ -9,12 +9,12 @@ from torch import Tensor
 from torch.nn import Module
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 
 __all__ = ["FrozenBatchNorm2d"]
 
 
-class FrozenBatchNorm2d(Module):
+class FrozenBatchNorm2d(Twin):
     r""":math:`y = (x - \mu)\,\gamma/\sqrt{\sigma^2+\epsilon} + \beta` with :math:`\mu,\sigma^2,\gamma,\beta` fixed buffers.
 
     Same buffers as torchvision's ``FrozenBatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``), so a
@@ -40,7 +40,6 @@ class FrozenBatchNorm2d(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        trace_as_leaf(self)
         _checks.check_num_features("FrozenBatchNorm2d", num_features)
         _checks.check_eps("FrozenBatchNorm2d", eps)
         self.num_features, self.eps = num_features, eps

@@ -5,8 +5,8 @@
 parameters (``PReLU``) adds its own keys under ``act.``; the parameter-free ones add none. ``normlab.to_torch``
 turns one back into ``Sequential(norm, act)``; :func:`split_norm_act` does that for a single module.
 
-Every norm class the registry builds has its norm+act class here, named by inserting ``Act`` before the rank
-suffix: ``BatchNorm2d`` -> ``BatchNormAct2d``, ``GroupNorm`` -> ``GroupNormAct``.
+Every norm class (:data:`normlab.nn.norm_classes.NORM_CLASSES`) has its norm+act class here, named by inserting
+``Act`` before the rank suffix: ``BatchNorm2d`` -> ``BatchNormAct2d``, ``GroupNorm`` -> ``GroupNormAct``.
 
 Examples::
 
@@ -36,7 +36,7 @@ from typing import Any, Callable
 from torch import Tensor
 from torch import nn as tnn
 
-from . import batch_variants, batchnorm, channels, dyt, frozen, grn, instancenorm, normalization, response, switchable
+from .norm_classes import NORM_CLASSES
 
 __all__ = ["ACTIVATIONS", "NORM_ACT_CLASSES", "make_activation", "norm_act_class", "with_activation", "split_norm_act"]
 
@@ -123,18 +123,7 @@ def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
     return cls
 
 
-_NORMS = (
-    batchnorm.BatchNorm1d, batchnorm.BatchNorm2d, batchnorm.BatchNorm3d, batchnorm.SyncBatchNorm,
-    instancenorm.InstanceNorm1d, instancenorm.InstanceNorm2d, instancenorm.InstanceNorm3d,
-    normalization.LayerNorm, normalization.GroupNorm, normalization.RMSNorm, normalization.LocalResponseNorm,
-    batch_variants.BatchRenorm1d, batch_variants.BatchRenorm2d, batch_variants.BatchRenorm3d,
-    batch_variants.GhostBatchNorm1d, batch_variants.GhostBatchNorm2d, batch_variants.GhostBatchNorm3d,
-    batch_variants.PowerNorm, batch_variants.MeanOnlyBatchNorm, frozen.FrozenBatchNorm2d,
-    response.FilterResponseNorm, response.EvoNormB0, response.EvoNormS0, switchable.SwitchableNorm,
-    dyt.DynamicTanh, grn.GlobalResponseNorm, channels.LayerNorm2d, channels.RMSNorm2d,
-)  # fmt: skip
-
-NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in _NORMS}
+NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in NORM_CLASSES}
 """norm class -> its norm+act class."""
 
 globals().update({cls.__name__: cls for cls in NORM_ACT_CLASSES.values()})

@@ -6,16 +6,16 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch.nn import Parameter, init
 
 from .. import _checks
 from .. import functional as NF
-from ._state import trace_as_leaf
+from ._twin import Twin
 
 __all__ = ["LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"]
 
 
-class LayerNorm(torch.nn.LayerNorm):
+class LayerNorm(Twin, torch.nn.LayerNorm):
     r"""Layer Normalization (Ba et al. 2016) over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
@@ -61,8 +61,7 @@ class LayerNorm(torch.nn.LayerNorm):
         upcast: bool = False,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
-        trace_as_leaf(self)
+        super().__init__()  # Twin's: the state is built here, with checks, not by torch's __init__
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps)
         self.eps, self.upcast = eps, upcast
@@ -99,7 +98,7 @@ class LayerNorm(torch.nn.LayerNorm):
         return text + (", upcast=True" if self.upcast else "")
 
 
-class GroupNorm(torch.nn.GroupNorm):
+class GroupNorm(Twin, torch.nn.GroupNorm):
     r"""Group Normalization (Wu & He 2018): channels split into ``num_groups`` groups, each normalized per example.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\,\gamma + \beta
@@ -144,8 +143,7 @@ class GroupNorm(torch.nn.GroupNorm):
         bias: bool = True,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
-        trace_as_leaf(self)
+        super().__init__()  # Twin's: the state is built here, with checks, not by torch's __init__
         name = type(self).__name__
         _checks.check_num_features(name, num_channels, "num_channels")
         _checks.check_groups(name, num_groups, num_channels)
@@ -182,7 +180,7 @@ class GroupNorm(torch.nn.GroupNorm):
         )
 
 
-class RMSNorm(torch.nn.RMSNorm):
+class RMSNorm(Twin, torch.nn.RMSNorm):
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019).
 
     .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_k x_k^2 + \epsilon}}\,(\delta + \gamma)
@@ -228,8 +226,7 @@ class RMSNorm(torch.nn.RMSNorm):
         casting_mode: str = "none",
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
-        trace_as_leaf(self)
+        super().__init__()  # Twin's: the state is built here, with checks, not by torch's __init__
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps, allow_none=True)
         if casting_mode not in NF.CASTING_MODES:
@@ -258,7 +255,7 @@ class RMSNorm(torch.nn.RMSNorm):
         return text + (f", casting_mode={self.casting_mode!r}" if self.casting_mode != "none" else "")
 
 
-class LocalResponseNorm(torch.nn.LocalResponseNorm):
+class LocalResponseNorm(Twin, torch.nn.LocalResponseNorm):
     r"""Local Response Normalization (Krizhevsky et al. 2012) across channels, as ``torch.nn.LocalResponseNorm``.
 
     .. math:: b_c = a_c\Big(k + \frac{\alpha}{n}\sum_{c'=\max(0, c-n/2)}^{\min(N-1, c+n/2)} a_{c'}^2\Big)^{-\beta}
@@ -285,8 +282,7 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
     __constants__ = ["size", "alpha", "beta", "k"]
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
-        Module.__init__(self)  # the state is built here, with checks; torch's __init__ would build it again
-        trace_as_leaf(self)
+        super().__init__()  # Twin's: the state is built here, with checks, not by torch's __init__
         _checks.check_num_features("LocalResponseNorm", size, "size")
         if size < 1:
             raise ValueError(f"LocalResponseNorm: size must be at least 1, got {size}")

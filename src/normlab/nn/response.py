@@ -8,16 +8,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch.nn import Parameter, init
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 from .. import functional as NF
 
 __all__ = ["FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0"]
 
 
-class _ChannelNorm(Module):
+class _ChannelNorm(Twin):
     """Constructor checks shared by the per-channel modules of the catalog."""
 
     num_features: int
@@ -26,7 +26,6 @@ class _ChannelNorm(Module):
         _checks.check_num_features(type(self).__name__, num_features)
         _checks.check_eps(type(self).__name__, eps)
         self.num_features, self.eps = num_features, eps
-        trace_as_leaf(self)
 
     def _check_channels(self, input: Tensor) -> None:
         name = type(self).__name__
@@ -39,7 +38,7 @@ class _ChannelNorm(Module):
         _checks.check_channels(name, input, self.num_features)
 
 
-class TLU(Module):
+class TLU(Twin):
     r"""Thresholded Linear Unit (Singh & Krishnan 2019), FRN's activation.
 
     .. math:: y = \max(x, \tau_c)
@@ -62,7 +61,6 @@ class TLU(Module):
 
     def __init__(self, num_features: int, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        trace_as_leaf(self)
         _checks.check_num_features("TLU", num_features)
         self.num_features = num_features
         self.tau = Parameter(torch.empty(num_features, device=device, dtype=dtype))

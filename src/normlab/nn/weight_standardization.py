@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
-from ._state import trace_as_leaf
+from ._twin import Twin
 
 __all__ = ["StdConv1d", "StdConv2d"]
 
@@ -20,13 +20,13 @@ def standardize_filters(weight: Tensor, eps: float) -> Tensor:
     return F.layer_norm(flat, flat.shape[1:], eps=eps).reshape(weight.shape)
 
 
-class _StdConv:
+class _StdConv(Twin):
     eps: float
 
     def _init_eps(self, eps: float) -> None:
         _checks.check_eps(type(self).__name__, eps)
         self.eps = eps
-        trace_as_leaf(self)  # one call in torch.fx graphs, as the nn.Conv it extends
+        self._trace_as_leaf()  # one call in torch.fx graphs, as the nn.Conv it extends: its __init__ is the conv's
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, standardize_filters(self.weight, self.eps), self.bias)  # type: ignore[attr-defined]
