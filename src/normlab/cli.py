@@ -35,7 +35,7 @@ def _list_norms(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import os
 
-    from .lab import OUTCOME_ORDER, STUDIES, Options, compare, study_variants
+    from .lab import OUTCOME_ORDER, STUDIES, Execution, Options, compare, study_variants
     from .lab.report import outcome_counts
     from .registry import canonical_name
 
@@ -43,17 +43,18 @@ def _compare(args: argparse.Namespace) -> int:
         for name, study in STUDIES.items():
             print(f"{name:18s} {study.claim}\n{'':18s} ({study.source})")
         return 0
+    user_only = [flag for flag, value in (("--batch-sizes", args.batch_sizes), ("--model-args", args.model_args),
+                                          ("--epochs", args.epochs), ("--steps", args.steps), ("--lr", args.lr))
+                 if value is not None]  # fmt: skip
+    if user_only and not args.model:
+        raise ValueError(f"{', '.join(user_only)}: only with --model (your own model's study)")
     norms = None
     if args.norms:
         variants = study_variants()
         norms = tuple(n if n in variants else canonical_name(n) for n in args.norms.split(","))
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+    _check_device(args.device)
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -65,51 +66,93 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     if not args.budget > 0:
         raise ValueError(f"--budget must be a positive factor, got {args.budget}")
-    options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
-                      nproc=args.nproc, first_seed=args.first_seed, budget=args.budget)  # fmt: skip
-    index, results, ok = compare(args.out, args.study, options, workers=workers, fresh=args.fresh,
-                                 progress=not args.no_progress, against=args.against, max_pack=args.pack)  # fmt: skip
+    if not args.checkpoint_every >= 0:
+        raise ValueError(f"--checkpoint-every must be 0 (never) or a number of seconds, got {args.checkpoint_every}")
+    execution = Execution(workers=workers, max_pack=args.pack, executor=args.executor, ray=_ray_settings(args),
+                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress)  # fmt: skip
+    if args.model:
+        index, results, ok = _compare_model(args, execution)
+    else:
+        options = Options(norms=norms, seeds=args.seeds, full=args.full, device=args.device, data=args.data,
+                          nproc=args.nproc, first_seed=args.first_seed, budget=args.budget)  # fmt: skip
+        index, results, ok = compare(args.out, args.study, options, fresh=args.fresh, against=args.against,
+                                     execution=execution)  # fmt: skip
     width = max(len(n) for n in results) + 2
     print("\n" + "study".ljust(width) + "  ".join(o.value for o in OUTCOME_ORDER))
     for name, result in results.items():
         counts = outcome_counts(result.verdicts)
         print(name.ljust(width) + "  ".join(str(counts[o]).center(len(o.value)) for o in OUTCOME_ORDER))
+    for result in results.values():
+        for line in result.recommendations:
+            print(f"recommended at {line}")
     print(f"\nreport: {index.resolve()}")
     return 0 if ok else 1
 
 
-def _load_model(spec: str):
-    """``MODULE:FACTORY`` (``torchvision.models:resnet18``) or ``path/to/file.py:FACTORY`` -> ``FACTORY()``."""
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
-    module_name, sep, factory = spec.rpartition(":")
-    if not sep or not module_name or not factory:
-        raise ValueError(f"model must be MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise ValueError(f"model file {module_name} does not exist")
-            loaded = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(loaded)
-            loaded.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ValueError:
-        raise
-    except Exception as err:  # an import can fail in any way (ImportError, a RuntimeError in an extension...)
-        raise ValueError(f"cannot import {module_name}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    fn = getattr(module, factory, None)
-    if not callable(fn):
-        raise ValueError(f"{module_name} has no callable {factory}")
+def _check_device(device: str) -> None:
     import torch
 
-    model = fn()
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if where.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if where.type == "cuda" and (not torch.cuda.is_available() or (where.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {device}: no such CUDA device is available")
+
+
+def _ray_settings(args: argparse.Namespace):
+    if args.executor != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--cpus-per-run", args.cpus_per_run),
+                            ("--gpus-per-run", args.gpus_per_run)):  # fmt: skip
+            if value is not None:
+                raise ValueError(f"{flag}: only with --executor ray")
+        return None
+    from .lab.executors import RaySettings
+
+    cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
+    gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+    if not cpus > 0 or gpus < 0:
+        raise ValueError(f"--cpus-per-run must be positive and --gpus-per-run at least 0, got {cpus} and {gpus}")
+    return RaySettings(address=args.ray_address, cpus_per_run=cpus, gpus_per_run=gpus)
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers (e.g. 4,32), got {text!r}") from None
+
+
+def _compare_model(args: argparse.Namespace, execution):
+    from .lab import Options, UserSpec, compare_model
+    from .lab.inputs import parse_model_args
+
+    missing = [flag for flag, value in (("--data", args.data), ("--norms", args.norms),
+                                        ("--batch-sizes", args.batch_sizes)) if not value]  # fmt: skip
+    if missing:
+        raise ValueError(f"--model needs {', '.join(missing)} (e.g. --data cifar10:DIR --norms batch,group "
+                         "--batch-sizes 4,32)")  # fmt: skip
+    if args.study or args.full or args.against:
+        raise ValueError("--study, --full and --against are for the built-in studies, not with --model")
+    spec = UserSpec(model=args.model, data=args.data, norms=tuple(args.norms.split(",")),
+                    batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"), model_args=parse_model_args(args.model_args),
+                    epochs=args.epochs or 1, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                    weight_decay=args.weight_decay, amp=args.amp, channels_last=args.channels_last,
+                    loader_workers=args.loader_workers)  # fmt: skip
+    if args.epochs is not None and args.steps is not None:
+        raise ValueError("--epochs and --steps: give one of them")
+    options = Options(seeds=args.seeds, device=args.device, first_seed=args.first_seed, budget=args.budget)
+    return compare_model(spec, args.out, options, execution, fresh=args.fresh)
+
+
+def _load_model(spec: str):
+    """``MODULE:FACTORY`` (``torchvision.models:resnet18``), ``FILE.py:FACTORY``, ``torchvision:NAME`` or
+    ``timm:NAME`` -> the model it builds (:func:`normlab.lab.inputs.load_model`)."""
+    from .lab.inputs import load_model
+
+    return load_model(spec, option="model")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -207,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "likely do not train, and the report says so)")
     p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs train (default cpu)")
-    p.add_argument("--data", metavar="KIND:PATH", help="real images instead of the embedded data: cifar10:PATH or mnist:PATH")
+    p.add_argument("--device", default="cpu", help="where runs train: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--data", metavar="KIND:PATH",
+                   help="built-in studies: real images instead of the embedded data, cifar10:PATH or mnist:PATH; with "
+                   "--model: your data, cifar10:DIR, mnist:DIR, imagefolder:DIR (DIR/train, DIR/test) or FILE.py:FN "
+                   "returning (train_dataset, test_dataset[, loss_fn])")
     p.add_argument("--nproc", type=int, default=4, help="gloo ranks for the distributed study (default 4)")
     p.add_argument("--against", metavar="DIR",
                    help="another compare output (run with other seeds): the report lists the verdicts that changed")
@@ -216,6 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train up to K CNN runs together as one packed model (default 16; 1: every run alone)")
     p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                   help="each run saves its training state this often into OUT/checkpoints; a rerun after a crash or "
+                   "a kill resumes it (default 120; 0: never)")
+    mine = p.add_argument_group("your own model (normlab compare --model ...)")
+    mine.add_argument("--model", metavar="MODULE:FACTORY",
+                      help="your model: MODULE:FACTORY, FILE.py:FACTORY, torchvision:NAME or timm:NAME (random weights)")
+    mine.add_argument("--model-args", metavar="K=V,...", help="keyword arguments of the factory, e.g. num_classes=10")
+    mine.add_argument("--batch-sizes", metavar="B,...", help="batch sizes to compare the methods at, e.g. 4,32")
+    mine.add_argument("--epochs", type=int, default=None, help="epochs per run (default 1)")
+    mine.add_argument("--steps", type=int, default=None, help="training steps per run, instead of --epochs")
+    mine.add_argument("--lr", type=float, default=None,
+                      help="centre of each setting's learning-rate grid (default 0.1 x B/32 for SGD, 1e-3 for AdamW)")
+    mine.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="default sgd (momentum 0.9)")
+    mine.add_argument("--weight-decay", type=float, default=0.0, help="never applied to norm parameters or biases")
+    mine.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    mine.add_argument("--channels-last", action="store_true", help="channels_last memory format for 4-d inputs")
+    mine.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    ray = p.add_argument_group("where runs train")
+    ray.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: worker processes here (default); ray: each run or pack a Ray task")
+    ray.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
+                     help="an existing Ray cluster (default: start one on this machine)")
+    ray.add_argument("--cpus-per-run", type=float, default=None, help="Ray: CPUs per task (default 1)")
+    ray.add_argument("--gpus-per-run", type=float, default=None, help="Ray: GPUs per task (default 0)")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser(

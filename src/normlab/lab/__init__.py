@@ -9,17 +9,22 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .report import OUTCOME_ORDER, load_verdicts, write_report
 from .packed import MAX_COPIES
 from .fairness import StudyPlan
+from .checkpoint import Checkpoints
 from .runner import SweepReport, run_sweep
 from .store import RunRecord, Store, config_key
 from .study import Options, checked_analysis
 from .studies import STUDIES
+from .user_study import UserSpec
 
-__all__ = ["STUDIES", "Options", "compare", "OUTCOME_ORDER", "study_variants"]
+__all__ = ["STUDIES", "Options", "Execution", "UserSpec", "compare", "compare_model", "OUTCOME_ORDER",
+           "study_variants"]
 
 
 def study_variants() -> set[str]:
@@ -27,13 +32,17 @@ def study_variants() -> set[str]:
     return {label for study in STUDIES.values() for label in study.variants}
 
 
-def preflight(out: Path, options: Options) -> None:
+def preflight(out: Path, options: Options, execution: Execution | None = None) -> None:
     """Check what the user gave before any run starts: ValueError with one clear line naming the path and what was
     expected. Reads only: a bad store or data directory is left as it was."""
     from .data import check_data
     from .store import check_store
 
     check_data(options.data)
+    if execution is not None and execution.executor == "ray":
+        from .executors import RaySettings, check_ray
+
+        check_ray(execution.ray or RaySettings())
     try:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: expected a directory, found a file")
@@ -43,6 +52,20 @@ def preflight(out: Path, options: Options) -> None:
         check_store(out / "results.sqlite")
     except OSError as err:
         raise ValueError(f"--out {out}: cannot be used ({err.strerror or err})") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Execution:
+    """Where and how a sweep's runs train: ``executor`` "local" (``workers`` processes here) or "ray" (``ray``:
+    :class:`normlab.lab.executors.RaySettings`), packs of up to ``max_pack`` runs, checkpoints every
+    ``checkpoint_every`` seconds into ``<out>/checkpoints`` (0: none)."""
+
+    workers: int = 1
+    max_pack: int = MAX_COPIES
+    executor: str = "local"
+    ray: Any = None
+    checkpoint_every: float = 120.0
+    progress: bool = True
 
 
 def compare(
@@ -55,6 +78,7 @@ def compare(
     log=print,
     against: str | Path | None = None,
     max_pack: int = MAX_COPIES,
+    execution: Execution | None = None,
 ) -> tuple[Path, dict, bool]:
     """Run the studies (skipping runs already stored in ``out``), analyze them and write the report; with
     ``against`` (another run's output directory, other seeds), the report compares the two runs' verdicts.
@@ -65,24 +89,61 @@ def compare(
     unknown = [n for n in names if n not in STUDIES]
     if unknown:
         raise ValueError(f"unknown study {', '.join(unknown)}; available: {', '.join(STUDIES)}")
+    execution = execution or Execution(workers=workers, max_pack=max_pack, progress=progress)
     out = Path(out)
-    preflight(out, options)
+    preflight(out, options, execution)
     other = None if against is None else (Path(against), load_verdicts(Path(against)))  # fails before any run
+    return run_studies(out, [STUDIES[n] for n in names], options, execution, fresh=fresh, log=log, other=other)
+
+
+def compare_model(
+    spec: UserSpec,
+    out: str | Path = "normlab-results",
+    options: Options = Options(),
+    execution: Execution = Execution(),
+    fresh: bool = False,
+    log=print,
+) -> tuple[Path, dict, bool]:
+    """The user's study (:class:`~normlab.lab.user_study.UserSpec`: your model, your data, the methods and batch
+    sizes to compare): every input checked before any run, then run, judged and reported as the built-in studies.
+
+    Example::
+
+        >>> from normlab.lab import UserSpec, compare_model
+        >>> spec = UserSpec(model="torchvision:resnet18", model_args={"num_classes": 10}, data="cifar10:cifar-10",
+        ...                 norms=("batch", "group", "layer2d"), batch_sizes=(4, 32))
+        >>> compare_model(spec, "results")  # doctest: +SKIP
+    """
+    from .prepare import prepare_user_study
+
+    out = Path(out)
+    preflight(out, options, execution)
+    study = prepare_user_study(spec)
+    return run_studies(out, [study], options, execution, fresh=fresh, log=log)
+
+
+def run_studies(out: Path, chosen: list, options: Options, execution: Execution, fresh: bool = False, log=print,
+                other=None) -> tuple[Path, dict, bool]:
+    """The phases every compare goes through: learning-rate selection, final runs and their doubles, analysis,
+    report."""
     if fresh:
-        for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures"):
+        for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures",
+                     out / "checkpoints"):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    chosen = [STUDIES[n] for n in names]
     plans = {s.name: StudyPlan(s, options) for s in chosen}
     store_path = out / "results.sqlite"
+    checkpoints = Checkpoints(directory=str(out / "checkpoints"), every_s=execution.checkpoint_every)
     with Store(store_path) as store:
         before = store.finished_keys()
     total, requested = SweepReport(total=0, skipped=0), set()
 
     def sweep(configs: list[dict]) -> None:
-        report = run_sweep(configs, store_path, workers=workers, progress=progress, max_pack=max_pack)
+        report = run_sweep(configs, store_path, workers=execution.workers, progress=execution.progress,
+                           max_pack=execution.max_pack, checkpoints=checkpoints, executor=execution.executor,
+                           ray=execution.ray)  # fmt: skip
         requested.update(config_key(c) for c in configs)
         total.total, total.skipped = len(requested), len(requested & before)
         total.ran += report.ran

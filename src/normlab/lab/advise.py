@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .report import load_verdicts
+from .report import load_recommendations, load_verdicts
 
 __all__ = ["Advice", "advise", "ARCHITECTURES"]
 
@@ -115,6 +115,8 @@ def advise(arch: str, batch_size: int, distributed: bool = False, report: str | 
         verdicts = load_verdicts(Path(report), option="--report")
         advice.measured = [f"[{study}] {claim}: {outcome}" for (study, claim), outcome in verdicts.items()
                            if study in _STUDIES[arch]]  # fmt: skip
+        advice.measured += [f"[{study}] recommended at {line}"
+                            for study, lines in load_recommendations(Path(report)).items() for line in lines]  # fmt: skip
         if not advice.measured:
             advice.measured = [f"the report holds no study for {arch} ({', '.join(_STUDIES[arch])})"]
     return advice

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ClassifyConfig", "CharLMConfig", "DistributedConfig", "RunConfig", "RunOutput", "make_config", "from_dict",
+    "ClassifyConfig", "CharLMConfig", "DistributedConfig", "UserConfig", "RunConfig", "RunOutput", "make_config", "from_dict",
 ]
 
 
@@ -94,9 +94,39 @@ class DistributedConfig(_Common):
     record_losses: bool = False  # every step's loss of the global batch, for the exactness check
 
 
-RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig
+@dataclass(frozen=True)
+class UserConfig(_Common):
+    """The user's own model (``model``: a factory spec) on the user's own data (``data``: a data spec), its norms
+    swapped for ``norm`` (``swap_from``: the kinds replaced; empty: the model as built)."""
+
+    task: str = "user"
+    model: str = ""
+    model_args: dict[str, Any] | None = None
+    swap_from: tuple[str, ...] = ()
+    num_groups: int = 32
+    fingerprint: str = ""  # a hash of the model's source and the data's files: edited inputs get new keys
+    batch_size: int = 32
+    optimizer: str = "sgd"  # or "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0  # never on norm parameters or biases (normlab.param_groups)
+    epochs: int = 1
+    steps: int | None = None  # overrides epochs
+    lr_schedule: str = "cosine"
+    warmup: int = 0
+    budget: float = 1.0
+    validation_fraction: float = 0.0
+    points: int = 20
+    amp: bool = False  # bfloat16 autocast
+    channels_last: bool = False
+    loader_workers: int = 0
+
+
+RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig | UserConfig
 RunOutput = tuple[dict[str, float], dict[str, list[float]]]  # (metrics, curves) of one run
-_BY_TASK: dict[str, type] = {"classify": ClassifyConfig, "char_lm": CharLMConfig, "distributed": DistributedConfig}
+_BY_TASK: dict[str, type] = {"classify": ClassifyConfig, "char_lm": CharLMConfig, "distributed": DistributedConfig,
+                             "user": UserConfig}  # fmt: skip
+_TUPLES = ("contrast_strengths", "swap_from")  # tuples in the dataclasses, lists in JSON
 
 
 def make_config(task: str = "classify", **fields: Any) -> dict[str, Any]:
@@ -106,12 +136,12 @@ def make_config(task: str = "classify", **fields: Any) -> dict[str, Any]:
     """
     if task not in _BY_TASK:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(_BY_TASK)}")
-    if isinstance(fields.get("contrast_strengths"), list):
-        fields["contrast_strengths"] = tuple(fields["contrast_strengths"])
-    config = dataclasses.asdict(_BY_TASK[task](task=task, **fields))
-    if config.get("contrast_strengths") is not None:
-        config["contrast_strengths"] = list(config["contrast_strengths"])
-    return config
+    config = dataclasses.asdict(_BY_TASK[task](task=task, **_with_tuples(fields)))
+    return {k: list(v) if k in _TUPLES and v is not None else v for k, v in config.items()}
+
+
+def _with_tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in fields.items()}
 
 
 def from_dict(config: dict[str, Any]) -> RunConfig:
@@ -119,7 +149,4 @@ def from_dict(config: dict[str, Any]) -> RunConfig:
     cls = _BY_TASK.get(config.get("task", ""))
     if cls is None:
         raise ValueError(f"unknown task {config.get('task')!r}; expected one of {sorted(_BY_TASK)}")
-    fields = dict(config)
-    if isinstance(fields.get("contrast_strengths"), list):
-        fields["contrast_strengths"] = tuple(fields["contrast_strengths"])
-    return cls(**fields)
+    return cls(**_with_tuples(config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import tempfile
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from .config import RunOutput, from_dict
+from .loop import fit
 
 
 def run_distributed(config: dict[str, Any]) -> RunOutput:
@@ -30,9 +32,57 @@ def run_distributed(config: dict[str, Any]) -> RunOutput:
     return result["metrics"], result["curves"]
 
 
+class RankTraining:
+    """One rank's part of a data-parallel run: its slice of each global batch, DDP averaging the gradients. Every
+    rank draws the same global batches; the curve is rank 0's own loss at each point (its slice's), as the
+    distributed study plots it."""
+
+    runs = 1
+
+    def __init__(self, c, rank: int, nproc: int, data, model, ddp) -> None:
+        self.c, self.rank, self.data, self.ddp, self.nproc = c, rank, data, ddp, nproc
+        self.opt = torch.optim.SGD(ddp.parameters(), lr=c.lr, momentum=c.momentum)
+        self.generator = torch.Generator().manual_seed(c.seed)  # every rank draws the same global batch
+        self.per_rank = c.global_batch // nproc
+        self.curves: dict[str, list[float]] = {"step": [], "loss": []}
+        if c.record_losses:
+            self.curves["global_loss"] = []
+        self.last = math.nan
+
+    def step(self, step: int, live: list[int], probe: bool) -> list[float]:
+        import torch.distributed as dist
+        import torch.nn.functional as F
+
+        batch = torch.randint(0, len(self.data.x_train), (self.c.global_batch,), generator=self.generator)
+        idx = batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        loss = F.cross_entropy(self.ddp(self.data.x_train[idx]), self.data.y_train[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.c.record_losses:  # the global batch's mean loss: equal slices, so the mean of the ranks' means
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            self.curves["global_loss"].append(float(total) / self.nproc)
+        self.last = float(loss.detach())
+        return [self.last]
+
+    def stop(self, run: int) -> None:
+        pass  # never called: divergence is off (each rank sees only its slice, and all must take every step)
+
+    def record(self, step: int, run: int, loss: float) -> None:
+        if self.rank == 0:
+            self.curves["step"].append(step)
+            self.curves["loss"].append(self.last)
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError("data-parallel runs do not checkpoint (each is a few seconds)")
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError("data-parallel runs do not checkpoint")
+
+
 def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
     import torch.distributed as dist
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from .. import nn as nl
@@ -49,28 +99,9 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
         model = ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth)
         if c.sync:
             model = nl.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp = DDP(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=c.lr, momentum=c.momentum)
-        g = torch.Generator().manual_seed(c.seed)  # every rank draws the same global batch
-        per_rank = c.global_batch // nproc
-        curves: dict[str, list[float]] = {"step": [], "loss": []}
-        if c.record_losses:
-            curves["global_loss"] = []
-        every = max(1, c.steps // c.points)
-        for step in range(c.steps):
-            batch = torch.randint(0, len(data.x_train), (c.global_batch,), generator=g)
-            idx = batch[rank * per_rank : (rank + 1) * per_rank]
-            loss = F.cross_entropy(ddp(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if c.record_losses:  # the global batch's mean loss: equal slices, so the mean of the ranks' means
-                total = loss.detach().clone()
-                dist.all_reduce(total)
-                curves["global_loss"].append(float(total) / nproc)
-            if rank == 0 and (step % every == 0 or step == c.steps - 1):
-                curves["step"].append(step)
-                curves["loss"].append(float(loss.detach()))
+        training = RankTraining(c, rank, nproc, data, model, DDP(model))
+        fit(training, steps=c.steps, points=c.points, divergence=False)
+        curves = training.curves
         if rank == 0:
             model.eval()
             with torch.no_grad():
@@ -80,6 +111,6 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
         dist.barrier()
         # DDP's reducer must go before the process group it talks to: the other order hung gloo teardown about one
         # run in two (measured with examples/ddp_train.py).
-        del ddp, opt
+        del training
     finally:
         dist.destroy_process_group()

@@ -23,19 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import VALID_ACC, VALID_BPC
+from .metrics import VALID_ACC, VALID_BPC, VALID_LOSS
 from .store import RunRecord, config_key
 
 __all__ = ["Selection", "BudgetCheck", "StudyPlan", "Choice", "BudgetResult", "Fairness", "SELECTION_SEED_OFFSET"]
 
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
-_SELECTION_METRIC = {"classify": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
-                     "char_lm": (VALID_BPC, False, 1.0, "validation bits per character")}  # fmt: skip
+Scoring = tuple[str, bool, float, str]
+_SELECTION_METRIC: dict[str, Scoring] = {"classify": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
+                                         "char_lm": (VALID_BPC, False, 1.0, "validation bits per character"),
+                                         "user": (VALID_ACC, True, 100.0, "validation accuracy (%)")}  # fmt: skip
+VALIDATION_LOSS: Scoring = (VALID_LOSS, False, 1.0, "validation loss")  # the user's model with its own loss
 # probes that only the final analysis reads: a selection run skips them (they change no training step)
 _PROBES = {"output_spread": False, "contrast_strengths": None, "grad_predictiveness": False, "scale_invariance": False,
            "record_batch_stats": False}  # fmt: skip
-BUDGETED_TASKS = ("classify", "char_lm")  # tasks with a ``budget`` field (the distributed exactness runs have none)
+BUDGETED_TASKS = ("classify", "char_lm", "user")  # tasks with a ``budget`` field (the distributed exactness runs have none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +52,9 @@ class Selection:
         seeds: selection seeds per rate.
         budget: a selection run's share of the final runs' budget (1: the same).
         extensions: how many times a grid may grow past an edge that holds its best rate.
-        validation_fraction: classification: the share of the training examples held out for validation (the
-            language model has its own validation text).
+        validation_fraction: the share of the training examples held out for validation (the language model has
+            its own validation text).
+        scoring: (validation metric, higher is better, display scale, axis label); None: the task's.
     """
 
     task: str = "classify"
@@ -61,6 +65,7 @@ class Selection:
     budget: float = 1.0
     extensions: int = 2
     validation_fraction: float = 0.2
+    scoring: Scoring | None = None
 
     def __post_init__(self) -> None:
         if self.below + self.above + 1 < 4 or self.factor <= 1:
@@ -70,12 +75,16 @@ class Selection:
         return [_rate(centre * self.factor**k) for k in range(-self.below, self.above + 1)]
 
     @property
+    def score(self) -> Scoring:
+        return self.scoring or _SELECTION_METRIC[self.task]
+
+    @property
     def metric(self) -> str:
-        return _SELECTION_METRIC[self.task][0]
+        return self.score[0]
 
     def describe(self) -> str:
         where = (f"the last {self.validation_fraction:.0%} of the training examples, held out"
-                 if self.task == "classify" else "the validation half of the held-out text")  # fmt: skip
+                 if self.task != "char_lm" else "the validation half of the held-out text")  # fmt: skip
         budget = "the final runs' budget" if self.budget == 1 else f"{self.budget:g} of the final runs' budget"
         return (f"Learning rates are chosen per setting: a log-spaced grid of {self.below + self.above + 1} rates "
                 f"(x{self.factor:g} apart) around the study's rate, grown past an edge that holds the best rate (at "
@@ -178,7 +187,7 @@ class StudyPlan:
                 self.templates.setdefault(self._setting(c), c)
         labels = _labels(self.written, ignored=("lr",) if self.templates else ())
         self.labels = {self._setting(c): labels[setting_key(c)] for c in self.written}  # by _setting
-        higher = _SELECTION_METRIC[self.selection.task][1] if self.selection else True
+        higher = self.selection.score[1] if self.selection else True
         self.choices = {key: Choice(self.labels[key], self.selection.grid(c["lr"]), higher)
                         for key, c in self.templates.items()}  # fmt: skip
 
@@ -197,7 +206,9 @@ class StudyPlan:
     def _selection_config(self, template: dict[str, Any], lr: float, seed: int) -> dict[str, Any]:
         c = {**template, "lr": lr, "seed": seed, "budget": template["budget"] * self.selection.budget}
         if c["task"] == "classify":
-            c.update(_PROBES, validation_fraction=self.selection.validation_fraction)
+            c.update(_PROBES)
+        if c["task"] != "char_lm":
+            c.update(validation_fraction=self.selection.validation_fraction)
         return c
 
     def selection_configs(self) -> list[dict[str, Any]]:
@@ -290,7 +301,7 @@ class StudyPlan:
                            check_scale=self.check.scale)  # fmt: skip
         if self.selection is not None and self.choices:
             summary.selection = self.selection.describe()
-            summary.score_scale = _SELECTION_METRIC[self.selection.task][2]
+            summary.score_scale = self.selection.score[2]
             summary.figure = _selection_figure(self.study.name, self.selection, summary.choices, figdir)
         else:
             summary.selection = self.study.untuned
@@ -314,7 +325,7 @@ def _selection_figure(name: str, selection: Selection, choices: list[Choice], fi
     from .study import new_figure, save
 
     fig, (ax,) = new_figure(width=7)
-    _, _, scale, axis_label = _SELECTION_METRIC[selection.task]
+    _, _, scale, axis_label = selection.score
     for choice in choices:
         lrs = sorted(choice.scores)
         line = ax.plot(lrs, [scale * choice.scores[lr] for lr in lrs], marker="o", ms=3, label=choice.label)[0]

@@ -5,5 +5,12 @@ TEST_ACC = "test_acc"  # accuracy on the test split (BN with running statistics)
 VALID_ACC = "valid_acc"  # accuracy on the validation examples held out of the training set (selection runs)
 TEST_BPC = "test_bpc"  # the language model's bits per character on the test half of the held-out text
 VALID_BPC = "valid_bpc"  # ... on the validation half (selection; also the curve along training)
+TEST_LOSS = "test_loss"  # the user's model: mean loss on the test set (its own loss function, or cross-entropy)
+VALID_LOSS = "valid_loss"  # ... on the validation examples held out of the training set
+TRAIN_LOSS = "train_loss"  # mean training loss over the last curve point's steps
+STEP_SECONDS = "step_seconds"  # mean wall time of one training step (forward, backward, optimizer step)
+MEMORY_MB = "memory_mb"  # memory of one training step in MiB (CUDA: peak allocated; CPU: see normlab.lab.user)
+DIVERGED = "diverged"  # 1.0 when the run's loss blew up (non-finite, or 10x its first value)
 
-__all__ = ["TEST_ACC", "VALID_ACC", "TEST_BPC", "VALID_BPC"]
+__all__ = ["TEST_ACC", "VALID_ACC", "TEST_BPC", "VALID_BPC", "TEST_LOSS", "VALID_LOSS", "TRAIN_LOSS", "STEP_SECONDS",
+           "MEMORY_MB", "DIVERGED"]

@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
 from .models import SplitNorm, uses_weight_norm
+from .loop import Schedule, fit
+from .probes import gradient_predictiveness, scale_invariance_error
 from .train import (
-    BatchOrder, RunOutput, _LossLog, _scale_invariance_error, build_classifier, build_packed_classifier, classifier_data,
-    classifier_steps, evaluate_classifier, lr_factor, new_classifier_curves, preserved_state, record_point,
-    watched_layer,
+    BatchOrder, RunOutput, build_classifier, build_packed_classifier, classifier_data, classifier_steps,
+    evaluate_classifier, new_classifier_curves, record_point, watched_layer,
 )  # fmt: skip
 
 __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
@@ -196,6 +197,15 @@ class PackedSGD:
         for p in self.params:
             p.grad = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffers": self.buffers, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffers = None if state["buffers"] is None else list(state["buffers"])
+        for run, lr in enumerate(state["base_lrs"]):
+            if lr == 0.0 and self.base_lrs[run] != 0.0:
+                self.stop(run)
+
 
 def _per_run_norms(tensors: list[Tensor], layout: list[tuple[int, list[int]]], copies: int) -> Tensor:
     """The Euclidean norm of each run's slices of ``tensors`` taken together: shape ``(copies,)``."""
@@ -206,36 +216,68 @@ def _per_run_norms(tensors: list[Tensor], layout: list[tuple[int, list[int]]], c
     return squares.sqrt()
 
 
-def _gradient_predictiveness(packed: nn.Module, layout: PackLayout, x: Tensor, y: Tensor, lrs: list[float]) -> list[float]:
-    """Per run, as :func:`normlab.lab.train._gradient_predictiveness` computes it alone: ||g(w) - g(w - lr g(w))||
-    / ||g(w)|| on the same batch, the model left as it was."""
-    named = [(n, p) for n, p in packed.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    param_layout = [layout[n] for n, _ in named]
+class PackedTraining:
+    """K runs of the ConvNet packed into one model: each run's loss its own, summed, one :class:`PackedSGD` step."""
 
-    def summed_loss() -> Tensor:
-        return F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0).sum()
+    def __init__(self, cs: list[ClassifyConfig], data, packed: nn.Module, layout: PackLayout) -> None:
+        self.cs, self.data, self.packed, self.layout, self.runs = cs, data, packed, layout, len(cs)
+        self.device = torch.device(cs[0].device)
+        self.opt = PackedSGD(packed, layout, [c.lr for c in cs], [c.weight_decay for c in cs], cs[0].momentum)
+        self.schedule = Schedule(lr=1.0, kind=cs[0].lr_schedule, steps=classifier_steps(cs[0], data))
+        self.orders = [BatchOrder(c, data.y_train) for c in cs]
+        self.curves = [new_classifier_curves() for _ in cs]
 
-    with preserved_state(packed):
-        grads = torch.autograd.grad(summed_loss(), params)
-        with torch.no_grad():
-            for p, g, lo in zip(params, grads, param_layout):
-                p.sub_(_per_run(lrs, p, *lo) * g)
-        moved = torch.autograd.grad(summed_loss(), params)
-    diff = _per_run_norms([a - b for a, b in zip(grads, moved)], param_layout, len(lrs))
-    norm = _per_run_norms(list(grads), param_layout, len(lrs)).clamp_min(1e-12)
-    return (diff / norm).tolist()
+    def _losses(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self.packed(x).transpose(1, 2), y, reduction="none").mean(0)  # (K,) each run's mean
+
+    def step(self, step: int, live: list[int], probe: bool) -> list[float]:
+        k, in_shape = self.runs, self.data.x_train.shape[1:]
+        idx = torch.stack([o.next() for o in self.orders], dim=1)  # (B, K)
+        x = self.data.x_train[idx].reshape(idx.shape[0], k * in_shape[0], *in_shape[1:]).to(self.device)
+        y = self.data.y_train[idx].to(self.device)
+        losses = self._losses(x, y)
+        self.opt.zero_grad()
+        losses[live].sum().backward()
+        factor = self.schedule.factor(step)
+        if self.cs[0].grad_predictiveness and probe:
+            named = [(n, p) for n, p in self.packed.named_parameters() if p.requires_grad]
+            rates = [c.lr * factor for c in self.cs]
+            sizes = [_per_run(rates, p, *self.layout[n]) for n, p in named]
+            layouts = [self.layout[n] for n, _ in named]
+            values = gradient_predictiveness(self.packed, lambda: self._losses(x, y).sum(), [p for _, p in named],
+                                             sizes, lambda ts: _per_run_norms(ts, layouts, k))  # fmt: skip
+            for i in live:
+                self.curves[i]["grad_pred"].append(values[i])
+        self.opt.step(factor)
+        return losses.detach().tolist()
+
+    def stop(self, run: int) -> None:
+        self.opt.stop(run)
+
+    def record(self, step: int, run: int, loss: float) -> None:
+        w2 = watched_layer(self.packed).weight.detach().reshape(self.runs, -1).square().sum(1).tolist()[run]
+        record_point(self.curves[run], step, loss, w2, self.cs[run].lr * self.schedule.factor(step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"packed": self.packed.state_dict(), "opt": self.opt.state_dict(), "curves": self.curves,
+                "orders": [o.state() for o in self.orders]}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.packed.load_state_dict(state["packed"])
+        self.opt.load_state_dict(state["opt"])
+        self.curves = state["curves"]
+        for order, saved in zip(self.orders, state["orders"]):
+            order.load(saved)
 
 
 def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per run, each what the run
-    gives alone up to float rounding."""
+    gives alone up to float rounding. ``saver`` checkpoints the pack and resumes it."""
     cs: list[ClassifyConfig] = [from_dict(c) for c in configs]  # type: ignore[misc]
     if len({pack_key(c) for c in configs}) != 1 or pack_key(configs[0]) is None:
         raise ValueError("train_packed: the runs must share one pack key")
-    c0, k = cs[0], len(cs)
-    device = torch.device(c0.device)
-    data = classifier_data(c0)
+    device = torch.device(cs[0].device)
+    data = classifier_data(cs[0])
     singles = []
     for c in cs:
         torch.manual_seed(c.seed)
@@ -243,48 +285,14 @@ def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
     metrics: list[dict[str, float]] = [{} for _ in cs]
     for m, c, model in zip(metrics, cs, singles):
         if c.scale_invariance:
-            m["scale_invariance_error"] = _scale_invariance_error(model, watched_layer(model),
-                                                                  data.x_train[:64].to(device))  # fmt: skip
+            m["scale_invariance_error"] = scale_invariance_error(model, watched_layer(model),
+                                                                 data.x_train[:64].to(device))  # fmt: skip
     packed = build_packed_classifier(cs, data).to(device)
-    layout = pack_state(singles, packed)
-    opt = PackedSGD(packed, layout, [c.lr for c in cs], [c.weight_decay for c in cs], c0.momentum)
-    steps = classifier_steps(c0, data)
-    every = max(1, steps // c0.points)
-    orders = [BatchOrder(c, data.y_train) for c in cs]
-    logs = [_LossLog() for _ in cs]
-    curves = [new_classifier_curves() for _ in cs]
-    alive = [True] * k
-    in_shape = data.x_train.shape[1:]
-    for step in range(steps):
-        idx = torch.stack([o.next() for o in orders], dim=1)  # (B, K)
-        x = data.x_train[idx].reshape(idx.shape[0], k * in_shape[0], *in_shape[1:]).to(device)
-        y = data.y_train[idx].to(device)
-        losses = F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0)  # (K,) each run's mean
-        live = [i for i in range(k) if alive[i]]
-        opt.zero_grad()
-        losses[live].sum().backward()
-        factor = lr_factor(c0.lr_schedule, step, steps)
-        if c0.grad_predictiveness and step % every == 0:
-            probe = _gradient_predictiveness(packed, layout, x, y, [c.lr * factor for c in cs])
-            for i in live:
-                curves[i]["grad_pred"].append(probe[i])
-        opt.step(factor)
-        values = losses.detach().tolist()
-        for i in live:
-            if logs[i].add(values[i]):
-                metrics[i]["diverged"] = 1.0
-                alive[i] = False
-                opt.stop(i)
-        if not any(alive):
-            break
-        if step % every == 0 or step == steps - 1:
-            w2 = watched_layer(packed).weight.detach().reshape(k, -1).square().sum(1).tolist()
-            for i in live:
-                if alive[i]:
-                    record_point(curves[i], step, logs[i].flush(), w2[i], cs[i].lr * factor)
+    training = PackedTraining(cs, data, packed, pack_state(singles, packed))
+    diverged = fit(training, steps=training.schedule.steps, points=cs[0].points, saver=saver)
     unpack_state(packed, singles)
     outputs = []
-    for m, c, model, curve in zip(metrics, cs, singles, curves):
-        m.setdefault("diverged", 0.0)
+    for m, c, model, curve, gone in zip(metrics, cs, singles, training.curves, diverged):
+        m["diverged"] = float(gone)
         outputs.append(evaluate_classifier(model, c, data, m, curve))
     return outputs

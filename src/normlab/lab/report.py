@@ -22,7 +22,7 @@ from .store import RunRecord
 from .study import CONVERGENCE, Study, StudyResult
 from .verdicts import CRITERION, Outcome
 
-__all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "stability_rows"]
+__all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "load_recommendations", "stability_rows"]
 
 OUTCOME_ORDER = tuple(Outcome)
 _BADGE = {Outcome.REPRODUCED: "#1b7f3b", Outcome.NOT_REPRODUCED: "#8a6d00", Outcome.CONTRADICTED: "#b3261e",
@@ -113,6 +113,9 @@ def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:
     parts += [f"<li>{_badge(v.outcome)} {_e(v.claim)}<br><span class='evidence'>{_e(v.evidence)}</span></li>"
               for v in result.verdicts] or ["<li>no verdict: no finished runs</li>"]  # fmt: skip
     parts.append("</ul>")
+    if result.recommendations:
+        parts.append("<p><b>Recommendation</b> (the best trained method, and those it does not beat by the "
+                     "criterion):</p><ul>" + "".join(f"<li>{_e(r)}</li>" for r in result.recommendations) + "</ul>")
     parts += [f"<p>{_e(note)}</p>" for note in result.notes]
     for anchor in ANCHORS.get(study.name, []):
         parts.append(f'<div class="anchor"><b>Published</b> ({_e(anchor.source)}): {_e(anchor.text)}'
@@ -128,6 +131,15 @@ def load_verdicts(path: Path, option: str = "--against") -> dict[tuple[str, str]
         payload = json.loads(file.read_text(encoding="utf-8"))
         return {(study, v["claim"]): Outcome(v["outcome"]) for study, vs in payload["verdicts"].items() for v in vs}
     except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{option} {path}: expected a normlab report directory with results.json ({err})") from None
+
+
+def load_recommendations(path: Path, option: str = "--report") -> dict[str, list[str]]:
+    """study -> its recommendations (the user's study) from a report's ``results.json``."""
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        return dict(json.loads(file.read_text(encoding="utf-8")).get("recommendations", {}))
+    except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{option} {path}: expected a normlab report directory with results.json ({err})") from None
 
 
@@ -222,6 +234,7 @@ def _write_tables(out: Path, studies, results, records) -> None:
         "criterion": CRITERION,
         "training": {s.name: asdict(results[s.name].training) if results[s.name].training else None for s in studies},
         "fairness": {s.name: asdict(results[s.name].fairness) if results[s.name].fairness else None for s in studies},
+        "recommendations": {s.name: results[s.name].recommendations for s in studies if results[s.name].recommendations},
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
 

@@ -9,12 +9,15 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .checkpoint import Checkpoints
 from .models import NotApplicable
 from .packed import MAX_COPIES, plan_packs
 from .store import Store, config_key, training_code_hash
+
+if TYPE_CHECKING:
+    from .executors import RaySettings
 
 __all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows"]
 
@@ -104,6 +107,7 @@ def run_sweep(
     max_pack: int = MAX_COPIES,
     checkpoints: Checkpoints | None = None,
     executor: str = "local",
+    ray: RaySettings | None = None,
 ) -> SweepReport:
     """Run every configuration not yet in the store at ``store_path``; runs that share a pack key train together,
     at most ``max_pack`` at a time (1: every run alone). ``executor`` "local" runs the work items in ``workers``
@@ -139,7 +143,7 @@ def run_sweep(
         if executor == "ray":  # normlab.lab.executors: each item a Ray task; this driver alone stores the rows
             from .executors import run_on_ray
 
-            run_on_ray(items, store_path, code=code, checkpoints=checkpoints, record=record)
+            run_on_ray(items, store_path, code=code, checkpoints=checkpoints, record=record, settings=ray)
         elif executor != "local":
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         elif workers <= 1:

@@ -97,11 +97,14 @@ class Target:
     """What 'trained' means for a study: the best setting's mean ``metric`` must reach ``threshold``."""
 
     metric: str = "test_acc"
-    threshold: float = 0.90
+    threshold: float | None = 0.90  # None: no target to reach (the user's model), any finished run meets it
     higher_is_better: bool = True
     task: str | None = None  # only runs of this task count (the sequence study's language models)
 
     def describe(self) -> str:
+        if self.threshold is None:
+            return (f"no target for {self.metric.replace('_', ' ')} (a model of your own has no known value to "
+                    "reach; the plateau and the doubled budget say whether it trained)")  # fmt: skip
         if self.metric == "test_acc":
             return f"the best setting reaches at least {self.threshold:.0%} mean test accuracy"
         return f"the best setting reaches at most {self.threshold:g} mean {self.metric.replace('_', ' ')}"
@@ -141,6 +144,7 @@ class StudyResult:
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     training: TrainingCheck | None = None
+    recommendations: list[str] = field(default_factory=list)  # what to use, where a study can say (the user's model)
     fairness: Any = None  # normlab.lab.fairness.Fairness: how rates were chosen, which settings trained
 
 
@@ -202,7 +206,7 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
     if scored:
         best = max(scored, key=lambda label: sign * scored[label])
         value = scored[best]
-        met = sign * value >= sign * target.threshold
+        met = target.threshold is None or sign * value >= sign * target.threshold
         shown = f"{100 * value:.1f}%" if target.metric == "test_acc" else f"{value:.3f}"
         best_text = f"{best}: {shown}"
     else:
