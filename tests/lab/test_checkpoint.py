@@ -104,20 +104,28 @@ def _rows(out: Path) -> dict[str, dict]:
             for r in payload["runs"]}  # fmt: skip
 
 
+def _finish(proc: subprocess.Popen) -> None:
+    try:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_kill_9_mid_run_then_rerun_loses_nothing_and_matches(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     proc = _compare(killed, "--checkpoint-every", "0.2")
-    deadline = time.monotonic() + 240
-    while not list((killed / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read()
-    time.sleep(0.3)  # a few steps past the checkpoint, which the resumed run redoes
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 240
+        while not list((killed / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.3)  # a few steps past the checkpoint, which the resumed run redoes
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert list((killed / "checkpoints").glob("*.pt")), "the kill came after the checkpoint was written"
-    again = _compare(killed, "--checkpoint-every", "0.2")
-    assert again.wait(timeout=600) == 0, again.stderr.read()
-    reference = _compare(whole, "--checkpoint-every", "0")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    _finish(_compare(killed, "--checkpoint-every", "0.2"))
+    _finish(_compare(whole, "--checkpoint-every", "0"))
     assert _rows(killed) == _rows(whole)
     assert not list((killed / "checkpoints").glob("*.pt"))

@@ -122,3 +122,43 @@ def test_bad_input_is_one_line_and_exit_2_before_any_run(tmp_path, capsys, chang
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert (out / "results.sqlite").read_bytes() == before and not (out / "figures").exists()
+
+
+def _cifar10_folder(path: Path, train: int = 64, test: int = 32) -> Path:
+    """A CIFAR-10 directory in the python pickle format (random images), for the cifar10 reader."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path.mkdir()
+    for name, n in (("data_batch_1", train), ("test_batch", test)):
+        with open(path / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": [int(v) for v in rng.integers(0, 10, n)]}, fh)  # fmt: skip
+    return path
+
+
+def test_the_readme_command_on_torchvision_resnet18_and_a_cifar10_folder(tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    data = _cifar10_folder(tmp_path / "cifar-10")
+    out = tmp_path / "results"
+    assert main(["compare", "--model", "torchvision:resnet18", "--model-args", "num_classes=10", "--data",
+                 f"cifar10:{data}", "--norms", "batch,layer2d", "--batch-sizes", "4", "--seeds", "2",
+                 "--steps", "2", "--out", str(out), "--workers", "1", "--no-progress"]) in (0, 1)  # fmt: skip
+    payload = json.loads((out / "results.json").read_text())
+    assert {r["config"]["norm"] for r in payload["runs"] if r["role"] == "final"} == {"batch", "layer2d"}
+    assert "20 BatchNorm2d -&gt; LayerNorm2d" in (out / "index.html").read_text()
+
+
+def test_bf16_autocast_channels_last_and_loader_workers_train_on_cpu():
+    config = make_config("user", study="t", norm="group", seed=0, model=MODEL, data=DATA, swap_from=["batch"],
+                         batch_size=16, steps=100, lr=0.1, amp=True, channels_last=True, loader_workers=1)  # fmt: skip
+    metrics, _ = run(config)
+    assert metrics["diverged"] == 0.0 and metrics["test_acc"] > 0.2  # chance: 0.1
+
+
+def test_a_cuda_device_that_is_not_there_is_one_line(capsys):
+    assert main(["compare", "--model", MODEL, "--data", DATA, "--norms", "batch", "--batch-sizes", "4",
+                 "--device", "cuda:7"]) == 2  # fmt: skip
+    assert "--device cuda:7: no such CUDA device is available" in capsys.readouterr().err

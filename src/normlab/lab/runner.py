@@ -9,15 +9,12 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .checkpoint import Checkpoints
-from .models import NotApplicable
 from .packed import MAX_COPIES, plan_packs
 from .store import Store, config_key, training_code_hash
-
-if TYPE_CHECKING:
-    from .executors import RaySettings
+from .work import RunRow, execute, store_rows, train_item
 
 __all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows"]
 
@@ -29,64 +26,6 @@ class SweepReport:
     ran: int = 0
     failed: list[tuple[dict, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunRow:
-    """One run's outcome, as a worker hands it to whoever stores it."""
-
-    config: dict[str, Any]
-    metrics: dict[str, float]
-    curves: dict[str, list[float]]
-    seconds: float
-    status: str  # "done" or "not_applicable" (a failed run raises instead: it is reported, never stored)
-    note: str = ""
-
-
-def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None = None,
-               checkpoints: Checkpoints | None = None) -> list[RunRow]:
-    """Train one work item (a single run, or a pack of runs trained together) and return one row per run, storing
-    nothing: a local worker stores its rows itself, a remote one (Ray) hands them to the driver. ``code`` is the
-    driver's training-code hash: a worker that imported other training code (edited during the sweep) refuses,
-    rather than return rows under keys the driver never asks for. With ``checkpoints``, the item saves its state at
-    their interval and resumes from a saved one."""
-    import torch
-
-    if code is not None and code != training_code_hash():
-        raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
-
-    from .packed import train_packed
-    from .train import run
-
-    torch.set_num_threads(threads)
-    saver = checkpoints.saver(configs) if checkpoints is not None else None
-    start = time.perf_counter()
-    try:
-        outputs = train_packed(configs, saver=saver) if len(configs) > 1 else [run(configs[0], saver=saver)]
-        rows = [(m, c, "done", "") for m, c in outputs]
-    except NotApplicable as err:
-        rows = [({}, {}, "not_applicable", str(err))] * len(configs)
-    seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
-    return [RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
-            for config, (m, c, status, note) in zip(configs, rows)]  # fmt: skip
-
-
-def store_rows(store_path: str, rows: list[RunRow], checkpoints: Checkpoints | None = None
-               ) -> list[tuple[str, float, str]]:
-    """Store one work item's rows (one transaction each), then remove its checkpoint; (key, seconds, status) per
-    run."""
-    with Store(store_path) as store:
-        for row in rows:
-            store.put(row.config, row.metrics, row.curves, row.seconds, status=row.status, note=row.note)
-    if checkpoints is not None:
-        checkpoints.remove([row.config for row in rows])
-    return [(config_key(row.config), row.seconds, row.status) for row in rows]
-
-
-def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None,
-            checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str]]:
-    """:func:`train_item`, then :func:`store_rows`: a local worker's whole job."""
-    return store_rows(store_path, train_item(configs, threads, code, checkpoints), checkpoints)
 
 
 def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int, code: str,
@@ -107,12 +46,13 @@ def run_sweep(
     max_pack: int = MAX_COPIES,
     checkpoints: Checkpoints | None = None,
     executor: str = "local",
-    ray: RaySettings | None = None,
+    ray: Any = None,
 ) -> SweepReport:
     """Run every configuration not yet in the store at ``store_path``; runs that share a pack key train together,
     at most ``max_pack`` at a time (1: every run alone). ``executor`` "local" runs the work items in ``workers``
-    processes of this machine, each storing its own rows; with ``checkpoints``, each item saves its training state
-    at their interval, and a rerun resumes it."""
+    processes of this machine, each storing its own rows; "ray" runs each item as a Ray task with the resources of
+    ``ray`` (:class:`normlab.lab.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
+    saves its training state at their interval, and a rerun resumes it."""
     store_path = str(store_path)
     with Store(store_path) as store:
         finished = store.finished_keys()

@@ -1,0 +1,75 @@
+"""One work item (a single run, or a pack of runs trained together): trained, then stored. Any executor runs items
+with these two functions: a local worker calls both, a remote one (Ray) only :func:`train_item`, handing its rows to
+the driver, which stores them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoint import Checkpoints
+from .models import NotApplicable
+from .store import Store, config_key, training_code_hash
+
+__all__ = ["RunRow", "train_item", "store_rows", "execute"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRow:
+    """One run's outcome, as a worker hands it to whoever stores it."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    seconds: float
+    status: str  # "done" or "not_applicable" (a failed run raises instead: it is reported, never stored)
+    note: str = ""
+
+
+def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None = None,
+               checkpoints: Checkpoints | None = None) -> list[RunRow]:
+    """Train one work item (a single run, or a pack of runs trained together) and return one row per run, storing
+    nothing: a local worker stores its rows itself, a remote one (Ray) hands them to the driver. ``code`` is the
+    driver's training-code hash: a worker that imported other training code (edited during the sweep) refuses,
+    rather than return rows under keys the driver never asks for. With ``checkpoints``, the item saves its state at
+    their interval and resumes from a saved one."""
+    import torch
+
+    if code is not None and code != training_code_hash():
+        raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
+
+    from .packed import train_packed
+    from .train import run
+
+    torch.set_num_threads(threads)
+    saver = checkpoints.saver(configs) if checkpoints is not None else None
+    start = time.perf_counter()
+    try:
+        outputs = train_packed(configs, saver=saver) if len(configs) > 1 else [run(configs[0], saver=saver)]
+        rows = [(m, c, "done", "") for m, c in outputs]
+    except NotApplicable as err:
+        rows = [({}, {}, "not_applicable", str(err))] * len(configs)
+    seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
+    return [RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
+            for config, (m, c, status, note) in zip(configs, rows)]  # fmt: skip
+
+
+def store_rows(store_path: str, rows: list[RunRow], checkpoints: Checkpoints | None = None
+               ) -> list[tuple[str, float, str]]:
+    """Store one work item's rows (one transaction each), then remove its checkpoint; (key, seconds, status) per
+    run."""
+    with Store(store_path) as store:
+        for row in rows:
+            store.put(row.config, row.metrics, row.curves, row.seconds, status=row.status, note=row.note)
+    if checkpoints is not None:
+        checkpoints.remove([row.config for row in rows])
+    return [(config_key(row.config), row.seconds, row.status) for row in rows]
+
+
+def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None,
+            checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str]]:
+    """:func:`train_item`, then :func:`store_rows`: a local worker's whole job."""
+    return store_rows(store_path, train_item(configs, threads, code, checkpoints), checkpoints)
+
+
