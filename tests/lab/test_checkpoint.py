@@ -112,19 +112,28 @@ def _finish(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _kill_mid_run(out: Path) -> None:
+    """Start the compare and kill -9 its process group as soon as a checkpoint exists: some run is then mid-way.
+    (A run that finishes in the instant between the look and the kill removes its checkpoint: then the compare is
+    started again, resuming, and killed at its next checkpoint.)"""
+    for _ in range(5):
+        proc = _compare(out, "--checkpoint-every", "0.2")
+        try:
+            deadline = time.monotonic() + 240
+            while not list((out / "checkpoints").glob("*.pt")) and time.monotonic() < deadline:
+                assert proc.poll() is None, f"the compare ended before any checkpoint: {proc.stderr.read()}"
+                time.sleep(0.05)
+        finally:  # at once: the run goes on a few steps past its checkpoint (steps the resumed run redoes)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if list((out / "checkpoints").glob("*.pt")):
+            return
+    raise AssertionError("every kill came as a run finished")
+
+
 def test_kill_9_mid_run_then_rerun_loses_nothing_and_matches(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = _compare(killed, "--checkpoint-every", "0.2")
-    try:
-        deadline = time.monotonic() + 240
-        while not list((killed / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.3)  # a few steps past the checkpoint, which the resumed run redoes
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert list((killed / "checkpoints").glob("*.pt")), "the kill came after the checkpoint was written"
+    _kill_mid_run(killed)
     _finish(_compare(killed, "--checkpoint-every", "0.2"))
     _finish(_compare(whole, "--checkpoint-every", "0"))
     assert _rows(killed) == _rows(whole)

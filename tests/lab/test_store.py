@@ -47,7 +47,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
 def test_kill_9_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "normlab.cli", "compare", "--study", "weight-decay", "--seeds", "2",
-           "--workers", "1", "--pack", "2", "--no-progress", "--out", str(out)]
+           "--workers", "1", "--pack", "2", "--no-progress", "--out", str(out), "--budget", "0.3"]  # kill, not train
     env = dict(os.environ, NORMLAB_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "results.sqlite"

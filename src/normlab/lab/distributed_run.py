@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from .metrics import DIVERGED, TEST_ACC
 from .config import RunOutput, from_dict
 from .loop import fit
 
@@ -107,7 +108,7 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
             with torch.no_grad():
                 acc = float((model(data.x_test).argmax(-1) == data.y_test).float().mean())
             with open(os.path.join(tmp, "result.json"), "w") as fh:
-                json.dump({"metrics": {"test_acc": acc, "diverged": 0.0}, "curves": curves}, fh)
+                json.dump({"metrics": {TEST_ACC: acc, DIVERGED: 0.0}, "curves": curves}, fh)
         dist.barrier()
         # DDP's reducer must go before the process group it talks to: the other order hung gloo teardown about one
         # run in two (measured with examples/ddp_train.py).

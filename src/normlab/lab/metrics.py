@@ -11,6 +11,15 @@ TRAIN_LOSS = "train_loss"  # mean training loss over the last curve point's step
 STEP_SECONDS = "step_seconds"  # mean wall time of one training step (forward, backward, optimizer step)
 MEMORY_MB = "memory_mb"  # memory of one training step in MiB (CUDA: peak allocated; CPU: see normlab.lab.user)
 DIVERGED = "diverged"  # 1.0 when the run's loss blew up (non-finite, or 10x its first value)
+TRAIN_ACC = "train_acc"  # accuracy on the training examples at the end
+TEST_ACC_BATCH_STATS = "test_acc_batch_stats"  # test accuracy with each test batch normalized by its own statistics
+OUTPUT_SPREAD = "output_spread"  # one example's output across random batches: std / mean |logit|
+FINAL_WEIGHT_NORM = "final_weight_norm"  # ||w|| of the watched layer (the weight-decay study's) at the end
+SCALE_INVARIANCE_ERROR = "scale_invariance_error"  # max |f(x; 3w) - f(x; w)| / max |f(x; w)| at initialization
+BATCH_MEAN_FLUCTUATION = "batch_mean_fluctuation"  # across steps: std of a norm input's batch mean / typical std
+BATCH_VAR_FLUCTUATION = "batch_var_fluctuation"  # across steps: relative std of its batch variance
 
-__all__ = ["TEST_ACC", "VALID_ACC", "TEST_BPC", "VALID_BPC", "TEST_LOSS", "VALID_LOSS", "TRAIN_LOSS", "STEP_SECONDS",
-           "MEMORY_MB", "DIVERGED"]
+__all__ = [
+    "TEST_ACC", "VALID_ACC", "TEST_BPC", "VALID_BPC", "TEST_LOSS", "VALID_LOSS", "TRAIN_LOSS",
+    "STEP_SECONDS", "MEMORY_MB", "DIVERGED", "TRAIN_ACC", "TEST_ACC_BATCH_STATS", "OUTPUT_SPREAD", "FINAL_WEIGHT_NORM", "SCALE_INVARIANCE_ERROR", "BATCH_MEAN_FLUCTUATION", "BATCH_VAR_FLUCTUATION",
+]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
 from .models import SplitNorm, uses_weight_norm
@@ -285,7 +286,7 @@ def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
     metrics: list[dict[str, float]] = [{} for _ in cs]
     for m, c, model in zip(metrics, cs, singles):
         if c.scale_invariance:
-            m["scale_invariance_error"] = scale_invariance_error(model, watched_layer(model),
+            m[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
                                                                  data.x_train[:64].to(device))  # fmt: skip
     packed = build_packed_classifier(cs, data).to(device)
     training = PackedTraining(cs, data, packed, pack_state(singles, packed))
@@ -293,6 +294,6 @@ def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
     unpack_state(packed, singles)
     outputs = []
     for m, c, model, curve, gone in zip(metrics, cs, singles, training.curves, diverged):
-        m["diverged"] = float(gone)
+        m[DIVERGED] = float(gone)
         outputs.append(evaluate_classifier(model, c, data, m, curve))
     return outputs

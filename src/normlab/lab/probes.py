@@ -12,10 +12,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .metrics import BATCH_MEAN_FLUCTUATION, BATCH_VAR_FLUCTUATION, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR
 from .data import ImageData
 
 __all__ = ["preserved_state", "BatchStatRecorder", "accuracy", "batch_stats_accuracy", "contrast_curve",
-           "output_spread", "scale_invariance_error", "gradient_predictiveness", "whole_norm"]
+           OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, "gradient_predictiveness", "whole_norm"]
 
 
 @contextmanager
@@ -60,8 +61,8 @@ class BatchStatRecorder:
         means, variances = torch.stack(self.means[skip:]), torch.stack(self.vars[skip:])
         scale = variances.mean(0).sqrt().clamp_min(1e-12)
         return {
-            "batch_mean_fluctuation": float((means.std(0) / scale).mean()),
-            "batch_var_fluctuation": float((variances.std(0) / variances.mean(0).clamp_min(1e-12)).mean()),
+            BATCH_MEAN_FLUCTUATION: float((means.std(0) / scale).mean()),
+            BATCH_VAR_FLUCTUATION: float((variances.std(0) / variances.mean(0).clamp_min(1e-12)).mean()),
         }
 
 

@@ -27,8 +27,8 @@ LAB_VERSION = "4"
 # the report or the CLI, which read stored rows).
 TRAINING_CODE = (
     "lab/config.py", "lab/data.py", "lab/models.py", "lab/loop.py", "lab/probes.py", "lab/train.py", "lab/packed.py",
-    "lab/distributed_run.py", "lab/inputs.py", "lab/user.py", "lab/metrics.py", "nn", "functional", "registry.py", "method.py",
-    "distributed.py", "_checks.py",
+    "lab/distributed_run.py", "lab/inputs.py", "lab/user.py", "lab/metrics.py", "nn", "functional", "registry.py",
+    "method.py", "distributed.py", "_checks.py",
 )  # fmt: skip
 
 

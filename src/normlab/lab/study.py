@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .metrics import DIVERGED, TEST_ACC
 from .store import RunRecord
 from .verdicts import (
     CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
@@ -59,7 +60,7 @@ def setting_converged(records: Sequence[RunRecord]) -> bool:
     """The plateau test on the mean loss curve of one setting's seeds (seed noise averages out; one seed's wobble
     does not decide). Diverged runs are finished results and are left out; a setting whose runs all diverged has
     converged."""
-    curves = [r.curves.get("loss") or [] for r in records if r.status == "done" and not r.metrics.get("diverged")]
+    curves = [r.curves.get("loss") or [] for r in records if r.status == "done" and not r.metrics.get(DIVERGED)]
     if not curves:
         return True
     length = min(len(c) for c in curves)
@@ -96,7 +97,7 @@ class Options:
 class Target:
     """What 'trained' means for a study: the best setting's mean ``metric`` must reach ``threshold``."""
 
-    metric: str = "test_acc"
+    metric: str = TEST_ACC
     threshold: float | None = 0.90  # None: no target to reach (the user's model), any finished run meets it
     higher_is_better: bool = True
     task: str | None = None  # only runs of this task count (the sequence study's language models)
@@ -105,7 +106,7 @@ class Target:
         if self.threshold is None:
             return (f"no target for {self.metric.replace('_', ' ')} (a model of your own has no known value to "
                     "reach; the plateau and the doubled budget say whether it trained)")  # fmt: skip
-        if self.metric == "test_acc":
+        if self.metric == TEST_ACC:
             return f"the best setting reaches at least {self.threshold:.0%} mean test accuracy"
         return f"the best setting reaches at most {self.threshold:g} mean {self.metric.replace('_', ' ')}"
 
@@ -180,7 +181,7 @@ def varying_fields(configs: Sequence[dict]) -> list[str]:
     """The fields (but seed, where the run happens and what it measures besides training) that differ between
     ``configs``."""
     ignored = {"seed", "study", "device", "data_path", "grad_predictiveness", "output_spread", "scale_invariance",
-               "contrast_strengths"}  # fmt: skip
+               "contrast_strengths", "swap_from"}  # fmt: skip  (swap_from follows from the norm)
     keys = sorted({k for c in configs for k in c} - ignored)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
@@ -207,7 +208,7 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
         best = max(scored, key=lambda label: sign * scored[label])
         value = scored[best]
         met = target.threshold is None or sign * value >= sign * target.threshold
-        shown = f"{100 * value:.1f}%" if target.metric == "test_acc" else f"{value:.3f}"
+        shown = f"{100 * value:.1f}%" if target.metric == TEST_ACC else f"{value:.3f}"
         best_text = f"{best}: {shown}"
     else:
         met, best_text = False, "no finished run"

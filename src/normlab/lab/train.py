@@ -18,7 +18,10 @@ from ..registry import WEIGHT_NORM_RECIPE
 from .config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
 from .data import ImageData, load_images, load_text
 from .loop import Schedule, fit
-from .metrics import TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC
+from .metrics import (
+    DIVERGED, FINAL_WEIGHT_NORM, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, TEST_ACC, TEST_ACC_BATCH_STATS, TEST_BPC, TRAIN_ACC,
+    TRAIN_LOSS, VALID_ACC, VALID_BPC,
+)  # fmt: skip
 from .models import CharTransformer, ConvNet, uses_weight_norm
 from .probes import (
     BatchStatRecorder, accuracy, batch_stats_accuracy, contrast_curve, gradient_predictiveness, output_spread,
@@ -190,14 +193,14 @@ def train_classifier(config: dict[str, Any], saver=None) -> RunOutput:
     model = build_classifier(c, data).to(device)
     metrics: dict[str, float] = {}
     if c.scale_invariance:
-        metrics["scale_invariance_error"] = scale_invariance_error(model, watched_layer(model),
+        metrics[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
                                                                    data.x_train[:64].to(device))  # fmt: skip
     last_norm = model.features[len(model.features) - 2]
     recorder = BatchStatRecorder(last_norm, channel_dim=1) if c.record_batch_stats else None
     training = ClassifierTraining(c, data, model, recorder)
     steps = training.schedule.steps
     (diverged,) = fit(training, steps=steps, points=c.points, saver=saver)
-    metrics["diverged"] = float(diverged)
+    metrics[DIVERGED] = float(diverged)
     if recorder is not None:
         metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
     return evaluate_classifier(model, c, data, metrics, training.curves)
@@ -223,21 +226,21 @@ def evaluate_classifier(
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     if c.validation_fraction:  # a selection run: its score on the held-out examples, nothing of the test set
         chance = 1.0 / data.num_classes
-        metrics[VALID_ACC] = chance if metrics.get("diverged") else accuracy(model, x_test, y_test)
+        metrics[VALID_ACC] = chance if metrics.get(DIVERGED) else accuracy(model, x_test, y_test)
         return metrics, curves
-    if metrics.get("diverged"):
+    if metrics.get(DIVERGED):
         chance = 1.0 / data.num_classes
-        metrics.update({TEST_ACC: chance, "test_acc_batch_stats": chance})
+        metrics.update({TEST_ACC: chance, TEST_ACC_BATCH_STATS: chance})
         return metrics, curves
     metrics[TEST_ACC] = accuracy(model, x_test, y_test)
-    metrics["train_acc"] = accuracy(model, data.x_train.to(device), data.y_train.to(device))
-    metrics["train_loss"] = curves["loss"][-1] if curves["loss"] else float("nan")
-    metrics["test_acc_batch_stats"] = batch_stats_accuracy(model, x_test, y_test, c.test_batch)
+    metrics[TRAIN_ACC] = accuracy(model, data.x_train.to(device), data.y_train.to(device))
+    metrics[TRAIN_LOSS] = curves["loss"][-1] if curves["loss"] else float("nan")
+    metrics[TEST_ACC_BATCH_STATS] = batch_stats_accuracy(model, x_test, y_test, c.test_batch)
     if c.contrast_strengths:
         curves["contrast_acc"] = contrast_curve(model, data, list(c.contrast_strengths), c.seed, device)
     if c.output_spread:
-        metrics["output_spread"] = output_spread(model, data, c.spread_batch, device)
-    metrics["final_weight_norm"] = curves["weight_norm"][-1]
+        metrics[OUTPUT_SPREAD] = output_spread(model, data, c.spread_batch, device)
+    metrics[FINAL_WEIGHT_NORM] = curves["weight_norm"][-1]
     return metrics, curves
 
 
@@ -322,7 +325,7 @@ def train_char_lm(config: dict[str, Any], saver=None) -> RunOutput:
     training = CharLMTraining(c)
     steps = training.schedule.steps
     (diverged,) = fit(training, steps=steps, points=c.points, saver=saver)
-    metrics: dict[str, float] = {"diverged": float(diverged)}
+    metrics: dict[str, float] = {DIVERGED: float(diverged)}
     metrics.update(training.recorder.fluctuation(skip=min(20, steps // 4)))
     for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
         metrics[name] = training.bpc(split) if not diverged else math.log2(training.vocab)

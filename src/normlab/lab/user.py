@@ -26,7 +26,7 @@ from ..transform import param_groups, swap
 from .config import UserConfig, from_dict
 from .inputs import UserData, load_model, load_user_data
 from .loop import Schedule, fit
-from .metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
+from .metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .models import NotApplicable
 
 __all__ = ["SWAPPABLE", "norm_kinds", "build_user_model", "train_user", "training_split"]
@@ -204,7 +204,7 @@ def train_user(config: dict[str, Any], saver=None) -> tuple[dict[str, float], di
     data = load_user_data(c.data)
     training = UserTraining(c, data, build_user_model(c))
     (diverged,) = fit(training, steps=training.schedule.steps, points=c.points, saver=saver)
-    metrics: dict[str, float] = {"diverged": float(diverged), MEMORY_MB: training.memory,
+    metrics: dict[str, float] = {DIVERGED: float(diverged), MEMORY_MB: training.memory,
                                  STEP_SECONDS: training.timing[0] / max(training.timing[1], 1)}  # fmt: skip
     loss_name, acc_name = (VALID_LOSS, VALID_ACC) if c.validation_fraction else (TEST_LOSS, TEST_ACC)
     if diverged:  # scored as the untrained model: its first loss, and chance where there are classes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import OUTPUT_SPREAD, TEST_ACC
 from ...registry import is_batch_dependent
 from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
@@ -28,7 +29,7 @@ class BatchDependence(Study):
     source = "Salimans & Kingma 2016 (Weight Normalization), Ba et al. 2016"
     default_norms = ("batch", "layer", "group", "weight", "weight+meanonly", "none")
     variants = tuple(VARIANTS)
-    target = Target("test_acc", 0.90)
+    target = Target(TEST_ACC, 0.90)
     selection = Selection()
     budget_check = BudgetCheck(tolerance=0.01)
 
@@ -65,14 +66,14 @@ class BatchDependence(Study):
             length = min(len(r.curves["loss"]) for r in runs)
             plot_lines(ax1, runs[0].curves["step"], {v: [r.curves["loss"][:length] for r in runs]})
         ax1.set_yscale("log"), ax1.set_xlabel("step"), ax1.set_ylabel("training loss"), ax1.set_title("Training")
-        spreads = {v: values(groups[(v,)], "output_spread") for v in labels}
+        spreads = {v: values(groups[(v,)], OUTPUT_SPREAD) for v in labels}
         ax2.bar(range(len(labels)), [max(1e-9, sum(s) / len(s)) for s in spreads.values()])
         ax2.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         ax2.set_yscale("log"), ax2.set_ylabel("output spread across batches"), ax2.set_title("Batch dependence")
         result.figures.append(save(fig, figdir, "batch-dependence.png"))
 
         result.table_headers = ["variant", "test acc %", "output spread across batches (training mode)"]
-        result.table_rows = [[v, fmt(values(groups[(v,)], "test_acc"), 100), f"{max(spreads[v]):.1e}"] for v in labels]
+        result.table_rows = [[v, fmt(values(groups[(v,)], TEST_ACC), 100), f"{max(spreads[v]):.1e}"] for v in labels]
         for v in labels:
             worst = max(spreads[v])
             deterministic = worst < DETERMINISTIC_BELOW
@@ -83,7 +84,7 @@ class BatchDependence(Study):
                 claim, ok = f"{v}'s output for an example does not depend on its batch", deterministic
             evidence = f"largest spread {worst:.1e}; threshold {DETERMINISTIC_BELOW:g} (float32 rounding)"
             result.verdicts.append(check(claim, ok, evidence))
-        acc = {v: values(groups[(v,)], "test_acc", 100) for v in labels}
+        acc = {v: values(groups[(v,)], TEST_ACC, 100) for v in labels}
         if "weight" in acc and "weight+meanonly" in acc:
             result.verdicts.append(compare(
                 "WN + mean-only BN is more accurate than WN alone", acc["weight+meanonly"], acc["weight"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import TEST_ACC
 from ...reference.layout import batch_layout
 from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
@@ -26,7 +27,7 @@ class BatchSize(Study):
     claim = "BN's error grows as the batch shrinks; GN, LN and IN stay flat."
     source = "Wu & He 2018, Group Normalization, Fig. 1 and Table 2"
     default_norms = ("batch", "group", "layer", "instance")
-    target = Target("test_acc", 0.90)
+    target = Target(TEST_ACC, 0.90)
     selection = Selection()
     budget_check = BudgetCheck(tolerance=0.01)
 
@@ -66,7 +67,7 @@ class BatchSize(Study):
         groups = group_by(records, "norm", "batch_size")
         sizes = self.batch_sizes(options)
         norms = [n for n in self.norms(options) if any((n, b) in groups for b in sizes)]
-        error = {n: {b: values(groups.get((n, b), []), "test_acc").map(lambda v: 100 * (1 - v)) for b in sizes}
+        error = {n: {b: values(groups.get((n, b), []), TEST_ACC).map(lambda v: 100 * (1 - v)) for b in sizes}
                  for n in norms}  # fmt: skip
 
         fig, (ax,) = new_figure()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import TEST_ACC
 from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
@@ -23,7 +24,7 @@ class Contrast(Study):
     )
     source = "Ulyanov et al. 2016 (Instance Normalization); Huang & Belongie 2017 (AdaIN)"
     default_norms = ("batch", "instance", "group", "layer", "none")
-    target = Target("test_acc", 0.97)
+    target = Target(TEST_ACC, 0.97)
     selection = Selection()
     budget_check = BudgetCheck(tolerance=0.01)
 

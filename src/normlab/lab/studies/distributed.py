@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import TEST_ACC
 from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
@@ -44,7 +45,7 @@ class Distributed(Study):
     source = "Wu & He 2018 (8 GPUs, BN statistics not synced); Peng et al. 2018 (MegDet, cross-GPU BN)"
     default_norms = tuple(VARIANTS)
     variants = tuple(VARIANTS)
-    target = Target("test_acc", 0.90, task="classify")
+    target = Target(TEST_ACC, 0.90, task="classify")
     selection = Selection()  # the accuracy runs; the exactness runs are one fixed computation, compared exactly
     budget_check = BudgetCheck(tolerance=0.01)
 
@@ -84,7 +85,7 @@ class Distributed(Study):
         fig, (ax1, ax2) = new_figure(2)
         self._exactness(result, groups, ax1)
         labels = [v for v in self.norms(options) if (v,) in groups]
-        acc = {v: values(groups[(v,)], "test_acc", 100) for v in labels}
+        acc = {v: values(groups[(v,)], TEST_ACC, 100) for v in labels}
         for v in labels:
             runs = groups[(v,)]
             length = min(len(r.curves["loss"]) for r in runs)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import DIVERGED, TEST_ACC
 from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
@@ -23,7 +24,7 @@ class LearningRate(Study):
     claim = "BN tolerates much larger learning rates; its loss landscape is smoother (more predictive gradients)."
     source = "Ioffe & Szegedy 2015; Santurkar et al. 2018 (How Does Batch Normalization Help Optimization?)"
     default_norms = ("batch", "layer", "group", "none")
-    target = Target("test_acc", 0.90)
+    target = Target(TEST_ACC, 0.90)
     untuned = "Not chosen: the learning rate is the variable under test, and every norm runs the whole grid."
     budget_check = BudgetCheck(tolerance=0.01)
 
@@ -55,7 +56,7 @@ class LearningRate(Study):
         groups = group_by(records, "norm", "lr")
         lrs = self.lrs(options)
         norms = [n for n in self.norms(options) if any((n, lr) in groups for lr in lrs)]
-        acc = {(n, lr): values(groups.get((n, lr), []), "test_acc", 100) for n in norms for lr in lrs}
+        acc = {(n, lr): values(groups.get((n, lr), []), TEST_ACC, 100) for n in norms for lr in lrs}
 
         fig, (ax1, ax2) = new_figure(2)
         for n in norms:
@@ -74,7 +75,7 @@ class LearningRate(Study):
         ax2.set_title(f"Gradient predictiveness, lr {PROBE_LR}")
         result.figures.append(save(fig, figdir, "learning-rate.png"))
 
-        diverged = {(n, lr): values(groups.get((n, lr), []), "diverged") for n in norms for lr in lrs}
+        diverged = {(n, lr): values(groups.get((n, lr), []), DIVERGED) for n in norms for lr in lrs}
         result.table_headers = ["norm"] + [f"lr={lr:g}" for lr in lrs]
         result.table_rows = [
             [n] + [fmt(acc[(n, lr)]) + (" (diverged)" if any(diverged[(n, lr)]) else "") for lr in lrs] for n in norms

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
 from ..fairness import BudgetCheck, Selection
 from ..store import RunRecord
 from ..study import (
@@ -26,7 +27,7 @@ class Online(Study):
     )
     source = "Ba et al. 2016 (Layer Normalization); Ioffe 2017 (Batch Renormalization, non-i.i.d. minibatches)"
     default_norms = ("batch", "batchrenorm", "layer", "group")
-    target = Target("test_acc", 0.60)
+    target = Target(TEST_ACC, 0.60)
     selection = Selection()
     budget_check = BudgetCheck(tolerance=0.01)
 
@@ -59,8 +60,8 @@ class Online(Study):
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm", "stream")
         norms = [n for n in self.norms(options) if any((n, s) in groups for s in STREAMS)]
-        acc = {(n, s): values(groups.get((n, s), []), "test_acc", 100) for n in norms for s in STREAMS}
-        acc_bs = {(n, s): values(groups.get((n, s), []), "test_acc_batch_stats", 100)
+        acc = {(n, s): values(groups.get((n, s), []), TEST_ACC, 100) for n in norms for s in STREAMS}
+        acc_bs = {(n, s): values(groups.get((n, s), []), TEST_ACC_BATCH_STATS, 100)
                   for n in norms for s in STREAMS}  # fmt: skip
 
         fig, (ax,) = new_figure(width=6)

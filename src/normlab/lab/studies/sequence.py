@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import make_config
 from ..fairness import BudgetCheck, Selection
-from ..metrics import TEST_BPC, VALID_BPC
+from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
@@ -73,8 +73,8 @@ class Sequence(Study):
             plot_lines(ax1, runs[0].curves["step"], {n: [r.curves[VALID_BPC][:length] for r in runs]})
         ax1.set_xlabel("step"), ax1.set_ylabel("validation bits per character"), ax1.set_title("Character LM")
         text_bn, image_bn = groups.get(("char_lm", "batch"), []), groups.get(("classify", "batch"), [])
-        fluct = {"text (transformer)": values(text_bn, "batch_var_fluctuation"),
-                 "images (CNN)": values(image_bn, "batch_var_fluctuation")}  # fmt: skip
+        fluct = {"text (transformer)": values(text_bn, BATCH_VAR_FLUCTUATION),
+                 "images (CNN)": values(image_bn, BATCH_VAR_FLUCTUATION)}  # fmt: skip
         shown = {k: v for k, v in fluct.items() if v}
         ax2.bar(list(shown), [sum(v) / len(v) for v in shown.values()])
         ax2.set_ylabel("relative std of BN's batch variance"), ax2.set_title("Batch-statistic fluctuation")
@@ -82,7 +82,7 @@ class Sequence(Study):
 
         bpc = {n: values(groups[("char_lm", n)], TEST_BPC) for n in norms}
         result.table_headers = ["norm", "test bpc", "diverged runs"]
-        result.table_rows = [[n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], "diverged"))))]
+        result.table_rows = [[n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], DIVERGED))))]
                              for n in norms]  # fmt: skip
         if "layer" in norms:
             for other in (n for n in norms if n not in ("layer", "rms", "dyt")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
 from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
@@ -24,7 +25,7 @@ class WeightDecay(Study):
     )
     source = "van Laarhoven 2017 (L2 Regularization versus Batch and Weight Normalization); Zhang et al. 2018"
     default_norms = ("batch",)
-    target = Target("test_acc", 0.90)
+    target = Target(TEST_ACC, 0.90)
     untuned = ("Not chosen: the study measures how weight decay moves the effective learning rate lr/‖w‖² at one "
                "peak rate; it compares weight decays of one norm (and a scale-invariance control), not methods.")
     budget_check = BudgetCheck(tolerance=0.01)
@@ -74,13 +75,13 @@ class WeightDecay(Study):
         result.table_headers = ["norm", "weight decay", "test acc %", "final ‖w‖", "final lr/‖w‖²", "scale-invariance error"]
         for (n, wd), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "none", kv[0])):
             result.table_rows.append([
-                n, f"{wd:g}", fmt(values(runs, "test_acc"), 100), fmt(values(runs, "final_weight_norm"), digits=2),
+                n, f"{wd:g}", fmt(values(runs, TEST_ACC), 100), fmt(values(runs, FINAL_WEIGHT_NORM), digits=2),
                 fmt([r.curves["effective_lr"][-1] for r in runs], digits=4),
                 f"{max(values(runs, 'scale_invariance_error')):.1e}",
             ])  # fmt: skip
         for n in norms:
-            errors = [e for wd in DECAYS for e in values(groups.get((n, wd), []), "scale_invariance_error")]
-            control = values(groups.get(("none", 0.0), []), "scale_invariance_error")
+            errors = [e for wd in DECAYS for e in values(groups.get((n, wd), []), SCALE_INVARIANCE_ERROR)]
+            control = values(groups.get(("none", 0.0), []), SCALE_INVARIANCE_ERROR)
             if errors:
                 worst = max(errors)
                 evidence = f"max relative output change {worst:.1e} (tolerance {INVARIANCE_TOLERANCE:g})"
@@ -91,12 +92,12 @@ class WeightDecay(Study):
             no_wd, big_wd = groups.get((n, 0.0), []), groups.get((n, DECAYS[-1]), [])
             initial = sample(no_wd, lambda r: r.curves["weight_norm"][0])
             result.verdicts.append(compare(
-                f"without weight decay ‖w‖ grows ({n})", values(no_wd, "final_weight_norm"), initial, "final",
+                f"without weight decay ‖w‖ grows ({n})", values(no_wd, FINAL_WEIGHT_NORM), initial, "final",
                 "initial", min_effect=0.01,
             ))  # fmt: skip
             result.verdicts.append(compare(
-                f"weight decay {DECAYS[-1]:g} keeps ‖w‖ smaller ({n})", values(no_wd, "final_weight_norm"),
-                values(big_wd, "final_weight_norm"), "wd=0", f"wd={DECAYS[-1]:g}", min_effect=0.01,
+                f"weight decay {DECAYS[-1]:g} keeps ‖w‖ smaller ({n})", values(no_wd, FINAL_WEIGHT_NORM),
+                values(big_wd, FINAL_WEIGHT_NORM), "wd=0", f"wd={DECAYS[-1]:g}", min_effect=0.01,
             ))  # fmt: skip
             result.verdicts.append(compare(
                 f"so the effective learning rate lr/‖w‖² (peak lr, final ‖w‖) stays larger with weight decay ({n})",
@@ -106,7 +107,7 @@ class WeightDecay(Study):
 
 
 def _effective_lr(record: RunRecord) -> float:
-    return record.config["lr"] / record.metrics["final_weight_norm"] ** 2
+    return record.config["lr"] / record.metrics[FINAL_WEIGHT_NORM] ** 2
 
 
 STUDY = WeightDecay()
