@@ -35,7 +35,8 @@ def launch(target, world, tmp_path, *args, expect_exit=None):
     assert not alive, f"ranks {[procs.index(p) for p in alive]} hung past {TIMEOUT}s"
     codes = [p.exitcode for p in procs]
     expected = expect_exit or [0] * world
-    assert codes == expected, f"exit codes {codes}, expected {expected}"
+    killed = "; a negative code is the signal that ended the rank (-6: SIGABRT)" if min(codes) < 0 else ""
+    assert codes == expected, f"exit codes {codes}, expected {expected}{killed}"
 
 
 def reference(sizes, kwargs, steps=3):
@@ -112,10 +113,16 @@ def test_disagreeing_ranks_all_get_the_same_clear_error(tmp_path, kind, message)
         assert message in (tmp_path / f"rank{rank}.txt").read_text()
 
 
-def test_a_dead_rank_makes_the_others_fail_not_hang(tmp_path):
-    launch(workers.dead_peer, 2, tmp_path, expect_exit=[0, 3])
+@pytest.mark.parametrize("propagate", [False, True], ids=["caught", "propagated"])
+def test_a_dead_rank_makes_the_others_fail_not_hang(tmp_path, capfd, propagate):
+    """The surviving rank gets an error, and exits with it (0 after writing it, 1 with its traceback), never aborts."""
+    launch(workers.dead_peer, 2, tmp_path, propagate, expect_exit=[1 if propagate else 0, 3])
     outcome = (tmp_path / "rank0.txt").read_text()
     assert outcome != "no error" and "Error" in outcome
+    err = capfd.readouterr().err  # the ranks' stderr: spawned processes inherit the captured descriptor
+    assert "terminate called" not in err
+    if propagate:
+        assert "Traceback" in err and outcome.split(":")[0] in err, err[-2000:]
 
 
 def test_single_process_is_plain_batch_norm():

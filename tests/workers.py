@@ -90,19 +90,39 @@ def disagreement(rank, world, init_file, out_dir, kind):
     dist.destroy_process_group()
 
 
-def dead_peer(rank, world, init_file, out_dir):
+def dead_peer(rank, world, init_file, out_dir, propagate=False):
+    """Rank 1 dies after the first synchronized step; rank 0's next step must raise, not hang, and rank 0 must then
+    exit with that error: code 0 once it has written it down, or 1 with its traceback when it lets the error
+    propagate (``propagate``), as a user's training script does.
+
+    Both tear the process group down in a ``finally``, as torch requires (and ``normlab.lab.distributed_run`` does):
+    a process that exits with a live gloo group after a failed collective aborts one run in a few, on torch 2.13 and
+    2.14 alike, with "terminate called without an active exception" (SIGABRT, exit code -6). Gloo's worker thread is
+    still releasing the failed collective's tensors, which takes the GIL; once the interpreter is finalizing, taking
+    it ends the thread through a noexcept destructor: ``std::terminate`` (pytorch/pytorch#190489).
+    ``destroy_process_group`` joins those threads while the interpreter is alive.
+    """
     init(rank, world, init_file, timeout=20)
-    module = nl.SyncBatchNorm(C)
-    module(torch.randn(4, C, 3))  # both ranks: first synchronized step works
-    if rank == 1:
-        os._exit(3)  # dies without a word
     try:
-        module(torch.randn(4, C, 3)).sum().backward()
-        outcome = "no error"
-    except Exception as err:  # noqa: BLE001 - what matters is that it is raised, not hung
-        outcome = f"{type(err).__name__}: {err}"
+        module = nl.SyncBatchNorm(C)
+        module(torch.randn(4, C, 3))  # both ranks: first synchronized step works
+        if rank == 1:
+            os._exit(3)  # dies without a word
+        try:
+            module(torch.randn(4, C, 3)).sum().backward()
+        except Exception as err:  # noqa: BLE001 - what matters is that it is raised, not hung
+            _write(out_dir, rank, f"{type(err).__name__}: {err}")
+            if propagate:
+                raise
+        else:
+            _write(out_dir, rank, "no error")
+    finally:
+        dist.destroy_process_group()
+
+
+def _write(out_dir, rank, text):
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
-        fh.write(outcome)
+        fh.write(text)
 
 
 def store_writer(path, start, count):
