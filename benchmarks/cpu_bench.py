@@ -1,10 +1,13 @@
 """CPU benchmark: normlab.nn vs torch.nn, forward + backward, measured in the same run; prints ratios.
 
-    python benchmarks/cpu_bench.py [--repeats 15] [--rounds 5] [--markdown]
+    python benchmarks/cpu_bench.py [--repeats 15] [--rounds 5] [--markdown] [--only SUBSTRING ...]
 
-A ratio below 1 means normlab is faster. The channels_last BatchNorm/GroupNorm rows are slower by design: ATen's
-CPU channels_last kernels cancel catastrophically at large means (see normlab.functional), so normlab computes them
-on a contiguous copy.
+A ratio below 1 means normlab is faster. On CPU channels_last input ATen's statistics lose precision at large
+means (see normlab.functional): normlab's training BatchNorm takes exact two-pass statistics on the channels_last
+tensor and runs ATen's fused channels_last kernels for the rest; GroupNorm runs on a contiguous copy. The
+backward here starts from ``.sum()``'s expanded gradient, which sends torch's channels_last BatchNorm backward
+down its slow generic path; normlab hands ATen a channels_last gradient, so that row flatters normlab (see
+benchmarks/RESULTS.md, 2026-12-02, for a channels_last upstream gradient).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for benchmarks/RESULTS.md")
+    parser.add_argument("--only", nargs="+", metavar="SUBSTRING",
+                        help="run only the cases whose name contains one of these (e.g. --only channels_last)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -42,6 +47,8 @@ def main() -> None:
     if args.markdown:
         print("|---|---|---|---|---|")
     for name, make, shape, fmt in CASES:
+        if args.only and not any(part in name for part in args.only):
+            continue
         x = torch.randn(shape)
         if fmt is not None:
             x = x.contiguous(memory_format=fmt)

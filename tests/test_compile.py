@@ -57,6 +57,29 @@ def test_fullgraph_compile(name):
 
 
 @pytest.mark.slow
+def test_channels_last_batch_norm_compiles_fullgraph():
+    """The CPU channels_last training path (its own autograd Function) compiles without a graph break and matches
+    eager: output and input gradient in channels_last, the same running statistics."""
+    torch.manual_seed(0)
+    eager, compiled_module = nl.BatchNorm2d(4), nl.BatchNorm2d(4)
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, fullgraph=True, backend="inductor")
+    torch._dynamo.reset()
+    for step in range(2):
+        x = (torch.randn(3, 4, 5, 5) * (1 + step) + step).contiguous(memory_format=torch.channels_last)
+        x_e, x_c = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y_e, y_c = eager(x_e), compiled(x_c)
+        torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5)
+        y_e.square().sum().backward()
+        y_c.square().sum().backward()
+        torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
+        assert y_c.is_contiguous(memory_format=torch.channels_last)
+        assert x_c.grad.is_contiguous(memory_format=torch.channels_last)
+    for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers()):
+        torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.slow
 def test_power_norm_stays_correct_inside_a_compiled_model():
     """PowerNorm's backward updates a buffer, so its training step is excluded from compilation (a graph break,
     hence no fullgraph); a compiled model must still match eager over several steps."""

@@ -3,7 +3,7 @@
 ``vs_reference``: a torch result against the float64 NumPy reference computed from the same (rounded) input.
 Low-precision rows are set by the output's own rounding: bf16 has 8 mantissa bits (relative step 2**-8), fp16 has 11.
 ``vs_torch``: normlab against torch.nn on the same input; on the ATen path this is bit-exact, the channels_last
-CPU path (computed contiguously for stability) differs by a few ulps.
+CPU paths (exact statistics of their own, or a contiguous copy) differ by a few ulps.
 """
 
 import torch
