@@ -42,18 +42,7 @@ def test_fullgraph_compile(name):
     eager, compiled_module = make(), make()
     if "spectral" not in name:
         compiled_module.load_state_dict(eager.state_dict())
-    compiled = torch.compile(compiled_module, fullgraph=True, backend="inductor")
-    torch._dynamo.reset()
-    for step in range(2):
-        x = torch.randn(shape) * (1 + step) + step
-        x_e, x_c = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        y_e, y_c = eager(x_e), compiled(x_c)
-        torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5)
-        y_e.square().sum().backward()
-        y_c.square().sum().backward()
-        torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
-    for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers()):
-        torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=n)
+    _compiled_matches_eager(eager, compiled_module, lambda step: torch.randn(shape) * (1 + step) + step)
 
 
 @pytest.mark.slow
@@ -63,20 +52,31 @@ def test_channels_last_batch_norm_compiles_fullgraph():
     torch.manual_seed(0)
     eager, compiled_module = nl.BatchNorm2d(4), nl.BatchNorm2d(4)
     compiled_module.load_state_dict(eager.state_dict())
+    layout = torch.channels_last
+    outputs = _compiled_matches_eager(eager, compiled_module, lambda step: (
+        torch.randn(3, 4, 5, 5) * (1 + step) + step).contiguous(memory_format=layout))
+    for y, grad in outputs:
+        assert y.is_contiguous(memory_format=layout) and grad.is_contiguous(memory_format=layout)
+
+
+def _compiled_matches_eager(eager, compiled_module, make_input, steps: int = 2):
+    """Two training steps of ``eager`` and ``compiled_module`` (compiled fullgraph) on the same inputs: outputs,
+    input gradients and buffers agree. Returns the compiled side's (output, input gradient) per step."""
     compiled = torch.compile(compiled_module, fullgraph=True, backend="inductor")
     torch._dynamo.reset()
-    for step in range(2):
-        x = (torch.randn(3, 4, 5, 5) * (1 + step) + step).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for step in range(steps):
+        x = make_input(step)
         x_e, x_c = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         y_e, y_c = eager(x_e), compiled(x_c)
         torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5)
         y_e.square().sum().backward()
         y_c.square().sum().backward()
         torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
-        assert y_c.is_contiguous(memory_format=torch.channels_last)
-        assert x_c.grad.is_contiguous(memory_format=torch.channels_last)
+        outputs.append((y_c, x_c.grad))
     for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers()):
         torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=n)
+    return outputs
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "TextData", "check_data", "load_images", "load_text", "read_cifar10", "read_mnist", "parse_data_spec"]
+__all__ = ["ImageData", "TextData", "check_data", "load_images", "load_text", "read_cifar10", "read_mnist", "parse_data_spec",
+           "training_part"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,12 @@ def parse_data_spec(spec: str | None) -> tuple[str, str | None]:
     if kind not in _READERS or not path:
         raise ValueError(f"--data must be cifar10:PATH or mnist:PATH, got {spec!r}")
     return kind, path
+
+
+def training_part(n: int, validation_fraction: float) -> int:
+    """How many of ``n`` training examples a run trains on when the last ``validation_fraction`` of them (at least
+    one) is held out for validation; all of them without a fraction."""
+    return n - max(1, round(validation_fraction * n)) if validation_fraction else n
 
 
 def check_data(spec: str | None) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from ..registry import canonical_name
 from ..transform import swap
+from .data import training_part
 from .inputs import examples, fingerprint, load_model, load_user_data
 from .user import norm_kinds
 from .user_study import UserSpec, UserStudy, describe_swap
@@ -81,11 +82,6 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
     for split, dataset in (("training", data.train), ("test", data.test)):
         if len(dataset) == 0:
             raise ValueError(f"--data {spec.data}: the {split} set is empty")
-    largest = max(spec.batch_sizes)
-    train_size = len(data.train) - max(1, round(0.2 * len(data.train)))  # what learning-rate selection trains on
-    if largest > train_size:
-        raise ValueError(f"--batch-sizes {largest}: larger than the {train_size} training examples left after the "
-                         "validation split")  # fmt: skip
     model = load_model(spec.model, spec.model_args)
     kinds = norm_kinds(model)
     if not kinds:
@@ -107,5 +103,10 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
             raise ValueError(f"--norms {norm}: no norm layer of {spec.model} could be swapped for it: {why}")
         swaps[norm] = "; ".join(describe_swap(r) for r in reports if r.changed or r.skipped)
         _check_forward(spec, swapped, data)
-    return UserStudy(spec, kinds=kinds, classification=data.classification,
-                     fingerprint=fingerprint(spec.model, spec.data), swaps=swaps)  # fmt: skip
+    study = UserStudy(spec, kinds=kinds, classification=data.classification,
+                      fingerprint=fingerprint(spec.model, spec.data), swaps=swaps)  # fmt: skip
+    train_size = training_part(len(data.train), study.selection.validation_fraction)  # what selection trains on
+    if max(spec.batch_sizes) > train_size:
+        raise ValueError(f"--batch-sizes {max(spec.batch_sizes)}: larger than the {train_size} training examples left "
+                         "after the validation split")  # fmt: skip
+    return study

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..nn import data_dependent_init
 from ..registry import WEIGHT_NORM_RECIPE
 from .config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
-from .data import ImageData, load_images, load_text
+from .data import ImageData, load_images, load_text, training_part
 from .loop import Schedule, fit
 from .metrics import (
     DIVERGED, FINAL_WEIGHT_NORM, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, TEST_ACC, TEST_ACC_BATCH_STATS, TEST_BPC, TRAIN_ACC,
@@ -74,7 +74,7 @@ def classifier_data(c: ClassifyConfig) -> ImageData:
     data = load_images(c.data, c.data_path)
     x, y = data.x_train[: c.train_subset or None], data.y_train[: c.train_subset or None]
     if c.validation_fraction:
-        keep = len(x) - max(1, round(c.validation_fraction * len(x)))
+        keep = training_part(len(x), c.validation_fraction)
         return ImageData(data.name, x[:keep], y[:keep], x[keep:], y[keep:], data.num_classes)
     return ImageData(data.name, x, y, data.x_test, data.y_test, data.num_classes)
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from ..registry import canonical_name
 from ..transform import param_groups, swap
 from .config import UserConfig, from_dict
+from .data import training_part
 from .inputs import UserData, load_model, load_user_data
 from .loop import Schedule, fit
 from .metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
@@ -55,8 +56,7 @@ def training_split(c: UserConfig, data: UserData) -> tuple[Subset | Any, Subset 
     of the training set is held out and scored (the test set is then not read)."""
     if not c.validation_fraction:
         return data.train, data.test
-    n = len(data.train)
-    keep = n - max(1, round(c.validation_fraction * n))
+    n, keep = len(data.train), training_part(len(data.train), c.validation_fraction)
     return Subset(data.train, range(keep)), Subset(data.train, range(keep, n))
 
 

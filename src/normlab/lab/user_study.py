@@ -9,6 +9,7 @@ batch size, in the order the user listed them, and recommends per batch size.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,10 @@ class UserStudy(Study):
             return f"batch size {b}: no recommendation (no method trained: see the doubled-budget check)"
         best = max(trained, key=lambda n: sign * float(np.mean(score[(n, b)])))
 
-        def beats(winner: str, loser: str) -> bool:
-            v = verdicts.get((winner, loser)) or verdicts.get((loser, winner))
-            won = v is not None and v.outcome in (Outcome.REPRODUCED, Outcome.CONTRADICTED)
-            return won and ((v.outcome == Outcome.REPRODUCED) == ((winner, loser) in verdicts))
+        def beats(winner: str, loser: str) -> bool:  # verdicts[(a, b)] judges the claim "a beats b"
+            if (winner, loser) in verdicts:
+                return verdicts[(winner, loser)].outcome == Outcome.REPRODUCED
+            return (loser, winner) in verdicts and verdicts[(loser, winner)].outcome == Outcome.CONTRADICTED
 
         ties = [n for n in trained if n != best and not beats(best, n)]
         text = f"batch size {b}: {best}"
@@ -189,10 +190,7 @@ class UserStudy(Study):
 
 def describe_swap(report) -> str:
     """A short account of one method's swap (:class:`normlab.transform.SwapReport`)."""
-    changed = {}
-    for _, old, new in report.changed:
-        changed.setdefault(f"{old} -> {new.split('(')[0]}", 0)
-        changed[f"{old} -> {new.split('(')[0]}"] += 1
+    changed = Counter(f"{old} -> {new.split('(')[0]}" for _, old, new in report.changed)
     text = ", ".join(f"{count} {what}" for what, count in changed.items()) or "nothing swapped"
     if report.skipped:
         text += f"; {len(report.skipped)} left as they were ({report.skipped[0][1]})"
