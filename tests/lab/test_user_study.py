@@ -108,6 +108,7 @@ def _store_with_a_row(out: Path) -> bytes:
     ({"--batch-sizes": "4,x"}, "--batch-sizes must be comma-separated integers"),
     ({"--batch-sizes": "5000"}, "larger than the 480 training examples"),
     ({"--norms": "batch,nosuchnorm"}, "nosuchnorm"),
+    ({"--loader-workers": "-1"}, "--loader-workers must be at least 0, got -1"),
     ({"--model": None}, "--batch-sizes, --steps: only with --model"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2_before_any_run(tmp_path, capsys, change, expected):

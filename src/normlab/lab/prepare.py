@@ -75,6 +75,8 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
         raise ValueError(f"--optimizer must be sgd or adamw, got {spec.optimizer!r}")
     if spec.steps is not None and spec.steps < 1 or spec.epochs < 1:
         raise ValueError("--epochs and --steps must be at least 1")
+    if spec.loader_workers < 0:
+        raise ValueError(f"--loader-workers must be at least 0, got {spec.loader_workers}")
     if spec.lr is not None and not spec.lr > 0:
         raise ValueError(f"--lr must be positive, got {spec.lr}")
     norms = [canonical_name(n) for n in spec.norms]  # ValueError naming the unknown name
