@@ -38,7 +38,8 @@ class ClassifyConfig(_Common):
     weight_decay: float = 0.0
     epochs: int = 1
     steps: int | None = None  # overrides epochs
-    lr_schedule: str = "constant"  # or "cosine": decays to 0 over the run
+    lr_schedule: str = "constant"  # "cosine": decays to 0 over the run; "wsd": warmup-stable-decay (loop.Schedule)
+    cooldown: float = 0.2  # "wsd": the share of the steps the rate decays over
     width: int = 32
     depth: int = 3
     weight_norm: bool = False
@@ -47,6 +48,7 @@ class ClassifyConfig(_Common):
     validation_fraction: float = 0.0  # > 0: the last share of the training examples is held out, and the run
     # reports valid_* metrics on it instead of test_* (learning-rate selection never sees the test set)
     budget: float = 1.0  # the training steps are budget x (steps, or epochs over the training examples)
+    doublings: int = 0  # ... x 2**doublings: the same run at twice, four times... its budget (curve points as at 0)
     stream: str = "iid"  # or "sorted": class-sorted chunks
     chunk: int = 100
     points: int = 40
@@ -70,8 +72,10 @@ class CharLMConfig(_Common):
     lr: float = 3e-3
     steps: int = 400
     lr_schedule: str = "constant"
+    cooldown: float = 0.2
     warmup: int = 0
     budget: float = 1.0  # steps and warmup are budget x the fields'
+    doublings: int = 0  # steps (not warmup) x 2**doublings
     dim: int = 64
     layers: int = 2
     points: int = 20
@@ -113,8 +117,10 @@ class UserConfig(_Common):
     epochs: int = 1
     steps: int | None = None  # overrides epochs
     lr_schedule: str = "cosine"
+    cooldown: float = 0.2
     warmup: int = 0
     budget: float = 1.0
+    doublings: int = 0
     validation_fraction: float = 0.0
     points: int = 20
     amp: bool = False  # bfloat16 autocast

@@ -28,11 +28,12 @@ from .metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
 from .models import SplitNorm, uses_weight_norm
-from .loop import Schedule, fit
+from .loop import fit_ladder
 from .probes import gradient_predictiveness, scale_invariance_error
+from .store import config_key
 from .train import (
-    BatchOrder, RunOutput, build_classifier, build_packed_classifier, classifier_data, classifier_steps,
-    evaluate_classifier, new_classifier_curves, record_point, watched_layer,
+    BatchOrder, RunOutput, base_steps, build_classifier, build_packed_classifier, can_branch, classifier_data,
+    classifier_schedule, curve_every, evaluate_classifier, ladder_key, new_classifier_curves, record_point, watched_layer,
 )  # fmt: skip
 
 __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
@@ -41,6 +42,7 @@ MAX_COPIES = 16
 # Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise, each run
 # draws its own batches, and runs of different norms each get their part of every norm layer.
 PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk", "norm", "variant", "norm_options")
+# ... and ``doublings``: a run's budgets branch off one trajectory, the same budgets for every run of a pack
 
 
 def pack_key(config: dict[str, Any]) -> str | None:
@@ -56,7 +58,7 @@ def pack_key(config: dict[str, Any]) -> str | None:
         activation = "fused" if get_method(c.norm).fused_activation else "relu"
     except ValueError:
         return None
-    shared = {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
+    shared = {k: v for k, v in config.items() if k not in (*PER_RUN_FIELDS, "doublings")}
     shared["weight_norm"] = uses_weight_norm(c.norm, c.weight_norm)  # the recipe of mean-only BN adds WN
     return json.dumps({**shared, "conv": conv, "activation": activation}, sort_keys=True)
 
@@ -67,20 +69,27 @@ def _run_order(config: dict[str, Any]) -> str:
 
 def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> list[list[dict[str, Any]]]:
     """Split ``configs`` into work items: packs of up to ``max_copies`` runs that share a key, and single runs.
-    A group larger than ``max_copies`` is split into near-equal packs; the runs of one norm stay together."""
-    groups: dict[str, list[dict]] = {}
-    items: list[list[dict]] = []
+    A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.train.can_branch`) is one ladder,
+    its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
+    split into near-equal packs; the runs of one norm stay together."""
+    ladders: dict[str, list[dict[str, Any]]] = {}
     for config in configs:
-        key = pack_key(config)
+        key = ladder_key(config) if can_branch(config) else config_key(config)
+        ladders.setdefault(key, []).append(config)
+    groups: dict[str, list[list[dict]]] = {}
+    items: list[list[dict]] = []
+    for ladder in ladders.values():
+        ladder.sort(key=lambda c: c.get("doublings", 0))
+        key = pack_key(ladder[0])
         if key is None:
-            items.append([config])
+            items.append(ladder)
         else:
-            groups.setdefault(key, []).append(config)
+            groups.setdefault(key + json.dumps([c["doublings"] for c in ladder]), []).append(ladder)
     for group in groups.values():
-        group.sort(key=_run_order)
+        group.sort(key=lambda ladder: _run_order(ladder[0]))
         count = -(-len(group) // max_copies)
         size = -(-len(group) // count)
-        items += [group[i : i + size] for i in range(0, len(group), size)]
+        items += [[c for ladder in group[i : i + size] for c in ladder] for i in range(0, len(group), size)]
     return items
 
 
@@ -224,7 +233,7 @@ class PackedTraining:
         self.cs, self.data, self.packed, self.layout, self.runs = cs, data, packed, layout, len(cs)
         self.device = torch.device(cs[0].device)
         self.opt = PackedSGD(packed, layout, [c.lr for c in cs], [c.weight_decay for c in cs], cs[0].momentum)
-        self.schedule = Schedule(lr=1.0, kind=cs[0].lr_schedule, steps=classifier_steps(cs[0], data))
+        self.schedule = classifier_schedule(cs[0], data, 1.0)
         self.orders = [BatchOrder(c, data.y_train) for c in cs]
         self.curves = [new_classifier_curves() for _ in cs]
 
@@ -265,6 +274,7 @@ class PackedTraining:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.packed.load_state_dict(state["packed"])
+        self.packed.train()
         self.opt.load_state_dict(state["opt"])
         self.curves = state["curves"]
         for order, saved in zip(self.orders, state["orders"]):
@@ -272,28 +282,42 @@ class PackedTraining:
 
 
 def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
-    """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per run, each what the run
-    gives alone up to float rounding. ``saver`` checkpoints the pack and resumes it."""
-    cs: list[ClassifyConfig] = [from_dict(c) for c in configs]  # type: ignore[misc]
+    """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per config, each what the
+    run gives alone up to float rounding. A run may come at several budgets (the same configuration but for
+    ``doublings``, a "wsd" schedule; every run of the pack at the same ones): its shorter budgets branch off the
+    pack's trajectory (:func:`normlab.lab.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it."""
+    ladders: dict[str, list[dict[str, Any]]] = {}
+    for config in configs:
+        ladders.setdefault(ladder_key(config), []).append(config)
+    rungs_of = [sorted(ladder, key=lambda c: c["doublings"]) for ladder in ladders.values()]
     if len({pack_key(c) for c in configs}) != 1 or pack_key(configs[0]) is None:
         raise ValueError("train_packed: the runs must share one pack key")
+    if len({tuple(c["doublings"] for c in rungs) for rungs in rungs_of}) != 1:
+        raise ValueError("train_packed: every run of a pack must come at the same budgets")
+    cs: list[ClassifyConfig] = [from_dict(rungs[-1]) for rungs in rungs_of]  # type: ignore[misc]
     device = torch.device(cs[0].device)
     data = classifier_data(cs[0])
     singles = []
     for c in cs:
         torch.manual_seed(c.seed)
         singles.append(build_classifier(c, data).to(device))
-    metrics: list[dict[str, float]] = [{} for _ in cs]
-    for m, c, model in zip(metrics, cs, singles):
+    before: list[dict[str, float]] = [{} for _ in cs]
+    for m, c, model in zip(before, cs, singles, strict=True):
         if c.scale_invariance:
             m[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
                                                                  data.x_train[:64].to(device))  # fmt: skip
     packed = build_packed_classifier(cs, data).to(device)
     training = PackedTraining(cs, data, packed, pack_state(singles, packed))
-    diverged = fit(training, steps=training.schedule.steps, points=cs[0].points, saver=saver)
-    unpack_state(packed, singles)
-    outputs = []
-    for m, c, model, curve, gone in zip(metrics, cs, singles, training.curves, diverged):
-        m[DIVERGED] = float(gone)
-        outputs.append(evaluate_classifier(model, c, data, m, curve))
-    return outputs
+    rung_configs = [[from_dict(rungs[j]) for rungs in rungs_of] for j in range(len(rungs_of[0]))]
+    schedules = [classifier_schedule(rung[0], data, 1.0) for rung in rung_configs]
+
+    def evaluate(index: int, diverged: list[bool]) -> list[RunOutput]:
+        unpack_state(packed, singles)
+        return [evaluate_classifier(model, c, data, {**m, DIVERGED: float(gone)}, curve)
+                for m, c, model, curve, gone in zip(before, rung_configs[index], singles, training.curves, diverged,
+                                                    strict=True)]  # fmt: skip
+
+    every = curve_every(base_steps(cs[0], data), cs[0].points)
+    by_rung = fit_ladder(training, schedules, evaluate, every=every, saver=saver)
+    outputs = {config_key(rungs[j]): by_rung[j][k] for k, rungs in enumerate(rungs_of) for j in range(len(rungs))}
+    return [outputs[config_key(c)] for c in configs]

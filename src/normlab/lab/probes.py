@@ -54,8 +54,8 @@ class BatchStatRecorder:
         self.means, self.vars = list(state["means"]), list(state["vars"])
 
     def fluctuation(self, skip: int) -> dict[str, float]:
-        """Across steps: std of the batch mean over the typical std, and relative std of the batch variance."""
-        self.handle.remove()
+        """Across steps: std of the batch mean over the typical std, and relative std of the batch variance. The
+        recorder keeps recording (a ladder's trunk goes on after a budget is measured)."""
         if len(self.means) <= skip + 1:
             return {}
         means, variances = torch.stack(self.means[skip:]), torch.stack(self.vars[skip:])

@@ -4,6 +4,7 @@ on CPU, resumed bit for bit from a checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..nn import data_dependent_init
 from ..registry import WEIGHT_NORM_RECIPE
 from .config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
 from .data import ImageData, load_images, load_text, training_part
-from .loop import Schedule, fit
+from .loop import Schedule, fit_ladder
 from .metrics import (
     DIVERGED, FINAL_WEIGHT_NORM, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, TEST_ACC, TEST_ACC_BATCH_STATS, TEST_BPC, TRAIN_ACC,
     TRAIN_LOSS, VALID_ACC, VALID_BPC,
@@ -28,27 +29,53 @@ from .probes import (
     scale_invariance_error, whole_norm,
 )  # fmt: skip
 
-__all__ = ["run", "RunOutput"]
+__all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
 
 
 def run(config: dict[str, Any], saver=None) -> RunOutput:
     """Execute one run described by ``config`` (its ``task`` picks the training); ``saver``
     (:class:`~normlab.lab.checkpoint.Saver`) checkpoints it and resumes it from its last checkpoint."""
-    from_dict(config)  # a malformed configuration fails here, before any work
-    torch.manual_seed(config["seed"])
-    task = config["task"]
+    return run_ladder([config], saver)[0]
+
+
+def ladder_key(config: dict[str, Any]) -> str:
+    """Runs with the same key are one run at several budgets (they differ in ``doublings`` alone)."""
+    return json.dumps({k: v for k, v in config.items() if k != "doublings"}, sort_keys=True)
+
+
+def can_branch(config: dict[str, Any]) -> bool:
+    """Whether the run's shorter budgets branch off its longer ones (a "wsd" schedule of a laddered task)."""
+    c = from_dict(config)
+    return isinstance(c, ClassifyConfig | CharLMConfig) and c.lr_schedule == "wsd"
+
+
+def run_ladder(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+    """One run at several budgets (``configs``: one :func:`ladder_key`, in any order; a "wsd" schedule
+    when there are several), trained as one trajectory (:func:`normlab.lab.loop.fit_ladder`); one (metrics, curves)
+    per config, each what that config gives alone."""
+    if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
+        raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
+    doublings = [getattr(from_dict(c), "doublings", 0) for c in configs]
+    order = sorted(range(len(configs)), key=lambda i: doublings[i])
+    outputs = _train([configs[i] for i in order], saver)
+    return [outputs[order.index(i)] for i in range(len(configs))]
+
+
+def _train(configs: list[dict[str, Any]], saver) -> list[RunOutput]:
+    torch.manual_seed(configs[0]["seed"])
+    task = configs[0]["task"]
     if task == "classify":
-        return train_classifier(config, saver)
+        return train_classifier(configs, saver)
     if task == "char_lm":
-        return train_char_lm(config, saver)
+        return train_char_lm(configs, saver)
     if task == "distributed":
         from .distributed_run import run_distributed
 
-        return run_distributed(config)
+        return [run_distributed(configs[0])]
     if task == "user":
         from .user import train_user
 
-        return train_user(config, saver)
+        return [train_user(configs[0], saver)]
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -104,7 +131,17 @@ def build_packed_classifier(cs: list[ClassifyConfig], data: ImageData) -> ConvNe
 
 
 def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:
+    """The run's training steps: budget x (steps, or its epochs' batches) x 2**doublings."""
+    return base_steps(c, data) * 2**c.doublings
+
+
+def base_steps(c: ClassifyConfig, data: ImageData) -> int:
+    """The run's steps before doubling; its curve points are spaced by these, the same at every doubling."""
     return max(1, round(c.budget * (c.steps or c.epochs * math.ceil(len(data.x_train) / c.batch_size))))
+
+
+def classifier_schedule(c: ClassifyConfig, data: ImageData, lr: float) -> Schedule:
+    return Schedule(lr=lr, kind=c.lr_schedule, steps=classifier_steps(c, data), cooldown=c.cooldown)
 
 
 class BatchOrder:
@@ -145,7 +182,7 @@ class ClassifierTraining:
         self.c, self.data, self.model, self.recorder = c, data, model, recorder
         self.device = torch.device(c.device)
         self.opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        self.schedule = Schedule(lr=c.lr, kind=c.lr_schedule, steps=classifier_steps(c, data))
+        self.schedule = classifier_schedule(c, data, c.lr)
         self.batches = BatchOrder(c, data.y_train)
         self.curves = new_classifier_curves()
         self.watched = watched_layer(model)
@@ -179,6 +216,7 @@ class ClassifierTraining:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self.model.train()
         self.opt.load_state_dict(state["opt"])
         self.batches.load(state["batches"])
         self.curves = state["curves"]
@@ -186,24 +224,34 @@ class ClassifierTraining:
             self.recorder.load(state["recorder"])
 
 
-def train_classifier(config: dict[str, Any], saver=None) -> RunOutput:
-    c = from_dict(config)
+def train_classifier(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+    """The ConvNet alone, at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
+    cs: list[ClassifyConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
+    c = cs[-1]
     data = classifier_data(c)
     device = torch.device(c.device)
     model = build_classifier(c, data).to(device)
-    metrics: dict[str, float] = {}
+    before: dict[str, float] = {}
     if c.scale_invariance:
-        metrics[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
-                                                                   data.x_train[:64].to(device))  # fmt: skip
+        before[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
+                                                                  data.x_train[:64].to(device))  # fmt: skip
     last_norm = model.features[len(model.features) - 2]
     recorder = BatchStatRecorder(last_norm, channel_dim=1) if c.record_batch_stats else None
     training = ClassifierTraining(c, data, model, recorder)
-    steps = training.schedule.steps
-    (diverged,) = fit(training, steps=steps, points=c.points, saver=saver)
-    metrics[DIVERGED] = float(diverged)
-    if recorder is not None:
-        metrics.update(recorder.fluctuation(skip=min(20, steps // 4)))
-    return evaluate_classifier(model, c, data, metrics, training.curves)
+    rungs = [classifier_schedule(rung, data, c.lr) for rung in cs]
+
+    def evaluate(index: int, diverged: list[bool]) -> RunOutput:
+        metrics = {**before, DIVERGED: float(diverged[0])}
+        if recorder is not None:
+            metrics.update(recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
+        return evaluate_classifier(model, cs[index], data, metrics, training.curves)
+
+    return fit_ladder(training, rungs, evaluate, every=curve_every(base_steps(c, data), c.points), saver=saver)
+
+
+def curve_every(steps: int, points: int) -> int:
+    """Steps between curve points: ``points`` of them over the run's steps before doubling."""
+    return max(1, steps // points)
 
 
 def new_classifier_curves() -> dict[str, list[float]]:
@@ -272,8 +320,7 @@ class CharLMTraining:
         self.generator = torch.Generator().manual_seed(c.seed)
         self.recorder = BatchStatRecorder(self.model.blocks[-1].norm2, channel_dim=-1)
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], VALID_BPC: []}
-        steps = max(1, round(c.budget * c.steps))
-        self.schedule = Schedule(lr=c.lr, kind=c.lr_schedule, steps=steps, warmup=round(c.budget * c.warmup))
+        self.schedule = char_lm_schedule(c)
         vg = torch.Generator().manual_seed(1234)
         self.held_out = {split: [tuple(t.to(self.device) for t in _lm_batch(ids, 32, c.seq_len, self.pad, vg, False))
                                  for _ in range(4)] for split, ids in (("valid", text.valid), ("test", text.test))}  # fmt: skip
@@ -314,19 +361,35 @@ class CharLMTraining:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self.model.train()
         self.opt.load_state_dict(state["opt"])
         self.curves = state["curves"]
         self.generator.set_state(state["generator"])
         self.recorder.load(state["recorder"])
 
 
-def train_char_lm(config: dict[str, Any], saver=None) -> RunOutput:
-    c = from_dict(config)
-    training = CharLMTraining(c)
-    steps = training.schedule.steps
-    (diverged,) = fit(training, steps=steps, points=c.points, saver=saver)
-    metrics: dict[str, float] = {DIVERGED: float(diverged)}
-    metrics.update(training.recorder.fluctuation(skip=min(20, steps // 4)))
-    for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
-        metrics[name] = training.bpc(split) if not diverged else math.log2(training.vocab)
-    return metrics, training.curves
+def char_lm_base_steps(c: CharLMConfig) -> int:
+    return max(1, round(c.budget * c.steps))
+
+
+def char_lm_schedule(c: CharLMConfig) -> Schedule:
+    """budget x steps x 2**doublings steps; the warmup is budget x warmup, whatever the doubling."""
+    return Schedule(lr=c.lr, kind=c.lr_schedule, steps=char_lm_base_steps(c) * 2**c.doublings,
+                    warmup=round(c.budget * c.warmup), cooldown=c.cooldown)  # fmt: skip
+
+
+def train_char_lm(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+    """The language model at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
+    cs: list[CharLMConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
+    training = CharLMTraining(cs[-1])
+    rungs = [char_lm_schedule(c) for c in cs]
+
+    def evaluate(index: int, diverged: list[bool]) -> RunOutput:
+        metrics: dict[str, float] = {DIVERGED: float(diverged[0])}
+        metrics.update(training.recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
+        for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
+            metrics[name] = training.bpc(split) if not diverged[0] else math.log2(training.vocab)
+        return metrics, training.curves
+
+    every = curve_every(char_lm_base_steps(cs[-1]), cs[-1].points)
+    return fit_ladder(training, rungs, evaluate, every=every, saver=saver)

@@ -105,8 +105,9 @@ class UserTraining:
                                 "examples")  # fmt: skip
         self.loss_fn = data.loss_fn or F.cross_entropy
         per_epoch = len(self.train_set) // c.batch_size
-        steps = max(1, round(c.budget * (c.steps or c.epochs * per_epoch)))
-        self.schedule = Schedule(lr=c.lr, kind=c.lr_schedule, steps=steps, warmup=round(c.budget * c.warmup))
+        self.base_steps = max(1, round(c.budget * (c.steps or c.epochs * per_epoch)))
+        self.schedule = Schedule(lr=c.lr, kind=c.lr_schedule, steps=self.base_steps * 2**c.doublings,
+                                 warmup=round(c.budget * c.warmup), cooldown=c.cooldown)  # fmt: skip
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
         self.consumed, self.timing, self.memory, self.first_loss = 0, [0.0, 0], math.nan, math.nan
         self.iterator: Iterator | None = None
@@ -203,7 +204,8 @@ def train_user(config: dict[str, Any], saver=None) -> tuple[dict[str, float], di
     c: UserConfig = from_dict(config)  # type: ignore[assignment]
     data = load_user_data(c.data)
     training = UserTraining(c, data, build_user_model(c))
-    (diverged,) = fit(training, steps=training.schedule.steps, points=c.points, saver=saver)
+    (diverged,) = fit(training, steps=training.schedule.steps, points=c.points, saver=saver,
+                      every=max(1, training.base_steps // c.points))  # fmt: skip
     metrics: dict[str, float] = {DIVERGED: float(diverged), MEMORY_MB: training.memory,
                                  STEP_SECONDS: training.timing[0] / max(training.timing[1], 1)}  # fmt: skip
     loss_name, acc_name = (VALID_LOSS, VALID_ACC) if c.validation_fraction else (TEST_LOSS, TEST_ACC)

@@ -29,7 +29,8 @@ class RunRow:
 
 def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None = None,
                checkpoints: Checkpoints | None = None) -> list[RunRow]:
-    """Train one work item (a single run, or a pack of runs trained together) and return one row per run, storing
+    """Train one work item (a single run, or a pack of runs trained together, each at one or several budgets) and
+    return one row per configuration, storing
     nothing: a local worker stores its rows itself, a remote one (Ray) hands them to the driver. ``code`` is the
     driver's training-code hash: a worker that imported other training code (edited during the sweep) refuses,
     rather than return rows under keys the driver never asks for. With ``checkpoints``, the item saves its state at
@@ -40,13 +41,14 @@ def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None
         raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
 
     from .packed import train_packed
-    from .train import run
+    from .train import ladder_key, run_ladder
 
     torch.set_num_threads(threads)
     saver = checkpoints.saver(configs) if checkpoints is not None else None
     start = time.perf_counter()
     try:
-        outputs = train_packed(configs, saver=saver) if len(configs) > 1 else [run(configs[0], saver=saver)]
+        several = len({ladder_key(c) for c in configs}) > 1  # several runs packed, or one run at several budgets
+        outputs = train_packed(configs, saver=saver) if several else run_ladder(configs, saver=saver)
         rows = [(m, c, "done", "") for m, c in outputs]
     except NotApplicable as err:
         rows = [({}, {}, "not_applicable", str(err))] * len(configs)

@@ -1,0 +1,80 @@
+"""One trajectory, several budgets: a "wsd" run's shorter budgets branch off its longer one (loop.fit_ladder), and
+each equals the run at that budget trained alone, bit for bit on CPU (alone, packed, the language model, resumed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from normlab.lab.checkpoint import Saver
+from normlab.lab.config import make_config
+from normlab.lab.loop import Schedule, lr_factor
+from normlab.lab.packed import plan_packs, train_packed
+from normlab.lab.train import run, run_ladder
+
+from .test_checkpoint import Crash, CrashingSaver
+
+
+def _classify(**kw):
+    base = dict(study="t", norm="batch", seed=3, steps=24, width=8, depth=2, points=6, lr_schedule="wsd",
+                train_subset=300, weight_decay=1e-3)
+    return make_config("classify", **{**base, **kw})
+
+
+def test_wsd_is_constant_then_decays_as_one_minus_sqrt():
+    steps, cooldown = 100, 0.2
+    factors = [lr_factor("wsd", s, steps, cooldown) for s in range(steps)]
+    assert factors[:80] == [1.0] * 80
+    assert factors[80] == 1.0 and factors[90] == pytest.approx(1 - math.sqrt(0.5))
+    assert all(a > b for a, b in zip(factors[80:], factors[81:]))
+    assert Schedule(lr=1.0, kind="wsd", steps=steps).branch_step == 80
+    assert Schedule(lr=1.0, kind="cosine", steps=steps).branch_step == 0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor("linear", 0, 10)
+
+
+@pytest.mark.parametrize("extra", [{}, {"grad_predictiveness": True, "record_batch_stats": True,
+                                        "output_spread": True, "scale_invariance": True}])
+def test_a_ladder_equals_each_budget_trained_alone(extra):
+    configs = [_classify(doublings=d, **extra) for d in (2, 0, 1)]  # any order in, the same order out
+    alone = [run(c) for c in configs]
+    assert run_ladder(configs) == alone
+    steps = [len(out[1]["step"]) for out in alone]
+    assert steps[1] < steps[2] < steps[0]  # curve points keep their spacing: more of them at larger budgets
+
+
+def test_a_packed_ladder_equals_each_run_alone_at_each_budget():
+    configs = [_classify(norm=norm, seed=seed, lr=lr, doublings=d)
+               for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0)) for d in (0, 1)]  # fmt: skip
+    (item,) = plan_packs(configs)
+    assert sorted(map(str, item)) == sorted(map(str, configs))
+    packed = train_packed(configs)
+    for config, (metrics, curves) in zip(configs, packed, strict=True):
+        m_alone, c_alone = run(config)
+        assert metrics.keys() == m_alone.keys() and curves.keys() == c_alone.keys()
+        for key in metrics:
+            assert metrics[key] == pytest.approx(m_alone[key], rel=1e-4, abs=1e-5), key
+    assert packed[4][0]["diverged"] == packed[5][0]["diverged"] == 1.0
+
+
+def test_a_language_model_ladder_equals_each_budget_alone():
+    configs = [make_config("char_lm", study="t", norm="layer", seed=2, steps=16, dim=16, layers=1, seq_len=16,
+                           warmup=3, lr_schedule="wsd", points=4, doublings=d) for d in (0, 1)]  # fmt: skip
+    assert run_ladder(configs) == [run(c) for c in configs]
+
+
+def test_a_ladder_resumed_from_a_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    configs = [_classify(doublings=d) for d in (0, 1)]
+    whole = run_ladder(configs)
+    path = tmp_path / "ladder.pt"
+    with pytest.raises(Crash):  # killed in the trunk after the first budget's cooldown was evaluated
+        run_ladder(configs, saver=CrashingSaver(path, at=25))
+    assert run_ladder(configs, saver=Saver(path, every_s=1e9)) == whole
+
+
+def test_only_one_run_at_several_wsd_budgets_makes_a_ladder():
+    with pytest.raises(ValueError, match="one 'wsd' run"):
+        run_ladder([_classify(doublings=0), _classify(doublings=1, seed=9)])
+    with pytest.raises(ValueError, match="one 'wsd' run"):
+        run_ladder([_classify(doublings=0, lr_schedule="cosine"), _classify(doublings=1, lr_schedule="cosine")])
