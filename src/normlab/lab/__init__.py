@@ -1,7 +1,7 @@
 """The lab behind ``normlab compare``: re-test the folk claims about normalization on this machine.
 
-data -> models -> train (one run) -> store (SQLite) -> studies (claims, configs, analysis) -> fairness (each
-setting's learning rate, the doubled-budget check) -> report (HTML).
+data -> models -> train (one run, at one or several budgets) -> store (SQLite) -> studies (claims, configs,
+analysis) -> fairness (each setting's learning rate, verdicts settled over budgets) -> report (HTML).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .fairness import StudyPlan
 from .checkpoint import Checkpoints
 from .runner import SweepReport, run_sweep
 from .store import RunRecord, Store, config_key
-from .study import Options, checked_analysis
+from .study import Options, check_training, withheld
 from .studies import STUDIES
 from .user_study import UserSpec
 
@@ -124,8 +124,8 @@ def compare_model(
 
 def run_studies(out: Path, chosen: list, options: Options, execution: Execution, fresh: bool = False, log=print,
                 other=None) -> tuple[Path, dict, bool]:
-    """The phases every compare goes through: learning-rate selection, final runs and their doubles, analysis,
-    report."""
+    """The phases every compare goes through: learning-rate selection, final runs at budgets T and 2T and larger
+    ones where a verdict is not settled, analysis, report."""
     if fresh:
         for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures",
                      out / "checkpoints"):
@@ -157,24 +157,33 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
     # 1. learning-rate selection, round by round until no grid grows; the runs of studies that tune nothing
     #    (and so wait for nothing) share the first round
     sweep([c for p in plans.values() for c in p.selection_configs()] +
-          [c for p in plans.values() if not p.choices for c in p.final_configs() + p.check_configs()])
+          [c for p in plans.values() if not p.choices for c in p.budget_configs()])
     while grown := [p for p in [p for p in plans.values() if p.choices] if p.update(stored())]:
         sweep([c for p in grown for c in p.selection_configs()])
-    # 2. the final runs at the chosen rates, and each setting again at twice its budget
-    sweep([c for p in plans.values() if p.choices for c in p.final_configs() + p.check_configs()])
+    # 2. the final runs at the chosen rates, at budgets T and 2T; then, round by round, the settings under a verdict
+    #    that is not settled at a larger budget
+    sweep([c for p in plans.values() if p.choices for c in p.budget_configs()])
+    figdir = out / "figures"
+    judged = {name: plan.judge(stored(), figdir) for name, plan in plans.items()}
+    while any(grew for _, _, grew in judged.values()):
+        sweep([c for name, plan in plans.items() if judged[name][2] for c in plan.budget_configs()])
+        everything = stored()
+        judged = {name: plan.judge(everything, figdir) for name, plan in plans.items()}
     log(f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now" +
         (f" in {total.seconds:.0f} s" if total.ran else "") + (f", {len(total.failed)} failed" if total.failed else ""))
     for config, error in total.failed:
         print(f"run failed: {config}\n{error}", file=sys.stderr)
-    # 3. analysis: each study reads its final runs, marked by the doubled-budget check
+    # 3. analysis: each study at its budget T, its verdicts settled over the budgets, its target checked at 2T
     everything = stored()
     results, records, setups = {}, {}, {}
     for s in chosen:
         plan = plans[s.name]
-        budgets = plan.judge_budgets(everything)
-        final = plan.annotate([everything[k] for k in _keys(plan.final_configs()) if k in everything], budgets)
-        results[s.name] = checked_analysis(s, final, out / "figures", options)
-        results[s.name].fairness = plan.fairness(budgets, out / "figures")
+        result, verdicts, _ = judged[s.name]
+        result.training = check_training(s.target, plan.records_at(everything, 1)[0], tuned=s.selection is not None)
+        result.training.budget = "2T"
+        result.verdicts = withheld(verdicts, result.training)
+        result.fairness = plan.fairness(everything, figdir)
+        results[s.name] = result
         records[s.name] = {role: [everything[k] for k in _keys(configs) if k in everything]
                            for role, configs in plan.roles().items()}  # fmt: skip
         setups[s.name] = s.setup(options)

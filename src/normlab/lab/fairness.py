@@ -4,10 +4,9 @@ A study that compares methods declares a :class:`Selection`. Each of its setting
 and learning rate) first trains at every rate of a log-spaced grid around the study's own rate, on seeds of its own
 (disjoint from the final seeds) and with a validation split held out of the training data; the rate with the best
 mean validation score is chosen, and a grid whose best rate sits on its edge grows past that edge. The final runs
-train at the chosen rate. Then every compared setting (tuned or not) is trained again with twice its budget (the
-same schedule, stretched) on its first seeds: it has trained when that moves its mean metric by less than the
-study's :class:`BudgetCheck` tolerance; a verdict that rests on a setting that moved more reads "inconclusive: not
-trained", with both numbers.
+train at the chosen rate, at the study's budget T and at 2T (one trajectory, :func:`normlab.lab.loop.fit_ladder`),
+and every verdict is judged at both and settled where more training would not change it; the settings under a
+verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``StudyPlan.judge``).
 
 :class:`StudyPlan` holds one study's runs in that order; ``normlab.lab.compare`` runs its rounds.
 """
@@ -25,8 +24,9 @@ import numpy as np
 
 from .metrics import VALID_ACC, VALID_BPC, VALID_LOSS
 from .store import RunRecord, config_key
+from .verdicts import MAX_DOUBLINGS, Verdict, budget_name, settle
 
-__all__ = ["Selection", "BudgetCheck", "StudyPlan", "Choice", "BudgetResult", "Fairness", "SELECTION_SEED_OFFSET"]
+__all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
 
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
@@ -95,20 +95,22 @@ class Selection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BudgetCheck:
-    """Trained means that doubling the budget moves the setting's mean metric by less than ``tolerance`` (in the
-    study's target metric's units; ``scale`` and ``unit`` only for display)."""
+class Budgets:
+    """How a study's verdicts are settled over budgets (:data:`~normlab.lab.verdicts.CRITERION`): every compared
+    setting trains at the study's budget T and at 2T, the settings under a verdict that is not settled up to
+    T·2^``max_doublings``. ``scale`` and ``unit`` display the target metric."""
 
-    tolerance: float
-    seeds: int = 2
+    max_doublings: int = MAX_DOUBLINGS
     scale: float = 100.0
     unit: str = " points of accuracy"
 
     def describe(self, metric: str) -> str:
-        return (f"Every compared setting is also trained with twice its budget (the same schedule, stretched) on its "
-                f"first {self.seeds} final seed(s); it has trained when its mean {metric} moves by less than "
-                f"{self.tolerance * self.scale:g}{self.unit}. A verdict that rests on a setting that moved more reads "
-                "'inconclusive: not trained'.")  # fmt: skip
+        return (f"Every compared setting trains at the study's budget T and at 2T on all its final seeds, from one "
+                "trajectory (a warmup-stable-decay schedule whose short cooldowns branch off at each budget). A "
+                "verdict is settled at the first budget where it and the next agree and the trend would not "
+                f"overturn it; the settings under an unsettled verdict train again at 4T, up to "
+                f"{budget_name(self.max_doublings)}. The table gives each setting's mean {metric} at every budget "
+                "it trained at: how far more training still moves it.")  # fmt: skip
 
 
 def _rate(lr: float) -> float:
@@ -141,33 +143,27 @@ class Choice:
 
 
 @dataclass
-class BudgetResult:
-    """The doubled-budget check of one setting: its mean metric over the same seeds at its budget and at twice."""
+class BudgetRow:
+    """One compared setting's mean target metric over its final seeds at each budget it trained at (doublings ->
+    mean)."""
 
     label: str
-    seeds: list[int]
-    once: float
-    twice: float
-    trained: bool
-
-    def text(self, check: BudgetCheck) -> str:
-        s, u = check.scale, check.unit
-        return (f"{self.label}: {self.once * s:.4g} at its budget vs {self.twice * s:.4g} at twice (seeds "
-                f"{', '.join(map(str, self.seeds))}), moved {abs(self.twice - self.once) * s:.3g}{u}, tolerance "
-                f"{check.tolerance * s:g}{u}")  # fmt: skip
+    means: dict[int, float]
 
 
 @dataclass
 class Fairness:
-    """What the report shows of a study's fairness: how rates were chosen and which settings trained."""
+    """What the report shows of a study's fairness: how rates were chosen and how far more training moves each
+    setting."""
 
     selection: str = ""
     check: str = ""
     choices: list[Choice] = field(default_factory=list)
-    budgets: list[BudgetResult] = field(default_factory=list)
+    budgets: list[BudgetRow] = field(default_factory=list)
     figure: str | None = None
+    budget_figure: str | None = None
     score_scale: float = 1.0  # display scale of the validation scores (100: accuracy in %)
-    check_scale: float = 1.0  # display scale of the doubled-budget metric
+    check_scale: float = 1.0  # display scale of the target metric
 
 
 class StudyPlan:
@@ -177,7 +173,9 @@ class StudyPlan:
     centre of its grid."""
 
     def __init__(self, study, options) -> None:
-        self.study, self.selection, self.check = study, study.selection, study.budget_check
+        self.study, self.selection, self.budgets = study, study.selection, study.budgets
+        self.options = options
+        self.levels: dict[str, int] = {}  # trunk_key -> the largest doubling its final runs train at (default 1)
         self.written = [self._scaled(c, options.budget) for c in study.configs(options)]
         self.selection_seeds = [options.first_seed + SELECTION_SEED_OFFSET + i
                                 for i in range(self.selection.seeds if self.selection else 0)]  # fmt: skip
@@ -249,56 +247,94 @@ class StudyPlan:
             out.append({**c, "lr": choice.chosen} if choice is not None and choice.chosen is not None else c)
         return out
 
-    def _checked(self, config: dict[str, Any]) -> bool:
-        task = self.study.target.task
-        return config["task"] in BUDGETED_TASKS and (task is None or config["task"] == task)
+    def _budgeted(self, config: dict[str, Any]) -> bool:
+        return config["task"] in BUDGETED_TASKS
 
-    def check_pairs(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(final run, the same run at twice the budget) for the first ``check.seeds`` seeds of each setting."""
-        by_setting: dict[str, list[dict[str, Any]]] = {}
-        for c in self.final_configs():
-            if self._checked(c):
-                by_setting.setdefault(setting_key(c), []).append(c)
-        return [(c, {**c, "budget": 2 * c["budget"]})
-                for runs in by_setting.values() for c in sorted(runs, key=lambda c: c["seed"])[: self.check.seeds]]  # fmt: skip
-
-    def check_configs(self) -> list[dict[str, Any]]:
-        return [twice for _, twice in self.check_pairs()]
-
-    def judge_budgets(self, records: dict[str, RunRecord]) -> dict[str, BudgetResult]:
-        """Per setting key, the doubled-budget check from the stored runs (``records`` by key)."""
-        metric = self.study.target.metric
-        pairs: dict[str, list[tuple[int, float, float]]] = {}
-        for once, twice in self.check_pairs():
-            a, b = records.get(config_key(once)), records.get(config_key(twice))
-            if a is None or b is None or a.status != "done" or b.status != "done":
-                continue
-            if metric in a.metrics and metric in b.metrics:
-                pairs.setdefault(setting_key(once), []).append((once["seed"], a.metrics[metric], b.metrics[metric]))
-        results = {}
-        for key, rows in pairs.items():
-            m1, m2 = float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))
-            label = self.labels.get(self._setting(json.loads(key)), key)
-            results[key] = BudgetResult(label, [r[0] for r in rows], m1, m2, abs(m2 - m1) < self.check.tolerance)
-        return results
-
-    def annotate(self, records: list[RunRecord], budgets: dict[str, BudgetResult]) -> list[RunRecord]:
-        """The final runs, each marked with why its setting did not train (empty when it did)."""
+    def budget_configs(self) -> list[dict[str, Any]]:
+        """The final runs at every budget they train at: T and 2T (doublings 0 and 1), more where a verdict needs
+        it; runs with no budget (the exactness runs) once."""
         out = []
-        for r in records:
-            result = budgets.get(setting_key(r.config))
-            note = "" if result is None or result.trained else result.text(self.check)
-            out.append(dataclasses.replace(r, untrained=note) if note else r)
+        for c in self.final_configs():
+            if self._budgeted(c):
+                out += [{**c, "doublings": d} for d in range(self.levels.get(trunk_key(c), 1) + 1)]
+            else:
+                out.append(c)
         return out
+
+    def records_at(self, records: dict[str, RunRecord], doublings: int) -> tuple[list[RunRecord], set[str]]:
+        """The final runs at budget T·2^``doublings``: each setting's runs at that budget, or at its largest below
+        (so the analysis sees every setting), and the settings (trunk keys) truly at it."""
+        out, actual = [], set()
+        for c in self.final_configs():
+            if not self._budgeted(c):
+                if (r := records.get(config_key(c))) is not None:
+                    out.append(r)
+                    actual.add(trunk_key(c))
+                continue
+            for d in range(doublings, -1, -1):
+                if (r := records.get(config_key({**c, "doublings": d}))) is not None:
+                    out.append(r)
+                    if d == doublings:
+                        actual.add(trunk_key(c))
+                    break
+        return out, actual
+
+    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[Any, list[Verdict], bool]:
+        """The study's analysis at its budget T (figures into ``figdir``), its verdicts settled over the budgets
+        stored (:func:`~normlab.lab.verdicts.settle`), and whether a verdict needs a larger budget (its settings'
+        levels are raised, so :meth:`budget_configs` lists their runs there)."""
+        import tempfile
+
+        everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
+        by_claim: dict[str, dict[int, Verdict]] = {}
+        main = None
+        with tempfile.TemporaryDirectory() as scratch:
+            for d in range(self.budgets.max_doublings + 1):
+                recs, actual = self.records_at(records, d)
+                if d > 0 and not actual & everything:
+                    break
+                result = self.study.analyze(recs, figdir if d == 0 else Path(scratch), self.options)
+                main = main or result
+                for v in result.verdicts:
+                    if d == 0 or set(v.settings or everything) <= actual:
+                        by_claim.setdefault(v.claim, {})[d] = v
+        settled, grew = [], False
+        for claim, by_budget in by_claim.items():
+            verdict = settle(by_budget, self.budgets.max_doublings)
+            if verdict is None:
+                for key in by_budget[0].settings or everything:
+                    if key in everything and self.levels.get(key, 1) <= max(by_budget):
+                        self.levels[key], grew = max(by_budget) + 1, True
+                verdict = by_budget[max(by_budget)]
+            settled.append(verdict)
+        return main, settled, grew
+
+    def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
+        """Each compared setting's mean target metric at every budget it trained at."""
+        metric, rows = self.study.target.metric, {}
+        for c in self.final_configs():
+            if not self._budgeted(c) or (self.study.target.task and c["task"] != self.study.target.task):
+                continue
+            row = rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
+            for d in range(self.budgets.max_doublings + 1):
+                r = records.get(config_key({**c, "doublings": d}))
+                if r is not None and r.status == "done" and metric in r.metrics:
+                    row.means.setdefault(d, []).append(r.metrics[metric])  # type: ignore[attr-defined]
+        for row in rows.values():
+            row.means = {d: float(np.mean(v)) for d, v in sorted(row.means.items())}  # type: ignore[arg-type]
+        return list(rows.values())
 
     def roles(self) -> dict[str, list[dict[str, Any]]]:
         """Every run of the study by what it is for (the report counts what each part cost)."""
-        return {"selection": self.selection_configs(), "final": self.final_configs(), "doubled": self.check_configs()}
+        longer = [c for c in self.budget_configs() if c.get("doublings", 0) > 0]
+        return {"selection": self.selection_configs(), "final": self.final_configs(), "longer budgets": longer}
 
-    def fairness(self, budgets: dict[str, BudgetResult], figdir: Path) -> Fairness:
-        summary = Fairness(check=self.check.describe(self.study.target.metric.replace("_", " ")),
-                           choices=list(self.choices.values()), budgets=list(budgets.values()),
-                           check_scale=self.check.scale)  # fmt: skip
+    def fairness(self, records: dict[str, RunRecord], figdir: Path) -> Fairness:
+        rows = self.budget_rows(records)
+        summary = Fairness(check=self.budgets.describe(self.study.target.metric.replace("_", " ")),
+                           choices=list(self.choices.values()), budgets=rows, check_scale=self.budgets.scale,
+                           budget_figure=_budget_figure(self.study.name, self.study.target.metric, self.budgets,
+                                                        rows, figdir))  # fmt: skip
         if self.selection is not None and self.choices:
             summary.selection = self.selection.describe()
             summary.score_scale = self.selection.score[2]
@@ -338,3 +374,28 @@ def _selection_figure(name: str, selection: Selection, choices: list[Choice], fi
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return save(fig, figdir, f"{name}-selection.png")
+
+
+def _budget_figure(name: str, metric: str, budgets: Budgets, rows: list[BudgetRow], figdir: Path) -> str | None:
+    from .study import new_figure, save
+
+    if not any(len(row.means) > 1 for row in rows):
+        return None
+    fig, (ax,) = new_figure(width=7)
+    for row in rows:
+        ds = sorted(row.means)
+        ax.plot([2**d for d in ds], [budgets.scale * row.means[d] for d in ds], marker="o", ms=3, label=row.label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([2**d for d in range(budgets.max_doublings + 1)],
+                  [budget_name(d) for d in range(budgets.max_doublings + 1)])  # fmt: skip
+    ax.set_xlabel("training budget")
+    ax.set_ylabel(metric.replace("_", " ") + (" (%)" if budgets.scale == 100 else ""))
+    ax.set_title("Each compared setting against its budget (mean over the final seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return save(fig, figdir, f"{name}-budgets.png")
+
+
+def trunk_key(config: dict[str, Any]) -> str:
+    """A setting as the budgets see it: the configuration but for its seed and its doublings."""
+    return setting_key(config, "doublings")

@@ -20,14 +20,15 @@ from .published import ANCHORS
 from .fairness import Fairness
 from .store import RunRecord
 from .study import CONVERGENCE, Study, StudyResult
-from .verdicts import CRITERION, Outcome
+from .verdicts import CRITERION, Outcome, Verdict, budget_name
 
 __all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "load_recommendations", "stability_rows"]
 
 OUTCOME_ORDER = tuple(Outcome)
 _BADGE = {Outcome.REPRODUCED: "#1b7f3b", Outcome.NOT_REPRODUCED: "#8a6d00", Outcome.CONTRADICTED: "#b3261e",
-          Outcome.INCONCLUSIVE: "#5f6368", Outcome.NOT_TRAINED: "#5f6368"}  # fmt: skip
-Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, doubled
+          Outcome.INCONCLUSIVE: "#5f6368", Outcome.NOT_TRAINED: "#5f6368",
+          Outcome.CHANGES_WITH_BUDGET: "#5f6368"}  # fmt: skip
+Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, longer budgets
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #202124; }
@@ -80,12 +81,14 @@ def _fairness(fair: Fairness | None) -> str:
         rows = [[c.label, ", ".join(f"{lr:g}: {_score(c.scores.get(lr), fair.score_scale)}" for lr in c.grid),
                  "-" if c.chosen is None else f"{c.chosen:g}", c.note] for c in fair.choices]  # fmt: skip
         parts.append(_table(["setting", "grid: mean validation score", "chosen rate", "note"], rows))
-    parts.append(f"<p><b>Doubled budget.</b> {_e(fair.check)}</p>")
+    parts.append(f"<p><b>Budgets.</b> {_e(fair.check)}</p>")
+    if fair.budget_figure:
+        parts.append(f'<p><img src="figures/{_e(fair.budget_figure)}" alt="metric against budget"></p>')
     if fair.budgets:
-        s = fair.check_scale
-        rows = [[b.label, f"{s * b.once:.4g}", f"{s * b.twice:.4g}", "yes" if b.trained else "NO"]
-                for b in fair.budgets]  # fmt: skip
-        parts.append(_table(["setting", "at its budget", "at twice the budget", "trained"], rows))
+        s, levels = fair.check_scale, sorted({d for row in fair.budgets for d in row.means})
+        rows = [[row.label] + [f"{s * row.means[d]:.4g}" if d in row.means else "-" for d in levels]
+                for row in fair.budgets]  # fmt: skip
+        parts.append(_table(["setting"] + [budget_name(d) for d in levels], rows))
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -110,7 +113,8 @@ def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:
     parts += [f'<p><img src="figures/{_e(f)}" alt="{_e(study.name)} figure"></p>' for f in result.figures]
     parts.append(_table(result.table_headers, result.table_rows))
     parts.append("<p><b>Verdicts</b> (computed from the runs above):</p><ul>")
-    parts += [f"<li>{_badge(v.outcome)} {_e(v.claim)}<br><span class='evidence'>{_e(v.evidence)}</span></li>"
+    parts += [f"<li>{_badge(v.outcome)} {_e(v.claim)} <span class='meta'>{_e(_settled(v))}</span><br>"
+              f"<span class='evidence'>{_e(v.evidence)}</span></li>"
               for v in result.verdicts] or ["<li>no verdict: no finished runs</li>"]  # fmt: skip
     parts.append("</ul>")
     if result.recommendations:
@@ -121,6 +125,16 @@ def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:
         parts.append(f'<div class="anchor"><b>Published</b> ({_e(anchor.source)}): {_e(anchor.text)}'
                      f"{_table(anchor.headers, anchor.rows)}</div>")  # fmt: skip
     return "\n".join(parts)
+
+
+def _settled(v: Verdict) -> str:
+    """Where a verdict settled, and its outcome at every budget it was judged at."""
+    if not v.history:
+        return "(no training budget: judged once)" if v.effect is None else ""
+    at = ", ".join(f"{budget_name(d)}: {o}" for d, o, _ in v.history)
+    if v.settled_at is not None:
+        return f"(settled at {budget_name(v.settled_at)}; {at})"
+    return f"(not settled; {at})"
 
 
 def load_verdicts(path: Path, option: str = "--against") -> dict[tuple[str, str], Outcome]:

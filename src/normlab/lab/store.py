@@ -82,7 +82,6 @@ class RunRecord:
     curves: dict[str, list[float]]
     note: str
     seconds: float
-    untrained: str = ""  # not stored: set by the training check when its setting did not train, saying why
 
 
 _COLUMNS = ["key", "study", "status", "config", "metrics", "curves", "note", "seconds", "finished"]

@@ -3,6 +3,7 @@ table and verdicts. Verdicts come from the data by a stated criterion, never fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .fairness import Budgets, trunk_key
 from .metrics import DIVERGED, TEST_ACC
 from .store import RunRecord
 from .verdicts import (
@@ -27,17 +29,17 @@ __all__ = [
 PLATEAU_FRACTION = 0.10
 STUCK_FRACTION = 0.20
 CONVERGENCE = (
-    "A run has converged when its training loss has reached a plateau: its mean over the last fifth of training is "
-    f"lower than its mean over the fourth fifth by less than {PLATEAU_FRACTION:.0%} of its whole fall (from its "
-    f"highest point to the last fifth's mean). For a run that hardly learned (a fall under {STUCK_FRACTION:.0%} of its "
-    f"highest loss, as BN at batch size 1), the fall counted is {STUCK_FRACTION:.0%} of that loss: a stuck run is a "
-    "result too. A run that diverged is a finished result, scored at chance. This plateau test is a first filter "
-    "only: with a learning rate decayed to zero the end of any run is flat. The evidence is the doubled budget: "
-    "every compared setting is trained again with twice its steps (the same schedule, stretched) on its first "
-    "seeds, and it has trained when that moves its mean metric by less than the study's tolerance. A study's runs "
-    "have trained when its best setting reaches the study's target; comparisons are drawn only from settings that "
-    "pass both tests. Where methods are compared, each setting trains at its own learning rate, chosen on a "
-    "validation split held out of the training data (each study says how)."
+    "Every compared setting trains at the study's budget T and at 2T from one trajectory each: a "
+    "warmup-stable-decay schedule holds the peak rate and a short cooldown (the last 20% of a budget's steps, "
+    "1 - sqrt decay) branches off at each budget, so both cost 2.2T rather than 3T (Hägele et al. 2024). The "
+    "settings under a verdict that more training could still change train at 4T and 8T too (Criterion). How far "
+    "each setting's metric moves per doubling is reported as data, not as a gate. The plateau test is reported "
+    "too: a run's training loss has reached a plateau when its mean over the last fifth of training is lower than "
+    f"its mean over the fourth fifth by less than {PLATEAU_FRACTION:.0%} of its whole fall (a stuck run, falling "
+    f"less than {STUCK_FRACTION:.0%} of its highest loss, is judged against that share: a stuck run is a result "
+    "too). A run that diverged is a finished result, scored at chance. A study's runs have trained when its best "
+    "setting reaches the study's target at 2T. Where methods are compared, each setting trains at its own "
+    "learning rate, chosen on a validation split held out of the training data (each study says how)."
 )
 
 
@@ -113,27 +115,22 @@ class Target:
 
 @dataclass
 class TrainingCheck:
-    """Whether a study's runs trained: the target, the best setting, and the convergence count."""
+    """Whether a study's runs trained: the target, the best setting, and the plateau count (data)."""
 
     target: str
     met: bool
     best: str
-    converged: int  # settings (one configuration, all its seeds) that converged
+    converged: int  # settings (one configuration, all its seeds) whose loss reached a plateau
     settings: int  # settings checked
     unconverged: list[str] = field(default_factory=list)
-    trained: int | None = None  # settings that passed the doubled-budget check (None: not checked)
-    untrained: list[str] = field(default_factory=list)
+    budget: str = "T"  # the budget the target is checked at
 
     def text(self) -> str:
         status = "met" if self.met else "NOT met"
-        text = (f"Target: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve over the seeds): "
-                f"{self.converged} of {self.settings} settings.")  # fmt: skip
+        text = (f"Target at {self.budget}: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve "
+                f"over the seeds): {self.converged} of {self.settings} settings.")  # fmt: skip
         if self.unconverged:
             text += " No plateau: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else ".")
-        if self.trained is not None:
-            text += f" Doubled budget: {self.trained} of {self.settings} settings trained."
-            if self.untrained:
-                text += " Not trained: " + "; ".join(self.untrained[:8]) + ("..." if len(self.untrained) > 8 else ".")
         return text
 
 
@@ -159,10 +156,10 @@ class Study:
 
     target: Target = Target()
     # Fairness (normlab.lab.fairness): how each compared setting's learning rate is chosen (None: as written, for
-    # the reason ``untuned`` gives), and when a setting counts as trained.
+    # the reason ``untuned`` gives), and the budgets its verdicts are judged at.
     selection: Any = None
     untuned: str = ""
-    budget_check: Any = None
+    budgets: Budgets = Budgets()  # the budgets its verdicts are settled over
 
     def norms(self, options: Options) -> tuple[str, ...]:
         return options.norms if options.norms else self.default_norms
@@ -180,7 +177,7 @@ class Study:
 def varying_fields(configs: Sequence[dict]) -> list[str]:
     """The fields (but seed, where the run happens and what it measures besides training) that differ between
     ``configs``."""
-    ignored = {"seed", "study", "device", "data_path", "grad_predictiveness", "output_spread", "scale_invariance",
+    ignored = {"seed", "doublings", "study", "device", "data_path", "grad_predictiveness", "output_spread", "scale_invariance",
                "contrast_strengths", "swap_from"}  # fmt: skip  (swap_from follows from the norm)
     keys = sorted({k for c in configs for k in c} - ignored)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
@@ -213,22 +210,16 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
     else:
         met, best_text = False, "no finished run"
     unconverged = sorted(label for label, runs in settings.items() if not setting_converged(runs))
-    untrained = sorted(label for label, runs in settings.items() if any(r.untrained for r in runs))
     return TrainingCheck(target.describe(), met, best_text, len(settings) - len(unconverged), len(settings),
-                         unconverged, len(settings) - len(untrained), untrained)  # fmt: skip
+                         unconverged)  # fmt: skip
 
 
-def checked_analysis(study: Study, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
-    """The study's analysis with its training check; when the target is not met, no verdict stands."""
-    result = study.analyze(records, figdir, options)
-    result.training = check_training(study.target, records, tuned=study.selection is not None)
-    if not result.training.met:
-        result.verdicts = [
-            Verdict(v.claim, NOT_TRAINED, v.evidence + "; the study's accuracy target was not met")
-            if v.outcome != Outcome.INCONCLUSIVE else v
-            for v in result.verdicts
-        ]
-    return result
+def withheld(verdicts: list[Verdict], training: TrainingCheck) -> list[Verdict]:
+    """When the study's target is not met, no verdict stands: 'inconclusive: not trained'."""
+    if training.met:
+        return verdicts
+    return [dataclasses.replace(v, outcome=NOT_TRAINED, evidence=v.evidence + "; the study's target was not met")
+            if v.outcome != Outcome.INCONCLUSIVE else v for v in verdicts]  # fmt: skip
 
 
 def fmt(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -310,15 +301,11 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
 
 
 def sample(records: list[RunRecord], fn) -> Sample:
-    """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed; its runs count as
-    untrained when the setting failed the doubled-budget check (the reason kept) or has no plateau."""
+    """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed, naming the
+    settings it comes from (what a verdict drawn from it rests on)."""
     ordered = sorted((r for r in records if r.status == "done"), key=lambda r: r.config.get("seed", 0))
-    notes = sorted({r.untrained for r in ordered if r.untrained})
-    if not setting_converged(ordered):
-        notes.append(f"{setting_label(ordered[0].config, ['variant'] if ordered[0].config.get('variant') else ['norm'])}"
-                     ": its training loss has no plateau")  # fmt: skip
-    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered], len(ordered) if notes else 0,
-                  notes)  # fmt: skip
+    settings = tuple(dict.fromkeys(trunk_key(r.config) for r in ordered))
+    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered], settings)
 
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:

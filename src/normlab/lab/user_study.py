@@ -3,7 +3,7 @@
 ``normlab compare --model MODEL --data DATA --norms batch,group,layer2d --batch-sizes 4,32`` builds one
 :class:`UserStudy`: for each method the model's norms are swapped (:func:`normlab.swap`), each setting (method x
 batch size) trains at its own learning rate chosen on a validation split, as the built-in studies choose it, on
-paired seeds, and is checked for training by the doubled budget; the analysis compares the methods pairwise at each
+paired seeds, at budgets T and 2T (more where a verdict is not settled); the analysis compares the methods pairwise at each
 batch size, in the order the user listed them, and recommends per batch size.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..registry import canonical_name
 from .config import make_config
-from .fairness import VALIDATION_LOSS, BudgetCheck, Selection
+from .fairness import VALIDATION_LOSS, Budgets, Selection
 from .metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
 from .store import RunRecord
 from .study import Options, Study, StudyResult, Target, fmt, group_by, new_figure, plot_lines, save, seed_rows, values
@@ -70,8 +70,7 @@ class UserStudy(Study):
         self.metric = TEST_ACC if classification else TEST_LOSS
         self.target = Target(self.metric, threshold=None, higher_is_better=classification)
         self.selection = Selection(task="user", seeds=2, scoring=None if classification else VALIDATION_LOSS)
-        self.budget_check = (BudgetCheck(tolerance=0.01) if classification else
-                             BudgetCheck(tolerance=0.02, scale=1.0, unit=" in loss"))  # fmt: skip
+        self.budgets = Budgets() if classification else Budgets(scale=1.0, unit=" in loss")
 
     def swap_from(self, norm: str) -> list[str]:
         """The model's norm kinds that ``norm`` replaces (none: the model as built)."""
@@ -140,9 +139,9 @@ class UserStudy(Study):
 
     def _recommend(self, b: int, norms: list[str], score, verdicts, failures) -> str:
         sign = 1.0 if self.classification else -1.0
-        trained = [n for n in norms if score[(n, b)] and not score[(n, b)].untrained]
+        trained = [n for n in norms if score[(n, b)]]
         if not trained:
-            return f"batch size {b}: no recommendation (no method trained: see the doubled-budget check)"
+            return f"batch size {b}: no recommendation (no method trained at this batch size)"
         best = max(trained, key=lambda n: sign * float(np.mean(score[(n, b)])))
 
         def beats(winner: str, loser: str) -> bool:  # verdicts[(a, b)] judges the claim "a beats b"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -12,10 +13,11 @@ import numpy as np
 
 __all__ = [
     "Outcome", "Verdict", "Sample", "CRITERION", "CONFIDENCE", "compare", "not_greater", "check", "difference_test",
-    "mean_spread",
+    "mean_spread", "settle", "budget_name", "MAX_DOUBLINGS",
 ]
 
 CONFIDENCE = 0.95
+MAX_DOUBLINGS = 3  # budgets T, 2T, 4T, 8T
 
 
 class Outcome(str, Enum):
@@ -25,7 +27,8 @@ class Outcome(str, Enum):
     NOT_REPRODUCED = "not reproduced at this scale"
     CONTRADICTED = "contradicted"
     INCONCLUSIVE = "inconclusive"
-    NOT_TRAINED = "inconclusive: not trained"
+    NOT_TRAINED = "inconclusive: not trained"  # the study's best setting missed its target
+    CHANGES_WITH_BUDGET = "inconclusive: changes with budget"  # not settled by the largest budget
 
     def __str__(self) -> str:
         return self.value
@@ -37,44 +40,67 @@ CRITERION = (
     f"difference' at {CONFIDENCE:.0%} (|mean difference| > t(0.975, n-1) x its standard error) and the mean "
     "difference is at least `min_effect`; runs that cannot be paired are compared by Welch's t-test. A difference "
     "that counts in the claimed direction reproduces the claim, the opposite contradicts it, anything else is 'not "
-    "reproduced at this scale'. One seed cannot give a spread: 'inconclusive'. A comparison that involves a setting "
-    "that did not train (see Training) reads 'inconclusive: not trained'."
+    "reproduced at this scale'. One seed cannot give a spread: 'inconclusive'. "
+    "A verdict is what more training would not change: it is judged at the study's budget T and at 2T, each from "
+    "all of its final seeds, and it is settled at T when both give the same outcome and the trend would not "
+    "overturn it (the effect's change from T to 2T, repeated once more, keeps the outcome). Otherwise the settings "
+    f"under it train again at 4T, then up to {2**MAX_DOUBLINGS}T, and the same rule applies to each pair of successive "
+    "budgets; a verdict still unsettled reads 'inconclusive: changes with budget', with its numbers at every "
+    "budget. A claim that involves no training (exactness, determinism) needs no budget. If a study's best setting "
+    "misses its target, its verdicts read 'inconclusive: not trained'."
 )
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the data say of ``claim``. A comparison's verdict keeps its numbers: ``effect`` (mean difference, higher
+    minus lower), ``margin`` (what it must exceed), ``negated`` (a "not greater" claim) and ``settings`` (the
+    settings it rests on, by :func:`normlab.lab.fairness.trunk_key`); a judged one, its outcome at each budget
+    (``history``: (doublings, outcome, effect) per budget T·2^d) and the budget it ``settled_at`` (None: it needs
+    no budget, or did not settle)."""
+
     claim: str
     outcome: Outcome
     evidence: str
+    effect: float | None = None
+    margin: float | None = None
+    negated: bool = False
+    settings: tuple[str, ...] = ()
+    history: tuple[tuple[int, str, float | None], ...] = ()
+    settled_at: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))  # a stored text reads back as the type
 
+    def outcome_for(self, effect: float) -> Outcome:
+        """The outcome this comparison would have with ``effect`` (and its margin)."""
+        assert self.margin is not None
+        raw = Outcome.REPRODUCED if effect > self.margin else \
+            Outcome.CONTRADICTED if effect < -self.margin else Outcome.NOT_REPRODUCED
+        return _NOT_GREATER.get(raw, raw) if self.negated else raw
+
 
 class Sample(list):
-    """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing), how many of
-    the runs behind them belong to a setting that did not train, and why (``untrained_notes``)."""
+    """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing) and the
+    settings the values come from (``settings``: what a verdict drawn from them rests on)."""
 
-    def __init__(self, values=(), seeds=(), untrained: int = 0, untrained_notes: Sequence[str] = ()) -> None:
+    def __init__(self, values=(), seeds=(), settings: Sequence[str] = ()) -> None:
         super().__init__(values)
         self.seeds = list(seeds)
-        self.untrained = untrained
-        self.untrained_notes = list(untrained_notes)
+        self.settings = tuple(settings)
 
     def map(self, fn) -> "Sample":
-        return Sample([fn(v) for v in self], self.seeds, self.untrained, self.untrained_notes)
+        return Sample([fn(v) for v in self], self.seeds, self.settings)
 
     def minus(self, other: "Sample") -> "Sample":
         """Per-seed differences over the seeds both have."""
         mine, theirs = dict(zip(self.seeds, self)), dict(zip(other.seeds, other))
         common = [s for s in self.seeds if s in theirs]
-        return Sample([mine[s] - theirs[s] for s in common], common, self.untrained + other.untrained,
-                      _merged(self.untrained_notes, other.untrained_notes))  # fmt: skip
+        return Sample([mine[s] - theirs[s] for s in common], common, _merged(self.settings, other.settings))
 
 
-def _merged(a: Sequence[str], b: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys([*a, *b]))
+def _merged(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*a, *b]))
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
@@ -118,7 +144,6 @@ def compare(
     if math.isnan(m_hi) or math.isnan(m_lo):
         return Verdict(claim, Outcome.INCONCLUSIVE, "missing runs")
     evidence = f"{label_hi} {m_hi:.4g}{unit} vs {label_lo} {m_lo:.4g}{unit}"
-    untrained = getattr(higher, "untrained", 0) + getattr(lower, "untrained", 0)
     test = difference_test(higher, lower)
     if test is None:
         return Verdict(claim, Outcome.INCONCLUSIVE, evidence + "; one seed gives no spread")
@@ -126,15 +151,9 @@ def compare(
     margin = max(crit * se, min_effect)
     evidence += (f": difference {effect:+.4g}{unit} ± {se:.2g} (standard error, {how}), needs more than "
                  f"{margin:.3g}{unit} (t {crit:.2f} x standard error, or min_effect {min_effect:g})")  # fmt: skip
-    if untrained:
-        notes = _merged(getattr(higher, "untrained_notes", []), getattr(lower, "untrained_notes", []))
-        return Verdict(claim, Outcome.NOT_TRAINED, evidence + "; not trained: " + ("; ".join(notes) or
-                       f"{untrained} of the runs compared had not converged"))  # fmt: skip
-    if effect > margin:
-        return Verdict(claim, Outcome.REPRODUCED, evidence)
-    if effect < -margin:
-        return Verdict(claim, Outcome.CONTRADICTED, evidence)
-    return Verdict(claim, Outcome.NOT_REPRODUCED, evidence)
+    settings = _merged(getattr(higher, "settings", ()), getattr(lower, "settings", ()))
+    verdict = Verdict(claim, Outcome.INCONCLUSIVE, evidence, effect=effect, margin=margin, settings=settings)
+    return dataclasses.replace(verdict, outcome=verdict.outcome_for(effect))
 
 
 _NOT_GREATER = {Outcome.REPRODUCED: Outcome.CONTRADICTED, Outcome.CONTRADICTED: Outcome.REPRODUCED,
@@ -147,9 +166,41 @@ def not_greater(
 ) -> Verdict:
     """Verdict on "``value`` is not greater than ``reference``": contradicted only by a difference that counts."""
     v = compare(claim, value, reference, label, label_ref, min_effect, unit)
-    return Verdict(claim, _NOT_GREATER.get(v.outcome, v.outcome), v.evidence)
+    return dataclasses.replace(v, outcome=_NOT_GREATER.get(v.outcome, v.outcome), negated=v.effect is not None)
 
 
 def check(claim: str, holds: bool, evidence: str) -> Verdict:
     """Verdict on a claim decided by a stated threshold (exactness, determinism): reproduced or contradicted."""
     return Verdict(claim, Outcome.REPRODUCED if holds else Outcome.CONTRADICTED, evidence)
+
+
+def budget_name(doublings: int) -> str:
+    """T, 2T, 4T...: the study's budget times 2**doublings."""
+    return "T" if doublings == 0 else f"{2**doublings}T"
+
+
+def settle(by_budget: dict[int, Verdict], last: int) -> Verdict | None:
+    """One claim's verdict from its verdicts at budgets T·2^d (``by_budget``: d -> verdict), by :data:`CRITERION`:
+    settled at the first d where d and d+1 agree and the trend (the effect's change from d to d+1, once more)
+    keeps the outcome; with ``last`` (the largest d) reached and nothing settled, 'inconclusive: changes with
+    budget'; None when the next budget is needed."""
+    levels = sorted(by_budget)
+    history = tuple((d, by_budget[d].outcome.value, by_budget[d].effect) for d in levels)
+    first = by_budget[levels[0]]
+    if first.effect is None and not first.settings:  # no comparison of trained settings: no budget to judge
+        return dataclasses.replace(first, history=history[:1])
+    for d in levels:
+        if d + 1 not in by_budget:
+            break
+        a, b = by_budget[d], by_budget[d + 1]
+        if a.outcome != b.outcome:
+            continue
+        if a.effect is None or b.effect is None or b.outcome_for(2 * b.effect - a.effect) == b.outcome:
+            trend = "" if a.effect is None or b.effect is None else (
+                f"; settled at {budget_name(d)}: {b.effect - a.effect:+.3g} per doubling would keep it")
+            return dataclasses.replace(a, history=history, settled_at=d, evidence=a.evidence + trend)
+    if levels[-1] < last:
+        return None
+    numbers = "; ".join(f"{budget_name(d)}: {o}" + ("" if e is None else f" ({e:+.3g})") for d, o, e in history)
+    return dataclasses.replace(by_budget[levels[-1]], outcome=Outcome.CHANGES_WITH_BUDGET, history=history,
+                               evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}")  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..metrics import OUTPUT_SPREAD, TEST_ACC
 from ...registry import is_batch_dependent
-from ..fairness import BudgetCheck, Selection
+from ..fairness import Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
@@ -31,11 +31,10 @@ class BatchDependence(Study):
     variants = tuple(VARIANTS)
     target = Target(TEST_ACC, 0.90)
     selection = Selection()
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9 and a cosine decay (peak rate chosen per variant, "
+            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule (peak rate chosen per variant, "
             f"grid around 0.05), batch 64, "
             f"{self._epochs(options)} epochs. "
             "'weight' is Weight Normalization on every conv and the head with no activation norm, started from its "
@@ -52,7 +51,7 @@ class BatchDependence(Study):
             norm, wn = VARIANTS.get(label, (label, False))
             for seed in options.seed_list():
                 runs.append(classify_config(self.name, options, norm, seed, variant=label, weight_norm=wn,
-                                            batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True, lr_schedule="cosine",
+                                            batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True, lr_schedule="wsd",
                                             spread_batch=16))  # fmt: skip
         return runs
 

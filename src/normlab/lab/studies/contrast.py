@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics import TEST_ACC
-from ..fairness import BudgetCheck, Selection
+from ..fairness import Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, sample,
@@ -26,11 +26,10 @@ class Contrast(Study):
     default_norms = ("batch", "instance", "group", "layer", "none")
     target = Target(TEST_ACC, 0.97)
     selection = Selection()
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD with momentum 0.9 and a cosine decay (peak rate chosen per norm, "
+            f"scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule (peak rate chosen per norm, "
             "grid around 0.05), batch 32, "
             f"{self._epochs(options)} epochs on unchanged images. At test every image gets its own contrast a and "
             "brightness b, x -> a·x + b, with log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) (standardized units) "
@@ -43,7 +42,7 @@ class Contrast(Study):
     def configs(self, options: Options) -> list[dict]:
         return [
             classify_config(self.name, options, norm, seed, data="digits", batch_size=32, lr=0.05,
-                            epochs=self._epochs(options), contrast_strengths=STRENGTHS, lr_schedule="cosine")  # fmt: skip
+                            epochs=self._epochs(options), contrast_strengths=STRENGTHS, lr_schedule="wsd")  # fmt: skip
             for norm in self.norms(options)
             for seed in options.seed_list()
         ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import TEST_ACC
-from ..fairness import BudgetCheck, Selection
+from ..fairness import Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure,
@@ -47,7 +47,6 @@ class Distributed(Study):
     variants = tuple(VARIANTS)
     target = Target(TEST_ACC, 0.90, task="classify")
     selection = Selection()  # the accuracy runs; the exactness runs are one fixed computation, compared exactly
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         per_rank = max(2, GLOBAL_BATCH // options.nproc)
@@ -59,7 +58,7 @@ class Distributed(Study):
             f"computation, the variants train in one process on global batches of {GLOBAL_BATCH}: SyncBN as BN on the "
             f"global batch, per-rank BN as BN over each rank's {per_rank} examples (Ghost BN; its running statistics "
             f"average every slice, where a rank's average its own), GN; {self._epochs(options)} epochs over 4000 "
-            "examples, cosine decay."
+            "examples, warmup-stable-decay schedule."
         )
 
     def _epochs(self, options: Options) -> int:
@@ -75,7 +74,7 @@ class Distributed(Study):
         for label in self.norms(options):
             norm, opts = VARIANTS.get(label, (label, lambda nproc: None))
             runs += [classify_config(self.name, options, norm, seed, variant=label, batch_size=GLOBAL_BATCH, lr=0.05,
-                                     epochs=self._epochs(options), lr_schedule="cosine",
+                                     epochs=self._epochs(options), lr_schedule="wsd",
                                      norm_options=opts(options.nproc)) for seed in options.seed_list()]  # fmt: skip
         return runs
 

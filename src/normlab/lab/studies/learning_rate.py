@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import DIVERGED, TEST_ACC
-from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
@@ -26,7 +25,6 @@ class LearningRate(Study):
     default_norms = ("batch", "layer", "group", "none")
     target = Target(TEST_ACC, 0.90)
     untuned = "Not chosen: the learning rate is the variable under test, and every norm runs the whole grid."
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def lrs(self, options: Options) -> list[float]:
         return [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0] if options.full else [0.003, 0.03, PROBE_LR, 3.0]
@@ -34,7 +32,7 @@ class LearningRate(Study):
     def setup(self, options: Options) -> str:
         return (
             f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9, batch 64, {self._epochs(options)} epochs, peak "
-            f"learning rate (cosine decay to 0) from a log-spaced sweep {self.lrs(options)}. A run diverges when its loss is non-finite or "
+            f"learning rate (held, then a 1-sqrt decay to 0 over the last 20% of the steps) from a log-spaced sweep {self.lrs(options)}. A run diverges when its loss is non-finite or "
             "10x its first value (scored at chance). Gradient predictiveness at lr "
             f"{PROBE_LR}: ||g(w) - g(w - lr g(w))|| / ||g(w)|| on the same batch, along training."
         )
@@ -44,7 +42,7 @@ class LearningRate(Study):
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, batch_size=64, lr=lr, epochs=self._epochs(options), lr_schedule="cosine",
+            classify_config(self.name, options, norm, seed, batch_size=64, lr=lr, epochs=self._epochs(options), lr_schedule="wsd",
                             grad_predictiveness=(lr == PROBE_LR), points=20)  # fmt: skip
             for norm in self.norms(options)
             for lr in self.lrs(options)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
-from ..fairness import BudgetCheck, Selection
+from ..fairness import Selection
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
@@ -29,11 +29,10 @@ class Online(Study):
     default_norms = ("batch", "batchrenorm", "layer", "group")
     target = Target(TEST_ACC, 0.60)
     selection = Selection()
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D streamed one example per step (batch size 1), plain SGD with a cosine decay (peak rate chosen per norm and stream, "
+            f"MNIST-1D streamed one example per step (batch size 1), plain SGD with a warmup-stable-decay schedule (peak rate chosen per norm and stream, "
             f"grid around {LR}), "
             f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: i.i.d. "
             "order, and class-sorted chunks (10 examples of one class, then 10 of the next, cycling). Test accuracy with BN's "
@@ -49,7 +48,7 @@ class Online(Study):
     def configs(self, options: Options) -> list[dict]:
         return [
             classify_config(self.name, options, norm, seed, batch_size=1, lr=LR, momentum=0.0,
-                            epochs=self._epochs(options), stream=stream, chunk=10, lr_schedule="cosine",
+                            epochs=self._epochs(options), stream=stream, chunk=10, lr_schedule="wsd",
                             train_subset=self._subset(options))  # fmt: skip
             for norm in self.norms(options)
             for stream in STREAMS

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import make_config
-from ..fairness import BudgetCheck, Selection
+from ..fairness import Budgets, Selection
 from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
 from ..store import RunRecord
 from ..study import (
@@ -30,12 +30,12 @@ class Sequence(Study):
     target = Target(TEST_BPC, 2.4, higher_is_better=False, task="char_lm")
     # each language model costs about a minute on one core: the grid trains one seed at half the budget
     selection = Selection(task="char_lm", seeds=1, budget=0.5)
-    budget_check = BudgetCheck(tolerance=0.02, seeds=1, scale=1.0, unit=" bpc")
+    budgets = Budgets(scale=1.0, unit=" bpc")
 
     def setup(self, options: Options) -> str:
         return (
             f"Character-level pre-norm transformer (2 blocks, width 64, 4 heads) on CPython's pydoc topics text, "
-            f"AdamW (50 warm-up steps, then cosine decay; peak rate chosen per norm, grid around 1e-2), {self._steps(options)} steps of {BATCH} padded "
+            f"AdamW (50 warm-up steps, the peak rate held, then a 1-sqrt decay over the last 20% of the steps; peak rate chosen per norm, grid around 1e-2), {self._steps(options)} steps of {BATCH} padded "
             "sequences of random length 16-64, 3 seeds; test "
             "bits per character on full-length windows of the second half of the held-out last 10% (the first half "
             "is the validation text rates are chosen on; BN uses its running statistics). DyT follows its paper's "
@@ -51,14 +51,14 @@ class Sequence(Study):
     def configs(self, options: Options) -> list[dict]:
         runs = [
             make_config("char_lm", study=self.name, norm=norm, seed=seed, device=options.device, batch_size=BATCH,
-                        seq_len=64, lr=1e-2, steps=self._steps(options), warmup=50, lr_schedule="cosine")  # fmt: skip
+                        seq_len=64, lr=1e-2, steps=self._steps(options), warmup=50, lr_schedule="wsd")  # fmt: skip
             for norm in self.norms(options)
             for seed in options.seed_list(default=SEEDS)
         ]
         if "batch" in self.norms(options):
             runs += [classify_config(self.name, options, "batch", seed, batch_size=16, lr=0.05,
                                      steps=self._steps(options), record_batch_stats=True,
-                                     lr_schedule="cosine")
+                                     lr_schedule="wsd")
                      for seed in options.seed_list(default=SEEDS)]  # fmt: skip
         return runs
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
-from ..fairness import BudgetCheck
 from ..store import RunRecord
 from ..study import (
     Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
@@ -28,11 +27,10 @@ class WeightDecay(Study):
     target = Target(TEST_ACC, 0.90)
     untuned = ("Not chosen: the study measures how weight decay moves the effective learning rate lr/‖w‖² at one "
                "peak rate; it compares weight decays of one norm (and a scale-invariance control), not methods.")
-    budget_check = BudgetCheck(tolerance=0.01)
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1 (cosine decay), momentum 0.9, "
+            f"MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1 (held, then a 1-sqrt decay over the last 20% of the steps), momentum 0.9, "
             "batch 64, "
             f"{self._epochs(options)} epochs, weight decay {list(DECAYS)}. The watched layer is the second conv. Scale "
             "invariance: the network's training-mode output with that conv's weight multiplied by 3, against the "
@@ -43,7 +41,7 @@ class WeightDecay(Study):
         return 16 if options.full else 8
 
     def configs(self, options: Options) -> list[dict]:
-        common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="cosine")
+        common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="wsd")
         runs = [
             classify_config(self.name, options, norm, seed, weight_decay=wd, **common)
             for norm in self.norms(options)
