@@ -22,7 +22,7 @@ from pathlib import Path
 from normlab.lab import STUDIES, Options, compare
 from normlab.lab.report import outcome_counts
 
-ROLES = ("selection", "final", "doubled")
+ROLES = ("selection", "final", "longer budgets")
 
 
 def main() -> None:

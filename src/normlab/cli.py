@@ -33,9 +33,9 @@ def _list_norms(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import os
 
     from .lab import OUTCOME_ORDER, STUDIES, Execution, Options, compare, study_variants
+    from .lab.runner import default_workers
     from .lab.report import outcome_counts
     from .registry import canonical_name
 
@@ -55,7 +55,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     _check_device(args.device)
-    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else default_workers()  # one per core, memory allowing
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if args.nproc < 1:
@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every run's training steps times FACTOR (default 1; below 1 a quick look whose models "
                    "likely do not train, and the report says so)")
     p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
-    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: up to 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: one per core this process may run on, at most one per "
+                        "1.5 GB of available memory: normlab.lab.runner.default_workers)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="where runs train: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--data", metavar="KIND:PATH",
                    help="built-in studies: real images instead of the embedded data, cifar10:PATH or mnist:PATH; with "

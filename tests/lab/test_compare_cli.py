@@ -42,7 +42,7 @@ def test_norms_option_reaches_the_models(tmp_path, capsys):
     assert "runs: 0 already stored" in out
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert {r["config"]["norm"] for r in runs} == {"group", "instance"}
-    assert {r["role"] for r in runs} == {"selection", "final", "doubled"}
+    assert {r["role"] for r in runs} == {"selection", "final", "longer budgets"}
 
 
 def test_real_cifar10_files_and_fresh(tmp_path, capsys):
@@ -98,3 +98,17 @@ def test_report_shows_the_training_check(tmp_path):
                  "--out", str(tmp_path), "--budget", "0.1"]) == 0  # fmt: skip
     page = (tmp_path / "index.html").read_text()
     assert "Trained?" in page and "the best setting reaches at least 97% mean test accuracy" in page
+
+
+def test_the_default_workers_use_the_cores_this_process_may_run_on(monkeypatch):
+    """One worker per core of the process's CPU affinity (not the machine's count), fewer where memory is short."""
+    from normlab.lab import runner
+
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(range(16)))
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 64 * 2**30 // 4096}
+    monkeypatch.setattr(runner.os, "sysconf", lambda name: pages[name])
+    assert runner.default_workers() == 16
+    pages["SC_AVPHYS_PAGES"] = int(4 * 2**30 // 4096)  # 4 GB available: two workers of 1.5 GB
+    assert runner.default_workers() == int(4 // runner.WORKER_MEMORY_GB)
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {3})
+    assert runner.default_workers() == 1

@@ -1,5 +1,5 @@
-"""Fairness: each setting's learning rate chosen on a validation split, the doubled-budget training check, outcomes
-as a type, and the training-code hash in every run's key."""
+"""Fairness: each setting's learning rate chosen on a validation split, verdicts settled over budgets (the settings
+under an unsettled verdict trained further), outcomes as a type, and the training-code hash in every run's key."""
 
 import inspect
 import math
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab.lab import STUDIES, Options, fairness, runner
+from normlab.lab import STUDIES, Options, runner
 from normlab.lab import store as store_module
 from normlab.lab.config import from_dict, make_config
-from normlab.lab.fairness import SELECTION_SEED_OFFSET, BudgetCheck, Selection, StudyPlan
+from normlab.lab.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
 from normlab.lab.metrics import TEST_ACC, VALID_ACC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
-from normlab.lab.study import Study, Target, sample
+from normlab.lab.study import Study, StudyResult, Target, group_by, values
 from normlab.lab.train import build_classifier, classifier_data, run
 from normlab.lab.verdicts import Outcome, Verdict, compare
 
@@ -25,13 +25,19 @@ class _Study(Study):
 
     name = "fake"
     default_norms = ("batch", "group")
-    target = Target(TEST_ACC, 0.5)
     selection = Selection(seeds=2, extensions=2)
-    budget_check = BudgetCheck(tolerance=0.01, seeds=2)
+
+    def __init__(self):
+        self.target = Target(TEST_ACC, 0.5)
 
     def configs(self, options):
-        return [make_config(study=self.name, norm=n, seed=s, lr=0.1, epochs=2, output_spread=True)
+        return [make_config(study=self.name, norm=n, seed=s, lr=0.1, epochs=2, output_spread=True, lr_schedule="wsd")
                 for n in self.default_norms for s in options.seed_list()]  # fmt: skip
+
+    def analyze(self, records, figdir, options):
+        acc = {n: values(runs, TEST_ACC, 100) for (n,), runs in group_by(records, "norm").items()}
+        return StudyResult(verdicts=[compare("group beats batch", acc["group"], acc["batch"], "GN", "BN",
+                                             min_effect=1.5)])  # fmt: skip
 
 
 def _done(config, **metrics):
@@ -89,23 +95,63 @@ def test_a_grid_grows_at_most_its_extensions_and_says_so():
     assert all("edge" in c.note and c.chosen == min(c.grid) for c in plan.choices.values())
 
 
-def test_the_doubled_budget_check_marks_settings_that_moved():
-    plan = StudyPlan(_Study(), Options(seeds=2))
-    plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1)))
+def _at_budgets(plan, gaps):
+    """Final runs at every budget the plan asks for: batch at 80%, group ``gaps[doublings]`` points above (the same
+    for every seed: a difference with no spread, judged against min_effect alone)."""
     records = {}
-    for once, twice in plan.check_pairs():
-        assert twice["budget"] == 2 * once["budget"] and twice["seed"] == once["seed"]
-        moved = 0.05 if once["norm"] == "group" else 0.002
-        records[config_key(once)] = _done(once, **{TEST_ACC: 0.80})
-        records[config_key(twice)] = _done(twice, **{TEST_ACC: 0.80 + moved})
-    budgets = plan.judge_budgets(records)
-    assert sorted((b.label, b.trained) for b in budgets.values()) == [("norm=batch", True), ("norm=group", False)]
-    finals = plan.annotate([records[config_key(once)] for once, _ in plan.check_pairs()], budgets)
-    group = [r for r in finals if r.config["norm"] == "group"]
-    batch = [r for r in finals if r.config["norm"] == "batch"]
-    assert all("80 at its budget vs 85 at twice" in r.untrained for r in group) and not any(r.untrained for r in batch)
-    verdict = compare("c", sample(group, lambda r: 1.0), sample(batch, lambda r: 0.0), "a", "b")
-    assert verdict.outcome is Outcome.NOT_TRAINED and "85 at twice" in verdict.evidence
+    for c in plan.budget_configs():
+        gap = gaps[c["doublings"]] if c["norm"] == "group" else 0.0
+        records[config_key(c)] = _done(c, **{TEST_ACC: (80.0 + gap + c["seed"]) / 100})
+    return records
+
+
+def _planned(tmp_path):
+    plan = StudyPlan(_Study(), Options(seeds=3))
+    plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1)))
+    return plan
+
+
+def test_a_verdict_that_more_training_would_not_change_settles_at_the_study_budget(tmp_path):
+    plan = _planned(tmp_path)
+    assert sorted({c["doublings"] for c in plan.budget_configs()}) == [0, 1]  # every final run at T and 2T
+    assert len(plan.budget_configs()) == 2 * len(plan.final_configs())
+    result, grew = plan.judge(_at_budgets(plan, {0: 75.0, 1: 86.0}), tmp_path)
+    (verdict,) = result.verdicts
+    assert not grew and verdict.outcome is Outcome.REPRODUCED and verdict.settled_at == 0
+    assert [h[:2] for h in verdict.history] == [(0, "reproduced"), (1, "reproduced")]
+
+
+def test_an_unsettled_verdict_trains_its_settings_further_until_it_settles(tmp_path):
+    plan = _planned(tmp_path)
+    gaps = {0: 3.0, 1: 1.8, 2: 1.7}  # 3 -> 1.8 against 1.5: once more (0.6) would cross it, so train at 4T
+    result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
+    (verdict,) = result.verdicts
+    assert grew and verdict.settled_at is None
+    assert sorted({c["doublings"] for c in plan.budget_configs()}) == [0, 1, 2]
+    result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
+    (verdict,) = result.verdicts
+    assert not grew and verdict.outcome is Outcome.REPRODUCED and verdict.settled_at == 1
+    assert "4T: reproduced" in str([f"{2**d}T: {o}" for d, o, _ in verdict.history])
+
+
+def test_a_verdict_that_keeps_changing_says_so_with_its_numbers(tmp_path):
+    plan = _planned(tmp_path)
+    gaps = {0: 3.0, 1: 0.5, 2: 3.0, 3: 0.5}
+    grew = True
+    while grew:
+        result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
+    (verdict,) = result.verdicts
+    assert max(c["doublings"] for c in plan.budget_configs()) == 3
+    assert verdict.outcome is Outcome.CHANGES_WITH_BUDGET
+    assert "T: reproduced (+3); 2T: not reproduced at this scale (+0.5)" in verdict.evidence
+
+
+def test_a_study_that_misses_its_target_trains_no_further_and_withholds_its_verdicts(tmp_path):
+    plan = _planned(tmp_path)
+    plan.study.target = Target(TEST_ACC, 0.99)  # batch at 80%, group at 81.8% at 2T
+    result, grew = plan.judge(_at_budgets(plan, {0: 3.0, 1: 1.8}), tmp_path)
+    assert not grew and not result.training.met and result.training.budget == "2T"
+    assert [v.outcome for v in result.verdicts] == [Outcome.NOT_TRAINED]
 
 
 def test_a_selection_run_never_reads_the_test_set():
@@ -119,7 +165,7 @@ def test_a_selection_run_never_reads_the_test_set():
 
 def test_every_method_vs_method_study_selects_and_every_study_checks():
     for study in STUDIES.values():
-        assert study.budget_check is not None, study.name
+        assert study.budgets.max_doublings >= 1, study.name
         assert study.selection is not None or study.untuned, study.name
 
 

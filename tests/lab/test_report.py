@@ -48,16 +48,19 @@ def test_report_has_every_study_with_figures_tables_and_verdicts(report_dir):
 
 
 def test_report_shows_how_each_study_was_tuned_and_whether_it_trained(report_dir):
-    """Every study's training check and doubled-budget table; every tuned study its grid, scores, chosen rates and
-    selection figure; and at a tenth of the budget the verdicts say the models did not train."""
+    """Every study's training check and budget table; every tuned study its grid, scores, chosen rates and
+    selection figure; every comparison its outcome at T and 2T; and at a tenth of the budget the verdicts say the
+    models did not train."""
     payload = json.loads((report_dir / "results.json").read_text())
     page = (report_dir / "index.html").read_text()
     for name, check in payload["training"].items():
-        assert check["settings"] > 0 and check["trained"] is not None, name
-    assert page.count("Trained?") >= len(STUDIES) and page.count("<b>Doubled budget.</b>") == len(STUDIES)
+        assert check["settings"] > 0 and check["budget"] == "2T", name
+        for v in payload["verdicts"][name]:
+            assert v["effect"] is None or [h[0] for h in v["history"]][:2] == [0, 1], (name, v["claim"])
+    assert page.count("Trained?") >= len(STUDIES) and page.count("<b>Budgets.</b>") == len(STUDIES)
     for name, study in STUDIES.items():
         fair = payload["fairness"][name]
-        assert fair["budgets"], name
+        assert fair["budgets"] and all(set(row["means"]) >= {"0", "1"} for row in fair["budgets"]), name
         if study.selection is None:
             assert fair["selection"] == study.untuned and not fair["choices"]
             continue

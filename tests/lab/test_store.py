@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -70,8 +71,10 @@ def test_kill_9_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
         assert all(r.status == "done" and r.metrics for r in store.records())
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"16 runs: {len(before)} already stored, {16 - len(before)} ran now" in resumed.stdout
+    # 16 runs at T and 2T, then those a verdict needs at larger budgets: as many as the data ask for
+    total, skipped, ran = map(int, re.search(r"(\d+) runs: (\d+) already stored, (\d+) ran now", resumed.stdout).groups())
+    assert total >= 16 and skipped == len(before) and ran == total - len(before)
     with Store(db) as store:
-        assert store.count() == 16 and before <= {r.key for r in store.records()}
+        assert store.count() == total and before <= {r.key for r in store.records()}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert "16 runs: 16 already stored, 0 ran now" in again.stdout
+    assert f"{total} runs: {total} already stored, 0 ran now" in again.stdout

@@ -1,11 +1,14 @@
-"""The verdict criterion (paired t-test over seeds), the convergence check, and the seed options."""
+"""The verdict criterion (paired t-test over seeds), verdicts settled over budgets, the convergence check, and the
+seed options."""
 
 import pytest
 
 from normlab.lab.store import RunRecord
 from normlab.lab.study import (
     NOT_TRAINED, Options, Sample, Target, check_training, compare, converged, difference_test, not_greater,
+    withheld,
 )  # fmt: skip
+from normlab.lab.verdicts import MAX_DOUBLINGS, Outcome, check, settle
 
 
 def test_compare_outcomes():
@@ -36,11 +39,60 @@ def test_t_critical_value_is_the_stated_one():
     assert crit == pytest.approx(4.3027, abs=1e-3) and how == "paired over 3 seeds"
 
 
-def test_untrained_runs_make_a_comparison_inconclusive():
-    hi = Sample([10, 10.2, 9.9], [0, 1, 2], untrained=1)
-    lo = Sample([5, 5.1, 4.8], [0, 1, 2])
-    assert compare("c", hi, lo, "a", "b").outcome == NOT_TRAINED
-    assert not_greater("c", hi, lo, "a", "b").outcome == NOT_TRAINED
+def _at(effect, spread=1.0, negated=False):
+    """A paired comparison over 5 seeds with mean difference ``effect`` (min_effect 1.5)."""
+    diffs = [effect + spread * d for d in (-1, -0.5, 0, 0.5, 1)]
+    hi, lo = Sample(diffs, range(5), ["hi"]), Sample([0.0] * 5, range(5), ["lo"])
+    return (not_greater if negated else compare)("c", hi, lo, "a", "b", min_effect=1.5)
+
+
+def test_a_verdict_keeps_its_numbers_and_settings():
+    v = _at(3.0)
+    assert v.outcome is Outcome.REPRODUCED and v.effect == pytest.approx(3.0) and v.settings == ("hi", "lo")
+    assert v.margin >= 1.5 and f"needs more than {v.margin:.3g}" in v.evidence
+    assert v.outcome_for(-3.0) is Outcome.CONTRADICTED and v.outcome_for(0.0) is Outcome.NOT_REPRODUCED
+    n = _at(-3.0, negated=True)
+    assert n.outcome is Outcome.REPRODUCED and n.outcome_for(3.0) is Outcome.CONTRADICTED
+
+
+def test_a_large_effect_that_grows_is_settled_at_once():
+    """The issue's example: 75 points growing to 86 is settled at T."""
+    v, more = settle({0: _at(75), 1: _at(86)}, MAX_DOUBLINGS)
+    assert not more
+    assert v.outcome is Outcome.REPRODUCED and v.settled_at == 0 and "+11 per doubling" in v.evidence
+
+
+def test_a_small_effect_that_shrinks_toward_the_threshold_needs_a_larger_budget():
+    """3 points shrinking to 2 against a threshold of 1.5: once more (1) would cross it."""
+    v, more = settle({0: _at(3.0, 0.1), 1: _at(2.0, 0.1)}, MAX_DOUBLINGS)
+    assert more and v.settled_at is None and v.effect == pytest.approx(2.0) and len(v.history) == 2
+    v, more = settle({0: _at(3.0, 0.1), 1: _at(2.0, 0.1), 2: _at(1.9, 0.1)}, MAX_DOUBLINGS)
+    assert v.outcome is Outcome.REPRODUCED and v.settled_at == 1
+    assert [h[:2] for h in v.history] == [(0, "reproduced"), (1, "reproduced"), (2, "reproduced")]
+
+
+def test_outcomes_that_disagree_between_budgets_are_not_settled():
+    assert settle({0: _at(3.0, 0.1), 1: _at(0.2, 0.1)}, MAX_DOUBLINGS)[1]
+    v, _ = settle({0: _at(0.2, 0.1), 1: _at(3.0, 0.1), 2: _at(3.1, 0.1)}, MAX_DOUBLINGS)
+    assert v.outcome is Outcome.REPRODUCED and v.settled_at == 1
+    flipping = {d: _at(3.0 if d % 2 else -3.0, 0.1) for d in range(MAX_DOUBLINGS + 1)}
+    v, more = settle(flipping, MAX_DOUBLINGS)
+    assert not more
+    assert v.outcome is Outcome.CHANGES_WITH_BUDGET and v.settled_at is None
+    assert "T: contradicted (-3); 2T: reproduced (+3); 4T: contradicted (-3); 8T: reproduced (+3)" in v.evidence
+
+
+def test_a_claim_with_no_training_comparison_needs_no_budget():
+    v, more = settle({0: check("exact", True, "max error 1e-7")}, MAX_DOUBLINGS)
+    assert not more
+    assert v.outcome is Outcome.REPRODUCED and v.settled_at is None and len(v.history) == 1
+
+
+def test_a_study_that_misses_its_target_withholds_its_verdicts():
+    records = [_record("batch", s, 0.5, [2.3, 2.2, 2.1, 2.0, 1.9]) for s in range(3)]
+    training = check_training(Target("test_acc", 0.9), records)
+    verdicts = [_at(3.0), compare("c", [5], [3], "a", "b")]
+    assert [v.outcome for v in withheld(verdicts, training)] == [NOT_TRAINED, Outcome.INCONCLUSIVE]
 
 
 def test_not_greater_flips_only_significant_outcomes():

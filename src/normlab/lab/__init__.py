@@ -19,7 +19,7 @@ from .fairness import StudyPlan
 from .checkpoint import Checkpoints
 from .runner import SweepReport, run_sweep
 from .store import RunRecord, Store, config_key
-from .study import Options, check_training, withheld
+from .study import Options
 from .studies import STUDIES
 from .user_study import UserSpec
 
@@ -165,8 +165,8 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
     sweep([c for p in plans.values() if p.choices for c in p.budget_configs()])
     figdir = out / "figures"
     judged = {name: plan.judge(stored(), figdir) for name, plan in plans.items()}
-    while any(grew for _, _, grew in judged.values()):
-        sweep([c for name, plan in plans.items() if judged[name][2] for c in plan.budget_configs()])
+    while any(grew for _, grew in judged.values()):
+        sweep([c for name, plan in plans.items() if judged[name][1] for c in plan.budget_configs()])
         everything = stored()
         judged = {name: plan.judge(everything, figdir) for name, plan in plans.items()}
     log(f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now" +
@@ -178,10 +178,7 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
     results, records, setups = {}, {}, {}
     for s in chosen:
         plan = plans[s.name]
-        result, verdicts, _ = judged[s.name]
-        result.training = check_training(s.target, plan.records_at(everything, 1)[0], tuned=s.selection is not None)
-        result.training.budget = "2T"
-        result.verdicts = withheld(verdicts, result.training)
+        result, _ = judged[s.name]
         result.fairness = plan.fairness(everything, figdir)
         results[s.name] = result
         records[s.name] = {role: [everything[k] for k in _keys(configs) if k in everything]

@@ -13,7 +13,6 @@ verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``S
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -263,7 +262,8 @@ class StudyPlan:
 
     def records_at(self, records: dict[str, RunRecord], doublings: int) -> tuple[list[RunRecord], set[str]]:
         """The final runs at budget T·2^``doublings``: each setting's runs at that budget, or at its largest below
-        (so the analysis sees every setting), and the settings (trunk keys) truly at it."""
+        (so the analysis sees every setting), and the settings (trunk keys) truly at it. Only the budgets this plan
+        asked for count (a store may hold more, from a run that settled further: a rerun asks for them again)."""
         out, actual = [], set()
         for c in self.final_configs():
             if not self._budgeted(c):
@@ -271,7 +271,7 @@ class StudyPlan:
                     out.append(r)
                     actual.add(trunk_key(c))
                 continue
-            for d in range(doublings, -1, -1):
+            for d in range(min(doublings, self.levels.get(trunk_key(c), 1)), -1, -1):  # what this plan asked for
                 if (r := records.get(config_key({**c, "doublings": d}))) is not None:
                     out.append(r)
                     if d == doublings:
@@ -279,11 +279,15 @@ class StudyPlan:
                     break
         return out, actual
 
-    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[Any, list[Verdict], bool]:
-        """The study's analysis at its budget T (figures into ``figdir``), its verdicts settled over the budgets
-        stored (:func:`~normlab.lab.verdicts.settle`), and whether a verdict needs a larger budget (its settings'
-        levels are raised, so :meth:`budget_configs` lists their runs there)."""
+    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[Any, bool]:
+        """The study's analysis at its budget T (figures into ``figdir``) with its training check (the target, at
+        2T) and its verdicts settled over the budgets stored (:func:`~normlab.lab.verdicts.settle`; withheld when
+        the target is missed); and whether a verdict needs a larger budget (its settings' levels are raised, so
+        :meth:`budget_configs` lists their runs there). A study that misses its target trains no further: more
+        budget is for verdicts, not for models that have not learned the task."""
         import tempfile
+
+        from .study import check_training, withheld
 
         everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
         by_claim: dict[str, dict[int, Verdict]] = {}
@@ -298,16 +302,18 @@ class StudyPlan:
                 for v in result.verdicts:
                     if d == 0 or set(v.settings or everything) <= actual:
                         by_claim.setdefault(v.claim, {})[d] = v
+        main.training = check_training(self.study.target, self.records_at(records, 1)[0],
+                                       tuned=self.selection is not None)  # fmt: skip
+        main.training.budget = "2T"
         settled, grew = [], False
-        for claim, by_budget in by_claim.items():
-            verdict = settle(by_budget, self.budgets.max_doublings)
-            if verdict is None:
-                for key in by_budget[0].settings or everything:
-                    if key in everything and self.levels.get(key, 1) <= max(by_budget):
-                        self.levels[key], grew = max(by_budget) + 1, True
-                verdict = by_budget[max(by_budget)]
+        for by_budget in by_claim.values():
+            verdict, more = settle(by_budget, self.budgets.max_doublings)
+            for key in (by_budget[0].settings or everything) if more and main.training.met else ():
+                if key in everything and self.levels.get(key, 1) <= max(by_budget):
+                    self.levels[key], grew = max(by_budget) + 1, True
             settled.append(verdict)
-        return main, settled, grew
+        main.verdicts = withheld(settled, main.training)
+        return main, grew
 
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
         """Each compared setting's mean target metric at every budget it trained at."""
@@ -316,7 +322,7 @@ class StudyPlan:
             if not self._budgeted(c) or (self.study.target.task and c["task"] != self.study.target.task):
                 continue
             row = rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
-            for d in range(self.budgets.max_doublings + 1):
+            for d in range(self.levels.get(trunk_key(c), 1) + 1):
                 r = records.get(config_key({**c, "doublings": d}))
                 if r is not None and r.status == "done" and metric in r.metrics:
                     row.means.setdefault(d, []).append(r.metrics[metric])  # type: ignore[attr-defined]

@@ -16,7 +16,24 @@ from .packed import MAX_COPIES, plan_packs
 from .store import Store, config_key, training_code_hash
 from .work import RunRow, execute, store_rows, train_item
 
-__all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows"]
+__all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows", "default_workers",
+           "WORKER_MEMORY_GB"]
+
+WORKER_MEMORY_GB = 1.5  # a worker's peak resident memory, with headroom (measured: under 1 GB for the largest pack)
+
+
+def default_workers() -> int:
+    """Worker processes a sweep uses by default: one per core this process may run on (its CPU affinity, not the
+    machine's count), but no more than the available memory holds at :data:`WORKER_MEMORY_GB` each."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):
+        available = float("inf")
+    return max(1, min(cores, int(available // WORKER_MEMORY_GB)))
 
 
 @dataclass

@@ -179,16 +179,17 @@ def budget_name(doublings: int) -> str:
     return "T" if doublings == 0 else f"{2**doublings}T"
 
 
-def settle(by_budget: dict[int, Verdict], last: int) -> Verdict | None:
-    """One claim's verdict from its verdicts at budgets T·2^d (``by_budget``: d -> verdict), by :data:`CRITERION`:
-    settled at the first d where d and d+1 agree and the trend (the effect's change from d to d+1, once more)
-    keeps the outcome; with ``last`` (the largest d) reached and nothing settled, 'inconclusive: changes with
-    budget'; None when the next budget is needed."""
+def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
+    """One claim's verdict from its verdicts at budgets T·2^d (``by_budget``: d -> verdict), by :data:`CRITERION`,
+    and whether it needs the next budget. Settled at the first d where d and d+1 agree and the trend (the
+    effect's change from d to d+1, once more) keeps the outcome; with ``last`` (the largest d) reached and nothing
+    settled, 'inconclusive: changes with budget'; otherwise the verdict at the largest budget so far, unsettled
+    (``settled_at`` None), and True."""
     levels = sorted(by_budget)
     history = tuple((d, by_budget[d].outcome.value, by_budget[d].effect) for d in levels)
     first = by_budget[levels[0]]
     if first.effect is None and not first.settings:  # no comparison of trained settings: no budget to judge
-        return dataclasses.replace(first, history=history[:1])
+        return dataclasses.replace(first, history=history[:1]), False
     for d in levels:
         if d + 1 not in by_budget:
             break
@@ -198,9 +199,10 @@ def settle(by_budget: dict[int, Verdict], last: int) -> Verdict | None:
         if a.effect is None or b.effect is None or b.outcome_for(2 * b.effect - a.effect) == b.outcome:
             trend = "" if a.effect is None or b.effect is None else (
                 f"; settled at {budget_name(d)}: {b.effect - a.effect:+.3g} per doubling would keep it")
-            return dataclasses.replace(a, history=history, settled_at=d, evidence=a.evidence + trend)
+            return dataclasses.replace(a, history=history, settled_at=d, evidence=a.evidence + trend), False
     if levels[-1] < last:
-        return None
+        return dataclasses.replace(by_budget[levels[-1]], history=history), True
     numbers = "; ".join(f"{budget_name(d)}: {o}" + ("" if e is None else f" ({e:+.3g})") for d, o, e in history)
-    return dataclasses.replace(by_budget[levels[-1]], outcome=Outcome.CHANGES_WITH_BUDGET, history=history,
-                               evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}")  # fmt: skip
+    changes = dataclasses.replace(by_budget[levels[-1]], outcome=Outcome.CHANGES_WITH_BUDGET, history=history,
+                                  evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}")  # fmt: skip
+    return changes, False
