@@ -78,3 +78,20 @@ def test_only_one_run_at_several_wsd_budgets_makes_a_ladder():
         run_ladder([_classify(doublings=0), _classify(doublings=1, seed=9)])
     with pytest.raises(ValueError, match="one 'wsd' run"):
         run_ladder([_classify(doublings=0, lr_schedule="cosine"), _classify(doublings=1, lr_schedule="cosine")])
+
+
+@pytest.mark.parametrize("task", ["classify", "char_lm"])
+def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, task):
+    from normlab.lab.checkpoint import Checkpoints
+
+    if task == "classify":
+        configs = [_classify(doublings=d) for d in (0, 1, 2)]
+    else:
+        configs = [make_config("char_lm", study="t", norm="rms", seed=5, steps=12, dim=16, layers=1, seq_len=16,
+                               warmup=2, lr_schedule="wsd", points=4, doublings=d) for d in (0, 1, 2)]  # fmt: skip
+    trunk = Checkpoints(directory=str(tmp_path)).trunk(configs[:2])
+    run_ladder(configs[:2], trunk=trunk)
+    saved = trunk.load(before=10**9)
+    assert saved is not None and saved["step"] > 0  # where the 2T budget's cooldown left the trunk
+    assert run_ladder(configs[2:], trunk=trunk) == [run(configs[2])]
+    assert trunk.load(before=saved["step"] - 1) is None  # a shorter budget cannot start past its own cooldown

@@ -169,6 +169,7 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
         sweep([c for name, plan in plans.items() if judged[name][1] for c in plan.budget_configs()])
         everything = stored()
         judged = {name: plan.judge(everything, figdir) for name, plan in plans.items()}
+    shutil.rmtree(out / "checkpoints" / "trunks", ignore_errors=True)  # every budget asked for is stored
     log(f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now" +
         (f" in {total.seconds:.0f} s" if total.ran else "") + (f", {len(total.failed)} failed" if total.failed else ""))
     for config, error in total.failed:

@@ -6,7 +6,8 @@ schedule's step, every random generator, the data position, the curves so far) i
 temporary name and renamed, so a kill at any moment leaves the previous checkpoint or the new one, never half of
 one. A rerun of the sweep loads it (``torch.load(..., weights_only=True)``: tensors and plain containers only) and
 goes on from that step; on CPU the resumed run's result equals an uninterrupted run's bit for bit (tested with a real
-``kill -9``). The checkpoint is removed when the item's rows are stored.
+``kill -9``). The checkpoint is removed when the item's rows are stored. A run trained at several budgets also
+keeps its trajectory at the constant rate (:class:`Trunk`), so a larger budget asked for later goes on from it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Checkpoints", "Saver"]
+__all__ = ["Checkpoints", "Saver", "Trunk"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,17 @@ class Checkpoints:
 
     def remove(self, configs: list[dict[str, Any]]) -> None:
         self.path(configs).unlink(missing_ok=True)
+
+    def trunk(self, configs: list[dict[str, Any]]) -> "Trunk":
+        """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
+        at one or several budgets, one :func:`~normlab.lab.train.ladder_key`)."""
+        from .store import config_key
+        from .train import ladder_key
+
+        keys = {config_key({**c, "doublings": 0}) for c in configs}  # config_key: the training code's hash too
+        if len({ladder_key(c) for c in configs}) != 1:
+            raise ValueError("Checkpoints.trunk: one run at several budgets")
+        return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}.pt")
 
 
 class Saver:
@@ -74,3 +86,21 @@ class Saver:
             return torch.load(self.path, weights_only=True)
         except Exception:  # a checkpoint from other code, or a damaged file: starting over loses only time
             return None
+
+
+class Trunk:
+    """One run's trajectory at its constant rate ("wsd"'s stable phase), saved where a ladder leaves it for its last
+    cooldown: a later ladder of the same run (a larger budget, asked for once a verdict needs it) goes on from there
+    instead of from step 0. The stable phase is the same whatever the budget, so the result is the same, bit for bit
+    on CPU. Written as a checkpoint is (temporary name, then renamed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def save(self, state: dict[str, Any]) -> None:
+        Saver(self.path, 0.0).save(state)
+
+    def load(self, before: int) -> dict[str, Any] | None:
+        """The saved trajectory if it ends at or before step ``before``, else None."""
+        state = Saver(self.path, 0.0).load()
+        return state if state is not None and state["step"] <= before else None

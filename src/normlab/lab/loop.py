@@ -187,7 +187,7 @@ def fit(training: Training, *, steps: int, points: int, divergence: bool = True,
 
 
 def fit_ladder(training: Training, rungs: Sequence[Schedule], evaluate: Callable[[int, list[bool]], Any], *, every: int,
-               divergence: bool = True, saver=None) -> list[Any]:
+               divergence: bool = True, saver=None, trunk=None) -> list[Any]:
     """Train the same runs at several budgets from one trajectory; ``evaluate(rung index, diverged)``'s result per
     rung.
 
@@ -197,23 +197,27 @@ def fit_ladder(training: Training, rungs: Sequence[Schedule], evaluate: Callable
     from the copy's origin. Each rung's result is the run at that budget trained alone, bit for bit on CPU, for
     ``steps`` of the trunk plus one cooldown per rung: budgets T and 2T with a 20% cooldown cost 2.2T, not 3T.
     ``saver`` checkpoints the trunk and the last rung (with the rungs already evaluated) and resumes them; a kill
-    during another rung's cooldown repeats that cooldown.
+    during another rung's cooldown repeats that cooldown. ``trunk`` (:class:`normlab.lab.checkpoint.Trunk`) keeps
+    the trunk where the last rung leaves it, and a later ladder of the same runs starts from it.
     """
     if any(r.kind != "wsd" for r in rungs[:-1]) or list(rungs) != sorted(rungs, key=lambda r: r.steps):
         raise ValueError("fit_ladder: every rung but a single one must be a 'wsd' schedule, by ascending steps")
     loop = _Loop(training, every, divergence)
     saved = saver.load() if saver is not None else None
     outputs: list[Any] = []
+    if saved is None and trunk is not None:
+        saved = trunk.load(before=rungs[0].branch_step)
     if saved is not None:
         outputs = list(saved.pop("done"))
         loop.load(saved)
-    trunk = rungs[-1]
     for index, rung in enumerate(rungs):
         if index < len(outputs):
             continue
-        training.schedule = trunk
+        training.schedule = rungs[-1]
         loop.advance(rung.branch_step, last=None, saver=saver, extra={"done": outputs})
         last = index == len(rungs) - 1
+        if last and trunk is not None and rung.kind == "wsd":
+            trunk.save({**loop.state(), "done": []})
         origin = None if last else copy.deepcopy(loop.state())
         training.schedule = rung
         loop.advance(rung.steps, last=rung.steps - 1, saver=saver if last else None, extra={"done": outputs})

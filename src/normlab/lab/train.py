@@ -49,25 +49,26 @@ def can_branch(config: dict[str, Any]) -> bool:
     return isinstance(c, ClassifyConfig | CharLMConfig) and c.lr_schedule == "wsd"
 
 
-def run_ladder(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+def run_ladder(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
     """One run at several budgets (``configs``: one :func:`ladder_key`, in any order; a "wsd" schedule
     when there are several), trained as one trajectory (:func:`normlab.lab.loop.fit_ladder`); one (metrics, curves)
-    per config, each what that config gives alone."""
+    per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.checkpoint.Trunk`) keeps the
+    run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
     if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
         raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
     doublings = [getattr(from_dict(c), "doublings", 0) for c in configs]
     order = sorted(range(len(configs)), key=lambda i: doublings[i])
-    outputs = _train([configs[i] for i in order], saver)
+    outputs = _train([configs[i] for i in order], saver, trunk)
     return [outputs[order.index(i)] for i in range(len(configs))]
 
 
-def _train(configs: list[dict[str, Any]], saver) -> list[RunOutput]:
+def _train(configs: list[dict[str, Any]], saver, trunk) -> list[RunOutput]:
     torch.manual_seed(configs[0]["seed"])
     task = configs[0]["task"]
     if task == "classify":
-        return train_classifier(configs, saver)
+        return train_classifier(configs, saver, trunk)
     if task == "char_lm":
-        return train_char_lm(configs, saver)
+        return train_char_lm(configs, saver, trunk)
     if task == "distributed":
         from .distributed_run import run_distributed
 
@@ -224,7 +225,7 @@ class ClassifierTraining:
             self.recorder.load(state["recorder"])
 
 
-def train_classifier(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+def train_classifier(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
     """The ConvNet alone, at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
     cs: list[ClassifyConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
     c = cs[-1]
@@ -246,7 +247,8 @@ def train_classifier(configs: list[dict[str, Any]], saver=None) -> list[RunOutpu
             metrics.update(recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
         return evaluate_classifier(model, cs[index], data, metrics, training.curves)
 
-    return fit_ladder(training, rungs, evaluate, every=curve_every(base_steps(c, data), c.points), saver=saver)
+    every = curve_every(base_steps(c, data), c.points)
+    return fit_ladder(training, rungs, evaluate, every=every, saver=saver, trunk=trunk)
 
 
 def curve_every(steps: int, points: int) -> int:
@@ -378,7 +380,7 @@ def char_lm_schedule(c: CharLMConfig) -> Schedule:
                     warmup=round(c.budget * c.warmup), cooldown=c.cooldown)  # fmt: skip
 
 
-def train_char_lm(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+def train_char_lm(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
     """The language model at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
     cs: list[CharLMConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
     training = CharLMTraining(cs[-1])
@@ -392,4 +394,4 @@ def train_char_lm(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
         return metrics, training.curves
 
     every = curve_every(char_lm_base_steps(cs[-1]), cs[-1].points)
-    return fit_ladder(training, rungs, evaluate, every=every, saver=saver)
+    return fit_ladder(training, rungs, evaluate, every=every, saver=saver, trunk=trunk)

@@ -41,14 +41,18 @@ def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None
         raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
 
     from .packed import train_packed
-    from .train import ladder_key, run_ladder
+    from .train import can_branch, ladder_key, run_ladder
 
     torch.set_num_threads(threads)
     saver = checkpoints.saver(configs) if checkpoints is not None else None
     start = time.perf_counter()
     try:
         several = len({ladder_key(c) for c in configs}) > 1  # several runs packed, or one run at several budgets
-        outputs = train_packed(configs, saver=saver) if several else run_ladder(configs, saver=saver)
+        if several:
+            outputs = train_packed(configs, saver=saver)
+        else:  # one run: its stable phase is kept for a larger budget asked for later
+            trunk = checkpoints.trunk(configs) if checkpoints is not None and can_branch(configs[0]) else None
+            outputs = run_ladder(configs, saver=saver, trunk=trunk)
         rows = [(m, c, "done", "") for m, c in outputs]
     except NotApplicable as err:
         rows = [({}, {}, "not_applicable", str(err))] * len(configs)
