@@ -8,13 +8,16 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .. import nn as nl
 from ..registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
     "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
+    "PACKED_FORMS", "MATMUL_MIN_BATCH", "pack_size",
 ]
 
 
@@ -87,6 +90,108 @@ class SplitNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1))], dim=1)
 
+# The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
+# (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
+# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, with activations kept channel-major
+# ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows). "auto" takes "matmul" from
+# MATMUL_MIN_BATCH examples a step up and "grouped" below (measured: benchmarks/packed_bench.py).
+PACKED_FORMS = ("auto", "grouped", "matmul")
+MATMUL_MIN_BATCH = 8
+
+
+class _Im2Col(torch.autograd.Function):
+    """``(K, C, L, N)`` maps (any strides; N, the batch, last) -> ``(K, C*3, L_out*N)`` columns of a kernel-3,
+    padding-1 conv with stride 1 or 2: row ``c*3 + j`` at output position l holds input ``s*l + j - 1`` (0 outside
+    the map), the order of a conv weight ``(C_out, C, 3)`` flattened. With the batch last, every tap is a copy of
+    whole ``(N,)`` rows; backward adds each tap's gradient back in place (no scatter kernel)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, stride: int) -> Tensor:  # type: ignore[override]
+        k, c, length, n = x.shape
+        out_len = (length - 1) // stride + 1
+        cols = x.new_empty(k, c, 3, out_len, n)
+        if stride == 1:
+            cols[:, :, 1].copy_(x)
+            cols[:, :, 0, 1:].copy_(x[:, :, :-1])
+            cols[:, :, 2, :-1].copy_(x[:, :, 1:])
+            cols[:, :, 2, -1].zero_()
+        else:  # stride 2: tap 1 reads the even positions, tap 2 the odd ones, tap 0 the odd ones one step back
+            even, odd = x[:, :, 0::2], x[:, :, 1::2]
+            cols[:, :, 1].copy_(even)
+            cols[:, :, 2, : odd.shape[2]].copy_(odd)
+            cols[:, :, 2, odd.shape[2] :].zero_()
+            cols[:, :, 0, 1:].copy_(odd[:, :, : out_len - 1])
+        cols[:, :, 0, 0].zero_()
+        ctx.stride, ctx.shape = stride, x.shape
+        return cols.view(k, c * 3, out_len * n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        k, c, length, n = ctx.shape
+        out_len = (length - 1) // ctx.stride + 1
+        grad = grad.view(k, c, 3, out_len, n)
+        if ctx.stride == 1:
+            gx = grad[:, :, 1].clone()
+            gx[:, :, :-1].add_(grad[:, :, 0, 1:])
+            gx[:, :, 1:].add_(grad[:, :, 2, :-1])
+            return gx, None
+        gx = grad.new_empty(k, c, length, n)
+        odd = gx[:, :, 1::2]
+        gx[:, :, 0::2].copy_(grad[:, :, 1])
+        odd.copy_(grad[:, :, 2, : odd.shape[2]])
+        odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
+        return gx, None
+
+
+def _is_plain_conv1d(conv: nn.Module) -> bool:
+    """An nn.Conv1d whose weight is itself (or Weight Normalization's, read through the parametrization)."""
+    base = parametrize.type_before_parametrizations(conv)
+    if base is not nn.Conv1d or conv._forward_pre_hooks or conv._forward_hooks:
+        return False
+    if parametrize.is_parametrized(conv):
+        return set(conv.parametrizations.keys()) == {"weight"} and all(
+            isinstance(p, nl.WeightNorm) for p in conv.parametrizations.weight)
+    return True
+
+
+# Norms that see channel-major rows ``(1, K*C, N*L)``: statistics per channel over the batch and positions, the rest
+# elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
+_ROW_NORMS = (nn.BatchNorm1d, nl.BatchNorm1d)
+
+
+def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
+    """BatchNorm of ``(1, C, M)`` rows, each channel's statistics over its row. In training with running
+    statistics and a momentum it runs as a GroupNorm of one channel a group (ATen's CPU group norm reads a
+    contiguous row about twice as fast as its batch norm) and updates the running statistics as BatchNorm does
+    (unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
+    _, c, m = rows.shape
+    if not (norm.training and norm.track_running_stats and norm.momentum is not None and norm.running_mean is not None
+            and rows.dtype == torch.float32 and m > 1 and norm.weight is not None and norm.bias is not None):
+        return norm(rows)
+    out, mean, rstd = torch.native_group_norm(rows, norm.weight, norm.bias, 1, c, m, c, norm.eps)
+    with torch.no_grad():
+        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
+        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1), alpha=norm.momentum)
+        norm.running_var.mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
+        norm.num_batches_tracked.add_(1)
+    return out
+
+
+def _norm_channel_major(norm: nn.Module, y: Tensor) -> Tensor:
+    """``norm`` (a packed norm layer over ``(N, K*C, L)``) applied to channel-major maps ``y`` ``(K, C, L, N)``;
+    returns ``(K, C, L, N)`` (a view when the norm took the other layout)."""
+    k, c, length, n = y.shape
+    if isinstance(norm, nn.Identity):
+        return y
+    if type(norm) in _ROW_NORMS:
+        return _row_batch_norm(norm, y.view(1, k * c, length * n)).view(k, c, length, n)
+    maps = y.permute(3, 0, 1, 2).reshape(n, k * c, length)
+    return norm(maps).view(n, k, c, length).permute(1, 2, 3, 0)
+
+
+# Norms whose output their backward does not read: the ReLU after them may run in place.
+_INPLACE_AFTER = (nn.BatchNorm1d, nl.BatchNorm1d, nn.GroupNorm, nl.GroupNorm, nn.Identity)
+
 
 class ConvNet(nn.Module):
     """conv-norm-ReLU blocks (stride 2 after the first), global average pool, linear head. 1-d or 2-d by the data.
@@ -99,6 +204,11 @@ class ConvNet(nn.Module):
     nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
     ``norm_options``) may give one entry per copy: runs of several norms then share one pack, each norm layer a
     :class:`SplitNorm` of the norms' packed forms.
+
+    ``packed_form`` (packed nets only; an attribute, so it may change between steps): "grouped" convolutions,
+    "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
+    weight-normalized convs, else grouped), or "auto": matmul from :data:`MATMUL_MIN_BATCH` examples up. Both forms
+    compute the same function with the same parameters and state, up to float rounding.
     """
 
     def __init__(
@@ -112,8 +222,12 @@ class ConvNet(nn.Module):
         weight_norm: bool = False,
         copies: int | None = None,
         norm_options: dict | Sequence[dict | None] | None = None,
+        packed_form: str = "auto",
     ) -> None:
         super().__init__()
+        if packed_form not in PACKED_FORMS:
+            raise ValueError(f"ConvNet: packed_form must be one of {', '.join(PACKED_FORMS)}, got {packed_form!r}")
+        self.packed_form = packed_form
         k = copies or 1
         norms = [norm] * k if isinstance(norm, str) else list(norm)
         options = [norm_options] * k if norm_options is None or isinstance(norm_options, dict) else list(norm_options)
@@ -157,8 +271,39 @@ class ConvNet(nn.Module):
             return special
         return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
+    def uses_matmul(self, batch: int) -> bool:
+        """Whether a forward over ``batch`` examples takes the matmul form (see ``packed_form``)."""
+        if self.copies is None or self.packed_form == "grouped":
+            return False
+        if self.packed_form == "auto" and (batch < MATMUL_MIN_BATCH or not all(
+                isinstance(m, nn.Identity) or type(m) in _ROW_NORMS for m in list(self.features)[1::3])):
+            return False  # measured: norms over (N, K*C, L) maps pay two copies a layer and run faster grouped
+        convs = list(self.features)[0::3]
+        return all(_is_plain_conv1d(m) and m.kernel_size == (3,) and m.padding == (1,) and m.dilation == (1,) and m.stride in ((1,), (2,))
+                   and m.groups == self.copies and m.bias is not None and m.padding_mode == "zeros" for m in convs)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.uses_matmul(x.shape[0]):
+            return self._forward_matmul(x)
         return self.head(self.pool(self.features(x)).flatten(1))
+
+    def _forward_matmul(self, x: Tensor) -> Tensor:
+        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
+        k, n = self.copies, x.shape[0]
+        h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
+        blocks = list(self.features)
+        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3]):
+            c_in, stride = h.shape[1], conv.stride[0]
+            cols = _Im2Col.apply(h, stride)  # (K, C_in*3, L_out*N)
+            c_out = conv.out_channels // k
+            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
+            h = _norm_channel_major(norm, y.view(k, c_out, -1, n))
+            if isinstance(act, nn.ReLU):
+                h = torch.relu_(h) if type(norm) in _INPLACE_AFTER else torch.relu(h)
+            elif not isinstance(act, nn.Identity):
+                h = act(h)
+        pooled = h.mean(2)  # (K, C, N): the average pool
+        return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
 class PackedLinear(nn.Module):
@@ -193,16 +338,37 @@ class TokenNorm(nn.Module):
 
 
 class _Block(nn.Module):
+    """A pre-norm block. The attention keeps ``nn.MultiheadAttention``'s parameters (state_dict keys
+    ``attn.in_proj_weight``, ...) and computes what it computes, as one fused QKV projection and one
+    ``scaled_dot_product_attention`` under a single boolean mask, without the module's layout copies and its float
+    mask of ``(N*heads, T, T)``."""
+
     def __init__(self, dim: int, heads: int, norm: str) -> None:
         super().__init__()
         self.norm1, self.norm2 = TokenNorm(norm, dim, "attention"), TokenNorm(norm, dim, "mlp")
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: Tensor, causal: Tensor, padding: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
+    def attention(self, h: Tensor, allowed: Tensor) -> Tensor:
+        """Self-attention of ``h`` ``(N, T, D)``; ``allowed`` ``(N, 1, T, T)`` is True where a query may see a key."""
+        n, t, d = h.shape
+        heads = self.attn.num_heads
+        qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).view(n, t, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, heads, T, D/heads): views
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.attn.dropout if self.training else 0.0)
+        return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x), allowed)
         return x + self.mlp(self.norm2(x))
+
+
+def attention_mask(padding: Tensor) -> Tensor:
+    """``(N, 1, T, T)``, True where query i may attend to key j: j <= i and j not padding (``padding`` ``(N, T)``,
+    True at pad positions), what ``nn.MultiheadAttention`` gets from a causal mask and a key padding mask."""
+    t = padding.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=padding.device).tril_()
+    return causal & ~padding[:, None, None, :]
 
 
 class CharTransformer(nn.Module):
@@ -219,7 +385,7 @@ class CharTransformer(nn.Module):
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
         t = tokens.shape[1]
         x = self.embed(tokens) + self.pos[:t]
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), diagonal=1)
+        allowed = attention_mask(padding)
         for block in self.blocks:
-            x = block(x, causal, padding)
+            x = block(x, allowed)
         return self.head(self.final_norm(x))

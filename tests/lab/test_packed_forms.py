@@ -1,0 +1,95 @@
+"""The packed ConvNet's two forms, grouped convolutions and batched matrix products, each compute what the K nets
+compute alone: outputs, gradients and running statistics, for every norm that packs."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.lab.config import make_config
+from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet
+from normlab.lab.packed import pack_state, train_packed, unpack_state
+from normlab.lab.train import run
+from normlab.registry import available_norms, can_pack
+
+PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
+K, N = 3, 8
+
+
+def _nets(norm, weight_norm=False):
+    singles = []
+    for seed in range(K):
+        torch.manual_seed(seed)
+        singles.append(ConvNet(1, 10, 1, norm, width=8, depth=4, weight_norm=weight_norm))
+    packed = ConvNet(1, 10, 1, norm, width=8, depth=4, weight_norm=weight_norm, copies=K)
+    pack_state(singles, packed)
+    return singles, packed
+
+
+@pytest.mark.parametrize("weight_norm", [False, True])
+@pytest.mark.parametrize("norm", PACKED_NORMS)
+def test_both_forms_equal_the_nets_alone(norm, weight_norm):
+    singles, packed = _nets(norm, weight_norm)
+    forms = {}
+    for form in ("grouped", "matmul"):
+        net = copy.deepcopy(packed)
+        net.packed_form = form
+        forms[form] = net
+    if norm != "ws":  # Weight Standardization's conv standardizes in its forward: grouped only
+        assert forms["matmul"].uses_matmul(N) and not forms["grouped"].uses_matmul(N)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, K, 40, generator=g)
+    y = torch.randint(0, 10, (N, K), generator=g)
+    for step in range(2):  # two steps: the second sees the first's running statistics and updated weights
+        alone = [F.cross_entropy(net(x[:, k : k + 1]), y[:, k]) for k, net in enumerate(singles)]
+        alone_grads = [torch.autograd.grad(loss, list(net.parameters())) for loss, net in zip(alone, singles)]
+        for form, net in forms.items():
+            out = net(x)  # (N, K, classes)
+            losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(0)
+            torch.testing.assert_close(losses, torch.stack(alone).detach(), rtol=1e-5, atol=1e-6, msg=form)
+            grads = torch.autograd.grad(losses.sum(), list(net.parameters()))
+            unpacked = [copy.deepcopy(s) for s in singles]
+            for p, gr in zip(net.parameters(), grads):
+                p.grad = gr
+            with torch.no_grad():
+                for p in net.parameters():  # grads as a state of their own: unpack them like parameters
+                    p.copy_(p.grad)
+            unpack_state(net, unpacked)
+            for single, grad_net, ref in zip(singles, unpacked, alone_grads):
+                for (name, p), r in zip(grad_net.named_parameters(), ref):
+                    scale = max(float(t.abs().max()) for t in ref)
+                    torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-5 * scale, msg=f"{form} {name}")
+                for (name, b), rb in zip(grad_net.named_buffers(), single.buffers()):
+                    torch.testing.assert_close(b, rb, rtol=1e-5, atol=1e-6, msg=f"{form} {name}")
+        with torch.no_grad():  # one SGD step on every copy, then re-pack
+            for net, grads in zip(singles, alone_grads):
+                for p, gr in zip(net.parameters(), grads):
+                    p.sub_(0.1 * gr)
+            state = copy.deepcopy(singles)
+            for net in forms.values():
+                pack_state(state, net)
+                state = copy.deepcopy(singles)
+
+
+def test_auto_takes_matmul_from_min_batch_for_row_norms_only():
+    _, bn = _nets("batch")
+    _, gn = _nets("group")
+    assert bn.packed_form == "auto"
+    assert bn.uses_matmul(MATMUL_MIN_BATCH) and not bn.uses_matmul(MATMUL_MIN_BATCH - 1)
+    assert not gn.uses_matmul(64)
+    gn.packed_form = "matmul"
+    assert gn.uses_matmul(2)
+    with pytest.raises(ValueError, match="packed_form"):
+        ConvNet(1, 10, 1, "batch", copies=2, packed_form="bmm")
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_packed_training_in_the_matmul_form_equals_alone(norm):
+    configs = [make_config(study="t", norm=norm, seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, batch_size=8,
+                           steps=8, train_subset=256, points=4, depth=3, momentum=0.9) for s in (3, 4)]  # fmt: skip
+    for config, (pm, pc) in zip(configs, train_packed(configs)):
+        am, ac = run(config)
+        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
+        assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)
+        assert pm["train_loss"] == pytest.approx(am["train_loss"], rel=1e-5, abs=1e-6)
