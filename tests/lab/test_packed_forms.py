@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from normlab.lab.config import make_config
 from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet
 from normlab.lab.packed import pack_state, train_packed, unpack_state
-from normlab.lab.train import run
+from normlab.lab.config import from_dict
+from normlab.lab.train import build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 
 PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
@@ -72,22 +73,33 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm):
                 state = copy.deepcopy(singles)
 
 
-def test_auto_takes_matmul_from_min_batch_for_row_norms_only():
-    _, bn = _nets("batch")
-    _, gn = _nets("group")
-    assert bn.packed_form == "auto"
-    assert bn.uses_matmul(MATMUL_MIN_BATCH) and not bn.uses_matmul(MATMUL_MIN_BATCH - 1)
-    assert not gn.uses_matmul(64)
-    gn.packed_form = "matmul"
-    assert gn.uses_matmul(2)
+def test_auto_form_is_the_measured_faster_one():
+    """matmul at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH for GroupNorm and LayerNorm, grouped
+    for the rest (and for mixed packs); an explicit form is taken as given."""
+    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance")}
+    assert all(net.packed_form == "auto" for net in nets.values())
+    assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
+    for norm in ("group", "layer"):
+        assert nets[norm].uses_matmul(MATMUL_MIN_BATCH) and not nets[norm].uses_matmul(MATMUL_MIN_BATCH - 1)
+    assert not nets["instance"].uses_matmul(64)
+    mixed = ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2)
+    assert not mixed.uses_matmul(64)
+    nets["instance"].packed_form = "matmul"
+    assert nets["instance"].uses_matmul(2)
+    nets["batch"].packed_form = "grouped"
+    assert not nets["batch"].uses_matmul(64)
+    assert not ConvNet(1, 10, 1, "batch").uses_matmul(64)  # one net: no packed form
     with pytest.raises(ValueError, match="packed_form"):
         ConvNet(1, 10, 1, "batch", copies=2, packed_form="bmm")
 
 
-@pytest.mark.parametrize("norm", ["batch", "none"])
-def test_packed_training_in_the_matmul_form_equals_alone(norm):
-    configs = [make_config(study="t", norm=norm, seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, batch_size=8,
+@pytest.mark.parametrize("norm,batch", [("batch", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)])
+def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
+    """train_packed end to end at a batch where the lab's packs take the matmul form."""
+    configs = [make_config(study="t", norm=norm, seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, batch_size=batch,
                            steps=8, train_subset=256, points=4, depth=3, momentum=0.9) for s in (3, 4)]  # fmt: skip
+    c = from_dict(configs[0])
+    assert build_packed_classifier([c, c], classifier_data(c)).uses_matmul(batch)
     for config, (pm, pc) in zip(configs, train_packed(configs)):
         am, ac = run(config)
         assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
