@@ -6,10 +6,11 @@ batched-matmul form, the pack-size curve, and the language model's tokens per se
 ConvNets: the lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on
 one net, the lab's own loop; packed: ``normlab.lab.packed``'s model and optimizer over K nets, in today's form
 (grouped convolutions, ``packed_form="grouped"``: the code path of the main branch) and in the lab's choice
-(``packed_form="auto"``: batched matrix products where measured faster). ``--sweep``: model-steps/s of both forms at
-pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level language model (2 blocks, width 64, 4 heads,
-sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per second with today's attention
-(``nn.MultiheadAttention`` with a causal and a key padding mask) and the new one, same model, same parameters.
+(``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
+``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
+language model (2 blocks, width 64, 4 heads, sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per
+second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask) and the new one, same
+model, same parameters.
 
 Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import from_dict, make_config
-from normlab.lab.models import CharTransformer
+from normlab.lab.models import CharTransformer, pack_size
 from normlab.lab.packed import PackedSGD, pack_state
 from normlab.lab.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
 
@@ -134,18 +135,24 @@ def main() -> None:
     norms = args.norms.split(",")
     print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies")
     if not args.no_convnet:
-        print("\n| norm | batch | alone model-steps/s | packed today (grouped) | packed new (auto) | new form | "
-              "today/alone | new/today |\n|---|---|---|---|---|---|---|---|")
+        print(f"\n| norm | batch | alone model-steps/s | packed today (grouped, K={args.copies}) | packed new (auto, "
+              f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
         for norm in norms:
             for batch in (2, 32):
                 config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
                 today = _packed(config, args.copies, args.steps, "grouped")
                 new = _packed(config, args.copies, args.steps, "auto")
-                form = "matmul" if build_packed_classifier([from_dict(config)] * args.copies,
-                                                           classifier_data(from_dict(config))).uses_matmul(batch) else "grouped"  # fmt: skip
-                r = _best({"alone": _alone(config, 4 * args.steps), "today": today, "new": new}, args.rounds)
+                c = from_dict(config)
+                uses_matmul = build_packed_classifier([c] * args.copies, classifier_data(c)).uses_matmul(batch)
+                form = "matmul" if uses_matmul else "grouped"
+                k = pack_size(batch)
+                sized = _packed(config, k, max(2, args.steps * args.copies // k), "auto")
+                r = _best({"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized},
+                          args.rounds)
                 print(f"| {norm} | {batch} | {r['alone']:.0f} | {r['today']:.0f} | {r['new']:.0f} | {form} | "
-                      f"{r['today'] / r['alone']:.1f}x | {r['new'] / r['today']:.2f}x |", flush=True)
+                      f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x |",
+                      flush=True)
     if args.sweep:
         sizes = (4, 8, 16, 32, 64)
         print("\n| norm | batch | form | " + " | ".join(f"K={k}" for k in sizes) + " |\n|---|---|---|"

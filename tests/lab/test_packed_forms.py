@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
-from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet
+from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, _parity_orders, pack_size
 from normlab.lab.packed import pack_state, train_packed, unpack_state
 from normlab.lab.config import from_dict
 from normlab.lab.train import build_packed_classifier, classifier_data, run
@@ -28,9 +28,11 @@ def _nets(norm, weight_norm=False):
     return singles, packed
 
 
-@pytest.mark.parametrize("weight_norm", [False, True])
+@pytest.mark.parametrize("weight_norm,length", [(False, 40), (True, 40), (False, 42)])
 @pytest.mark.parametrize("norm", PACKED_NORMS)
-def test_both_forms_equal_the_nets_alone(norm, weight_norm):
+def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
+    """Length 40 takes the parity layout (stride-2 convs without im2col); 42 (odd lengths after the first stride-2
+    conv) the general im2col."""
     singles, packed = _nets(norm, weight_norm)
     forms = {}
     for form in ("grouped", "matmul"):
@@ -40,7 +42,7 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm):
     if norm != "ws":  # Weight Standardization's conv standardizes in its forward: grouped only
         assert forms["matmul"].uses_matmul(N) and not forms["grouped"].uses_matmul(N)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, K, 40, generator=g)
+    x = torch.randn(N, K, length, generator=g)
     y = torch.randint(0, 10, (N, K), generator=g)
     for step in range(2):  # two steps: the second sees the first's running statistics and updated weights
         alone = [F.cross_entropy(net(x[:, k : k + 1]), y[:, k]) for k, net in enumerate(singles)]
@@ -71,6 +73,15 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm):
             for net in forms.values():
                 pack_state(state, net)
                 state = copy.deepcopy(singles)
+
+
+def test_parity_orders():
+    assert _parity_orders(42, (1, 2, 2, 2)) is None and _parity_orders(40, (2, 2)) is None
+    out4, out3, out2, out1 = reversed(_parity_orders(40, (1, 2, 2, 2)))  # outputs of layers 4, 3, 2, 1
+    assert out4 == [0, 1, 2, 3, 4] and out3 == [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
+    for inner, outer in ((out4, out3), (out3, out2), (out2, out1)):  # even positions first, then odd, inner order
+        assert outer == [2 * p for p in inner] + [2 * p + 1 for p in inner]
+    assert sorted(out1) == list(range(40))
 
 
 def test_auto_form_is_the_measured_faster_one():
@@ -105,3 +116,10 @@ def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
         assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
         assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)
         assert pm["train_loss"] == pytest.approx(am["train_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_pack_size_by_batch():
+    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 16, 8, 4, 4, 4]
+    assert pack_size(32, most=4) == 4 and pack_size(2, most=16) == 16
+    with pytest.raises(ValueError):
+        pack_size(0)

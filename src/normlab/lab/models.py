@@ -17,7 +17,7 @@ from ..registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
     "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
-    "PACKED_FORMS", "MATMUL_MIN_BATCH", "pack_size",
+    "PACKED_FORMS", "MATMUL_MIN_BATCH", "PACK_EXAMPLES", "pack_size",
 ]
 
 
@@ -102,6 +102,19 @@ class SplitNorm(nn.Module):
 # each way), correct but unmeasured, so "auto" keeps them grouped.
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 16
+PACK_EXAMPLES = 256  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+
+
+def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
+    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step: about
+    PACK_EXAMPLES examples a pack step, within ``least .. most``. Measured on one core (2026-12-06, BN/GN/LN, the
+    form "auto" picks), the best pack sizes were 64-128 at batch 2, 32 at batch 8, 8-16 at batch 32 and 2-4 at batch
+    128: throughput grows with K while per-operation overhead dominates, and falls once a pack's activations
+    (K*batch*32 channels*40 positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8, 16 at 16, 8 at
+    32, 4 from 64 up."""
+    if batch < 1:
+        raise ValueError(f"pack_size: batch must be at least 1, got {batch}")
+    return max(least, min(most, PACK_EXAMPLES // batch))
 
 
 class _Im2Col(torch.autograd.Function):
@@ -146,6 +159,80 @@ class _Im2Col(torch.autograd.Function):
         odd.copy_(grad[:, :, 2, : odd.shape[2]])
         odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
         return gx, None
+
+
+@lru_cache(maxsize=None)
+def _parity_orders(length: int, strides: tuple[int, ...]) -> tuple[list[int], ...] | None:
+    """For a first conv of stride 1 and then convs of stride 2 whose inputs all have even lengths (the lab's
+    ConvNet: 40, 40, 20, 10): the order in which each layer's output positions are stored, chosen so that every
+    stride-2 conv finds its input's even positions in one half and its odd positions in the other, each half in the
+    order of its own output (``_Stride2Conv``). None for any other net (the general im2col then)."""
+    if len(strides) < 2 or strides[0] != 1 or any(s != 2 for s in strides[1:]):
+        return None
+    lengths = [length >> i for i in range(len(strides) - 1)]  # inputs of the stride-2 convs
+    if any(n % 2 for n in lengths):
+        return None
+    order = list(range(lengths[-1] // 2))
+    orders = [order]
+    for _ in lengths:  # the input of a stride-2 conv: its outputs' even positions, then their odd ones
+        order = [2 * o for o in order] + [2 * o + 1 for o in order]
+        orders.append(order)
+    return tuple(reversed(orders))  # orders[i]: layer i's output order; the last one natural
+
+
+@lru_cache(maxsize=None)
+def _parity_indices(length: int, strides: tuple[int, ...], device: torch.device) -> tuple:
+    """Index tensors of the parity layout: the first conv's im2col gather (into its zero-padded input) and, per
+    stride-2 conv, the odd-half slot that tap 0 reads for each output slot, whether it reads one, the slot that
+    reads none."""
+    orders = _parity_orders(length, strides)
+    assert orders is not None
+    first = torch.tensor([p + j for j in range(3) for p in orders[0]], device=device)  # padded position p + j - 1 + 1
+    taps = []
+    for out in orders[1:]:
+        slot = {pos: q for q, pos in enumerate(out)}
+        src = torch.tensor([slot.get(pos - 1, 0) for pos in out], device=device)
+        valid = torch.tensor([pos >= 1 for pos in out], device=device)
+        taps.append((src, valid, torch.tensor([slot[0]], device=device)))
+    return first, taps
+
+
+class _Stride2Conv(torch.autograd.Function):
+    """K convs (kernel 3, padding 1, stride 2) on parity-ordered maps ``(K, C, 2, L/2, N)`` (even input positions,
+    then odd ones, each in the order of the outputs): taps 1 and 2 read the two halves as they lie, one batched
+    matrix product with no copy; tap 0 reads the odd half one output earlier, a gather of half the input. Output
+    ``(K, C_out, L/2*N)``. Backward: the input's gradient is one matrix product laid out as the input, plus tap 0's
+    added back into the odd half."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, src: Tensor, valid: Tensor,  # type: ignore[override]
+                none: Tensor) -> Tensor:
+        k, c, _, half, n = x.shape
+        c_out = weight.shape[1]
+        shifted = x[:, :, 1].index_select(2, src).index_fill_(2, none, 0.0).view(k, c, half * n)
+        out = torch.baddbmm(bias.unsqueeze(-1), weight[..., 1:].reshape(k, c_out, c * 2), x.view(k, c * 2, half * n))
+        out.baddbmm_(weight[..., 0], shifted)
+        ctx.save_for_backward(x, weight, shifted, src, valid)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight, shifted, src, valid = ctx.saved_tensors
+        k, c, _, half, n = x.shape
+        c_out = weight.shape[1]
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(weight[..., 1:].reshape(k, c_out, c * 2).transpose(1, 2), grad).view(k, c, 2, half, n)
+            tap0 = torch.bmm(weight[..., 0].transpose(1, 2), grad).view(k, c, half, n)
+            grad_x[:, :, 1].index_add_(2, src[valid], tap0[:, :, valid])
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_empty(weight.shape)
+            grad_w[..., 1:] = torch.bmm(grad, x.view(k, c * 2, half * n).transpose(1, 2)).view(k, c_out, c, 2)
+            grad_w[..., 0] = torch.bmm(grad, shifted.transpose(1, 2))
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(2)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -231,14 +318,16 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
     """``act(norm(.))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to channel-major maps
     ``y`` ``(K, C, L*N)`` (the conv's output, batch last); returns ``(K, C, L, N)`` (a view when the norm
     took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one) run on the channel-major maps; any
-    other norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm whose backward does not read its
-    output runs in place, on the output itself (not on a view of it, which autograd would copy back)."""
+    other norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a
+    norm whose backward does not read its output runs in place, on the output itself (not on a view of it, which
+    autograd would copy back)."""
     k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
     if isinstance(norm, nn.Identity):
         out, restore = y, False
     elif type(norm) in _ROW_NORMS and not _hooked(norm):
         out, restore = _row_batch_norm(norm, y.view(1, k * c, length * n)), False
-    elif type(norm) in _GROUP_NORMS and not _hooked(norm) and norm.affine and norm.bias is not None and y.dtype == torch.float32:
+    elif (type(norm) in _GROUP_NORMS and not _hooked(norm) and norm.affine and norm.bias is not None
+          and y.dtype == torch.float32):
         groups = norm.num_groups
         out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
         restore = False
@@ -347,8 +436,9 @@ class ConvNet(nn.Module):
             if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
                 return False
         convs = list(self.features)[0::3]
-        return all(_is_plain_conv1d(m) and m.kernel_size == (3,) and m.padding == (1,) and m.dilation == (1,) and m.stride in ((1,), (2,))
-                   and m.groups == self.copies and m.bias is not None and m.padding_mode == "zeros" for m in convs)
+        return all(_is_plain_conv1d(m) and m.kernel_size == (3,) and m.padding == (1,) and m.dilation == (1,)
+                   and m.stride in ((1,), (2,)) and m.groups == self.copies and m.bias is not None
+                   and m.padding_mode == "zeros" for m in convs)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_matmul(x.shape[0]):
@@ -357,16 +447,28 @@ class ConvNet(nn.Module):
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
-        k, n = self.copies, x.shape[0]
-        h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
+        k, n, length = self.copies, x.shape[0], x.shape[-1]
+        h = x.reshape(n, k, -1, length).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3]):
-            c_in, stride = h.shape[1], conv.stride[0]
-            cols = _Im2Col.apply(h, stride)  # (K, C_in*3, L_out*N)
-            c_out = conv.out_channels // k
-            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
+        convs = blocks[0::3]
+        strides = tuple(conv.stride[0] for conv in convs)
+        parity = _parity_orders(length, strides) is not None
+        if parity:
+            first, taps = _parity_indices(length, strides, x.device)
+        for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3])):
+            c_in, c_out = h.shape[1], conv.out_channels // k
+            weight = conv.weight.view(k, c_out, c_in, 3)
+            if parity and i == 0:  # im2col straight into the parity order: a gather from the padded input
+                cols = F.pad(h, (0, 0, 1, 1)).index_select(2, first).view(k, c_in * 3, -1)
+                y = torch.baddbmm(conv.bias.view(k, c_out, 1), weight.view(k, c_out, c_in * 3), cols)
+            elif parity:
+                maps = h.contiguous().view(k, c_in, 2, h.shape[2] // 2, n)
+                y = _Stride2Conv.apply(maps, weight, conv.bias.view(k, c_out), *taps[i - 1])
+            else:
+                cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
+                y = torch.baddbmm(conv.bias.view(k, c_out, 1), weight.view(k, c_out, c_in * 3), cols)
             h = _norm_act_channel_major(norm, act, y, n)
-        pooled = h.mean(2)  # (K, C, N): the average pool
+        pooled = h.mean(2)  # (K, C, N): the average pool (any order of positions)
         return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
@@ -420,7 +522,8 @@ class _Block(nn.Module):
         heads = self.attn.num_heads
         qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).view(n, t, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, heads, T, D/heads): views
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.attn.dropout if self.training else 0.0)
+        dropout = self.attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
