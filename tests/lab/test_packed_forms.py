@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
-from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, _parity_orders, pack_size
+from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.packed import pack_state, train_packed, unpack_state
 from normlab.lab.config import from_dict
 from normlab.lab.train import build_packed_classifier, classifier_data, run
@@ -31,8 +31,7 @@ def _nets(norm, weight_norm=False):
 @pytest.mark.parametrize("weight_norm,length", [(False, 40), (True, 40), (False, 42)])
 @pytest.mark.parametrize("norm", PACKED_NORMS)
 def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
-    """Length 40 takes the parity layout (stride-2 convs without im2col); 42 (odd lengths after the first stride-2
-    conv) the general im2col."""
+    """Length 40 (the lab's MNIST-1D) and 42 (odd lengths after the first stride-2 conv: the im2col's border)."""
     singles, packed = _nets(norm, weight_norm)
     forms = {}
     for form in ("grouped", "matmul"):
@@ -73,15 +72,6 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
             for net in forms.values():
                 pack_state(state, net)
                 state = copy.deepcopy(singles)
-
-
-def test_parity_orders():
-    assert _parity_orders(42, (1, 2, 2, 2)) is None and _parity_orders(40, (2, 2)) is None
-    out4, out3, out2, out1 = reversed(_parity_orders(40, (1, 2, 2, 2)))  # outputs of layers 4, 3, 2, 1
-    assert out4 == [0, 1, 2, 3, 4] and out3 == [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
-    for inner, outer in ((out4, out3), (out3, out2), (out2, out1)):  # even positions first, then odd, inner order
-        assert outer == [2 * p for p in inner] + [2 * p + 1 for p in inner]
-    assert sorted(out1) == list(range(40))
 
 
 def test_auto_form_is_the_measured_faster_one():

@@ -161,80 +161,6 @@ class _Im2Col(torch.autograd.Function):
         return gx, None
 
 
-@lru_cache(maxsize=None)
-def _parity_orders(length: int, strides: tuple[int, ...]) -> tuple[list[int], ...] | None:
-    """For a first conv of stride 1 and then convs of stride 2 whose inputs all have even lengths (the lab's
-    ConvNet: 40, 40, 20, 10): the order in which each layer's output positions are stored, chosen so that every
-    stride-2 conv finds its input's even positions in one half and its odd positions in the other, each half in the
-    order of its own output (``_Stride2Conv``). None for any other net (the general im2col then)."""
-    if len(strides) < 2 or strides[0] != 1 or any(s != 2 for s in strides[1:]):
-        return None
-    lengths = [length >> i for i in range(len(strides) - 1)]  # inputs of the stride-2 convs
-    if any(n % 2 for n in lengths):
-        return None
-    order = list(range(lengths[-1] // 2))
-    orders = [order]
-    for _ in lengths:  # the input of a stride-2 conv: its outputs' even positions, then their odd ones
-        order = [2 * o for o in order] + [2 * o + 1 for o in order]
-        orders.append(order)
-    return tuple(reversed(orders))  # orders[i]: layer i's output order; the last one natural
-
-
-@lru_cache(maxsize=None)
-def _parity_indices(length: int, strides: tuple[int, ...], device: torch.device) -> tuple:
-    """Index tensors of the parity layout: the first conv's im2col gather (into its zero-padded input) and, per
-    stride-2 conv, the odd-half slot that tap 0 reads for each output slot, whether it reads one, the slot that
-    reads none."""
-    orders = _parity_orders(length, strides)
-    assert orders is not None
-    first = torch.tensor([p + j for j in range(3) for p in orders[0]], device=device)  # padded position p + j - 1 + 1
-    taps = []
-    for out in orders[1:]:
-        slot = {pos: q for q, pos in enumerate(out)}
-        src = torch.tensor([slot.get(pos - 1, 0) for pos in out], device=device)
-        valid = torch.tensor([pos >= 1 for pos in out], device=device)
-        taps.append((src, valid, torch.tensor([slot[0]], device=device)))
-    return first, taps
-
-
-class _Stride2Conv(torch.autograd.Function):
-    """K convs (kernel 3, padding 1, stride 2) on parity-ordered maps ``(K, C, 2, L/2, N)`` (even input positions,
-    then odd ones, each in the order of the outputs): taps 1 and 2 read the two halves as they lie, one batched
-    matrix product with no copy; tap 0 reads the odd half one output earlier, a gather of half the input. Output
-    ``(K, C_out, L/2*N)``. Backward: the input's gradient is one matrix product laid out as the input, plus tap 0's
-    added back into the odd half."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, src: Tensor, valid: Tensor,  # type: ignore[override]
-                none: Tensor) -> Tensor:
-        k, c, _, half, n = x.shape
-        c_out = weight.shape[1]
-        shifted = x[:, :, 1].index_select(2, src).index_fill_(2, none, 0.0).view(k, c, half * n)
-        out = torch.baddbmm(bias.unsqueeze(-1), weight[..., 1:].reshape(k, c_out, c * 2), x.view(k, c * 2, half * n))
-        out.baddbmm_(weight[..., 0], shifted)
-        ctx.save_for_backward(x, weight, shifted, src, valid)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight, shifted, src, valid = ctx.saved_tensors
-        k, c, _, half, n = x.shape
-        c_out = weight.shape[1]
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(weight[..., 1:].reshape(k, c_out, c * 2).transpose(1, 2), grad).view(k, c, 2, half, n)
-            tap0 = torch.bmm(weight[..., 0].transpose(1, 2), grad).view(k, c, half, n)
-            grad_x[:, :, 1].index_add_(2, src[valid], tap0[:, :, valid])
-        if ctx.needs_input_grad[1]:
-            grad_w = weight.new_empty(weight.shape)
-            grad_w[..., 1:] = torch.bmm(grad, x.view(k, c * 2, half * n).transpose(1, 2)).view(k, c_out, c, 2)
-            grad_w[..., 0] = torch.bmm(grad, shifted.transpose(1, 2))
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(2)
-        return grad_x, grad_w, grad_b, None, None, None
-
-
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_pre_hooks or module._forward_hooks)
 
@@ -447,28 +373,15 @@ class ConvNet(nn.Module):
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
-        k, n, length = self.copies, x.shape[0], x.shape[-1]
-        h = x.reshape(n, k, -1, length).permute(1, 2, 3, 0)  # (K, C, L, N): a view
+        k, n = self.copies, x.shape[0]
+        h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        convs = blocks[0::3]
-        strides = tuple(conv.stride[0] for conv in convs)
-        parity = _parity_orders(length, strides) is not None
-        if parity:
-            first, taps = _parity_indices(length, strides, x.device)
-        for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3])):
+        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3]):
             c_in, c_out = h.shape[1], conv.out_channels // k
-            weight = conv.weight.view(k, c_out, c_in, 3)
-            if parity and i == 0:  # im2col straight into the parity order: a gather from the padded input
-                cols = F.pad(h, (0, 0, 1, 1)).index_select(2, first).view(k, c_in * 3, -1)
-                y = torch.baddbmm(conv.bias.view(k, c_out, 1), weight.view(k, c_out, c_in * 3), cols)
-            elif parity:
-                maps = h.contiguous().view(k, c_in, 2, h.shape[2] // 2, n)
-                y = _Stride2Conv.apply(maps, weight, conv.bias.view(k, c_out), *taps[i - 1])
-            else:
-                cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
-                y = torch.baddbmm(conv.bias.view(k, c_out, 1), weight.view(k, c_out, c_in * 3), cols)
+            cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
+            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
             h = _norm_act_channel_major(norm, act, y, n)
-        pooled = h.mean(2)  # (K, C, N): the average pool (any order of positions)
+        pooled = h.mean(2)  # (K, C, N): the average pool
         return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
