@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.lab.config import make_config
+from normlab.lab.config import from_dict, make_config
 from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.packed import pack_state, train_packed, unpack_state
-from normlab.lab.config import from_dict
 from normlab.lab.train import build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 
