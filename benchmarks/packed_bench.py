@@ -1,10 +1,20 @@
-"""Model-steps per second: K lab ConvNets trained packed as one model vs one at a time (a benchmark, not a test).
+"""Model-steps per second: K lab ConvNets trained packed as one model vs one at a time, today's packed form vs the
+batched-matmul form, the pack-size curve, and the language model's tokens per second (a benchmark, not a test).
 
-    python benchmarks/packed_bench.py [--copies 16] [--steps 200] [--threads 1]
+    python benchmarks/packed_bench.py [--copies 16] [--steps 40] [--rounds 3] [--threads 1] [--sweep] [--lm]
 
-The lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on one
-net, the lab's own loop; packed: ``normlab.lab.packed``'s model and optimizer over K nets. Both are timed in the same
-run, alternating, best of 3 rounds; prints the ratio.
+ConvNets: the lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on
+one net, the lab's own loop; packed: ``normlab.lab.packed``'s model and optimizer over K nets, in today's form
+(grouped convolutions, ``packed_form="grouped"``: the code path of the main branch) and in the lab's choice
+(``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
+``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
+language model (2 blocks, width 64, 4 heads, sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per
+second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask) and the new one, same
+model, same parameters.
+
+Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
+``--clock process`` (the default) times the process's CPU time (``time.process_time``; one thread), which a machine
+shared with other jobs distorts less than wall time (``--clock wall``).
 """
 
 from __future__ import annotations
@@ -13,63 +23,163 @@ import argparse
 import platform
 import time
 
+CLOCK = time.process_time
+
 import torch
 import torch.nn.functional as F
 
-from normlab.lab.config import make_config
+from normlab.lab.config import from_dict, make_config
+from normlab.lab.models import CharTransformer, pack_size
 from normlab.lab.packed import PackedSGD, pack_state
-from normlab.lab.train import build_classifier, build_packed_classifier, classifier_data
-from normlab.lab.config import from_dict
+from normlab.lab.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
 
 
-def _alone(config: dict, steps: int) -> float:
+def _alone(config: dict, steps: int):
     c = from_dict(config)
     data = classifier_data(c)
     model = build_classifier(c, data)
     opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum)
     x, y = data.x_train[: c.batch_size], data.y_train[: c.batch_size]
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps / (time.perf_counter() - start)
+
+    def run() -> float:
+        start = CLOCK()
+        for _ in range(steps):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return steps / (CLOCK() - start)
+
+    return run
 
 
-def _packed(config: dict, copies: int, steps: int) -> float:
+def _packed(config: dict, copies: int, steps: int, form: str):
     c = from_dict(config)
     data = classifier_data(c)
     singles = [build_classifier(c, data) for _ in range(copies)]
     packed = build_packed_classifier([c] * copies, data)
+    packed.packed_form = form
     layout = pack_state(singles, packed)
     opt = PackedSGD(packed, layout, [c.lr] * copies, [0.0] * copies, c.momentum)
     idx = torch.arange(copies * c.batch_size).view(c.batch_size, copies) % len(data.x_train)
     x, y = data.x_train[idx].reshape(c.batch_size, copies, 40), data.y_train[idx]
-    start = time.perf_counter()
-    for _ in range(steps):
-        losses = F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0)
-        opt.zero_grad()
-        losses.sum().backward()
-        opt.step(1.0)
-    return copies * steps / (time.perf_counter() - start)
+
+    def run() -> float:
+        start = CLOCK()
+        for _ in range(steps):
+            losses = F.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(0)
+            opt.zero_grad()
+            losses.sum().backward()
+            opt.step(1.0)
+        return copies * steps / (CLOCK() - start)
+
+    run()  # warm-up (allocator, first-call costs)
+    return run
+
+
+def _best(runs: dict[str, object], rounds: int) -> dict[str, float]:
+    """Each variant's best rate over ``rounds`` rounds, the variants alternating within a round."""
+    best = {name: 0.0 for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())  # type: ignore[operator]
+    return best
+
+
+def _mha_forward(model: CharTransformer, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """Today's forward: each block's attention by ``nn.MultiheadAttention`` with a causal and a key padding mask."""
+    t = tokens.shape[1]
+    x = model.embed(tokens) + model.pos[:t]
+    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+    for block in model.blocks:
+        h = block.norm1(x)
+        x = x + block.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
+        x = x + block.mlp(block.norm2(x))
+    return model.head(model.final_norm(x))
+
+
+def _lm(norm: str, batch: int, steps: int, forward: str):
+    c = from_dict(make_config("char_lm", study="bench", norm=norm, seed=0, batch_size=batch))
+    text = load_text()
+    vocab = len(text.vocab)
+    torch.manual_seed(0)
+    model = CharTransformer(vocab, norm, c.dim, c.layers, max_len=c.seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    batches = [_lm_batch(text.train, batch, c.seq_len, vocab, g, True) for _ in range(4)]
+
+    def run() -> float:
+        start = CLOCK()
+        for i in range(steps):
+            tokens, targets, padding = batches[i % len(batches)]
+            logits = _mha_forward(model, tokens, padding) if forward == "today" else model(tokens, padding)
+            loss = F.cross_entropy(logits.transpose(1, 2), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return batch * c.seq_len * steps / (CLOCK() - start)
+
+    run()
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=40, help="packed steps a round (alone: 4x as many)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--norms", default="batch,group,layer")
+    parser.add_argument("--sweep", action="store_true", help="the pack-size curve, K = 4 .. 64")
+    parser.add_argument("--lm", action="store_true", help="the language model's tokens per second")
+    parser.add_argument("--no-convnet", action="store_true", help="skip the ConvNet table")
+    parser.add_argument("--clock", choices=("process", "wall"), default="process")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
-    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies")
-    print("| norm | batch | alone model-steps/s | packed model-steps/s | packed/alone |\n|---|---|---|---|---|")
-    for norm in ("batch", "group", "layer"):
-        for batch in (2, 32):
-            config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
-            alone = max(_alone(config, args.steps) for _ in range(3))
-            packed = max(_packed(config, args.copies, args.steps // 4) for _ in range(3))
-            print(f"| {norm} | {batch} | {alone:.0f} | {packed:.0f} | {packed / alone:.1f}x |", flush=True)
+    norms = args.norms.split(",")
+    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies, "
+          f"{args.clock} time, best of {args.rounds}")
+    if not args.no_convnet:
+        print(f"\n| norm | batch | alone model-steps/s | packed today (grouped, K={args.copies}) | packed new (auto, "
+              f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
+        for norm in norms:
+            for batch in (2, 32):
+                config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
+                today = _packed(config, args.copies, args.steps, "grouped")
+                new = _packed(config, args.copies, args.steps, "auto")
+                c = from_dict(config)
+                uses_matmul = build_packed_classifier([c] * args.copies, classifier_data(c)).uses_matmul(batch)
+                form = "matmul" if uses_matmul else "grouped"
+                k = pack_size(batch)
+                sized = _packed(config, k, max(2, args.steps * args.copies // k), "auto")
+                r = _best({"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized},
+                          args.rounds)
+                print(f"| {norm} | {batch} | {r['alone']:.0f} | {r['today']:.0f} | {r['new']:.0f} | {form} | "
+                      f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x |",
+                      flush=True)
+    if args.sweep:
+        sizes = (4, 8, 16, 32, 64)
+        print("\n| norm | batch | form | " + " | ".join(f"K={k}" for k in sizes) + " |\n|---|---|---|"
+              + "---|" * len(sizes))
+        for norm in norms:
+            for batch in (2, 32):
+                config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
+                for form in ("grouped", "matmul"):
+                    rates = []
+                    for k in sizes:
+                        steps = max(4, args.steps * 16 // k)
+                        rates.append(_best({form: _packed(config, k, steps, form)}, args.rounds)[form])
+                    print(f"| {norm} | {batch} | {form} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
+    if args.lm:
+        print("\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |\n|---|---|---|---|---|")
+        for norm in ("layer", "rms", "dyt", "batch"):
+            steps = max(2, args.steps // 4)
+            r = _best({"today": _lm(norm, 32, steps, "today"), "new": _lm(norm, 32, steps, "new")}, args.rounds)
+            print(f"| {norm} | 32 | {r['today']:.0f} | {r['new']:.0f} | {r['new'] / r['today']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

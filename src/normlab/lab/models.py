@@ -8,13 +8,16 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .. import nn as nl
 from ..registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
     "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
+    "PACKED_FORMS", "MATMUL_MIN_BATCH", "PACK_EXAMPLES", "pack_size",
 ]
 
 
@@ -88,6 +91,189 @@ class SplitNorm(nn.Module):
         return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1))], dim=1)
 
 
+# The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
+# (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
+# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, with activations kept channel-major
+# ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one over
+# contiguous blocks). "auto" takes "matmul" at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH examples
+# for GroupNorm and LayerNorm, and "grouped" otherwise. Measured on one core (benchmarks/packed_bench.py, 16 nets,
+# width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared machine), matmul/grouped model-steps/s: BN 1.13x at
+# batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8, 32 in another run); GN 0.84x, 0.93x at batch 2,
+# 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at
+# batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps in the matmul form (a copy each way), correct
+# but unmeasured, so "auto" keeps them grouped.
+PACKED_FORMS = ("auto", "grouped", "matmul")
+MATMUL_MIN_BATCH = 32
+PACK_EXAMPLES = 256  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+
+
+def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
+    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step: about
+    PACK_EXAMPLES examples a pack step, within ``least .. most``. Measured on one core (2026-12-06, BN/GN/LN, the
+    form "auto" picks), the best pack sizes were 64-128 at batch 2, 32 at batch 8, 8-16 at batch 32 and 2-4 at batch
+    128: throughput grows with K while per-operation overhead dominates, and falls once a pack's activations
+    (K*batch*32 channels*40 positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8, 16 at 16, 8 at
+    32, 4 from 64 up."""
+    if batch < 1:
+        raise ValueError(f"pack_size: batch must be at least 1, got {batch}")
+    return max(least, min(most, PACK_EXAMPLES // batch))
+
+
+class _Im2Col(torch.autograd.Function):
+    """``(K, C, L, N)`` maps (any strides; N, the batch, last) -> ``(K, C*3, L_out*N)`` columns of a kernel-3,
+    padding-1 conv with stride 1 or 2: row ``c*3 + j`` at output position l holds input ``s*l + j - 1`` (0 outside
+    the map), the order of a conv weight ``(C_out, C, 3)`` flattened. With the batch last, every tap is a copy of
+    whole ``(N,)`` rows; backward adds each tap's gradient back in place (no scatter kernel)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, stride: int) -> Tensor:  # type: ignore[override]
+        k, c, length, n = x.shape
+        out_len = (length - 1) // stride + 1
+        cols = x.new_empty(k, c, 3, out_len, n)
+        if stride == 1:
+            cols[:, :, 1].copy_(x)
+            cols[:, :, 0, 1:].copy_(x[:, :, :-1])
+            cols[:, :, 2, :-1].copy_(x[:, :, 1:])
+            cols[:, :, 2, -1].zero_()
+        else:  # stride 2: tap 1 reads the even positions, tap 2 the odd ones, tap 0 the odd ones one step back
+            even, odd = x[:, :, 0::2], x[:, :, 1::2]
+            cols[:, :, 1].copy_(even)
+            cols[:, :, 2, : odd.shape[2]].copy_(odd)
+            cols[:, :, 2, odd.shape[2] :].zero_()
+            cols[:, :, 0, 1:].copy_(odd[:, :, : out_len - 1])
+        cols[:, :, 0, 0].zero_()
+        ctx.stride, ctx.shape = stride, x.shape
+        return cols.view(k, c * 3, out_len * n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        k, c, length, n = ctx.shape
+        out_len = (length - 1) // ctx.stride + 1
+        grad = grad.view(k, c, 3, out_len, n)
+        if ctx.stride == 1:
+            gx = grad[:, :, 1].clone()
+            gx[:, :, :-1].add_(grad[:, :, 0, 1:])
+            gx[:, :, 1:].add_(grad[:, :, 2, :-1])
+            return gx, None
+        gx = grad.new_empty(k, c, length, n)
+        odd = gx[:, :, 1::2]
+        gx[:, :, 0::2].copy_(grad[:, :, 1])
+        odd.copy_(grad[:, :, 2, : odd.shape[2]])
+        odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
+        return gx, None
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_pre_hooks or module._forward_hooks)
+
+
+def _is_plain_conv1d(conv: nn.Module) -> bool:
+    """An nn.Conv1d whose weight is itself (or Weight Normalization's, read through the parametrization)."""
+    base = parametrize.type_before_parametrizations(conv)
+    if base is not nn.Conv1d or _hooked(conv):
+        return False
+    if parametrize.is_parametrized(conv):
+        return set(conv.parametrizations.keys()) == {"weight"} and all(
+            isinstance(p, nl.WeightNorm) for p in conv.parametrizations.weight)
+    return True
+
+
+# Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
+# elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
+_ROW_NORMS = (nn.BatchNorm1d, nl.BatchNorm1d)
+
+
+def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
+    """BatchNorm of ``(1, C, M)`` rows, each channel's statistics over its row. In training with running
+    statistics and a momentum it runs as a GroupNorm of one channel a group (ATen's CPU group norm reads a
+    contiguous row about twice as fast as its batch norm) and updates the running statistics as BatchNorm does
+    (unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
+    _, c, m = rows.shape
+    if not (norm.training and norm.track_running_stats and norm.momentum is not None and norm.running_mean is not None
+            and rows.dtype == torch.float32 and m > 1 and norm.weight is not None and norm.bias is not None):
+        return norm(rows)
+    out, mean, rstd = torch.native_group_norm(rows, norm.weight, norm.bias, 1, c, m, c, norm.eps)
+    with torch.no_grad():
+        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
+        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1), alpha=norm.momentum)
+        norm.running_var.mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
+        norm.num_batches_tracked.add_(1)
+    return out
+
+
+class _GroupNormChannelMajor(torch.autograd.Function):
+    """GroupNorm of channel-major maps ``(G, C/G, L, N)`` (group g's channels together, the batch last): statistics
+    per (group, example) over ``(C/G, L)``, affine per channel. The reductions run over the middle axes with the
+    batch contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        groups, cg, length, n = x.shape
+        size = cg * length
+        flat = x.view(groups, size, n)
+        xc = (flat - flat.mean(1, keepdim=True)).view(groups, cg, length, n)  # two passes: exact at large means
+        var = xc.square().view(groups, size, n).mean(1)  # (G, N); vector_norm reduces the middle axis 4x slower
+        rstd = var.add_(eps).rsqrt_().view(groups, 1, 1, n)
+        scale = weight.view(groups, cg, 1, 1) * rstd  # (G, C/G, 1, N)
+        ctx.save_for_backward(xc, rstd, weight)
+        return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        xc, rstd, weight = ctx.saved_tensors
+        groups, cg, length, n = xc.shape
+        grad = grad.contiguous()
+        sum_g = grad.sum(2)  # (G, C/G, N)
+        sum_gx = (grad * xc).sum(2)  # (G, C/G, N): sum of grad * (x - mean)
+        r = rstd.view(groups, 1, n)
+        grad_bias = sum_g.sum(-1).view(-1)
+        grad_weight = (sum_gx * r).sum(-1).view(-1)
+        w = weight.view(groups, cg, 1)
+        size = cg * length
+        t1 = (w * sum_g).sum(1, keepdim=True)  # (G, 1, N): sum of grad * w
+        t2 = (w * sum_gx).sum(1, keepdim=True) * r  # (G, 1, N): sum of grad * w * xhat
+        c0 = (-r * t1 / size).view(groups, 1, 1, n)
+        c1 = (-r * r * t2 / size).view(groups, 1, 1, n)
+        grad_x = torch.addcmul(c0, grad, weight.view(groups, cg, 1, 1) * rstd)
+        grad_x.addcmul_(xc, c1)
+        return grad_x, grad_weight, grad_bias, None
+
+
+_GROUP_NORMS = (nn.GroupNorm, nl.GroupNorm)
+
+
+def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) -> Tensor:
+    """``act(norm(.))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to channel-major maps
+    ``y`` ``(K, C, L*N)`` (the conv's output, batch last); returns ``(K, C, L, N)`` (a view when the norm
+    took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one) run on the channel-major maps; any
+    other norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a
+    norm whose backward does not read its output runs in place, on the output itself (not on a view of it, which
+    autograd would copy back)."""
+    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
+    if isinstance(norm, nn.Identity):
+        out, restore = y, False
+    elif type(norm) in _ROW_NORMS and not _hooked(norm):
+        out, restore = _row_batch_norm(norm, y.view(1, k * c, length * n)), False
+    elif (type(norm) in _GROUP_NORMS and not _hooked(norm) and norm.affine and norm.bias is not None
+          and y.dtype == torch.float32):
+        groups = norm.num_groups
+        out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
+        restore = False
+    else:
+        out, restore = norm(y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length)), True
+    if isinstance(act, nn.ReLU):
+        out = torch.relu_(out) if type(norm) in _INPLACE_AFTER else torch.relu(out)
+    elif not isinstance(act, nn.Identity):
+        out = act(out)
+    if restore:
+        return out.view(n, k, c, length).permute(1, 2, 3, 0)
+    return out.view(k, c, length, n)
+
+
+# Norms whose output their backward does not read: the ReLU after them may run in place.
+_INPLACE_AFTER = (nn.BatchNorm1d, nl.BatchNorm1d, nn.GroupNorm, nl.GroupNorm, nn.Identity)
+
+
 class ConvNet(nn.Module):
     """conv-norm-ReLU blocks (stride 2 after the first), global average pool, linear head. 1-d or 2-d by the data.
     A norm with its activation built in (FRN + TLU, EvoNorm) takes the ReLU's place, as in its paper.
@@ -99,6 +285,12 @@ class ConvNet(nn.Module):
     nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
     ``norm_options``) may give one entry per copy: runs of several norms then share one pack, each norm layer a
     :class:`SplitNorm` of the norms' packed forms.
+
+    ``packed_form`` (packed nets only; an attribute, so it may change between steps): "grouped" convolutions,
+    "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
+    weight-normalized convs, else grouped), or "auto": matmul where measured faster (BatchNorm and no norm at every
+    batch, GroupNorm and LayerNorm from :data:`MATMUL_MIN_BATCH` examples; see :meth:`uses_matmul`). Both forms
+    compute the same function with the same parameters and state, up to float rounding.
     """
 
     def __init__(
@@ -112,8 +304,12 @@ class ConvNet(nn.Module):
         weight_norm: bool = False,
         copies: int | None = None,
         norm_options: dict | Sequence[dict | None] | None = None,
+        packed_form: str = "auto",
     ) -> None:
         super().__init__()
+        if packed_form not in PACKED_FORMS:
+            raise ValueError(f"ConvNet: packed_form must be one of {', '.join(PACKED_FORMS)}, got {packed_form!r}")
+        self.packed_form = packed_form
         k = copies or 1
         norms = [norm] * k if isinstance(norm, str) else list(norm)
         options = [norm_options] * k if norm_options is None or isinstance(norm_options, dict) else list(norm_options)
@@ -157,8 +353,38 @@ class ConvNet(nn.Module):
             return special
         return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
+    def uses_matmul(self, batch: int) -> bool:
+        """Whether a forward over ``batch`` examples takes the matmul form (see ``packed_form``)."""
+        if self.copies is None or self.packed_form == "grouped":
+            return False
+        if self.packed_form == "auto":
+            norms = list(self.features)[1::3]
+            rows = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS for m in norms)
+            groups = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS + _GROUP_NORMS for m in norms)
+            if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
+                return False
+        convs = list(self.features)[0::3]
+        return all(_is_plain_conv1d(m) and m.kernel_size == (3,) and m.padding == (1,) and m.dilation == (1,)
+                   and m.stride in ((1,), (2,)) and m.groups == self.copies and m.bias is not None
+                   and m.padding_mode == "zeros" for m in convs)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.uses_matmul(x.shape[0]):
+            return self._forward_matmul(x)
         return self.head(self.pool(self.features(x)).flatten(1))
+
+    def _forward_matmul(self, x: Tensor) -> Tensor:
+        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
+        k, n = self.copies, x.shape[0]
+        h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
+        blocks = list(self.features)
+        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3]):
+            c_in, c_out = h.shape[1], conv.out_channels // k
+            cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
+            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
+            h = _norm_act_channel_major(norm, act, y, n)
+        pooled = h.mean(2)  # (K, C, N): the average pool
+        return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
 class PackedLinear(nn.Module):
@@ -193,16 +419,43 @@ class TokenNorm(nn.Module):
 
 
 class _Block(nn.Module):
+    """A pre-norm block. The attention keeps ``nn.MultiheadAttention``'s parameters (state_dict keys
+    ``attn.in_proj_weight``, ...) and computes what it computes, as one fused QKV projection and one
+    ``scaled_dot_product_attention`` under a single boolean mask, without the module's layout copies and its float
+    mask of ``(N*heads, T, T)``."""
+
     def __init__(self, dim: int, heads: int, norm: str) -> None:
         super().__init__()
         self.norm1, self.norm2 = TokenNorm(norm, dim, "attention"), TokenNorm(norm, dim, "mlp")
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: Tensor, causal: Tensor, padding: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
+    def attention(self, h: Tensor, allowed: Tensor) -> Tensor:
+        """Self-attention of ``h`` ``(N, T, D)``; ``allowed`` ``(N, 1, T, T)``, True (or 0 in an additive float mask)
+        where a query may see a key."""
+        n, t, d = h.shape
+        heads = self.attn.num_heads
+        qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).view(n, t, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, heads, T, D/heads): views
+        dropout = self.attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x), allowed)
         return x + self.mlp(self.norm2(x))
+
+
+def attention_mask(padding: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``(N, 1, T, T)``, True where query i may attend to key j: j <= i and j not padding (``padding`` ``(N, T)``,
+    True at pad positions), what ``nn.MultiheadAttention`` gets from a causal mask and a key padding mask. With a
+    float ``dtype``: the additive mask, 0 where allowed and -inf elsewhere (made once, not in every attention call)."""
+    t = padding.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=padding.device).tril_()
+    allowed = causal & ~padding[:, None, None, :]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=padding.device).masked_fill_(~allowed, float("-inf"))
 
 
 class CharTransformer(nn.Module):
@@ -219,7 +472,7 @@ class CharTransformer(nn.Module):
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
         t = tokens.shape[1]
         x = self.embed(tokens) + self.pos[:t]
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), diagonal=1)
+        allowed = attention_mask(padding, x.dtype)
         for block in self.blocks:
-            x = block(x, causal, padding)
+            x = block(x, allowed)
         return self.head(self.final_norm(x))

@@ -1,0 +1,66 @@
+"""The language model's fast attention computes what ``nn.MultiheadAttention`` computes (same parameters, same
+state_dict keys): forward outputs and gradients within float32 rounding, for every norm the lab trains it with."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.lab.models import CharTransformer, attention_mask
+
+NORMS = ["layer", "rms", "dyt", "batch"]
+
+
+def _reference(model: CharTransformer, tokens, padding):
+    """The model as it was: each block's attention by ``nn.MultiheadAttention`` with a causal and a key padding mask."""
+    t = tokens.shape[1]
+    x = model.embed(tokens) + model.pos[:t]
+    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+    for block in model.blocks:
+        h = block.norm1(x)
+        x = x + block.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
+        x = x + block.mlp(block.norm2(x))
+    return model.head(model.final_norm(x))
+
+
+def _batch(n=6, t=24, vocab=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n, t), generator=g)
+    lengths = torch.randint(t // 4, t + 1, (n,), generator=g)
+    padding = torch.arange(t)[None, :] >= lengths[:, None]
+    tokens[padding] = vocab
+    targets = torch.randint(0, vocab, (n, t), generator=g).masked_fill(padding, -100)
+    return tokens, targets, padding
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_fast_attention_equals_multihead_attention(norm):
+    torch.manual_seed(1)
+    model = CharTransformer(30, norm, dim=32, layers=2, heads=4, max_len=24)
+    ref = copy.deepcopy(model)
+    tokens, targets, padding = _batch()
+    out, expected = model(tokens, padding), _reference(ref, tokens, padding)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # pad positions too (BatchNorm sees them)
+    grads = torch.autograd.grad(F.cross_entropy(out.transpose(1, 2), targets), list(model.parameters()))
+    ref_grads = torch.autograd.grad(F.cross_entropy(expected.transpose(1, 2), targets), list(ref.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), ref.state_dict().items()):  # BN's running statistics
+        assert ka == kb
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_keys_are_unchanged():
+    model = CharTransformer(30, "layer", dim=32, layers=2, heads=4, max_len=24)
+    keys = set(model.state_dict())
+    assert {"blocks.0.attn.in_proj_weight", "blocks.0.attn.in_proj_bias", "blocks.0.attn.out_proj.weight",
+            "blocks.0.attn.out_proj.bias", "blocks.1.mlp.0.weight", "pos", "embed.weight", "head.weight"} <= keys
+
+
+def test_attention_mask_is_causal_and_hides_padding():
+    padding = torch.tensor([[False, False, True], [False, False, False]])
+    allowed = attention_mask(padding)
+    assert allowed.shape == (2, 1, 3, 3)
+    assert allowed[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert allowed[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]

@@ -1,0 +1,114 @@
+"""The packed ConvNet's two forms, grouped convolutions and batched matrix products, each compute what the K nets
+compute alone: outputs, gradients and running statistics, for every norm that packs."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.lab.config import from_dict, make_config
+from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, pack_size
+from normlab.lab.packed import pack_state, train_packed, unpack_state
+from normlab.lab.train import build_packed_classifier, classifier_data, run
+from normlab.registry import available_norms, can_pack
+
+PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
+K, N = 3, 8
+
+
+def _nets(norm, weight_norm=False):
+    singles = []
+    for seed in range(K):
+        torch.manual_seed(seed)
+        singles.append(ConvNet(1, 10, 1, norm, width=8, depth=4, weight_norm=weight_norm))
+    packed = ConvNet(1, 10, 1, norm, width=8, depth=4, weight_norm=weight_norm, copies=K)
+    pack_state(singles, packed)
+    return singles, packed
+
+
+@pytest.mark.parametrize("weight_norm,length", [(False, 40), (True, 40), (False, 42)])
+@pytest.mark.parametrize("norm", PACKED_NORMS)
+def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
+    """Length 40 (the lab's MNIST-1D) and 42 (odd lengths after the first stride-2 conv: the im2col's border)."""
+    singles, packed = _nets(norm, weight_norm)
+    forms = {}
+    for form in ("grouped", "matmul"):
+        net = copy.deepcopy(packed)
+        net.packed_form = form
+        forms[form] = net
+    if norm != "ws":  # Weight Standardization's conv standardizes in its forward: grouped only
+        assert forms["matmul"].uses_matmul(N) and not forms["grouped"].uses_matmul(N)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, K, length, generator=g)
+    y = torch.randint(0, 10, (N, K), generator=g)
+    for step in range(2):  # two steps: the second sees the first's running statistics and updated weights
+        alone = [F.cross_entropy(net(x[:, k : k + 1]), y[:, k]) for k, net in enumerate(singles)]
+        alone_grads = [torch.autograd.grad(loss, list(net.parameters())) for loss, net in zip(alone, singles)]
+        for form, net in forms.items():
+            out = net(x)  # (N, K, classes)
+            losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(0)
+            torch.testing.assert_close(losses, torch.stack(alone).detach(), rtol=1e-5, atol=1e-6, msg=form)
+            grads = torch.autograd.grad(losses.sum(), list(net.parameters()))
+            unpacked = [copy.deepcopy(s) for s in singles]
+            for p, gr in zip(net.parameters(), grads):
+                p.grad = gr
+            with torch.no_grad():
+                for p in net.parameters():  # grads as a state of their own: unpack them like parameters
+                    p.copy_(p.grad)
+            unpack_state(net, unpacked)
+            for single, grad_net, ref in zip(singles, unpacked, alone_grads):
+                for (name, p), r in zip(grad_net.named_parameters(), ref):
+                    scale = max(float(t.abs().max()) for t in ref)
+                    torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-5 * scale, msg=f"{form} {name}")
+                for (name, b), rb in zip(grad_net.named_buffers(), single.buffers()):
+                    torch.testing.assert_close(b, rb, rtol=1e-5, atol=1e-6, msg=f"{form} {name}")
+        with torch.no_grad():  # one SGD step on every copy, then re-pack
+            for net, grads in zip(singles, alone_grads):
+                for p, gr in zip(net.parameters(), grads):
+                    p.sub_(0.1 * gr)
+            state = copy.deepcopy(singles)
+            for net in forms.values():
+                pack_state(state, net)
+                state = copy.deepcopy(singles)
+
+
+def test_auto_form_is_the_measured_faster_one():
+    """matmul at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH for GroupNorm and LayerNorm, grouped
+    for the rest (and for mixed packs); an explicit form is taken as given."""
+    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance")}
+    assert all(net.packed_form == "auto" for net in nets.values())
+    assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
+    for norm in ("group", "layer"):
+        assert nets[norm].uses_matmul(MATMUL_MIN_BATCH) and not nets[norm].uses_matmul(MATMUL_MIN_BATCH - 1)
+    assert not nets["instance"].uses_matmul(64)
+    mixed = ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2)
+    assert not mixed.uses_matmul(64)
+    nets["instance"].packed_form = "matmul"
+    assert nets["instance"].uses_matmul(2)
+    nets["batch"].packed_form = "grouped"
+    assert not nets["batch"].uses_matmul(64)
+    assert not ConvNet(1, 10, 1, "batch").uses_matmul(64)  # one net: no packed form
+    with pytest.raises(ValueError, match="packed_form"):
+        ConvNet(1, 10, 1, "batch", copies=2, packed_form="bmm")
+
+
+@pytest.mark.parametrize("norm,batch", [("batch", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)])
+def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
+    """train_packed end to end at a batch where the lab's packs take the matmul form."""
+    configs = [make_config(study="t", norm=norm, seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, batch_size=batch,
+                           steps=8, train_subset=256, points=4, depth=3, momentum=0.9) for s in (3, 4)]  # fmt: skip
+    c = from_dict(configs[0])
+    assert build_packed_classifier([c, c], classifier_data(c)).uses_matmul(batch)
+    for config, (pm, pc) in zip(configs, train_packed(configs)):
+        am, ac = run(config)
+        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
+        assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)
+        assert pm["train_loss"] == pytest.approx(am["train_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_pack_size_by_batch():
+    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 16, 8, 4, 4, 4]
+    assert pack_size(32, most=4) == 4 and pack_size(2, most=16) == 16
+    with pytest.raises(ValueError):
+        pack_size(0)
