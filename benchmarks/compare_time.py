@@ -3,10 +3,12 @@ benchmark, not a test).
 
     python benchmarks/compare_time.py [--workers 2] [--out DIR]
 
-Runs the default compare once, as a user would (all studies, 2 worker processes, one thread each), and prints the
-total wall time, then per study the compute time (the sum of its runs' seconds on one core, a pack's time shared by
-its runs) of each part: learning-rate selection, the final runs, the doubled-budget runs; then each study's training
-check and verdict counts. With DIR holding a finished run, only the report is rebuilt: use a new one.
+Runs the default compare once, as a user would (all studies, one worker process per core, one thread each), and
+prints the total wall time, then per study the compute time (the sum of its runs' seconds on one core, a work item's
+time shared by its runs) of each part: learning-rate selection, the final runs (budget T), the longer budgets (2T
+and more; a run's budgets train as one trajectory, so the split between T and 2T is even by construction); then
+each study's training check and verdict counts. With DIR holding a finished run, only the report is rebuilt: use a
+new one.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pathlib import Path
 
 from normlab.lab import STUDIES, Options, compare
 from normlab.lab.report import outcome_counts
+from normlab.lab.runner import default_workers
 
 ROLES = ("selection", "final", "longer budgets")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="normlab-compare-")
@@ -39,7 +42,7 @@ def main() -> None:
             for name in STUDIES for role in ROLES}  # fmt: skip
     total = sum(sum(v) for v in cost.values())
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
-    print("| study | selection runs, s | final runs, s | doubled-budget runs, s | compute s | share |")
+    print("| study | selection runs, s | final runs (T), s | longer budgets, s | compute s | share |")
     print("|---|---|---|---|---|---|")
     for name in STUDIES:
         cells = [f"{len(cost[(name, r)])}, {sum(cost[(name, r)]):.0f}" for r in ROLES]
@@ -48,11 +51,12 @@ def main() -> None:
     parts = [f"{len([s for (n, r), v in cost.items() if r == role for s in v])}, "
              f"{sum(sum(v) for (n, r), v in cost.items() if r == role):.0f}" for role in ROLES]  # fmt: skip
     print("| **total** | " + " | ".join(parts) + f" | **{total:.0f}** | |")
-    print("\n| study | target met | doubled budget: trained / settings | verdicts |\n|---|---|---|---|")
+    print("\n| study | target met at 2T | verdicts | settled at (T, 2T, 4T, 8T) |\n|---|---|---|---|")
     for name, result in results.items():
         t = result.training
         counts = ", ".join(f"{o.value} {n}" for o, n in outcome_counts(result.verdicts).items() if n)
-        print(f"| {name} | {'yes' if t.met else 'NO'} ({t.best}) | {t.trained} / {t.settings} | {counts} |")
+        settled = [sum(v.settled_at == d for v in result.verdicts) for d in range(4)]
+        print(f"| {name} | {'yes' if t.met else 'NO'} ({t.best}) | {counts} | {', '.join(map(str, settled))} |")
 
 
 if __name__ == "__main__":

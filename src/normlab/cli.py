@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=4, help="gloo ranks for the distributed study (default 4)")
     p.add_argument("--against", metavar="DIR",
                    help="another compare output (run with other seeds): the report lists the verdicts that changed")
-    p.add_argument("--pack", type=int, default=16, metavar="K",
-                   help="train up to K CNN runs together as one packed model (default 16; 1: every run alone)")
+    p.add_argument("--pack", type=int, default=64, metavar="K",
+                   help="train up to K CNN runs together as one packed model (default 64; below that, packs are "
+                        "sized by batch as measured: 256 examples a step, at least 4 runs; 1: every run alone)")
     p.add_argument("--fresh", action="store_true", help="discard stored results in OUT and rerun everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",

@@ -45,7 +45,7 @@ def test_a_ladder_equals_each_budget_trained_alone(extra):
 
 
 def test_a_packed_ladder_equals_each_run_alone_at_each_budget():
-    configs = [_classify(norm=norm, seed=seed, lr=lr, doublings=d)
+    configs = [_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8)
                for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0)) for d in (0, 1)]  # fmt: skip
     (item,) = plan_packs(configs)
     assert sorted(map(str, item)) == sorted(map(str, configs))

@@ -61,6 +61,7 @@ def test_report_shows_how_each_study_was_tuned_and_whether_it_trained(report_dir
     for name, study in STUDIES.items():
         fair = payload["fairness"][name]
         assert fair["budgets"] and all(set(row["means"]) >= {"0", "1"} for row in fair["budgets"]), name
+        assert (report_dir / "figures" / fair["budget_figure"]).exists(), name  # each setting against budget
         if study.selection is None:
             assert fair["selection"] == study.untuned and not fair["choices"]
             continue

@@ -61,7 +61,8 @@ class Selection:
     below: int = 2
     above: int = 1
     seeds: int = 2
-    budget: float = 1.0
+    budget: float = 0.5  # half the final runs' budget: the grids cost half, and a "wsd" run's best rate moves
+    # little with its length (Hägele et al. 2024); every setting's grid is scored alike
     extensions: int = 2
     validation_fraction: float = 0.2
     scoring: Scoring | None = None

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..registry import can_pack, canonical_name, conv_layer, get_method
 from .config import ClassifyConfig, from_dict
-from .models import SplitNorm, uses_weight_norm
+from .models import MATMUL_MIN_BATCH, SplitNorm, pack_size, uses_weight_norm
 from .loop import fit_ladder
 from .probes import gradient_predictiveness, scale_invariance_error
 from .store import config_key
@@ -38,7 +38,7 @@ from .train import (
 
 __all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
 
-MAX_COPIES = 16
+MAX_COPIES = 64  # the most runs a pack holds; below it, models.pack_size sizes packs by batch, as measured
 # Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise, each run
 # draws its own batches, and runs of different norms each get their part of every norm layer.
 PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk", "norm", "variant", "norm_options")
@@ -68,7 +68,8 @@ def _run_order(config: dict[str, Any]) -> str:
 
 
 def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> list[list[dict[str, Any]]]:
-    """Split ``configs`` into work items: packs of up to ``max_copies`` runs that share a key, and single runs.
+    """Split ``configs`` into work items: packs of runs that share a key (at most ``max_copies``, and
+    :func:`~normlab.lab.models.pack_size` at their batch size), and single runs.
     A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.train.can_branch`) is one ladder,
     its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
     split into near-equal packs; the runs of one norm stay together."""
@@ -83,11 +84,15 @@ def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> l
         key = pack_key(ladder[0])
         if key is None:
             items.append(ladder)
-        else:
-            groups.setdefault(key + json.dumps([c["doublings"] for c in ladder]), []).append(ladder)
+            continue
+        batch = ladder[0]["batch_size"]
+        # large batches: one norm a pack, so the batched-matmul form applies (models.ConvNet.packed_form); small
+        # ones: any norms together, for the pack's size is what pays there
+        apart = ladder[0]["norm"] if batch >= MATMUL_MIN_BATCH else ""
+        groups.setdefault(key + json.dumps([c["doublings"] for c in ladder]) + apart, []).append(ladder)
     for group in groups.values():
         group.sort(key=lambda ladder: _run_order(ladder[0]))
-        count = -(-len(group) // max_copies)
+        count = -(-len(group) // min(max_copies, pack_size(group[0][0]["batch_size"])))
         size = -(-len(group) // count)
         items += [[c for ladder in group[i : i + size] for c in ladder] for i in range(0, len(group), size)]
     return items

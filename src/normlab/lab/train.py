@@ -342,7 +342,7 @@ class CharLMTraining:
             group["lr"] = self.schedule.lr_at(step)
         batch = _lm_batch(self.text.train, self.c.batch_size, self.c.seq_len, self.pad, self.generator, True)
         tokens, targets, padding = (t.to(self.device) for t in batch)
-        loss = F.cross_entropy(self.model(tokens, padding).transpose(1, 2), targets)
+        loss = F.cross_entropy(self.model(tokens, padding).flatten(0, 1), targets.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

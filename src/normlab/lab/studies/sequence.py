@@ -28,8 +28,8 @@ class Sequence(Study):
     source = "Ba et al. 2016; Zhang & Sennrich 2019 (RMSNorm); Shen et al. 2020 (PowerNorm); Zhu et al. 2025 (DyT)"
     default_norms = ("layer", "rms", "dyt", "batch")
     target = Target(TEST_BPC, 2.4, higher_is_better=False, task="char_lm")
-    # each language model costs about a minute on one core: the grid trains one seed at half the budget
-    selection = Selection(task="char_lm", seeds=1, budget=0.5)
+    # each language model costs about half a minute on one core: the grid trains one seed at the study's budget
+    selection = Selection(task="char_lm", seeds=1, budget=1.0)
     budgets = Budgets(scale=1.0, unit=" bpc")
 
     def setup(self, options: Options) -> str:
@@ -46,7 +46,7 @@ class Sequence(Study):
         )
 
     def _steps(self, options: Options) -> int:
-        return 1600 if options.full else 800
+        return 800 if options.full else 400  # T; the verdicts are judged at T and 2T, and longer where they move
 
     def configs(self, options: Options) -> list[dict]:
         runs = [
