@@ -99,9 +99,9 @@ pass, fewer Python calls); from it on, the Function (no extra pass, about 15 mor
 
 
 @functools.lru_cache(maxsize=256)
-def _block_rows(rows: int) -> int:
-    """The largest divisor of ``rows`` that is at most :data:`_BLOCK_ROWS`."""
-    return next(d for d in range(min(rows, _BLOCK_ROWS), 0, -1) if rows % d == 0)
+def _block_rows(rows: int, limit: int) -> int:
+    """The largest divisor of ``rows`` that is at most ``limit``."""
+    return next(d for d in range(min(rows, limit), 0, -1) if rows % d == 0)
 
 
 def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
@@ -195,7 +195,7 @@ def _channels_last_batch_norm(input, running_mean, running_var, weight, bias, mo
         return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
     numel = input.numel()
     if numel >= _SHIFT_BELOW:
-        block = _block_rows(numel // input.shape[1])
+        block = _block_rows(numel // input.shape[1], _BLOCK_ROWS)
         if block * 8 >= _BLOCK_ROWS:  # else (a prime number of rows, say) the blocks would be too short
             return _ChannelsLastBatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps, block)
     return _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
