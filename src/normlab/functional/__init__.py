@@ -90,8 +90,12 @@ class _Contiguous(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.fmt), None
 
 
-_BLOCK_ROWS = 256
+_BLOCK_ROWS = 512
 """The longest run of rows ATen's channels_last statistics kernel sums in float32 in :class:`_ChannelsLastBatchNorm`."""
+
+_SHIFT_ROWS = 32
+"""The positions whose mean per channel shifts the input in :func:`_shifted_batch_norm`: within a fraction of a
+standard deviation of the batch mean (ATen's backward sums ``x * dy``, so what is left of the mean costs digits)."""
 
 _SHIFT_BELOW = 1 << 18
 """Below this many elements, channels_last training BatchNorm takes the shifted-input path (one more elementwise
@@ -106,8 +110,8 @@ def _block_rows(rows: int, limit: int) -> int:
 
 def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
     """Training-mode BatchNorm of channels_last ``input`` as ATen's channels_last kernel computes it for
-    ``input - s``, with ``s`` per channel the mean of the first :data:`_BLOCK_ROWS` positions (a cheap estimate of
-    the mean: one reduction over a contiguous block of at most 256 x C values).
+    ``input - s``, with ``s`` per channel the mean of the first :data:`_SHIFT_ROWS` positions (a cheap estimate of
+    the mean: one reduction over one contiguous block of the channels_last memory).
 
     BatchNorm's output and gradients do not depend on a per-channel shift, and the shifted values have a mean
     small against their spread, so ATen's plain float32 running sums lose nothing (at mean 1e4, std 1, unshifted,
@@ -117,7 +121,7 @@ def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum
     elementwise pass more than torch's own call, and little Python beyond it: the path for small inputs.
     """
     channels = input.shape[1]
-    first = input.detach().as_strided((min(input.numel() // channels, _BLOCK_ROWS), channels), (channels, 1))
+    first = input.detach().as_strided((min(input.numel() // channels, _SHIFT_ROWS), channels), (channels, 1))
     flat = first.mean(0, dtype=torch.float32)  # the channels_last memory, C fastest
     shift = flat.to(input.dtype).view((1, channels) + (1,) * (input.dim() - 2))
     if running_mean is None:
@@ -156,8 +160,10 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         else:  # float32 buffers select ATen's mixed-type kernel: float32 statistics (momentum 0: left as they are)
             scratch = torch.empty((2, columns), dtype=torch.float32, device=input.device)
             means, variances = torch.batch_norm_update_stats(blocks, scratch[0], scratch[1], 0.0)
-        spread, mean = torch.var_mean(means.view(-1, channels).double(), 0, correction=0)
-        var = variances.view(-1, channels).mean(0, dtype=torch.float64).add_(spread)
+        block_means = means.view(-1, channels).double()
+        mean = block_means.mean(0)
+        centered = block_means.sub_(mean)  # var_mean's Welford loop is slower on these few values
+        var = centered.mul_(centered).add_(variances.view(-1, channels)).mean(0)
         count = input.numel() // channels
         for buffer, value in ((running_mean, mean), (running_var, var * count / (count - 1))):
             if buffer is not None:
