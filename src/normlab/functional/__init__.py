@@ -94,8 +94,8 @@ _BLOCK_ROWS = 512
 """The longest run of rows ATen's channels_last statistics kernel sums in float32 in :class:`_ChannelsLastBatchNorm`."""
 
 _SHIFT_ROWS = 32
-"""The positions whose mean per channel shifts the input in :func:`_shifted_batch_norm`: within a fraction of a
-standard deviation of the batch mean (ATen's backward sums ``x * dy``, so what is left of the mean costs digits)."""
+"""The positions whose statistics per channel decide, and whose mean shifts the input, in
+:func:`_shifted_batch_norm`: within a fraction of a standard deviation of the batch mean."""
 
 _SHIFT_BELOW = 1 << 18
 """Below this many elements, channels_last training BatchNorm takes the shifted-input path (one more elementwise
@@ -109,24 +109,28 @@ def _block_rows(rows: int, limit: int) -> int:
 
 
 def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
-    """Training-mode BatchNorm of channels_last ``input`` as ATen's channels_last kernel computes it for
-    ``input - s``, with ``s`` per channel the mean of the first :data:`_SHIFT_ROWS` positions (a cheap estimate of
-    the mean: one reduction over one contiguous block of the channels_last memory).
+    """Training-mode BatchNorm of channels_last ``input`` as ATen's channels_last kernel computes it, on the input
+    itself when its first :data:`_SHIFT_ROWS` positions are centered (per channel, ``|mean| <= 2 std``), else on
+    ``input - s`` with ``s`` per channel the mean of those positions (one reduction over one contiguous block of
+    the channels_last memory gives both).
 
-    BatchNorm's output and gradients do not depend on a per-channel shift, and the shifted values have a mean
-    small against their spread, so ATen's plain float32 running sums lose nothing (at mean 1e4, std 1, unshifted,
-    its mean is off by about 1e-2 std), and neither does its backward, which sums ``x * dy`` and takes
-    ``mean * sum(dy)`` off. ``s`` is detached: the output does not depend on it. The running mean is updated as
-    ATen does, on a shifted copy that gets ``s`` back: ``r - s <- (1 - m) (r - s) + m (mean - s)``. One
-    elementwise pass more than torch's own call, and little Python beyond it: the path for small inputs.
+    ATen's float32 running sums of the mean lose about ``|mean| / std * sqrt(n) * 6e-8`` of the std (1e-2 at mean
+    1e4, std 1), and its backward sums ``x * dy`` and takes ``mean * sum(dy)`` off: harmless on centered values,
+    and BatchNorm's output and gradients do not depend on a per-channel shift. ``s`` is detached: the output does
+    not depend on it. The running mean is updated as ATen does, on a shifted copy that gets ``s`` back:
+    ``r - s <- (1 - m) (r - s) + m (mean - s)``. Centered input costs one small reduction more than torch's own
+    call; the shift one elementwise pass more: the path for small inputs.
     """
     channels = input.shape[1]
     first = input.detach().as_strided((min(input.numel() // channels, _SHIFT_ROWS), channels), (channels, 1))
-    flat = first.mean(0, dtype=torch.float32)  # the channels_last memory, C fastest
-    shift = flat.to(input.dtype).view((1, channels) + (1,) * (input.dim() - 2))
+    mean, var = torch.batch_norm_update_stats(first, None, None, 0.0)  # C fastest: ATen's channels_last kernel
+    if not torch.compiler.is_compiling() and bool(var.mul(4).ge_(mean.square()).all()):
+        return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
+    shift = mean.view((1, channels) + (1,) * (input.dim() - 2))
     if running_mean is None:
         return torch.batch_norm(input - shift, weight, bias, None, running_var, True, momentum, eps, False)
-    shifted_mean = running_mean - flat.to(running_mean.dtype)
+    flat = mean.to(running_mean.dtype)
+    shifted_mean = running_mean - flat
     out = torch.batch_norm(input - shift, weight, bias, shifted_mean, running_var, True, momentum, eps, False)
     running_mean.copy_(shifted_mean + flat)  # not shifted_mean.add_: autograd saved it
     return out
