@@ -95,3 +95,29 @@ def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, t
     assert saved is not None and saved["step"] > 0  # where the 2T budget's cooldown left the trunk
     assert run_ladder(configs[2:], trunk=trunk) == [run(configs[2])]
     assert trunk.load(before=saved["step"] - 1) is None  # a shorter budget cannot start past its own cooldown
+
+
+def test_a_pack_at_a_larger_budget_goes_on_from_its_runs_kept_trunks(tmp_path):
+    """Three runs packed at T and 2T keep their stable phase; two of them, packed anew at 4T (a verdict that needs
+    them further), go on from it and end where each run trained alone at 4T ends, up to float rounding."""
+    from normlab.lab.checkpoint import Checkpoints
+    from normlab.lab.packed import PackTrunk
+
+    checkpoints = Checkpoints(directory=str(tmp_path))
+    runs = [[_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8) for d in (0, 1, 2)]
+            for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 0.02))]  # fmt: skip
+    trunk_for = lambda run: checkpoints.trunk(run, packed=True)  # noqa: E731
+    train_packed([c for run in runs for c in run[:2]], trunk_for=trunk_for)
+    loaded = []
+    original = PackTrunk.load
+    PackTrunk.load = lambda self, before: loaded.append(original(self, before)) or loaded[-1]
+    try:
+        later = train_packed([runs[2][2], runs[0][2]], trunk_for=trunk_for)
+    finally:
+        PackTrunk.load = original
+    assert loaded and loaded[0] is not None and loaded[0]["step"] > 0
+    for (metrics, curves), config in zip(later, [runs[2][2], runs[0][2]], strict=True):
+        m_alone, c_alone = run(config)
+        assert curves["step"] == c_alone["step"]
+        for key in metrics:
+            assert metrics[key] == pytest.approx(m_alone[key], rel=1e-4, abs=1e-5), key

@@ -7,10 +7,12 @@ Each function validates its arguments, then runs the fastest path that is exact:
 - On CPU, ATen's channels_last kernels compute the statistics of ``group_norm`` and training-mode ``batch_norm``
   with plain float32 running sums, which lose digits when :math:`|\mu|\gg\sigma` (measured at mean 1e4, std 1:
   300x relative error for GroupNorm, 3e-3 for BatchNorm). ``group_norm`` runs on a contiguous copy, and the result
-  is returned in channels_last again. Training-mode ``batch_norm`` takes its statistics in two passes (mean, then
-  centered values) on the channels_last tensor itself, normalizes the centered values with one ATen elementwise
-  pass, and runs ATen's fused channels_last backward: exact, no copy of the input, the layout kept
-  (:class:`_ChannelsLastBatchNorm`). Eval mode is elementwise, so ATen's channels_last kernel is used as is.
+  is returned in channels_last again. Training-mode ``batch_norm`` runs ATen's own channels_last kernels, made
+  exact without an extra pass: the statistics kernel on a view of the input as short blocks of rows, whose
+  block statistics are combined in float64, then the eval-mode normalize and the fused backward given them
+  (:class:`_ChannelsLastBatchNorm`); small inputs, where Python calls cost more than a pass, run ATen's training
+  kernel on the input shifted by its first position per channel (:func:`_shifted_batch_norm`). Eval mode is
+  elementwise, so ATen's channels_last kernel is used as is.
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
@@ -21,6 +23,7 @@ The formulas, with the sets each statistic is taken over, are in :mod:`normlab.r
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -87,69 +90,96 @@ class _Contiguous(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.fmt), None
 
 
-def _unstable_on_channels_last(input: Tensor) -> torch.memory_format | None:
-    return _channels_last_format(input) if input.device.type == "cpu" else None
+_BLOCK_ROWS = 512
+"""The longest run of rows ATen's channels_last statistics kernel sums in float32 in :class:`_ChannelsLastBatchNorm`."""
+
+_SHIFT_ROWS = 32
+"""The positions whose statistics per channel decide, and whose mean shifts the input, in
+:func:`_shifted_batch_norm`: within a fraction of a standard deviation of the batch mean."""
+
+_SHIFT_BELOW = 1 << 18
+"""Below this many elements, channels_last training BatchNorm takes the shifted-input path (one more elementwise
+pass, fewer Python calls); from it on, the Function (no extra pass, about 15 more small calls)."""
 
 
-def _fused_channels_last_ok(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
-    """Whether ATen's channels_last kernels take float32 (float64 for float64) statistics with these tensors:
-    parameters of the input's dtype for float32/float64 input, float32 or no parameters for half/bfloat16 input
-    (ATen's mixed-type path). Otherwise (and for an empty batch) the contiguous copy runs."""
-    if input.numel() == 0:
-        return False
-    stats = torch.float64 if input.dtype == torch.float64 else torch.float32
-    if input.dtype not in (stats, torch.float16, torch.bfloat16):
-        return False
-    return all(p is None or p.dtype == stats for p in (weight, bias))
+@functools.lru_cache(maxsize=256)
+def _block_rows(rows: int, limit: int) -> int:
+    """The largest divisor of ``rows`` that is at most ``limit``."""
+    return next(d for d in range(min(rows, limit), 0, -1) if rows % d == 0)
+
+
+def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
+    """Training-mode BatchNorm of channels_last ``input`` as ATen's channels_last kernel computes it, on the input
+    itself when its first :data:`_SHIFT_ROWS` positions are centered (per channel, ``|mean| <= 2 std``), else on
+    ``input - s`` with ``s`` per channel the mean of those positions (one reduction over one contiguous block of
+    the channels_last memory gives both).
+
+    ATen's float32 running sums of the mean lose about ``|mean| / std * sqrt(n) * 6e-8`` of the std (1e-2 at mean
+    1e4, std 1), and its backward sums ``x * dy`` and takes ``mean * sum(dy)`` off: harmless on centered values,
+    and BatchNorm's output and gradients do not depend on a per-channel shift. ``s`` is detached: the output does
+    not depend on it. The running mean is updated as ATen does, on a shifted copy that gets ``s`` back:
+    ``r - s <- (1 - m) (r - s) + m (mean - s)``. Centered input costs one small reduction more than torch's own
+    call; the shift one elementwise pass more: the path for small inputs.
+    """
+    channels = input.shape[1]
+    first = input.detach().as_strided((min(input.numel() // channels, _SHIFT_ROWS), channels), (channels, 1))
+    mean, var = torch.batch_norm_update_stats(first, None, None, 0.0)  # C fastest: ATen's channels_last kernel
+    if not torch.compiler.is_compiling() and bool(var.mul(4).ge_(mean.square()).all()):
+        return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
+    shift = mean.view((1, channels) + (1,) * (input.dim() - 2))
+    if running_mean is None:
+        return torch.batch_norm(input - shift, weight, bias, None, running_var, True, momentum, eps, False)
+    flat = mean.to(running_mean.dtype)
+    shifted_mean = running_mean - flat
+    out = torch.batch_norm(input - shift, weight, bias, shifted_mean, running_var, True, momentum, eps, False)
+    running_mean.copy_(shifted_mean + flat)  # not shifted_mean.add_: autograd saved it
+    return out
 
 
 class _ChannelsLastBatchNorm(torch.autograd.Function):
-    """Training-mode BatchNorm on CPU channels_last input: exact, in the input's layout, without copying the input.
+    """Training-mode BatchNorm on CPU channels_last input: exact, in the input's layout, as fast as ATen's own.
 
-    Statistics in two passes over the tensor as laid out. First the mean ``m`` (a float32 cascade reduction, as in
-    :func:`_channel_moments`), then the centered values ``d = x - m`` (the one full temporary, later the output).
-    Their sum and sum of squares come from one fused ATen pass (the eval-mode BatchNorm backward with
-    ``dy = d``, zero mean and unit variance: ``dbeta = sum(d)``, ``dgamma = sum(d * d)``); ``sum(d) / n`` corrects
-    ``m`` to within half an ulp, the mean of ATen's float64-accumulated contiguous kernel. The sums of squares of
-    centered values are accumulated in float32 as in ATen's own channels_last kernel (about 1e-5 relative at 25k
-    values per channel): there is no cancellation. The output is ``d * a + (beta - s * a)`` with
-    ``a = gamma * invstd``, written over ``d``: from the centered values, so exact at large means too. The
-    backward is ATen's fused channels_last training-mode backward given the saved (float32) mean and invstd, with
-    ``dgamma`` corrected for the saved mean's rounding (``- invstd * (mean - saved_mean) * dbeta``); it is
-    differentiable itself (ATen's double backward treats the saved statistics as functions of the input), so
-    second derivatives work. The running buffers are updated as ATen does: ``r <- (1 - momentum) * r +
-    momentum * s`` in float64, with the unbiased variance.
+    ATen's channels_last statistics kernel sums each channel's values in one float32 running sum per thread, which
+    at mean 1e4, std 1 is off by about 1e-2 of the std. Here the same kernel (``batch_norm_update_stats``, two
+    reads of the input, as ATen's own forward) runs on a free view of the ``(N*spatial, C)`` matrix as
+    ``(B, K*C)`` with ``B`` at most :data:`_BLOCK_ROWS` rows: every float32 sum runs over at most ``B`` values,
+    centered on its own mean for the variance. The ``K`` block means and variances per channel are combined in
+    float64 (mean of means; mean of variances plus the variance of the means): the statistics of the whole batch.
+    The output is ATen's eval-mode channels_last kernel given them (one read, one write, as ATen's own normalize),
+    the backward ATen's fused channels_last training-mode backward given the saved (float32) mean and invstd,
+    with ``dgamma`` corrected for the saved mean's rounding (``- invstd * (mean - saved_mean) * dbeta``); that
+    backward is differentiable itself (ATen's double backward treats the saved statistics as functions of the
+    input). fp16/bf16 input runs ATen's mixed-type kernels with float32 statistics and parameters, and the
+    parameters' gradients come back in their dtype. The running buffers are updated as ATen does:
+    ``r <- (1 - momentum) * r + momentum * s`` in float64, with the unbiased variance.
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps):  # type: ignore[override]
-        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-        channels, shape = input.shape[1], (1, -1) + (1,) * (input.dim() - 2)
-        first = input.mean(dim=(0,) + tuple(range(2, input.dim())), dtype=acc)
-        centered = input - first.view(shape)  # in acc, channels_last
-        zeros, ones = first.new_zeros(channels), first.new_ones(channels)
-        _, sum_squares, sums = torch.ops.aten.native_batch_norm_backward(
-            centered, centered, None, zeros, ones, None, None, False, 0.0, [False, True, True]
-        )
+    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, block):  # type: ignore[override]
+        channels = input.shape[1]
+        columns = input.numel() // block
+        blocks = input.as_strided((block, columns), (columns, 1))  # the channels_last memory, C fastest
+        if input.dtype == torch.float32:
+            means, variances = torch.batch_norm_update_stats(blocks, None, None, 0.0)
+        else:  # float32 buffers select ATen's mixed-type kernel: float32 statistics (momentum 0: left as they are)
+            scratch = torch.empty((2, columns), dtype=torch.float32, device=input.device)
+            means, variances = torch.batch_norm_update_stats(blocks, scratch[0], scratch[1], 0.0)
+        block_means = means.view(-1, channels).double()
+        mean = block_means.mean(0)
+        centered = block_means.sub_(mean)  # var_mean's Welford loop is slower on these few values
+        var = centered.mul_(centered).add_(variances.view(-1, channels)).mean(0)
         count = input.numel() // channels
-        shift = sums.double() / count
-        var = sum_squares.double() / count - shift * shift
-        mean = first.double() + shift
         for buffer, value in ((running_mean, mean), (running_var, var * count / (count - 1))):
             if buffer is not None:
                 buffer.copy_(buffer.double().mul_(1 - momentum).add_(value, alpha=momentum))
-        invstd = (var + eps).rsqrt()
-        scale = invstd if weight is None else invstd * weight.double()
-        offset = -shift * scale if bias is None else bias.double() - shift * scale
-        offset, scale = offset.to(acc).view(shape), scale.to(acc).view(shape)
-        if torch.compiler.is_compiling():  # out= breaks the graph; inductor fuses the out-of-place form anyway
-            out = torch.addcmul(offset, centered, scale)
-        else:
-            out = torch.addcmul(offset, centered, scale, out=centered)
-        saved_mean = mean.to(acc)
-        ctx.save_for_backward(input, weight, saved_mean, invstd.to(acc), (mean - saved_mean.double()).to(acc))
+        w32 = None if weight is None else weight.float()
+        b32 = None if bias is None else bias.float()
+        saved_mean = mean.float()
+        out = torch.native_batch_norm(input, w32, b32, saved_mean, var.float(), False, 0.0, eps)[0]
+        ctx.save_for_backward(input, w32, saved_mean, (var + eps).rsqrt().float(), (mean - saved_mean.double()).float())
         ctx.eps = eps
-        return out.to(input.dtype)
+        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
@@ -163,8 +193,22 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
             grad_output, input, weight, None, None, mean, invstd, True, ctx.eps, mask
         )
         if need_weight:  # sum(dy * (x - mean)) * invstd for the exact mean: the saved one is off by the residual
-            grad_weight = grad_weight - invstd * residual * grad_bias
-        return grad_input, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, None, None, None, None
+            grad_weight = (grad_weight - invstd * residual * grad_bias).to(ctx.dtypes[0])
+        grad_bias = grad_bias.to(ctx.dtypes[1]) if ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _channels_last_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
+    """Exact training-mode BatchNorm of CPU channels_last ``input`` at ATen's speed: the shifted input for small
+    inputs, :class:`_ChannelsLastBatchNorm` for large ones (and float64, whose ATen sums are float64, as is)."""
+    if input.dtype == torch.float64:
+        return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
+    numel = input.numel()
+    if numel >= _SHIFT_BELOW:
+        block = _block_rows(numel // input.shape[1], _BLOCK_ROWS)
+        if block * 8 >= _BLOCK_ROWS:  # else (a prime number of rows, say) the blocks would be too short
+            return _ChannelsLastBatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps, block)
+    return _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
 
 
 def batch_norm(
@@ -187,7 +231,12 @@ def batch_norm(
 
     Shapes: input ``(N, C, *)``; running_mean, running_var, weight, bias ``(C,)``; output like input.
     """
-    fn = "batch_norm"
+    check_batch_norm_args("batch_norm", input, running_mean, running_var, weight, bias, training, eps)
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def check_batch_norm_args(fn, input, running_mean, running_var, weight, bias, training, eps) -> None:
+    """:func:`batch_norm`'s argument checks, under the name ``fn`` (the modules run them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_batch_norm_eps(fn, eps, training)
     _checks.check_min_dim(fn, input, 2, "(N, C, *)")
@@ -202,12 +251,17 @@ def batch_norm(
         )
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
-    fmt = _unstable_on_channels_last(input) if training else None  # eval mode is elementwise: ATen is exact
-    if fmt is not None and _fused_channels_last_ok(input, weight, bias):
-        return _ChannelsLastBatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps)
-    x = input if fmt is None else _Contiguous.apply(input, fmt)
-    out = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    return _restore_format(out, fmt)
+
+
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+    """:func:`batch_norm` on checked arguments."""
+    if training and input.is_cpu and not input.is_contiguous() and _channels_last_format(input) is not None:
+        if input.numel() > 0:
+            return _channels_last_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
+    if type(input) is Tensor:  # F.batch_norm's own check (one value per channel in training) has been made
+        cudnn = input.is_cuda and torch.backends.cudnn.enabled
+        return torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+    return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def layer_norm(
@@ -229,6 +283,13 @@ def layer_norm(
     _checks.check_eps(fn, eps)
     shape = _checks.as_shape(fn, normalized_shape)
     _checks.check_trailing(fn, input, shape, weight=weight, bias=bias)
+    return _layer_norm(input, shape, weight, bias, eps)
+
+
+def _layer_norm(input, shape, weight, bias, eps) -> Tensor:
+    """:func:`layer_norm` on checked arguments (``shape`` a tuple): ATen's kernel, without F's Python."""
+    if type(input) is Tensor:
+        return torch.layer_norm(input, shape, weight, bias, eps, input.is_cuda and torch.backends.cudnn.enabled)
     return F.layer_norm(input, shape, weight, bias, eps)
 
 
@@ -245,16 +306,35 @@ def group_norm(
     parameters are per channel. Shapes: input ``(N, C, *)`` with C divisible by ``num_groups``; weight, bias
     ``(C,)``; output like input (channels_last stays channels_last).
     """
-    fn = "group_norm"
+    check_group_norm_args("group_norm", input, num_groups, weight, bias, eps)
+    return _group_norm(input, num_groups, weight, bias, eps)
+
+
+def check_group_norm_args(fn, input, num_groups, weight, bias, eps) -> None:
+    """:func:`group_norm`'s argument checks, under the name ``fn`` (the module runs them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_eps(fn, eps)
     _checks.check_min_dim(fn, input, 2, "(N, C, *)")
     channels = input.shape[1]
     _checks.check_groups(fn, num_groups, channels)
     _checks.check_per_channel(fn, channels, weight=weight, bias=bias)
-    fmt = _unstable_on_channels_last(input)
-    x = input if fmt is None else _Contiguous.apply(input, fmt)
-    return _restore_format(F.group_norm(x, num_groups, weight, bias, eps), fmt)
+    if input.numel() == num_groups:  # F.group_norm's own check: one value in all (N * C/G * spatial == 1)
+        raise ValueError(
+            f"{fn}: expected more than 1 value per channel when training, got input of shape {tuple(input.shape)} "
+            f"with num_groups={num_groups}"
+        )
+
+
+def _group_norm(input, num_groups, weight, bias, eps) -> Tensor:
+    """:func:`group_norm` on checked arguments."""
+    if input.is_cpu and not input.is_contiguous():
+        fmt = _channels_last_format(input)
+        if fmt is not None:
+            x = _Contiguous.apply(input, fmt)
+            return F.group_norm(x, num_groups, weight, bias, eps).contiguous(memory_format=fmt)
+    if type(input) is Tensor:
+        return torch.group_norm(input, num_groups, weight, bias, eps, input.is_cuda and torch.backends.cudnn.enabled)
+    return F.group_norm(input, num_groups, weight, bias, eps)
 
 
 def instance_norm(
@@ -274,7 +354,12 @@ def instance_norm(
     With running buffers and ``use_input_stats``, they are updated with the batch average of the per-instance
     statistics. Shapes: input ``(N, C, *spatial)``; buffers, weight, bias ``(C,)``; output like input.
     """
-    fn = "instance_norm"
+    check_instance_norm_args("instance_norm", input, running_mean, running_var, weight, bias, use_input_stats, eps)
+    return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
+def check_instance_norm_args(fn, input, running_mean, running_var, weight, bias, use_input_stats, eps) -> None:
+    """:func:`instance_norm`'s argument checks, under the name ``fn`` (the modules run them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_eps(fn, eps)
     if input.dim() < 3:
@@ -295,9 +380,100 @@ def instance_norm(
         )
     if not use_input_stats and (running_mean is None or running_var is None):
         raise ValueError(f"{fn}: running_mean and running_var are required when use_input_stats=False")
-    fmt = _channels_last_format(input)
-    out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
-    return _restore_format(out, fmt)
+
+
+def _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps) -> Tensor:
+    """:func:`instance_norm` on checked arguments; channels_last input gives channels_last output."""
+    if type(input) is Tensor:
+        cudnn = input.is_cuda and torch.backends.cudnn.enabled
+        out = torch.instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn)
+    else:
+        out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return out if input.is_contiguous() else _restore_format(out, _channels_last_format(input))
+
+
+_RMS_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _rms_normalize(rows: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x * rstd, rstd)`` for the ``(R, K)`` matrix ``rows``, ``rstd = 1 / sqrt(mean(x^2) + eps)`` per row in at
+    least float32, ``x * rstd`` rounded once to the input's dtype.
+
+    The mean square takes one fused ATen reduction: ``vector_norm`` (in float32 for fp16/bf16), or for fp16/bf16
+    rows of 256 values or more, where that upcast is slower, BatchNorm's statistics kernel over the rows as
+    channels, ``var + mean^2`` (no cancellation: both are non-negative), in float32. The normalize is ATen's
+    eval-mode BatchNorm kernel over the rows as channels with running variance ``mean(x^2)``: one vectorized pass,
+    also in fp16/bf16.
+    """
+    count, size = rows.shape
+    as_channels = rows.view(1, count, size)
+    if rows.dtype in (torch.float32, torch.float64) or size < 256:
+        acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        mean_square = torch.linalg.vector_norm(rows, 2, -1, dtype=acc).square_().div_(size)
+    else:  # float32 buffers pick ATen's mixed-type kernel (float32 statistics); momentum 0 leaves them alone
+        scratch = torch.empty((2, count), dtype=torch.float32, device=rows.device)
+        mean, var = torch.batch_norm_update_stats(as_channels, scratch[0], scratch[1], 0.0)
+        mean_square = torch.addcmul(var, mean, mean)
+    zeros = torch.zeros_like(mean_square)
+    normalized = torch.native_batch_norm(as_channels, None, None, zeros, mean_square, False, 0.0, eps)[0]
+    return normalized.view(count, size), mean_square.add_(eps).rsqrt_()
+
+
+class _RMSNorm(torch.autograd.Function):
+    r"""RMSNorm on CPU over fused ATen kernels (torch's CPU ``rms_norm`` is a composite of several passes, each way).
+
+    Forward (:func:`_rms_normalize`): one reduction for ``rstd`` per row, one pass for ``x * rstd``, one for the
+    weight (torch's rounding: ``x * rstd`` to the input's dtype, then times the weight). Backward, with
+    :math:`\hat x = x\,\mathrm{rstd}` and :math:`g = dy\,w` over the K normalized values of a row:
+
+    .. math:: dx = \mathrm{rstd}\,\Big(g - \hat x\,\tfrac1K\textstyle\sum_k g_k\hat x_k\Big), \qquad
+              dw = \textstyle\sum_{rows} dy\,\hat x
+
+    which is ATen's fused LayerNorm backward given a zero mean and this ``rstd`` (the same formula, and the same
+    ``dw``) less its centering term :math:`-\mathrm{rstd}\,\frac1K\sum_k g_k`, added back per row from one
+    matrix-vector product ``dy @ w``. Saved: the input, the weight and ``rstd`` (float32, float64 for float64).
+    A second derivative (``create_graph=True``) differentiates torch's composite instead.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, eps, shape):  # type: ignore[override]
+        size = math.prod(shape)
+        normalized, rstd = _rms_normalize(input.reshape(-1, size), eps)
+        out = normalized if weight is None else normalized.mul_(weight.reshape(size))
+        ctx.save_for_backward(input, weight, rstd)
+        ctx.eps, ctx.shape = eps, shape
+        return out.view(input.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        input, weight, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: autograd's own graph of the composite, differentiable again
+            wanted = [t for t, need in zip((input, weight), ctx.needs_input_grad[:2]) if need]
+            with torch.enable_grad():
+                out = F.rms_norm(input, ctx.shape, weight, ctx.eps)
+            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True))
+            return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None, None)
+        size = math.prod(ctx.shape)
+        rows, dy = input.reshape(-1, size), grad_output.reshape(-1, size)
+        count, low = rows.shape[0], input.dtype in (torch.float16, torch.bfloat16)
+        w = None if weight is None else weight.reshape(size)
+        if low and size < 256:  # short rows: float32 copies are cheap, and the centering term below (up to
+            # rstd * |dy * w|, which LayerNorm's kernel has already rounded into dx) is not small against dx
+            rows, dy, w, low = rows.float(), dy.float(), None if w is None else w.float(), False
+        # ATen's mixed-type LayerNorm backward (fp16/bf16 input, float32 weight and statistics) keeps rstd in float32
+        w_aten = w.float() if low and w is not None else torch.ones(size, device=rows.device) if low else w
+        need_weight = w is not None and ctx.needs_input_grad[1]
+        grad_input, grad_weight, _ = torch.ops.aten.native_layer_norm_backward(
+            dy, rows, [size], torch.zeros_like(rstd).view(count, 1), rstd.view(count, 1), w_aten, None,
+            [ctx.needs_input_grad[0], need_weight, False],
+        )
+        if grad_input is not None:  # the centering term LayerNorm subtracts: rstd * mean(dy * w) per row
+            row_sums = dy.sum(-1) if w is None else torch.mv(dy, w)
+            grad_input.add_(row_sums.to(rstd.dtype).mul_(rstd).div_(size).to(grad_input.dtype).view(count, 1))
+            grad_input = grad_input.to(input.dtype).view(input.shape)
+        if need_weight:
+            grad_weight = grad_weight.to(weight.dtype).view(weight.shape)
+        return grad_input, grad_weight, None, None
 
 
 CASTING_MODES = ("none", "llama", "gemma", "t5")
@@ -324,7 +500,9 @@ def rms_norm(
 
     .. math:: y = \frac{x}{\sqrt{\frac{1}{K}\sum_{k} x_k^2 + \epsilon}}\,(\delta + \gamma)
 
-    over the K values of the trailing ``normalized_shape`` dims; ``eps=None`` means ``torch.finfo(input.dtype).eps``.
+    over the K values of the trailing ``normalized_shape`` dims; ``eps=None`` means torch's default, the epsilon of
+    the dtype the statistics are computed in (``casting_mode='none'``: float32 for fp16/bf16 input; the other modes:
+    ``torch.finfo(input.dtype).eps``).
     :math:`\delta` is ``weight_offset`` (0; Gemma stores the weight as :math:`\gamma - 1` and uses 1).
     ``casting_mode`` (see :data:`CASTING_MODES`) picks the order of casts of a model family, so a converted model
     computes what the original does, bit for bit in float32 and within rounding in bf16.
@@ -337,9 +515,20 @@ def rms_norm(
     _checks.check_trailing(fn, input, shape, weight=weight)
     if casting_mode not in CASTING_MODES:
         raise ValueError(f"{fn}: casting_mode must be one of {', '.join(CASTING_MODES)}, got {casting_mode!r}")
+    return _rms_norm(input, shape, weight, eps, weight_offset, casting_mode)
+
+
+def _rms_norm(input, shape, weight, eps, weight_offset=0.0, casting_mode="none") -> Tensor:
+    """:func:`rms_norm` on checked arguments (``shape`` a tuple)."""
     if casting_mode == "none":
         if weight is not None and weight_offset:
             weight = weight + weight_offset
+        if (input.is_cpu and type(input) is Tensor and input.numel() > 0 and input.dtype in _RMS_FAST_DTYPES
+                and input.is_contiguous()  # else torch's composite, which keeps the input's layout
+                and (weight is None or weight.dtype == input.dtype) and not torch.compiler.is_compiling()):  # fmt: skip
+            if eps is None:  # torch's default: the epsilon of the dtype the statistics are computed in
+                eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
+            return _RMSNorm.apply(input, weight, eps, shape)
         return F.rms_norm(input, shape, weight, eps)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     dims = tuple(range(-len(shape), 0))

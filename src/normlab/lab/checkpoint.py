@@ -45,16 +45,17 @@ class Checkpoints:
     def remove(self, configs: list[dict[str, Any]]) -> None:
         self.path(configs).unlink(missing_ok=True)
 
-    def trunk(self, configs: list[dict[str, Any]]) -> "Trunk":
+    def trunk(self, configs: list[dict[str, Any]], packed: bool = False) -> "Trunk":
         """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
-        at one or several budgets, one :func:`~normlab.lab.train.ladder_key`)."""
+        at one or several budgets, one :func:`~normlab.lab.train.ladder_key`); ``packed``: its slice of a pack's
+        (:class:`~normlab.lab.packed.PackTrunk`), kept apart from a run trained alone."""
         from .store import config_key
         from .train import ladder_key
 
         keys = {config_key({**c, "doublings": 0}) for c in configs}  # config_key: the training code's hash too
         if len({ladder_key(c) for c in configs}) != 1:
             raise ValueError("Checkpoints.trunk: one run at several budgets")
-        return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}.pt")
+        return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}{'.packed' if packed else ''}.pt")
 
 
 class Saver:

@@ -36,7 +36,8 @@ from .train import (
     classifier_schedule, curve_every, evaluate_classifier, ladder_key, new_classifier_curves, record_point, watched_layer,
 )  # fmt: skip
 
-__all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state"]
+__all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state", "split_packed",
+           "join_packed", "PackTrunk"]
 
 MAX_COPIES = 64  # the most runs a pack holds; below it, models.pack_size sizes packs by batch, as measured
 # Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise, each run
@@ -154,15 +155,33 @@ def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
 
 def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
     """The inverse of :func:`pack_state`: load each model's slice of ``packed``'s state into it."""
-    packed_state = packed.state_dict()
     shapes = {key: t.shape for key, t in models[0].state_dict().items()}  # the runs' nets have the same shapes
-    states: list[dict[str, Tensor]] = [{} for _ in models]
-    for key, (single_key, runs) in _layout(packed, len(models)).items():
-        axis = _pack_axis(shapes[single_key], packed_state[key].shape, len(runs))
-        for j, i in enumerate(runs):
-            states[i][single_key] = packed_state[key] if axis is None else packed_state[key].chunk(len(runs), axis)[j]
-    for model, state in zip(models, states):
+    for model, state in zip(models, split_packed(packed.state_dict(), packed, shapes, len(models)), strict=True):
         model.load_state_dict(state)
+
+
+def split_packed(state: dict[str, Tensor], packed: nn.Module, shapes: dict[str, torch.Size], copies: int
+                 ) -> list[dict[str, Tensor]]:
+    """Each run's slice of ``state`` (tensors under ``packed``'s keys, or some of them: its momentum buffers), by
+    the single-run keys (whose shapes are ``shapes``)."""
+    parts: list[dict[str, Tensor]] = [{} for _ in range(copies)]
+    for key, (single_key, runs) in _layout(packed, copies).items():
+        if key in state:
+            axis = _pack_axis(shapes[single_key], state[key].shape, len(runs))
+            for j, i in enumerate(runs):
+                parts[i][single_key] = state[key] if axis is None else state[key].chunk(len(runs), axis)[j]
+    return parts
+
+
+def join_packed(parts: list[dict[str, Tensor]], packed: nn.Module, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`split_packed`: the runs' slices joined under ``packed``'s keys that ``like`` has."""
+    out = {}
+    for key, (single_key, runs) in _layout(packed, len(parts)).items():
+        if key in like:
+            pieces = [parts[i][single_key] for i in runs]
+            axis = _pack_axis(pieces[0].shape, like[key].shape, len(runs))
+            out[key] = pieces[0] if axis is None else torch.cat(pieces, dim=axis)
+    return out
 
 
 def _per_run(values: list[float], p: Tensor, axis: int | None, runs: list[int]) -> Tensor:
@@ -286,11 +305,51 @@ class PackedTraining:
             order.load(saved)
 
 
-def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
+class PackTrunk:
+    """A pack's trunk (its runs' stable phase), kept per run (a :class:`~normlab.lab.checkpoint.Trunk` each, the
+    runs' slices of the model, momentum, data order, curves and loss log), so that a later pack holding any of these
+    runs at a larger budget (the settings a verdict needs further, packed anew) goes on from there. A pack whose runs
+    were not all kept at one step starts over. Results equal a pack trained from step 0 up to float rounding, as a
+    pack equals its runs alone."""
+
+    def __init__(self, trunks: list[Any], training: PackedTraining, shapes: dict[str, torch.Size]) -> None:
+        self.trunks, self.training, self.shapes = trunks, training, shapes
+
+    def save(self, state: dict[str, Any]) -> None:
+        t, packed, runs = state["training"], self.training.packed, self.training.runs
+        models = split_packed(t["packed"], packed, self.shapes, runs)
+        names = [name for name, _ in packed.named_parameters()]
+        buffers = ([None] * runs if t["opt"]["buffers"] is None else
+                   split_packed(dict(zip(names, t["opt"]["buffers"], strict=True)), packed, self.shapes, runs))  # fmt: skip
+        for k, trunk in enumerate(self.trunks):
+            trunk.save({"step": state["step"], "alive": state["alive"][k], "diverged": state["diverged"][k],
+                        "log": state["logs"][k], "rng": state["rng"], "model": models[k], "buffers": buffers[k],
+                        "base_lr": t["opt"]["base_lrs"][k], "curves": t["curves"][k], "order": t["orders"][k]})  # fmt: skip
+
+    def load(self, before: int) -> dict[str, Any] | None:
+        parts = [trunk.load(before) for trunk in self.trunks]
+        if any(p is None or "model" not in p for p in parts) or len({p["step"] for p in parts}) != 1:
+            return None
+        packed = self.training.packed
+        params = dict(packed.named_parameters())
+        buffers = None
+        if all(p["buffers"] is not None for p in parts):
+            joined = join_packed([p["buffers"] for p in parts], packed, params)
+            buffers = [joined[name] for name in params]
+        return {"step": parts[0]["step"], "alive": [p["alive"] for p in parts], "rng": parts[0]["rng"],
+                "diverged": [p["diverged"] for p in parts], "logs": [p["log"] for p in parts], "done": [],
+                "training": {"packed": join_packed([p["model"] for p in parts], packed, packed.state_dict()),
+                             "opt": {"buffers": buffers, "base_lrs": [p["base_lr"] for p in parts]},
+                             "curves": [p["curves"] for p in parts], "orders": [p["order"] for p in parts]}}  # fmt: skip
+
+
+def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per config, each what the
     run gives alone up to float rounding. A run may come at several budgets (the same configuration but for
     ``doublings``, a "wsd" schedule; every run of the pack at the same ones): its shorter budgets branch off the
-    pack's trajectory (:func:`normlab.lab.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it."""
+    pack's trajectory (:func:`normlab.lab.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
+    ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.checkpoint.Trunk`) keeps each run's stable phase for a
+    larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
     ladders: dict[str, list[dict[str, Any]]] = {}
     for config in configs:
         ladders.setdefault(ladder_key(config), []).append(config)
@@ -323,6 +382,10 @@ def train_packed(configs: list[dict[str, Any]], saver=None) -> list[RunOutput]:
                                                     strict=True)]  # fmt: skip
 
     every = curve_every(base_steps(cs[0], data), cs[0].points)
-    by_rung = fit_ladder(training, schedules, evaluate, every=every, saver=saver)
+    trunk = None
+    if trunk_for is not None and cs[0].lr_schedule == "wsd":
+        shapes = {key: t.shape for key, t in singles[0].state_dict().items()}
+        trunk = PackTrunk([trunk_for(rungs) for rungs in rungs_of], training, shapes)
+    by_rung = fit_ladder(training, schedules, evaluate, every=every, saver=saver, trunk=trunk)
     outputs = {config_key(rungs[j]): by_rung[j][k] for k, rungs in enumerate(rungs_of) for j in range(len(rungs))}
     return [outputs[config_key(c)] for c in configs]

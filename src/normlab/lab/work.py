@@ -48,8 +48,9 @@ def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None
     start = time.perf_counter()
     try:
         several = len({ladder_key(c) for c in configs}) > 1  # several runs packed, or one run at several budgets
-        if several:
-            outputs = train_packed(configs, saver=saver)
+        if several:  # each run's stable phase is kept for a larger budget asked for later
+            trunk_for = None if checkpoints is None else (lambda run: checkpoints.trunk(run, packed=True))
+            outputs = train_packed(configs, saver=saver, trunk_for=trunk_for)
         else:  # one run: its stable phase is kept for a larger budget asked for later
             trunk = checkpoints.trunk(configs) if checkpoints is not None and can_branch(configs[0]) else None
             outputs = run_ladder(configs, saver=saver, trunk=trunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.nn import Module
 
 __all__ = ["Twin", "FX_LEAF_MODULE", "torch_base"]
@@ -34,9 +35,19 @@ class Twin(Module):
       class reference) and imports are unaffected.
     """
 
+    _checked: tuple | None = None
+    """The last input signature (shape, dtype, ...) whose arguments passed the forward's checks: the checks look at
+    shapes, dtypes and Python numbers only, so a twin runs them again only when its signature changes."""
+
     def __init__(self) -> None:
         Module.__init__(self)  # not super().__init__(): after Twin in the MRO comes the torch class's __init__
         self._trace_as_leaf()
+
+    def _checks_passed(self, signature: tuple) -> None:
+        """Remember ``signature`` as checked (not while compiling: there the checks cost nothing, and a changing
+        attribute would only add guards)."""
+        if not torch.compiler.is_compiling():
+            self.__dict__["_checked"] = signature
 
     def _trace_as_leaf(self) -> None:
         self.__dict__["__module__"] = FX_LEAF_MODULE

@@ -132,12 +132,6 @@ def _lerp_buffer(buffer: Tensor | None, batch_value: Tensor, factor: float | Ten
 
 
 class _BatchNorm(_NormBase):
-    def _averaging_factor(self) -> float:
-        """The weight of this batch in the running statistics (momentum=None is handled by _forward_cumulative)."""
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        return 0.0 if self.momentum is None else self.momentum
-
     def _forward_cumulative(self, input: Tensor) -> Tensor:
         """Training with ``momentum=None``: running stats are the plain average over all batches so far.
 
@@ -156,25 +150,30 @@ class _BatchNorm(_NormBase):
         return out
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
-        self._check_channels(input)
-        if self.training and self.track_running_stats and self.momentum is None:
+        training, momentum = self.training, self.momentum
+        if training and momentum is None and self.track_running_stats:
+            self._check_input_dim(input)
+            self._check_channels(input)
             return self._forward_cumulative(input)
-        factor = self._averaging_factor()
+        running_mean, running_var, weight, bias = self.running_mean, self.running_var, self.weight, self.bias
         # Batch statistics in training, and in eval when there are no running buffers to use.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        # Buffers are passed only to be updated (training and tracking) or to normalize (eval).
-        pass_buffers = not self.training or self.track_running_stats
-        return NF.batch_norm(
-            input,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        use_batch_stats = training or (running_mean is None and running_var is None)
+        if training and self.track_running_stats:
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+        elif training:  # buffers are passed only to be updated (training and tracking) or to normalize (eval)
+            running_mean = running_var = None
+        # The checks look at shapes, dtypes and Python numbers only: they run again when one of those changes.
+        signature = (input.shape, input.dtype, type(input), use_batch_stats, self.eps, running_mean is None,
+                     weight is None)  # fmt: skip
+        if signature != self._checked:
+            self._check_input_dim(input)
+            self._check_channels(input)
+            NF.check_batch_norm_args("batch_norm", input, running_mean, running_var, weight, bias, use_batch_stats,
+                                     self.eps)  # fmt: skip
+            self._checks_passed(signature)
+        return NF._batch_norm(input, running_mean, running_var, weight, bias, use_batch_stats,
+                              0.0 if momentum is None else momentum, self.eps)  # fmt: skip
 
 
 _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} input.

@@ -43,16 +43,15 @@ class _InstanceNorm(_NormBase):
         return self._spatial_dims + 1
 
     def _apply_instance_norm(self, input: Tensor) -> Tensor:
-        return NF.instance_norm(
-            input,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training or not self.track_running_stats,
-            self.momentum if self.momentum is not None else 0.0,
-            self.eps,
-        )
+        use_input_stats = self.training or not self.track_running_stats
+        running_mean, running_var, weight, bias = self.running_mean, self.running_var, self.weight, self.bias
+        signature = (input.shape, input.dtype, type(input), use_input_stats, self.eps)
+        if signature != self._checked:
+            NF.check_instance_norm_args("instance_norm", input, running_mean, running_var, weight, bias,
+                                        use_input_stats, self.eps)  # fmt: skip
+            self._checks_passed(signature)
+        momentum = self.momentum if self.momentum is not None else 0.0
+        return NF._instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, self.eps)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

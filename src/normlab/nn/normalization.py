@@ -89,7 +89,13 @@ class LayerNorm(Twin, torch.nn.LayerNorm):
             bias = None if self.bias is None else self.bias.float()
             out = NF.layer_norm(input.float(), self.normalized_shape, weight, bias, self.eps)
             return out.to(input.dtype)
-        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        signature = (input.shape, input.dtype, type(input), self.eps)
+        if signature != self._checked:
+            _checks.check_floating("layer_norm", input)
+            _checks.check_eps("layer_norm", self.eps)
+            _checks.check_trailing("layer_norm", input, self.normalized_shape, weight=self.weight, bias=self.bias)
+            self._checks_passed(signature)
+        return NF._layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         text = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={use_bias}".format(
@@ -170,9 +176,13 @@ class GroupNorm(Twin, torch.nn.GroupNorm):
                 init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        _checks.check_min_dim(type(self).__name__, input, 2, "(N, C, *)")
-        _checks.check_channels("GroupNorm", input, self.num_channels, "num_channels")
-        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        signature = (input.shape, input.dtype, type(input), self.eps)
+        if signature != self._checked:
+            _checks.check_min_dim(type(self).__name__, input, 2, "(N, C, *)")
+            _checks.check_channels("GroupNorm", input, self.num_channels, "num_channels")
+            NF.check_group_norm_args("group_norm", input, self.num_groups, self.weight, self.bias, self.eps)
+            self._checks_passed(signature)
+        return NF._group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={use_bias}".format(
@@ -189,7 +199,8 @@ class RMSNorm(Twin, torch.nn.RMSNorm):
 
     Args:
         normalized_shape: the trailing shape to normalize over.
-        eps: added to the mean square, > 0; ``None`` means ``torch.finfo(input.dtype).eps``. Default: None.
+        eps: added to the mean square, > 0; ``None`` means torch's default (the epsilon of the statistics' dtype:
+            float32 for fp16/bf16 input with ``casting_mode='none'``). Default: None.
         elementwise_affine: learnable ``weight`` of shape ``normalized_shape``, initialized so that the scale
             :math:`\delta + \gamma` is 1. Default: True.
         weight_offset: :math:`\delta`, added to the weight when it scales (keyword only). Gemma stores
@@ -245,8 +256,13 @@ class RMSNorm(Twin, torch.nn.RMSNorm):
             init.constant_(self.weight, 1.0 - self.weight_offset)
 
     def forward(self, x: Tensor) -> Tensor:
-        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps, weight_offset=self.weight_offset,
-                           casting_mode=self.casting_mode)  # fmt: skip
+        signature = (x.shape, x.dtype, type(x), self.eps)
+        if signature != self._checked:
+            _checks.check_floating("rms_norm", x)
+            _checks.check_eps("rms_norm", self.eps, allow_none=True)
+            _checks.check_trailing("rms_norm", x, self.normalized_shape, weight=self.weight)
+            self._checks_passed(signature)
+        return NF._rms_norm(x, self.normalized_shape, self.weight, self.eps, self.weight_offset, self.casting_mode)
 
     def extra_repr(self) -> str:
         text = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
