@@ -121,3 +121,15 @@ def test_a_pack_at_a_larger_budget_goes_on_from_its_runs_kept_trunks(tmp_path):
         assert curves["step"] == c_alone["step"]
         for key in metrics:
             assert metrics[key] == pytest.approx(m_alone[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_sweep_with_fewer_items_than_workers_splits_its_largest_pack():
+    from normlab.lab.runner import _spread
+
+    configs = [_classify(seed=seed, doublings=d, batch_size=2) for seed in range(5) for d in (2, 3)]
+    (item,) = plan_packs(configs)
+    first, second = _spread([item], workers=2)
+    assert len(first) + len(second) == len(configs) and len(first) == 4  # two runs (ladders of two budgets)
+    assert {c["seed"] for c in first}.isdisjoint({c["seed"] for c in second})
+    assert _spread([item], workers=1) == [item]
+    assert _spread([[configs[0]]], workers=4) == [[configs[0]]]  # one run: nothing to split

@@ -94,8 +94,7 @@ def run_sweep(
         bar.update(1)
         bar.set_postfix_str(f"{config['study']}: {config.get('norm')}", refresh=False)
 
-    items = plan_packs(todo, max_pack)
-    items = _schedule(items)
+    items = _schedule(_spread(plan_packs(todo, max_pack), workers if executor == "local" else 1))
     try:
         if executor == "ray":  # normlab.lab.executors: each item a Ray task; this driver alone stores the rows
             from .executors import run_on_ray
@@ -126,6 +125,24 @@ def _cost(item: list[dict[str, Any]]) -> float:
     steps = c.get("steps") or c.get("epochs", 1) * (c.get("train_subset") or 4000) / max(c.get("batch_size", 1), 1)
     weight = {"char_lm": 8.0, "distributed": 6.0}.get(c.get("task"), 1.0)
     return steps * weight * max(1.0, len(item) / 4)
+
+
+def _spread(items: list[list[dict[str, Any]]], workers: int) -> list[list[dict[str, Any]]]:
+    """Split the costliest packs in two until every worker has an item (a sweep's last rounds, the runs a verdict
+    needs at a larger budget, may be one pack: alone it would hold one core while the others wait)."""
+    from .train import ladder_key
+
+    items = list(items)
+    while len(items) < workers:
+        ladders = [list(dict.fromkeys(ladder_key(c) for c in item)) for item in items]
+        splittable = [i for i, keys in enumerate(ladders) if len(keys) > 1]
+        if not splittable:
+            break
+        i = max(splittable, key=lambda i: _cost(items[i]))
+        half = set(ladders[i][: len(ladders[i]) // 2])
+        item = items.pop(i)
+        items += [[c for c in item if ladder_key(c) in half], [c for c in item if ladder_key(c) not in half]]
+    return items
 
 
 def _schedule(items: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
