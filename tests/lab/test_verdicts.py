@@ -139,3 +139,22 @@ def test_options_seeds():
     assert Options(seeds=3).seed_list() == [0, 1, 2]
     assert Options(seeds=3, first_seed=10).seed_list() == [10, 11, 12]
     assert Options(first_seed=5).seed_list(default=3) == [5, 6, 7]
+
+
+def test_the_contrast_study_scores_a_diverged_run_at_chance(tmp_path):
+    """A diverged run has no contrast curve (it was scored at chance, not evaluated): the study reads its test
+    accuracy at every strength instead of failing."""
+    from normlab.lab.studies import STUDIES
+
+    records = []
+    for norm in ("instance", "none"):
+        for seed in (0, 1):
+            diverged = norm == "none" and seed == 1
+            curves = {"loss": [1.0] * 10, "step": list(range(10))}
+            if not diverged:
+                curves["contrast_acc"] = [0.9, 0.88 - 0.1 * (norm == "none"), 0.85, 0.8, 0.75 - 0.3 * (norm == "none")]
+            config = {"study": "contrast", "task": "classify", "norm": norm, "seed": seed}
+            metrics = {"test_acc": 0.1 if diverged else 0.9, "diverged": float(diverged)}
+            records.append(RunRecord(f"{norm}{seed}", "contrast", "done", config, metrics, curves, "", 1.0))
+    (verdict,) = STUDIES["contrast"].analyze(records, tmp_path, Options()).verdicts
+    assert "none drop 22.5 pts" in verdict.evidence  # seed 0 drops 45 points, the diverged seed 1 none

@@ -51,7 +51,7 @@ class Contrast(Study):
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm")
         norms = [n for n in self.norms(options) if (n,) in groups]
-        curves = {n: [[100 * a for a in r.curves["contrast_acc"]] for r in groups[(n,)]] for n in norms}
+        curves = {n: [[100 * a for a in _contrast(r)] for r in groups[(n,)]] for n in norms}
         fig, (ax,) = new_figure()
         for n in norms:
             plot_lines(ax, STRENGTHS, {n: curves[n]})
@@ -60,8 +60,7 @@ class Contrast(Study):
         result.figures.append(save(fig, figdir, "contrast.png"))
         result.table_headers = ["norm"] + [f"s={s:g}" for s in STRENGTHS]
         result.table_rows = [[n] + [fmt([c[i] for c in curves[n]]) for i in range(len(STRENGTHS))] for n in norms]
-        drop = {n: sample(groups[(n,)], lambda r: 100 * (r.curves["contrast_acc"][0] - r.curves["contrast_acc"][-1]))
-                for n in norms}  # fmt: skip
+        drop = {n: sample(groups[(n,)], lambda r: 100 * (_contrast(r)[0] - _contrast(r)[-1])) for n in norms}
         if "instance" in norms:
             for other in (n for n in norms if n != "instance"):
                 result.verdicts.append(compare(
@@ -69,6 +68,11 @@ class Contrast(Study):
                     f"{other} drop", "IN drop", min_effect=1.0, unit=" pts",
                 ))  # fmt: skip
         return result
+
+
+def _contrast(record: RunRecord) -> list[float]:
+    """A run's accuracy at each strength; a diverged run is scored at chance at every one (its test accuracy)."""
+    return record.curves.get("contrast_acc") or [record.metrics[TEST_ACC]] * len(STRENGTHS)
 
 
 STUDY = Contrast()
