@@ -13,7 +13,6 @@ verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``S
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from .metrics import VALID_ACC, VALID_BPC, VALID_LOSS
-from .store import RunRecord, config_key
-from .verdicts import MAX_DOUBLINGS, Verdict, budget_name, settle
+from .store import RunRecord, config_key, setting_key, trunk_key
+from .verdicts import Budgets, Verdict, budget_name, settle
 
 __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
 
@@ -94,32 +93,8 @@ class Selection:
                 "runs train at it.")  # fmt: skip
 
 
-@dataclass(frozen=True, kw_only=True)
-class Budgets:
-    """How a study's verdicts are settled over budgets (:data:`~normlab.lab.verdicts.CRITERION`): every compared
-    setting trains at the study's budget T and at 2T, the settings under a verdict that is not settled up to
-    T·2^``max_doublings``. ``scale`` and ``unit`` display the target metric."""
-
-    max_doublings: int = MAX_DOUBLINGS
-    scale: float = 100.0
-    unit: str = " points of accuracy"
-
-    def describe(self, metric: str) -> str:
-        return (f"Every compared setting trains at the study's budget T and at 2T on all its final seeds, from one "
-                "trajectory (a warmup-stable-decay schedule whose short cooldowns branch off at each budget). A "
-                "verdict is settled at the first budget where it and the next agree and the trend would not "
-                f"overturn it; the settings under an unsettled verdict train again at 4T, up to "
-                f"{budget_name(self.max_doublings)}. The table gives each setting's mean {metric} at every budget "
-                "it trained at: how far more training still moves it.")  # fmt: skip
-
-
 def _rate(lr: float) -> float:
     return float(f"{lr:.3g}")
-
-
-def setting_key(config: dict[str, Any], *without: str) -> str:
-    """A setting: the configuration but for its seed (and the fields ``without``)."""
-    return json.dumps({k: v for k, v in config.items() if k not in ("seed", *without)}, sort_keys=True)
 
 
 @dataclass
@@ -401,8 +376,3 @@ def _budget_figure(name: str, metric: str, budgets: Budgets, rows: list[BudgetRo
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return save(fig, figdir, f"{name}-budgets.png")
-
-
-def trunk_key(config: dict[str, Any]) -> str:
-    """A setting as the budgets see it: the configuration but for its seed and its doublings."""
-    return setting_key(config, "doublings")

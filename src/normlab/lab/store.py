@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Store", "RunRecord", "config_key", "check_store", "LAB_VERSION", "training_code_hash"]
+__all__ = ["Store", "RunRecord", "config_key", "setting_key", "trunk_key", "check_store", "LAB_VERSION", "training_code_hash"]
 
 # What a configuration produces is set by its fields and by the code that trains it. LAB_VERSION names the lab's
 # generations for people (4: learning rates selected per setting, method recipes, budgets); the key also holds a
@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_study ON runs (study);
 """
+
+
+def setting_key(config: dict[str, Any], *without: str) -> str:
+    """A setting: the configuration but for its seed (and the fields ``without``)."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("seed", *without)}, sort_keys=True)
+
+
+def trunk_key(config: dict[str, Any]) -> str:
+    """A setting as the budgets see it: the configuration but for its seed and its doublings."""
+    return setting_key(config, "doublings")
 
 
 def config_key(config: dict[str, Any]) -> str:

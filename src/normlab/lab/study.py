@@ -12,11 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .fairness import Budgets, trunk_key
 from .metrics import DIVERGED, TEST_ACC
-from .store import RunRecord
+from .store import RunRecord, trunk_key
 from .verdicts import (
-    CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
+    Budgets, CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
 )  # fmt: skip
 
 NOT_TRAINED = Outcome.NOT_TRAINED

@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "Outcome", "Verdict", "Sample", "CRITERION", "CONFIDENCE", "compare", "not_greater", "check", "difference_test",
-    "mean_spread", "settle", "budget_name", "MAX_DOUBLINGS",
+    "mean_spread", "settle", "budget_name", "MAX_DOUBLINGS", "Budgets",
 ]
 
 CONFIDENCE = 0.95
@@ -172,6 +172,25 @@ def not_greater(
 def check(claim: str, holds: bool, evidence: str) -> Verdict:
     """Verdict on a claim decided by a stated threshold (exactness, determinism): reproduced or contradicted."""
     return Verdict(claim, Outcome.REPRODUCED if holds else Outcome.CONTRADICTED, evidence)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budgets:
+    """How a study's verdicts are settled over budgets (:data:`~normlab.lab.verdicts.CRITERION`): every compared
+    setting trains at the study's budget T and at 2T, the settings under a verdict that is not settled up to
+    T·2^``max_doublings``. ``scale`` and ``unit`` display the target metric."""
+
+    max_doublings: int = MAX_DOUBLINGS
+    scale: float = 100.0
+    unit: str = " points of accuracy"
+
+    def describe(self, metric: str) -> str:
+        return (f"Every compared setting trains at the study's budget T and at 2T on all its final seeds, from one "
+                "trajectory (a warmup-stable-decay schedule whose short cooldowns branch off at each budget). A "
+                "verdict is settled at the first budget where it and the next agree and the trend would not "
+                f"overturn it; the settings under an unsettled verdict train again at 4T, up to "
+                f"{budget_name(self.max_doublings)}. The table gives each setting's mean {metric} at every budget "
+                "it trained at: how far more training still moves it.")  # fmt: skip
 
 
 def budget_name(doublings: int) -> str:
