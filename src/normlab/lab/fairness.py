@@ -284,7 +284,7 @@ class StudyPlan:
         settled, grew = [], False
         for by_budget in by_claim.values():
             verdict, more = settle(by_budget, self.budgets.max_doublings)
-            for key in (by_budget[0].settings or everything) if more and main.training.met else ():
+            for key in (by_budget[min(by_budget)].settings or everything) if more and main.training.met else ():
                 if key in everything and self.levels.get(key, 1) <= max(by_budget):
                     self.levels[key], grew = max(by_budget) + 1, True
             settled.append(verdict)
