@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+
+
 from normlab.lab import STUDIES, Options, compare
-from normlab.lab.report import outcome_counts
-from normlab.lab.runner import default_workers
+from normlab.lab.judging.report import outcome_counts
+from normlab.lab.sweep.runner import default_workers
 
 ROLES = ("selection", "final", "longer budgets")
 

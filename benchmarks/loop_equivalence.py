@@ -22,11 +22,7 @@ from pathlib import Path
 
 def run(out: str, budget: float, workers: int) -> None:
     import normlab
-    from normlab.lab import Options
-    from normlab.lab.fairness import StudyPlan
-    from normlab.lab.runner import run_sweep
-    from normlab.lab.store import Store
-    from normlab.lab.studies import STUDIES
+    from normlab.lab import STUDIES, Options, Store, StudyPlan, run_sweep  # the facade: the same before and after
 
     options = Options(seeds=1, budget=budget, nproc=2)
     configs = [c for s in STUDIES.values() for c in StudyPlan(s, options).final_configs()]

@@ -4,7 +4,7 @@ batched-matmul form, the pack-size curve, and the language model's tokens per se
     python benchmarks/packed_bench.py [--copies 16] [--steps 40] [--rounds 3] [--threads 1] [--sweep] [--lm]
 
 ConvNets: the lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on
-one net, the lab's own loop; packed: ``normlab.lab.packed``'s model and optimizer over K nets, in today's form
+one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and optimizer over K nets, in today's form
 (grouped convolutions, ``packed_form="grouped"``: the code path of the main branch) and in the lab's choice
 (``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import from_dict, make_config
-from normlab.lab.models import CharTransformer, pack_size
-from normlab.lab.packed import PackedSGD, pack_state
-from normlab.lab.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
+from normlab.lab.training.models import CharTransformer, pack_size
+from normlab.lab.training.packed import PackedSGD, pack_state
+from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
 
 
 def _alone(config: dict, steps: int):

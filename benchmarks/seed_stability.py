@@ -17,11 +17,13 @@ import json
 import time
 from pathlib import Path
 
+
+
 from normlab.lab import Options, compare
-from normlab.lab.report import load_verdicts, stability_rows
-from normlab.lab.runner import default_workers
+from normlab.lab.judging.report import load_verdicts, stability_rows
+from normlab.lab.sweep.runner import default_workers
 from normlab.lab.studies import STUDIES
-from normlab.lab.verdicts import budget_name
+from normlab.lab.judging.verdicts import budget_name
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import normlab.nn as nl
-from normlab.lab.data import mnist1d
-from normlab.lab.models import ConvNet
+from normlab.lab.training.data import mnist1d
+from normlab.lab.training.models import ConvNet
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from torch import nn
 import normlab
 import normlab.nn as nl
 from normlab.cli import main
-from normlab.lab.advise import advise
+from normlab.lab.user_study.advise import advise
 
 
 def _rules(model, x, **kw):

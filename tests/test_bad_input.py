@@ -182,6 +182,6 @@ def test_real_model_tools_reject_bad_arguments_clearly():
     with pytest.raises(TypeError, match="audit: example_input must be a tensor"):
         normlab.audit(torch.nn.Linear(2, 2), [1, 2])
     with pytest.raises(ValueError, match="advise: arch must be one of"):
-        from normlab.lab.advise import advise
+        from normlab.lab.user_study.advise import advise
 
         advise("vit", 8)

@@ -6,7 +6,7 @@ import torch
 import normlab
 from normlab import registry
 from normlab.explain import explain
-from normlab.lab.models import CharTransformer, ConvNet, NotApplicable
+from normlab.lab.training.models import CharTransformer, ConvNet, NotApplicable
 from normlab.method import Method, single
 from normlab.nn.norm_act import norm_act_class
 from normlab.nn.norm_classes import NORM_CLASSES

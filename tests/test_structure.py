@@ -16,6 +16,29 @@ LAYERS = {
 }  # fmt: skip
 
 
+# what each part of the lab may import besides itself
+LAB_BASE = {"config", "metrics", "store"}
+LAB_MAY_IMPORT = {
+    "base": set(),
+    "training": {"base"},
+    "sweep": {"base", "training"},
+    "judging": {"base", "training"},
+    "studies": {"base", "training", "judging"},
+    "user_study": {"base", "training", "judging"},
+    "facade": {"base", "training", "sweep", "judging", "studies", "user_study"},
+}
+
+
+def _lab_part(module: str) -> str | None:
+    """The lab part a module of normlab.lab belongs to (None outside the lab, or for an unknown folder)."""
+    parts = module.split(".")
+    if parts[:2] != ["normlab", "lab"]:
+        return None
+    if len(parts) == 2:
+        return "facade"
+    return "base" if parts[2] in LAB_BASE else parts[2] if parts[2] in LAB_MAY_IMPORT else None
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -61,6 +84,29 @@ def _graph() -> dict[str, set[str]]:
 
 def test_every_module_has_a_layer():
     assert all(_layer(m) is not None for m in _graph() if m != "normlab"), [m for m in _graph() if _layer(m) is None]
+
+
+def test_every_lab_module_has_a_part():
+    lab = [m for m in _graph() if m.startswith("normlab.lab")]
+    assert len(lab) > 20 and all(_lab_part(m) is not None for m in lab), [m for m in lab if _lab_part(m) is None]
+
+
+def test_lab_top_level_stays_small():
+    """The lab's top level is its facade, its base modules and its folders: a new module goes in a folder."""
+    top = sorted(p.name for p in (ROOT / "lab").glob("*.py"))
+    assert top == ["__init__.py", "config.py", "metrics.py", "store.py"], top
+
+
+def test_no_lab_import_crosses_its_parts():
+    wrong = []
+    for path in (ROOT / "lab").rglob("*.py"):
+        module = _module_name(path)
+        part = _lab_part(module)
+        for target, _ in _imports(path):
+            other = _lab_part(target)
+            if other is not None and other != part and other not in LAB_MAY_IMPORT[part]:
+                wrong.append(f"{module} ({part}) imports {target} ({other})")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_runs_back_up():

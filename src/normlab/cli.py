@@ -35,8 +35,8 @@ def _list_norms(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
 
     from .lab import OUTCOME_ORDER, STUDIES, Execution, Options, compare, study_variants
-    from .lab.runner import default_workers
-    from .lab.report import outcome_counts
+    from .lab.sweep.runner import default_workers
+    from .lab.judging.report import outcome_counts
     from .registry import canonical_name
 
     if args.list:
@@ -109,7 +109,7 @@ def _ray_settings(args: argparse.Namespace):
             if value is not None:
                 raise ValueError(f"{flag}: only with --executor ray")
         return None
-    from .lab.executors import RaySettings
+    from .lab.sweep.executors import RaySettings
 
     cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
     gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
@@ -127,7 +127,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def _compare_model(args: argparse.Namespace, execution):
     from .lab import Options, UserSpec, compare_model
-    from .lab.inputs import parse_model_args
+    from .lab.training.inputs import parse_model_args
 
     missing = [flag for flag, value in (("--data", args.data), ("--norms", args.norms),
                                         ("--batch-sizes", args.batch_sizes)) if not value]  # fmt: skip
@@ -149,8 +149,8 @@ def _compare_model(args: argparse.Namespace, execution):
 
 def _load_model(spec: str):
     """``MODULE:FACTORY`` (``torchvision.models:resnet18``), ``FILE.py:FACTORY``, ``torchvision:NAME`` or
-    ``timm:NAME`` -> the model it builds (:func:`normlab.lab.inputs.load_model`)."""
-    from .lab.inputs import load_model
+    ``timm:NAME`` -> the model it builds (:func:`normlab.lab.training.inputs.load_model`)."""
+    from .lab.training.inputs import load_model
 
     return load_model(spec, option="model")
 
@@ -198,7 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _advise(args: argparse.Namespace) -> int:
-    from .lab.advise import advise
+    from .lab.user_study.advise import advise
 
     print(advise(args.arch, args.batch_size, args.distributed, args.report).text())
     return 0
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="normlab-results", help="output directory (default: ./normlab-results)")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per core this process may run on, at most one per "
-                        "1.5 GB of available memory: normlab.lab.runner.default_workers)")  # fmt: skip
+                        "1.5 GB of available memory: normlab.lab.sweep.runner.default_workers)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="where runs train: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--data", metavar="KIND:PATH",
                    help="built-in studies: real images instead of the embedded data, cifar10:PATH or mnist:PATH; with "

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from normlab.lab.checkpoint import Checkpoints, Saver
+from normlab.lab.sweep.checkpoint import Checkpoints, Saver
 from normlab.lab.config import make_config
-from normlab.lab.packed import train_packed
-from normlab.lab.train import run
+from normlab.lab.training.packed import train_packed
+from normlab.lab.training.train import run
 
 INPUTS = Path(__file__).with_name("user_inputs.py")
 TIMING = ("step_seconds",)  # wall time: measured, never equal between two runs

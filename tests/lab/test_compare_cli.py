@@ -102,7 +102,7 @@ def test_report_shows_the_training_check(tmp_path):
 
 def test_the_default_workers_use_the_cores_this_process_may_run_on(monkeypatch):
     """One worker per core of the process's CPU affinity (not the machine's count), fewer where memory is short."""
-    from normlab.lab import runner
+    from normlab.lab.sweep import runner
 
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(range(16)))
     pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 64 * 2**30 // 4096}

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from normlab.lab import data
+from normlab.lab.training import data
 
 
 def _write_cifar(path, rng):

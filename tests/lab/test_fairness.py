@@ -9,15 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab.lab import STUDIES, Options, runner
+
+
+from normlab.lab import STUDIES, Options
+from normlab.lab.sweep import runner
 from normlab.lab import store as store_module
 from normlab.lab.config import from_dict, make_config
-from normlab.lab.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
+from normlab.lab.judging.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
 from normlab.lab.metrics import TEST_ACC, VALID_ACC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
-from normlab.lab.study import Study, StudyResult, Target, group_by, values
-from normlab.lab.train import build_classifier, classifier_data, run
-from normlab.lab.verdicts import Outcome, Verdict, compare
+from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
+from normlab.lab.training.train import build_classifier, classifier_data, run
+from normlab.lab.judging.verdicts import Outcome, Verdict, compare
 
 
 class _Study(Study):
@@ -186,11 +189,11 @@ def test_the_key_holds_the_training_code(tmp_path, monkeypatch):
     copy = tmp_path / "normlab"
     shutil.copytree(root, copy)
     assert training_code_hash(copy) == training_code_hash()
-    train = copy / "lab" / "train.py"
+    train = copy / "lab" / "training" / "train.py"
     train.write_text(train.read_text() + "\n# an edit\n")
     assert training_code_hash(copy) != training_code_hash()
-    (copy / "lab" / "report.py").write_text("# the report does not train\n")
-    train.write_text((root / "lab" / "train.py").read_text())
+    (copy / "lab" / "judging" / "report.py").write_text("# the report does not train\n")
+    train.write_text((root / "lab" / "training" / "train.py").read_text())
     assert training_code_hash(copy) == training_code_hash()
     config = make_config(study="t", norm="batch", seed=0)
     before = config_key(config)
@@ -206,8 +209,8 @@ def test_a_worker_with_other_training_code_stores_nothing(tmp_path):
 
 
 def test_recipes_reach_the_lab_models():
-    from normlab.lab.data import load_text
-    from normlab.lab.models import CharTransformer
+    from normlab.lab.training.data import load_text
+    from normlab.lab.training.models import CharTransformer
     from normlab.nn.weight_norm import _weight_normalized
 
     config = from_dict(make_config(study="t", norm="meanonly", seed=0))

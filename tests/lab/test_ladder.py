@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from normlab.lab.checkpoint import Saver
+from normlab.lab.sweep.checkpoint import Saver
 from normlab.lab.config import make_config
-from normlab.lab.loop import Schedule, lr_factor
-from normlab.lab.packed import plan_packs, train_packed
-from normlab.lab.train import run, run_ladder
+from normlab.lab.training.loop import Schedule, lr_factor
+from normlab.lab.training.packed import plan_packs, train_packed
+from normlab.lab.training.train import run, run_ladder
 
 from .test_checkpoint import Crash, CrashingSaver
 
@@ -82,7 +82,7 @@ def test_only_one_run_at_several_wsd_budgets_makes_a_ladder():
 
 @pytest.mark.parametrize("task", ["classify", "char_lm"])
 def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, task):
-    from normlab.lab.checkpoint import Checkpoints
+    from normlab.lab.sweep.checkpoint import Checkpoints
 
     if task == "classify":
         configs = [_classify(doublings=d) for d in (0, 1, 2)]
@@ -100,8 +100,8 @@ def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, t
 def test_a_pack_at_a_larger_budget_goes_on_from_its_runs_kept_trunks(tmp_path):
     """Three runs packed at T and 2T keep their stable phase; two of them, packed anew at 4T (a verdict that needs
     them further), go on from it and end where each run trained alone at 4T ends, up to float rounding."""
-    from normlab.lab.checkpoint import Checkpoints
-    from normlab.lab.packed import PackTrunk
+    from normlab.lab.sweep.checkpoint import Checkpoints
+    from normlab.lab.training.packed import PackTrunk
 
     checkpoints = Checkpoints(directory=str(tmp_path))
     runs = [[_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8) for d in (0, 1, 2)]
@@ -124,7 +124,7 @@ def test_a_pack_at_a_larger_budget_goes_on_from_its_runs_kept_trunks(tmp_path):
 
 
 def test_a_sweep_with_fewer_items_than_workers_splits_its_largest_pack():
-    from normlab.lab.runner import _spread
+    from normlab.lab.sweep.runner import _spread
 
     configs = [_classify(seed=seed, doublings=d, batch_size=2) for seed in range(5) for d in (2, 3)]
     (item,) = plan_packs(configs)

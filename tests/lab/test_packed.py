@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from normlab.lab.config import make_config
-from normlab.lab.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
-from normlab.lab.train import build_classifier, build_packed_classifier, classifier_data, run
+from normlab.lab.training.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
+from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 from normlab.lab.config import from_dict
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import from_dict, make_config
-from normlab.lab.models import MATMUL_MIN_BATCH, ConvNet, pack_size
-from normlab.lab.packed import pack_state, train_packed, unpack_state
-from normlab.lab.train import build_packed_classifier, classifier_data, run
+from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
+from normlab.lab.training.packed import pack_state, train_packed, unpack_state
+from normlab.lab.training.train import build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 
 PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]

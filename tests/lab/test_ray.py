@@ -17,9 +17,9 @@ ray = pytest.importorskip("ray")
 import torch  # noqa: E402
 
 from normlab.lab.config import make_config  # noqa: E402
-from normlab.lab.executors import INSTALL_HINT, RaySettings, check_ray, run_on_ray  # noqa: E402
-from normlab.lab.packed import plan_packs  # noqa: E402
-from normlab.lab.runner import run_sweep  # noqa: E402
+from normlab.lab.sweep.executors import INSTALL_HINT, RaySettings, check_ray, run_on_ray  # noqa: E402
+from normlab.lab.training.packed import plan_packs  # noqa: E402
+from normlab.lab.sweep.runner import run_sweep  # noqa: E402
 from normlab.lab.store import Store, config_key  # noqa: E402
 
 TASK_TITLE = "ray::_train_on_worker"  # a Ray worker's process title while it runs one of our tasks

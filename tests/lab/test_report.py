@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
+
+
 from normlab.lab import OUTCOME_ORDER, STUDIES, Options
-from normlab.lab.runner import run_sweep
+from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.store import Store
-from normlab.lab.train import run
+from normlab.lab.training.train import run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 QUICK = ["--seeds", "2", "--budget", "0.1"]

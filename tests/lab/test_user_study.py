@@ -11,11 +11,11 @@ import torch
 from normlab.cli import main
 from normlab.lab import Execution, Options, UserSpec, compare_model
 from normlab.lab.config import make_config
-from normlab.lab.models import NotApplicable
-from normlab.lab.runner import run_sweep
+from normlab.lab.training.models import NotApplicable
+from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.store import Store
-from normlab.lab.train import run
-from normlab.lab.user import build_user_model
+from normlab.lab.training.train import run
+from normlab.lab.training.user_model import build_user_model
 from normlab.lab.config import from_dict
 
 INPUTS = Path(__file__).with_name("user_inputs.py")

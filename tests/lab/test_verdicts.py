@@ -4,11 +4,11 @@ seed options."""
 import pytest
 
 from normlab.lab.store import RunRecord
-from normlab.lab.study import (
+from normlab.lab.judging.study import (
     NOT_TRAINED, Options, Sample, Target, check_training, compare, converged, difference_test, not_greater,
     withheld,
 )  # fmt: skip
-from normlab.lab.verdicts import MAX_DOUBLINGS, Outcome, check, settle
+from normlab.lab.judging.verdicts import MAX_DOUBLINGS, Outcome, check, settle
 
 
 def test_compare_outcomes():

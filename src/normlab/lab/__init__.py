@@ -1,7 +1,15 @@
 """The lab behind ``normlab compare``: re-test the folk claims about normalization on this machine.
 
-data -> models -> train (one run, at one or several budgets) -> store (SQLite) -> studies (claims, configs,
-analysis) -> fairness (each setting's learning rate, verdicts settled over budgets) -> report (HTML).
+Its layers, each a folder whose docstring says what it may import (tests/test_structure.py checks it):
+
+- the base: :mod:`.config` (one typed configuration per run), :mod:`.metrics` (metric names), :mod:`.store` (the
+  SQLite store of finished runs, keyed by configuration and training code);
+- :mod:`.training`: one run, from its configuration to its metrics (data, models, the loop, packs, probes);
+- :mod:`.sweep`: which runs are missing, packed and trained on processes here or on a Ray cluster;
+- :mod:`.judging`: stored runs -> each setting's learning rate, verdicts settled over budgets, the HTML report;
+- :mod:`.studies`: the built-in studies, one file each (claim, configs, analysis);
+- :mod:`.user_study`: the study of the user's own model and data, and ``normlab advise``;
+- this module, the facade: :func:`compare` and :func:`compare_model` run the phases in order.
 """
 
 from __future__ import annotations
@@ -13,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import OUTCOME_ORDER, load_verdicts, write_report
-from .packed import MAX_COPIES
-from .fairness import StudyPlan
-from .checkpoint import Checkpoints
-from .runner import SweepReport, run_sweep
+from .judging.report import OUTCOME_ORDER, load_verdicts, write_report
+from .training.packed import MAX_COPIES
+from .judging.fairness import StudyPlan
+from .sweep.checkpoint import Checkpoints
+from .sweep.runner import SweepReport, run_sweep
 from .store import RunRecord, Store, config_key
-from .study import Options
+from .judging.study import Options
 from .studies import STUDIES
-from .user_study import UserSpec
+from .user_study.study import UserSpec
 
 __all__ = ["STUDIES", "Options", "Execution", "UserSpec", "compare", "compare_model", "OUTCOME_ORDER",
            "study_variants"]
@@ -35,12 +43,12 @@ def study_variants() -> set[str]:
 def preflight(out: Path, options: Options, execution: Execution | None = None) -> None:
     """Check what the user gave before any run starts: ValueError with one clear line naming the path and what was
     expected. Reads only: a bad store or data directory is left as it was."""
-    from .data import check_data
+    from .training.data import check_data
     from .store import check_store
 
     check_data(options.data)
     if execution is not None and execution.executor == "ray":
-        from .executors import RaySettings, check_ray
+        from .sweep.executors import RaySettings, check_ray
 
         check_ray(execution.ray or RaySettings())
     try:
@@ -57,7 +65,7 @@ def preflight(out: Path, options: Options, execution: Execution | None = None) -
 @dataclass(frozen=True, kw_only=True)
 class Execution:
     """Where and how a sweep's runs train: ``executor`` "local" (``workers`` processes here) or "ray" (``ray``:
-    :class:`normlab.lab.executors.RaySettings`), packs of up to ``max_pack`` runs, checkpoints every
+    :class:`normlab.lab.sweep.executors.RaySettings`), packs of up to ``max_pack`` runs, checkpoints every
     ``checkpoint_every`` seconds into ``<out>/checkpoints`` (0: none)."""
 
     workers: int = 1
@@ -104,7 +112,7 @@ def compare_model(
     fresh: bool = False,
     log=print,
 ) -> tuple[Path, dict, bool]:
-    """The user's study (:class:`~normlab.lab.user_study.UserSpec`: your model, your data, the methods and batch
+    """The user's study (:class:`~normlab.lab.user_study.study.UserSpec`: your model, your data, the methods and batch
     sizes to compare): every input checked before any run, then run, judged and reported as the built-in studies.
 
     Example::
@@ -114,7 +122,7 @@ def compare_model(
         ...                 norms=("batch", "group", "layer2d"), batch_sizes=(4, 32))
         >>> compare_model(spec, "results")  # doctest: +SKIP
     """
-    from .prepare import prepare_user_study
+    from .user_study.prepare import prepare_user_study
 
     out = Path(out)
     preflight(out, options, execution)

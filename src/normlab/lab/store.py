@@ -26,10 +26,9 @@ LAB_VERSION = "4"
 # The code a run's result depends on: the lab's training path and the norms it builds (not the studies' analysis,
 # the report or the CLI, which read stored rows).
 TRAINING_CODE = (
-    "lab/config.py", "lab/data.py", "lab/models.py", "lab/loop.py", "lab/probes.py", "lab/train.py", "lab/packed.py",
-    "lab/distributed_run.py", "lab/inputs.py", "lab/user.py", "lab/metrics.py", "nn", "functional", "registry.py",
-    "method.py", "distributed.py", "_checks.py",
-)  # fmt: skip
+    "lab/config.py", "lab/metrics.py", "lab/training", "nn", "functional", "registry.py", "method.py", "transform.py",
+    "distributed.py", "_checks.py",
+)
 
 
 def training_code_hash(root: Path | None = None) -> str:

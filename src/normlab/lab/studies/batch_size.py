@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ..metrics import TEST_ACC
 from ...reference.layout import batch_layout
-from ..fairness import Selection
+from ..judging.fairness import Selection
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     not_greater, plot_lines, save, seed_rows, values,
 )  # fmt: skip

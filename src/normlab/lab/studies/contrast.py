@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics import TEST_ACC
-from ..fairness import Selection
+from ..judging.fairness import Selection
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, sample,
     plot_lines, save,
 )  # fmt: skip

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import TEST_ACC
-from ..fairness import Selection
+from ..judging.fairness import Selection
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure,
     not_applicable_notes, plot_lines, save, values,
 )  # fmt: skip

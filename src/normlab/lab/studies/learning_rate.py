@@ -9,7 +9,7 @@ import numpy as np
 
 from ..metrics import DIVERGED, TEST_ACC
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     plot_lines, save, seed_rows, values,
 )  # fmt: skip

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
-from ..fairness import Selection
+from ..judging.fairness import Selection
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
     values,
 )  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import make_config
-from ..fairness import Budgets, Selection
+from ..judging.fairness import Budgets, Selection
 from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
     not_greater, plot_lines, save, values,
 )  # fmt: skip

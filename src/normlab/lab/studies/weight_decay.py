@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
 from ..store import RunRecord
-from ..study import (
+from ..judging.study import (
     Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
     values,
 )  # fmt: skip

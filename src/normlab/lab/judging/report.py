@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ... import __version__
 from .published import ANCHORS
 from .fairness import Fairness
-from .store import RunRecord
+from ..store import RunRecord
 from .study import CONVERGENCE, Study, StudyResult
 from .verdicts import CRITERION, Outcome, Verdict, budget_name
 

@@ -4,7 +4,7 @@ A study that compares methods declares a :class:`Selection`. Each of its setting
 and learning rate) first trains at every rate of a log-spaced grid around the study's own rate, on seeds of its own
 (disjoint from the final seeds) and with a validation split held out of the training data; the rate with the best
 mean validation score is chosen, and a grid whose best rate sits on its edge grows past that edge. The final runs
-train at the chosen rate, at the study's budget T and at 2T (one trajectory, :func:`normlab.lab.loop.fit_ladder`),
+train at the chosen rate, at the study's budget T and at 2T (one trajectory, :func:`normlab.lab.training.loop.fit_ladder`),
 and every verdict is judged at both and settled where more training would not change it; the settings under a
 verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``StudyPlan.judge``).
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import VALID_ACC, VALID_BPC, VALID_LOSS
-from .store import RunRecord, config_key, setting_key, trunk_key
+from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
+from ..store import RunRecord, config_key, setting_key, trunk_key
 from .verdicts import Budgets, Verdict, budget_name, settle
 
 __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
@@ -257,7 +257,7 @@ class StudyPlan:
 
     def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[Any, bool]:
         """The study's analysis at its budget T (figures into ``figdir``) with its training check (the target, at
-        2T) and its verdicts settled over the budgets stored (:func:`~normlab.lab.verdicts.settle`; withheld when
+        2T) and its verdicts settled over the budgets stored (:func:`~normlab.lab.judging.verdicts.settle`; withheld when
         the target is missed); and whether a verdict needs a larger budget (its settings' levels are raised, so
         :meth:`budget_configs` lists their runs there). A study that misses its target trains no further: more
         budget is for verdicts, not for models that have not learned the task."""

@@ -34,7 +34,7 @@ class Checkpoints:
     every_s: float = 120.0
 
     def path(self, configs: list[dict[str, Any]]) -> Path:
-        from .store import config_key
+        from ..store import config_key
 
         digest = hashlib.sha256("".join(sorted(config_key(c) for c in configs)).encode()).hexdigest()[:24]
         return Path(self.directory) / f"{digest}.pt"
@@ -47,10 +47,10 @@ class Checkpoints:
 
     def trunk(self, configs: list[dict[str, Any]], packed: bool = False) -> "Trunk":
         """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
-        at one or several budgets, one :func:`~normlab.lab.train.ladder_key`); ``packed``: its slice of a pack's
-        (:class:`~normlab.lab.packed.PackTrunk`), kept apart from a run trained alone."""
-        from .store import config_key
-        from .train import ladder_key
+        at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a pack's
+        (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""
+        from ..store import config_key
+        from ..training.train import ladder_key
 
         keys = {config_key({**c, "doublings": 0}) for c in configs}  # config_key: the training code's hash too
         if len({ladder_key(c) for c in configs}) != 1:

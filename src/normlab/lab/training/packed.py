@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metrics import DIVERGED, SCALE_INVARIANCE_ERROR
-from ..registry import can_pack, canonical_name, conv_layer, get_method
-from .config import ClassifyConfig, from_dict
+from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
+from ...registry import can_pack, canonical_name, conv_layer, get_method
+from ..config import ClassifyConfig, from_dict
 from .models import MATMUL_MIN_BATCH, SplitNorm, pack_size, uses_weight_norm
 from .loop import fit_ladder
 from .probes import gradient_predictiveness, scale_invariance_error
-from .store import config_key
+from ..store import config_key
 from .train import (
     BatchOrder, RunOutput, base_steps, build_classifier, build_packed_classifier, can_branch, classifier_data,
     classifier_schedule, curve_every, evaluate_classifier, ladder_key, new_classifier_curves, record_point, watched_layer,
@@ -70,8 +70,8 @@ def _run_order(config: dict[str, Any]) -> str:
 
 def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> list[list[dict[str, Any]]]:
     """Split ``configs`` into work items: packs of runs that share a key (at most ``max_copies``, and
-    :func:`~normlab.lab.models.pack_size` at their batch size), and single runs.
-    A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.train.can_branch`) is one ladder,
+    :func:`~normlab.lab.training.models.pack_size` at their batch size), and single runs.
+    A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.training.train.can_branch`) is one ladder,
     its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
     split into near-equal packs; the runs of one norm stay together."""
     ladders: dict[str, list[dict[str, Any]]] = {}
@@ -113,7 +113,7 @@ def _pack_axis(single: torch.Size, packed: torch.Size, copies: int) -> int | Non
 
 def _layout(packed: nn.Module, copies: int) -> dict[str, tuple[str, list[int]]]:
     """Packed state key -> (the single-run key it holds, the runs it holds in order). A mixed pack's norm layers
-    (:class:`~normlab.lab.models.SplitNorm`) hold each group of runs in a part of their own."""
+    (:class:`~normlab.lab.training.models.SplitNorm`) hold each group of runs in a part of their own."""
     layout = {key: (key, list(range(copies))) for key in packed.state_dict()}
     for prefix, module in packed.named_modules():
         if isinstance(module, SplitNorm):
@@ -306,7 +306,7 @@ class PackedTraining:
 
 
 class PackTrunk:
-    """A pack's trunk (its runs' stable phase), kept per run (a :class:`~normlab.lab.checkpoint.Trunk` each, the
+    """A pack's trunk (its runs' stable phase), kept per run (a :class:`~normlab.lab.sweep.checkpoint.Trunk` each, the
     runs' slices of the model, momentum, data order, curves and loss log), so that a later pack holding any of these
     runs at a larger budget (the settings a verdict needs further, packed anew) goes on from there. A pack whose runs
     were not all kept at one step starts over. Results equal a pack trained from step 0 up to float rounding, as a
@@ -347,8 +347,8 @@ def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> l
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per config, each what the
     run gives alone up to float rounding. A run may come at several budgets (the same configuration but for
     ``doublings``, a "wsd" schedule; every run of the pack at the same ones): its shorter budgets branch off the
-    pack's trajectory (:func:`normlab.lab.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
-    ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.checkpoint.Trunk`) keeps each run's stable phase for a
+    pack's trajectory (:func:`normlab.lab.training.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
+    ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps each run's stable phase for a
     larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
     ladders: dict[str, list[dict[str, Any]]] = {}
     for config in configs:

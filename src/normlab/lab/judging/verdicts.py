@@ -55,7 +55,7 @@ CRITERION = (
 class Verdict:
     """What the data say of ``claim``. A comparison's verdict keeps its numbers: ``effect`` (mean difference, higher
     minus lower), ``margin`` (what it must exceed), ``negated`` (a "not greater" claim) and ``settings`` (the
-    settings it rests on, by :func:`normlab.lab.fairness.trunk_key`); a judged one, its outcome at each budget
+    settings it rests on, by :func:`normlab.lab.judging.fairness.trunk_key`); a judged one, its outcome at each budget
     (``history``: (doublings, outcome, effect) per budget T·2^d) and the budget it ``settled_at`` (None: it needs
     no budget, or did not settle)."""
 
@@ -176,7 +176,7 @@ def check(claim: str, holds: bool, evidence: str) -> Verdict:
 
 @dataclass(frozen=True, kw_only=True)
 class Budgets:
-    """How a study's verdicts are settled over budgets (:data:`~normlab.lab.verdicts.CRITERION`): every compared
+    """How a study's verdicts are settled over budgets (:data:`~normlab.lab.judging.verdicts.CRITERION`): every compared
     setting trains at the study's budget T and at 2T, the settings under a verdict that is not settled up to
     T·2^``max_doublings``. ``scale`` and ``unit`` display the target metric."""
 

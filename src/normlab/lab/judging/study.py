@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import DIVERGED, TEST_ACC
-from .store import RunRecord, trunk_key
+from ..metrics import DIVERGED, TEST_ACC
+from ..store import RunRecord, trunk_key
 from .verdicts import (
     Budgets, CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
 )  # fmt: skip
@@ -142,7 +142,7 @@ class StudyResult:
     notes: list[str] = field(default_factory=list)
     training: TrainingCheck | None = None
     recommendations: list[str] = field(default_factory=list)  # what to use, where a study can say (the user's model)
-    fairness: Any = None  # normlab.lab.fairness.Fairness: how rates were chosen, which settings trained
+    fairness: Any = None  # normlab.lab.judging.fairness.Fairness: how rates were chosen, which settings trained
 
 
 class Study:
@@ -154,7 +154,7 @@ class Study:
     variants: tuple[str, ...] = ()  # labels --norms accepts besides registry names (a norm plus WN, SyncBN...)
 
     target: Target = Target()
-    # Fairness (normlab.lab.fairness): how each compared setting's learning rate is chosen (None: as written, for
+    # Fairness (normlab.lab.judging.fairness): how each compared setting's learning rate is chosen (None: as written, for
     # the reason ``untuned`` gives), and the budgets its verdicts are judged at.
     selection: Any = None
     untuned: str = ""
@@ -289,8 +289,8 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
                     **kw: Any) -> dict:
     """A run's full configuration (:func:`normlab.lab.config.make_config`); ``--data`` replaces the study's embedded
     image data set."""
-    from .config import make_config
-    from .data import parse_data_spec
+    from ..config import make_config
+    from ..training.data import parse_data_spec
 
     kind, path = parse_data_spec(options.data)
     if path is not None:

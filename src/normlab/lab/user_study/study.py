@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import canonical_name
-from .config import make_config
-from .fairness import VALIDATION_LOSS, Budgets, Selection
-from .metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
-from .store import RunRecord
-from .study import Options, Study, StudyResult, Target, fmt, group_by, new_figure, plot_lines, save, seed_rows, values
-from .verdicts import Outcome, compare
+from ...registry import canonical_name
+from ..config import make_config
+from ..judging.fairness import VALIDATION_LOSS, Budgets, Selection
+from ..metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
+from ..store import RunRecord
+from ..judging.study import Options, Study, StudyResult, Target, fmt, group_by, new_figure, plot_lines, save, seed_rows, values
+from ..judging.verdicts import Outcome, compare
 
 __all__ = ["UserSpec", "UserStudy", "USER_STUDY"]
 
@@ -55,7 +55,7 @@ class UserSpec:
 
 
 class UserStudy(Study):
-    """One user's study; built by :func:`normlab.lab.prepare.prepare_user_study` after its inputs were checked."""
+    """One user's study; built by :func:`normlab.lab.user_study.prepare.prepare_user_study` after its inputs were checked."""
 
     name = USER_STUDY
     source = "your model and data, measured on this machine"

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from ..registry import canonical_name
-from ..transform import param_groups, swap
-from .config import UserConfig, from_dict
+from ...registry import canonical_name
+from ...transform import param_groups, swap
+from ..config import UserConfig, from_dict
 from .data import training_part
 from .inputs import UserData, load_model, load_user_data
 from .loop import Schedule, fit
-from .metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
+from ..metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .models import NotApplicable
 
 __all__ = ["SWAPPABLE", "norm_kinds", "build_user_model", "train_user", "training_split"]
@@ -38,7 +38,7 @@ _TIMING_SKIP = 3  # first steps left out of the time per step (allocator and ker
 
 def norm_kinds(model: nn.Module) -> list[str]:
     """The swappable kinds of norm layer in ``model`` (as :func:`normlab.swap` sees them)."""
-    from ..transform import _SOURCES
+    from ...transform import _SOURCES
 
     return [kind for kind in SWAPPABLE if any(isinstance(m, _SOURCES[kind]) for m in model.modules())]
 
@@ -88,7 +88,7 @@ def _step_memory(model: nn.Module, opt: torch.optim.Optimizer, saved: int) -> fl
 
 class UserTraining:
     """The user's model, optimizer (SGD with momentum or AdamW; no weight decay on norm parameters and biases),
-    schedule and batches, stepped by :func:`normlab.lab.loop.fit`."""
+    schedule and batches, stepped by :func:`normlab.lab.training.loop.fit`."""
 
     runs = 1
 

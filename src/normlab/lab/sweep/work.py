@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import Checkpoints
-from .models import NotApplicable
-from .store import Store, config_key, training_code_hash
+from ..training.models import NotApplicable
+from ..store import Store, config_key, training_code_hash
 
 __all__ = ["RunRow", "train_item", "store_rows", "execute"]
 
@@ -40,8 +40,8 @@ def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None
     if code is not None and code != training_code_hash():
         raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
 
-    from .packed import train_packed
-    from .train import can_branch, ladder_key, run_ladder
+    from ..training.packed import train_packed
+    from ..training.train import can_branch, ladder_key, run_ladder
 
     torch.set_num_threads(threads)
     saver = checkpoints.saver(configs) if checkpoints is not None else None

@@ -1,7 +1,7 @@
 """Run a sweep's work items as Ray tasks, on a local cluster or an existing one.
 
 Each work item (one run, or a pack of runs trained together) is one Ray task with ``cpus_per_run`` CPUs and
-``gpus_per_run`` GPUs. The task only trains (:func:`~normlab.lab.work.train_item`) and returns its rows; the
+``gpus_per_run`` GPUs. The task only trains (:func:`~normlab.lab.sweep.work.train_item`) and returns its rows; the
 driver takes the results as they finish and alone writes the SQLite store, so no worker ever writes a file the
 driver shares (SQLite over a network file system is not safe). A task whose worker process dies (killed, out of
 memory, its node lost) is retried by Ray up to ``max_retries`` times, resuming from the item's checkpoint when the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .work import RunRow, store_rows, train_item
-from .store import config_key
+from ..store import config_key
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoints

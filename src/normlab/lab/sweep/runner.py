@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint import Checkpoints
-from .packed import MAX_COPIES, plan_packs
-from .store import Store, config_key, training_code_hash
+from ..training.packed import MAX_COPIES, plan_packs
+from ..store import Store, config_key, training_code_hash
 from .work import RunRow, execute, store_rows, train_item
 
 __all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows", "default_workers",
@@ -68,7 +68,7 @@ def run_sweep(
     """Run every configuration not yet in the store at ``store_path``; runs that share a pack key train together,
     at most ``max_pack`` at a time (1: every run alone). ``executor`` "local" runs the work items in ``workers``
     processes of this machine, each storing its own rows; "ray" runs each item as a Ray task with the resources of
-    ``ray`` (:class:`normlab.lab.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
+    ``ray`` (:class:`normlab.lab.sweep.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
     saves its training state at their interval, and a rerun resumes it."""
     store_path = str(store_path)
     with Store(store_path) as store:
@@ -96,7 +96,7 @@ def run_sweep(
 
     items = _schedule(_spread(plan_packs(todo, max_pack), workers if executor == "local" else 1))
     try:
-        if executor == "ray":  # normlab.lab.executors: each item a Ray task; this driver alone stores the rows
+        if executor == "ray":  # normlab.lab.sweep.executors: each item a Ray task; this driver alone stores the rows
             from .executors import run_on_ray
 
             run_on_ray(items, store_path, code=code, checkpoints=checkpoints, record=record, settings=ray)
@@ -130,7 +130,7 @@ def _cost(item: list[dict[str, Any]]) -> float:
 def _spread(items: list[list[dict[str, Any]]], workers: int) -> list[list[dict[str, Any]]]:
     """Split the costliest packs in two until every worker has an item (a sweep's last rounds, the runs a verdict
     needs at a larger budget, may be one pack: alone it would hold one core while the others wait)."""
-    from .train import ladder_key
+    from ..training.train import ladder_key
 
     items = list(items)
     while len(items) < workers:

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .metrics import BATCH_MEAN_FLUCTUATION, BATCH_VAR_FLUCTUATION, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR
+from ..metrics import BATCH_MEAN_FLUCTUATION, BATCH_VAR_FLUCTUATION, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR
 from .data import ImageData
 
 __all__ = ["preserved_state", "BatchStatRecorder", "accuracy", "batch_stats_accuracy", "contrast_curve",

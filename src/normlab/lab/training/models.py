@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .. import nn as nl
-from ..registry import conv_layer, create_norm, create_packed_norm, get_method
+from ... import nn as nl
+from ...registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
     "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
@@ -280,7 +280,7 @@ class ConvNet(nn.Module):
 
     With ``weight_norm=True`` every conv and the head are weight-normalized (Salimans & Kingma).
 
-    With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.packed`): grouped convs,
+    With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.training.packed`): grouped convs,
     the norm's packed form and a per-copy head, with the same state_dict keys as one net and every tensor the K
     nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
     ``norm_options``) may give one entry per copy: runs of several norms then share one pack, each norm layer a

@@ -1,5 +1,5 @@
 """The lab's runs, a configuration dict in, (metrics, curves) out: the ConvNet alone and the language model, each a
-:class:`~normlab.lab.loop.Training` stepped by the one loop (:func:`normlab.lab.loop.fit`). Deterministic for a seed
+:class:`~normlab.lab.training.loop.Training` stepped by the one loop (:func:`normlab.lab.training.loop.fit`). Deterministic for a seed
 on CPU, resumed bit for bit from a checkpoint."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import data_dependent_init
-from ..registry import WEIGHT_NORM_RECIPE
-from .config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
+from ...nn import data_dependent_init
+from ...registry import WEIGHT_NORM_RECIPE
+from ..config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
 from .data import ImageData, load_images, load_text, training_part
 from .loop import Schedule, fit_ladder
-from .metrics import (
+from ..metrics import (
     DIVERGED, FINAL_WEIGHT_NORM, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, TEST_ACC, TEST_ACC_BATCH_STATS, TEST_BPC, TRAIN_ACC,
     TRAIN_LOSS, VALID_ACC, VALID_BPC,
 )  # fmt: skip
@@ -34,7 +34,7 @@ __all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
 
 def run(config: dict[str, Any], saver=None) -> RunOutput:
     """Execute one run described by ``config`` (its ``task`` picks the training); ``saver``
-    (:class:`~normlab.lab.checkpoint.Saver`) checkpoints it and resumes it from its last checkpoint."""
+    (:class:`~normlab.lab.sweep.checkpoint.Saver`) checkpoints it and resumes it from its last checkpoint."""
     return run_ladder([config], saver)[0]
 
 
@@ -51,8 +51,8 @@ def can_branch(config: dict[str, Any]) -> bool:
 
 def run_ladder(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
     """One run at several budgets (``configs``: one :func:`ladder_key`, in any order; a "wsd" schedule
-    when there are several), trained as one trajectory (:func:`normlab.lab.loop.fit_ladder`); one (metrics, curves)
-    per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.checkpoint.Trunk`) keeps the
+    when there are several), trained as one trajectory (:func:`normlab.lab.training.loop.fit_ladder`); one (metrics, curves)
+    per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps the
     run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
     if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
         raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
@@ -74,7 +74,7 @@ def _train(configs: list[dict[str, Any]], saver, trunk) -> list[RunOutput]:
 
         return [run_distributed(configs[0])]
     if task == "user":
-        from .user import train_user
+        from .user_model import train_user
 
         return [train_user(configs[0], saver)]
     raise ValueError(f"unknown task {task!r}")

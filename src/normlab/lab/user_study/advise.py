@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .report import load_recommendations, load_verdicts
+from ..judging.report import load_recommendations, load_verdicts
 
 __all__ = ["Advice", "advise", "ARCHITECTURES"]
 
@@ -102,7 +102,7 @@ def advise(arch: str, batch_size: int, distributed: bool = False, report: str | 
 
     Example::
 
-        >>> from normlab.lab.advise import advise
+        >>> from normlab.lab.user_study.advise import advise
         >>> advise("cnn", 2).recommendation
         "GroupNorm (32 groups; normlab.swap(model, 'batch', 'group'))"
     """

@@ -175,7 +175,7 @@ class _Loop:
 def fit(training: Training, *, steps: int, points: int, divergence: bool = True, saver=None,
         every: int | None = None) -> list[bool]:
     """Train ``steps`` steps; per run, whether it diverged. A curve point every ``every`` steps (default
-    ``steps // points``) and at the last. ``saver`` (:class:`normlab.lab.checkpoint.Saver`) checkpoints at its
+    ``steps // points``) and at the last. ``saver`` (:class:`normlab.lab.sweep.checkpoint.Saver`) checkpoints at its
     interval and resumes from its saved state; ``divergence`` False for runs whose processes must agree on every step
     (data-parallel ranks each see only their slice's loss)."""
     loop = _Loop(training, every or max(1, steps // points), divergence)
@@ -197,7 +197,7 @@ def fit_ladder(training: Training, rungs: Sequence[Schedule], evaluate: Callable
     from the copy's origin. Each rung's result is the run at that budget trained alone, bit for bit on CPU, for
     ``steps`` of the trunk plus one cooldown per rung: budgets T and 2T with a 20% cooldown cost 2.2T, not 3T.
     ``saver`` checkpoints the trunk and the last rung (with the rungs already evaluated) and resumes them; a kill
-    during another rung's cooldown repeats that cooldown. ``trunk`` (:class:`normlab.lab.checkpoint.Trunk`) keeps
+    during another rung's cooldown repeats that cooldown. ``trunk`` (:class:`normlab.lab.sweep.checkpoint.Trunk`) keeps
     the trunk where the last rung leaves it, and a later ladder of the same runs starts from it.
     """
     if any(r.kind != "wsd" for r in rungs[:-1]) or list(rungs) != sorted(rungs, key=lambda r: r.steps):

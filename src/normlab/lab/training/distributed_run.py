@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from .metrics import DIVERGED, TEST_ACC
-from .config import RunOutput, from_dict
+from ..metrics import DIVERGED, TEST_ACC
+from ..config import RunOutput, from_dict
 from .loop import fit
 
 
@@ -86,7 +86,7 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .. import nn as nl
+    from ... import nn as nl
     from .data import load_images
     from .models import ConvNet
 

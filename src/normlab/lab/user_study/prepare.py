@@ -13,12 +13,12 @@ import copy
 
 import torch
 
-from ..registry import canonical_name
-from ..transform import swap
-from .data import training_part
-from .inputs import examples, fingerprint, load_model, load_user_data
-from .user import norm_kinds
-from .user_study import UserSpec, UserStudy, describe_swap
+from ...registry import canonical_name
+from ...transform import swap
+from ..training.data import training_part
+from ..training.inputs import examples, fingerprint, load_model, load_user_data
+from ..training.user_model import norm_kinds
+from .study import UserSpec, UserStudy, describe_swap
 
 __all__ = ["prepare_user_study"]
 
