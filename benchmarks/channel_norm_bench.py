@@ -22,7 +22,9 @@ class PermuteLayerNorm2d(torch.nn.LayerNorm):
     """timm's LayerNorm2d: permute, layer_norm over the last dim, permute back."""
 
     def forward(self, x):
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
 
 
 class PermuteRMSNorm2d(torch.nn.RMSNorm):
@@ -44,7 +46,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print("| case | shape | layout | permute form ms | normlab ms | normlab/permute |")
     print("|---|---|---|---|---|---|")
     for name, make_theirs, make_ours, shape in CASES:
@@ -54,11 +58,15 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last)
             theirs, ours = make_theirs(), make_ours()
             torch.testing.assert_close(ours(x), theirs(x))
-            rounds = [(forward_backward_seconds(theirs, x, args.repeats), forward_backward_seconds(ours, x, args.repeats))
-                  for _ in range(args.rounds)]
+            rounds = [
+                (forward_backward_seconds(theirs, x, args.repeats), forward_backward_seconds(ours, x, args.repeats))
+                for _ in range(args.rounds)
+            ]
             t_theirs, t_ours = min(r[0] for r in rounds), min(r[1] for r in rounds)
-            print(f"| {name} | {tuple(shape)} | {layout} | {t_theirs * 1e3:.2f} | {t_ours * 1e3:.2f} | "
-                  f"{t_ours / t_theirs:.2f} |")
+            print(
+                f"| {name} | {tuple(shape)} | {layout} | {t_theirs * 1e3:.2f} | {t_ours * 1e3:.2f} | "
+                f"{t_ours / t_theirs:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 
-
 from normlab.lab import STUDIES, Options, compare
 from normlab.lab.judging.report import outcome_counts
 from normlab.lab.sweep.runner import default_workers
@@ -40,8 +39,11 @@ def main() -> None:
     _, results, _ = compare(out, options=Options(), workers=args.workers, progress=False, log=lambda *_: None)
     wall = time.perf_counter() - start
     runs = json.loads((Path(out) / "results.json").read_text())["runs"]
-    cost = {(name, role): [r["seconds"] for r in runs if r["study"] == name and r["role"] == role]
-            for name in STUDIES for role in ROLES}  # fmt: skip
+    cost = {
+        (name, role): [r["seconds"] for r in runs if r["study"] == name and r["role"] == role]
+        for name in STUDIES
+        for role in ROLES
+    }
     total = sum(sum(v) for v in cost.values())
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
     print("| study | selection runs, s | final runs (T), s | longer budgets, s | compute s | share |")
@@ -50,8 +52,11 @@ def main() -> None:
         cells = [f"{len(cost[(name, r)])}, {sum(cost[(name, r)]):.0f}" for r in ROLES]
         study_total = sum(sum(cost[(name, r)]) for r in ROLES)
         print(f"| {name} | " + " | ".join(cells) + f" | {study_total:.0f} | {100 * study_total / total:.0f}% |")
-    parts = [f"{len([s for (n, r), v in cost.items() if r == role for s in v])}, "
-             f"{sum(sum(v) for (n, r), v in cost.items() if r == role):.0f}" for role in ROLES]  # fmt: skip
+    parts = [
+        f"{len([s for (n, r), v in cost.items() if r == role for s in v])}, "
+        f"{sum(sum(v) for (n, r), v in cost.items() if r == role):.0f}"
+        for role in ROLES
+    ]
     print("| **total** | " + " | ".join(parts) + f" | **{total:.0f}** | |")
     print("\n| study | target met at 2T | verdicts | settled at (T, 2T, 4T, 8T) |\n|---|---|---|---|")
     for name, result in results.items():

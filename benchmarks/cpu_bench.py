@@ -56,8 +56,13 @@ def _grad_like(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _compare(theirs, ours, x, repeats: int, rounds: int, grad: bool) -> tuple[float, float, float]:
     """(torch seconds, normlab seconds, normlab/torch): medians over alternating rounds."""
     grads = (_grad_like(theirs, x), _grad_like(ours, x)) if grad else (None, None)
-    times = [(forward_backward_seconds(theirs, x, repeats, grad=grads[0]),
-              forward_backward_seconds(ours, x, repeats, grad=grads[1])) for _ in range(rounds)]  # fmt: skip
+    times = [
+        (
+            forward_backward_seconds(theirs, x, repeats, grad=grads[0]),
+            forward_backward_seconds(ours, x, repeats, grad=grads[1]),
+        )
+        for _ in range(rounds)
+    ]
     ratio = statistics.median(o / t for t, o in times)
     return statistics.median(t for t, _ in times), statistics.median(o for _, o in times), ratio
 
@@ -80,15 +85,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="torch threads; 0: torch's default")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables for benchmarks/RESULTS.md")
-    parser.add_argument("--only", nargs="+", metavar="SUBSTRING",
-                        help="run only the rows whose 'case shape dtype layout' contains one of these")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SUBSTRING",
+        help="run only the rows whose 'case shape dtype layout' contains one of these",
+    )
     parser.add_argument("--no-rms-vs-layer", action="store_true", help="skip the RMSNorm vs LayerNorm table")
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     args.threads = [t or default_threads for t in args.threads]
     torch.manual_seed(0)
-    print(f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-          f"{default_threads} default threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{default_threads} default threads, torch {torch.__version__}"
+    )
     if args.markdown:
         print("| case | shape | dtype | layout | threads | torch ms | normlab ms | normlab/torch |")
         print("|---|---|---|---|---|---|---|---|")
@@ -106,11 +117,15 @@ def main() -> None:
         t_torch, t_ours, ratio = _compare(theirs, ours, x, repeats, args.rounds, grad)
         case = name + ("" if grad else " .sum()")
         if args.markdown:
-            print(f"| {case} | {tuple(shape)} | {dtype_name} | {layout} | {threads} | {t_torch * 1e3:.3f} | "
-                  f"{t_ours * 1e3:.3f} | {ratio:.2f} |")  # fmt: skip
+            print(
+                f"| {case} | {tuple(shape)} | {dtype_name} | {layout} | {threads} | {t_torch * 1e3:.3f} | "
+                f"{t_ours * 1e3:.3f} | {ratio:.2f} |"
+            )
         else:
-            print(f"{case:24s} {str(shape):18s} {dtype_name:9s} {layout:13s} {threads:2d} thr  "
-                  f"torch {t_torch * 1e3:8.3f} ms  normlab {t_ours * 1e3:8.3f} ms  {ratio:5.2f}")  # fmt: skip
+            print(
+                f"{case:24s} {str(shape):18s} {dtype_name:9s} {layout:13s} {threads:2d} thr  "
+                f"torch {t_torch * 1e3:8.3f} ms  normlab {t_ours * 1e3:8.3f} ms  {ratio:5.2f}"
+            )
     if args.no_rms_vs_layer:
         return
     print("\n# normlab RMSNorm vs torch LayerNorm, same shape (goal: at most 1.5)")
@@ -127,10 +142,14 @@ def main() -> None:
                 repeats = args.repeats * (8 if dim == 64 else 1)
                 t_layer, t_rms, ratio = _compare(layer, rms, x, repeats, args.rounds, True)
                 if args.markdown:
-                    print(f"| {shape} | {dtype_name} | {threads} | {t_layer * 1e3:.3f} | {t_rms * 1e3:.3f} | {ratio:.2f} |")
+                    print(
+                        f"| {shape} | {dtype_name} | {threads} | {t_layer * 1e3:.3f} | {t_rms * 1e3:.3f} | {ratio:.2f} |"
+                    )
                 else:
-                    print(f"RMSNorm/LayerNorm {str(shape):16s} {dtype_name:9s} {threads:2d} thr  LayerNorm "
-                          f"{t_layer * 1e3:8.3f} ms  RMSNorm {t_rms * 1e3:8.3f} ms  {ratio:5.2f}")  # fmt: skip
+                    print(
+                        f"RMSNorm/LayerNorm {str(shape):16s} {dtype_name:9s} {threads:2d} thr  LayerNorm "
+                        f"{t_layer * 1e3:8.3f} ms  RMSNorm {t_rms * 1e3:8.3f} ms  {ratio:5.2f}"
+                    )
 
 
 if __name__ == "__main__":

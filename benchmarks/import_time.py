@@ -25,8 +25,12 @@ def _seconds(code: str) -> float:
 
 def _normlab_cumulative() -> float:
     """Seconds of ``import normlab`` after ``import torch``, from ``-X importtime`` (cumulative, microseconds)."""
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import normlab"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import torch; import normlab"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for line in res.stderr.splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) == 3 and parts[2] == "normlab":
@@ -42,14 +46,22 @@ def main() -> None:
     for _ in range(args.repeat):
         torch_only.append(_seconds("import torch"))
         with_normlab.append(_seconds("import torch, normlab"))
-    loaded = subprocess.run([sys.executable, "-c", "import sys, normlab; print('torch._dynamo' in sys.modules)"],
-                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    print(f"import torch: {min(torch_only):.3f} s; import torch, normlab: {min(with_normlab):.3f} s; "
-          f"normlab adds {min(with_normlab) - min(torch_only):+.3f} s (best of {args.repeat}); "
-          f"torch._dynamo loaded: {loaded}")
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, normlab; print('torch._dynamo' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(
+        f"import torch: {min(torch_only):.3f} s; import torch, normlab: {min(with_normlab):.3f} s; "
+        f"normlab adds {min(with_normlab) - min(torch_only):+.3f} s (best of {args.repeat}); "
+        f"torch._dynamo loaded: {loaded}"
+    )
     own = [_normlab_cumulative() for _ in range(args.repeat)]
-    print(f"-X importtime, import normlab after import torch: {min(own):.3f} s best, "
-          f"{sorted(own)[len(own) // 2]:.3f} s median of {args.repeat} (goal: at most 0.100 s)")
+    print(
+        f"-X importtime, import normlab after import torch: {min(own):.3f} s best, "
+        f"{sorted(own)[len(own) // 2]:.3f} s median of {args.repeat} (goal: at most 0.100 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def run(out: str, budget: float, workers: int) -> None:
         with Store(Path(tmp) / "r.sqlite") as store:
             rows = {json.dumps(r.config, sort_keys=True): [r.status, r.metrics, r.curves] for r in store.records()}
     Path(out).write_text(json.dumps(rows, sort_keys=True))
-    print(f"{len(rows)} runs ({len(report.failed)} failed) in {time.perf_counter() - start:.0f} s with "
-          f"{normlab.__file__}")  # fmt: skip
+    print(
+        f"{len(rows)} runs ({len(report.failed)} failed) in {time.perf_counter() - start:.0f} s with {normlab.__file__}"
+    )
 
 
 def _difference(a, b) -> float:
@@ -58,8 +59,10 @@ def diff(first: str, second: str) -> None:
     common = sorted(set(a) & set(b))
     different = [(k, _difference(a[k], b[k])) for k in common]
     different = [(k, d) for k, d in different if d]
-    print(f"{len(common)} runs in both ({len(a)} and {len(b)} in all): {len(common) - len(different)} equal bit for "
-          f"bit, {len(different)} different")  # fmt: skip
+    print(
+        f"{len(common)} runs in both ({len(a)} and {len(b)} in all): {len(common) - len(different)} equal bit for "
+        f"bit, {len(different)} different"
+    )
     for key, d in different:
         c = json.loads(key)
         print(f"  {c['study']} {c['task']} {c.get('norm')} {c.get('variant')}: largest difference {d:.3g}")

@@ -140,12 +140,16 @@ def main() -> None:
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
     norms = args.norms.split(",")
-    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies, "
-          f"{args.clock} time, best of {args.rounds}")
+    print(
+        f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies, "
+        f"{args.clock} time, best of {args.rounds}"
+    )
     if not args.no_convnet:
-        print(f"\n| norm | batch | alone model-steps/s | packed today (grouped, K={args.copies}) | packed new (auto, "
-              f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
+        print(
+            f"\n| norm | batch | alone model-steps/s | packed today (grouped, K={args.copies}) | packed new (auto, "
+            f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today |\n"
+            "|---|---|---|---|---|---|---|---|---|---|"
+        )
         for norm in norms:
             for batch in (2, 32):
                 config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
@@ -156,15 +160,22 @@ def main() -> None:
                 form = "matmul" if uses_matmul else "grouped"
                 k = pack_size(batch)
                 sized = _packed(config, k, max(2, args.steps * args.copies // k), "auto")
-                r = _best({"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized},
-                          args.rounds)
-                print(f"| {norm} | {batch} | {r['alone']:.0f} | {r['today']:.0f} | {r['new']:.0f} | {form} | "
-                      f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x |",
-                      flush=True)
+                r = _best(
+                    {"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized}, args.rounds
+                )
+                print(
+                    f"| {norm} | {batch} | {r['alone']:.0f} | {r['today']:.0f} | {r['new']:.0f} | {form} | "
+                    f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x |",
+                    flush=True,
+                )
     if args.sweep:
         sizes = (4, 8, 16, 32, 64)
-        print("\n| norm | batch | form | " + " | ".join(f"K={k}" for k in sizes) + " |\n|---|---|---|"
-              + "---|" * len(sizes))
+        print(
+            "\n| norm | batch | form | "
+            + " | ".join(f"K={k}" for k in sizes)
+            + " |\n|---|---|---|"
+            + "---|" * len(sizes)
+        )
         for norm in norms:
             for batch in (2, 32):
                 config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
@@ -175,7 +186,9 @@ def main() -> None:
                         rates.append(_best({form: _packed(config, k, steps, form)}, args.rounds)[form])
                     print(f"| {norm} | {batch} | {form} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
     if args.lm:
-        print("\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |\n|---|---|---|---|---|")
+        print(
+            "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |\n|---|---|---|---|---|"
+        )
         for norm in ("layer", "rms", "dyt", "batch"):
             steps = max(2, args.steps // 4)
             r = _best({"today": _lm(norm, 32, steps, "today"), "new": _lm(norm, 32, steps, "new")}, args.rounds)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 
-
 from normlab.lab import Options, compare
 from normlab.lab.judging.report import load_verdicts, stability_rows
 from normlab.lab.sweep.runner import default_workers
@@ -37,13 +36,21 @@ def main() -> None:
     second = Path(args.out) / f"seeds-from-{args.second_seed}"
     start = time.perf_counter()
     compare(first, options=Options(first_seed=0), workers=args.workers, progress=False, log=lambda *_: None)
-    _, results, _ = compare(second, options=Options(first_seed=args.second_seed), workers=args.workers,
-                            progress=False, log=lambda *_: None, against=first)  # fmt: skip
+    _, results, _ = compare(
+        second,
+        options=Options(first_seed=args.second_seed),
+        workers=args.workers,
+        progress=False,
+        log=lambda *_: None,
+        against=first,
+    )
     rows = stability_rows(list(STUDIES.values()), results, load_verdicts(first))
     flips = [r for r in rows if r[4] == "flip"]
     changed = [r for r in rows if r[4] == "changed"]
-    print(f"{len(rows)} verdicts judged in both runs ({time.perf_counter() - start:.0f} s): "
-          f"{len(rows) - len(flips) - len(changed)} same, {len(changed)} changed, {len(flips)} flipped")  # fmt: skip
+    print(
+        f"{len(rows)} verdicts judged in both runs ({time.perf_counter() - start:.0f} s): "
+        f"{len(rows) - len(flips) - len(changed)} same, {len(changed)} changed, {len(flips)} flipped"
+    )
     print(f"| study | claim | seeds from {args.second_seed} | seeds from 0 | change |\n|---|---|---|---|---|")
     for row in rows:
         if row[4] != "same":
@@ -69,9 +76,12 @@ HEADLINES = [
 def _settled(run: Path) -> dict[tuple[str, str], str]:
     """(study, claim) -> "outcome, settled at B" from a run's results.json."""
     payload = json.loads((run / "results.json").read_text())
-    return {(study, v["claim"]): f"{v['outcome']}, " + (f"settled at {budget_name(v['settled_at'])}"
-                                                       if v["settled_at"] is not None else "not settled")
-            for study, vs in payload["verdicts"].items() for v in vs}  # fmt: skip
+    return {
+        (study, v["claim"]): f"{v['outcome']}, "
+        + (f"settled at {budget_name(v['settled_at'])}" if v["settled_at"] is not None else "not settled")
+        for study, vs in payload["verdicts"].items()
+        for v in vs
+    }
 
 
 if __name__ == "__main__":

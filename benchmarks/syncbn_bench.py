@@ -22,8 +22,13 @@ SHAPES = [(16, 64, 28, 28), (64, 256, 7, 7), (256, 512)]
 
 
 def worker(rank, world, init_file, device):
-    dist.init_process_group("gloo" if device == "cpu" else "nccl", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=120))  # fmt: skip
+    dist.init_process_group(
+        "gloo" if device == "cpu" else "nccl",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     torch.set_num_threads(1)
     if device == "cuda":
         torch.cuda.set_device(rank)
@@ -33,7 +38,9 @@ def worker(rank, world, init_file, device):
         sync = nl.SyncBatchNorm(shape[1]).to(device)
         t_bn, t_sync = _timed(bn, x), _timed(sync, x)
         if rank == 0:
-            print(f"| {tuple(shape)} per rank | {t_bn * 1e3:.2f} | {t_sync * 1e3:.2f} | {t_sync / t_bn:.2f} |", flush=True)
+            print(
+                f"| {tuple(shape)} per rank | {t_bn * 1e3:.2f} | {t_sync * 1e3:.2f} | {t_sync / t_bn:.2f} |", flush=True
+            )
     dist.destroy_process_group()
 
 

@@ -9,9 +9,13 @@ from typing import Callable
 import torch
 
 
-def forward_backward_seconds(module: torch.nn.Module, x: torch.Tensor, repeats: int,
-                             before_each: Callable[[], None] | None = None,
-                             grad: torch.Tensor | None = None) -> float:  # fmt: skip
+def forward_backward_seconds(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    repeats: int,
+    before_each: Callable[[], None] | None = None,
+    grad: torch.Tensor | None = None,
+) -> float:
     """Median seconds of ``module(x).backward(grad)`` over ``repeats`` calls, after 3 warm-up calls.
     ``grad`` is the upstream gradient (a tensor of the output's shape, in the layout the caller wants); None starts
     from ``.sum()`` (an expanded gradient, which is what ``module(x).sum().backward()`` hands the module).

@@ -54,8 +54,11 @@ def main() -> None:
     dist.all_gather(means, model.module.features[1].running_mean)
     same = all(torch.allclose(m, means[0]) for m in means)
     if rank == 0:
-        print(f"ranks {world}, global batch {args.batch * world}: test accuracy {acc:.3f}, running stats equal "
-              f"on every rank: {same}", flush=True)
+        print(
+            f"ranks {world}, global batch {args.batch * world}: test accuracy {acc:.3f}, running stats equal "
+            f"on every rank: {same}",
+            flush=True,
+        )
     # DDP's reducer must go before the process group it talks to (tearing them down the other way round hung
     # about one run in two with gloo).
     dist.barrier()

@@ -24,7 +24,6 @@ def rng():
     return np.random.default_rng(12345)
 
 
-
 def _import_torchvision() -> None:
     """torchvision's registry wheel for torch 2.13 is a CUDA build: on the CPU torch its C ops do not load, and its
     import then fails registering fake kernels for two of them (``torchvision::nms``, ``qnms``). The models are

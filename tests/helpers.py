@@ -8,7 +8,11 @@ from hypothesis import strategies as st
 def assert_close(actual, expected, *, atol, rtol, msg=""):
     """Compare a torch tensor or array with an array, in float64, with a readable failure."""
     a = actual.detach().double().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual, np.float64)
-    e = expected.detach().double().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected, np.float64)
+    e = (
+        expected.detach().double().cpu().numpy()
+        if isinstance(expected, torch.Tensor)
+        else np.asarray(expected, np.float64)
+    )
     assert a.shape == e.shape, f"{msg} shape {a.shape} != {e.shape}"
     np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, err_msg=msg)
 

@@ -138,8 +138,9 @@ class Case:
         func = self.info.module_error_inputs_func if self.error else self.info.module_inputs_func
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1000 + self.index)
-            return list(func(self.info, device=DEVICE, dtype=self.dtype, requires_grad=requires_grad,
-                             training=self.training))[self.index]  # fmt: skip
+            return list(
+                func(self.info, device=DEVICE, dtype=self.dtype, requires_grad=requires_grad, training=self.training)
+            )[self.index]
 
     @property
     def tolerance(self) -> dict:
@@ -157,8 +158,14 @@ def _describe(sample, error: bool) -> str:
     return sample.desc or "(" + ", ".join([*map(repr, c.args), *(f"{k}={v!r}" for k, v in c.kwargs.items())]) + ")"
 
 
-def cases(info, test_name: str, mode: str, dtypes_: list[torch.dtype] | None = None, error: bool = False,
-          limit: Callable[[Any], bool] | None = None) -> list[Case]:  # fmt: skip
+def cases(
+    info,
+    test_name: str,
+    mode: str,
+    dtypes_: list[torch.dtype] | None = None,
+    error: bool = False,
+    limit: Callable[[Any], bool] | None = None,
+) -> list[Case]:
     """The samples of ``info`` for one of torch's tests, in ``mode``, at ``dtypes_`` (default: the ModuleInfo's),
     leaving out the dtypes the ModuleInfo skips that test for; ``limit(sample)`` keeps only some samples.
 
@@ -210,8 +217,10 @@ def run_check(check: Callable, theirs: type, ours: type, cases_: list[Case]) -> 
     if not passed and not torch_failures:
         pytest.skip(f"the check applies to no sample of {theirs.__name__} ({not_applicable[0]})")
     if not passed:
-        pytest.skip(f"torch's {theirs.__name__} fails this check on all {len(torch_failures)} sample(s) it applies "
-                    f"to, e.g. {torch_failures[0]}")  # fmt: skip
+        pytest.skip(
+            f"torch's {theirs.__name__} fails this check on all {len(torch_failures)} sample(s) it applies "
+            f"to, e.g. {torch_failures[0]}"
+        )
     failures = []
     for case, expected in passed:
         try:

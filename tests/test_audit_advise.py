@@ -25,12 +25,18 @@ def test_each_rule_fires_with_its_evidence():
         def forward(self, x):
             return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.9), Permuted(), nn.AdaptiveAvgPool2d(1),
-                          nn.GroupNorm(8, 8))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.9), Permuted(), nn.AdaptiveAvgPool2d(1), nn.GroupNorm(8, 8)
+    )
     findings = normlab.audit(model, torch.randn(2, 3, 8, 8))
     by_rule = {f.rule: f for f in findings}
-    assert set(by_rule) == {"bias-before-bn", "small-batch-bn", "keras-momentum", "permuted-layernorm",
-                            "single-value-statistic"}  # fmt: skip
+    assert set(by_rule) == {
+        "bias-before-bn",
+        "small-batch-bn",
+        "keras-momentum",
+        "permuted-layernorm",
+        "single-value-statistic",
+    }
     assert "8 parameters" in by_rule["bias-before-bn"].evidence and by_rule["bias-before-bn"].fix.endswith("bias=False")
     assert "BN 34.7% vs GN 24.1%" in by_rule["small-batch-bn"].evidence
     assert "momentum=0.1" in by_rule["keras-momentum"].fix
@@ -39,8 +45,9 @@ def test_each_rule_fires_with_its_evidence():
 
 
 def test_batch_size_low_precision_train_mode_and_weight_decay_rules():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
-                          nl.BatchNorm2d(8))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nl.BatchNorm2d(8)
+    )
     x = torch.randn(32, 3, 8, 8)
     assert _rules(model, x) == []  # a clean model at batch 32
     assert ("small-batch-bn", "1") in _rules(model, x, batch_size=4)
@@ -55,8 +62,10 @@ def test_batch_size_low_precision_train_mode_and_weight_decay_rules():
     half = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).to(torch.bfloat16)
     assert _rules(half, torch.randn(8, 4, dtype=torch.bfloat16)) == [("lost-norm-updates", "1")]
     half = nn.Sequential(nn.Linear(4, 4, bias=False), nn.BatchNorm1d(4)).to(torch.bfloat16)
-    assert _rules(half, torch.randn(8, 4, dtype=torch.bfloat16)) == [("lost-norm-updates", "1"),
-                                                                       ("low-precision-norm", "1")]  # fmt: skip
+    assert _rules(half, torch.randn(8, 4, dtype=torch.bfloat16)) == [
+        ("lost-norm-updates", "1"),
+        ("low-precision-norm", "1"),
+    ]
 
 
 def test_norm_weights_in_bf16_lose_updates_measured_on_the_model():
@@ -128,14 +137,21 @@ def test_audit_command_text_and_json(model_file, capsys):
     assert "[bias-before-bn] 1\n" in out and "[bias-before-bn] 4\n" in out and "[small-batch-bn] 2 modules: 1, 4" in out
     assert main(["audit", f"{model_file}:build", "--input-shape", "2,3,8,8", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["rule"], r["modules"]) for r in rows] == [("bias-before-bn", ["1"]), ("small-batch-bn", ["1", "4"]),
-                                                         ("bias-before-bn", ["4"])]  # fmt: skip
+    assert [(r["rule"], r["modules"]) for r in rows] == [
+        ("bias-before-bn", ["1"]),
+        ("small-batch-bn", ["1", "4"]),
+        ("bias-before-bn", ["4"]),
+    ]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("nofactory", "model must be MODULE:FACTORY"), ("missing.py:build", "does not exist"),
-    ("no_such_module_xyz:build", "cannot import no_such_module_xyz"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nofactory", "model must be MODULE:FACTORY"),
+        ("missing.py:build", "does not exist"),
+        ("no_such_module_xyz:build", "cannot import no_such_module_xyz"),
+    ],
+)
 def test_audit_bad_model_spec(spec, message, capsys):
     assert main(["audit", spec, "--input-shape", "2,3,8,8"]) == 2
     assert message in capsys.readouterr().err
@@ -152,8 +168,11 @@ def test_convert_command_swaps_folds_and_writes_a_loadable_state_dict(model_file
     text = capsys.readouterr().out
     assert "swapped 2 layer(s)" in text and "GroupNorm(16, 16" in text
     state = torch.load(out)
-    model, _ = normlab.swap(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
-                                          nn.BatchNorm2d(16)), "batch", "group")  # fmt: skip
+    model, _ = normlab.swap(
+        nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16)),
+        "batch",
+        "group",
+    )
     model.load_state_dict(state)
     assert main(["convert", f"{model_file}:build", "--fold", "--out", str(out)]) == 0
     assert "folded 2 BatchNorm layer(s)" in capsys.readouterr().out
@@ -162,11 +181,19 @@ def test_convert_command_swaps_folds_and_writes_a_loadable_state_dict(model_file
     assert main(["convert", f"{model_file}:build", "--fold", "--out", str(tmp_path)]) == 2
 
 
-@pytest.mark.parametrize("arch, batch, distributed, expected", [
-    ("cnn", 2, False, "GroupNorm"), ("cnn", 64, False, "BatchNorm"), ("cnn", 4, True, "SyncBatchNorm"),
-    ("transformer", 8, False, "LayerNorm"), ("rnn", 1, False, "LayerNorm"), ("mlp", 256, False, "BatchNorm1d"),
-    ("mlp", 2, False, "LayerNorm"), ("gan", 16, False, "Spectral Normalization"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch, batch, distributed, expected",
+    [
+        ("cnn", 2, False, "GroupNorm"),
+        ("cnn", 64, False, "BatchNorm"),
+        ("cnn", 4, True, "SyncBatchNorm"),
+        ("transformer", 8, False, "LayerNorm"),
+        ("rnn", 1, False, "LayerNorm"),
+        ("mlp", 256, False, "BatchNorm1d"),
+        ("mlp", 2, False, "LayerNorm"),
+        ("gan", 16, False, "Spectral Normalization"),
+    ],
+)
 def test_advise_recommends_with_reasons_and_published_numbers(arch, batch, distributed, expected):
     advice = advise(arch, batch, distributed)
     assert expected in advice.recommendation and advice.reasons and advice.published
@@ -174,8 +201,27 @@ def test_advise_recommends_with_reasons_and_published_numbers(arch, batch, distr
 
 def test_advise_command_with_the_users_own_report(tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["compare", "--study", "contrast", "--norms", "in,gn", "--seeds", "2", "--out", str(out),
-                 "--no-progress", "--workers", "1", "--budget", "0.1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--study",
+                "contrast",
+                "--norms",
+                "in,gn",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "1",
+                "--budget",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["advise", "--arch", "gan", "--batch-size", "8", "--report", str(out)]) == 0
     text = capsys.readouterr().out

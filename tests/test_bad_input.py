@@ -38,7 +38,9 @@ def test_batch_norm_one_value_per_channel_in_training():
 
 @pytest.mark.parametrize("groups, channels", [(3, 4), (0, 4), (5, 4)])
 def test_group_norm_groups_must_divide_channels(groups, channels):
-    with pytest.raises(ValueError, match=r"num_channels \(\d+\) must be divisible by num_groups \(\d+\)|num_groups must be positive"):
+    with pytest.raises(
+        ValueError, match=r"num_channels \(\d+\) must be divisible by num_groups \(\d+\)|num_groups must be positive"
+    ):
         nl.GroupNorm(groups, channels)
     with pytest.raises(ValueError, match="num_groups"):
         NF.group_norm(torch.randn(2, channels, 3), groups)

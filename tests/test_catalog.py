@@ -121,8 +121,13 @@ def test_every_class_the_registry_builds_is_in_the_one_list_of_norm_classes():
     built = set()
     for method in METHODS:  # what the check below walks over: every record, at every spatial_dims
         for spatial_dims in method.spatial_dims:
-            built.add(type(create_norm(method.name, 8, spatial_dims=spatial_dims,
-                                       **({"num_groups": 4} if method.grouped else {}))))  # fmt: skip
+            built.add(
+                type(
+                    create_norm(
+                        method.name, 8, spatial_dims=spatial_dims, **({"num_groups": 4} if method.grouped else {})
+                    )
+                )
+            )
     assert len(built - {torch.nn.Identity}) >= 25
     assert _norm_list_gaps(METHODS) == []
 
@@ -140,9 +145,16 @@ class Rescale(torch.nn.Module):
 
 def test_the_norm_list_check_fails_for_a_registered_class_left_out(monkeypatch):
     fake = Method(
-        name="rescale", title="Rescale", summary="a test's norm", paper="-", modules="`Rescale`",
-        build=single(Rescale), formula="y = x * gamma / max|x|", reference=lambda m, x: x, batch_dependent=True,
-    )  # fmt: skip
+        name="rescale",
+        title="Rescale",
+        summary="a test's norm",
+        paper="-",
+        modules="`Rescale`",
+        build=single(Rescale),
+        formula="y = x * gamma / max|x|",
+        reference=lambda m, x: x,
+        batch_dependent=True,
+    )
     monkeypatch.setitem(registry._BY_NAME, "rescale", fake)
     monkeypatch.setitem(registry._BY_ALIAS, "rescale", "rescale")
     gaps = _norm_list_gaps([fake])

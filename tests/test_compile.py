@@ -53,8 +53,11 @@ def test_channels_last_batch_norm_compiles_fullgraph():
     eager, compiled_module = nl.BatchNorm2d(4), nl.BatchNorm2d(4)
     compiled_module.load_state_dict(eager.state_dict())
     layout = torch.channels_last
-    outputs = _compiled_matches_eager(eager, compiled_module, lambda step: (
-        torch.randn(3, 4, 5, 5) * (1 + step) + step).contiguous(memory_format=layout))
+    outputs = _compiled_matches_eager(
+        eager,
+        compiled_module,
+        lambda step: (torch.randn(3, 4, 5, 5) * (1 + step) + step).contiguous(memory_format=layout),
+    )
     for y, grad in outputs:
         assert y.is_contiguous(memory_format=layout) and grad.is_contiguous(memory_format=layout)
 

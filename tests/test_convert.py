@@ -58,7 +58,10 @@ def _outputs_and_grads(model, x):
     return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("make, make_input", [(small_cnn, lambda: torch.randn(4, 3, 8, 8)), (SmallTransformer, lambda: torch.randint(0, 20, (3, 7)))])
+@pytest.mark.parametrize(
+    "make, make_input",
+    [(small_cnn, lambda: torch.randn(4, 3, 8, 8)), (SmallTransformer, lambda: torch.randint(0, 20, (3, 7)))],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_from_torch_and_back_keep_outputs_and_gradients(make, make_input, training):
     torch.manual_seed(0)

@@ -53,8 +53,14 @@ def reference(sizes, kwargs, steps=3):
         x.requires_grad_(True)
         y = module(x)
         y.backward(dy)
-        out.append(dict(y=y.detach(), dx=x.grad, dw=None if module.weight is None else module.weight.grad.clone(),
-                        db=None if module.bias is None else module.bias.grad.clone()))  # fmt: skip
+        out.append(
+            dict(
+                y=y.detach(),
+                dx=x.grad,
+                dw=None if module.weight is None else module.weight.grad.clone(),
+                db=None if module.bias is None else module.bias.grad.clone(),
+            )
+        )
         module.zero_grad()
     return out, {n: b.clone() for n, b in module.named_buffers()}
 
@@ -80,12 +86,15 @@ def check_exact(tmp_path, sizes, members, kwargs):
             torch.testing.assert_close(r["buffers"][name], value, **close)
 
 
-@pytest.mark.parametrize("sizes, kwargs", [
-    ([3, 5], {}),
-    ([4, 4], dict(momentum=None)),
-    ([1, 6], dict(affine=False)),
-    ([5, 2], dict(track_running_stats=False, bias=False)),
-])
+@pytest.mark.parametrize(
+    "sizes, kwargs",
+    [
+        ([3, 5], {}),
+        ([4, 4], dict(momentum=None)),
+        ([1, 6], dict(affine=False)),
+        ([5, 2], dict(track_running_stats=False, bias=False)),
+    ],
+)
 def test_two_ranks_uneven_split_is_exact(tmp_path, sizes, kwargs):
     launch(workers.exactness, 2, tmp_path, sizes, None, kwargs)
     check_exact(tmp_path, sizes, [0, 1], kwargs)
@@ -103,10 +112,13 @@ def test_process_group_subset_is_exact(tmp_path):
     check_exact(tmp_path, sizes, [0, 2], {})
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("channels", "ranks disagree on the channel count (num_features per rank: [3, 4])"),
-    ("dtype", "ranks disagree on the input dtype (per rank: ['float32', 'float64'])"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("channels", "ranks disagree on the channel count (num_features per rank: [3, 4])"),
+        ("dtype", "ranks disagree on the input dtype (per rank: ['float32', 'float64'])"),
+    ],
+)
 def test_disagreeing_ranks_all_get_the_same_clear_error(tmp_path, kind, message):
     launch(workers.disagreement, 2, tmp_path, kind)
     for rank in range(2):
@@ -155,9 +167,14 @@ def test_convert_and_state_dict_match_torch(tmp_path):
 def test_ddp_example_runs_under_torchrun():
     root = Path(__file__).resolve().parents[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
-    proc = subprocess.Popen(torchrun + [str(root / "examples" / "ddp_train.py"), "--steps", "5"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    proc = subprocess.Popen(
+        torchrun + [str(root / "examples" / "ddp_train.py"), "--steps", "5"],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:

@@ -13,8 +13,11 @@ import normlab.nn as nl
 from helpers import random_input
 from normlab.convert import TWINS
 
-CONV_BN = [(nn.Conv1d, nl.BatchNorm1d, (2, 3, 9)), (nn.Conv2d, nl.BatchNorm2d, (2, 3, 7, 7)),
-           (nn.Conv3d, nl.BatchNorm3d, (2, 3, 5, 5, 5))]  # fmt: skip
+CONV_BN = [
+    (nn.Conv1d, nl.BatchNorm1d, (2, 3, 9)),
+    (nn.Conv2d, nl.BatchNorm2d, (2, 3, 7, 7)),
+    (nn.Conv3d, nl.BatchNorm3d, (2, 3, 5, 5, 5)),
+]
 
 
 def _trained(model: nn.Module, shape, steps: int = 3) -> nn.Module:
@@ -54,7 +57,9 @@ def test_fuse_modules_fuses_conv_bn_relu(conv, bn, shape):
     x = random_input(shape, seed=1)
     expected = model(x)
     fused = fuse_modules(model, [["0", "1", "2"]])
-    assert isinstance(fused[1], nn.Identity) and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert isinstance(fused[1], nn.Identity) and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules()
+    )
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -100,9 +105,17 @@ def test_timm_freeze_batch_norm_2d_freezes_normlab_batch_norms():
 
 def _mixed_model():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nl.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
-                          nl.GroupNorm(4, 8), nl.InstanceNorm2d(8, affine=True), nn.Flatten(2), nl.LayerNorm(25),
-                          nl.RMSNorm(25))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nl.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nl.GroupNorm(4, 8),
+        nl.InstanceNorm2d(8, affine=True),
+        nn.Flatten(2),
+        nl.LayerNorm(25),
+        nl.RMSNorm(25),
+    )
     return _trained(model, (2, 3, 7, 7))
 
 

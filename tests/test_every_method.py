@@ -77,8 +77,9 @@ def test_every_method_in_half_precision(name, spatial_dims, dtype):
     _compare(name, spatial_dims, dtype, seed=7, shape=SHAPES[spatial_dims])
 
 
-@pytest.mark.parametrize("name, spatial_dims", [(m.name, max(m.spatial_dims)) for m in METHODS if m.name != "frozen"]
-                         + [("frozen", 2)])
+@pytest.mark.parametrize(
+    "name, spatial_dims", [(m.name, max(m.spatial_dims)) for m in METHODS if m.name != "frozen"] + [("frozen", 2)]
+)
 def test_every_method_without_cancellation_at_mean_1e4(name, spatial_dims):
     """fp32 input with mean 1e4 and std 1: E[x^2]-E[x]^2 would lose every digit of the variance."""
     shape = (8, 8) + (12,) * min(spatial_dims, 2) + (3,) * max(spatial_dims - 2, 0)
@@ -112,7 +113,11 @@ def _public_modules():
     out = []
     for name in normlab.nn.__all__:
         obj = getattr(normlab.nn, name)
-        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj not in normlab.nn.norm_act.NORM_ACT_CLASSES.values():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, torch.nn.Module)
+            and obj not in normlab.nn.norm_act.NORM_ACT_CLASSES.values()
+        ):
             out.append(obj)
     return out
 

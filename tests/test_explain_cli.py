@@ -66,7 +66,9 @@ def test_explain_rejects_bad_arguments():
 
 
 def test_cli_explain_prints_and_draws(tmp_path, capsys):
-    assert main(["explain", "group", "--shape", "8,64,32,32", "--groups", "32", "--figure", str(tmp_path / "f.svg")]) == 0
+    assert (
+        main(["explain", "group", "--shape", "8,64,32,32", "--groups", "32", "--figure", str(tmp_path / "f.svg")]) == 0
+    )
     out = capsys.readouterr().out
     assert "256 means" in out and (tmp_path / "f.svg").exists()
 
@@ -96,7 +98,10 @@ def test_registry():
     assert isinstance(normlab.create_norm("instance", 8, spatial_dims=1), normlab.nn.InstanceNorm1d)
     with pytest.raises(ValueError, match="unknown norm 'nope'; available: batch"):
         normlab.create_norm("nope", 8)
-    with pytest.raises(ValueError, match=r"create_norm\(.instance., spatial_dims=0\): it normalizes each channel over spatial positions"):
+    with pytest.raises(
+        ValueError,
+        match=r"create_norm\(.instance., spatial_dims=0\): it normalizes each channel over spatial positions",
+    ):
         normlab.create_norm("instance", 8, spatial_dims=0)
     with pytest.raises(ValueError, match="spatial_dims must be"):
         normlab.create_norm("batch", 8, spatial_dims=4)

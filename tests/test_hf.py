@@ -14,8 +14,15 @@ from tolerances import vs_reference
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+SMALL = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+)
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}, "RMSNorm"),
     "mistral": ("MistralConfig", "MistralForCausalLM", {}, "RMSNorm"),
@@ -42,8 +49,9 @@ def _build(family: str, dtype=torch.float32):
 
 def _t5(dtype=torch.float32):
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                   decoder_start_token_id=0)  # fmt: skip
+    config = transformers.T5Config(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+    )
     model = transformers.T5ForConditionalGeneration(config).to(dtype).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -32,9 +32,14 @@ def _train(keep: bool) -> dict:
         unchanged.append(float((norm == before).float().mean()))
         layer_unchanged.append(float((first == layer_before).float().mean()))
     w = norm.detach().float()
-    return {"out": out.dtype, "weight": norm.dtype, "unchanged": sum(unchanged) / STEPS,
-            "layer_unchanged": sum(layer_unchanged) / STEPS, "still_one": float((w == 1).float().mean()),
-            "moved": float((w - 1).abs().mean())}  # fmt: skip
+    return {
+        "out": out.dtype,
+        "weight": norm.dtype,
+        "unchanged": sum(unchanged) / STEPS,
+        "layer_unchanged": sum(layer_unchanged) / STEPS,
+        "still_one": float((w == 1).float().mean()),
+        "moved": float((w - 1).abs().mean()),
+    }
 
 
 def test_pure_bf16_training_loses_norm_weight_updates_and_keep_norms_fp32_keeps_them():

@@ -11,9 +11,23 @@ import normlab
 
 ROOT = Path(normlab.__file__).parent
 LAYERS = {
-    "_checks": 0, "reference": 0, "functional": 1, "distributed": 2, "nn": 3, "method": 4, "registry": 4, "convert": 4, "converters": 4, "ecosystem": 4, "transform": 5, "auditor": 5,
-    "explain": 5, "precision": 5, "lab": 6, "cli": 7,
-}  # fmt: skip
+    "_checks": 0,
+    "reference": 0,
+    "functional": 1,
+    "distributed": 2,
+    "nn": 3,
+    "method": 4,
+    "registry": 4,
+    "convert": 4,
+    "converters": 4,
+    "ecosystem": 4,
+    "transform": 5,
+    "auditor": 5,
+    "explain": 5,
+    "precision": 5,
+    "lab": 6,
+    "cli": 7,
+}
 
 
 # what each part of the lab may import besides itself
@@ -75,8 +89,12 @@ def _graph() -> dict[str, set[str]]:
         edges = set()
         for target, names in _imports(path):
             # "from normlab.lab import studies" names a submodule: the edge goes to it
-            subs = {f"{target}.{n}" for n in names if (ROOT.parent / f"{target}.{n}".replace(".", "/")).exists()
-                    or (ROOT.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()}  # fmt: skip
+            subs = {
+                f"{target}.{n}"
+                for n in names
+                if (ROOT.parent / f"{target}.{n}".replace(".", "/")).exists()
+                or (ROOT.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()
+            }
             edges |= subs or {target}
         graph[_module_name(path)] = edges
     return graph

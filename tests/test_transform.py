@@ -44,7 +44,12 @@ def test_fold_reports_what_it_cannot_fold():
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv, self.bn, self.bn_train, self.bn_after_add = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+            self.conv, self.bn, self.bn_train, self.bn_after_add = (
+                nn.Conv2d(3, 3, 1),
+                nn.BatchNorm2d(3),
+                nn.BatchNorm2d(3),
+                nn.BatchNorm2d(3),
+            )
             self.std = nl.StdConv2d(3, 3, 1)
             self.bn_std = nn.BatchNorm2d(3)
 
@@ -114,7 +119,9 @@ def test_swap_picks_valid_group_counts_and_says_what_it_skips():
 
 
 def test_param_groups_exempt_norms_and_biases():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nl.BatchNorm2d(8), nn.Linear(8, 4), nl.RMSNorm(4), nl.FilterResponseNorm(8))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nl.BatchNorm2d(8), nn.Linear(8, 4), nl.RMSNorm(4), nl.FilterResponseNorm(8)
+    )
     decay, exempt = normlab.param_groups(model, weight_decay=0.1)
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == {id(model[0].weight), id(model[2].weight)}

@@ -42,6 +42,7 @@ def vs_torch(dtype: torch.dtype, grad: bool = False) -> dict:
     scale = GRAD_SCALE[dtype] if grad else 1.0
     return dict(atol=tol["atol"] * scale, rtol=tol["rtol"] * scale)
 
+
 # float64 module against the float64 reference: same math, different summation order.
 FLOAT64 = dict(atol=1e-10, rtol=1e-9)
 FLOAT64_GRAD = dict(atol=1e-9, rtol=1e-8)  # sums over a statistic's set round more than outputs

@@ -13,8 +13,13 @@ C = 3
 
 
 def init(rank, world, init_file, timeout=30):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout))  # fmt: skip
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
     torch.manual_seed(0)
 
 
@@ -43,6 +48,7 @@ def exactness(rank, world, init_file, out_dir, sizes, group_ranks, kwargs, steps
         def wrapped(*a, **k):
             calls[name] += 1
             return fn(*a, **k)
+
         return wrapped
 
     dist.all_gather, dist.all_reduce = counting("all_gather", real_gather), counting("all_reduce", real_reduce)
@@ -57,11 +63,15 @@ def exactness(rank, world, init_file, out_dir, sizes, group_ranks, kwargs, steps
             y = module(mine)
             forward_calls = {k: calls[k] - before[k] for k in calls}
             y.backward(dy[start : start + sizes[i]])
-            results.append(dict(
-                y=y.detach(), dx=mine.grad, forward_calls=forward_calls,
-                dw=None if module.weight is None else module.weight.grad.clone(),
-                db=None if module.bias is None else module.bias.grad.clone(),
-            ))  # fmt: skip
+            results.append(
+                dict(
+                    y=y.detach(),
+                    dx=mine.grad,
+                    forward_calls=forward_calls,
+                    dw=None if module.weight is None else module.weight.grad.clone(),
+                    db=None if module.bias is None else module.bias.grad.clone(),
+                )
+            )
             module.zero_grad()
         module.eval()
         before = dict(calls)
@@ -131,5 +141,9 @@ def store_writer(path, start, count):
 
     with Store(path) as store:
         for i in range(start, start + count):
-            store.put({"study": "s", "task": "classify", "norm": "batch", "seed": i}, {"v": float(i)},
-                      {"c": list(range(50))}, 0.0)  # fmt: skip
+            store.put(
+                {"study": "s", "task": "classify", "norm": "batch", "seed": i},
+                {"v": float(i)},
+                {"c": list(range(50))},
+                0.0,
+            )

@@ -58,7 +58,9 @@ def check_real(fn: str, name: str, value: float) -> None:
 
 def check_min_dim(fn: str, input: Tensor, min_dim: int, layout: str) -> None:
     if input.dim() < min_dim:
-        raise ValueError(f"{fn}: expected input of shape {layout} with at least {min_dim} dims, got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"{fn}: expected input of shape {layout} with at least {min_dim} dims, got shape {tuple(input.shape)}"
+        )
 
 
 def check_per_channel(fn: str, channels: int, **tensors: Tensor | None) -> None:
@@ -87,7 +89,9 @@ def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tup
     try:
         shape = tuple(int(d) for d in normalized_shape)
     except TypeError:
-        raise TypeError(f"{fn}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}") from None
+        raise TypeError(
+            f"{fn}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        ) from None
     if not shape:
         raise ValueError(f"{fn}: normalized_shape must have at least one dim, got {normalized_shape!r}")
     return shape

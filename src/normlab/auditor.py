@@ -25,8 +25,10 @@ _BN = nn.modules.batchnorm._BatchNorm
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _LOW = (torch.float16, torch.bfloat16)
 _ADAM_LRS = (1e-3, 1e-4)  # one Adam step moves a weight by about lr: Adam's default lr and a usual fine-tuning one
-_KEEP_FP32 = ("normlab.keep_norms_fp32(model): norm parameters, buffers and statistics in float32, inputs and "
-              "outputs in the model's dtype (or torch.autocast on a float32 model)")  # fmt: skip
+_KEEP_FP32 = (
+    "normlab.keep_norms_fp32(model): norm parameters, buffers and statistics in float32, inputs and "
+    "outputs in the model's dtype (or torch.autocast on a float32 model)"
+)
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 error (%), images per GPU, BN not synced
 _GN_PAPER = {32: (23.6, 24.1), 16: (23.7, 24.2), 8: (24.8, 24.0), 4: (27.3, 24.2), 2: (34.7, 24.1)}
 
@@ -43,8 +45,10 @@ class Finding:
 def _published_bn_vs_gn(batch: int) -> str:
     key = min(_GN_PAPER, key=lambda b: abs(b - batch))
     bn, gn = _GN_PAPER[key]
-    return (f"published (Wu & He 2018, ResNet-50 ImageNet top-1 error): at {key} images per GPU BN {bn}% vs GN "
-            f"{gn}%; BN 23.6% at 32")  # fmt: skip
+    return (
+        f"published (Wu & He 2018, ResNet-50 ImageNet top-1 error): at {key} images per GPU BN {bn}% vs GN "
+        f"{gn}%; BN 23.6% at 32"
+    )
 
 
 def _percent(share: float) -> str:
@@ -125,66 +129,118 @@ def _low_precision_error(module: nn.Module, x: torch.Tensor) -> float | None:
     return float((low - high).abs().max()) / scale if scale > 0 else None
 
 
-def _check_norm(name: str, m: nn.Module, x: torch.Tensor, before: nn.Module | None, batch: int,
-                watcher: _Watcher) -> list[Finding]:  # fmt: skip
+def _check_norm(
+    name: str, m: nn.Module, x: torch.Tensor, before: nn.Module | None, batch: int, watcher: _Watcher
+) -> list[Finding]:
     found = []
     if isinstance(m, _BN) and before is not None and getattr(before, "bias", None) is not None:
-        found.append(Finding(
-            "bias-before-bn", name, "BatchNorm subtracts the per-channel mean, so the bias of the layer before it "
-            "cancels: it is trained but changes nothing", f"{watcher.names[before]}.bias: "
-            f"{before.bias.numel()} parameters feed straight into {name}",
-            f"build {watcher.names[before]} with bias=False"))  # fmt: skip
+        found.append(
+            Finding(
+                "bias-before-bn",
+                name,
+                "BatchNorm subtracts the per-channel mean, so the bias of the layer before it "
+                "cancels: it is trained but changes nothing",
+                f"{watcher.names[before]}.bias: {before.bias.numel()} parameters feed straight into {name}",
+                f"build {watcher.names[before]} with bias=False",
+            )
+        )
     if isinstance(m, _BN) and m.training and batch <= 4 and x.dim() >= 3:
-        found.append(Finding(
-            "small-batch-bn", name, "BatchNorm's statistics over a batch this small are noisy, and training and "
-            "eval statistics disagree", f"batch size {batch}; {_published_bn_vs_gn(batch)}",
-            "GroupNorm (normlab.swap(model, 'batch', 'group')), SyncBatchNorm across GPUs, or FrozenBatchNorm2d when "
-            "fine-tuning"))  # fmt: skip
+        found.append(
+            Finding(
+                "small-batch-bn",
+                name,
+                "BatchNorm's statistics over a batch this small are noisy, and training and eval statistics disagree",
+                f"batch size {batch}; {_published_bn_vs_gn(batch)}",
+                "GroupNorm (normlab.swap(model, 'batch', 'group')), SyncBatchNorm across GPUs, or FrozenBatchNorm2d when "
+                "fine-tuning",
+            )
+        )
     seen = _values_per_statistic(m, tuple(x.shape))
     if seen is not None and seen[0] == 1:
-        found.append(Finding(
-            "single-value-statistic", name, "a statistic over one value has variance 0: the output is the bias alone "
-            "and the input's signal is lost", f"{seen[1]} on input {tuple(x.shape)}: 1 value per statistic",
-            "a norm whose statistics span more values (GroupNorm/LayerNorm for vectors, a larger batch for BN)"))  # fmt: skip
-    if isinstance(m, nn.LayerNorm) and x.dim() == 4 and len(m.normalized_shape) == 1 \
-            and not x.is_contiguous() and x.permute(0, 3, 1, 2).is_contiguous():
-        found.append(Finding(
-            "permuted-layernorm", name, "LayerNorm over channels reached by permuting an NCHW map: two permutes and "
-            "a copy per call", f"input {tuple(x.shape)} is a permuted view of a contiguous NCHW tensor",
-            "normlab.nn.LayerNorm2d on the NCHW map (no permute; no copy on channels_last input)"))  # fmt: skip
+        found.append(
+            Finding(
+                "single-value-statistic",
+                name,
+                "a statistic over one value has variance 0: the output is the bias alone "
+                "and the input's signal is lost",
+                f"{seen[1]} on input {tuple(x.shape)}: 1 value per statistic",
+                "a norm whose statistics span more values (GroupNorm/LayerNorm for vectors, a larger batch for BN)",
+            )
+        )
+    if (
+        isinstance(m, nn.LayerNorm)
+        and x.dim() == 4
+        and len(m.normalized_shape) == 1
+        and not x.is_contiguous()
+        and x.permute(0, 3, 1, 2).is_contiguous()
+    ):
+        found.append(
+            Finding(
+                "permuted-layernorm",
+                name,
+                "LayerNorm over channels reached by permuting an NCHW map: two permutes and a copy per call",
+                f"input {tuple(x.shape)} is a permuted view of a contiguous NCHW tensor",
+                "normlab.nn.LayerNorm2d on the NCHW map (no permute; no copy on channels_last input)",
+            )
+        )
     low_params = {n: p for n, p in m.named_parameters(recurse=False) if p.requires_grad and p.dtype in _LOW}
     if low_params:
-        found.append(Finding(
-            "lost-norm-updates", name, "a norm's scale sits near 1, where fp16/bf16 numbers are far apart (bf16: "
-            "2^-8 to 2^-7): an optimizer step smaller than half that spacing rounds away and the parameter stops "
-            "learning", _lost_updates_evidence(low_params), _KEEP_FP32))  # fmt: skip
+        found.append(
+            Finding(
+                "lost-norm-updates",
+                name,
+                "a norm's scale sits near 1, where fp16/bf16 numbers are far apart (bf16: "
+                "2^-8 to 2^-7): an optimizer step smaller than half that spacing rounds away and the parameter stops "
+                "learning",
+                _lost_updates_evidence(low_params),
+                _KEEP_FP32,
+            )
+        )
     low_buffers = {n: b for n, b in m.named_buffers(recurse=False) if b.dtype in _LOW}
     if low_buffers:
-        found.append(Finding(
-            "low-precision-norm", name, "a norm's running statistics held in fp16/bf16 round every update (a variance "
-            "near 1e-3 keeps ~3 digits)", f"{', '.join(low_buffers)} in {next(iter(low_buffers.values())).dtype}",
-            _KEEP_FP32))  # fmt: skip
+        found.append(
+            Finding(
+                "low-precision-norm",
+                name,
+                "a norm's running statistics held in fp16/bf16 round every update (a variance "
+                "near 1e-3 keeps ~3 digits)",
+                f"{', '.join(low_buffers)} in {next(iter(low_buffers.values())).dtype}",
+                _KEEP_FP32,
+            )
+        )
     low_state = low_buffers or any(p.dtype in _LOW for p in m.parameters(recurse=False))
     if x.dtype in _LOW and not low_state:
         error = _low_precision_error(m, x)
         if error is not None and error > 8 * torch.finfo(x.dtype).eps:
-            found.append(Finding(
-                "low-precision-statistics", name, f"on {x.dtype} input this norm's output is far from the same "
-                "module computed in float32: its statistics are taken in low precision",
-                f"largest difference {error:.2g} of the output's scale (rounding alone: about "
-                f"{torch.finfo(x.dtype).eps:.1g})", "compute the statistics in float32 (x.float() first), as "
-                "torch's and normlab's norms do"))  # fmt: skip
+            found.append(
+                Finding(
+                    "low-precision-statistics",
+                    name,
+                    f"on {x.dtype} input this norm's output is far from the same "
+                    "module computed in float32: its statistics are taken in low precision",
+                    f"largest difference {error:.2g} of the output's scale (rounding alone: about "
+                    f"{torch.finfo(x.dtype).eps:.1g})",
+                    "compute the statistics in float32 (x.float() first), as torch's and normlab's norms do",
+                )
+            )
     momentum = getattr(m, "momentum", None)
     if isinstance(m, _BN) and isinstance(momentum, float) and momentum >= 0.5:
-        found.append(Finding(
-            "keras-momentum", name, "torch's momentum is the weight of the new batch (Keras's is the weight of the "
-            "old average): 0.9 here keeps only 10% of the history", f"momentum={momentum}",
-            f"momentum={1 - momentum:.2g} (torch's meaning of Keras's {momentum})"))  # fmt: skip
+        found.append(
+            Finding(
+                "keras-momentum",
+                name,
+                "torch's momentum is the weight of the new batch (Keras's is the weight of the "
+                "old average): 0.9 here keeps only 10% of the history",
+                f"momentum={momentum}",
+                f"momentum={1 - momentum:.2g} (torch's meaning of Keras's {momentum})",
+            )
+        )
     return found
 
 
-def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer | None = None,
-          batch_size: int | None = None) -> list[Finding]:  # fmt: skip
+def audit(
+    model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer | None = None, batch_size: int | None = None
+) -> list[Finding]:
     """Run ``model`` once on ``example_input`` (no gradients; training flags and running statistics restored) and
     return what it finds, each :class:`Finding` with rule, module, reason, evidence and fix.
 
@@ -218,8 +274,15 @@ def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer
             model(*inputs)
     except (RuntimeError, ValueError) as err:  # the findings below usually say why; the error is one of them
         last = list(watcher.inputs)[-1] if watcher.inputs else model
-        findings.append(Finding("forward-fails", watcher.names[last], "the model raised on the example input",
-                                f"{type(err).__name__}: {str(err).splitlines()[0]}", "see the other findings"))
+        findings.append(
+            Finding(
+                "forward-fails",
+                watcher.names[last],
+                "the model raised on the example input",
+                f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                "see the other findings",
+            )
+        )
     finally:
         watcher.close()
         model.load_state_dict(state)
@@ -229,22 +292,36 @@ def audit(model: nn.Module, example_input: Any, optimizer: torch.optim.Optimizer
     if not model.training:
         for name, m in model.named_modules():
             if m.training and isinstance(m, (_BN, nl.SwitchableNorm, nl.EvoNormB0, nl.MeanOnlyBatchNorm)):
-                findings.append(Finding(
-                    "train-mode-norm", name, "the model is in eval mode but this norm is not: it normalizes with the "
-                    "batch's statistics and keeps updating its running ones", f"{name}.training is True",
-                    "call model.eval() after changing modules, or set this module's training flag"))  # fmt: skip
+                findings.append(
+                    Finding(
+                        "train-mode-norm",
+                        name,
+                        "the model is in eval mode but this norm is not: it normalizes with the "
+                        "batch's statistics and keeps updating its running ones",
+                        f"{name}.training is True",
+                        "call model.eval() after changing modules, or set this module's training flag",
+                    )
+                )
     if optimizer is not None:
-        norm_params = {id(p): f"{name}.{pname}" for name, m in model.named_modules()
-                       if looks_like_norm(m) or isinstance(m, _BN) for pname, p in m.named_parameters(recurse=False)}
+        norm_params = {
+            id(p): f"{name}.{pname}"
+            for name, m in model.named_modules()
+            if looks_like_norm(m) or isinstance(m, _BN)
+            for pname, p in m.named_parameters(recurse=False)
+        }
         for group in optimizer.param_groups:
             decayed = [norm_params[id(p)] for p in group["params"] if id(p) in norm_params]
             if decayed and group.get("weight_decay", 0) > 0:
-                findings.append(Finding(
-                    "norm-weight-decay", ", ".join(decayed[:3]) + (" ..." if len(decayed) > 3 else ""),
-                    "weight decay on a norm's scale and shift does not regularize what the network computes "
-                    "(van Laarhoven 2017); it only pulls the scale towards 0",
-                    f"{len(decayed)} norm parameters in a group with weight_decay={group['weight_decay']}",
-                    "optimizer groups from normlab.param_groups(model, weight_decay)"))  # fmt: skip
+                findings.append(
+                    Finding(
+                        "norm-weight-decay",
+                        ", ".join(decayed[:3]) + (" ..." if len(decayed) > 3 else ""),
+                        "weight decay on a norm's scale and shift does not regularize what the network computes "
+                        "(van Laarhoven 2017); it only pulls the scale towards 0",
+                        f"{len(decayed)} norm parameters in a group with weight_decay={group['weight_decay']}",
+                        "optimizer groups from normlab.param_groups(model, weight_decay)",
+                    )
+                )
     return findings
 
 
@@ -261,15 +338,26 @@ def format_findings(findings: list[Finding], as_json: bool = False) -> str:
     their modules (JSON: ``"modules"``)."""
     groups = _grouped(findings)
     if as_json:
-        rows = [{"rule": f.rule, "modules": modules, "reason": f.reason, "evidence": f.evidence, "fix": f.fix}
-                for f, modules in groups]  # fmt: skip
+        rows = [
+            {"rule": f.rule, "modules": modules, "reason": f.reason, "evidence": f.evidence, "fix": f.fix}
+            for f, modules in groups
+        ]
         return json.dumps(rows, indent=2)
     if not findings:
         return "no findings"
     lines = [f"{len(groups)} finding(s) in {len({f.module for f in findings})} module(s)"]
     for f, modules in groups:
         where = modules[0] if len(modules) == 1 else f"{len(modules)} modules: {', '.join(modules)}"
-        lines += [textwrap.fill(f"[{f.rule}] {where}", width=120, subsequent_indent="    ",
-                                break_on_hyphens=False, break_long_words=False),
-                  f"  why:      {f.reason}", f"  evidence: {f.evidence}", f"  fix:      {f.fix}"]  # fmt: skip
+        lines += [
+            textwrap.fill(
+                f"[{f.rule}] {where}",
+                width=120,
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+                break_long_words=False,
+            ),
+            f"  why:      {f.reason}",
+            f"  evidence: {f.evidence}",
+            f"  fix:      {f.fix}",
+        ]
     return "\n".join(lines)

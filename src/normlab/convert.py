@@ -60,10 +60,14 @@ def _hyperparameters(module: Module) -> dict:
             track_running_stats=module.track_running_stats,
         )
     else:
-        kw = dict(normalized_shape=module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine)
+        kw = dict(
+            normalized_shape=module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine
+        )
     if hasattr(module, "process_group"):
         kw["process_group"] = module.process_group
-    if "bias" in module._parameters and (getattr(module, "affine", None) or getattr(module, "elementwise_affine", None)):
+    if "bias" in module._parameters and (
+        getattr(module, "affine", None) or getattr(module, "elementwise_affine", None)
+    ):
         kw["bias"] = module.bias is not None
     return kw
 
@@ -137,8 +141,12 @@ def looks_like_norm(module: Module) -> bool:
     return own_state or not module._modules
 
 
-def _swap(model: Module, convert: Callable[[Module], Module | None], warn_if_left: Callable[[Module], bool],
-          left: dict[str, int]) -> Module:  # fmt: skip
+def _swap(
+    model: Module,
+    convert: Callable[[Module], Module | None],
+    warn_if_left: Callable[[Module], bool],
+    left: dict[str, int],
+) -> Module:
     new = convert(model)
     if new is not None:
         return new
@@ -154,15 +162,20 @@ def _swap(model: Module, convert: Callable[[Module], Module | None], warn_if_lef
 def _has_torch_semantics(module: Module) -> bool:
     """A normlab module with options torch's twin lacks (RMSNorm's weight_offset or casting_mode, LayerNorm's
     upcast) computes something else, so to_torch leaves it."""
-    return not (getattr(module, "weight_offset", 0.0) or getattr(module, "casting_mode", "none") != "none"
-                or getattr(module, "upcast", False))  # fmt: skip
+    return not (
+        getattr(module, "weight_offset", 0.0)
+        or getattr(module, "casting_mode", "none") != "none"
+        or getattr(module, "upcast", False)
+    )
 
 
 def _warn_left(fn: str, left: dict[str, int]) -> None:
     if left:
         listed = ", ".join(f"{name} ({n})" for name, n in sorted(left.items()))
-        warnings.warn(f"{fn}: left in place, no conversion known: {listed}; "
-                      "normlab.register_converter(cls, fn) teaches it one", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{fn}: left in place, no conversion known: {listed}; normlab.register_converter(cls, fn) teaches it one",
+            stacklevel=3,
+        )
 
 
 def _normlab_class(module: Module) -> bool:

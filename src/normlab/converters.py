@@ -73,8 +73,13 @@ def timm_layer_norm_2d(module: Module) -> Module | None:
 def timm_layer_norm(module: Module) -> Module | None:
     if getattr(module, "_fast_norm", False):
         return None
-    new = nl.LayerNorm(module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine,
-                       bias=module.bias is not None, device="meta")  # fmt: skip
+    new = nl.LayerNorm(
+        module.normalized_shape,
+        eps=module.eps,
+        elementwise_affine=module.elementwise_affine,
+        bias=module.bias is not None,
+        device="meta",
+    )
     return _carry(module, new)
 
 

@@ -20,6 +20,7 @@ from .registry import get_method
 
 __all__ = ["Explanation", "explain", "draw_cube", "parse_shape"]
 
+
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"8,64,32,32"`` (or a sequence) -> ``(8, 64, 32, 32)``; ValueError for anything else."""
     parts = text.replace("x", ",").split(",") if isinstance(text, str) else list(text)
@@ -95,7 +96,10 @@ def _product(factors: list[tuple[str, int]]) -> str:
 
 
 def explain(
-    name: str, shape: str | Sequence[int], num_groups: int | None = None, virtual_batch_size: int | None = None,
+    name: str,
+    shape: str | Sequence[int],
+    num_groups: int | None = None,
+    virtual_batch_size: int | None = None,
     normalized_dims: int | None = None,
 ) -> Explanation:
     """Describe the method ``name`` on an input of ``shape``, from its registry record and its statistics' layout
@@ -177,7 +181,9 @@ def draw_cube(explanation: Explanation, path: str | Path) -> Path:
 
     layout = explanation.layout
     if layout is None:
-        raise ValueError(f"explain: {explanation.method.title} takes no statistics over sets of values: no cube to draw")
+        raise ValueError(
+            f"explain: {explanation.method.title} takes no statistics over sets of values: no cube to draw"
+        )
     fractions = [_bin(m, cap) for m, cap in zip(first_set_mask(layout), (8, 16, 8))]
     frac = np.einsum("i,j,k->ijk", *fractions)
     filled = np.ones(frac.shape, dtype=bool)

@@ -17,13 +17,31 @@ import numpy as np
 from torch import nn as tnn
 
 from .reference.layout import (
-    Layout, batch_layout, channel_layout, ghost_layout, group_layout, instance_layout, layer_layout,
-)  # fmt: skip
+    Layout,
+    batch_layout,
+    channel_layout,
+    ghost_layout,
+    group_layout,
+    instance_layout,
+    layer_layout,
+)
 
 __all__ = [
-    "Method", "Recipe", "NO_RECIPE", "StatisticsLayout", "STATISTICS", "BATCH", "GHOST", "INSTANCE", "GROUP", "LAYER",
-    "POSITION", "SAME_IN_EVAL", "BN_TRAIN_EVAL", "STANDARDIZE",
-]  # fmt: skip
+    "Method",
+    "Recipe",
+    "NO_RECIPE",
+    "StatisticsLayout",
+    "STATISTICS",
+    "BATCH",
+    "GHOST",
+    "INSTANCE",
+    "GROUP",
+    "LAYER",
+    "POSITION",
+    "SAME_IN_EVAL",
+    "BN_TRAIN_EVAL",
+    "STANDARDIZE",
+]
 
 Factors = list[tuple[str, int]]  # (axis name, size) pairs, in order; their product is a count
 
@@ -69,31 +87,50 @@ def _layer_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
 
 
 BATCH = StatisticsLayout(
-    name="batch", batch_dependent=True, dependence="yes: each statistic mixes all N examples, so in training an "
+    name="batch",
+    batch_dependent=True,
+    dependence="yes: each statistic mixes all N examples, so in training an "
     "example's output depends on the rest of its batch (and is undefined with one value per channel)",
-    layout=lambda shape, size: batch_layout(shape), factors=lambda axes, size: ([axes[0]] + axes[2:], [axes[1]]),
-)  # fmt: skip
+    layout=lambda shape, size: batch_layout(shape),
+    factors=lambda axes, size: ([axes[0]] + axes[2:], [axes[1]]),
+)
 GHOST = StatisticsLayout(
-    name="ghost", batch_dependent=True, dependence="yes, within each virtual batch of examples",
-    sized_by="virtual_batch_size", layout=ghost_layout, factors=_ghost_factors,
+    name="ghost",
+    batch_dependent=True,
+    dependence="yes, within each virtual batch of examples",
+    sized_by="virtual_batch_size",
+    layout=ghost_layout,
+    factors=_ghost_factors,
 )
 INSTANCE = StatisticsLayout(
-    name="instance", batch_dependent=False, dependence="no: each statistic uses one channel of one example",
-    layout=lambda shape, size: instance_layout(shape), factors=lambda axes, size: (axes[2:], axes[:2]),
+    name="instance",
+    batch_dependent=False,
+    dependence="no: each statistic uses one channel of one example",
+    layout=lambda shape, size: instance_layout(shape),
+    factors=lambda axes, size: (axes[2:], axes[:2]),
 )
 GROUP = StatisticsLayout(
-    name="group", batch_dependent=False, dependence="no: each statistic uses one group of channels of one example",
-    sized_by="num_groups", layout=group_layout, factors=_group_factors,
+    name="group",
+    batch_dependent=False,
+    dependence="no: each statistic uses one group of channels of one example",
+    sized_by="num_groups",
+    layout=group_layout,
+    factors=_group_factors,
 )
 LAYER = StatisticsLayout(
-    name="layer", batch_dependent=False, dependence="no: each statistic uses one example only",
-    sized_by="normalized_dims", layout=lambda shape, size: layer_layout(shape, shape[len(shape) - size :]),
+    name="layer",
+    batch_dependent=False,
+    dependence="no: each statistic uses one example only",
+    sized_by="normalized_dims",
+    layout=lambda shape, size: layer_layout(shape, shape[len(shape) - size :]),
     factors=_layer_factors,
 )
 POSITION = StatisticsLayout(
-    name="position", batch_dependent=False,
+    name="position",
+    batch_dependent=False,
     dependence="no: each statistic uses the channels of one example at one position",
-    layout=lambda shape, size: channel_layout(shape), factors=lambda axes, size: ([axes[1]], [axes[0]] + axes[2:]),
+    layout=lambda shape, size: channel_layout(shape),
+    factors=lambda axes, size: ([axes[1]], [axes[0]] + axes[2:]),
 )
 STATISTICS: tuple[StatisticsLayout, ...] = (BATCH, GHOST, INSTANCE, GROUP, LAYER, POSITION)
 """Every statistics layout a method can have (the reference's layouts, :mod:`normlab.reference.layout`)."""
@@ -201,8 +238,10 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.statistics is not None and self.statistics not in STATISTICS:
-            raise ValueError(f"Method {self.name!r}: statistics must be one of normlab.method.STATISTICS "
-                             f"({', '.join(s.name.upper() for s in STATISTICS)}) or None")
+            raise ValueError(
+                f"Method {self.name!r}: statistics must be one of normlab.method.STATISTICS "
+                f"({', '.join(s.name.upper() for s in STATISTICS)}) or None"
+            )
         if self.statistics is None and self.batch_dependent is None:
             raise ValueError(f"Method {self.name!r}: without statistics, say batch_dependent explicitly")
         if set(self.spatial_dims) != {0, 1, 2, 3} and not self.not_applicable:

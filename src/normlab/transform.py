@@ -26,9 +26,14 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # torch's norm classes, by their bases (a third-party subclass is a norm too), and every normlab norm class by the
 # one list of them (a normlab class whose name lacks "Norm", BatchRenorm2d say, is not found by its name)
 _NORM_BASES = (
-    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm,
-    *NORM_CLASSES, *NORM_PARTS,
-)  # fmt: skip
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    *NORM_CLASSES,
+    *NORM_PARTS,
+)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -65,8 +70,9 @@ def _fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     if isinstance(layer, nn.Linear):
         w, b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias)
     else:
-        w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias,
-                                    transpose=transpose)  # fmt: skip
+        w, b = fuse_conv_bn_weights(
+            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias, transpose=transpose
+        )
     fused.weight, fused.bias = w, b
     return fused
 
@@ -127,8 +133,13 @@ def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> 
     if not isinstance(model, nn.Sequential):
         for name, child in model.named_children():
             if isinstance(child, _BATCH_NORMS):
-                report.skipped.append((prefix + name, "the model does not trace with torch.fx and this BatchNorm is "
-                                                      "not in a Sequential after its conv"))  # fmt: skip
+                report.skipped.append(
+                    (
+                        prefix + name,
+                        "the model does not trace with torch.fx and this BatchNorm is "
+                        "not in a Sequential after its conv",
+                    )
+                )
         return
     keys = list(model._modules)
     for before, key in zip([None] + keys[:-1], keys):
@@ -171,8 +182,9 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, 
         return _fold_traced(work, report), report
     except Exception as err:  # torch.fx cannot trace data-dependent control flow: fold what Sequential shows
         report = FoldReport(traced=False)
-        report.skipped.append(("(model)", f"torch.fx could not trace it ({type(err).__name__}); folded within "
-                                          "nn.Sequential only"))  # fmt: skip
+        report.skipped.append(
+            ("(model)", f"torch.fx could not trace it ({type(err).__name__}); folded within nn.Sequential only")
+        )
         _fold_sequential(work, report)
         return work, report
 
@@ -219,9 +231,12 @@ def _valid_groups(channels: int, wanted: int) -> int:
 
 
 _SOURCES: dict[str, tuple[type, ...]] = {
-    "batch": (nn.modules.batchnorm._BatchNorm,), "instance": (nn.modules.instancenorm._InstanceNorm,),
-    "group": (nn.GroupNorm,), "layer": (nn.LayerNorm,), "rms": (nn.RMSNorm,),
-}  # fmt: skip
+    "batch": (nn.modules.batchnorm._BatchNorm,),
+    "instance": (nn.modules.instancenorm._InstanceNorm,),
+    "group": (nn.GroupNorm,),
+    "layer": (nn.LayerNorm,),
+    "rms": (nn.RMSNorm,),
+}
 
 
 def _rank(module: nn.Module) -> int:
@@ -240,7 +255,9 @@ def _channels(module: nn.Module) -> int | None:
     return shape[0] if len(shape) == 1 else None
 
 
-def swap(model: nn.Module, source: str, target: str, num_groups: int = 32, **kwargs: Any) -> tuple[nn.Module, SwapReport]:
+def swap(
+    model: nn.Module, source: str, target: str, num_groups: int = 32, **kwargs: Any
+) -> tuple[nn.Module, SwapReport]:
     """Replace, in place, every ``source`` norm layer of ``model`` by the registry's ``target`` for the same channels
     (``swap(model, "batch", "group")``: every BatchNorm becomes a GroupNorm with a valid group count, at most
     ``num_groups``). Per-channel ``weight`` and ``bias`` carry over when the target has them; statistics do not.
@@ -264,8 +281,13 @@ def swap(model: nn.Module, source: str, target: str, num_groups: int = 32, **kwa
             return None
         channels, rank = _channels(m), _rank(m)
         if channels is None or isinstance(m, (nl.LayerNorm2d, nl.RMSNorm2d)):
-            report.skipped.append((name, "it normalizes several trailing dims, or channels per position, not "
-                                         "the channel dim of a feature map"))  # fmt: skip
+            report.skipped.append(
+                (
+                    name,
+                    "it normalizes several trailing dims, or channels per position, not "
+                    "the channel dim of a feature map",
+                )
+            )
             return None
         options = dict(kwargs)
         if dst.grouped:

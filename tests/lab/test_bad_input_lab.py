@@ -16,8 +16,9 @@ def _digest(path):
 
 
 def _compare(tmp_path, capsys, *args):
-    code = main(["compare", "--study", "contrast", "--norms", "bn", "--seeds", "1", "--no-progress", "--workers", "1",
-                 *args])  # fmt: skip
+    code = main(
+        ["compare", "--study", "contrast", "--norms", "bn", "--seeds", "1", "--no-progress", "--workers", "1", *args]
+    )
     captured = capsys.readouterr()
     return code, captured.err
 
@@ -103,7 +104,12 @@ def test_unwritable_out_as_an_ordinary_user(tmp_path):
         "os.setgid(65534); os.setuid(65534); "
         f"sys.exit(main(['compare', '--study', 'contrast', '--no-progress', '--out', {str(locked / 'out')!r}]))"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "HOME": str(tmp_path), "NORMLAB_CACHE": str(tmp_path / "cache")})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp_path), "NORMLAB_CACHE": str(tmp_path / "cache")},
+    )
     assert res.returncode == 2, res.stderr
     assert f"--out {locked / 'out'}: {locked} is not writable" in res.stderr

@@ -49,14 +49,48 @@ def _without_timing(output):
 
 
 CONFIGS = {
-    "classify": make_config("classify", study="t", norm="batch", seed=1, steps=40, width=8, depth=2, points=10,
-                            lr_schedule="cosine", weight_decay=1e-3, grad_predictiveness=True, record_batch_stats=True,
-                            train_subset=400),
-    "char_lm": make_config("char_lm", study="t", norm="rms", seed=2, steps=30, dim=16, layers=1, seq_len=16,
-                           warmup=5, lr_schedule="cosine", points=6),
-    "user": make_config("user", study="t", norm="group", seed=4, model=f"{INPUTS}:convnet", data=f"{INPUTS}:digits",
-                        swap_from=["batch"], batch_size=16, steps=40, lr=0.05, points=8),
-}  # fmt: skip
+    "classify": make_config(
+        "classify",
+        study="t",
+        norm="batch",
+        seed=1,
+        steps=40,
+        width=8,
+        depth=2,
+        points=10,
+        lr_schedule="cosine",
+        weight_decay=1e-3,
+        grad_predictiveness=True,
+        record_batch_stats=True,
+        train_subset=400,
+    ),
+    "char_lm": make_config(
+        "char_lm",
+        study="t",
+        norm="rms",
+        seed=2,
+        steps=30,
+        dim=16,
+        layers=1,
+        seq_len=16,
+        warmup=5,
+        lr_schedule="cosine",
+        points=6,
+    ),
+    "user": make_config(
+        "user",
+        study="t",
+        norm="group",
+        seed=4,
+        model=f"{INPUTS}:convnet",
+        data=f"{INPUTS}:digits",
+        swap_from=["batch"],
+        batch_size=16,
+        steps=40,
+        lr=0.05,
+        points=8,
+    ),
+}
 
 
 @pytest.mark.parametrize("task", sorted(CONFIGS))
@@ -72,9 +106,22 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, task):
 
 
 def test_a_resumed_pack_equals_an_uninterrupted_one(tmp_path):
-    configs = [make_config("classify", study="t", norm=norm, seed=seed, steps=40, width=8, depth=2, points=10,
-                           lr=lr, train_subset=400, grad_predictiveness=True)
-               for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0))]  # fmt: skip
+    configs = [
+        make_config(
+            "classify",
+            study="t",
+            norm=norm,
+            seed=seed,
+            steps=40,
+            width=8,
+            depth=2,
+            points=10,
+            lr=lr,
+            train_subset=400,
+            grad_predictiveness=True,
+        )
+        for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0))
+    ]
     whole = train_packed(configs)
     assert whole[2][0]["diverged"] == 1.0  # a run that diverged before the checkpoint stays stopped after it
     path = tmp_path / "pack.pt"
@@ -91,17 +138,46 @@ def test_a_checkpoint_that_cannot_be_read_starts_the_run_over(tmp_path):
 
 
 def _compare(out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "normlab.cli", "compare", "--model", f"{INPUTS}:convnet", "--data",
-            f"{INPUTS}:digits", "--norms", "group", "--batch-sizes", "8", "--seeds", "2", "--steps", "120",
-            "--out", str(out), "--no-progress", "--workers", "1", *extra]  # fmt: skip
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "normlab.cli",
+        "compare",
+        "--model",
+        f"{INPUTS}:convnet",
+        "--data",
+        f"{INPUTS}:digits",
+        "--norms",
+        "group",
+        "--batch-sizes",
+        "8",
+        "--seeds",
+        "2",
+        "--steps",
+        "120",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+        *extra,
+    ]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
 
 
 def _rows(out: Path) -> dict[str, dict]:
     payload = json.loads((out / "results.json").read_text())
-    return {json.dumps(r["config"], sort_keys=True): {k: v for k, v in r["metrics"].items() if k not in TIMING}
-            for r in payload["runs"]}  # fmt: skip
+    return {
+        json.dumps(r["config"], sort_keys=True): {k: v for k, v in r["metrics"].items() if k not in TIMING}
+        for r in payload["runs"]
+    }
 
 
 def _finish(proc: subprocess.Popen) -> None:

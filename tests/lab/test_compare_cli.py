@@ -20,14 +20,17 @@ def test_help():
         assert flag in res.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--norms", "batch,bogus"], "unknown norm 'bogus'"),
-    (["--study", "nope"], "unknown study nope"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
-    (["--data", "imagenet:/x"], "--data must be cifar10:PATH or mnist:PATH"),
-    (["--nproc", "0"], "--nproc must be at least 1"),
-    (["--budget", "0"], "--budget must be a positive factor"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--norms", "batch,bogus"], "unknown norm 'bogus'"),
+        (["--study", "nope"], "unknown study nope"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--data", "imagenet:/x"], "--data must be cifar10:PATH or mnist:PATH"),
+        (["--nproc", "0"], "--nproc must be at least 1"),
+        (["--budget", "0"], "--budget must be a positive factor"),
+    ],
+)
 def test_bad_options_are_clear_errors(args, message, capsys, tmp_path):
     assert main(["compare", "--out", str(tmp_path), "--no-progress", *args]) == 2
     assert message in capsys.readouterr().err
@@ -36,8 +39,27 @@ def test_bad_options_are_clear_errors(args, message, capsys, tmp_path):
 def test_norms_option_reaches_the_models(tmp_path, capsys):
     import json
 
-    assert main(["compare", "--study", "contrast", "--norms", "gn,in", "--seeds", "1", "--out", str(tmp_path),
-                 "--no-progress", "--workers", "1", "--budget", "0.1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--study",
+                "contrast",
+                "--norms",
+                "gn,in",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--workers",
+                "1",
+                "--budget",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "runs: 0 already stored" in out
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -59,8 +81,24 @@ def test_real_cifar10_files_and_fresh(tmp_path, capsys):
         images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         with open(data / name, "wb") as fh:
             pickle.dump({b"data": images, b"labels": labels}, fh)
-    args = ["compare", "--study", "contrast", "--norms", "bn", "--seeds", "1", "--data", f"cifar10:{data}",
-            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1", "--budget", "0.1"]
+    args = [
+        "compare",
+        "--study",
+        "contrast",
+        "--norms",
+        "bn",
+        "--seeds",
+        "1",
+        "--data",
+        f"cifar10:{data}",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--budget",
+        "0.1",
+    ]
     assert main(args) == 0
     assert "runs: 0 already stored" in capsys.readouterr().out
     from normlab.lab.store import Store
@@ -78,8 +116,20 @@ def test_first_seed_and_against(tmp_path, capsys):
 
     from normlab.lab.store import Store
 
-    common = ["compare", "--study", "contrast", "--norms", "in,none", "--seeds", "2", "--no-progress",
-              "--workers", "1", "--budget", "0.1"]  # fmt: skip
+    common = [
+        "compare",
+        "--study",
+        "contrast",
+        "--norms",
+        "in,none",
+        "--seeds",
+        "2",
+        "--no-progress",
+        "--workers",
+        "1",
+        "--budget",
+        "0.1",
+    ]
     assert main(common + ["--out", str(tmp_path / "a")]) == 0
     assert main(common + ["--out", str(tmp_path / "b"), "--first-seed", "7", "--against", str(tmp_path / "a")]) == 0
     runs = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
@@ -94,8 +144,27 @@ def test_first_seed_and_against(tmp_path, capsys):
 
 
 def test_report_shows_the_training_check(tmp_path):
-    assert main(["compare", "--study", "contrast", "--norms", "bn", "--seeds", "2", "--no-progress", "--workers", "1",
-                 "--out", str(tmp_path), "--budget", "0.1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--study",
+                "contrast",
+                "--norms",
+                "bn",
+                "--seeds",
+                "2",
+                "--no-progress",
+                "--workers",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--budget",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     page = (tmp_path / "index.html").read_text()
     assert "Trained?" in page and "the best setting reaches at least 97% mean test accuracy" in page
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 
-
 from normlab.lab import STUDIES, Options
 from normlab.lab.sweep import runner
 from normlab.lab import store as store_module
@@ -34,13 +33,17 @@ class _Study(Study):
         self.target = Target(TEST_ACC, 0.5)
 
     def configs(self, options):
-        return [make_config(study=self.name, norm=n, seed=s, lr=0.1, epochs=2, output_spread=True, lr_schedule="wsd")
-                for n in self.default_norms for s in options.seed_list()]  # fmt: skip
+        return [
+            make_config(study=self.name, norm=n, seed=s, lr=0.1, epochs=2, output_spread=True, lr_schedule="wsd")
+            for n in self.default_norms
+            for s in options.seed_list()
+        ]
 
     def analyze(self, records, figdir, options):
         acc = {n: values(runs, TEST_ACC, 100) for (n,), runs in group_by(records, "norm").items()}
-        return StudyResult(verdicts=[compare("group beats batch", acc["group"], acc["batch"], "GN", "BN",
-                                             min_effect=1.5)])  # fmt: skip
+        return StudyResult(
+            verdicts=[compare("group beats batch", acc["group"], acc["batch"], "GN", "BN", min_effect=1.5)]
+        )
 
 
 def _done(config, **metrics):
@@ -161,7 +164,7 @@ def test_a_selection_run_never_reads_the_test_set():
     config = make_config(study="t", norm="batch", seed=0, steps=5, validation_fraction=0.25)
     data, full = classifier_data(from_dict(config)), classifier_data(from_dict({**config, "validation_fraction": 0.0}))
     assert len(data.x_test) == len(full.x_train) // 4 and len(data.x_train) == len(full.x_train) - len(data.x_test)
-    assert torch.equal(data.x_test, full.x_train[len(data.x_train):])
+    assert torch.equal(data.x_test, full.x_train[len(data.x_train) :])
     metrics, _ = run(config)
     assert VALID_ACC in metrics and not any(k.startswith("test") for k in metrics)
 
@@ -217,7 +220,6 @@ def test_recipes_reach_the_lab_models():
     model = build_classifier(config, classifier_data(config))
     assert len(_weight_normalized(model)) == 4  # mean-only BN comes with WN on every conv and the head
     lm = CharTransformer(len(load_text().vocab), "dyt", 16, 1)
-    assert [m.norm.alpha.item() for m in (lm.blocks[0].norm1, lm.blocks[0].norm2, lm.final_norm)] == \
-        pytest.approx([0.8, 0.2, 0.2])
-
-
+    assert [m.norm.alpha.item() for m in (lm.blocks[0].norm1, lm.blocks[0].norm2, lm.final_norm)] == pytest.approx(
+        [0.8, 0.2, 0.2]
+    )

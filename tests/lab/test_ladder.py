@@ -17,8 +17,18 @@ from .test_checkpoint import Crash, CrashingSaver
 
 
 def _classify(**kw):
-    base = dict(study="t", norm="batch", seed=3, steps=24, width=8, depth=2, points=6, lr_schedule="wsd",
-                train_subset=300, weight_decay=1e-3)
+    base = dict(
+        study="t",
+        norm="batch",
+        seed=3,
+        steps=24,
+        width=8,
+        depth=2,
+        points=6,
+        lr_schedule="wsd",
+        train_subset=300,
+        weight_decay=1e-3,
+    )
     return make_config("classify", **{**base, **kw})
 
 
@@ -34,8 +44,10 @@ def test_wsd_is_constant_then_decays_as_one_minus_sqrt():
         lr_factor("linear", 0, 10)
 
 
-@pytest.mark.parametrize("extra", [{}, {"grad_predictiveness": True, "record_batch_stats": True,
-                                        "output_spread": True, "scale_invariance": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"grad_predictiveness": True, "record_batch_stats": True, "output_spread": True, "scale_invariance": True}],
+)
 def test_a_ladder_equals_each_budget_trained_alone(extra):
     configs = [_classify(doublings=d, **extra) for d in (2, 0, 1)]  # any order in, the same order out
     alone = [run(c) for c in configs]
@@ -45,8 +57,11 @@ def test_a_ladder_equals_each_budget_trained_alone(extra):
 
 
 def test_a_packed_ladder_equals_each_run_alone_at_each_budget():
-    configs = [_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8)
-               for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0)) for d in (0, 1)]  # fmt: skip
+    configs = [
+        _classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8)
+        for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 50.0))
+        for d in (0, 1)
+    ]
     (item,) = plan_packs(configs)
     assert sorted(map(str, item)) == sorted(map(str, configs))
     packed = train_packed(configs)
@@ -59,8 +74,23 @@ def test_a_packed_ladder_equals_each_run_alone_at_each_budget():
 
 
 def test_a_language_model_ladder_equals_each_budget_alone():
-    configs = [make_config("char_lm", study="t", norm="layer", seed=2, steps=16, dim=16, layers=1, seq_len=16,
-                           warmup=3, lr_schedule="wsd", points=4, doublings=d) for d in (0, 1)]  # fmt: skip
+    configs = [
+        make_config(
+            "char_lm",
+            study="t",
+            norm="layer",
+            seed=2,
+            steps=16,
+            dim=16,
+            layers=1,
+            seq_len=16,
+            warmup=3,
+            lr_schedule="wsd",
+            points=4,
+            doublings=d,
+        )
+        for d in (0, 1)
+    ]
     assert run_ladder(configs) == [run(c) for c in configs]
 
 
@@ -87,8 +117,23 @@ def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, t
     if task == "classify":
         configs = [_classify(doublings=d) for d in (0, 1, 2)]
     else:
-        configs = [make_config("char_lm", study="t", norm="rms", seed=5, steps=12, dim=16, layers=1, seq_len=16,
-                               warmup=2, lr_schedule="wsd", points=4, doublings=d) for d in (0, 1, 2)]  # fmt: skip
+        configs = [
+            make_config(
+                "char_lm",
+                study="t",
+                norm="rms",
+                seed=5,
+                steps=12,
+                dim=16,
+                layers=1,
+                seq_len=16,
+                warmup=2,
+                lr_schedule="wsd",
+                points=4,
+                doublings=d,
+            )
+            for d in (0, 1, 2)
+        ]
     trunk = Checkpoints(directory=str(tmp_path)).trunk(configs[:2])
     run_ladder(configs[:2], trunk=trunk)
     saved = trunk.load(before=10**9)
@@ -104,8 +149,10 @@ def test_a_pack_at_a_larger_budget_goes_on_from_its_runs_kept_trunks(tmp_path):
     from normlab.lab.training.packed import PackTrunk
 
     checkpoints = Checkpoints(directory=str(tmp_path))
-    runs = [[_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8) for d in (0, 1, 2)]
-            for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 0.02))]  # fmt: skip
+    runs = [
+        [_classify(norm=norm, seed=seed, lr=lr, doublings=d, batch_size=8) for d in (0, 1, 2)]
+        for norm, seed, lr in (("batch", 0, 0.05), ("group", 1, 0.1), ("batch", 2, 0.02))
+    ]
     trunk_for = lambda run: checkpoints.trunk(run, packed=True)  # noqa: E731
     train_packed([c for run in runs for c in run[:2]], trunk_for=trunk_for)
     loaded = []

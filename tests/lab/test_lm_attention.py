@@ -54,8 +54,16 @@ def test_fast_attention_equals_multihead_attention(norm):
 def test_state_dict_keys_are_unchanged():
     model = CharTransformer(30, "layer", dim=32, layers=2, heads=4, max_len=24)
     keys = set(model.state_dict())
-    assert {"blocks.0.attn.in_proj_weight", "blocks.0.attn.in_proj_bias", "blocks.0.attn.out_proj.weight",
-            "blocks.0.attn.out_proj.bias", "blocks.1.mlp.0.weight", "pos", "embed.weight", "head.weight"} <= keys
+    assert {
+        "blocks.0.attn.in_proj_weight",
+        "blocks.0.attn.in_proj_bias",
+        "blocks.0.attn.out_proj.weight",
+        "blocks.0.attn.out_proj.bias",
+        "blocks.1.mlp.0.weight",
+        "pos",
+        "embed.weight",
+        "head.weight",
+    } <= keys
 
 
 def test_attention_mask_is_causal_and_hides_padding():

@@ -15,8 +15,17 @@ PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
 
 
 def _configs(norm, **kw):
-    base = dict(study="t", norm=norm, batch_size=4, steps=8, train_subset=256, points=4, depth=3,
-                lr_schedule="cosine", momentum=0.9)  # fmt: skip
+    base = dict(
+        study="t",
+        norm=norm,
+        batch_size=4,
+        steps=8,
+        train_subset=256,
+        points=4,
+        depth=3,
+        lr_schedule="cosine",
+        momentum=0.9,
+    )
     base.update(kw)
     # seeds, learning rates and weight decays differ inside the pack; everything else is shared
     return [make_config(seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, **base) for s in (3, 4, 5)]
@@ -44,7 +53,9 @@ def test_packed_equals_alone(norm):
 def test_runs_of_several_norms_share_a_pack():
     """A mixed pack: each norm layer is split into the norms' parts; every run still computes what it does alone,
     its gradient-predictiveness probe included."""
-    configs = [c for norm in ("batch", "group", "instance", "layer") for c in _configs(norm, grad_predictiveness=True)[:2]]
+    configs = [
+        c for norm in ("batch", "group", "instance", "layer") for c in _configs(norm, grad_predictiveness=True)[:2]
+    ]
     configs.insert(3, configs.pop(0))  # not sorted by norm: a batch run between group runs
     assert len({pack_key(c) for c in configs}) == 1
     for config, (pm, pc) in zip(configs, train_packed(configs)):
@@ -78,8 +89,10 @@ def test_packed_parameters_equal_alone_after_training():
 
 
 def test_a_diverging_run_does_not_disturb_the_others():
-    configs = [make_config(study="t", norm="none", seed=s, batch_size=8, steps=30, train_subset=256, points=10,
-                           lr=lr) for s, lr in ((0, 0.05), (1, 50.0))]  # fmt: skip
+    configs = [
+        make_config(study="t", norm="none", seed=s, batch_size=8, steps=30, train_subset=256, points=10, lr=lr)
+        for s, lr in ((0, 0.05), (1, 50.0))
+    ]
     (good, _), (bad, _) = train_packed(configs)
     alone, _ = run(configs[0])
     assert bad["diverged"] == 1.0 and bad["test_acc"] == pytest.approx(0.1)

@@ -93,11 +93,27 @@ def test_auto_form_is_the_measured_faster_one():
         ConvNet(1, 10, 1, "batch", copies=2, packed_form="bmm")
 
 
-@pytest.mark.parametrize("norm,batch", [("batch", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)])
+@pytest.mark.parametrize(
+    "norm,batch", [("batch", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)]
+)
 def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
     """train_packed end to end at a batch where the lab's packs take the matmul form."""
-    configs = [make_config(study="t", norm=norm, seed=s, lr=0.004 * (1 + s), weight_decay=1e-3 * s, batch_size=batch,
-                           steps=8, train_subset=256, points=4, depth=3, momentum=0.9) for s in (3, 4)]  # fmt: skip
+    configs = [
+        make_config(
+            study="t",
+            norm=norm,
+            seed=s,
+            lr=0.004 * (1 + s),
+            weight_decay=1e-3 * s,
+            batch_size=batch,
+            steps=8,
+            train_subset=256,
+            points=4,
+            depth=3,
+            momentum=0.9,
+        )
+        for s in (3, 4)
+    ]
     c = from_dict(configs[0])
     assert build_packed_classifier([c, c], classifier_data(c)).uses_matmul(batch)
     for config, (pm, pc) in zip(configs, train_packed(configs)):

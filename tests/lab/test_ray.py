@@ -29,7 +29,8 @@ TINY = dict(study="ray", batch_size=8, train_subset=256, points=4, width=8, dept
 def _sweep(steps: int = 30) -> list[dict]:
     """A pack of three runs (batch norm, seeds 0-2) and a run that trains alone (LRN does not pack)."""
     return [make_config(norm="batch", seed=s, steps=steps, **TINY) for s in range(3)] + [
-        make_config(norm="lrn", seed=0, steps=steps, **TINY)]
+        make_config(norm="lrn", seed=0, steps=steps, **TINY)
+    ]
 
 
 def _stored(path) -> dict[str, object]:
@@ -177,8 +178,14 @@ def test_an_item_that_raises_is_reported_failed_with_its_traceback(tmp_path, clu
     """Workers whose training code differs from the driver's refuse; the sweep reports each run and goes on."""
     configs = _sweep(steps=2)
     outcomes = []
-    run_on_ray(plan_packs(configs), str(tmp_path / "r.sqlite"), code="not-this-code", checkpoints=None,
-               record=lambda config, outcome: outcomes.append((config, outcome)), settings=RaySettings())
+    run_on_ray(
+        plan_packs(configs),
+        str(tmp_path / "r.sqlite"),
+        code="not-this-code",
+        checkpoints=None,
+        record=lambda config, outcome: outcomes.append((config, outcome)),
+        settings=RaySettings(),
+    )
     assert sorted(config_key(c) for c, _ in outcomes) == sorted(config_key(c) for c in configs)
     for _, (key, _, status, error) in outcomes:
         assert status == "failed" and "RuntimeError: the training code changed" in error
@@ -194,8 +201,13 @@ def test_an_unreachable_cluster_is_one_line_before_any_run(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "127.0.0.1:1" in message and "unreachable" in message
     with pytest.raises(ValueError, match="unreachable"):  # through run_sweep: nothing ran, nothing stored
-        run_sweep(_sweep(steps=2), tmp_path / "r.sqlite", progress=False, executor="ray",
-                  ray=RaySettings(address="127.0.0.1:1", connect_timeout_s=2))
+        run_sweep(
+            _sweep(steps=2),
+            tmp_path / "r.sqlite",
+            progress=False,
+            executor="ray",
+            ray=RaySettings(address="127.0.0.1:1", connect_timeout_s=2),
+        )
     assert _stored(tmp_path / "r.sqlite") == {}
     with pytest.raises(ValueError, match="HOST:PORT"):
         check_ray(RaySettings(address="no-port-here"))
@@ -212,6 +224,12 @@ def test_settings_and_cuda_runs_are_checked_up_front(tmp_path):
     with pytest.raises(ValueError, match="cpus-per-run"):
         RaySettings(cpus_per_run=0)
     with pytest.raises(ValueError, match="gpus-per-run"):
-        run_on_ray([[make_config(norm="batch", seed=0, steps=2, device="cuda", **TINY)]], str(tmp_path / "r.sqlite"),
-                   code="", checkpoints=None, record=lambda *a: None, settings=RaySettings())
+        run_on_ray(
+            [[make_config(norm="batch", seed=0, steps=2, device="cuda", **TINY)]],
+            str(tmp_path / "r.sqlite"),
+            code="",
+            checkpoints=None,
+            record=lambda *a: None,
+            settings=RaySettings(),
+        )
     assert RaySettings(cpus_per_run=2.5).threads == 2 and RaySettings(cpus_per_run=0.5).threads == 1

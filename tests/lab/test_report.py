@@ -12,7 +12,6 @@ import sys
 import pytest
 
 
-
 from normlab.lab import OUTCOME_ORDER, STUDIES, Options
 from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.store import Store
@@ -25,8 +24,12 @@ QUICK = ["--seeds", "2", "--budget", "0.1"]
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(out), "--no-progress", *QUICK],
-                         capture_output=True, text=True, timeout=2400)
+    res = subprocess.run(
+        [sys.executable, "-m", "normlab.cli", "compare", "--out", str(out), "--no-progress", *QUICK],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == f"report: {(out / 'index.html').resolve()}"
     return out
@@ -79,8 +82,15 @@ def test_report_renders_in_headless_chromium(report_dir):
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "CI must install Debian's chromium"
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ]
     errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
@@ -88,7 +98,9 @@ def test_report_renders_in_headless_chromium(report_dir):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto((report_dir / "index.html").resolve().as_uri())
-        images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])"
+        )
         page.screenshot(path=str(report_dir / "screenshot.png"), full_page=True)
         browser.close()
     assert not errors, errors
@@ -98,8 +110,12 @@ def test_report_renders_in_headless_chromium(report_dir):
 
 
 def test_rerun_only_rebuilds_the_report(report_dir):
-    res = subprocess.run([sys.executable, "-m", "normlab.cli", "compare", "--out", str(report_dir), "--no-progress",
-                          *QUICK], capture_output=True, text=True, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "normlab.cli", "compare", "--out", str(report_dir), "--no-progress", *QUICK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0 and "0 ran now" in res.stdout
 
 
@@ -109,7 +125,9 @@ def test_same_seed_same_numbers():
 
 
 def test_inapplicable_norms_are_recorded_with_the_reason(tmp_path):
-    configs = [dict(study="sequence", task="char_lm", norm="instance", seed=0, batch_size=4, seq_len=16, lr=1e-3, steps=2)]
+    configs = [
+        dict(study="sequence", task="char_lm", norm="instance", seed=0, batch_size=4, seq_len=16, lr=1e-3, steps=2)
+    ]
     report = run_sweep(configs, tmp_path / "r.sqlite", progress=False)
     assert report.ran == 1 and not report.failed
     (record,) = Store(tmp_path / "r.sqlite").records()

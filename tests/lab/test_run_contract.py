@@ -7,7 +7,6 @@ import pytest
 import torch
 
 
-
 from normlab.lab import STUDIES, Options
 from normlab.lab.training import distributed_run
 from normlab.lab.training import packed
@@ -25,8 +24,16 @@ def test_every_field_is_in_the_key(cls):
         if f.name in ("task",):
             continue
         value = base[f.name]
-        changed = {**base, f.name: (value + 1 if isinstance(value, (int, float)) and not isinstance(value, bool)
-                                    else (not value) if isinstance(value, bool) else f"{value}x")}  # fmt: skip
+        changed = {
+            **base,
+            f.name: (
+                value + 1
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else (not value)
+                if isinstance(value, bool)
+                else f"{value}x"
+            ),
+        }
         assert config_key(changed) != config_key(base), f.name
 
 
@@ -64,10 +71,14 @@ def forward_devices():
     handle.remove()
 
 
-@pytest.mark.parametrize("config", [
-    make_config(study="s", norm="batch", seed=0, steps=3, train_subset=64, device="meta"),
-    make_config("char_lm", study="s", norm="layer", seed=0, steps=3, batch_size=2, seq_len=16, device="meta"),
-], ids=["classify", "char_lm"])  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        make_config(study="s", norm="batch", seed=0, steps=3, train_subset=64, device="meta"),
+        make_config("char_lm", study="s", norm="layer", seed=0, steps=3, batch_size=2, seq_len=16, device="meta"),
+    ],
+    ids=["classify", "char_lm"],
+)
 def test_models_and_batches_land_on_the_configured_device(config, forward_devices):
     """The meta device stands in for CUDA: the same code path, and a tensor left on the CPU shows. Training cannot
     finish on meta (a loss has no value there); what matters is where every forward ran until then."""

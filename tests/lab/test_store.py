@@ -47,8 +47,25 @@ def test_parallel_writers_lose_nothing(tmp_path):
 
 def test_kill_9_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "normlab.cli", "compare", "--study", "weight-decay", "--seeds", "2",
-           "--workers", "1", "--pack", "2", "--no-progress", "--out", str(out), "--budget", "0.3"]  # kill, not train
+    cmd = [
+        sys.executable,
+        "-m",
+        "normlab.cli",
+        "compare",
+        "--study",
+        "weight-decay",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--pack",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--budget",
+        "0.3",
+    ]  # kill, not train
     env = dict(os.environ, NORMLAB_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "results.sqlite"
@@ -72,7 +89,9 @@ def test_kill_9_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     # 16 runs at T and 2T, then those a verdict needs at larger budgets: as many as the data ask for
-    total, skipped, ran = map(int, re.search(r"(\d+) runs: (\d+) already stored, (\d+) ran now", resumed.stdout).groups())
+    total, skipped, ran = map(
+        int, re.search(r"(\d+) runs: (\d+) already stored, (\d+) ran now", resumed.stdout).groups()
+    )
     assert total >= 16 and skipped == len(before) and ran == total - len(before)
     with Store(db) as store:
         assert store.count() == total and before <= {r.key for r in store.records()}

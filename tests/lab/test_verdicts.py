@@ -5,9 +5,17 @@ import pytest
 
 from normlab.lab.store import RunRecord
 from normlab.lab.judging.study import (
-    NOT_TRAINED, Options, Sample, Target, check_training, compare, converged, difference_test, not_greater,
+    NOT_TRAINED,
+    Options,
+    Sample,
+    Target,
+    check_training,
+    compare,
+    converged,
+    difference_test,
+    not_greater,
     withheld,
-)  # fmt: skip
+)
 from normlab.lab.judging.verdicts import MAX_DOUBLINGS, Outcome, check, settle
 
 
@@ -117,7 +125,9 @@ def _record(norm, seed, acc, loss):
 def test_training_check_needs_the_target_and_reports_unconverged_settings():
     flat = [2.3, 1.0, 0.5, 0.3, 0.25, 0.24, 0.235, 0.232, 0.231, 0.23]
     falling = [2.3, 2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.8, 0.6, 0.4]
-    records = [_record("batch", s, 0.95, flat) for s in range(3)] + [_record("group", s, 0.5, falling) for s in range(3)]
+    records = [_record("batch", s, 0.95, flat) for s in range(3)] + [
+        _record("group", s, 0.5, falling) for s in range(3)
+    ]
     check = check_training(Target("test_acc", 0.90), records)
     assert check.met and check.best == "norm=batch: 95.0%" and check.converged == 1 and check.settings == 2
     assert check.unconverged == ["norm=group"]

@@ -8,16 +8,28 @@ from torch.utils.data import TensorDataset
 def convnet(num_classes: int = 10, width: int = 8) -> nn.Module:
     """A small CNN with BatchNorm for 8x8 digits."""
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2, bias=False),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
     )
 
 
 def pooled_bn(num_classes: int = 10) -> nn.Module:
     """BatchNorm1d after global pooling: one value per channel at batch size 1, which torch refuses in training."""
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(8),
-                         nn.ReLU(), nn.Linear(8, num_classes))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, num_classes),
+    )
 
 
 def regressor() -> nn.Module:
@@ -47,7 +59,7 @@ def regression():
     """y = a smooth function of 6 inputs plus noise, with mean-squared error as the loss."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 6, generator=g)
-    y = (x[:, :3].sin().sum(1, keepdim=True) + 0.1 * torch.randn(500, 1, generator=g))
+    y = x[:, :3].sin().sum(1, keepdim=True) + 0.1 * torch.randn(500, 1, generator=g)
     mse = nn.functional.mse_loss
     return TensorDataset(x[:400], y[:400]), TensorDataset(x[400:], y[400:]), mse
 

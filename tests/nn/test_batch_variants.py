@@ -14,7 +14,6 @@ from tolerances import FLOAT64 as TOL
 from tolerances import FLOAT64_GRAD as GRAD_TOL
 
 
-
 @pytest.mark.parametrize("r_max, d_max", [(3.0, 5.0), (1.2, 0.1)])
 def test_batch_renorm_matches_reference(r_max, d_max):
     m = _randomize(nl.BatchRenorm2d(3, r_max=r_max, d_max=d_max, momentum=0.3, dtype=torch.float64))
@@ -95,7 +94,9 @@ def test_power_norm_forward_and_documented_backward():
     phi0 = m.running_phi.numpy().copy()
     x = random_input((6, 3, 4), torch.float64, shift=0.5).requires_grad_(True)
     y = m(x)
-    y_ref, phi1 = RB.power_norm(x.detach().numpy(), phi0, m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps, 0.8)
+    y_ref, phi1 = RB.power_norm(
+        x.detach().numpy(), phi0, m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps, 0.8
+    )
     assert_close(y, y_ref, **TOL)
     assert_close(m.running_phi, phi1, **TOL)
     dy = random_input(x.shape, torch.float64, seed=4)
@@ -107,16 +108,23 @@ def test_power_norm_forward_and_documented_backward():
     gamma = (g * x_hat).mean(axis=(0, 2))
     assert_close(m.running_nu, 0.3 * gamma, **TOL)
     m.eval()
-    assert_close(m(x), x.detach().numpy() / np.sqrt(phi1[None, :, None] + m.eps) * m.weight.detach().numpy()[None, :, None]
-                 + m.bias.detach().numpy()[None, :, None], **TOL)  # fmt: skip
+    assert_close(
+        m(x),
+        x.detach().numpy() / np.sqrt(phi1[None, :, None] + m.eps) * m.weight.detach().numpy()[None, :, None]
+        + m.bias.detach().numpy()[None, :, None],
+        **TOL,
+    )
 
 
-@pytest.mark.parametrize("make, shape, message", [
-    (lambda: nl.BatchRenorm2d(3), (2, 3, 4), "expected 4D input"),
-    (lambda: nl.BatchRenorm1d(3), (1, 3), "more than 1 value per channel"),
-    (lambda: nl.GhostBatchNorm1d(3), (4, 5), "expected input with 3 channels"),
-    (lambda: nl.PowerNorm(3), (4, 5), "expected input with 3 channels"),
-])
+@pytest.mark.parametrize(
+    "make, shape, message",
+    [
+        (lambda: nl.BatchRenorm2d(3), (2, 3, 4), "expected 4D input"),
+        (lambda: nl.BatchRenorm1d(3), (1, 3), "more than 1 value per channel"),
+        (lambda: nl.GhostBatchNorm1d(3), (4, 5), "expected input with 3 channels"),
+        (lambda: nl.PowerNorm(3), (4, 5), "expected input with 3 channels"),
+    ],
+)
 def test_bad_input(make, shape, message):
     with pytest.raises(ValueError, match=message):
         make()(torch.randn(shape))

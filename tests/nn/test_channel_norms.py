@@ -13,8 +13,9 @@ from tolerances import FLOAT64, FLOAT64_GRAD
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=nchw_shapes(min_dims=3, max_dims=5), rms=st.booleans(), channels_last=st.booleans(),
-       seed=st.integers(0, 1000))  # fmt: skip
+@given(
+    shape=nchw_shapes(min_dims=3, max_dims=5), rms=st.booleans(), channels_last=st.booleans(), seed=st.integers(0, 1000)
+)
 def test_matches_reference_forward_and_backward(shape, rms, channels_last, seed):
     c = shape[1]
     module = (nl.RMSNorm2d if rms else nl.LayerNorm2d)(c, dtype=torch.float64)

@@ -83,17 +83,32 @@ def test_channels_last_batch_norm_matches_the_reference(path, rank, n, c, side, 
     tol, gtol = vs_reference(dtype), vs_reference(dtype, grad=True)
     scale = max(1.0, float(abs(y_ref).max()))
     assert_close(y, y_ref, atol=tol["atol"] * scale, rtol=tol["rtol"], msg=f"{path} output")
-    assert_close(x.grad, dx_ref, atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())), rtol=gtol["rtol"],
-                 msg=f"{path} input grad")  # fmt: skip
+    assert_close(
+        x.grad,
+        dx_ref,
+        atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())),
+        rtol=gtol["rtol"],
+        msg=f"{path} input grad",
+    )
     if affine:
         for name, got, ref in (("weight", module.weight.grad, dw_ref), ("bias", module.bias.grad, db_ref)):
             assert got.dtype == dtype
-            assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())) * 4, rtol=gtol["rtol"],
-                         msg=f"{path} {name} grad")  # fmt: skip
+            assert_close(
+                got,
+                ref,
+                atol=gtol["atol"] * max(1.0, float(abs(ref).max())) * 4,
+                rtol=gtol["rtol"],
+                msg=f"{path} {name} grad",
+            )
     rm, rv = R.running_stats_update(rm, rv, x.detach().double().numpy(), module.momentum)
     stats_tol = vs_reference(dtype)
-    assert_close(module.running_mean, rm, atol=stats_tol["atol"] * max(1.0, abs(shift)), rtol=stats_tol["rtol"],
-                 msg=f"{path} running_mean")  # fmt: skip
+    assert_close(
+        module.running_mean,
+        rm,
+        atol=stats_tol["atol"] * max(1.0, abs(shift)),
+        rtol=stats_tol["rtol"],
+        msg=f"{path} running_mean",
+    )
     assert_close(module.running_var, rv, **stats_tol, msg=f"{path} running_var")
 
 
@@ -117,8 +132,11 @@ def test_channels_last_batch_norm_is_exact_at_mean_1e4(path, shape):
     relative = float((y.detach().double() - y_ref).abs().max() / y_ref.abs().max())
     assert relative < LARGE_MEAN_RELATIVE, f"{path}: output relative error {relative:.2e}"
     gtol = vs_reference(torch.float32, grad=True)
-    for name, got, ref in (("input", x.grad, dx_ref), ("weight", module.weight.grad, dw_ref),
-                           ("bias", module.bias.grad, db_ref)):  # fmt: skip
+    for name, got, ref in (
+        ("input", x.grad, dx_ref),
+        ("weight", module.weight.grad, dw_ref),
+        ("bias", module.bias.grad, db_ref),
+    ):
         assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
 
 
@@ -135,14 +153,22 @@ def test_large_channels_last_batch_norm_takes_the_block_path_and_matches_torch()
 
 
 @settings(max_examples=25, deadline=None)
-@given(path=st.sampled_from(["blocks", "shift"]), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-       seed=st.integers(0, 10_000), momentum=st.sampled_from([0.1, None]))  # fmt: skip
+@given(
+    path=st.sampled_from(["blocks", "shift"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 10_000),
+    momentum=st.sampled_from([0.1, None]),
+)
 def test_channels_last_batch_norm_matches_torch_over_steps(path, dtype, seed, momentum):
     theirs = torch.nn.BatchNorm2d(6, momentum=momentum, dtype=dtype)
     ours = nl.BatchNorm2d(6, momentum=momentum, dtype=dtype)
     clone_pair(theirs, ours, seed)
-    xs = [random_input((4, 6, 5, 3), dtype, seed=seed + i, scale=1 + i, shift=0.5 * i)
-          .contiguous(memory_format=torch.channels_last) for i in range(3)]  # fmt: skip
+    xs = [
+        random_input((4, 6, 5, 3), dtype, seed=seed + i, scale=1 + i, shift=0.5 * i).contiguous(
+            memory_format=torch.channels_last
+        )
+        for i in range(3)
+    ]
     with batch_norm_path(path):
         compare_steps(theirs, ours, xs, dtype, torch.channels_last)
 
@@ -151,8 +177,14 @@ def test_channels_last_batch_norm_matches_torch_over_steps(path, dtype, seed, mo
 @pytest.mark.parametrize("affine", [True, False])
 def test_channels_last_batch_norm_second_derivatives(path, affine):
     x = torch.randn(3, 4, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
-    params = ((torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_(True),
-              torch.randn(4, dtype=torch.float64, requires_grad=True)) if affine else ()  # fmt: skip
+    params = (
+        (
+            (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_(True),
+            torch.randn(4, dtype=torch.float64, requires_grad=True),
+        )
+        if affine
+        else ()
+    )
 
     def f(x, *p):
         return NF.batch_norm(x, None, None, *p, training=True)
@@ -190,11 +222,17 @@ def test_rms_norm_matches_the_reference_and_torch(lead, normalized, dtype, affin
     dx_ref, dw_ref, _ = R.backward(dy.double().numpy(), saved)
     tol, gtol = vs_reference(dtype), vs_reference(dtype, grad=True)
     assert_close(y, y_ref, atol=tol["atol"] * max(1.0, float(abs(y_ref).max())), rtol=tol["rtol"], msg="output")
-    assert_close(x.grad, dx_ref, atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())), rtol=gtol["rtol"],
-                 msg="input grad")  # fmt: skip
+    assert_close(
+        x.grad, dx_ref, atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())), rtol=gtol["rtol"], msg="input grad"
+    )
     if affine:
-        assert_close(module.weight.grad, dw_ref, atol=gtol["atol"] * max(1.0, float(abs(dw_ref).max())) * 4,
-                     rtol=gtol["rtol"], msg="weight grad")  # fmt: skip
+        assert_close(
+            module.weight.grad,
+            dw_ref,
+            atol=gtol["atol"] * max(1.0, float(abs(dw_ref).max())) * 4,
+            rtol=gtol["rtol"],
+            msg="weight grad",
+        )
     theirs = torch.nn.RMSNorm(normalized, eps=eps, elementwise_affine=affine, dtype=dtype)
     clone_pair(theirs, module, seed)
     module.zero_grad(set_to_none=True)
@@ -213,14 +251,17 @@ def test_rms_norm_gradcheck_and_gradgradcheck(affine):
     assert torch.autograd.gradgradcheck(f, (x, *params))
 
 
-@pytest.mark.parametrize("make, good, bad", [
-    (lambda: nl.BatchNorm1d(4), (3, 4), (3, 5)),
-    (lambda: nl.BatchNorm2d(4), (3, 4, 2, 2), (3, 4, 2)),
-    (lambda: nl.GroupNorm(2, 4), (3, 4, 5), (3, 6, 5)),
-    (lambda: nl.InstanceNorm2d(4, affine=True), (3, 4, 2, 2), (3, 5, 2, 2)),
-    (lambda: nl.LayerNorm(4), (3, 4), (3, 5)),
-    (lambda: nl.RMSNorm(4), (3, 4), (3, 5)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, good, bad",
+    [
+        (lambda: nl.BatchNorm1d(4), (3, 4), (3, 5)),
+        (lambda: nl.BatchNorm2d(4), (3, 4, 2, 2), (3, 4, 2)),
+        (lambda: nl.GroupNorm(2, 4), (3, 4, 5), (3, 6, 5)),
+        (lambda: nl.InstanceNorm2d(4, affine=True), (3, 4, 2, 2), (3, 5, 2, 2)),
+        (lambda: nl.LayerNorm(4), (3, 4), (3, 5)),
+        (lambda: nl.RMSNorm(4), (3, 4), (3, 5)),
+    ],
+)
 def test_checks_run_again_when_the_input_signature_changes(make, good, bad):
     module = make()
     module(torch.randn(good))

@@ -78,8 +78,27 @@ def test_reachable_by_name_in_explain_and_the_lab(tmp_path, capsys):
     assert main(["explain", "grn", "--shape", "8,64,16,16"]) == 0
     out = capsys.readouterr().out
     assert "Global Response Normalization" in out and "512 mean squares" in out and "batch-dependent: no" in out
-    assert main(["compare", "--study", "contrast", "--norms", "grn", "--seeds", "1", "--out", str(tmp_path),
-                 "--no-progress", "--workers", "1", "--budget", "0.1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--study",
+                "contrast",
+                "--norms",
+                "grn",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--workers",
+                "1",
+                "--budget",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     assert "runs: 0 already stored" in capsys.readouterr().out
     rows = (tmp_path / "results.csv").read_text()
     assert ",grn," in rows

@@ -225,8 +225,9 @@ def check_error_messages(cls, case, expected):
         raise AssertionError(f"expected a raise at {_expected_raise(error)}, got {_raised(when, err)}")
     if not (isinstance(err, error.error_type) and re.search(error.error_regex, str(err))):
         theirs = f" (torch's: {expected!r})" if expected else ""
-        raise AssertionError(f"expected {error.error_type.__name__} matching {error.error_regex!r}, got "
-                             f"{_raised(when, err)}{theirs}")  # fmt: skip
+        raise AssertionError(
+            f"expected {error.error_type.__name__} matching {error.error_regex!r}, got {_raised(when, err)}{theirs}"
+        )
     return str(err)
 
 
@@ -254,7 +255,8 @@ def layout(t: Tensor) -> str:
 
 def _name(fmt: torch.memory_format) -> str:
     return {torch.contiguous_format: "contiguous", torch.preserve_format: "preserve_format"}.get(
-        fmt, str(fmt).replace("torch.", ""))
+        fmt, str(fmt).replace("torch.", "")
+    )
 
 
 def check_memory_format(cls, case, expected):
@@ -271,18 +273,28 @@ def check_memory_format(cls, case, expected):
     grad_out = torch.rand_like(ref_out)
     ref_grads = torch.autograd.grad(ref_out, inputs + params, grad_out)
     seen = {}  # (input format, module format, "output" | "input gradient", torch's rule) -> layout
-    for input_fmt, module_fmt in product([torch.contiguous_format, fmt],
-                                         [torch.preserve_format, torch.contiguous_format, fmt]):  # fmt: skip
+    for input_fmt, module_fmt in product(
+        [torch.contiguous_format, fmt], [torch.preserve_format, torch.contiguous_format, fmt]
+    ):
         where = f"{_name(input_fmt)} input, module.to({_name(module_fmt)})"
-        x = [a.detach().clone().to(memory_format=input_fmt if a.dim() in FORMATS else torch.preserve_format)
-             .requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a for a in args]  # fmt: skip
+        x = [
+            a.detach()
+            .clone()
+            .to(memory_format=input_fmt if a.dim() in FORMATS else torch.preserve_format)
+            .requires_grad_(a.requires_grad)
+            if isinstance(a, Tensor)
+            else a
+            for a in args
+        ]
         module.to(memory_format=module_fmt)
         out = forward(module, sample, x)
         close(out, ref_out, case, f"{where}: output")
-        grads = torch.autograd.grad(out, [a for a in tensors(x) if a.requires_grad] + params,
-                                    torch.empty_like(out).copy_(grad_out))  # fmt: skip
-        for name, got, ref in zip(["input gradient"] * len(inputs) + ["parameter gradient"] * len(params), grads,
-                                  ref_grads):  # fmt: skip
+        grads = torch.autograd.grad(
+            out, [a for a in tensors(x) if a.requires_grad] + params, torch.empty_like(out).copy_(grad_out)
+        )
+        for name, got, ref in zip(
+            ["input gradient"] * len(inputs) + ["parameter gradient"] * len(params), grads, ref_grads
+        ):
             close(got, ref, case, f"{where}: {name}")
         want = _name(fmt) if input_fmt == fmt else "contiguous"  # torch's rule: channels_last in, channels_last out
         seen[_name(input_fmt), _name(module_fmt), "output", want] = layout(out)
@@ -432,10 +444,12 @@ def check_to(cls, case, expected, swap: bool):
                     assert all(g.dtype == dtype for g in grads), f".to({dtype}) left a gradient behind"
                     if swap:  # swapped, unless .to() had nothing to change
                         assert all((a == b) == (dtype == prev) for a, b in zip(grad_cdatas, _cdatas(grads))), (
-                            f".to({dtype}) with swapping: gradient tensors swapped where they should not, or not")
+                            f".to({dtype}) with swapping: gradient tensors swapped where they should not, or not"
+                        )
                     else:
                         assert [id(g) for g in grads] == grad_ids and _cdatas(grads) == grad_cdatas, (
-                            f".to({dtype}) without swapping replaced a gradient")
+                            f".to({dtype}) without swapping replaced a gradient"
+                        )
                 prev = dtype
             x = [a.to(prev) if isinstance(a, Tensor) else a for a in sample.forward_input.args]
             outs.append(forward(module, sample, x).detach())
@@ -499,7 +513,8 @@ def check_factory_kwargs(cls, case, expected):
         module = cls(*c.args, **{**c.kwargs, "device": device, "dtype": case.dtype})
         placed(module, device, case.dtype)
         assert [(n, t.shape) for n, t in module.state_dict().items()] == [
-            (n, t.shape) for n, t in plain.state_dict().items()]  # fmt: skip
+            (n, t.shape) for n, t in plain.state_dict().items()
+        ]
 
 
 def check_repr(cls, case, expected):
@@ -556,8 +571,9 @@ CHECKS = {
     "memory_format": Check(check_memory_format, "test_memory_format"),
     "non_contiguous": Check(check_non_contiguous, "test_non_contiguous_tensors"),
     "gradcheck": Check(partial(check_gradients, torch.autograd.gradcheck), "test_grad", dtypes=F64, keep=_small),
-    "gradgradcheck": Check(partial(check_gradients, torch.autograd.gradgradcheck), "test_gradgrad", dtypes=F64,
-                           keep=_small),
+    "gradgradcheck": Check(
+        partial(check_gradients, torch.autograd.gradgradcheck), "test_gradgrad", dtypes=F64, keep=_small
+    ),
     "save_load": Check(check_save_load, "test_save_load"),
     "to": Check(partial(check_to, swap=False), "test_to", per_mode=False, dtypes=F32),
     "to_swap": Check(partial(check_to, swap=True), "test_to", per_mode=False, dtypes=F32),

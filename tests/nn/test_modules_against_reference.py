@@ -113,10 +113,13 @@ def test_large_mean_has_no_cancellation(kind, channels_last):
     assert relative < LARGE_MEAN_RELATIVE, f"{kind}: relative error {relative:.2e}"
 
 
-@pytest.mark.parametrize("cls, shape, fmt", [
-    (nl.BatchNorm2d, (16, 8, 12, 12), torch.channels_last),
-    (nl.BatchNorm3d, (4, 8, 5, 6, 7), torch.channels_last_3d),
-])
+@pytest.mark.parametrize(
+    "cls, shape, fmt",
+    [
+        (nl.BatchNorm2d, (16, 8, 12, 12), torch.channels_last),
+        (nl.BatchNorm3d, (4, 8, 5, 6, 7), torch.channels_last_3d),
+    ],
+)
 def test_channels_last_training_batch_norm_is_exact_at_large_means(cls, shape, fmt):
     """CPU channels_last training BatchNorm (two-pass statistics on the channels_last tensor itself, ATen's fused
     kernels for the elementwise forward and the backward): at mean 1e4, std 1, the output, the input and parameter
@@ -136,16 +139,20 @@ def test_channels_last_training_batch_norm_is_exact_at_large_means(cls, shape, f
         y.backward(dy)
         assert y.is_contiguous(memory_format=fmt) and x.grad.is_contiguous(memory_format=fmt)
         x64 = x.detach().double().numpy()
-        y_ref, saved = R.batch_norm(x64, module.weight.detach().double().numpy(), module.bias.detach().double().numpy(),
-                                    module.eps)  # fmt: skip
+        y_ref, saved = R.batch_norm(
+            x64, module.weight.detach().double().numpy(), module.bias.detach().double().numpy(), module.eps
+        )
         dx_ref, dw_ref, db_ref = R.backward(dy.double().numpy(), saved)
         rm, rv = R.running_stats_update(rm, rv, x64, module.momentum)
         y_ref = torch.from_numpy(y_ref)
         relative = float((y.detach().double() - y_ref).abs().max() / y_ref.abs().max())
         assert relative < LARGE_MEAN_RELATIVE, f"output: relative error {relative:.2e}"
         gtol = vs_reference(torch.float32, grad=True)
-        for name, got, ref in [("input grad", x.grad, dx_ref), ("weight grad", module.weight.grad, dw_ref),
-                               ("bias grad", module.bias.grad, db_ref)]:  # fmt: skip
+        for name, got, ref in [
+            ("input grad", x.grad, dx_ref),
+            ("weight grad", module.weight.grad, dw_ref),
+            ("bias grad", module.bias.grad, db_ref),
+        ]:
             assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
         assert_close(module.running_mean, rm, **vs_reference(torch.float32), msg="running_mean")
         assert_close(module.running_var, rv, **vs_reference(torch.float32), msg="running_var")
@@ -159,8 +166,14 @@ def test_channels_last_training_batch_norm_has_second_derivatives(shape, fmt, af
     from normlab import functional as NF
 
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
-    params = ((torch.rand(shape[1], dtype=torch.float64) + 0.5).requires_grad_(True),
-              torch.randn(shape[1], dtype=torch.float64, requires_grad=True)) if affine else ()  # fmt: skip
+    params = (
+        (
+            (torch.rand(shape[1], dtype=torch.float64) + 0.5).requires_grad_(True),
+            torch.randn(shape[1], dtype=torch.float64, requires_grad=True),
+        )
+        if affine
+        else ()
+    )
 
     def f(x, *p):
         return NF.batch_norm(x, None, None, *p, training=True)

@@ -20,10 +20,17 @@ def test_every_norm_act_class_is_importable_by_name_and_extends_its_norm(norm_cl
     assert issubclass(cls, norm_class) and cls.__module__ == "normlab.nn.norm_act"
 
 
-@pytest.mark.parametrize("name, spatial_dims, shape", [
-    ("batch", 2, (4, 8, 5, 5)), ("group", 2, (2, 8, 5, 5)), ("layer", 0, (3, 8)), ("instance", 1, (2, 8, 6)),
-    ("ghost", 2, (4, 8, 3, 3)), ("frn", 2, (2, 8, 4, 4)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, spatial_dims, shape",
+    [
+        ("batch", 2, (4, 8, 5, 5)),
+        ("group", 2, (2, 8, 5, 5)),
+        ("layer", 0, (3, 8)),
+        ("instance", 1, (2, 8, 6)),
+        ("ghost", 2, (4, 8, 3, 3)),
+        ("frn", 2, (2, 8, 4, 4)),
+    ],
+)
 def test_create_norm_with_act_is_norm_then_act_with_the_norms_state_dict(name, spatial_dims, shape):
     kwargs = {"num_groups": 4} if name == "group" else {}
     torch.manual_seed(0)
@@ -36,8 +43,9 @@ def test_create_norm_with_act_is_norm_then_act_with_the_norms_state_dict(name, s
 
 
 def test_a_whole_model_holding_norm_act_modules_pickles_and_saves():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), normlab.create_norm("batch", 8, act="relu"),
-                                nl.GroupNormAct(4, 8, act="silu"))  # fmt: skip
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), normlab.create_norm("batch", 8, act="relu"), nl.GroupNormAct(4, 8, act="silu")
+    )
     model(random_input((2, 3, 6, 6)))  # running statistics move
     clone = pickle.loads(pickle.dumps(model))
     buffer = io.BytesIO()
@@ -61,8 +69,11 @@ def test_to_torch_splits_norm_act_into_norm_and_activation():
     model.train()
     x = random_input((2, 8, 4, 4), seed=2)
     expected = model(x)
-    expected_keys = {f"{i}.0.{key}" if not key.startswith("act.") else f"{i}.1.{key[4:]}"
-                     for i, m in enumerate(model) for key in m.state_dict()}  # fmt: skip
+    expected_keys = {
+        f"{i}.0.{key}" if not key.startswith("act.") else f"{i}.1.{key[4:]}"
+        for i, m in enumerate(model)
+        for key in m.state_dict()
+    }
     converted = normlab.to_torch(model)
     assert type(converted[0]) is torch.nn.Sequential and type(converted[0][0]) is torch.nn.BatchNorm2d
     assert type(converted[0][1]) is torch.nn.ReLU and type(converted[1][0]) is torch.nn.GroupNorm

@@ -158,11 +158,14 @@ def test_momentum_none_is_cumulative_average():
     assert int(ours.num_batches_tracked) == 4
 
 
-@pytest.mark.parametrize("make, shape, fmt", [
-    (lambda: (nl.BatchNorm2d(6), torch.nn.BatchNorm2d(6)), (4, 6, 5, 5), torch.channels_last),
-    (lambda: (nl.BatchNorm3d(6), torch.nn.BatchNorm3d(6)), (2, 6, 3, 4, 5), torch.channels_last_3d),
-    (lambda: (nl.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6)), (4, 6, 5, 5), torch.channels_last),
-])
+@pytest.mark.parametrize(
+    "make, shape, fmt",
+    [
+        (lambda: (nl.BatchNorm2d(6), torch.nn.BatchNorm2d(6)), (4, 6, 5, 5), torch.channels_last),
+        (lambda: (nl.BatchNorm3d(6), torch.nn.BatchNorm3d(6)), (2, 6, 3, 4, 5), torch.channels_last_3d),
+        (lambda: (nl.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6)), (4, 6, 5, 5), torch.channels_last),
+    ],
+)
 def test_channels_last_gradients_keep_the_layout_and_the_values(make, shape, fmt):
     """The exact contiguous computation on CPU is invisible: the input gradient comes back channels_last, as from
     torch's kernel, with the same values."""

@@ -15,7 +15,6 @@ from tolerances import FLOAT64 as TOL
 from tolerances import FLOAT64_GRAD as GRAD_TOL
 
 
-
 def _np(t):
     return t.detach().numpy()
 
@@ -46,20 +45,28 @@ def test_evonorm_b0_and_s0_match_reference():
     x = random_input((3, 4, 5, 2), torch.float64, shift=0.5)
     assert_close(b0(x), RR.evonorm_b0(_np(x), _np(b0.weight), _np(b0.bias), _np(b0.v1), b0.eps), **TOL)
     b0.eval()
-    assert_close(b0(x), RR.evonorm_b0(_np(x), _np(b0.weight), _np(b0.bias), _np(b0.v1), b0.eps,
-                                      running_var=_np(b0.running_var), training=False), **TOL)  # fmt: skip
+    assert_close(
+        b0(x),
+        RR.evonorm_b0(
+            _np(x), _np(b0.weight), _np(b0.bias), _np(b0.v1), b0.eps, running_var=_np(b0.running_var), training=False
+        ),
+        **TOL,
+    )
     s0 = _randomize(nl.EvoNormS0(4, num_groups=2, dtype=torch.float64))
     assert_close(s0(x), RR.evonorm_s0(_np(x), _np(s0.weight), _np(s0.bias), _np(s0.v1), 2, s0.eps), **TOL)
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: nl.EvoNormB0(3, dtype=torch.float64), (4, 3, 5)),
-    (lambda: nl.EvoNormS0(4, num_groups=2, dtype=torch.float64), (2, 4, 3, 2)),
-    (lambda: nl.SwitchableNorm(3, dtype=torch.float64), (3, 3, 4)),
-    (lambda: nl.FilterResponseNorm(3, dtype=torch.float64), (2, 3, 4)),
-    (lambda: nl.DynamicTanh(5, dtype=torch.float64), (3, 5)),
-    (lambda: nl.LocalResponseNorm(3), (2, 5, 3)),
-])
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nl.EvoNormB0(3, dtype=torch.float64), (4, 3, 5)),
+        (lambda: nl.EvoNormS0(4, num_groups=2, dtype=torch.float64), (2, 4, 3, 2)),
+        (lambda: nl.SwitchableNorm(3, dtype=torch.float64), (3, 3, 4)),
+        (lambda: nl.FilterResponseNorm(3, dtype=torch.float64), (2, 3, 4)),
+        (lambda: nl.DynamicTanh(5, dtype=torch.float64), (3, 5)),
+        (lambda: nl.LocalResponseNorm(3), (2, 5, 3)),
+    ],
+)
 def test_gradcheck(make, shape):
     m = _randomize(make())
     x = random_input(shape, torch.float64, seed=7, shift=0.2).requires_grad_(True)
@@ -76,8 +83,17 @@ def test_switchable_matches_reference(training):
         m.running_var.copy_(torch.tensor([1.5, 0.5, 2.0]))
     m.train(training)
     x = random_input((4, 3, 2, 3), torch.float64, shift=0.4)
-    ref = RR.switchable_norm(_np(x), _np(m.weight), _np(m.bias), _np(m.mean_weight), _np(m.var_weight), m.eps,
-                             _np(m.running_mean), _np(m.running_var), training)  # fmt: skip
+    ref = RR.switchable_norm(
+        _np(x),
+        _np(m.weight),
+        _np(m.bias),
+        _np(m.mean_weight),
+        _np(m.var_weight),
+        m.eps,
+        _np(m.running_mean),
+        _np(m.running_var),
+        training,
+    )
     assert_close(m(x), ref, **TOL)
 
 
@@ -92,18 +108,31 @@ def test_switchable_has_no_cancellation_at_large_means(training):
         m.running_mean.fill_(1e4)
     m.train(training)
     x = (random_input((4, 3, 5, 6), torch.float64, seed=3) + 1e4).float()
-    ref = RR.switchable_norm(_np(x).astype(np.float64), _np(m.weight).astype(np.float64), _np(m.bias).astype(np.float64),
-                             _np(m.mean_weight).astype(np.float64), _np(m.var_weight).astype(np.float64), m.eps,
-                             _np(m.running_mean).astype(np.float64), _np(m.running_var).astype(np.float64), training)  # fmt: skip
+    ref = RR.switchable_norm(
+        _np(x).astype(np.float64),
+        _np(m.weight).astype(np.float64),
+        _np(m.bias).astype(np.float64),
+        _np(m.mean_weight).astype(np.float64),
+        _np(m.var_weight).astype(np.float64),
+        m.eps,
+        _np(m.running_mean).astype(np.float64),
+        _np(m.running_var).astype(np.float64),
+        training,
+    )
     out = m(x).double()
     assert torch.isfinite(out).all()
     # float32 arithmetic at 1e4 has a unit in the last place of ~1e-3: x - mean carries that much, and so does y
     assert float((out - torch.as_tensor(ref)).abs().max()) < 2e-3
 
 
-@pytest.mark.parametrize("pick, twin", [
-    (0, lambda x: F.instance_norm(x)), (1, lambda x: F.group_norm(x, 1)), (2, lambda x: F.batch_norm(x, None, None, training=True)),
-])
+@pytest.mark.parametrize(
+    "pick, twin",
+    [
+        (0, lambda x: F.instance_norm(x)),
+        (1, lambda x: F.group_norm(x, 1)),
+        (2, lambda x: F.batch_norm(x, None, None, training=True)),
+    ],
+)
 def test_switchable_with_one_hot_weights_is_the_chosen_norm(pick, twin):
     m = nl.SwitchableNorm(3, dtype=torch.float64)
     with torch.no_grad():
@@ -139,14 +168,17 @@ def test_lrn_matches_reference_and_torch():
     torch.testing.assert_close(ours(x), torch.nn.LocalResponseNorm(3, 0.5, 0.75, 2.0)(x))
 
 
-@pytest.mark.parametrize("make, shape, message", [
-    (lambda: nl.FilterResponseNorm(3), (4, 3), "at least one spatial dim"),
-    (lambda: nl.EvoNormB0(3), (4, 4, 2), "expected input with 3 channels"),
-    (lambda: nl.EvoNormB0(3), (1, 3, 1), "more than 1 value per channel"),
-    (lambda: nl.SwitchableNorm(3), (4, 3), "at least one spatial dim"),
-    (lambda: nl.DynamicTanh(3), (4, 5), "normalized_shape"),
-    (lambda: nl.LocalResponseNorm(3), (4, 5), "at least 3 dims"),
-])
+@pytest.mark.parametrize(
+    "make, shape, message",
+    [
+        (lambda: nl.FilterResponseNorm(3), (4, 3), "at least one spatial dim"),
+        (lambda: nl.EvoNormB0(3), (4, 4, 2), "expected input with 3 channels"),
+        (lambda: nl.EvoNormB0(3), (1, 3, 1), "more than 1 value per channel"),
+        (lambda: nl.SwitchableNorm(3), (4, 3), "at least one spatial dim"),
+        (lambda: nl.DynamicTanh(3), (4, 5), "normalized_shape"),
+        (lambda: nl.LocalResponseNorm(3), (4, 5), "at least 3 dims"),
+    ],
+)
 def test_bad_input(make, shape, message):
     with pytest.raises(ValueError, match=message):
         make()(torch.randn(shape))

@@ -32,9 +32,18 @@ TWINS_OF_TORCH = [cls for cls in NORM_CLASSES if torch_base(cls) is not None]
 
 def test_the_twins_of_torch_classes_are_found_by_their_bases():
     assert {cls.__name__ for cls in TWINS_OF_TORCH} == {
-        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
-        "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm",
-    }  # fmt: skip
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "SyncBatchNorm",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "LayerNorm",
+        "GroupNorm",
+        "RMSNorm",
+        "LocalResponseNorm",
+    }
     assert torch_base(nl.BatchNorm2d) is torch.nn.BatchNorm2d and issubclass(nl.BatchNorm2d, torch.nn.BatchNorm2d)
     assert torch_base(nl.LayerNorm2d) is None and torch_base(nl.BatchNormAct2d) is None  # subclasses of twins
     assert torch_base(torch.nn.BatchNorm2d) is None

@@ -21,7 +21,9 @@ def test_std_conv_matches_reference_and_keeps_conv_state_dict():
     y.backward(dy)
     conv_w_hat = torch.from_numpy(w_hat).requires_grad_(True)
     torch.nn.functional.conv2d(x, conv_w_hat, conv.bias, padding=1).backward(dy)
-    assert_close(conv.weight.grad, R.weight_standardization_backward(conv_w_hat.grad.numpy(), saved), atol=1e-10, rtol=1e-9)
+    assert_close(
+        conv.weight.grad, R.weight_standardization_backward(conv_w_hat.grad.numpy(), saved), atol=1e-10, rtol=1e-9
+    )
     assert list(conv.state_dict()) == list(torch.nn.Conv2d(3, 4, 3).state_dict())
     assert nl.StdConv1d(2, 3, 3)(torch.randn(1, 2, 7)).shape == (1, 3, 5)
 
@@ -36,7 +38,9 @@ def test_weight_standardization_backward_is_exact():
         wp, wm = w.copy(), w.copy()
         wp[i] += 1e-6
         wm[i] -= 1e-6
-        numeric[i] = ((R.weight_standardization(wp, 1e-6)[0] - R.weight_standardization(wm, 1e-6)[0]) * dw_hat).sum() / 2e-6
+        numeric[i] = (
+            (R.weight_standardization(wp, 1e-6)[0] - R.weight_standardization(wm, 1e-6)[0]) * dw_hat
+        ).sum() / 2e-6
     np.testing.assert_allclose(analytic, numeric, atol=1e-6, rtol=1e-5)
 
 

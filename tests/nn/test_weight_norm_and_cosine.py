@@ -88,11 +88,14 @@ def test_cosine_linear_zero_input_gives_zero_not_nan():
 
 
 @pytest.mark.parametrize("centered", [False, True])
-@pytest.mark.parametrize("cls, shape, kw", [
-    ("CosineConv1d", (2, 4, 9), dict(kernel_size=3, padding=1)),
-    ("CosineConv2d", (2, 4, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
-    ("CosineConv2d", (2, 4, 7, 6), dict(kernel_size=(2, 3), dilation=2, groups=2)),
-])
+@pytest.mark.parametrize(
+    "cls, shape, kw",
+    [
+        ("CosineConv1d", (2, 4, 9), dict(kernel_size=3, padding=1)),
+        ("CosineConv2d", (2, 4, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
+        ("CosineConv2d", (2, 4, 7, 6), dict(kernel_size=(2, 3), dilation=2, groups=2)),
+    ],
+)
 def test_cosine_conv_is_cosine_between_filter_and_patch(cls, shape, kw, centered):
     layer = getattr(nl, cls)(4, 6, centered=centered, dtype=torch.float64, **kw)
     x = random_input(shape, torch.float64, shift=0.5)

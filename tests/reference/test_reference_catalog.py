@@ -52,8 +52,12 @@ def test_switchable_norm_backward(shape, rng):
     w, b, _ = _params(rng, shape[1])
     mean_logits, var_logits = rng.normal(size=3), rng.normal(size=3)
     grads = R.response.switchable_norm_backward(dy, x, w, b, mean_logits, var_logits)
-    _check(lambda: R.response.switchable_norm(x, w, b, mean_logits, var_logits), grads,
-           [x, w, b, mean_logits, var_logits], dy)  # fmt: skip
+    _check(
+        lambda: R.response.switchable_norm(x, w, b, mean_logits, var_logits),
+        grads,
+        [x, w, b, mean_logits, var_logits],
+        dy,
+    )
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
@@ -66,16 +70,21 @@ def test_local_response_norm_backward(size, rng):
 def test_local_response_norm_matches_torch(rng):
     x = rng.normal(size=(2, 7, 3, 3))
     ours = R.response.local_response_norm(x, 4, 0.3, 0.6, 2.0)
-    assert_close(torch.nn.functional.local_response_norm(torch.from_numpy(x), 4, 0.3, 0.6, 2.0), ours,
-                 atol=1e-12, rtol=1e-12)  # fmt: skip
+    assert_close(
+        torch.nn.functional.local_response_norm(torch.from_numpy(x), 4, 0.3, 0.6, 2.0), ours, atol=1e-12, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_mean_only_batch_norm_backward(shape, rng):
     x, dy = rng.normal(size=shape) + 3, rng.normal(size=shape)
     b = rng.normal(size=shape[1])
-    _check(lambda: R.batch_variants.mean_only_batch_norm(x, b), R.batch_variants.mean_only_batch_norm_backward(dy),
-           [x, b], dy)  # fmt: skip
+    _check(
+        lambda: R.batch_variants.mean_only_batch_norm(x, b),
+        R.batch_variants.mean_only_batch_norm_backward(dy),
+        [x, b],
+        dy,
+    )
 
 
 def test_switchable_one_hot_weights_give_back_instance_layer_and_batch_norm(rng):

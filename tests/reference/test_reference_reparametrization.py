@@ -8,7 +8,6 @@ from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
 
 
-
 FD = dict(atol=FINITE_DIFFERENCE["atol"], rtol=FINITE_DIFFERENCE["rtol"])
 
 

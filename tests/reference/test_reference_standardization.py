@@ -33,7 +33,6 @@ def _methods(shape):
     ]
 
 
-
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 6, 2, 3)])
 @pytest.mark.parametrize("index", range(6))
 def test_backward_matches_finite_differences(shape, index, rng):
@@ -99,11 +98,17 @@ def test_reference_matches_torch_autograd_float64(shape, seed):
             assert_close(bt.grad, db, **tol, msg=f"{name} dbias")
 
 
-@pytest.mark.parametrize("update, torch_update, shape", [
-    (R.running_stats_update, lambda x, rm, rv, m: F.batch_norm(x, rm, rv, training=True, momentum=m), (6, 3, 4)),
-    (R.instance_running_stats_update,
-     lambda x, rm, rv, m: F.instance_norm(x, rm, rv, use_input_stats=True, momentum=m), (4, 3, 7)),
-])
+@pytest.mark.parametrize(
+    "update, torch_update, shape",
+    [
+        (R.running_stats_update, lambda x, rm, rv, m: F.batch_norm(x, rm, rv, training=True, momentum=m), (6, 3, 4)),
+        (
+            R.instance_running_stats_update,
+            lambda x, rm, rv, m: F.instance_norm(x, rm, rv, use_input_stats=True, momentum=m),
+            (4, 3, 7),
+        ),
+    ],
+)
 def test_running_stats_update_matches_torch(update, torch_update, shape, rng):
     x = rng.normal(size=shape) * 2 + 1
     rm, rv = rng.normal(size=3), rng.uniform(0.5, 2, size=3)

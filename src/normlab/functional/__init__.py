@@ -464,7 +464,13 @@ class _RMSNorm(torch.autograd.Function):
         w_aten = w.float() if low and w is not None else torch.ones(size, device=rows.device) if low else w
         need_weight = w is not None and ctx.needs_input_grad[1]
         grad_input, grad_weight, _ = torch.ops.aten.native_layer_norm_backward(
-            dy, rows, [size], torch.zeros_like(rstd).view(count, 1), rstd.view(count, 1), w_aten, None,
+            dy,
+            rows,
+            [size],
+            torch.zeros_like(rstd).view(count, 1),
+            rstd.view(count, 1),
+            w_aten,
+            None,
             [ctx.needs_input_grad[0], need_weight, False],
         )
         if grad_input is not None:  # the centering term LayerNorm subtracts: rstd * mean(dy * w) per row
@@ -523,9 +529,15 @@ def _rms_norm(input, shape, weight, eps, weight_offset=0.0, casting_mode="none")
     if casting_mode == "none":
         if weight is not None and weight_offset:
             weight = weight + weight_offset
-        if (input.is_cpu and type(input) is Tensor and input.numel() > 0 and input.dtype in _RMS_FAST_DTYPES
-                and input.is_contiguous()  # else torch's composite, which keeps the input's layout
-                and (weight is None or weight.dtype == input.dtype) and not torch.compiler.is_compiling()):  # fmt: skip
+        if (
+            input.is_cpu
+            and type(input) is Tensor
+            and input.numel() > 0
+            and input.dtype in _RMS_FAST_DTYPES
+            and input.is_contiguous()  # else torch's composite, which keeps the input's layout
+            and (weight is None or weight.dtype == input.dtype)
+            and not torch.compiler.is_compiling()
+        ):
             if eps is None:  # torch's default: the epsilon of the dtype the statistics are computed in
                 eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
             return _RMSNorm.apply(input, weight, eps, shape)
@@ -569,7 +581,9 @@ def _weight_norm_dim(fn: str, v: Tensor, dim: int | None) -> int:
     if dim is None or dim == -1:
         return -1
     if not -v.dim() <= dim < max(v.dim(), 1):
-        raise ValueError(f"{fn}: dim must be None or in [{-v.dim()}, {v.dim() - 1}] for a {v.dim()}-d weight, got {dim}")
+        raise ValueError(
+            f"{fn}: dim must be None or in [{-v.dim()}, {v.dim() - 1}] for a {v.dim()}-d weight, got {dim}"
+        )
     return dim if dim >= 0 else dim + v.dim()
 
 

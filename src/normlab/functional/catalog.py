@@ -47,8 +47,9 @@ def _check_maps(fn: str, input: Tensor, **per_channel: Tensor | None) -> None:
 
 def _check_training_batch(fn: str, input: Tensor) -> None:
     if input.numel() == input.shape[1]:
-        raise ValueError(f"{fn}: expected more than 1 value per channel when training, got input of shape "
-                         f"{tuple(input.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{fn}: expected more than 1 value per channel when training, got input of shape {tuple(input.shape)}"
+        )
 
 
 def _update_running(buffer: Tensor | None, batch_value: Tensor, count: int, momentum: float, unbiased: bool) -> None:
@@ -89,9 +90,15 @@ def filter_response_norm(
 
 
 def evonorm_b0(
-    input: Tensor, running_var: Tensor | None, weight: Tensor, bias: Tensor, v1: Tensor, training: bool = False,
-    momentum: float = 0.1, eps: float = 1e-5,
-) -> Tensor:  # fmt: skip
+    input: Tensor,
+    running_var: Tensor | None,
+    weight: Tensor,
+    bias: Tensor,
+    v1: Tensor,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
     r""":math:`y = \gamma\,x/\max(\sqrt{\sigma^2_B+\epsilon},\ v_1x+\sqrt{\sigma^2_I+\epsilon})+\beta`: the batch
     variance per channel in training (``running_var`` updated), ``running_var`` in eval; the instance variance per
     (example, channel) over spatial positions."""
@@ -126,10 +133,17 @@ def evonorm_s0(input: Tensor, num_groups: int, weight: Tensor, bias: Tensor, v1:
 
 
 def switchable_norm(
-    input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
-    bias: Tensor | None, mean_weight: Tensor, var_weight: Tensor, training: bool = False, momentum: float = 0.1,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    training: bool = False,
+    momentum: float = 0.1,
     eps: float = 1e-5,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     r"""Switchable Normalization: :math:`y = \gamma\,(x-\mu)/\sqrt{\sigma^2+\epsilon}+\beta` with
     :math:`\mu = \sum_k w_k\mu_k`, :math:`\sigma^2 = \sum_k w'_k\sigma^2_k` over k in (IN, LN, BN),
     :math:`w = \mathrm{softmax}` of ``mean_weight``, :math:`w'` of ``var_weight`` (3 logits each). BN's part uses

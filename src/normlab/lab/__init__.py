@@ -31,8 +31,7 @@ from .judging.study import Options
 from .studies import STUDIES
 from .user_study.study import UserSpec
 
-__all__ = ["STUDIES", "Options", "Execution", "UserSpec", "compare", "compare_model", "OUTCOME_ORDER",
-           "study_variants"]
+__all__ = ["STUDIES", "Options", "Execution", "UserSpec", "compare", "compare_model", "OUTCOME_ORDER", "study_variants"]
 
 
 def study_variants() -> set[str]:
@@ -130,13 +129,19 @@ def compare_model(
     return run_studies(out, [study], options, execution, fresh=fresh, log=log)
 
 
-def run_studies(out: Path, chosen: list, options: Options, execution: Execution, fresh: bool = False, log=print,
-                other=None) -> tuple[Path, dict, bool]:
+def run_studies(
+    out: Path, chosen: list, options: Options, execution: Execution, fresh: bool = False, log=print, other=None
+) -> tuple[Path, dict, bool]:
     """The phases every compare goes through: learning-rate selection, final runs at budgets T and 2T and larger
     ones where a verdict is not settled, analysis, report."""
     if fresh:
-        for path in (out / "results.sqlite", out / "results.sqlite-wal", out / "results.sqlite-shm", out / "figures",
-                     out / "checkpoints"):
+        for path in (
+            out / "results.sqlite",
+            out / "results.sqlite-wal",
+            out / "results.sqlite-shm",
+            out / "figures",
+            out / "checkpoints",
+        ):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -149,9 +154,16 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
     total, requested = SweepReport(total=0, skipped=0), set()
 
     def sweep(configs: list[dict]) -> None:
-        report = run_sweep(configs, store_path, workers=execution.workers, progress=execution.progress,
-                           max_pack=execution.max_pack, checkpoints=checkpoints, executor=execution.executor,
-                           ray=execution.ray)  # fmt: skip
+        report = run_sweep(
+            configs,
+            store_path,
+            workers=execution.workers,
+            progress=execution.progress,
+            max_pack=execution.max_pack,
+            checkpoints=checkpoints,
+            executor=execution.executor,
+            ray=execution.ray,
+        )
         requested.update(config_key(c) for c in configs)
         total.total, total.skipped = len(requested), len(requested & before)
         total.ran += report.ran
@@ -164,8 +176,10 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
 
     # 1. learning-rate selection, round by round until no grid grows; the runs of studies that tune nothing
     #    (and so wait for nothing) share the first round
-    sweep([c for p in plans.values() for c in p.selection_configs()] +
-          [c for p in plans.values() if not p.choices for c in p.budget_configs()])
+    sweep(
+        [c for p in plans.values() for c in p.selection_configs()]
+        + [c for p in plans.values() if not p.choices for c in p.budget_configs()]
+    )
     while grown := [p for p in [p for p in plans.values() if p.choices] if p.update(stored())]:
         sweep([c for p in grown for c in p.selection_configs()])
     # 2. the final runs at the chosen rates, at budgets T and 2T; then, round by round, the settings under a verdict
@@ -178,8 +192,11 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
         everything = stored()
         judged = {name: plan.judge(everything, figdir) for name, plan in plans.items()}
     shutil.rmtree(out / "checkpoints" / "trunks", ignore_errors=True)  # every budget asked for is stored
-    log(f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now" +
-        (f" in {total.seconds:.0f} s" if total.ran else "") + (f", {len(total.failed)} failed" if total.failed else ""))
+    log(
+        f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now"
+        + (f" in {total.seconds:.0f} s" if total.ran else "")
+        + (f", {len(total.failed)} failed" if total.failed else "")
+    )
     for config, error in total.failed:
         print(f"run failed: {config}\n{error}", file=sys.stderr)
     # 3. analysis: each study at its budget T, its verdicts settled over the budgets, its target checked at 2T
@@ -190,8 +207,9 @@ def run_studies(out: Path, chosen: list, options: Options, execution: Execution,
         result, _ = judged[s.name]
         result.fairness = plan.fairness(everything, figdir)
         results[s.name] = result
-        records[s.name] = {role: [everything[k] for k in _keys(configs) if k in everything]
-                           for role, configs in plan.roles().items()}  # fmt: skip
+        records[s.name] = {
+            role: [everything[k] for k in _keys(configs) if k in everything] for role, configs in plan.roles().items()
+        }
         setups[s.name] = s.setup(options)
     index = write_report(out, chosen, results, records, setups, options, other)
     return index, results, not total.failed

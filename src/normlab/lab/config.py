@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ClassifyConfig", "CharLMConfig", "DistributedConfig", "UserConfig", "RunConfig", "RunOutput", "make_config", "from_dict",
+    "ClassifyConfig",
+    "CharLMConfig",
+    "DistributedConfig",
+    "UserConfig",
+    "RunConfig",
+    "RunOutput",
+    "make_config",
+    "from_dict",
 ]
 
 
@@ -130,8 +137,12 @@ class UserConfig(_Common):
 
 RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig | UserConfig
 RunOutput = tuple[dict[str, float], dict[str, list[float]]]  # (metrics, curves) of one run
-_BY_TASK: dict[str, type] = {"classify": ClassifyConfig, "char_lm": CharLMConfig, "distributed": DistributedConfig,
-                             "user": UserConfig}  # fmt: skip
+_BY_TASK: dict[str, type] = {
+    "classify": ClassifyConfig,
+    "char_lm": CharLMConfig,
+    "distributed": DistributedConfig,
+    "user": UserConfig,
+}
 _TUPLES = ("contrast_strengths", "swap_from")  # tuples in the dataclasses, lists in JSON
 
 

@@ -9,7 +9,9 @@ TEST_LOSS = "test_loss"  # the user's model: mean loss on the test set (its own 
 VALID_LOSS = "valid_loss"  # ... on the validation examples held out of the training set
 TRAIN_LOSS = "train_loss"  # mean training loss over the last curve point's steps
 STEP_SECONDS = "step_seconds"  # mean wall time of one training step (forward, backward, optimizer step)
-MEMORY_MB = "memory_mb"  # memory of one training step in MiB (CUDA: peak allocated; CPU: see normlab.lab.training.user_model)
+MEMORY_MB = (
+    "memory_mb"  # memory of one training step in MiB (CUDA: peak allocated; CPU: see normlab.lab.training.user_model)
+)
 DIVERGED = "diverged"  # 1.0 when the run's loss blew up (non-finite, or 10x its first value)
 TRAIN_ACC = "train_acc"  # accuracy on the training examples at the end
 TEST_ACC_BATCH_STATS = "test_acc_batch_stats"  # test accuracy with each test batch normalized by its own statistics
@@ -20,6 +22,21 @@ BATCH_MEAN_FLUCTUATION = "batch_mean_fluctuation"  # across steps: std of a norm
 BATCH_VAR_FLUCTUATION = "batch_var_fluctuation"  # across steps: relative std of its batch variance
 
 __all__ = [
-    "TEST_ACC", "VALID_ACC", "TEST_BPC", "VALID_BPC", "TEST_LOSS", "VALID_LOSS", "TRAIN_LOSS",
-    "STEP_SECONDS", "MEMORY_MB", "DIVERGED", "TRAIN_ACC", "TEST_ACC_BATCH_STATS", "OUTPUT_SPREAD", "FINAL_WEIGHT_NORM", "SCALE_INVARIANCE_ERROR", "BATCH_MEAN_FLUCTUATION", "BATCH_VAR_FLUCTUATION",
+    "TEST_ACC",
+    "VALID_ACC",
+    "TEST_BPC",
+    "VALID_BPC",
+    "TEST_LOSS",
+    "VALID_LOSS",
+    "TRAIN_LOSS",
+    "STEP_SECONDS",
+    "MEMORY_MB",
+    "DIVERGED",
+    "TRAIN_ACC",
+    "TEST_ACC_BATCH_STATS",
+    "OUTPUT_SPREAD",
+    "FINAL_WEIGHT_NORM",
+    "SCALE_INVARIANCE_ERROR",
+    "BATCH_MEAN_FLUCTUATION",
+    "BATCH_VAR_FLUCTUATION",
 ]

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Store", "RunRecord", "config_key", "setting_key", "trunk_key", "check_store", "LAB_VERSION", "training_code_hash"]
+__all__ = [
+    "Store",
+    "RunRecord",
+    "config_key",
+    "setting_key",
+    "trunk_key",
+    "check_store",
+    "LAB_VERSION",
+    "training_code_hash",
+]
 
 # What a configuration produces is set by its fields and by the code that trains it. LAB_VERSION names the lab's
 # generations for people (4: learning rates selected per setting, method recipes, budgets); the key also holds a
@@ -26,8 +35,16 @@ LAB_VERSION = "4"
 # The code a run's result depends on: the lab's training path and the norms it builds (not the studies' analysis,
 # the report or the CLI, which read stored rows).
 TRAINING_CODE = (
-    "lab/config.py", "lab/metrics.py", "lab/training", "nn", "functional", "registry.py", "method.py", "transform.py",
-    "distributed.py", "_checks.py",
+    "lab/config.py",
+    "lab/metrics.py",
+    "lab/training",
+    "nn",
+    "functional",
+    "registry.py",
+    "method.py",
+    "transform.py",
+    "distributed.py",
+    "_checks.py",
 )
 
 
@@ -76,8 +93,7 @@ def trunk_key(config: dict[str, Any]) -> str:
 
 def config_key(config: dict[str, Any]) -> str:
     """A stable hash of the full configuration, the lab version and the training code (:func:`training_code_hash`)."""
-    canonical = json.dumps({"lab_version": LAB_VERSION, "code": _CODE, **config}, sort_keys=True,
-                           separators=(",", ":"))  # fmt: skip
+    canonical = json.dumps({"lab_version": LAB_VERSION, "code": _CODE, **config}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -112,11 +128,15 @@ def check_store(path: str | Path) -> None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
-        raise ValueError(f"{path}: expected a normlab results store, but it is not a readable SQLite database "
-                         f"({err}); move it away or choose another --out") from None  # fmt: skip
+        raise ValueError(
+            f"{path}: expected a normlab results store, but it is not a readable SQLite database "
+            f"({err}); move it away or choose another --out"
+        ) from None
     if tables and columns != _COLUMNS:
-        raise ValueError(f"{path}: an SQLite database but not a normlab results store (tables: "
-                         f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another --out")  # fmt: skip
+        raise ValueError(
+            f"{path}: an SQLite database but not a normlab results store (tables: "
+            f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another --out"
+        )
 
 
 class Store:

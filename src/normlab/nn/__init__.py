@@ -14,7 +14,15 @@ from .weight_norm import WeightNorm, data_dependent_init, weight_norm
 from .weight_standardization import StdConv1d, StdConv2d
 
 __all__ = sorted(cls.__name__ for cls in norm_classes.NORM_CLASSES + norm_classes.NORM_PARTS) + [
-    "CosineConv1d", "CosineConv2d", "CosineLinear", "SpectralNorm", "StdConv1d", "StdConv2d", "WeightNorm",
-    "spectral_norm", "weight_norm", "data_dependent_init",
-]  # fmt: skip
-__all__ += [name for name in norm_act.__all__ if name.endswith(('Act', 'Act1d', 'Act2d', 'Act3d'))]
+    "CosineConv1d",
+    "CosineConv2d",
+    "CosineLinear",
+    "SpectralNorm",
+    "StdConv1d",
+    "StdConv2d",
+    "WeightNorm",
+    "spectral_norm",
+    "weight_norm",
+    "data_dependent_init",
+]
+__all__ += [name for name in norm_act.__all__ if name.endswith(("Act", "Act1d", "Act2d", "Act3d"))]

@@ -20,4 +20,3 @@ def carry_state(source: Module, twin: Module) -> None:
         twin._buffers[name] = buf
     twin._non_persistent_buffers_set = set(source._non_persistent_buffers_set)
     twin.train(source.training)
-

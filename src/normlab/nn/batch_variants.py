@@ -15,9 +15,15 @@ from .. import functional as NF
 from .batchnorm import _BatchNorm, _lerp_buffer
 
 __all__ = [
-    "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
-    "PowerNorm", "MeanOnlyBatchNorm",
-]  # fmt: skip
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+    "PowerNorm",
+    "MeanOnlyBatchNorm",
+]
 
 
 def _channel_shape(x: Tensor) -> tuple[int, ...]:
@@ -51,10 +57,19 @@ class _BatchRenorm(_BatchNorm):
     WARMUP_STEPS, R_MAX_STEPS, D_MAX_STEPS = 5000, 40000, 25000
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.01, affine: bool = True,
-        r_max: float = 3.0, d_max: float = 5.0, warmup: bool = False, device: Any = None, dtype: Any = None, *,
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.01,
+        affine: bool = True,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+        *,
         bias: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, True, device, dtype, bias=bias)
         if not r_max >= 1.0 or not d_max >= 0.0:
             raise ValueError(f"{type(self).__name__}: expected r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
@@ -154,10 +169,18 @@ class _GhostBatchNorm(_BatchNorm):
     """
 
     def __init__(
-        self, num_features: int, virtual_batch_size: int = 32, eps: float = 1e-5, momentum: float | None = 0.1,
-        affine: bool = True, track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+        self,
+        num_features: int,
+        virtual_batch_size: int = 32,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
         bias: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         _checks.check_num_features(type(self).__name__, virtual_batch_size, "virtual_batch_size")
         if virtual_batch_size < 2:
@@ -167,7 +190,9 @@ class _GhostBatchNorm(_BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or input.shape[0] <= self.virtual_batch_size:
             return super().forward(input)
-        return torch.cat([super(_GhostBatchNorm, self).forward(chunk) for chunk in input.split(self.virtual_batch_size)])
+        return torch.cat(
+            [super(_GhostBatchNorm, self).forward(chunk) for chunk in input.split(self.virtual_batch_size)]
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
@@ -271,9 +296,15 @@ class PowerNorm(Twin):
     """
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, alpha_fwd: float = 0.9, alpha_bkw: float = 0.9,
-        affine: bool = True, device: Any = None, dtype: Any = None,
-    ) -> None:  # fmt: skip
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        alpha_fwd: float = 0.9,
+        alpha_bkw: float = 0.9,
+        affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         _resolve_power_norm_training()
         _checks.check_num_features("PowerNorm", num_features)
@@ -281,7 +312,13 @@ class PowerNorm(Twin):
         for name, a in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
             if not 0.0 <= a < 1.0:
                 raise ValueError(f"PowerNorm: {name} must be in [0, 1), got {a}")
-        self.num_features, self.eps, self.alpha_fwd, self.alpha_bkw, self.affine = num_features, eps, alpha_fwd, alpha_bkw, affine
+        self.num_features, self.eps, self.alpha_fwd, self.alpha_bkw, self.affine = (
+            num_features,
+            eps,
+            alpha_fwd,
+            alpha_bkw,
+            affine,
+        )
         kw = {"device": device, "dtype": dtype}
         self.weight = Parameter(torch.ones(num_features, **kw)) if affine else None
         self.bias = Parameter(torch.zeros(num_features, **kw)) if affine else None

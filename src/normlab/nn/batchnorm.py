@@ -164,16 +164,32 @@ class _BatchNorm(_NormBase):
         elif training:  # buffers are passed only to be updated (training and tracking) or to normalize (eval)
             running_mean = running_var = None
         # The checks look at shapes, dtypes and Python numbers only: they run again when one of those changes.
-        signature = (input.shape, input.dtype, type(input), use_batch_stats, self.eps, running_mean is None,
-                     weight is None)  # fmt: skip
+        signature = (
+            input.shape,
+            input.dtype,
+            type(input),
+            use_batch_stats,
+            self.eps,
+            running_mean is None,
+            weight is None,
+        )
         if signature != self._checked:
             self._check_input_dim(input)
             self._check_channels(input)
-            NF.check_batch_norm_args("batch_norm", input, running_mean, running_var, weight, bias, use_batch_stats,
-                                     self.eps)  # fmt: skip
+            NF.check_batch_norm_args(
+                "batch_norm", input, running_mean, running_var, weight, bias, use_batch_stats, self.eps
+            )
             self._checks_passed(signature)
-        return NF._batch_norm(input, running_mean, running_var, weight, bias, use_batch_stats,
-                              0.0 if momentum is None else momentum, self.eps)  # fmt: skip
+        return NF._batch_norm(
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            use_batch_stats,
+            0.0 if momentum is None else momentum,
+            self.eps,
+        )
 
 
 _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} input.
@@ -206,24 +222,27 @@ _BATCH_NORM_DOC = r"""Batch Normalization (Ioffe & Szegedy 2015) over a {shape} 
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
-    __doc__ = _BATCH_NORM_DOC.format(shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``", name="BatchNorm1d",
-                                      example="4, 8, 10")
+    __doc__ = _BATCH_NORM_DOC.format(
+        shape="2D or 3D", axes="L", shape_in="``(N, C)`` or ``(N, C, L)``", name="BatchNorm1d", example="4, 8, 10"
+    )
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (2, 3))
 
 
 class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
-    __doc__ = _BATCH_NORM_DOC.format(shape="4D", axes="H, W", shape_in="``(N, C, H, W)``", name="BatchNorm2d",
-                                      example="4, 8, 5, 5")
+    __doc__ = _BATCH_NORM_DOC.format(
+        shape="4D", axes="H, W", shape_in="``(N, C, H, W)``", name="BatchNorm2d", example="4, 8, 5, 5"
+    )
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (4,))
 
 
 class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
-    __doc__ = _BATCH_NORM_DOC.format(shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``", name="BatchNorm3d",
-                                      example="2, 8, 3, 4, 4")
+    __doc__ = _BATCH_NORM_DOC.format(
+        shape="5D", axes="D, H, W", shape_in="``(N, C, D, H, W)``", name="BatchNorm3d", example="2, 8, 3, 4, 4"
+    )
 
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_rank(input, (5,))
@@ -326,9 +345,15 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
                 factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()  # type: ignore[union-attr]
         tracked = self.track_running_stats
         return distributed.sync_batch_norm(
-            input, self.weight, self.bias, self.running_mean if tracked else None,
-            self.running_var if tracked else None, self.eps, factor, group,
-        )  # fmt: skip
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean if tracked else None,
+            self.running_var if tracked else None,
+            self.eps,
+            factor,
+            group,
+        )
 
     @classmethod
     def convert_sync_batchnorm(cls, module: Module, process_group: Any | None = None) -> Module:
@@ -342,9 +367,16 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
             norm, act = module.split()
             return type(module).join(cls.convert_sync_batchnorm(norm, process_group), act)
         if _converts_to_sync(type(module)):
-            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group, device="meta",
-                            bias=module.bias is not None or not module.affine)  # fmt: skip
+            converted = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+                device="meta",
+                bias=module.bias is not None or not module.affine,
+            )
             carry_state(module, converted)
             if hasattr(module, "qconfig"):
                 converted.qconfig = module.qconfig

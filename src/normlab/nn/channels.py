@@ -52,8 +52,9 @@ class LayerNorm2d(LayerNorm):
         (True, True)
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self, num_channels: int, eps: float = 1e-6, affine: bool = True, device: Any = None, dtype: Any = None
+    ) -> None:
         _checks.check_num_features("LayerNorm2d", num_channels, "num_channels")
         super().__init__(num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
 
@@ -86,8 +87,9 @@ class RMSNorm2d(RMSNorm):
         torch.Size([2, 8, 5, 5])
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self, num_channels: int, eps: float = 1e-6, affine: bool = True, device: Any = None, dtype: Any = None
+    ) -> None:
         _checks.check_num_features("RMSNorm2d", num_channels, "num_channels")
         super().__init__(num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
 

@@ -42,9 +42,13 @@ class DynamicTanh(Twin):
     """
 
     def __init__(
-        self, normalized_shape: int | Sequence[int], channels_last: bool = True, alpha_init_value: float = 0.5,
-        device: Any = None, dtype: Any = None,
-    ) -> None:  # fmt: skip
+        self,
+        normalized_shape: int | Sequence[int],
+        channels_last: bool = True,
+        alpha_init_value: float = 0.5,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         self.normalized_shape = _checks.as_shape("DynamicTanh", normalized_shape)
         if not channels_last and len(self.normalized_shape) != 1:

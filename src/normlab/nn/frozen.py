@@ -68,15 +68,20 @@ class FrozenBatchNorm2d(Twin):
             frozen.running_var.copy_(bn.running_var)
         return frozen
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:  # fmt: skip
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         _checks.check_floating("FrozenBatchNorm2d", input)
         if input.dim() != 4 or input.shape[1] != self.num_features:
-            raise ValueError(f"FrozenBatchNorm2d: expected input (N, {self.num_features}, H, W), got {tuple(input.shape)}")
+            raise ValueError(
+                f"FrozenBatchNorm2d: expected input (N, {self.num_features}, H, W), got {tuple(input.shape)}"
+            )
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return input * scale.view(1, -1, 1, 1).to(input.dtype) + shift.view(1, -1, 1, 1).to(input.dtype)

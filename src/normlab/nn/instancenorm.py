@@ -47,8 +47,9 @@ class _InstanceNorm(_NormBase):
         running_mean, running_var, weight, bias = self.running_mean, self.running_var, self.weight, self.bias
         signature = (input.shape, input.dtype, type(input), use_input_stats, self.eps)
         if signature != self._checked:
-            NF.check_instance_norm_args("instance_norm", input, running_mean, running_var, weight, bias,
-                                        use_input_stats, self.eps)  # fmt: skip
+            NF.check_instance_norm_args(
+                "instance_norm", input, running_mean, running_var, weight, bias, use_input_stats, self.eps
+            )
             self._checks_passed(signature)
         momentum = self.momentum if self.momentum is not None else 0.0
         return NF._instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, self.eps)
@@ -119,22 +120,33 @@ _INSTANCE_NORM_DOC = r"""Instance Normalization (Ulyanov et al. 2016) over a {sh
 
 
 class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
-    __doc__ = _INSTANCE_NORM_DOC.format(shape="2D (unbatched) or 3D", axes="L", shape_in="``(N, C, L)`` or ``(C, L)``",
-                                         name="InstanceNorm1d", example="4, 8, 10")
+    __doc__ = _INSTANCE_NORM_DOC.format(
+        shape="2D (unbatched) or 3D",
+        axes="L",
+        shape_in="``(N, C, L)`` or ``(C, L)``",
+        name="InstanceNorm1d",
+        example="4, 8, 10",
+    )
     _spatial_dims = 1
 
 
 class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
     __doc__ = _INSTANCE_NORM_DOC.format(
-        shape="3D (unbatched) or 4D", axes="H, W", shape_in="``(N, C, H, W)`` or ``(C, H, W)``",
-        name="InstanceNorm2d", example="4, 8, 5, 5",
+        shape="3D (unbatched) or 4D",
+        axes="H, W",
+        shape_in="``(N, C, H, W)`` or ``(C, H, W)``",
+        name="InstanceNorm2d",
+        example="4, 8, 5, 5",
     )
     _spatial_dims = 2
 
 
 class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
     __doc__ = _INSTANCE_NORM_DOC.format(
-        shape="4D (unbatched) or 5D", axes="D, H, W", shape_in="``(N, C, D, H, W)`` or ``(C, D, H, W)``",
-        name="InstanceNorm3d", example="2, 8, 3, 4, 4",
+        shape="4D (unbatched) or 5D",
+        axes="D, H, W",
+        shape_in="``(N, C, D, H, W)`` or ``(C, D, H, W)``",
+        name="InstanceNorm3d",
+        example="2, 8, 3, 4, 4",
     )
     _spatial_dims = 3

@@ -41,9 +41,17 @@ from .norm_classes import NORM_CLASSES
 __all__ = ["ACTIVATIONS", "NORM_ACT_CLASSES", "make_activation", "norm_act_class", "with_activation", "split_norm_act"]
 
 ACTIVATIONS: dict[str, Callable[[], tnn.Module]] = {
-    "relu": tnn.ReLU, "gelu": tnn.GELU, "silu": tnn.SiLU, "swish": tnn.SiLU, "tanh": tnn.Tanh,
-    "leaky_relu": tnn.LeakyReLU, "elu": tnn.ELU, "mish": tnn.Mish, "prelu": tnn.PReLU, "identity": tnn.Identity,
-}  # fmt: skip
+    "relu": tnn.ReLU,
+    "gelu": tnn.GELU,
+    "silu": tnn.SiLU,
+    "swish": tnn.SiLU,
+    "tanh": tnn.Tanh,
+    "leaky_relu": tnn.LeakyReLU,
+    "elu": tnn.ELU,
+    "mish": tnn.Mish,
+    "prelu": tnn.PReLU,
+    "identity": tnn.Identity,
+}
 
 
 def make_activation(act: str | tnn.Module | type) -> tnn.Module:
@@ -80,7 +88,9 @@ class _NormActMixin:
     def from_norm(cls, norm: tnn.Module, act: str | tnn.Module | type = "relu") -> tnn.Module:
         """The norm+act module holding ``norm``'s very parameters and buffers (no copy) and its configuration."""
         if type(norm) is not cls.norm_class:
-            raise TypeError(f"{cls.__name__}.from_norm: expected a {cls.norm_class.__name__}, got {type(norm).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_norm: expected a {cls.norm_class.__name__}, got {type(norm).__name__}"
+            )
         fused = _as_class(norm, cls)
         fused.act = make_activation(act)
         return fused
@@ -111,8 +121,8 @@ def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
 
     doc = (
         f"{norm_class.__name__} followed by an activation ``act`` (default ReLU), as one module.\n\n"
-        f"    Takes {norm_class.__name__}'s arguments plus ``act``: a name (``\"relu\"``, ``\"gelu\"``, "
-        f"``\"silu\"``...), a module class or a module. Same state_dict keys as {norm_class.__name__} "
+        f'    Takes {norm_class.__name__}\'s arguments plus ``act``: a name (``"relu"``, ``"gelu"``, '
+        f'``"silu"``...), a module class or a module. Same state_dict keys as {norm_class.__name__} '
         f"(plus ``act.*`` for an activation with parameters).\n\n"
         f"    Shape:\n        - Input and output: as {norm_class.__name__}.\n\n"
         f"    Examples: see :mod:`normlab.nn.norm_act`.\n"
@@ -133,8 +143,10 @@ __all__ += sorted(cls.__name__ for cls in NORM_ACT_CLASSES.values())
 def norm_act_class(norm_class: type) -> type[tnn.Module]:
     """The norm+act class of ``norm_class`` (``BatchNorm2d`` -> ``BatchNormAct2d``)."""
     if norm_class not in NORM_ACT_CLASSES:
-        raise ValueError(f"no norm+act class for {norm_class.__name__}; normlab has them for "
-                         f"{', '.join(sorted(c.__name__ for c in NORM_ACT_CLASSES))}")  # fmt: skip
+        raise ValueError(
+            f"no norm+act class for {norm_class.__name__}; normlab has them for "
+            f"{', '.join(sorted(c.__name__ for c in NORM_ACT_CLASSES))}"
+        )
     return NORM_ACT_CLASSES[norm_class]
 
 

@@ -21,15 +21,35 @@ from torch.nn import Module
 from . import batch_variants, batchnorm, channels, dyt, frozen, grn, instancenorm, normalization, response, switchable
 
 NORM_CLASSES: tuple[type[Module], ...] = (
-    batchnorm.BatchNorm1d, batchnorm.BatchNorm2d, batchnorm.BatchNorm3d, batchnorm.SyncBatchNorm,
-    instancenorm.InstanceNorm1d, instancenorm.InstanceNorm2d, instancenorm.InstanceNorm3d,
-    normalization.LayerNorm, normalization.GroupNorm, normalization.RMSNorm, normalization.LocalResponseNorm,
-    batch_variants.BatchRenorm1d, batch_variants.BatchRenorm2d, batch_variants.BatchRenorm3d,
-    batch_variants.GhostBatchNorm1d, batch_variants.GhostBatchNorm2d, batch_variants.GhostBatchNorm3d,
-    batch_variants.PowerNorm, batch_variants.MeanOnlyBatchNorm, frozen.FrozenBatchNorm2d,
-    response.FilterResponseNorm, response.EvoNormB0, response.EvoNormS0, switchable.SwitchableNorm,
-    dyt.DynamicTanh, grn.GlobalResponseNorm, channels.LayerNorm2d, channels.RMSNorm2d,
-)  # fmt: skip
+    batchnorm.BatchNorm1d,
+    batchnorm.BatchNorm2d,
+    batchnorm.BatchNorm3d,
+    batchnorm.SyncBatchNorm,
+    instancenorm.InstanceNorm1d,
+    instancenorm.InstanceNorm2d,
+    instancenorm.InstanceNorm3d,
+    normalization.LayerNorm,
+    normalization.GroupNorm,
+    normalization.RMSNorm,
+    normalization.LocalResponseNorm,
+    batch_variants.BatchRenorm1d,
+    batch_variants.BatchRenorm2d,
+    batch_variants.BatchRenorm3d,
+    batch_variants.GhostBatchNorm1d,
+    batch_variants.GhostBatchNorm2d,
+    batch_variants.GhostBatchNorm3d,
+    batch_variants.PowerNorm,
+    batch_variants.MeanOnlyBatchNorm,
+    frozen.FrozenBatchNorm2d,
+    response.FilterResponseNorm,
+    response.EvoNormB0,
+    response.EvoNormS0,
+    switchable.SwitchableNorm,
+    dyt.DynamicTanh,
+    grn.GlobalResponseNorm,
+    channels.LayerNorm2d,
+    channels.RMSNorm2d,
+)
 """The normalization classes: each has a norm+act class, is a norm to ``is_norm``, and is exported by name."""
 
 NORM_PARTS: tuple[type[Module], ...] = (response.TLU,)

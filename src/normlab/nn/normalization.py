@@ -241,7 +241,9 @@ class RMSNorm(Twin, torch.nn.RMSNorm):
         self.normalized_shape = _checks.as_shape(type(self).__name__, normalized_shape)
         _checks.check_eps(type(self).__name__, eps, allow_none=True)
         if casting_mode not in NF.CASTING_MODES:
-            raise ValueError(f"RMSNorm: casting_mode must be one of {', '.join(NF.CASTING_MODES)}, got {casting_mode!r}")
+            raise ValueError(
+                f"RMSNorm: casting_mode must be one of {', '.join(NF.CASTING_MODES)}, got {casting_mode!r}"
+            )
         self.weight_offset, self.casting_mode = float(weight_offset), casting_mode
         self.eps = eps
         self.elementwise_affine = elementwise_affine

@@ -104,9 +104,14 @@ class FilterResponseNorm(_ChannelNorm):
     """
 
     def __init__(
-        self, num_features: int, eps: float = 1e-6, learnable_eps: bool = False, tlu: bool = True,
-        device: Any = None, dtype: Any = None,
-    ) -> None:  # fmt: skip
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        learnable_eps: bool = False,
+        tlu: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         self._init_channels(num_features, eps)
         kw = {"device": device, "dtype": dtype}
@@ -183,8 +188,9 @@ class EvoNormB0(_ChannelNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_channels(input)
-        return NF.evonorm_b0(input, self.running_var, self.weight, self.bias, self.v1, self.training, self.momentum,
-                             self.eps)  # fmt: skip
+        return NF.evonorm_b0(
+            input, self.running_var, self.weight, self.bias, self.v1, self.training, self.momentum, self.eps
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -47,9 +47,14 @@ class SwitchableNorm(_ChannelNorm):
     """
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-        device: Any = None, dtype: Any = None,
-    ) -> None:  # fmt: skip
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         self._init_channels(num_features, eps)
         kw = {"device": device, "dtype": dtype}
@@ -76,8 +81,18 @@ class SwitchableNorm(_ChannelNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_channels(input)
-        return NF.switchable_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                                  self.mean_weight, self.var_weight, self.training, self.momentum, self.eps)  # fmt: skip
+        return NF.switchable_norm(
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.mean_weight,
+            self.var_weight,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

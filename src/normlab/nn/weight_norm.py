@@ -81,8 +81,12 @@ def weight_norm(module: Module, name: str = "weight", dim: int | None = 0) -> Mo
 
 def _weight_normalized(model: Module) -> list[Module]:
     """The layers of ``model`` whose ``weight`` is reparametrized by :class:`WeightNorm`."""
-    return [m for m in model.modules() if parametrize.is_parametrized(m, "weight")
-            and any(isinstance(p, WeightNorm) for p in m.parametrizations["weight"])]  # fmt: skip
+    return [
+        m
+        for m in model.modules()
+        if parametrize.is_parametrized(m, "weight")
+        and any(isinstance(p, WeightNorm) for p in m.parametrizations["weight"])
+    ]
 
 
 @torch.no_grad()

@@ -23,12 +23,25 @@ import numpy as np
 from .layout import batch_layout
 from .standardization import Saved, _channel_param, backward, batch_norm
 
-__all__ = ["batch_renorm", "batch_renorm_backward", "ghost_batch_norm", "ghost_batch_norm_backward", "power_norm", "mean_only_batch_norm",
-           "mean_only_batch_norm_backward"]
+__all__ = [
+    "batch_renorm",
+    "batch_renorm_backward",
+    "ghost_batch_norm",
+    "ghost_batch_norm_backward",
+    "power_norm",
+    "mean_only_batch_norm",
+    "mean_only_batch_norm_backward",
+]
 
 
 def batch_renorm(
-    x: np.ndarray, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5, r_max: float = 3.0,
+    x: np.ndarray,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    eps: float = 1e-5,
+    r_max: float = 3.0,
     d_max: float = 5.0,
 ) -> tuple[np.ndarray, tuple[Saved, np.ndarray, np.ndarray]]:
     """Batch Renormalization in training. Returns ``(y, (saved, r, d))``; x ``(N, C, *)``, the rest ``(C,)``."""

@@ -166,7 +166,14 @@ def _switchable_statistics(x, running_mean=None, running_var=None, training: boo
 
 
 def switchable_norm(
-    x, weight, bias, mean_weight, var_weight, eps: float = 1e-5, running_mean=None, running_var=None,
+    x,
+    weight,
+    bias,
+    mean_weight,
+    var_weight,
+    eps: float = 1e-5,
+    running_mean=None,
+    running_var=None,
     training: bool = True,
 ) -> np.ndarray:
     r"""Switchable Normalization: :math:`\mu = \sum_k w_k\mu_k`, :math:`\sigma^2 = \sum_k w'_k\sigma^2_k` over
@@ -217,8 +224,7 @@ def switchable_norm_backward(dy, x, weight, bias, mean_weight, var_weight, eps: 
         d_logits_v[k] = (d_var * variances[k]).sum()
     dweight = None if weight is None else (dyv * x_hat).sum((0, 2))
     dbias = None if bias is None else dyv.sum((0, 2))
-    return (dx.reshape(x.shape), dweight, dbias, _softmax_backward(wm, d_logits_m),
-            _softmax_backward(wv, d_logits_v))  # fmt: skip
+    return (dx.reshape(x.shape), dweight, dbias, _softmax_backward(wm, d_logits_m), _softmax_backward(wv, d_logits_v))
 
 
 def dynamic_tanh(x, alpha: float, weight, bias) -> np.ndarray:

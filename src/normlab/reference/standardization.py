@@ -140,9 +140,7 @@ def instance_norm(x: np.ndarray, weight=None, bias=None, eps: float = 1e-5) -> t
     return _channelwise(x, instance_layout(x.shape), weight, bias, eps)
 
 
-def group_norm(
-    x: np.ndarray, num_groups: int, weight=None, bias=None, eps: float = 1e-5
-) -> tuple[np.ndarray, Saved]:
+def group_norm(x: np.ndarray, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> tuple[np.ndarray, Saved]:
     r"""GroupNorm: statistics per (n, g) over the C/G channels of group g and all spatial positions.
 
     x: ``(N, C, *spatial)`` with C divisible by G; weight/bias ``(C,)`` (per channel, not per group).

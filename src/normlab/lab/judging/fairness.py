@@ -29,14 +29,25 @@ __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
 Scoring = tuple[str, bool, float, str]
-_SELECTION_METRIC: dict[str, Scoring] = {"classify": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
-                                         "char_lm": (VALID_BPC, False, 1.0, "validation bits per character"),
-                                         "user": (VALID_ACC, True, 100.0, "validation accuracy (%)")}  # fmt: skip
+_SELECTION_METRIC: dict[str, Scoring] = {
+    "classify": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
+    "char_lm": (VALID_BPC, False, 1.0, "validation bits per character"),
+    "user": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
+}
 VALIDATION_LOSS: Scoring = (VALID_LOSS, False, 1.0, "validation loss")  # the user's model with its own loss
 # probes that only the final analysis reads: a selection run skips them (they change no training step)
-_PROBES = {"output_spread": False, "contrast_strengths": None, "grad_predictiveness": False, "scale_invariance": False,
-           "record_batch_stats": False}  # fmt: skip
-BUDGETED_TASKS = ("classify", "char_lm", "user")  # tasks with a ``budget`` field (the distributed exactness runs have none)
+_PROBES = {
+    "output_spread": False,
+    "contrast_strengths": None,
+    "grad_predictiveness": False,
+    "scale_invariance": False,
+    "record_batch_stats": False,
+}
+BUDGETED_TASKS = (
+    "classify",
+    "char_lm",
+    "user",
+)  # tasks with a ``budget`` field (the distributed exactness runs have none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,15 +93,20 @@ class Selection:
         return self.score[0]
 
     def describe(self) -> str:
-        where = (f"the last {self.validation_fraction:.0%} of the training examples, held out"
-                 if self.task != "char_lm" else "the validation half of the held-out text")  # fmt: skip
+        where = (
+            f"the last {self.validation_fraction:.0%} of the training examples, held out"
+            if self.task != "char_lm"
+            else "the validation half of the held-out text"
+        )
         budget = "the final runs' budget" if self.budget == 1 else f"{self.budget:g} of the final runs' budget"
-        return (f"Learning rates are chosen per setting: a log-spaced grid of {self.below + self.above + 1} rates "
-                f"(x{self.factor:g} apart) around the study's rate, grown past an edge that holds the best rate (at "
-                f"most {self.extensions} times); each rate trains {self.seeds} selection seeds (seed "
-                f"{SELECTION_SEED_OFFSET} and up from --first-seed, disjoint from the final seeds) at {budget} and "
-                f"is scored on {where} (never the test set); the best mean {self.metric} is chosen and the final "
-                "runs train at it.")  # fmt: skip
+        return (
+            f"Learning rates are chosen per setting: a log-spaced grid of {self.below + self.above + 1} rates "
+            f"(x{self.factor:g} apart) around the study's rate, grown past an edge that holds the best rate (at "
+            f"most {self.extensions} times); each rate trains {self.seeds} selection seeds (seed "
+            f"{SELECTION_SEED_OFFSET} and up from --first-seed, disjoint from the final seeds) at {budget} and "
+            f"is scored on {where} (never the test set); the best mean {self.metric} is chosen and the final "
+            "runs train at it."
+        )
 
 
 def _rate(lr: float) -> float:
@@ -152,8 +168,9 @@ class StudyPlan:
         self.options = options
         self.levels: dict[str, int] = {}  # trunk_key -> the largest doubling its final runs train at (default 1)
         self.written = [self._scaled(c, options.budget) for c in study.configs(options)]
-        self.selection_seeds = [options.first_seed + SELECTION_SEED_OFFSET + i
-                                for i in range(self.selection.seeds if self.selection else 0)]  # fmt: skip
+        self.selection_seeds = [
+            options.first_seed + SELECTION_SEED_OFFSET + i for i in range(self.selection.seeds if self.selection else 0)
+        ]
         self.templates: dict[str, dict[str, Any]] = {}  # tuned setting -> its first written run
         for c in self.written:
             if self._tuned(c):
@@ -161,8 +178,9 @@ class StudyPlan:
         labels = _labels(self.written, ignored=("lr",) if self.templates else ())
         self.labels = {self._setting(c): labels[setting_key(c)] for c in self.written}  # by _setting
         higher = self.selection.score[1] if self.selection else True
-        self.choices = {key: Choice(self.labels[key], self.selection.grid(c["lr"]), higher)
-                        for key, c in self.templates.items()}  # fmt: skip
+        self.choices = {
+            key: Choice(self.labels[key], self.selection.grid(c["lr"]), higher) for key, c in self.templates.items()
+        }
 
     def _tuned(self, config: dict[str, Any]) -> bool:
         return self.selection is not None and config["task"] == self.selection.task
@@ -185,8 +203,12 @@ class StudyPlan:
         return c
 
     def selection_configs(self) -> list[dict[str, Any]]:
-        return [self._selection_config(self.templates[key], lr, seed)
-                for key, choice in self.choices.items() for lr in choice.grid for seed in self.selection_seeds]  # fmt: skip
+        return [
+            self._selection_config(self.templates[key], lr, seed)
+            for key, choice in self.choices.items()
+            for lr in choice.grid
+            for seed in self.selection_seeds
+        ]
 
     def update(self, records: dict[str, RunRecord]) -> bool:
         """Score every rate from the stored selection runs (``records`` by key), choose, and grow the grids whose
@@ -195,8 +217,10 @@ class StudyPlan:
         metric = self.selection.metric
         for key, choice in self.choices.items():
             for lr in choice.grid:
-                runs = [records.get(config_key(self._selection_config(self.templates[key], lr, s)))
-                        for s in self.selection_seeds]  # fmt: skip
+                runs = [
+                    records.get(config_key(self._selection_config(self.templates[key], lr, s)))
+                    for s in self.selection_seeds
+                ]
                 values = [r.metrics.get(metric, math.nan) for r in runs if r is not None and r.status == "done"]
                 choice.scores[lr] = float(np.mean(values)) if len(values) == len(runs) else math.nan
             best = choice.best()
@@ -207,8 +231,11 @@ class StudyPlan:
             edge = index in (0, len(choice.grid) - 1)
             if edge and choice.extensions < self.selection.extensions:
                 f = self.selection.factor
-                choice.grid = ([_rate(choice.grid[0] / f)] + choice.grid) if index == 0 else \
-                    (choice.grid + [_rate(choice.grid[-1] * f)])
+                choice.grid = (
+                    ([_rate(choice.grid[0] / f)] + choice.grid)
+                    if index == 0
+                    else (choice.grid + [_rate(choice.grid[-1] * f)])
+                )
                 choice.extensions += 1
                 grew = True
             choice.note = f"best rate on the grid's edge after {choice.extensions} extensions" if edge else ""
@@ -278,8 +305,9 @@ class StudyPlan:
                 for v in result.verdicts:
                     if d == 0 or set(v.settings or everything) <= actual:
                         by_claim.setdefault(v.claim, {})[d] = v
-        main.training = check_training(self.study.target, self.records_at(records, 1)[0],
-                                       tuned=self.selection is not None)  # fmt: skip
+        main.training = check_training(
+            self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None
+        )
         main.training.budget = "2T"
         settled, grew = [], False
         for by_budget in by_claim.values():
@@ -313,10 +341,13 @@ class StudyPlan:
 
     def fairness(self, records: dict[str, RunRecord], figdir: Path) -> Fairness:
         rows = self.budget_rows(records)
-        summary = Fairness(check=self.budgets.describe(self.study.target.metric.replace("_", " ")),
-                           choices=list(self.choices.values()), budgets=rows, check_scale=self.budgets.scale,
-                           budget_figure=_budget_figure(self.study.name, self.study.target.metric, self.budgets,
-                                                        rows, figdir))  # fmt: skip
+        summary = Fairness(
+            check=self.budgets.describe(self.study.target.metric.replace("_", " ")),
+            choices=list(self.choices.values()),
+            budgets=rows,
+            check_scale=self.budgets.scale,
+            budget_figure=_budget_figure(self.study.name, self.study.target.metric, self.budgets, rows, figdir),
+        )
         if self.selection is not None and self.choices:
             summary.selection = self.selection.describe()
             summary.score_scale = self.selection.score[2]
@@ -368,8 +399,9 @@ def _budget_figure(name: str, metric: str, budgets: Budgets, rows: list[BudgetRo
         ds = sorted(row.means)
         ax.plot([2**d for d in ds], [budgets.scale * row.means[d] for d in ds], marker="o", ms=3, label=row.label)
     ax.set_xscale("log", base=2)
-    ax.set_xticks([2**d for d in range(budgets.max_doublings + 1)],
-                  [budget_name(d) for d in range(budgets.max_doublings + 1)])  # fmt: skip
+    ax.set_xticks(
+        [2**d for d in range(budgets.max_doublings + 1)], [budget_name(d) for d in range(budgets.max_doublings + 1)]
+    )
     ax.set_xlabel("training budget")
     ax.set_ylabel(metric.replace("_", " ") + (" (%)" if budgets.scale == 100 else ""))
     ax.set_title("Each compared setting against its budget (mean over the final seeds)")

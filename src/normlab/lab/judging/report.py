@@ -25,9 +25,14 @@ from .verdicts import CRITERION, Outcome, Verdict, budget_name
 __all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "load_recommendations", "stability_rows"]
 
 OUTCOME_ORDER = tuple(Outcome)
-_BADGE = {Outcome.REPRODUCED: "#1b7f3b", Outcome.NOT_REPRODUCED: "#8a6d00", Outcome.CONTRADICTED: "#b3261e",
-          Outcome.INCONCLUSIVE: "#5f6368", Outcome.NOT_TRAINED: "#5f6368",
-          Outcome.CHANGES_WITH_BUDGET: "#5f6368"}  # fmt: skip
+_BADGE = {
+    Outcome.REPRODUCED: "#1b7f3b",
+    Outcome.NOT_REPRODUCED: "#8a6d00",
+    Outcome.CONTRADICTED: "#b3261e",
+    Outcome.INCONCLUSIVE: "#5f6368",
+    Outcome.NOT_TRAINED: "#5f6368",
+    Outcome.CHANGES_WITH_BUDGET: "#5f6368",
+}
 Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, longer budgets
 
 _CSS = """
@@ -78,16 +83,24 @@ def _fairness(fair: Fairness | None) -> str:
     if fair.figure:
         parts.append(f'<p><img src="figures/{_e(fair.figure)}" alt="learning-rate selection"></p>')
     if fair.choices:
-        rows = [[c.label, ", ".join(f"{lr:g}: {_score(c.scores.get(lr), fair.score_scale)}" for lr in c.grid),
-                 "-" if c.chosen is None else f"{c.chosen:g}", c.note] for c in fair.choices]  # fmt: skip
+        rows = [
+            [
+                c.label,
+                ", ".join(f"{lr:g}: {_score(c.scores.get(lr), fair.score_scale)}" for lr in c.grid),
+                "-" if c.chosen is None else f"{c.chosen:g}",
+                c.note,
+            ]
+            for c in fair.choices
+        ]
         parts.append(_table(["setting", "grid: mean validation score", "chosen rate", "note"], rows))
     parts.append(f"<p><b>Budgets.</b> {_e(fair.check)}</p>")
     if fair.budget_figure:
         parts.append(f'<p><img src="figures/{_e(fair.budget_figure)}" alt="metric against budget"></p>')
     if fair.budgets:
         s, levels = fair.check_scale, sorted({d for row in fair.budgets for d in row.means})
-        rows = [[row.label] + [f"{s * row.means[d]:.4g}" if d in row.means else "-" for d in levels]
-                for row in fair.budgets]  # fmt: skip
+        rows = [
+            [row.label] + [f"{s * row.means[d]:.4g}" if d in row.means else "-" for d in levels] for row in fair.budgets
+        ]
         parts.append(_table(["setting"] + [budget_name(d) for d in levels], rows))
     parts.append("</div>")
     return "\n".join(parts)
@@ -108,22 +121,30 @@ def _section(study: Study, result: StudyResult, runs: Runs, setup: str) -> str:
     ]
     if result.training is not None:
         color = "#1b7f3b" if result.training.met else "#b3261e"
-        parts.append(f'<p class="training" style="border-left:3px solid {color};padding-left:0.6em"><b>Trained?</b> '
-                     f"{_e(result.training.text())}</p>")  # fmt: skip
+        parts.append(
+            f'<p class="training" style="border-left:3px solid {color};padding-left:0.6em"><b>Trained?</b> '
+            f"{_e(result.training.text())}</p>"
+        )
     parts += [f'<p><img src="figures/{_e(f)}" alt="{_e(study.name)} figure"></p>' for f in result.figures]
     parts.append(_table(result.table_headers, result.table_rows))
     parts.append("<p><b>Verdicts</b> (computed from the runs above):</p><ul>")
-    parts += [f"<li>{_badge(v.outcome)} {_e(v.claim)} <span class='meta'>{_e(_settled(v))}</span><br>"
-              f"<span class='evidence'>{_e(v.evidence)}</span></li>"
-              for v in result.verdicts] or ["<li>no verdict: no finished runs</li>"]  # fmt: skip
+    parts += [
+        f"<li>{_badge(v.outcome)} {_e(v.claim)} <span class='meta'>{_e(_settled(v))}</span><br>"
+        f"<span class='evidence'>{_e(v.evidence)}</span></li>"
+        for v in result.verdicts
+    ] or ["<li>no verdict: no finished runs</li>"]
     parts.append("</ul>")
     if result.recommendations:
-        parts.append("<p><b>Recommendation</b> (the best trained method, and those it does not beat by the "
-                     "criterion):</p><ul>" + "".join(f"<li>{_e(r)}</li>" for r in result.recommendations) + "</ul>")
+        parts.append(
+            "<p><b>Recommendation</b> (the best trained method, and those it does not beat by the "
+            "criterion):</p><ul>" + "".join(f"<li>{_e(r)}</li>" for r in result.recommendations) + "</ul>"
+        )
     parts += [f"<p>{_e(note)}</p>" for note in result.notes]
     for anchor in ANCHORS.get(study.name, []):
-        parts.append(f'<div class="anchor"><b>Published</b> ({_e(anchor.source)}): {_e(anchor.text)}'
-                     f"{_table(anchor.headers, anchor.rows)}</div>")  # fmt: skip
+        parts.append(
+            f'<div class="anchor"><b>Published</b> ({_e(anchor.source)}): {_e(anchor.text)}'
+            f"{_table(anchor.headers, anchor.rows)}</div>"
+        )
     return "\n".join(parts)
 
 
@@ -191,8 +212,13 @@ def _stability_section(rows: list[tuple[str, str, Outcome, Outcome, str]], again
 
 
 def write_report(
-    out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, Runs],
-    setups: dict[str, str], options: object, against: tuple[Path, dict[tuple[str, str], Outcome]] | None = None,
+    out: Path,
+    studies: list[Study],
+    results: dict[str, StudyResult],
+    records: dict[str, Runs],
+    setups: dict[str, str],
+    options: object,
+    against: tuple[Path, dict[tuple[str, str], Outcome]] | None = None,
 ) -> Path:
     """Write index.html, results.csv and results.json into ``out``; returns the index path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -202,8 +228,10 @@ def write_report(
         result, runs = results[study.name], records[study.name]
         counts = outcome_counts(result.verdicts)
         cells = " ".join(f"{_badge(o)}&nbsp;{n}" for o, n in counts.items() if n)
-        summary_rows.append(f'<tr><td><a href="#{_e(study.name)}">{_e(study.title)}</a></td>'
-                            f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>")  # fmt: skip
+        summary_rows.append(
+            f'<tr><td><a href="#{_e(study.name)}">{_e(study.title)}</a></td>'
+            f"<td>{_e(study.claim)}</td><td>{cells or 'no verdict'}</td></tr>"
+        )
         sections.append(_section(study, result, runs, setups[study.name]))
     stability = ""
     if against is not None:  # (another run's directory, its verdicts from load_verdicts)
@@ -217,13 +245,13 @@ def write_report(
 <h1>normlab compare</h1>
 <p class="meta">Measured on this machine ({_e(machine)}) on {_e(when)}. Options: {_e(options.describe())}.</p>
 <h2>Summary</h2>
-<table><tr><th>study</th><th>claim</th><th>verdicts</th></tr>{''.join(summary_rows)}</table>
+<table><tr><th>study</th><th>claim</th><th>verdicts</th></tr>{"".join(summary_rows)}</table>
 <p><b>Criterion.</b> {_e(CRITERION)}</p>
 <p><b>Training.</b> {_e(CONVERGENCE)}</p>
 <p class="meta">Published numbers come from much larger models and data; they are shown for direction, not as targets.
 Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
 {stability}
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """
     index = out / "index.html"
@@ -240,15 +268,20 @@ def _write_tables(out: Path, studies, results, records) -> None:
         writer = csv.writer(fh)
         writer.writerow(["key", "study", "role", "status", "seconds"] + config_names + metric_names)
         for role, r in flat:
-            writer.writerow([r.key, r.study, role, r.status, f"{r.seconds:.2f}"] +
-                            [r.config.get(c, "") for c in config_names] + [r.metrics.get(m, "") for m in metric_names])  # fmt: skip
+            writer.writerow(
+                [r.key, r.study, role, r.status, f"{r.seconds:.2f}"]
+                + [r.config.get(c, "") for c in config_names]
+                + [r.metrics.get(m, "") for m in metric_names]
+            )
     payload = {
         "runs": [{**asdict(r), "role": role} for role, r in flat],
         "verdicts": {s.name: [asdict(v) for v in results[s.name].verdicts] for s in studies},
         "criterion": CRITERION,
         "training": {s.name: asdict(results[s.name].training) if results[s.name].training else None for s in studies},
         "fairness": {s.name: asdict(results[s.name].fairness) if results[s.name].fairness else None for s in studies},
-        "recommendations": {s.name: results[s.name].recommendations for s in studies if results[s.name].recommendations},
+        "recommendations": {
+            s.name: results[s.name].recommendations for s in studies if results[s.name].recommendations
+        },
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
 

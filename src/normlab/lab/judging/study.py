@@ -15,14 +15,38 @@ import numpy as np
 from ..metrics import DIVERGED, TEST_ACC
 from ..store import RunRecord, trunk_key
 from .verdicts import (
-    Budgets, CRITERION, Outcome, Sample, Verdict, check, compare, difference_test, mean_spread, not_greater,
-)  # fmt: skip
+    Budgets,
+    CRITERION,
+    Outcome,
+    Sample,
+    Verdict,
+    check,
+    compare,
+    difference_test,
+    mean_spread,
+    not_greater,
+)
 
 NOT_TRAINED = Outcome.NOT_TRAINED
 
 __all__ = [
-    "Options", "Study", "StudyResult", "Verdict", "Sample", "compare", "group_by", "mean_spread", "seed_rows",
-    "converged", "CRITERION", "CONVERGENCE", "NOT_TRAINED", "Outcome", "check", "setting_label", "varying_fields",
+    "Options",
+    "Study",
+    "StudyResult",
+    "Verdict",
+    "Sample",
+    "compare",
+    "group_by",
+    "mean_spread",
+    "seed_rows",
+    "converged",
+    "CRITERION",
+    "CONVERGENCE",
+    "NOT_TRAINED",
+    "Outcome",
+    "check",
+    "setting_label",
+    "varying_fields",
 ]
 
 PLATEAU_FRACTION = 0.10
@@ -84,8 +108,10 @@ class Options:
         data = self.data or "embedded (MNIST-1D, digits, pydoc text)"
         seeds = f"{self.seeds} seeds" if self.seeds else "each study's seeds"
         budget = "" if self.budget == 1 else f", budget x{self.budget:g}"
-        return f"{seeds} from seed {self.first_seed}, norms: {norms}, {'full' if self.full else 'default'} settings, " \
-               f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study{budget}"
+        return (
+            f"{seeds} from seed {self.first_seed}, norms: {norms}, {'full' if self.full else 'default'} settings, "
+            f"device {self.device}, data {data}, {self.nproc} ranks for the distributed study{budget}"
+        )
 
     def seed_list(self, default: int = 5) -> list[int]:
         """The seeds each setting runs: ``--seeds`` of them (else the study's ``default``, doubled with --full),
@@ -105,8 +131,10 @@ class Target:
 
     def describe(self) -> str:
         if self.threshold is None:
-            return (f"no target for {self.metric.replace('_', ' ')} (a model of your own has no known value to "
-                    "reach; the plateau and the doubled budget say whether it trained)")  # fmt: skip
+            return (
+                f"no target for {self.metric.replace('_', ' ')} (a model of your own has no known value to "
+                "reach; the plateau and the doubled budget say whether it trained)"
+            )
         if self.metric == TEST_ACC:
             return f"the best setting reaches at least {self.threshold:.0%} mean test accuracy"
         return f"the best setting reaches at most {self.threshold:g} mean {self.metric.replace('_', ' ')}"
@@ -126,8 +154,10 @@ class TrainingCheck:
 
     def text(self) -> str:
         status = "met" if self.met else "NOT met"
-        text = (f"Target at {self.budget}: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve "
-                f"over the seeds): {self.converged} of {self.settings} settings.")  # fmt: skip
+        text = (
+            f"Target at {self.budget}: {self.target}: {status} (best: {self.best}). Plateau (mean loss curve "
+            f"over the seeds): {self.converged} of {self.settings} settings."
+        )
         if self.unconverged:
             text += " No plateau: " + "; ".join(self.unconverged[:8]) + ("..." if len(self.unconverged) > 8 else ".")
         return text
@@ -176,8 +206,18 @@ class Study:
 def varying_fields(configs: Sequence[dict]) -> list[str]:
     """The fields (but seed, where the run happens and what it measures besides training) that differ between
     ``configs``."""
-    ignored = {"seed", "doublings", "study", "device", "data_path", "grad_predictiveness", "output_spread", "scale_invariance",
-               "contrast_strengths", "swap_from"}  # fmt: skip  (swap_from follows from the norm)
+    ignored = {
+        "seed",
+        "doublings",
+        "study",
+        "device",
+        "data_path",
+        "grad_predictiveness",
+        "output_spread",
+        "scale_invariance",
+        "contrast_strengths",
+        "swap_from",
+    }  # swap_from follows from the norm
     keys = sorted({k for c in configs for k in c} - ignored)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
@@ -198,8 +238,11 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
     for r in done:
         settings.setdefault(setting_label(r.config, varying), []).append(r)
     sign = 1.0 if target.higher_is_better else -1.0
-    scored = {label: float(np.mean([r.metrics[target.metric] for r in runs if target.metric in r.metrics]))
-              for label, runs in settings.items() if any(target.metric in r.metrics for r in runs)}  # fmt: skip
+    scored = {
+        label: float(np.mean([r.metrics[target.metric] for r in runs if target.metric in r.metrics]))
+        for label, runs in settings.items()
+        if any(target.metric in r.metrics for r in runs)
+    }
     if scored:
         best = max(scored, key=lambda label: sign * scored[label])
         value = scored[best]
@@ -209,16 +252,21 @@ def check_training(target: Target, records: list[RunRecord], tuned: bool = False
     else:
         met, best_text = False, "no finished run"
     unconverged = sorted(label for label, runs in settings.items() if not setting_converged(runs))
-    return TrainingCheck(target.describe(), met, best_text, len(settings) - len(unconverged), len(settings),
-                         unconverged)  # fmt: skip
+    return TrainingCheck(
+        target.describe(), met, best_text, len(settings) - len(unconverged), len(settings), unconverged
+    )
 
 
 def withheld(verdicts: list[Verdict], training: TrainingCheck) -> list[Verdict]:
     """When the study's target is not met, no verdict stands: 'inconclusive: not trained'."""
     if training.met:
         return verdicts
-    return [dataclasses.replace(v, outcome=NOT_TRAINED, evidence=v.evidence + "; the study's target was not met")
-            if v.outcome != Outcome.INCONCLUSIVE else v for v in verdicts]  # fmt: skip
+    return [
+        dataclasses.replace(v, outcome=NOT_TRAINED, evidence=v.evidence + "; the study's target was not met")
+        if v.outcome != Outcome.INCONCLUSIVE
+        else v
+        for v in verdicts
+    ]
 
 
 def fmt(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -285,8 +333,9 @@ def save(fig, figdir: Path, name: str) -> str:
     return name
 
 
-def classify_config(study: str, options: Options, norm: str, seed: int, data: str = "mnist1d", task: str = "classify",
-                    **kw: Any) -> dict:
+def classify_config(
+    study: str, options: Options, norm: str, seed: int, data: str = "mnist1d", task: str = "classify", **kw: Any
+) -> dict:
     """A run's full configuration (:func:`normlab.lab.config.make_config`); ``--data`` replaces the study's embedded
     image data set."""
     from ..config import make_config
@@ -295,8 +344,9 @@ def classify_config(study: str, options: Options, norm: str, seed: int, data: st
     kind, path = parse_data_spec(options.data)
     if path is not None:
         kw["data_path"] = str(path)
-    return make_config(task, study=study, data=data if kind == "default" else kind, norm=norm, seed=seed,
-                       device=options.device, **kw)  # fmt: skip
+    return make_config(
+        task, study=study, data=data if kind == "default" else kind, norm=norm, seed=seed, device=options.device, **kw
+    )
 
 
 def sample(records: list[RunRecord], fn) -> Sample:

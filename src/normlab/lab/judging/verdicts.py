@@ -12,8 +12,20 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
-    "Outcome", "Verdict", "Sample", "CRITERION", "CONFIDENCE", "compare", "not_greater", "check", "difference_test",
-    "mean_spread", "settle", "budget_name", "MAX_DOUBLINGS", "Budgets",
+    "Outcome",
+    "Verdict",
+    "Sample",
+    "CRITERION",
+    "CONFIDENCE",
+    "compare",
+    "not_greater",
+    "check",
+    "difference_test",
+    "mean_spread",
+    "settle",
+    "budget_name",
+    "MAX_DOUBLINGS",
+    "Budgets",
 ]
 
 CONFIDENCE = 0.95
@@ -75,8 +87,13 @@ class Verdict:
     def outcome_for(self, effect: float) -> Outcome:
         """The outcome this comparison would have with ``effect`` (and its margin)."""
         assert self.margin is not None
-        raw = Outcome.REPRODUCED if effect > self.margin else \
-            Outcome.CONTRADICTED if effect < -self.margin else Outcome.NOT_REPRODUCED
+        raw = (
+            Outcome.REPRODUCED
+            if effect > self.margin
+            else Outcome.CONTRADICTED
+            if effect < -self.margin
+            else Outcome.NOT_REPRODUCED
+        )
         return _NOT_GREATER.get(raw, raw) if self.negated else raw
 
 
@@ -124,8 +141,12 @@ def difference_test(higher: Sequence[float], lower: Sequence[float]) -> tuple[fl
         diffs = higher.minus(lower)
         if len(diffs) >= 2:
             d = np.asarray(diffs, dtype=float)
-            return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), _t_critical(d.size - 1), \
-                f"paired over {d.size} seeds"
+            return (
+                float(d.mean()),
+                float(d.std(ddof=1) / math.sqrt(d.size)),
+                _t_critical(d.size - 1),
+                f"paired over {d.size} seeds",
+            )
     a, b = np.asarray(higher, dtype=float), np.asarray(lower, dtype=float)
     if a.size < 2 or b.size < 2:
         return None
@@ -136,7 +157,12 @@ def difference_test(higher: Sequence[float], lower: Sequence[float]) -> tuple[fl
 
 
 def compare(
-    claim: str, higher: Sequence[float], lower: Sequence[float], label_hi: str, label_lo: str, min_effect: float = 0.0,
+    claim: str,
+    higher: Sequence[float],
+    lower: Sequence[float],
+    label_hi: str,
+    label_lo: str,
+    min_effect: float = 0.0,
     unit: str = "",
 ) -> Verdict:
     """Verdict on "``higher`` exceeds ``lower``" by :data:`CRITERION`."""
@@ -149,20 +175,30 @@ def compare(
         return Verdict(claim, Outcome.INCONCLUSIVE, evidence + "; one seed gives no spread")
     effect, se, crit, how = test
     margin = max(crit * se, min_effect)
-    evidence += (f": difference {effect:+.4g}{unit} ± {se:.2g} (standard error, {how}), needs more than "
-                 f"{margin:.3g}{unit} (t {crit:.2f} x standard error, or min_effect {min_effect:g})")  # fmt: skip
+    evidence += (
+        f": difference {effect:+.4g}{unit} ± {se:.2g} (standard error, {how}), needs more than "
+        f"{margin:.3g}{unit} (t {crit:.2f} x standard error, or min_effect {min_effect:g})"
+    )
     settings = _merged(getattr(higher, "settings", ()), getattr(lower, "settings", ()))
     verdict = Verdict(claim, Outcome.INCONCLUSIVE, evidence, effect=effect, margin=margin, settings=settings)
     return dataclasses.replace(verdict, outcome=verdict.outcome_for(effect))
 
 
-_NOT_GREATER = {Outcome.REPRODUCED: Outcome.CONTRADICTED, Outcome.CONTRADICTED: Outcome.REPRODUCED,
-                Outcome.NOT_REPRODUCED: Outcome.REPRODUCED}  # fmt: skip
+_NOT_GREATER = {
+    Outcome.REPRODUCED: Outcome.CONTRADICTED,
+    Outcome.CONTRADICTED: Outcome.REPRODUCED,
+    Outcome.NOT_REPRODUCED: Outcome.REPRODUCED,
+}
 
 
 def not_greater(
-    claim: str, value: Sequence[float], reference: Sequence[float], label: str, label_ref: str,
-    min_effect: float = 0.0, unit: str = "",
+    claim: str,
+    value: Sequence[float],
+    reference: Sequence[float],
+    label: str,
+    label_ref: str,
+    min_effect: float = 0.0,
+    unit: str = "",
 ) -> Verdict:
     """Verdict on "``value`` is not greater than ``reference``": contradicted only by a difference that counts."""
     v = compare(claim, value, reference, label, label_ref, min_effect, unit)
@@ -185,12 +221,14 @@ class Budgets:
     unit: str = " points of accuracy"
 
     def describe(self, metric: str) -> str:
-        return (f"Every compared setting trains at the study's budget T and at 2T on all its final seeds, from one "
-                "trajectory (a warmup-stable-decay schedule whose short cooldowns branch off at each budget). A "
-                "verdict is settled at the first budget where it and the next agree and the trend would not "
-                f"overturn it; the settings under an unsettled verdict train again at 4T, up to "
-                f"{budget_name(self.max_doublings)}. The table gives each setting's mean {metric} at every budget "
-                "it trained at: how far more training still moves it.")  # fmt: skip
+        return (
+            f"Every compared setting trains at the study's budget T and at 2T on all its final seeds, from one "
+            "trajectory (a warmup-stable-decay schedule whose short cooldowns branch off at each budget). A "
+            "verdict is settled at the first budget where it and the next agree and the trend would not "
+            f"overturn it; the settings under an unsettled verdict train again at 4T, up to "
+            f"{budget_name(self.max_doublings)}. The table gives each setting's mean {metric} at every budget "
+            "it trained at: how far more training still moves it."
+        )
 
 
 def budget_name(doublings: int) -> str:
@@ -216,12 +254,19 @@ def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
         if a.outcome != b.outcome:
             continue
         if a.effect is None or b.effect is None or b.outcome_for(2 * b.effect - a.effect) == b.outcome:
-            trend = "" if a.effect is None or b.effect is None else (
-                f"; settled at {budget_name(d)}: {b.effect - a.effect:+.3g} per doubling would keep it")
+            trend = (
+                ""
+                if a.effect is None or b.effect is None
+                else (f"; settled at {budget_name(d)}: {b.effect - a.effect:+.3g} per doubling would keep it")
+            )
             return dataclasses.replace(a, history=history, settled_at=d, evidence=a.evidence + trend), False
     if levels[-1] < last:
         return dataclasses.replace(by_budget[levels[-1]], history=history), True
     numbers = "; ".join(f"{budget_name(d)}: {o}" + ("" if e is None else f" ({e:+.3g})") for d, o, e in history)
-    changes = dataclasses.replace(by_budget[levels[-1]], outcome=Outcome.CHANGES_WITH_BUDGET, history=history,
-                                  evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}")  # fmt: skip
+    changes = dataclasses.replace(
+        by_budget[levels[-1]],
+        outcome=Outcome.CHANGES_WITH_BUDGET,
+        history=history,
+        evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}",
+    )
     return changes, False

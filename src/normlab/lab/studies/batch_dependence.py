@@ -9,9 +9,21 @@ from ...registry import is_batch_dependent
 from ..judging.fairness import Selection
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    plot_lines, save, values,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    check,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    plot_lines,
+    save,
+    values,
+)
 
 # label -> (activation norm, weight_norm): Weight Normalization reparametrizes the weights of every layer, so these
 # variants are a registry norm plus WN, not registry entries.
@@ -50,9 +62,22 @@ class BatchDependence(Study):
         for label in self.norms(options):
             norm, wn = VARIANTS.get(label, (label, False))
             for seed in options.seed_list():
-                runs.append(classify_config(self.name, options, norm, seed, variant=label, weight_norm=wn,
-                                            batch_size=64, lr=0.05, epochs=self._epochs(options), output_spread=True, lr_schedule="wsd",
-                                            spread_batch=16))  # fmt: skip
+                runs.append(
+                    classify_config(
+                        self.name,
+                        options,
+                        norm,
+                        seed,
+                        variant=label,
+                        weight_norm=wn,
+                        batch_size=64,
+                        lr=0.05,
+                        epochs=self._epochs(options),
+                        output_spread=True,
+                        lr_schedule="wsd",
+                        spread_batch=16,
+                    )
+                )
         return runs
 
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -85,14 +110,29 @@ class BatchDependence(Study):
             result.verdicts.append(check(claim, ok, evidence))
         acc = {v: values(groups[(v,)], TEST_ACC, 100) for v in labels}
         if "weight" in acc and "weight+meanonly" in acc:
-            result.verdicts.append(compare(
-                "WN + mean-only BN is more accurate than WN alone", acc["weight+meanonly"], acc["weight"],
-                "WN+mean-only BN", "WN", min_effect=0.5, unit="%",
-            ))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    "WN + mean-only BN is more accurate than WN alone",
+                    acc["weight+meanonly"],
+                    acc["weight"],
+                    "WN+mean-only BN",
+                    "WN",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
         if "weight" in acc and "batch" in acc:
-            result.verdicts.append(compare(
-                "BN is more accurate than WN alone", acc["batch"], acc["weight"], "BN", "WN", min_effect=0.5, unit="%",
-            ))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    "BN is more accurate than WN alone",
+                    acc["batch"],
+                    acc["weight"],
+                    "BN",
+                    "WN",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
         return result
 
 

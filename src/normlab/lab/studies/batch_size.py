@@ -9,9 +9,22 @@ from ...reference.layout import batch_layout
 from ..judging.fairness import Selection
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    not_greater, plot_lines, save, seed_rows, values,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    not_greater,
+    plot_lines,
+    save,
+    seed_rows,
+    values,
+)
 
 DEPTH, WIDTH = 4, 32
 # batch size -> (epochs, learning rate), each trained to its plateau (cosine decay, measured before the warmup-stable-decay schedule). Measured with 5 seeds: at equal
@@ -38,8 +51,11 @@ class BatchSize(Study):
         return (2 * epochs if options.full else epochs), lr
 
     def setup(self, options: Options) -> str:
-        recipes = ", ".join(f"B={b}: {e} epochs ({e * -(-4000 // b)} steps) at lr {lr:g}"
-                            for b in self.batch_sizes(options) for e, lr in [self.recipe(b, options)])  # fmt: skip
+        recipes = ", ".join(
+            f"B={b}: {e} epochs ({e * -(-4000 // b)} steps) at lr {lr:g}"
+            for b in self.batch_sizes(options)
+            for e, lr in [self.recipe(b, options)]
+        )
         return (
             f"MNIST-1D, all 4000 training examples, a {DEPTH}-block 1-d CNN (width {WIDTH}, stride 2 after the first "
             "block, so the last maps are 5 long), SGD with momentum 0.9 and a warmup-stable-decay schedule (the peak rate, then a 1-sqrt decay to 0 over the last 20% of the steps). Every batch size "
@@ -53,9 +69,17 @@ class BatchSize(Study):
     def configs(self, options: Options) -> list[dict]:
         return [
             classify_config(
-                self.name, options, norm, seed, batch_size=b, lr=self.recipe(b, options)[1],
-                epochs=self.recipe(b, options)[0], depth=DEPTH, width=WIDTH, lr_schedule="wsd",
-            )  # fmt: skip
+                self.name,
+                options,
+                norm,
+                seed,
+                batch_size=b,
+                lr=self.recipe(b, options)[1],
+                epochs=self.recipe(b, options)[0],
+                depth=DEPTH,
+                width=WIDTH,
+                lr_schedule="wsd",
+            )
             for norm in self.norms(options)
             for b in self.batch_sizes(options)
             for seed in options.seed_list()
@@ -66,8 +90,9 @@ class BatchSize(Study):
         groups = group_by(records, "norm", "batch_size")
         sizes = self.batch_sizes(options)
         norms = [n for n in self.norms(options) if any((n, b) in groups for b in sizes)]
-        error = {n: {b: values(groups.get((n, b), []), TEST_ACC).map(lambda v: 100 * (1 - v)) for b in sizes}
-                 for n in norms}  # fmt: skip
+        error = {
+            n: {b: values(groups.get((n, b), []), TEST_ACC).map(lambda v: 100 * (1 - v)) for b in sizes} for n in norms
+        }
 
         fig, (ax,) = new_figure()
         for n in norms:
@@ -81,30 +106,60 @@ class BatchSize(Study):
         result.table_rows = [[n] + [fmt(error[n][b]) for b in sizes] for n in norms]
         small, large = sizes[0], sizes[-1]
         if "batch" in norms:
-            result.verdicts.append(compare(
-                f"BN's test error is higher at batch {small} than at batch {large}",
-                error["batch"][small], error["batch"][large], f"B={small}", f"B={large}", min_effect=0.5, unit="%",
-            ))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    f"BN's test error is higher at batch {small} than at batch {large}",
+                    error["batch"][small],
+                    error["batch"][large],
+                    f"B={small}",
+                    f"B={large}",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
         for n in norms:
             if n == "batch":
                 continue
-            result.verdicts.append(not_greater(
-                f"{n}'s error does not grow at batch {small}", error[n][small], error[n][large], f"B={small}",
-                f"B={large}", min_effect=0.5, unit="%",
-            ))  # fmt: skip
+            result.verdicts.append(
+                not_greater(
+                    f"{n}'s error does not grow at batch {small}",
+                    error[n][small],
+                    error[n][large],
+                    f"B={small}",
+                    f"B={large}",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
             if "batch" in norms:
-                result.verdicts.append(compare(
-                    f"{n} beats BN at batch {small} (the paper: GN 24.1% vs BN 34.7% error at batch 2)",
-                    error["batch"][small], error[n][small], "BN error", f"{n} error", min_effect=0.5, unit="%",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        f"{n} beats BN at batch {small} (the paper: GN 24.1% vs BN 34.7% error at batch 2)",
+                        error["batch"][small],
+                        error[n][small],
+                        "BN error",
+                        f"{n} error",
+                        min_effect=0.5,
+                        unit="%",
+                    )
+                )
                 growth = {m: error[m][small].minus(error[m][large]) for m in ("batch", n)}
-                result.verdicts.append(compare(
-                    f"BN's error grows more than {n}'s from batch {large} to {small}",
-                    growth["batch"], growth[n], "BN growth", f"{n} growth", min_effect=0.5, unit=" pts",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        f"BN's error grows more than {n}'s from batch {large} to {small}",
+                        growth["batch"],
+                        growth[n],
+                        "BN growth",
+                        f"{n} growth",
+                        min_effect=0.5,
+                        unit=" pts",
+                    )
+                )
         self._explain_driver(result, groups, sizes)
-        fits = "; ".join(f"{n}: " + ", ".join(f"B={b} {fmt(values(groups.get((n, b), []), 'train_acc', 100))}%"
-                                              for b in sizes) for n in norms)  # fmt: skip
+        fits = "; ".join(
+            f"{n}: " + ", ".join(f"B={b} {fmt(values(groups.get((n, b), []), 'train_acc', 100))}%" for b in sizes)
+            for n in norms
+        )
         result.notes.append(f"Training accuracy at the end (how far each setting fit its data): {fits}.")
         return result
 
@@ -122,8 +177,10 @@ class BatchSize(Study):
         for b in sizes:
             bn = groups.get(("batch", b), [])
             if bn:
-                rows.append(f"B={b}: {fmt(values(bn, 'test_acc', 100))}% with running statistics vs "
-                            f"{fmt(values(bn, 'test_acc_batch_stats', 100))}% with test batches' own")  # fmt: skip
+                rows.append(
+                    f"B={b}: {fmt(values(bn, 'test_acc', 100))}% with running statistics vs "
+                    f"{fmt(values(bn, 'test_acc_batch_stats', 100))}% with test batches' own"
+                )
         if rows:
             result.notes.append("BN's train/test discrepancy (test accuracy): " + "; ".join(rows) + ".")
 

@@ -8,9 +8,20 @@ from ..metrics import TEST_ACC
 from ..judging.fairness import Selection
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, sample,
-    plot_lines, save,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    sample,
+    plot_lines,
+    save,
+)
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -41,8 +52,18 @@ class Contrast(Study):
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, data="digits", batch_size=32, lr=0.05,
-                            epochs=self._epochs(options), contrast_strengths=STRENGTHS, lr_schedule="wsd")  # fmt: skip
+            classify_config(
+                self.name,
+                options,
+                norm,
+                seed,
+                data="digits",
+                batch_size=32,
+                lr=0.05,
+                epochs=self._epochs(options),
+                contrast_strengths=STRENGTHS,
+                lr_schedule="wsd",
+            )
             for norm in self.norms(options)
             for seed in options.seed_list()
         ]
@@ -63,10 +84,17 @@ class Contrast(Study):
         drop = {n: sample(groups[(n,)], lambda r: 100 * (_contrast(r)[0] - _contrast(r)[-1])) for n in norms}
         if "instance" in norms:
             for other in (n for n in norms if n != "instance"):
-                result.verdicts.append(compare(
-                    f"{other} loses more accuracy than IN at strength {STRENGTHS[-1]:g}", drop[other], drop["instance"],
-                    f"{other} drop", "IN drop", min_effect=1.0, unit=" pts",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        f"{other} loses more accuracy than IN at strength {STRENGTHS[-1]:g}",
+                        drop[other],
+                        drop["instance"],
+                        f"{other} drop",
+                        "IN drop",
+                        min_effect=1.0,
+                        unit=" pts",
+                    )
+                )
         return result
 
 

@@ -17,9 +17,21 @@ from ..metrics import TEST_ACC
 from ..judging.fairness import Selection
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, new_figure,
-    not_applicable_notes, plot_lines, save, values,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    check,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    plot_lines,
+    save,
+    values,
+)
 
 GLOBAL_BATCH = 8
 EXACT_STEPS = 40
@@ -68,14 +80,39 @@ class Distributed(Study):
         runs = []
         cpu = dataclasses.replace(options, device="cpu")  # gloo ranks: the exactness check runs on CPU
         for label, (ranks, sync) in EXACT.items():
-            runs.append(classify_config(self.name, cpu, "batch", options.first_seed, task="distributed",
-                                        variant=f"exact: {label}", sync=sync, nproc=ranks or options.nproc,
-                                        global_batch=GLOBAL_BATCH, lr=0.05, steps=EXACT_STEPS, record_losses=True))  # fmt: skip
+            runs.append(
+                classify_config(
+                    self.name,
+                    cpu,
+                    "batch",
+                    options.first_seed,
+                    task="distributed",
+                    variant=f"exact: {label}",
+                    sync=sync,
+                    nproc=ranks or options.nproc,
+                    global_batch=GLOBAL_BATCH,
+                    lr=0.05,
+                    steps=EXACT_STEPS,
+                    record_losses=True,
+                )
+            )
         for label in self.norms(options):
             norm, opts = VARIANTS.get(label, (label, lambda nproc: None))
-            runs += [classify_config(self.name, options, norm, seed, variant=label, batch_size=GLOBAL_BATCH, lr=0.05,
-                                     epochs=self._epochs(options), lr_schedule="wsd",
-                                     norm_options=opts(options.nproc)) for seed in options.seed_list()]  # fmt: skip
+            runs += [
+                classify_config(
+                    self.name,
+                    options,
+                    norm,
+                    seed,
+                    variant=label,
+                    batch_size=GLOBAL_BATCH,
+                    lr=0.05,
+                    epochs=self._epochs(options),
+                    lr_schedule="wsd",
+                    norm_options=opts(options.nproc),
+                )
+                for seed in options.seed_list()
+            ]
         return runs
 
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -95,16 +132,37 @@ class Distributed(Study):
         result.table_headers = ["variant", "test acc %"]
         result.table_rows = [[v, fmt(acc[v])] for v in labels]
         if "SyncBN" in acc and "per-rank BN" in acc:
-            result.verdicts.append(compare("SyncBN is more accurate than per-rank BN", acc["SyncBN"],
-                                           acc["per-rank BN"], "SyncBN", "per-rank BN", min_effect=0.5, unit="%"))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    "SyncBN is more accurate than per-rank BN",
+                    acc["SyncBN"],
+                    acc["per-rank BN"],
+                    "SyncBN",
+                    "per-rank BN",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
         if "GN" in acc and "per-rank BN" in acc:
-            result.verdicts.append(compare("GN is more accurate than per-rank BN", acc["GN"], acc["per-rank BN"],
-                                           "GN", "per-rank BN", min_effect=0.5, unit="%"))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    "GN is more accurate than per-rank BN",
+                    acc["GN"],
+                    acc["per-rank BN"],
+                    "GN",
+                    "per-rank BN",
+                    min_effect=0.5,
+                    unit="%",
+                )
+            )
         return result
 
     def _exactness(self, result: StudyResult, groups: dict, ax) -> None:
-        losses = {label: groups[(f"exact: {label}",)][0].curves.get("global_loss", [])
-                  for label in EXACT if (f"exact: {label}",) in groups}  # fmt: skip
+        losses = {
+            label: groups[(f"exact: {label}",)][0].curves.get("global_loss", [])
+            for label in EXACT
+            if (f"exact: {label}",) in groups
+        }
         reference = np.asarray(losses.get("single-process BN", []))
         if not reference.size:
             return
@@ -120,13 +178,18 @@ class Distributed(Study):
         ax.legend(fontsize=8), ax.grid(alpha=0.3)
         if "SyncBN" in gaps and "per-rank BN" in gaps:
             exact = gaps["SyncBN"] <= EXACT_TOLERANCE < gaps["per-rank BN"]
-            evidence = (f"over {reference.size} steps, largest |loss difference| from single-process BN: SyncBN "
-                        f"{gaps['SyncBN']:.2g}, per-rank BN {gaps['per-rank BN']:.2g} (float32 rounding: at most "
-                        f"{EXACT_TOLERANCE:g})")  # fmt: skip
-            result.verdicts.append(check(
-                "SyncBN over N ranks computes single-process BN on the global batch; per-rank BN does not", exact,
-                evidence,
-            ))  # fmt: skip
+            evidence = (
+                f"over {reference.size} steps, largest |loss difference| from single-process BN: SyncBN "
+                f"{gaps['SyncBN']:.2g}, per-rank BN {gaps['per-rank BN']:.2g} (float32 rounding: at most "
+                f"{EXACT_TOLERANCE:g})"
+            )
+            result.verdicts.append(
+                check(
+                    "SyncBN over N ranks computes single-process BN on the global batch; per-rank BN does not",
+                    exact,
+                    evidence,
+                )
+            )
 
 
 STUDY = Distributed()

@@ -10,9 +10,21 @@ import numpy as np
 from ..metrics import DIVERGED, TEST_ACC
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    plot_lines, save, seed_rows, values,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    plot_lines,
+    save,
+    seed_rows,
+    values,
+)
 
 PROBE_LR = 0.3
 
@@ -42,8 +54,18 @@ class LearningRate(Study):
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, batch_size=64, lr=lr, epochs=self._epochs(options), lr_schedule="wsd",
-                            grad_predictiveness=(lr == PROBE_LR), points=20)  # fmt: skip
+            classify_config(
+                self.name,
+                options,
+                norm,
+                seed,
+                batch_size=64,
+                lr=lr,
+                epochs=self._epochs(options),
+                lr_schedule="wsd",
+                grad_predictiveness=(lr == PROBE_LR),
+                points=20,
+            )
             for norm in self.norms(options)
             for lr in self.lrs(options)
             for seed in options.seed_list()
@@ -80,22 +102,47 @@ class LearningRate(Study):
         ]
         if "batch" in norms:
             for other in (n for n in norms if n != "batch"):
-                result.verdicts.append(compare(
-                    f"BN is more accurate than {other} at the largest learning rate ({lrs[-1]:g})",
-                    acc[("batch", lrs[-1])], acc[(other, lrs[-1])], "BN", other, min_effect=1.0, unit="%",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        f"BN is more accurate than {other} at the largest learning rate ({lrs[-1]:g})",
+                        acc[("batch", lrs[-1])],
+                        acc[(other, lrs[-1])],
+                        "BN",
+                        other,
+                        min_effect=1.0,
+                        unit="%",
+                    )
+                )
             best = {n: self._best_lr_per_seed(acc, n, lrs) for n in norms}
             if "none" in norms:
-                result.verdicts.append(compare(
-                    "BN's best learning rate is larger than the unnormalized net's (log10 lr)",
-                    best["batch"], best["none"], "BN", "none", min_effect=0.1,
-                ))  # fmt: skip
-                pred = {n: [float(np.mean(r.curves["grad_pred"])) for r in groups.get((n, PROBE_LR), [])
-                            if r.curves.get("grad_pred")] for n in ("batch", "none")}  # fmt: skip
-                result.verdicts.append(compare(
-                    "BN's gradients change less along a step than without normalization (Santurkar et al.)",
-                    pred["none"], pred["batch"], "none", "BN", min_effect=0.0,
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        "BN's best learning rate is larger than the unnormalized net's (log10 lr)",
+                        best["batch"],
+                        best["none"],
+                        "BN",
+                        "none",
+                        min_effect=0.1,
+                    )
+                )
+                pred = {
+                    n: [
+                        float(np.mean(r.curves["grad_pred"]))
+                        for r in groups.get((n, PROBE_LR), [])
+                        if r.curves.get("grad_pred")
+                    ]
+                    for n in ("batch", "none")
+                }
+                result.verdicts.append(
+                    compare(
+                        "BN's gradients change less along a step than without normalization (Santurkar et al.)",
+                        pred["none"],
+                        pred["batch"],
+                        "none",
+                        "BN",
+                        min_effect=0.0,
+                    )
+                )
         return result
 
     @staticmethod

@@ -10,9 +10,19 @@ from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
 from ..judging.fairness import Selection
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes, save,
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    save,
     values,
-)  # fmt: skip
+)
 
 STREAMS = ("iid", "sorted")
 LR = 0.02
@@ -47,9 +57,20 @@ class Online(Study):
 
     def configs(self, options: Options) -> list[dict]:
         return [
-            classify_config(self.name, options, norm, seed, batch_size=1, lr=LR, momentum=0.0,
-                            epochs=self._epochs(options), stream=stream, chunk=10, lr_schedule="wsd",
-                            train_subset=self._subset(options))  # fmt: skip
+            classify_config(
+                self.name,
+                options,
+                norm,
+                seed,
+                batch_size=1,
+                lr=LR,
+                momentum=0.0,
+                epochs=self._epochs(options),
+                stream=stream,
+                chunk=10,
+                lr_schedule="wsd",
+                train_subset=self._subset(options),
+            )
             for norm in self.norms(options)
             for stream in STREAMS
             for seed in options.seed_list()
@@ -60,8 +81,7 @@ class Online(Study):
         groups = group_by(records, "norm", "stream")
         norms = [n for n in self.norms(options) if any((n, s) in groups for s in STREAMS)]
         acc = {(n, s): values(groups.get((n, s), []), TEST_ACC, 100) for n in norms for s in STREAMS}
-        acc_bs = {(n, s): values(groups.get((n, s), []), TEST_ACC_BATCH_STATS, 100)
-                  for n in norms for s in STREAMS}  # fmt: skip
+        acc_bs = {(n, s): values(groups.get((n, s), []), TEST_ACC_BATCH_STATS, 100) for n in norms for s in STREAMS}
 
         fig, (ax,) = new_figure(width=6)
         x = np.arange(len(norms))
@@ -71,8 +91,15 @@ class Online(Study):
             ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=errs, label=f"{s} stream, running stats")
         for i, s in enumerate(STREAMS):
             means = [np.mean(acc_bs[(n, s)]) if acc_bs[(n, s)] else np.nan for n in norms]
-            ax.scatter(x + (i - 0.5) * 0.38, means, marker="_", s=300, color="k", zorder=3,
-                       label="test batches' own statistics" if i == 0 else None)  # fmt: skip
+            ax.scatter(
+                x + (i - 0.5) * 0.38,
+                means,
+                marker="_",
+                s=300,
+                color="k",
+                zorder=3,
+                label="test batches' own statistics" if i == 0 else None,
+            )
         ax.set_xticks(x, norms)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Online learning, batch size 1")
@@ -84,13 +111,24 @@ class Online(Study):
         if "batch" in norms:
             for other in (n for n in norms if n != "batch"):
                 for s in STREAMS:
-                    result.verdicts.append(compare(
-                        f"{other} beats BN at batch size 1 on the {s} stream",
-                        acc[(other, s)], acc[("batch", s)], other, "BN", min_effect=1.0, unit="%",
-                    ))  # fmt: skip
+                    result.verdicts.append(
+                        compare(
+                            f"{other} beats BN at batch size 1 on the {s} stream",
+                            acc[(other, s)],
+                            acc[("batch", s)],
+                            other,
+                            "BN",
+                            min_effect=1.0,
+                            unit="%",
+                        )
+                    )
             gap = compare(
                 "BN's running statistics do worse at test than batch statistics (train/test discrepancy)",
-                acc_bs[("batch", "sorted")], acc[("batch", "sorted")], "batch stats", "running stats", min_effect=1.0,
+                acc_bs[("batch", "sorted")],
+                acc[("batch", "sorted")],
+                "batch stats",
+                "running stats",
+                min_effect=1.0,
                 unit="%",
             )
             result.verdicts.append(gap)

@@ -9,9 +9,21 @@ from ..judging.fairness import Budgets, Selection
 from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, classify_config, compare, fmt, group_by, new_figure, not_applicable_notes,
-    not_greater, plot_lines, save, values,
-)  # fmt: skip
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    new_figure,
+    not_applicable_notes,
+    not_greater,
+    plot_lines,
+    save,
+    values,
+)
 
 
 BATCH = 32
@@ -50,16 +62,37 @@ class Sequence(Study):
 
     def configs(self, options: Options) -> list[dict]:
         runs = [
-            make_config("char_lm", study=self.name, norm=norm, seed=seed, device=options.device, batch_size=BATCH,
-                        seq_len=64, lr=1e-2, steps=self._steps(options), warmup=50, lr_schedule="wsd")  # fmt: skip
+            make_config(
+                "char_lm",
+                study=self.name,
+                norm=norm,
+                seed=seed,
+                device=options.device,
+                batch_size=BATCH,
+                seq_len=64,
+                lr=1e-2,
+                steps=self._steps(options),
+                warmup=50,
+                lr_schedule="wsd",
+            )
             for norm in self.norms(options)
             for seed in options.seed_list(default=SEEDS)
         ]
         if "batch" in self.norms(options):
-            runs += [classify_config(self.name, options, "batch", seed, batch_size=16, lr=0.05,
-                                     steps=self._steps(options), record_batch_stats=True,
-                                     lr_schedule="wsd")
-                     for seed in options.seed_list(default=SEEDS)]  # fmt: skip
+            runs += [
+                classify_config(
+                    self.name,
+                    options,
+                    "batch",
+                    seed,
+                    batch_size=16,
+                    lr=0.05,
+                    steps=self._steps(options),
+                    record_batch_stats=True,
+                    lr_schedule="wsd",
+                )
+                for seed in options.seed_list(default=SEEDS)
+            ]
         return runs
 
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -73,8 +106,10 @@ class Sequence(Study):
             plot_lines(ax1, runs[0].curves["step"], {n: [r.curves[VALID_BPC][:length] for r in runs]})
         ax1.set_xlabel("step"), ax1.set_ylabel("validation bits per character"), ax1.set_title("Character LM")
         text_bn, image_bn = groups.get(("char_lm", "batch"), []), groups.get(("classify", "batch"), [])
-        fluct = {"text (transformer)": values(text_bn, BATCH_VAR_FLUCTUATION),
-                 "images (CNN)": values(image_bn, BATCH_VAR_FLUCTUATION)}  # fmt: skip
+        fluct = {
+            "text (transformer)": values(text_bn, BATCH_VAR_FLUCTUATION),
+            "images (CNN)": values(image_bn, BATCH_VAR_FLUCTUATION),
+        }
         shown = {k: v for k, v in fluct.items() if v}
         ax2.bar(list(shown), [sum(v) / len(v) for v in shown.values()])
         ax2.set_ylabel("relative std of BN's batch variance"), ax2.set_title("Batch-statistic fluctuation")
@@ -82,29 +117,57 @@ class Sequence(Study):
 
         bpc = {n: values(groups[("char_lm", n)], TEST_BPC) for n in norms}
         result.table_headers = ["norm", "test bpc", "diverged runs"]
-        result.table_rows = [[n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], DIVERGED))))]
-                             for n in norms]  # fmt: skip
+        result.table_rows = [
+            [n, fmt(bpc[n], digits=3), str(int(sum(values(groups[("char_lm", n)], DIVERGED))))] for n in norms
+        ]
         if "layer" in norms:
             for other in (n for n in norms if n not in ("layer", "rms", "dyt")):
-                result.verdicts.append(compare(
-                    f"LN reaches lower test bpc than {other}", bpc[other], bpc["layer"], other, "LN",
-                    min_effect=0.01, unit=" bpc",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    compare(
+                        f"LN reaches lower test bpc than {other}",
+                        bpc[other],
+                        bpc["layer"],
+                        other,
+                        "LN",
+                        min_effect=0.01,
+                        unit=" bpc",
+                    )
+                )
             if "rms" in norms:
-                result.verdicts.append(not_greater(
-                    "RMSNorm is as good as LN (its bpc is not higher)", bpc["rms"], bpc["layer"], "RMS", "LN",
-                    min_effect=0.01, unit=" bpc",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    not_greater(
+                        "RMSNorm is as good as LN (its bpc is not higher)",
+                        bpc["rms"],
+                        bpc["layer"],
+                        "RMS",
+                        "LN",
+                        min_effect=0.01,
+                        unit=" bpc",
+                    )
+                )
             if "dyt" in norms:
-                result.verdicts.append(not_greater(
-                    "DyT is as good as LN (its bpc is not higher; Zhu et al. 2025)", bpc["dyt"], bpc["layer"], "DyT",
-                    "LN", min_effect=0.01, unit=" bpc",
-                ))  # fmt: skip
+                result.verdicts.append(
+                    not_greater(
+                        "DyT is as good as LN (its bpc is not higher; Zhu et al. 2025)",
+                        bpc["dyt"],
+                        bpc["layer"],
+                        "DyT",
+                        "LN",
+                        min_effect=0.01,
+                        unit=" bpc",
+                    )
+                )
         if text_bn and image_bn:
-            result.verdicts.append(compare(
-                "BN's batch variance fluctuates more across steps on text than on images",
-                fluct["text (transformer)"], fluct["images (CNN)"], "text", "images", min_effect=0.01,
-            ))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    "BN's batch variance fluctuates more across steps on text than on images",
+                    fluct["text (transformer)"],
+                    fluct["images (CNN)"],
+                    "text",
+                    "images",
+                    min_effect=0.01,
+                )
+            )
         return result
 
 

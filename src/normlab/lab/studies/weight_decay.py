@@ -7,9 +7,21 @@ from pathlib import Path
 from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
 from ..store import RunRecord
 from ..judging.study import (
-    Options, Study, StudyResult, Target, check, classify_config, compare, fmt, group_by, sample, new_figure, plot_lines, save,
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    check,
+    classify_config,
+    compare,
+    fmt,
+    group_by,
+    sample,
+    new_figure,
+    plot_lines,
+    save,
     values,
-)  # fmt: skip
+)
 
 DECAYS = (0.0, 1e-3, 1e-2)
 INVARIANCE_TOLERANCE = 1e-4
@@ -25,8 +37,10 @@ class WeightDecay(Study):
     source = "van Laarhoven 2017 (L2 Regularization versus Batch and Weight Normalization); Zhang et al. 2018"
     default_norms = ("batch",)
     target = Target(TEST_ACC, 0.90)
-    untuned = ("Not chosen: the study measures how weight decay moves the effective learning rate lr/‖w‖² at one "
-               "peak rate; it compares weight decays of one norm (and a scale-invariance control), not methods.")
+    untuned = (
+        "Not chosen: the study measures how weight decay moves the effective learning rate lr/‖w‖² at one "
+        "peak rate; it compares weight decays of one norm (and a scale-invariance control), not methods."
+    )
 
     def setup(self, options: Options) -> str:
         return (
@@ -48,8 +62,10 @@ class WeightDecay(Study):
             for wd in DECAYS
             for seed in options.seed_list()
         ]
-        runs += [classify_config(self.name, options, "none", seed, weight_decay=0.0, **common)
-                 for seed in options.seed_list()]  # fmt: skip
+        runs += [
+            classify_config(self.name, options, "none", seed, weight_decay=0.0, **common)
+            for seed in options.seed_list()
+        ]
         return runs
 
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -70,13 +86,25 @@ class WeightDecay(Study):
         ax2.set_yscale("log")
         result.figures.append(save(fig, figdir, "weight-decay.png"))
 
-        result.table_headers = ["norm", "weight decay", "test acc %", "final ‖w‖", "final lr/‖w‖²", "scale-invariance error"]
+        result.table_headers = [
+            "norm",
+            "weight decay",
+            "test acc %",
+            "final ‖w‖",
+            "final lr/‖w‖²",
+            "scale-invariance error",
+        ]
         for (n, wd), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "none", kv[0])):
-            result.table_rows.append([
-                n, f"{wd:g}", fmt(values(runs, TEST_ACC), 100), fmt(values(runs, FINAL_WEIGHT_NORM), digits=2),
-                fmt([r.curves["effective_lr"][-1] for r in runs], digits=4),
-                f"{max(values(runs, 'scale_invariance_error')):.1e}",
-            ])  # fmt: skip
+            result.table_rows.append(
+                [
+                    n,
+                    f"{wd:g}",
+                    fmt(values(runs, TEST_ACC), 100),
+                    fmt(values(runs, FINAL_WEIGHT_NORM), digits=2),
+                    fmt([r.curves["effective_lr"][-1] for r in runs], digits=4),
+                    f"{max(values(runs, 'scale_invariance_error')):.1e}",
+                ]
+            )
         for n in norms:
             errors = [e for wd in DECAYS for e in values(groups.get((n, wd), []), SCALE_INVARIANCE_ERROR)]
             control = values(groups.get(("none", 0.0), []), SCALE_INVARIANCE_ERROR)
@@ -85,22 +113,40 @@ class WeightDecay(Study):
                 evidence = f"max relative output change {worst:.1e} (tolerance {INVARIANCE_TOLERANCE:g})"
                 if control:
                     evidence += f"; unnormalized control: {max(control):.2g}"
-                result.verdicts.append(check(f"the net with {n} is invariant to the conv's scale",
-                                             worst < INVARIANCE_TOLERANCE, evidence))  # fmt: skip
+                result.verdicts.append(
+                    check(f"the net with {n} is invariant to the conv's scale", worst < INVARIANCE_TOLERANCE, evidence)
+                )
             no_wd, big_wd = groups.get((n, 0.0), []), groups.get((n, DECAYS[-1]), [])
             initial = sample(no_wd, lambda r: r.curves["weight_norm"][0])
-            result.verdicts.append(compare(
-                f"without weight decay ‖w‖ grows ({n})", values(no_wd, FINAL_WEIGHT_NORM), initial, "final",
-                "initial", min_effect=0.01,
-            ))  # fmt: skip
-            result.verdicts.append(compare(
-                f"weight decay {DECAYS[-1]:g} keeps ‖w‖ smaller ({n})", values(no_wd, FINAL_WEIGHT_NORM),
-                values(big_wd, FINAL_WEIGHT_NORM), "wd=0", f"wd={DECAYS[-1]:g}", min_effect=0.01,
-            ))  # fmt: skip
-            result.verdicts.append(compare(
-                f"so the effective learning rate lr/‖w‖² (peak lr, final ‖w‖) stays larger with weight decay ({n})",
-                sample(big_wd, _effective_lr), sample(no_wd, _effective_lr), f"wd={DECAYS[-1]:g}", "wd=0",
-            ))  # fmt: skip
+            result.verdicts.append(
+                compare(
+                    f"without weight decay ‖w‖ grows ({n})",
+                    values(no_wd, FINAL_WEIGHT_NORM),
+                    initial,
+                    "final",
+                    "initial",
+                    min_effect=0.01,
+                )
+            )
+            result.verdicts.append(
+                compare(
+                    f"weight decay {DECAYS[-1]:g} keeps ‖w‖ smaller ({n})",
+                    values(no_wd, FINAL_WEIGHT_NORM),
+                    values(big_wd, FINAL_WEIGHT_NORM),
+                    "wd=0",
+                    f"wd={DECAYS[-1]:g}",
+                    min_effect=0.01,
+                )
+            )
+            result.verdicts.append(
+                compare(
+                    f"so the effective learning rate lr/‖w‖² (peak lr, final ‖w‖) stays larger with weight decay ({n})",
+                    sample(big_wd, _effective_lr),
+                    sample(no_wd, _effective_lr),
+                    f"wd={DECAYS[-1]:g}",
+                    "wd=0",
+                )
+            )
         return result
 
 

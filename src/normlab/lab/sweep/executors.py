@@ -33,8 +33,10 @@ INSTALL_HINT = "pip install 'normlab[ray]'"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the function name in its error text
 
-_AUTH_HINT = ("; if the cluster uses token authentication (`ray start`'s default), set RAY_AUTH_MODE=token and "
-              "give this machine its token (`ray get-auth-token` on the head, into RAY_AUTH_TOKEN)")
+_AUTH_HINT = (
+    "; if the cluster uses token authentication (`ray start`'s default), set RAY_AUTH_MODE=token and "
+    "give this machine its token (`ray get-auth-token` on the head, into RAY_AUTH_TOKEN)"
+)
 
 Outcome = tuple[str, float, str, str]  # (key, seconds, status, error), as run_sweep's record takes it
 
@@ -79,8 +81,10 @@ def check_ray(settings: RaySettings) -> None:
     if settings.address is None:
         cpus = os.cpu_count() or 1
         if not ray.is_initialized() and settings.cpus_per_run > cpus:
-            raise ValueError(f"--cpus-per-run {settings.cpus_per_run:g} is more than this machine's {cpus} CPUs; "
-                             "lower it, or give --ray-address of a cluster with larger nodes")  # fmt: skip
+            raise ValueError(
+                f"--cpus-per-run {settings.cpus_per_run:g} is more than this machine's {cpus} CPUs; "
+                "lower it, or give --ray-address of a cluster with larger nodes"
+            )
         return
     host, port = _bootstrap_address(ray, settings.address)
     _check_reachable(host, port, settings.connect_timeout_s, settings.address)
@@ -89,8 +93,9 @@ def check_ray(settings: RaySettings) -> None:
             ray.init(address=settings.address, logging_level=logging.WARNING)
         except Exception as err:  # ConnectionError, a version mismatch (RuntimeError), a refused token...
             hint = "" if os.environ.get("RAY_AUTH_MODE") else _AUTH_HINT  # Ray says only "failed to connect"
-            raise ValueError(f"cannot connect to the Ray cluster at {settings.address!r}: {_one_line(err)}{hint}"
-                             ) from None  # fmt: skip
+            raise ValueError(
+                f"cannot connect to the Ray cluster at {settings.address!r}: {_one_line(err)}{hint}"
+            ) from None
 
 
 def run_on_ray(
@@ -118,8 +123,9 @@ def run_on_ray(
             ray.shutdown()
 
 
-def _train_on_worker(configs: list[dict[str, Any]], threads: int, code: str,
-                     checkpoints: Checkpoints | None) -> list[RunRow]:
+def _train_on_worker(
+    configs: list[dict[str, Any]], threads: int, code: str, checkpoints: Checkpoints | None
+) -> list[RunRow]:
     """The task's body, on a Ray worker: the thread limits first (before torch starts its pools in a fresh
     worker; train_item then sets torch's threads in a reused one), then :func:`train_item`."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -127,14 +133,22 @@ def _train_on_worker(configs: list[dict[str, Any]], threads: int, code: str,
     return train_item(configs, threads=threads, code=code, checkpoints=checkpoints)
 
 
-def _run_tasks(ray: Any, items: list[list[dict[str, Any]]], store_path: str, code: str,
-               checkpoints: Checkpoints | None, record: Callable[[dict, Outcome], None],
-               settings: RaySettings) -> None:
+def _run_tasks(
+    ray: Any,
+    items: list[list[dict[str, Any]]],
+    store_path: str,
+    code: str,
+    checkpoints: Checkpoints | None,
+    record: Callable[[dict, Outcome], None],
+    settings: RaySettings,
+) -> None:
     """Submit every item at once (Ray queues what does not fit), then store and record each as it finishes."""
     task = ray.remote(_train_on_worker).options(
-        num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run,
-        max_retries=settings.max_retries, retry_exceptions=False,  # an error in training would only repeat
-    )  # fmt: skip
+        num_cpus=settings.cpus_per_run,
+        num_gpus=settings.gpus_per_run,
+        max_retries=settings.max_retries,
+        retry_exceptions=False,  # an error in training would only repeat
+    )
     pending = {task.remote(item, settings.threads, code, checkpoints): item for item in items}
     try:
         while pending:
@@ -148,8 +162,9 @@ def _run_tasks(ray: Any, items: list[list[dict[str, Any]]], store_path: str, cod
             ray.cancel(ref)
 
 
-def _collect(ray: Any, ref: Any, item: list[dict[str, Any]], store_path: str,
-             checkpoints: Checkpoints | None) -> list[Outcome]:
+def _collect(
+    ray: Any, ref: Any, item: list[dict[str, Any]], store_path: str, checkpoints: Checkpoints | None
+) -> list[Outcome]:
     """A finished task's outcome per run: stored here, or failed with the reason (the remote traceback, or why
     the worker died after its retries). A failure is reported and not stored, so a rerun trains it again."""
     try:
@@ -205,8 +220,10 @@ def _bootstrap_address(ray: Any, address: str) -> tuple[str, int]:
     except ImportError:
         resolved = None if target == "auto" else target
     except Exception:  # "auto" and no cluster found
-        raise ValueError("no Ray cluster found for --ray-address auto (no RAY_ADDRESS, none started here by "
-                         "`ray start`); start one with `ray start --head`, or give HOST:PORT") from None  # fmt: skip
+        raise ValueError(
+            "no Ray cluster found for --ray-address auto (no RAY_ADDRESS, none started here by "
+            "`ray start`); start one with `ray start --head`, or give HOST:PORT"
+        ) from None
     if resolved is None and target == "auto":
         return "", 0  # Ray can find it but the helper is gone: ray.init will tell
     host, _, port = (resolved or "").rpartition(":")
@@ -222,8 +239,10 @@ def _check_reachable(host: str, port: int, timeout_s: float, address: str) -> No
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as err:
-        raise ValueError(f"the Ray cluster at {address!r} is unreachable ({host}:{port}: {_one_line(err)}); "
-                         "start it with `ray start --head`, or check --ray-address") from None  # fmt: skip
+        raise ValueError(
+            f"the Ray cluster at {address!r} is unreachable ({host}:{port}: {_one_line(err)}); "
+            "start it with `ray start --head`, or check --ray-address"
+        ) from None
 
 
 def _one_line(err: BaseException) -> str:

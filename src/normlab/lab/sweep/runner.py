@@ -16,8 +16,16 @@ from ..training.packed import MAX_COPIES, plan_packs
 from ..store import Store, config_key, training_code_hash
 from .work import RunRow, execute, store_rows, train_item
 
-__all__ = ["SweepReport", "RunRow", "run_sweep", "execute", "train_item", "store_rows", "default_workers",
-           "WORKER_MEMORY_GB"]
+__all__ = [
+    "SweepReport",
+    "RunRow",
+    "run_sweep",
+    "execute",
+    "train_item",
+    "store_rows",
+    "default_workers",
+    "WORKER_MEMORY_GB",
+]
 
 WORKER_MEMORY_GB = 1.5  # a worker's peak resident memory, with headroom (measured: under 1 GB for the largest pack)
 
@@ -45,8 +53,9 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def _execute_safely(configs: list[dict[str, Any]], store_path: str, threads: int, code: str,
-                    checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str, str]]:
+def _execute_safely(
+    configs: list[dict[str, Any]], store_path: str, threads: int, code: str, checkpoints: Checkpoints | None = None
+) -> list[tuple[str, float, str, str]]:
     try:
         return [(*row, "") for row in execute(configs, store_path, threads, code, checkpoints)]
     except Exception:  # a broken run must not take the sweep down; it is reported and not stored
@@ -108,8 +117,9 @@ def run_sweep(
                     record(config, outcome)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_execute_safely, item, store_path, threads, code, checkpoints): item
-                           for item in items}  # fmt: skip
+                futures = {
+                    pool.submit(_execute_safely, item, store_path, threads, code, checkpoints): item for item in items
+                }
                 for future in as_completed(futures):
                     for config, outcome in zip(futures[future], future.result()):
                         record(config, outcome)

@@ -27,8 +27,9 @@ class RunRow:
     note: str = ""
 
 
-def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None = None,
-               checkpoints: Checkpoints | None = None) -> list[RunRow]:
+def train_item(
+    configs: list[dict[str, Any]], threads: int = 1, code: str | None = None, checkpoints: Checkpoints | None = None
+) -> list[RunRow]:
     """Train one work item (a single run, or a pack of runs trained together, each at one or several budgets) and
     return one row per configuration, storing
     nothing: a local worker stores its rows itself, a remote one (Ray) hands them to the driver. ``code`` is the
@@ -58,12 +59,15 @@ def train_item(configs: list[dict[str, Any]], threads: int = 1, code: str | None
     except NotApplicable as err:
         rows = [({}, {}, "not_applicable", str(err))] * len(configs)
     seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
-    return [RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
-            for config, (m, c, status, note) in zip(configs, rows)]  # fmt: skip
+    return [
+        RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
+        for config, (m, c, status, note) in zip(configs, rows)
+    ]
 
 
-def store_rows(store_path: str, rows: list[RunRow], checkpoints: Checkpoints | None = None
-               ) -> list[tuple[str, float, str]]:
+def store_rows(
+    store_path: str, rows: list[RunRow], checkpoints: Checkpoints | None = None
+) -> list[tuple[str, float, str]]:
     """Store one work item's rows (one transaction each), then remove its checkpoint; (key, seconds, status) per
     run."""
     with Store(store_path) as store:
@@ -74,9 +78,12 @@ def store_rows(store_path: str, rows: list[RunRow], checkpoints: Checkpoints | N
     return [(config_key(row.config), row.seconds, row.status) for row in rows]
 
 
-def execute(configs: list[dict[str, Any]], store_path: str, threads: int = 1, code: str | None = None,
-            checkpoints: Checkpoints | None = None) -> list[tuple[str, float, str]]:
+def execute(
+    configs: list[dict[str, Any]],
+    store_path: str,
+    threads: int = 1,
+    code: str | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> list[tuple[str, float, str]]:
     """:func:`train_item`, then :func:`store_rows`: a local worker's whole job."""
     return store_rows(store_path, train_item(configs, threads, code, checkpoints), checkpoints)
-
-

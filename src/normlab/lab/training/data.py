@@ -18,8 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "TextData", "check_data", "load_images", "load_text", "read_cifar10", "read_mnist", "parse_data_spec",
-           "training_part"]
+__all__ = [
+    "ImageData",
+    "TextData",
+    "check_data",
+    "load_images",
+    "load_text",
+    "read_cifar10",
+    "read_mnist",
+    "parse_data_spec",
+    "training_part",
+]
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,10 @@ def check_data(spec: str | None) -> None:
     kind, path = parse_data_spec(spec)
     if path is None:
         return
-    expected = {"cifar10": "CIFAR-10's python batches (data_batch_1..5 and test_batch pickles)",
-                "mnist": "MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*, optionally .gz)"}
+    expected = {
+        "cifar10": "CIFAR-10's python batches (data_batch_1..5 and test_batch pickles)",
+        "mnist": "MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*, optionally .gz)",
+    }
     if not Path(path).is_dir():
         raise ValueError(f"--data {spec}: {path} is not a directory; expected one holding {expected[kind]}")
     try:

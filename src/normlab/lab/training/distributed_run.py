@@ -92,8 +92,9 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
 
     c = from_dict(config)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=nproc,
-                            timeout=datetime.timedelta(seconds=300))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=300)
+    )
     try:
         torch.manual_seed(c.seed)  # the same initial weights on every rank, and as a single-process run
         data = load_images(c.data, c.data_path)

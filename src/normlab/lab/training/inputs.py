@@ -85,8 +85,9 @@ def load_model(spec: str, model_args: dict[str, Any] | None = None, option: str 
     try:
         model = fn(**(model_args or {}))
     except Exception as err:
-        raise ValueError(f"{option} {spec}: the factory raised {type(err).__name__}: {str(err).splitlines()[0]}"
-                         ) from None  # fmt: skip
+        raise ValueError(
+            f"{option} {spec}: the factory raised {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{option} {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -113,8 +114,9 @@ def _image_folder(path: Path) -> UserData:
     for split, names in (("train", ("train",)), ("test", ("test", "val"))):
         folder = next((path / n for n in names if (path / n).is_dir()), None)
         if folder is None:
-            raise ValueError(f"--data imagefolder:{path}: expected {path}/train and {path}/test (or val), a folder "
-                             "per class in each")  # fmt: skip
+            raise ValueError(
+                f"--data imagefolder:{path}: expected {path}/train and {path}/test (or val), a folder per class in each"
+            )
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
         try:
             splits[split] = datasets.ImageFolder(str(folder), transform=transform)
@@ -126,8 +128,9 @@ def _image_folder(path: Path) -> UserData:
 def _from_file(spec: str) -> UserData:
     out = _factory(spec, "--data")()
     if not isinstance(out, tuple) or len(out) not in (2, 3):
-        raise ValueError(f"--data {spec}: expected (train_dataset, test_dataset[, loss_fn]), got a "
-                         f"{type(out).__name__}")  # fmt: skip
+        raise ValueError(
+            f"--data {spec}: expected (train_dataset, test_dataset[, loss_fn]), got a {type(out).__name__}"
+        )
     for name, item in zip(("train_dataset", "test_dataset"), out[:2]):
         if not (hasattr(item, "__getitem__") and hasattr(item, "__len__")):
             raise ValueError(f"--data {spec}: {name} is a {type(item).__name__}, not a map-style Dataset")
@@ -187,4 +190,3 @@ def examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, Any]:
     from torch.utils.data import default_collate
 
     return default_collate([dataset[i] for i in range(min(count, len(dataset)))])
-

@@ -157,10 +157,15 @@ class _Loop:
                 saver.save({**self.state(), **(extra or {})})
 
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "alive": list(self.alive), "diverged": list(self.diverged),
-                "logs": [log.state() for log in self.logs], "rng": torch.get_rng_state(),
-                "training": self.training.state_dict(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}  # fmt: skip
+        return {
+            "step": self.step,
+            "alive": list(self.alive),
+            "diverged": list(self.diverged),
+            "logs": [log.state() for log in self.logs],
+            "rng": torch.get_rng_state(),
+            "training": self.training.state_dict(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
 
     def load(self, saved: dict[str, Any]) -> None:
         self.step, self.alive, self.diverged = saved["step"], list(saved["alive"]), list(saved["diverged"])
@@ -172,8 +177,9 @@ class _Loop:
         self.training.load_state_dict(saved["training"])
 
 
-def fit(training: Training, *, steps: int, points: int, divergence: bool = True, saver=None,
-        every: int | None = None) -> list[bool]:
+def fit(
+    training: Training, *, steps: int, points: int, divergence: bool = True, saver=None, every: int | None = None
+) -> list[bool]:
     """Train ``steps`` steps; per run, whether it diverged. A curve point every ``every`` steps (default
     ``steps // points``) and at the last. ``saver`` (:class:`normlab.lab.sweep.checkpoint.Saver`) checkpoints at its
     interval and resumes from its saved state; ``divergence`` False for runs whose processes must agree on every step
@@ -186,8 +192,16 @@ def fit(training: Training, *, steps: int, points: int, divergence: bool = True,
     return loop.diverged
 
 
-def fit_ladder(training: Training, rungs: Sequence[Schedule], evaluate: Callable[[int, list[bool]], Any], *, every: int,
-               divergence: bool = True, saver=None, trunk=None) -> list[Any]:
+def fit_ladder(
+    training: Training,
+    rungs: Sequence[Schedule],
+    evaluate: Callable[[int, list[bool]], Any],
+    *,
+    every: int,
+    divergence: bool = True,
+    saver=None,
+    trunk=None,
+) -> list[Any]:
     """Train the same runs at several budgets from one trajectory; ``evaluate(rung index, diverged)``'s result per
     rung.
 

@@ -16,8 +16,17 @@ from ... import nn as nl
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
-    "ConvNet", "PackedLinear", "CharTransformer", "make_norm", "norm_kwargs", "NotApplicable", "uses_weight_norm",
-    "PACKED_FORMS", "MATMUL_MIN_BATCH", "PACK_EXAMPLES", "pack_size",
+    "ConvNet",
+    "PackedLinear",
+    "CharTransformer",
+    "make_norm",
+    "norm_kwargs",
+    "NotApplicable",
+    "uses_weight_norm",
+    "PACKED_FORMS",
+    "MATMUL_MIN_BATCH",
+    "PACK_EXAMPLES",
+    "pack_size",
 ]
 
 
@@ -47,7 +56,11 @@ def norm_kwargs(name: str, channels: int) -> dict:
 
 
 def make_norm(
-    name: str, channels: int, spatial_dims: int, copies: int | None = None, options: dict | None = None,
+    name: str,
+    channels: int,
+    spatial_dims: int,
+    copies: int | None = None,
+    options: dict | None = None,
     role: str | None = None,
 ) -> nn.Module:
     """``create_norm`` with the lab's defaults (:func:`norm_kwargs`) and the method's recipe for its ``role`` in a
@@ -174,7 +187,8 @@ def _is_plain_conv1d(conv: nn.Module) -> bool:
         return False
     if parametrize.is_parametrized(conv):
         return set(conv.parametrizations.keys()) == {"weight"} and all(
-            isinstance(p, nl.WeightNorm) for p in conv.parametrizations.weight)
+            isinstance(p, nl.WeightNorm) for p in conv.parametrizations.weight
+        )
     return True
 
 
@@ -189,8 +203,16 @@ def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
     contiguous row about twice as fast as its batch norm) and updates the running statistics as BatchNorm does
     (unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
     _, c, m = rows.shape
-    if not (norm.training and norm.track_running_stats and norm.momentum is not None and norm.running_mean is not None
-            and rows.dtype == torch.float32 and m > 1 and norm.weight is not None and norm.bias is not None):
+    if not (
+        norm.training
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and norm.running_mean is not None
+        and rows.dtype == torch.float32
+        and m > 1
+        and norm.weight is not None
+        and norm.bias is not None
+    ):
         return norm(rows)
     out, mean, rstd = torch.native_group_norm(rows, norm.weight, norm.bias, 1, c, m, c, norm.eps)
     with torch.no_grad():
@@ -254,8 +276,13 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
         out, restore = y, False
     elif type(norm) in _ROW_NORMS and not _hooked(norm):
         out, restore = _row_batch_norm(norm, y.view(1, k * c, length * n)), False
-    elif (type(norm) in _GROUP_NORMS and not _hooked(norm) and norm.affine and norm.bias is not None
-          and y.dtype == torch.float32):
+    elif (
+        type(norm) in _GROUP_NORMS
+        and not _hooked(norm)
+        and norm.affine
+        and norm.bias is not None
+        and y.dtype == torch.float32
+    ):
         groups = norm.num_groups
         out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
         restore = False
@@ -314,7 +341,9 @@ class ConvNet(nn.Module):
         norms = [norm] * k if isinstance(norm, str) else list(norm)
         options = [norm_options] * k if norm_options is None or isinstance(norm_options, dict) else list(norm_options)
         if len(norms) != k or len(options) != k:
-            raise ValueError(f"ConvNet: one norm and one options entry per copy ({k}), got {len(norms)}, {len(options)}")
+            raise ValueError(
+                f"ConvNet: one norm and one options entry per copy ({k}), got {len(norms)}, {len(options)}"
+            )
         conv = self._conv(norms[0], spatial_dims)
         if any(self._conv(n, spatial_dims) is not conv for n in norms[1:]):
             raise ValueError("ConvNet: packed runs must share their conv kind (Weight Standardization or plain)")
@@ -330,7 +359,11 @@ class ConvNet(nn.Module):
             else:
                 parts = [make_norm(norms[g[0]], width, spatial_dims, len(g), options[g[0]]) for g in groups]
                 norm_layer = SplitNorm(parts, [len(g) * width for g in groups], groups)
-            layers += [conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k), norm_layer, nn.Identity() if fused else nn.ReLU()]
+            layers += [
+                conv(k * c, k * width, 3, stride=1 if i == 0 else 2, padding=1, groups=k),
+                norm_layer,
+                nn.Identity() if fused else nn.ReLU(),
+            ]
             c = width
         self.copies = copies
         self.features = nn.Sequential(*layers)
@@ -364,9 +397,17 @@ class ConvNet(nn.Module):
             if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
                 return False
         convs = list(self.features)[0::3]
-        return all(_is_plain_conv1d(m) and m.kernel_size == (3,) and m.padding == (1,) and m.dilation == (1,)
-                   and m.stride in ((1,), (2,)) and m.groups == self.copies and m.bias is not None
-                   and m.padding_mode == "zeros" for m in convs)
+        return all(
+            _is_plain_conv1d(m)
+            and m.kernel_size == (3,)
+            and m.padding == (1,)
+            and m.dilation == (1,)
+            and m.stride in ((1,), (2,))
+            and m.groups == self.copies
+            and m.bias is not None
+            and m.padding_mode == "zeros"
+            for m in convs
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_matmul(x.shape[0]):
@@ -402,7 +443,9 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         k, i, o = self.copies, self.in_features, self.out_features
         w = self.weight.view(k, o, i)
-        return torch.baddbmm(self.bias.view(k, 1, o), x.view(-1, k, i).transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)
+        return torch.baddbmm(self.bias.view(k, 1, o), x.view(-1, k, i).transpose(0, 1), w.transpose(1, 2)).transpose(
+            0, 1
+        )
 
 
 class TokenNorm(nn.Module):

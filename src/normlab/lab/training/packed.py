@@ -32,12 +32,33 @@ from .loop import fit_ladder
 from .probes import gradient_predictiveness, scale_invariance_error
 from ..store import config_key
 from .train import (
-    BatchOrder, RunOutput, base_steps, build_classifier, build_packed_classifier, can_branch, classifier_data,
-    classifier_schedule, curve_every, evaluate_classifier, ladder_key, new_classifier_curves, record_point, watched_layer,
-)  # fmt: skip
+    BatchOrder,
+    RunOutput,
+    base_steps,
+    build_classifier,
+    build_packed_classifier,
+    can_branch,
+    classifier_data,
+    classifier_schedule,
+    curve_every,
+    evaluate_classifier,
+    ladder_key,
+    new_classifier_curves,
+    record_point,
+    watched_layer,
+)
 
-__all__ = ["MAX_COPIES", "pack_key", "plan_packs", "train_packed", "pack_state", "unpack_state", "split_packed",
-           "join_packed", "PackTrunk"]
+__all__ = [
+    "MAX_COPIES",
+    "pack_key",
+    "plan_packs",
+    "train_packed",
+    "pack_state",
+    "unpack_state",
+    "split_packed",
+    "join_packed",
+    "PackTrunk",
+]
 
 MAX_COPIES = 64  # the most runs a pack holds; below it, models.pack_size sizes packs by batch, as measured
 # Fields that may differ between the runs of one pack: the optimizer applies them per run, elementwise, each run
@@ -121,7 +142,7 @@ def _layout(packed: nn.Module, copies: int) -> dict[str, tuple[str, list[int]]]:
                 head = f"{prefix}.parts.{g}."
                 for key in layout:
                     if key.startswith(head):
-                        layout[key] = (f"{prefix}.{key[len(head):]}", runs)
+                        layout[key] = (f"{prefix}.{key[len(head) :]}", runs)
     return layout
 
 
@@ -160,8 +181,9 @@ def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
         model.load_state_dict(state)
 
 
-def split_packed(state: dict[str, Tensor], packed: nn.Module, shapes: dict[str, torch.Size], copies: int
-                 ) -> list[dict[str, Tensor]]:
+def split_packed(
+    state: dict[str, Tensor], packed: nn.Module, shapes: dict[str, torch.Size], copies: int
+) -> list[dict[str, Tensor]]:
     """Each run's slice of ``state`` (tensors under ``packed``'s keys, or some of them: its momentum buffers), by
     the single-run keys (whose shapes are ``shapes``)."""
     parts: list[dict[str, Tensor]] = [{} for _ in range(copies)]
@@ -278,8 +300,13 @@ class PackedTraining:
             rates = [c.lr * factor for c in self.cs]
             sizes = [_per_run(rates, p, *self.layout[n]) for n, p in named]
             layouts = [self.layout[n] for n, _ in named]
-            values = gradient_predictiveness(self.packed, lambda: self._losses(x, y).sum(), [p for _, p in named],
-                                             sizes, lambda ts: _per_run_norms(ts, layouts, k))  # fmt: skip
+            values = gradient_predictiveness(
+                self.packed,
+                lambda: self._losses(x, y).sum(),
+                [p for _, p in named],
+                sizes,
+                lambda ts: _per_run_norms(ts, layouts, k),
+            )
             for i in live:
                 self.curves[i]["grad_pred"].append(values[i])
         self.opt.step(factor)
@@ -293,8 +320,12 @@ class PackedTraining:
         record_point(self.curves[run], step, loss, w2, self.cs[run].lr * self.schedule.factor(step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"packed": self.packed.state_dict(), "opt": self.opt.state_dict(), "curves": self.curves,
-                "orders": [o.state() for o in self.orders]}  # fmt: skip
+        return {
+            "packed": self.packed.state_dict(),
+            "opt": self.opt.state_dict(),
+            "curves": self.curves,
+            "orders": [o.state() for o in self.orders],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.packed.load_state_dict(state["packed"])
@@ -319,12 +350,26 @@ class PackTrunk:
         t, packed, runs = state["training"], self.training.packed, self.training.runs
         models = split_packed(t["packed"], packed, self.shapes, runs)
         names = [name for name, _ in packed.named_parameters()]
-        buffers = ([None] * runs if t["opt"]["buffers"] is None else
-                   split_packed(dict(zip(names, t["opt"]["buffers"], strict=True)), packed, self.shapes, runs))  # fmt: skip
+        buffers = (
+            [None] * runs
+            if t["opt"]["buffers"] is None
+            else split_packed(dict(zip(names, t["opt"]["buffers"], strict=True)), packed, self.shapes, runs)
+        )
         for k, trunk in enumerate(self.trunks):
-            trunk.save({"step": state["step"], "alive": state["alive"][k], "diverged": state["diverged"][k],
-                        "log": state["logs"][k], "rng": state["rng"], "model": models[k], "buffers": buffers[k],
-                        "base_lr": t["opt"]["base_lrs"][k], "curves": t["curves"][k], "order": t["orders"][k]})  # fmt: skip
+            trunk.save(
+                {
+                    "step": state["step"],
+                    "alive": state["alive"][k],
+                    "diverged": state["diverged"][k],
+                    "log": state["logs"][k],
+                    "rng": state["rng"],
+                    "model": models[k],
+                    "buffers": buffers[k],
+                    "base_lr": t["opt"]["base_lrs"][k],
+                    "curves": t["curves"][k],
+                    "order": t["orders"][k],
+                }
+            )
 
     def load(self, before: int) -> dict[str, Any] | None:
         parts = [trunk.load(before) for trunk in self.trunks]
@@ -336,11 +381,20 @@ class PackTrunk:
         if all(p["buffers"] is not None for p in parts):
             joined = join_packed([p["buffers"] for p in parts], packed, params)
             buffers = [joined[name] for name in params]
-        return {"step": parts[0]["step"], "alive": [p["alive"] for p in parts], "rng": parts[0]["rng"],
-                "diverged": [p["diverged"] for p in parts], "logs": [p["log"] for p in parts], "done": [],
-                "training": {"packed": join_packed([p["model"] for p in parts], packed, packed.state_dict()),
-                             "opt": {"buffers": buffers, "base_lrs": [p["base_lr"] for p in parts]},
-                             "curves": [p["curves"] for p in parts], "orders": [p["order"] for p in parts]}}  # fmt: skip
+        return {
+            "step": parts[0]["step"],
+            "alive": [p["alive"] for p in parts],
+            "rng": parts[0]["rng"],
+            "diverged": [p["diverged"] for p in parts],
+            "logs": [p["log"] for p in parts],
+            "done": [],
+            "training": {
+                "packed": join_packed([p["model"] for p in parts], packed, packed.state_dict()),
+                "opt": {"buffers": buffers, "base_lrs": [p["base_lr"] for p in parts]},
+                "curves": [p["curves"] for p in parts],
+                "orders": [p["order"] for p in parts],
+            },
+        }
 
 
 def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> list[RunOutput]:
@@ -368,8 +422,9 @@ def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> l
     before: list[dict[str, float]] = [{} for _ in cs]
     for m, c, model in zip(before, cs, singles, strict=True):
         if c.scale_invariance:
-            m[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
-                                                                 data.x_train[:64].to(device))  # fmt: skip
+            m[SCALE_INVARIANCE_ERROR] = scale_invariance_error(
+                model, watched_layer(model), data.x_train[:64].to(device)
+            )
     packed = build_packed_classifier(cs, data).to(device)
     training = PackedTraining(cs, data, packed, pack_state(singles, packed))
     rung_configs = [[from_dict(rungs[j]) for rungs in rungs_of] for j in range(len(rungs_of[0]))]
@@ -377,9 +432,12 @@ def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> l
 
     def evaluate(index: int, diverged: list[bool]) -> list[RunOutput]:
         unpack_state(packed, singles)
-        return [evaluate_classifier(model, c, data, {**m, DIVERGED: float(gone)}, curve)
-                for m, c, model, curve, gone in zip(before, rung_configs[index], singles, training.curves, diverged,
-                                                    strict=True)]  # fmt: skip
+        return [
+            evaluate_classifier(model, c, data, {**m, DIVERGED: float(gone)}, curve)
+            for m, c, model, curve, gone in zip(
+                before, rung_configs[index], singles, training.curves, diverged, strict=True
+            )
+        ]
 
     every = curve_every(base_steps(cs[0], data), cs[0].points)
     trunk = None

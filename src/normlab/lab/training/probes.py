@@ -15,8 +15,17 @@ from torch import Tensor, nn
 from ..metrics import BATCH_MEAN_FLUCTUATION, BATCH_VAR_FLUCTUATION, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR
 from .data import ImageData
 
-__all__ = ["preserved_state", "BatchStatRecorder", "accuracy", "batch_stats_accuracy", "contrast_curve",
-           OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, "gradient_predictiveness", "whole_norm"]
+__all__ = [
+    "preserved_state",
+    "BatchStatRecorder",
+    "accuracy",
+    "batch_stats_accuracy",
+    "contrast_curve",
+    OUTPUT_SPREAD,
+    SCALE_INVARIANCE_ERROR,
+    "gradient_predictiveness",
+    "whole_norm",
+]
 
 
 @contextmanager
@@ -125,8 +134,13 @@ def scale_invariance_error(model: nn.Module, layer: nn.Module, x: Tensor, alpha:
     return float((scaled - base).abs().max() / base.abs().max().clamp_min(1e-12))
 
 
-def gradient_predictiveness(model: nn.Module, loss_fn: Callable[[], Tensor], params: list[Tensor],
-                            step_sizes: list, run_norms: Callable[[list[Tensor]], Tensor]) -> list[float]:
+def gradient_predictiveness(
+    model: nn.Module,
+    loss_fn: Callable[[], Tensor],
+    params: list[Tensor],
+    step_sizes: list,
+    run_norms: Callable[[list[Tensor]], Tensor],
+) -> list[float]:
     """Santurkar et al. 2018: per run, ||grad L(w) - grad L(w - lr grad L(w))|| / ||grad L(w)|| on one batch, the
     model left as it was. ``loss_fn()`` is the batch's loss (summed over packed runs, so each run's gradient is its
     own), ``step_sizes`` each parameter's step (a rate, or a tensor of per-run rates broadcast over its slices),

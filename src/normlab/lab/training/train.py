@@ -20,14 +20,29 @@ from ..config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
 from .data import ImageData, load_images, load_text, training_part
 from .loop import Schedule, fit_ladder
 from ..metrics import (
-    DIVERGED, FINAL_WEIGHT_NORM, OUTPUT_SPREAD, SCALE_INVARIANCE_ERROR, TEST_ACC, TEST_ACC_BATCH_STATS, TEST_BPC, TRAIN_ACC,
-    TRAIN_LOSS, VALID_ACC, VALID_BPC,
-)  # fmt: skip
+    DIVERGED,
+    FINAL_WEIGHT_NORM,
+    OUTPUT_SPREAD,
+    SCALE_INVARIANCE_ERROR,
+    TEST_ACC,
+    TEST_ACC_BATCH_STATS,
+    TEST_BPC,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VALID_ACC,
+    VALID_BPC,
+)
 from .models import CharTransformer, ConvNet, uses_weight_norm
 from .probes import (
-    BatchStatRecorder, accuracy, batch_stats_accuracy, contrast_curve, gradient_predictiveness, output_spread,
-    scale_invariance_error, whole_norm,
-)  # fmt: skip
+    BatchStatRecorder,
+    accuracy,
+    batch_stats_accuracy,
+    contrast_curve,
+    gradient_predictiveness,
+    output_spread,
+    scale_invariance_error,
+    whole_norm,
+)
 
 __all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
 
@@ -114,8 +129,16 @@ def build_classifier(c: ClassifyConfig, data: ImageData) -> ConvNet:
     """The run's ConvNet; weight-normalized layers start from WN's data-dependent initialization (its recipe) on
     a batch drawn from the run's own generator, so the run starts the same alone and packed."""
     weight_norm = uses_weight_norm(c.norm, c.weight_norm)
-    model = ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth, weight_norm,
-                    norm_options=c.norm_options)  # fmt: skip
+    model = ConvNet(
+        data.in_channels,
+        data.num_classes,
+        data.spatial_dims,
+        c.norm,
+        c.width,
+        c.depth,
+        weight_norm,
+        norm_options=c.norm_options,
+    )
     if weight_norm and WEIGHT_NORM_RECIPE.data_init:
         g = torch.Generator().manual_seed(c.seed + 7919)
         idx = torch.randperm(len(data.x_train), generator=g)[:INIT_BATCH]
@@ -126,9 +149,17 @@ def build_classifier(c: ClassifyConfig, data: ImageData) -> ConvNet:
 def build_packed_classifier(cs: list[ClassifyConfig], data: ImageData) -> ConvNet:
     """The lab's ConvNet for the runs ``cs`` (one pack key) side by side; runs of several norms share it."""
     c0 = cs[0]
-    return ConvNet(data.in_channels, data.num_classes, data.spatial_dims, [c.norm for c in cs], c0.width, c0.depth,
-                   uses_weight_norm(c0.norm, c0.weight_norm), copies=len(cs),
-                   norm_options=[c.norm_options for c in cs])  # fmt: skip
+    return ConvNet(
+        data.in_channels,
+        data.num_classes,
+        data.spatial_dims,
+        [c.norm for c in cs],
+        c0.width,
+        c0.depth,
+        uses_weight_norm(c0.norm, c0.weight_norm),
+        copies=len(cs),
+        norm_options=[c.norm_options for c in cs],
+    )
 
 
 def classifier_steps(c: ClassifyConfig, data: ImageData) -> int:
@@ -197,7 +228,8 @@ class ClassifierTraining:
         if self.c.grad_predictiveness and probe:
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.curves["grad_pred"] += gradient_predictiveness(
-                self.model, lambda: F.cross_entropy(self.model(x), y), params, [lr] * len(params), whole_norm)
+                self.model, lambda: F.cross_entropy(self.model(x), y), params, [lr] * len(params), whole_norm
+            )
         loss = F.cross_entropy(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,8 +244,13 @@ class ClassifierTraining:
         record_point(self.curves, step, loss, w2, self.schedule.lr_at(step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "batches": self.batches.state(),
-                "curves": self.curves, "recorder": self.recorder.state() if self.recorder else None}  # fmt: skip
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "batches": self.batches.state(),
+            "curves": self.curves,
+            "recorder": self.recorder.state() if self.recorder else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -234,8 +271,9 @@ def train_classifier(configs: list[dict[str, Any]], saver=None, trunk=None) -> l
     model = build_classifier(c, data).to(device)
     before: dict[str, float] = {}
     if c.scale_invariance:
-        before[SCALE_INVARIANCE_ERROR] = scale_invariance_error(model, watched_layer(model),
-                                                                  data.x_train[:64].to(device))  # fmt: skip
+        before[SCALE_INVARIANCE_ERROR] = scale_invariance_error(
+            model, watched_layer(model), data.x_train[:64].to(device)
+        )
     last_norm = model.features[len(model.features) - 2]
     recorder = BatchStatRecorder(last_norm, channel_dim=1) if c.record_batch_stats else None
     training = ClassifierTraining(c, data, model, recorder)
@@ -324,8 +362,12 @@ class CharLMTraining:
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], VALID_BPC: []}
         self.schedule = char_lm_schedule(c)
         vg = torch.Generator().manual_seed(1234)
-        self.held_out = {split: [tuple(t.to(self.device) for t in _lm_batch(ids, 32, c.seq_len, self.pad, vg, False))
-                                 for _ in range(4)] for split, ids in (("valid", text.valid), ("test", text.test))}  # fmt: skip
+        self.held_out = {
+            split: [
+                tuple(t.to(self.device) for t in _lm_batch(ids, 32, c.seq_len, self.pad, vg, False)) for _ in range(4)
+            ]
+            for split, ids in (("valid", text.valid), ("test", text.test))
+        }
 
     def bpc(self, split: str = "valid") -> float:
         """Bits per character on the held-out ``split`` (valid or test), the model left in training mode."""
@@ -358,8 +400,13 @@ class CharLMTraining:
         self.curves[VALID_BPC].append(self.bpc("valid"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "curves": self.curves,
-                "generator": self.generator.get_state(), "recorder": self.recorder.state()}  # fmt: skip
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "curves": self.curves,
+            "generator": self.generator.get_state(),
+            "recorder": self.recorder.state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -376,8 +423,13 @@ def char_lm_base_steps(c: CharLMConfig) -> int:
 
 def char_lm_schedule(c: CharLMConfig) -> Schedule:
     """budget x steps x 2**doublings steps; the warmup is budget x warmup, whatever the doubling."""
-    return Schedule(lr=c.lr, kind=c.lr_schedule, steps=char_lm_base_steps(c) * 2**c.doublings,
-                    warmup=round(c.budget * c.warmup), cooldown=c.cooldown)  # fmt: skip
+    return Schedule(
+        lr=c.lr,
+        kind=c.lr_schedule,
+        steps=char_lm_base_steps(c) * 2**c.doublings,
+        warmup=round(c.budget * c.warmup),
+        cooldown=c.cooldown,
+    )
 
 
 def train_char_lm(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:

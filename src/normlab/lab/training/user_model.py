@@ -74,7 +74,10 @@ class Batches:
         while True:
             e, i = divmod(position, self.per_epoch)
             if e != epoch:
-                epoch, order = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+                epoch, order = (
+                    e,
+                    torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e)),
+                )
             yield order[i * self.batch : (i + 1) * self.batch].tolist()
             position += 1
 
@@ -97,17 +100,26 @@ class UserTraining:
         self.layout = torch.channels_last if c.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=self.layout).train()
         groups = param_groups(self.model, c.weight_decay)
-        self.opt = (torch.optim.AdamW(groups, lr=c.lr) if c.optimizer == "adamw" else
-                    torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum))  # fmt: skip
+        self.opt = (
+            torch.optim.AdamW(groups, lr=c.lr)
+            if c.optimizer == "adamw"
+            else torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
+        )
         self.train_set, self.scored = training_split(c, data)
         if len(self.train_set) < c.batch_size:
-            raise NotApplicable(f"fails at batch size {c.batch_size}: the training set has {len(self.train_set)} "
-                                "examples")  # fmt: skip
+            raise NotApplicable(
+                f"fails at batch size {c.batch_size}: the training set has {len(self.train_set)} examples"
+            )
         self.loss_fn = data.loss_fn or F.cross_entropy
         per_epoch = len(self.train_set) // c.batch_size
         self.base_steps = max(1, round(c.budget * (c.steps or c.epochs * per_epoch)))
-        self.schedule = Schedule(lr=c.lr, kind=c.lr_schedule, steps=self.base_steps * 2**c.doublings,
-                                 warmup=round(c.budget * c.warmup), cooldown=c.cooldown)  # fmt: skip
+        self.schedule = Schedule(
+            lr=c.lr,
+            kind=c.lr_schedule,
+            steps=self.base_steps * 2**c.doublings,
+            warmup=round(c.budget * c.warmup),
+            cooldown=c.cooldown,
+        )
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
         self.consumed, self.timing, self.memory, self.first_loss = 0, [0.0, 0], math.nan, math.nan
         self.iterator: Iterator | None = None
@@ -115,8 +127,14 @@ class UserTraining:
     def _next_batch(self) -> tuple[Any, Any]:
         if self.iterator is None:  # from the position consumed so far: where a resumed run left off
             sampler = Batches(len(self.train_set), self.c.batch_size, self.c.seed, start=self.consumed)
-            self.iterator = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.c.loader_workers,
-                                            pin_memory=self.device.type == "cuda"))  # fmt: skip
+            self.iterator = iter(
+                DataLoader(
+                    self.train_set,
+                    batch_sampler=sampler,
+                    num_workers=self.c.loader_workers,
+                    pin_memory=self.device.type == "cuda",
+                )
+            )
         x, y = next(self.iterator)
         self.consumed += 1
         x = x.to(self.device, non_blocking=True)
@@ -158,8 +176,11 @@ class UserTraining:
             self.timing[1] += 1
         if first:
             self.first_loss = value
-            self.memory = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
-                           else _step_memory(self.model, self.opt, saved[0]))  # fmt: skip
+            self.memory = (
+                torch.cuda.max_memory_allocated(self.device) / 2**20
+                if self.device.type == "cuda"
+                else _step_memory(self.model, self.opt, saved[0])
+            )
         return [value]
 
     def stop(self, run: int) -> None:
@@ -171,9 +192,15 @@ class UserTraining:
         self.curves["lr"].append(self.schedule.lr_at(step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "curves": self.curves,
-                "consumed": self.consumed, "timing": list(self.timing), "memory": self.memory,
-                "first_loss": self.first_loss}  # fmt: skip
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "curves": self.curves,
+            "consumed": self.consumed,
+            "timing": list(self.timing),
+            "memory": self.memory,
+            "first_loss": self.first_loss,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -204,10 +231,18 @@ def train_user(config: dict[str, Any], saver=None) -> tuple[dict[str, float], di
     c: UserConfig = from_dict(config)  # type: ignore[assignment]
     data = load_user_data(c.data)
     training = UserTraining(c, data, build_user_model(c))
-    (diverged,) = fit(training, steps=training.schedule.steps, points=c.points, saver=saver,
-                      every=max(1, training.base_steps // c.points))  # fmt: skip
-    metrics: dict[str, float] = {DIVERGED: float(diverged), MEMORY_MB: training.memory,
-                                 STEP_SECONDS: training.timing[0] / max(training.timing[1], 1)}  # fmt: skip
+    (diverged,) = fit(
+        training,
+        steps=training.schedule.steps,
+        points=c.points,
+        saver=saver,
+        every=max(1, training.base_steps // c.points),
+    )
+    metrics: dict[str, float] = {
+        DIVERGED: float(diverged),
+        MEMORY_MB: training.memory,
+        STEP_SECONDS: training.timing[0] / max(training.timing[1], 1),
+    }
     loss_name, acc_name = (VALID_LOSS, VALID_ACC) if c.validation_fraction else (TEST_LOSS, TEST_ACC)
     if diverged:  # scored as the untrained model: its first loss, and chance where there are classes
         metrics[loss_name] = training.first_loss

@@ -32,8 +32,11 @@ def _labels(dataset) -> torch.Tensor | None:
     if hasattr(dataset, "targets"):
         return torch.as_tensor(dataset.targets)
     items = [dataset[i][1] for i in range(min(len(dataset), _LABEL_SCAN))]
-    return torch.as_tensor(items) if all(isinstance(y, int) or (torch.is_tensor(y) and y.dim() == 0)
-                                         for y in items) else None  # fmt: skip
+    return (
+        torch.as_tensor(items)
+        if all(isinstance(y, int) or (torch.is_tensor(y) and y.dim() == 0) for y in items)
+        else None
+    )
 
 
 def _check_forward(spec: UserSpec, model, data) -> tuple[int, ...]:
@@ -43,8 +46,10 @@ def _check_forward(spec: UserSpec, model, data) -> tuple[int, ...]:
         with torch.no_grad():
             out = model.eval()(x)
     except Exception as err:
-        raise ValueError(f"--model {spec.model}: its forward fails on the data's input of shape {shape}: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None  # fmt: skip
+        raise ValueError(
+            f"--model {spec.model}: its forward fails on the data's input of shape {shape}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
     loss_fn = data.loss_fn or torch.nn.functional.cross_entropy
     try:
         loss = loss_fn(out, y)
@@ -52,16 +57,20 @@ def _check_forward(spec: UserSpec, model, data) -> tuple[int, ...]:
             raise ValueError(f"expected a scalar tensor, got {type(loss).__name__}")
     except Exception as err:
         outs = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"--data {spec.data}: the loss fails on the model's output of shape {outs} for input "
-                         f"{shape}: {str(err).splitlines()[0]}") from None  # fmt: skip
+        raise ValueError(
+            f"--data {spec.data}: the loss fails on the model's output of shape {outs} for input "
+            f"{shape}: {str(err).splitlines()[0]}"
+        ) from None
     if data.classification:
         classes = out.shape[-1] if out.dim() == 2 else out.shape[1]
         for split, dataset in (("training", data.train), ("test", data.test)):
             labels = _labels(dataset)
             if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-                raise ValueError(f"--model {spec.model}: the {split} labels run from {int(labels.min())} to "
-                                 f"{int(labels.max())}, but the model outputs {classes} classes (output shape "
-                                 f"{tuple(out.shape)}); pass --model-args num_classes=...")  # fmt: skip
+                raise ValueError(
+                    f"--model {spec.model}: the {split} labels run from {int(labels.min())} to "
+                    f"{int(labels.max())}, but the model outputs {classes} classes (output shape "
+                    f"{tuple(out.shape)}); pass --model-args num_classes=..."
+                )
     return shape
 
 
@@ -87,8 +96,10 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
     model = load_model(spec.model, spec.model_args)
     kinds = norm_kinds(model)
     if not kinds:
-        raise ValueError(f"--model {spec.model}: the model has no normalization layer normlab can swap (BatchNorm, "
-                         "GroupNorm, LayerNorm, InstanceNorm, RMSNorm)")  # fmt: skip
+        raise ValueError(
+            f"--model {spec.model}: the model has no normalization layer normlab can swap (BatchNorm, "
+            "GroupNorm, LayerNorm, InstanceNorm, RMSNorm)"
+        )
     _check_forward(spec, model, data)
     swaps = {}
     for norm in norms:
@@ -105,10 +116,17 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
             raise ValueError(f"--norms {norm}: no norm layer of {spec.model} could be swapped for it: {why}")
         swaps[norm] = "; ".join(describe_swap(r) for r in reports if r.changed or r.skipped)
         _check_forward(spec, swapped, data)
-    study = UserStudy(spec, kinds=kinds, classification=data.classification,
-                      fingerprint=fingerprint(spec.model, spec.data), swaps=swaps)  # fmt: skip
+    study = UserStudy(
+        spec,
+        kinds=kinds,
+        classification=data.classification,
+        fingerprint=fingerprint(spec.model, spec.data),
+        swaps=swaps,
+    )
     train_size = training_part(len(data.train), study.selection.validation_fraction)  # what selection trains on
     if max(spec.batch_sizes) > train_size:
-        raise ValueError(f"--batch-sizes {max(spec.batch_sizes)}: larger than the {train_size} training examples left "
-                         "after the validation split")  # fmt: skip
+        raise ValueError(
+            f"--batch-sizes {max(spec.batch_sizes)}: larger than the {train_size} training examples left "
+            "after the validation split"
+        )
     return study

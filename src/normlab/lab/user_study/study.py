@@ -21,7 +21,19 @@ from ..config import make_config
 from ..judging.fairness import VALIDATION_LOSS, Budgets, Selection
 from ..metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
 from ..store import RunRecord
-from ..judging.study import Options, Study, StudyResult, Target, fmt, group_by, new_figure, plot_lines, save, seed_rows, values
+from ..judging.study import (
+    Options,
+    Study,
+    StudyResult,
+    Target,
+    fmt,
+    group_by,
+    new_figure,
+    plot_lines,
+    save,
+    seed_rows,
+    values,
+)
 from ..judging.verdicts import Outcome, compare
 
 __all__ = ["UserSpec", "UserStudy", "USER_STUDY"]
@@ -60,10 +72,16 @@ class UserStudy(Study):
     name = USER_STUDY
     source = "your model and data, measured on this machine"
 
-    def __init__(self, spec: UserSpec, *, kinds: list[str], classification: bool, fingerprint: str,
-                 swaps: dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self, spec: UserSpec, *, kinds: list[str], classification: bool, fingerprint: str, swaps: dict[str, str]
+    ) -> None:
         self.spec, self.kinds, self.classification, self.fingerprint, self.swaps = (
-            spec, kinds, classification, fingerprint, swaps)
+            spec,
+            kinds,
+            classification,
+            fingerprint,
+            swaps,
+        )
         self.default_norms = tuple(canonical_name(n) for n in spec.norms)
         self.title = f"Your model: {spec.model} on {spec.data}"
         self.claim = "Which normalization trains this model best at each batch size."
@@ -78,26 +96,49 @@ class UserStudy(Study):
 
     def configs(self, options: Options) -> list[dict[str, Any]]:
         s = self.spec
-        return [make_config("user", study=self.name, norm=norm, seed=seed, device=options.device, data=s.data,
-                            model=s.model, model_args=dict(s.model_args) or None, swap_from=self.swap_from(norm),
-                            num_groups=s.num_groups, fingerprint=self.fingerprint, batch_size=b, optimizer=s.optimizer,
-                            lr=s.centre_lr(b), weight_decay=s.weight_decay, epochs=s.epochs, steps=s.steps,
-                            amp=s.amp, channels_last=s.channels_last, loader_workers=s.loader_workers)
-                for norm in self.default_norms for b in s.batch_sizes for seed in options.seed_list(default=3)]  # fmt: skip
+        return [
+            make_config(
+                "user",
+                study=self.name,
+                norm=norm,
+                seed=seed,
+                device=options.device,
+                data=s.data,
+                model=s.model,
+                model_args=dict(s.model_args) or None,
+                swap_from=self.swap_from(norm),
+                num_groups=s.num_groups,
+                fingerprint=self.fingerprint,
+                batch_size=b,
+                optimizer=s.optimizer,
+                lr=s.centre_lr(b),
+                weight_decay=s.weight_decay,
+                epochs=s.epochs,
+                steps=s.steps,
+                amp=s.amp,
+                channels_last=s.channels_last,
+                loader_workers=s.loader_workers,
+            )
+            for norm in self.default_norms
+            for b in s.batch_sizes
+            for seed in options.seed_list(default=3)
+        ]
 
     def setup(self, options: Options) -> str:
         s = self.spec
         length = f"{s.steps} steps" if s.steps else f"{s.epochs} epoch(s)"
         swaps = "; ".join(f"{n}: {self.swaps[n]}" for n in self.default_norms)
-        return (f"{s.model} ({', '.join(f'{k}={v}' for k, v in s.model_args.items()) or 'its defaults'}) on "
-                f"{s.data}, trained {length} per run at batch sizes {', '.join(map(str, s.batch_sizes))} with "
-                f"{'AdamW' if s.optimizer == 'adamw' else 'SGD with momentum 0.9'}, a cosine decay to 0, weight decay "
-                f"{s.weight_decay:g} (never on norm parameters or biases){', bf16 autocast' if s.amp else ''}"
-                f"{', channels_last' if s.channels_last else ''}, on {options.device}. Norms: {swaps}. Every method "
-                "starts from the same weights in the layers it shares with the others and sees the same batches "
-                "(paired seeds). Time per step is the mean wall time of a training step (forward, backward, "
-                "optimizer step) on this machine as loaded during the run; memory is CUDA's peak allocation, or on "
-                "CPU the parameters, gradients, optimizer state and the activations saved for backward at one step.")
+        return (
+            f"{s.model} ({', '.join(f'{k}={v}' for k, v in s.model_args.items()) or 'its defaults'}) on "
+            f"{s.data}, trained {length} per run at batch sizes {', '.join(map(str, s.batch_sizes))} with "
+            f"{'AdamW' if s.optimizer == 'adamw' else 'SGD with momentum 0.9'}, a cosine decay to 0, weight decay "
+            f"{s.weight_decay:g} (never on norm parameters or biases){', bf16 autocast' if s.amp else ''}"
+            f"{', channels_last' if s.channels_last else ''}, on {options.device}. Norms: {swaps}. Every method "
+            "starts from the same weights in the layers it shares with the others and sees the same batches "
+            "(paired seeds). Time per step is the mean wall time of a training step (forward, backward, "
+            "optimizer step) on this machine as loaded during the run; memory is CUDA's peak allocation, or on "
+            "CPU the parameters, gradients, optimizer state and the activations saved for backward at one step."
+        )
 
     # -- analysis ---------------------------------------------------------------------------------------------------
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -109,20 +150,31 @@ class UserStudy(Study):
         failures = {(r.config["norm"], r.config["batch_size"]): r.note for r in records if r.status == "not_applicable"}
         result.figures.append(self._figure(norms, sizes, score, figdir))
         result.figures.append(self._curves(norms, sizes, groups, figdir))
-        result.table_headers = ["norm"] + [f"B={b}: {'accuracy %' if self.classification else 'loss'}, s/step, MiB"
-                                           for b in sizes]  # fmt: skip
-        result.table_rows = [[n] + [self._cell(groups.get((n, b), []), score[(n, b)], failures.get((n, b)))
-                                    for b in sizes] for n in norms]  # fmt: skip
+        result.table_headers = ["norm"] + [
+            f"B={b}: {'accuracy %' if self.classification else 'loss'}, s/step, MiB" for b in sizes
+        ]
+        result.table_rows = [
+            [n] + [self._cell(groups.get((n, b), []), score[(n, b)], failures.get((n, b))) for b in sizes]
+            for n in norms
+        ]
         result.notes += [f"{n} at batch size {b}: {note}" for (n, b), note in sorted(failures.items())]
         for b in sizes:
             verdicts = {}
             for i, first in enumerate(norms):
                 for later in norms[i + 1 :]:
-                    hi, lo = (score[(later, b)], score[(first, b)]) if self.classification else \
-                        (score[(first, b)], score[(later, b)])  # lower loss is better: "later beats first"
-                    v = compare(f"{later} beats {first} at batch size {b} on your model", hi, lo,
-                                later if self.classification else first, first if self.classification else later,
-                                unit=unit)  # fmt: skip
+                    hi, lo = (
+                        (score[(later, b)], score[(first, b)])
+                        if self.classification
+                        else (score[(first, b)], score[(later, b)])
+                    )  # lower loss is better: "later beats first"
+                    v = compare(
+                        f"{later} beats {first} at batch size {b} on your model",
+                        hi,
+                        lo,
+                        later if self.classification else first,
+                        first if self.classification else later,
+                        unit=unit,
+                    )
                     verdicts[(later, first)] = v
                     result.verdicts.append(v)
             result.recommendations.append(self._recommend(b, norms, score, verdicts, failures))
@@ -159,7 +211,8 @@ class UserStudy(Study):
         out = [n for n in norms if n not in trained]
         if out:
             text += "; not compared: " + ", ".join(
-                f"{n} ({'fails' if (n, b) in failures else 'not trained'})" for n in out)
+                f"{n} ({'fails' if (n, b) in failures else 'not trained'})" for n in out
+            )
         return text
 
     def _figure(self, norms, sizes, score, figdir: Path) -> str:
@@ -178,8 +231,9 @@ class UserStudy(Study):
                 runs = [r for r in groups.get((n, b), []) if r.curves.get("loss")]
                 if runs:
                     length = min(len(r.curves["loss"]) for r in runs)
-                    ax.plot(runs[0].curves["step"][:length], np.mean([r.curves["loss"][:length] for r in runs], 0),
-                            label=n)  # fmt: skip
+                    ax.plot(
+                        runs[0].curves["step"][:length], np.mean([r.curves["loss"][:length] for r in runs], 0), label=n
+                    )
             ax.set_title(f"training loss, batch size {b}")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -194,4 +248,3 @@ def describe_swap(report) -> str:
     if report.skipped:
         text += f"; {len(report.skipped)} left as they were ({report.skipped[0][1]})"
     return text
-
