@@ -13,9 +13,9 @@ import platform
 
 import torch
 import torch.nn.functional as F
+from timing import forward_backward_seconds
 
 import normlab.nn as nl
-from timing import forward_backward_seconds
 
 
 class PermuteLayerNorm2d(torch.nn.LayerNorm):

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from normlab.lab import STUDIES, Options, compare
 from normlab.lab.judging.report import outcome_counts
 from normlab.lab.sweep.runner import default_workers

@@ -22,9 +22,9 @@ import platform
 import statistics
 
 import torch
+from timing import forward_backward_seconds
 
 import normlab.nn as nl
-from timing import forward_backward_seconds
 
 TINY, LARGE = "tiny", "large"
 CASES = [  # name, factory (given torch.nn or normlab.nn), shape, size

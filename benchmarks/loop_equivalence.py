@@ -46,7 +46,7 @@ def _difference(a, b) -> float:
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return math.inf
-        return max((_difference(x, y) for x, y in zip(a, b)), default=0.0)
+        return max((_difference(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return 0.0
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):

@@ -23,8 +23,6 @@ import argparse
 import platform
 import time
 
-CLOCK = time.process_time
-
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +30,8 @@ from normlab.lab.config import from_dict, make_config
 from normlab.lab.training.models import CharTransformer, pack_size
 from normlab.lab.training.packed import PackedSGD, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
+
+CLOCK = time.process_time
 
 
 def _alone(config: dict, steps: int):

@@ -17,12 +17,11 @@ import json
 import time
 from pathlib import Path
 
-
 from normlab.lab import Options, compare
 from normlab.lab.judging.report import load_verdicts, stability_rows
-from normlab.lab.sweep.runner import default_workers
-from normlab.lab.studies import STUDIES
 from normlab.lab.judging.verdicts import budget_name
+from normlab.lab.studies import STUDIES
+from normlab.lab.sweep.runner import default_workers
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from timing import forward_backward_seconds
 
 import normlab.nn as nl
-from timing import forward_backward_seconds
 
 SHAPES = [(16, 64, 28, 28), (64, 256, 7, 7), (256, 512)]
 

@@ -21,8 +21,9 @@ import sys
 import types
 import unittest
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

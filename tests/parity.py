@@ -1,7 +1,6 @@
 """Harness: run a torch.nn module and its normlab twin side by side for several steps and compare everything."""
 
 import torch
-
 from helpers import assert_close
 from tolerances import vs_torch
 

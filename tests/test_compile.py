@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch._dynamo
+from torch import nn
 
 import normlab.nn as nl
-from torch import nn
 
 CASES = {
     "BatchNorm1d": (lambda: nl.BatchNorm1d(4), (6, 4)),
@@ -77,7 +77,7 @@ def _compiled_matches_eager(eager, compiled_module, make_input, steps: int = 2):
         y_c.square().sum().backward()
         torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
         outputs.append((y_c, x_c.grad))
-    for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers()):
+    for (n, b_e), (_, b_c) in zip(eager.named_buffers(), compiled_module.named_buffers(), strict=True):
         torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=n)
     return outputs
 

@@ -75,7 +75,7 @@ def test_from_torch_and_back_keep_outputs_and_gradients(make, make_input, traini
     torch.testing.assert_close(y_new, y_ref, rtol=1e-5, atol=1e-6)
     for name in g_ref:
         torch.testing.assert_close(g_new[name], g_ref[name], rtol=1e-5, atol=1e-6, msg=name)
-    for (name, b_ref), (_, b_new) in zip(reference.named_buffers(), converted.named_buffers()):
+    for (name, b_ref), (_, b_new) in zip(reference.named_buffers(), converted.named_buffers(), strict=True):
         torch.testing.assert_close(b_new, b_ref, msg=name)
     back = normlab.to_torch(converted)
     assert _count(back, OURS) == 0 and _count(back, TORCH_NORMS) == _count(reference, TORCH_NORMS)

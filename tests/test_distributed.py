@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import workers
+from workers import C, full_batch
+
 import normlab
 import normlab.nn as nl
-from workers import C, full_batch
 
 TIMEOUT = 90
 

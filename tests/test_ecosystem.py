@@ -6,11 +6,11 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import random_input
 from torch import nn
 
 import normlab
 import normlab.nn as nl
-from helpers import random_input
 from normlab.convert import TWINS
 
 CONV_BN = [
@@ -195,7 +195,7 @@ def test_timm_convnext_converts_exactly():
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
     y.square().mean().backward()
     y2.square().mean().backward()
-    for (name, p), (_, q) in zip(model.named_parameters(), converted.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), converted.named_parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0, msg=name)
 
 

@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, random_input
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 import normlab
-from helpers import assert_close, random_input
 from normlab.method import GHOST
 from normlab.registry import METHODS, create_norm
-from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 SHAPES = {0: (6, 8), 1: (4, 8, 7), 2: (4, 8, 5, 6), 3: (2, 8, 3, 4, 5)}
 CASES = [(m.name, d) for m in METHODS for d in m.spatial_dims]

@@ -3,11 +3,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import nchw_shapes
 from hypothesis import given
 from hypothesis import strategies as st
 
 import normlab
-from helpers import nchw_shapes
 from normlab.cli import main
 from normlab.explain import draw_cube, explain, first_set_mask
 

@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
+from tolerances import vs_reference
 
 import normlab
 import normlab.nn as nl
-from tolerances import vs_reference
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,11 +3,11 @@ models, with their reports."""
 
 import pytest
 import torch
+from helpers import random_input
 from torch import nn
 
 import normlab
 import normlab.nn as nl
-from helpers import random_input
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -12,13 +12,17 @@
 
 __version__ = "0.1.0"
 
-from . import functional, nn, reference
+from . import (
+    ecosystem,  # noqa: F401  (torch's fusion table learns the twins)
+    functional,
+    nn,
+    reference,
+)
+from .auditor import audit
 from .convert import from_torch, register_converter, to_torch
-from . import ecosystem  # noqa: F401  (torch's fusion table learns the twins)
+from .precision import keep_norms_fp32
 from .registry import available_norms, create_norm
 from .transform import fold_batchnorm, freeze_batchnorm, param_groups, swap
-from .auditor import audit
-from .precision import keep_norms_fp32
 
 __all__ = [
     "__version__",

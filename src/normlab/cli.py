@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 
@@ -40,8 +40,8 @@ def _list_norms(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
 
     from .lab import OUTCOME_ORDER, STUDIES, Execution, Options, compare, study_variants
-    from .lab.sweep.runner import default_workers
     from .lab.judging.report import outcome_counts
+    from .lab.sweep.runner import default_workers
     from .registry import canonical_name
 
     if args.list:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn import Module
 
-from . import nn as nl
 from . import converters
+from . import nn as nl
 from .nn._state import carry_state
 from .nn.norm_act import NORM_ACT_CLASSES, split_norm_act
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 from torch.nn import Module
 
@@ -109,7 +109,7 @@ def _code(cls: type) -> tuple[str, ...] | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module]]:
     known = {}
     for path, fn in CONVERTERS.items():
@@ -123,7 +123,7 @@ def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module]]:
     return known
 
 
-@lru_cache(maxsize=None)
+@cache
 def converter_for_copy(cls: type) -> Callable[[Module], Module] | None:
     """The converter of the known class whose methods ``cls`` repeats (transformers' copies), or None."""
     if "Norm" not in cls.__name__:

@@ -10,7 +10,7 @@ gets the class it checks for). Registered when normlab is imported; torch alread
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch.ao.quantization import fuser_method_mappings
 from torch.nn import Module

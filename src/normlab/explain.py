@@ -8,14 +8,14 @@ that layout's statistic index, so text, figure and math cannot disagree.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .reference.layout import Layout
 from .method import Method
+from .reference.layout import Layout
 from .registry import get_method
 
 __all__ = ["Explanation", "explain", "draw_cube", "parse_shape"]
@@ -58,7 +58,7 @@ class Explanation:
 
     def text(self) -> str:
         names = _axis_names(len(self.shape))
-        dims = ", ".join(f"{n}={d}" for n, d in zip(names, self.shape))
+        dims = ", ".join(f"{n}={d}" for n, d in zip(names, self.shape, strict=True))
         config = f" ({self.config})" if self.config else ""
         kind = "means and as many variances" if self.method.center else "mean squares (no centering)"
         lines = [f"{self.method.title}{config} on input ({dims})"]
@@ -144,7 +144,7 @@ def explain(
         return Explanation(method, shape, None, [], [], num_groups, virtual_batch_size)
     settings = {"num_groups": num_groups, "virtual_batch_size": virtual_batch_size, "normalized_dims": normalized_dims}
     size = settings[sized_by] if sized_by else None
-    over, count = sets.factors(list(zip(_axis_names(len(shape)), shape)), size)
+    over, count = sets.factors(list(zip(_axis_names(len(shape)), shape, strict=True)), size)
     return Explanation(method, shape, sets.layout(shape, size), over, count, num_groups, virtual_batch_size)
 
 
@@ -184,7 +184,7 @@ def draw_cube(explanation: Explanation, path: str | Path) -> Path:
         raise ValueError(
             f"explain: {explanation.method.title} takes no statistics over sets of values: no cube to draw"
         )
-    fractions = [_bin(m, cap) for m, cap in zip(first_set_mask(layout), (8, 16, 8))]
+    fractions = [_bin(m, cap) for m, cap in zip(first_set_mask(layout), (8, 16, 8), strict=True)]
     frac = np.einsum("i,j,k->ijk", *fractions)
     filled = np.ones(frac.shape, dtype=bool)
     colors = np.empty(frac.shape + (4,))

@@ -10,8 +10,9 @@ Vocabulary shared by every method's constructor: ``num_features`` (channels), ``
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from torch import nn as tnn

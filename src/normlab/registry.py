@@ -8,7 +8,8 @@ in ``METHODS``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn as tnn

@@ -8,8 +8,9 @@ it could not, with the reason, instead of skipping in silence.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,7 +143,7 @@ def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> 
                 )
         return
     keys = list(model._modules)
-    for before, key in zip([None] + keys[:-1], keys):
+    for before, key in zip([None] + keys[:-1], keys, strict=True):
         bn = model._modules[key]
         if not isinstance(bn, _BATCH_NORMS):
             continue

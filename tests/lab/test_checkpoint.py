@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from normlab.lab.sweep.checkpoint import Checkpoints, Saver
 from normlab.lab.config import make_config
+from normlab.lab.sweep.checkpoint import Saver
 from normlab.lab.training.packed import train_packed
 from normlab.lab.training.train import run
 

@@ -114,8 +114,6 @@ def test_first_seed_and_against(tmp_path, capsys):
     """Two runs with disjoint seeds; the second's report compares its verdicts with the first's."""
     import json
 
-    from normlab.lab.store import Store
-
     common = [
         "compare",
         "--study",

@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-
 from normlab.lab import STUDIES, Options
-from normlab.lab.sweep import runner
 from normlab.lab import store as store_module
 from normlab.lab.config import from_dict, make_config
 from normlab.lab.judging.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
+from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
+from normlab.lab.judging.verdicts import Outcome, Verdict, compare
 from normlab.lab.metrics import TEST_ACC, VALID_ACC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
-from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
+from normlab.lab.sweep import runner
 from normlab.lab.training.train import build_classifier, classifier_data, run
-from normlab.lab.judging.verdicts import Outcome, Verdict, compare
 
 
 class _Study(Study):
@@ -58,7 +57,7 @@ def _select(plan, score):
 def test_the_grid_is_log_spaced_with_at_least_four_rates():
     grid = Selection().grid(0.05)
     assert len(grid) >= 4
-    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    ratios = [b / a for a, b in zip(grid, grid[1:], strict=False)]
     assert all(r == pytest.approx(ratios[0], rel=1e-2) for r in ratios) and 0.05 in grid
     with pytest.raises(ValueError, match="at least 4"):
         Selection(below=1, above=1)

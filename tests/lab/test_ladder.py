@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from normlab.lab.sweep.checkpoint import Saver
 from normlab.lab.config import make_config
+from normlab.lab.sweep.checkpoint import Saver
 from normlab.lab.training.loop import Schedule, lr_factor
 from normlab.lab.training.packed import plan_packs, train_packed
 from normlab.lab.training.train import run, run_ladder
@@ -37,7 +37,7 @@ def test_wsd_is_constant_then_decays_as_one_minus_sqrt():
     factors = [lr_factor("wsd", s, steps, cooldown) for s in range(steps)]
     assert factors[:80] == [1.0] * 80
     assert factors[80] == 1.0 and factors[90] == pytest.approx(1 - math.sqrt(0.5))
-    assert all(a > b for a, b in zip(factors[80:], factors[81:]))
+    assert all(a > b for a, b in zip(factors[80:], factors[81:], strict=True))
     assert Schedule(lr=1.0, kind="wsd", steps=steps).branch_step == 80
     assert Schedule(lr=1.0, kind="cosine", steps=steps).branch_step == 0
     with pytest.raises(ValueError, match="lr_schedule"):

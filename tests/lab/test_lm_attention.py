@@ -44,9 +44,11 @@ def test_fast_attention_equals_multihead_attention(norm):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # pad positions too (BatchNorm sees them)
     grads = torch.autograd.grad(F.cross_entropy(out.transpose(1, 2), targets), list(model.parameters()))
     ref_grads = torch.autograd.grad(F.cross_entropy(expected.transpose(1, 2), targets), list(ref.parameters()))
-    for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads):
+    for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
-    for (ka, va), (kb, vb) in zip(model.state_dict().items(), ref.state_dict().items()):  # BN's running statistics
+    for (ka, va), (kb, vb) in zip(
+        model.state_dict().items(), ref.state_dict().items(), strict=True
+    ):  # BN's running statistics
         assert ka == kb
         torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6)
 

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from normlab.lab.config import make_config
+from normlab.lab.config import from_dict, make_config
 from normlab.lab.training.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
 from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
-from normlab.lab.config import from_dict
 
 PACKED_NORMS = [n for n in available_norms() if can_pack(n, 1)]
 
@@ -40,7 +39,7 @@ def test_every_packable_norm_is_tested():
 def test_packed_equals_alone(norm):
     configs = _configs(norm)
     packed = train_packed(configs)
-    for config, (pm, pc) in zip(configs, packed):
+    for config, (pm, pc) in zip(configs, packed, strict=True):
         am, ac = run(config)
         assert pc["step"] == ac["step"]
         assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
@@ -58,7 +57,7 @@ def test_runs_of_several_norms_share_a_pack():
     ]
     configs.insert(3, configs.pop(0))  # not sorted by norm: a batch run between group runs
     assert len({pack_key(c) for c in configs}) == 1
-    for config, (pm, pc) in zip(configs, train_packed(configs)):
+    for config, (pm, pc) in zip(configs, train_packed(configs), strict=True):
         am, ac = run(config)
         assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6), config["norm"]
         assert pc["grad_pred"] == pytest.approx(ac["grad_pred"], rel=1e-4)
@@ -83,8 +82,8 @@ def test_packed_parameters_equal_alone_after_training():
     pack_state(singles, packed)
     copies = [build_classifier(from_dict(config), data) for config in configs]
     unpack_state(packed, copies)
-    for a, b in zip(singles, copies):
-        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for a, b in zip(singles, copies, strict=True):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
             assert ka == kb and torch.equal(va, vb)
 
 

@@ -42,30 +42,32 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, K, length, generator=g)
     y = torch.randint(0, 10, (N, K), generator=g)
-    for step in range(2):  # two steps: the second sees the first's running statistics and updated weights
+    for _step in range(2):  # two steps: the second sees the first's running statistics and updated weights
         alone = [F.cross_entropy(net(x[:, k : k + 1]), y[:, k]) for k, net in enumerate(singles)]
-        alone_grads = [torch.autograd.grad(loss, list(net.parameters())) for loss, net in zip(alone, singles)]
+        alone_grads = [
+            torch.autograd.grad(loss, list(net.parameters())) for loss, net in zip(alone, singles, strict=True)
+        ]
         for form, net in forms.items():
             out = net(x)  # (N, K, classes)
             losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(0)
             torch.testing.assert_close(losses, torch.stack(alone).detach(), rtol=1e-5, atol=1e-6, msg=form)
             grads = torch.autograd.grad(losses.sum(), list(net.parameters()))
             unpacked = [copy.deepcopy(s) for s in singles]
-            for p, gr in zip(net.parameters(), grads):
+            for p, gr in zip(net.parameters(), grads, strict=True):
                 p.grad = gr
             with torch.no_grad():
                 for p in net.parameters():  # grads as a state of their own: unpack them like parameters
                     p.copy_(p.grad)
             unpack_state(net, unpacked)
-            for single, grad_net, ref in zip(singles, unpacked, alone_grads):
-                for (name, p), r in zip(grad_net.named_parameters(), ref):
+            for single, grad_net, ref in zip(singles, unpacked, alone_grads, strict=True):
+                for (name, p), r in zip(grad_net.named_parameters(), ref, strict=True):
                     scale = max(float(t.abs().max()) for t in ref)
                     torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-5 * scale, msg=f"{form} {name}")
-                for (name, b), rb in zip(grad_net.named_buffers(), single.buffers()):
+                for (name, b), rb in zip(grad_net.named_buffers(), single.buffers(), strict=True):
                     torch.testing.assert_close(b, rb, rtol=1e-5, atol=1e-6, msg=f"{form} {name}")
         with torch.no_grad():  # one SGD step on every copy, then re-pack
-            for net, grads in zip(singles, alone_grads):
-                for p, gr in zip(net.parameters(), grads):
+            for net, grads in zip(singles, alone_grads, strict=True):
+                for p, gr in zip(net.parameters(), grads, strict=True):
                     p.sub_(0.1 * gr)
             state = copy.deepcopy(singles)
             for net in forms.values():
@@ -116,7 +118,7 @@ def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
     ]
     c = from_dict(configs[0])
     assert build_packed_classifier([c, c], classifier_data(c)).uses_matmul(batch)
-    for config, (pm, pc) in zip(configs, train_packed(configs)):
+    for config, (pm, pc) in zip(configs, train_packed(configs), strict=True):
         am, ac = run(config)
         assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6)
         assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)

@@ -17,10 +17,10 @@ ray = pytest.importorskip("ray")
 import torch  # noqa: E402
 
 from normlab.lab.config import make_config  # noqa: E402
-from normlab.lab.sweep.executors import INSTALL_HINT, RaySettings, check_ray, run_on_ray  # noqa: E402
-from normlab.lab.training.packed import plan_packs  # noqa: E402
-from normlab.lab.sweep.runner import run_sweep  # noqa: E402
 from normlab.lab.store import Store, config_key  # noqa: E402
+from normlab.lab.sweep.executors import INSTALL_HINT, RaySettings, check_ray, run_on_ray  # noqa: E402
+from normlab.lab.sweep.runner import run_sweep  # noqa: E402
+from normlab.lab.training.packed import plan_packs  # noqa: E402
 
 TASK_TITLE = "ray::_train_on_worker"  # a Ray worker's process title while it runs one of our tasks
 TINY = dict(study="ray", batch_size=8, train_subset=256, points=4, width=8, depth=2)
@@ -187,7 +187,7 @@ def test_an_item_that_raises_is_reported_failed_with_its_traceback(tmp_path, clu
         settings=RaySettings(),
     )
     assert sorted(config_key(c) for c, _ in outcomes) == sorted(config_key(c) for c in configs)
-    for _, (key, _, status, error) in outcomes:
+    for _, (_key, _, status, error) in outcomes:
         assert status == "failed" and "RuntimeError: the training code changed" in error
         assert 'executors.py", line' in error and "\x1b[" not in error  # the worker's traceback, uncoloured
     assert _stored(tmp_path / "r.sqlite") == {}

@@ -11,10 +11,9 @@ import sys
 
 import pytest
 
-
 from normlab.lab import OUTCOME_ORDER, STUDIES, Options
-from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.store import Store
+from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.training.train import run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

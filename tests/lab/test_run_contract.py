@@ -6,13 +6,10 @@ import inspect
 import pytest
 import torch
 
-
 from normlab.lab import STUDIES, Options
-from normlab.lab.training import distributed_run
-from normlab.lab.training import packed
-from normlab.lab.training import train
 from normlab.lab.config import CharLMConfig, ClassifyConfig, DistributedConfig, from_dict, make_config
 from normlab.lab.store import config_key
+from normlab.lab.training import distributed_run, packed, train
 
 
 @pytest.mark.parametrize("cls", [ClassifyConfig, CharLMConfig, DistributedConfig])

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 
-from normlab.lab.store import Store, config_key
 from workers import store_writer
+
+from normlab.lab.store import Store, config_key
 
 
 def _config(i, study="s"):

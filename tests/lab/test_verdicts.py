@@ -3,7 +3,6 @@ seed options."""
 
 import pytest
 
-from normlab.lab.store import RunRecord
 from normlab.lab.judging.study import (
     NOT_TRAINED,
     Options,
@@ -17,6 +16,7 @@ from normlab.lab.judging.study import (
     withheld,
 )
 from normlab.lab.judging.verdicts import MAX_DOUBLINGS, Outcome, check, settle
+from normlab.lab.store import RunRecord
 
 
 def test_compare_outcomes():

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 import torch
-
-import normlab.nn as nl
 from helpers import assert_close, gradcheck_module, random_input
 from helpers import randomize_parameters as _randomize
-from normlab import reference as R
-from normlab.reference import batch_variants as RB
-
 from tolerances import FLOAT64 as TOL
 from tolerances import FLOAT64_GRAD as GRAD_TOL
+
+import normlab.nn as nl
+from normlab import reference as R
+from normlab.reference import batch_variants as RB
 
 
 @pytest.mark.parametrize("r_max, d_max", [(3.0, 5.0), (1.2, 0.1)])

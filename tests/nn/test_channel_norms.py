@@ -3,13 +3,13 @@ channels_last path (no copy: ATen normalizes the contiguous NHWC view)."""
 
 import pytest
 import torch
+from helpers import assert_close, nchw_shapes, random_input
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FLOAT64, FLOAT64_GRAD
 
 import normlab.nn as nl
-from helpers import assert_close, nchw_shapes, random_input
 from normlab import reference as R
-from tolerances import FLOAT64, FLOAT64_GRAD
 
 
 @settings(max_examples=40, deadline=None)

@@ -13,15 +13,15 @@ import contextlib
 
 import pytest
 import torch
+from helpers import assert_close, random_input, random_params
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from parity import clone_pair, compare_steps
+from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 import normlab.functional as NF
 import normlab.nn as nl
-from helpers import assert_close, random_input, random_params
 from normlab import reference as R
-from parity import clone_pair, compare_steps
-from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 LOW = (torch.float16, torch.bfloat16)

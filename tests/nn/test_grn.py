@@ -4,14 +4,14 @@ the method reachable by name in explain and the lab with no edit outside its fil
 
 import pytest
 import torch
+from helpers import assert_close, nchw_shapes, numeric_grad, random_input
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FINITE_DIFFERENCE, FLOAT64, FLOAT64_GRAD
 
 import normlab.nn as nl
-from helpers import assert_close, nchw_shapes, numeric_grad, random_input
 from normlab import reference as R
 from normlab.cli import main
-from tolerances import FINITE_DIFFERENCE, FLOAT64, FLOAT64_GRAD
 
 
 def _module(c, seed, dtype=torch.float64):

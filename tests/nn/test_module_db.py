@@ -50,18 +50,18 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
-from typing import Callable
 
 import pytest
 import torch
+from module_db_harness import DEVICE, MODULE_INFOS, ModuleErrorEnum, NotApplicable, cases, dtypes, modes, run_check
+from tolerances import vs_torch
 from torch import Tensor
 
 import normlab.nn as nl
-from module_db_harness import DEVICE, MODULE_INFOS, ModuleErrorEnum, NotApplicable, cases, dtypes, modes, run_check
-from tolerances import vs_torch
 
 TWINS = {  # normlab.nn.<twin> and torch.nn.<twin>, checked on this ModuleInfo's data
     "BatchNorm1d": "nn.BatchNorm1d",
@@ -293,7 +293,7 @@ def check_memory_format(cls, case, expected):
             out, [a for a in tensors(x) if a.requires_grad] + params, torch.empty_like(out).copy_(grad_out)
         )
         for name, got, ref in zip(
-            ["input gradient"] * len(inputs) + ["parameter gradient"] * len(params), grads, ref_grads
+            ["input gradient"] * len(inputs) + ["parameter gradient"] * len(params), grads, ref_grads, strict=True
         ):
             close(got, ref, case, f"{where}: {name}")
         want = _name(fmt) if input_fmt == fmt else "contiguous"  # torch's rule: channels_last in, channels_last out
@@ -342,7 +342,7 @@ def check_non_contiguous(cls, case, expected):
         close(out, ref_out, case, f"{where}: output")
         grads = torch.autograd.grad(out, [a for a in tensors(x) if a.requires_grad] + params, g)
         n_in = len(grads) - len(params)
-        for i, (got, ref) in enumerate(zip(grads, ref_grads)):
+        for i, (got, ref) in enumerate(zip(grads, ref_grads, strict=True)):
             if i < n_in:
                 close(got, ref, case, f"{where}: input gradient", atol=1e-4, rtol=0)  # torch's tolerance
             else:
@@ -436,16 +436,18 @@ def check_to(cls, case, expected, swap: bool):
                 placed(module, DEVICE, dtype)
                 assert [id(p) for p in now] == ids, f".to({dtype}) replaced parameter objects"
                 if swap:
-                    assert all(a != b for a, b in zip(cdatas, _cdatas(now))), f".to({dtype}) did not swap parameters"
+                    assert all(a != b for a, b in zip(cdatas, _cdatas(now), strict=True)), (
+                        f".to({dtype}) did not swap parameters"
+                    )
                 else:
                     assert _cdatas(now) == cdatas, f".to({dtype}) without swapping changed a parameter's tensor"
                 if set_grad:
                     grads = [p.grad for p in now]
                     assert all(g.dtype == dtype for g in grads), f".to({dtype}) left a gradient behind"
                     if swap:  # swapped, unless .to() had nothing to change
-                        assert all((a == b) == (dtype == prev) for a, b in zip(grad_cdatas, _cdatas(grads))), (
-                            f".to({dtype}) with swapping: gradient tensors swapped where they should not, or not"
-                        )
+                        assert all(
+                            (a == b) == (dtype == prev) for a, b in zip(grad_cdatas, _cdatas(grads), strict=True)
+                        ), f".to({dtype}) with swapping: gradient tensors swapped where they should not, or not"
                     else:
                         assert [id(g) for g in grads] == grad_ids and _cdatas(grads) == grad_cdatas, (
                             f".to({dtype}) without swapping replaced a gradient"
@@ -454,7 +456,7 @@ def check_to(cls, case, expected, swap: bool):
             x = [a.to(prev) if isinstance(a, Tensor) else a for a in sample.forward_input.args]
             outs.append(forward(module, sample, x).detach())
     if expected is not None:
-        for out, out_t in zip(outs, expected):
+        for out, out_t in zip(outs, expected, strict=True):
             same_as_torch(out, out_t, prev, f"output after .to({prev})")
     return outs
 
@@ -472,11 +474,13 @@ def check_to_empty(cls, case, expected, swap: bool):
         now = list(module.parameters())
         assert all(isinstance(p, torch.nn.Parameter) for p in now), "a parameter is no longer a Parameter"
         placed(module, DEVICE, case.dtype)
-        assert all(a != b for a, b in zip(cdatas, _cdatas(now))), "to_empty kept a parameter's tensor"
+        assert all(a != b for a, b in zip(cdatas, _cdatas(now), strict=True)), "to_empty kept a parameter's tensor"
         if swap:
             assert [id(p) for p in now] == ids, "to_empty with swapping replaced parameter objects"
         else:
-            assert all(a != b for a, b in zip(ids, [id(p) for p in now])), "to_empty kept a parameter object"
+            assert all(a != b for a, b in zip(ids, [id(p) for p in now], strict=True)), (
+                "to_empty kept a parameter object"
+            )
     if hasattr(module, "reset_parameters"):  # deferred initialization: meta, to_empty, reset_parameters
         module.reset_parameters()
     fresh = cls(*c.args, **c.kwargs)
@@ -492,7 +496,10 @@ def check_meta_init(cls, case, expected):
     cpu = cls(*c.args, **c.kwargs)
     with torch.device("meta"):
         meta = cls(*c.args, **c.kwargs)
-    pairs = [*zip(meta.named_parameters(), cpu.named_parameters()), *zip(meta.named_buffers(), cpu.named_buffers())]
+    pairs = [
+        *zip(meta.named_parameters(), cpu.named_parameters(), strict=True),
+        *zip(meta.named_buffers(), cpu.named_buffers(), strict=True),
+    ]
     if not pairs:
         raise NotApplicable("no parameters or buffers")
     assert [n for (n, _), _ in pairs] == [n for _, (n, _) in pairs], "meta and CPU modules differ in their tensors"

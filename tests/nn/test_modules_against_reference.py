@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from helpers import assert_close, random_input, random_params
 from hypothesis import given
 from hypothesis import strategies as st
+from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 import normlab.nn as nl
-from helpers import assert_close, random_input, random_params
 from normlab import reference as R
-from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 

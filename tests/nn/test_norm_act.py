@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 import torch
+from helpers import random_input
 
 import normlab
 import normlab.nn as nl
-from helpers import random_input
 from normlab.nn.norm_act import NORM_ACT_CLASSES, norm_act_class
 
 

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from helpers import random_input
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from parity import DTYPES, clone_pair, compare_steps
 
 import normlab.nn as nl
-from helpers import random_input
-from parity import DTYPES, clone_pair, compare_steps
 
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -142,7 +142,7 @@ def test_empty_batch_behaves_as_torch(cls):
     clone_pair(theirs, ours)
     x = torch.randn(0, 4, 3, 3)
     assert ours(x).shape == theirs(x).shape == x.shape
-    for (n, b_t), (_, b_o) in zip(theirs.named_buffers(), ours.named_buffers()):
+    for (n, b_t), (_, b_o) in zip(theirs.named_buffers(), ours.named_buffers(), strict=True):
         assert torch.equal(b_t, b_o), n
 
 

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, gradcheck_module, random_input
+from helpers import randomize_parameters as _randomize
+from tolerances import FLOAT64 as TOL
+from tolerances import FLOAT64_GRAD as GRAD_TOL
 
 import normlab
 import normlab.nn as nl
-from helpers import assert_close, gradcheck_module, random_input
-from helpers import randomize_parameters as _randomize
 from normlab.reference import response as RR
-
-from tolerances import FLOAT64 as TOL
-from tolerances import FLOAT64_GRAD as GRAD_TOL
 
 
 def _np(t):

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, random_input
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as torch_weight_norm
 
 import normlab.functional as NF
 import normlab.nn as nl
-from helpers import assert_close, random_input
 from normlab import reference as R
 
 

@@ -4,10 +4,10 @@ central finite differences of their own forwards, and the forwards against torch
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_close, numeric_grad
-from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
+
+from normlab import reference as R
 
 FD = dict(atol=FINITE_DIFFERENCE["atol"], rtol=FINITE_DIFFERENCE["rtol"])
 SHAPES = [(3, 4, 5), (2, 4, 3, 3)]
@@ -17,7 +17,7 @@ def _check(forward, grads, arrays, dy):
     def loss():
         return float((forward() * dy).sum())
 
-    for analytic, a in zip(grads, arrays):
+    for analytic, a in zip(grads, arrays, strict=True):
         assert_close(analytic, numeric_grad(loss, a, FINITE_DIFFERENCE["step"]), **FD)
 
 

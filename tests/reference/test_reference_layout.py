@@ -2,10 +2,10 @@ import math
 
 import numpy as np
 import pytest
+from helpers import nchw_shapes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import nchw_shapes
 from normlab.reference import batch_layout, group_layout, instance_layout, layer_layout
 
 

@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import assert_close, numeric_grad
-from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
 
+from normlab import reference as R
 
 FD = dict(atol=FINITE_DIFFERENCE["atol"], rtol=FINITE_DIFFERENCE["rtol"])
 

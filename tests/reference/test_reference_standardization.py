@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, nchw_shapes, numeric_grad
 from hypothesis import given
 from hypothesis import strategies as st
-
-from helpers import assert_close, numeric_grad, nchw_shapes
-from normlab import reference as R
 from tolerances import FINITE_DIFFERENCE
+
+from normlab import reference as R
 
 EPS = 1e-5
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -448,7 +448,7 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         input, weight, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: autograd's own graph of the composite, differentiable again
-            wanted = [t for t, need in zip((input, weight), ctx.needs_input_grad[:2]) if need]
+            wanted = [t for t, need in zip((input, weight), ctx.needs_input_grad[:2], strict=True) if need]
             with torch.enable_grad():
                 out = F.rms_norm(input, ctx.shape, weight, ctx.eps)
             grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True))

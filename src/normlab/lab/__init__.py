@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .judging.report import OUTCOME_ORDER, load_verdicts, write_report
-from .training.packed import MAX_COPIES
 from .judging.fairness import StudyPlan
+from .judging.report import OUTCOME_ORDER, load_verdicts, write_report
+from .judging.study import Options
+from .store import RunRecord, Store, config_key
+from .studies import STUDIES
 from .sweep.checkpoint import Checkpoints
 from .sweep.runner import SweepReport, run_sweep
-from .store import RunRecord, Store, config_key
-from .judging.study import Options
-from .studies import STUDIES
+from .training.packed import MAX_COPIES
 from .user_study.study import UserSpec
 
 __all__ = ["STUDIES", "Options", "Execution", "UserSpec", "compare", "compare_model", "OUTCOME_ORDER", "study_variants"]
@@ -42,8 +42,8 @@ def study_variants() -> set[str]:
 def preflight(out: Path, options: Options, execution: Execution | None = None) -> None:
     """Check what the user gave before any run starts: ValueError with one clear line naming the path and what was
     expected. Reads only: a bad store or data directory is left as it was."""
-    from .training.data import check_data
     from .store import check_store
+    from .training.data import check_data
 
     check_data(options.data)
     if execution is not None and execution.executor == "ray":

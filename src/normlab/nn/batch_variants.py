@@ -10,8 +10,8 @@ from torch import Tensor
 from torch.nn import Parameter, init
 
 from .. import _checks
-from ._twin import Twin
 from .. import functional as NF
+from ._twin import Twin
 from .batchnorm import _BatchNorm, _lerp_buffer
 
 __all__ = [

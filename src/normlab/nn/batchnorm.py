@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from .. import _checks
+from .. import functional as NF
 from ._state import carry_state
 from ._twin import Twin, torch_base
-from .. import functional as NF
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 

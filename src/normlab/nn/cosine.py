@@ -17,8 +17,8 @@ from torch.nn import Parameter, init
 from torch.nn.modules.utils import _pair, _single
 
 from .. import _checks
-from ._twin import Twin
 from .. import functional as NF
+from ._twin import Twin
 
 __all__ = ["CosineLinear", "CosineConv1d", "CosineConv2d"]
 

@@ -2,15 +2,16 @@ r"""DyT, Dynamic Tanh (Zhu et al. 2025): a normalization layer replacement with 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter, init
 
 from .. import _checks
-from ._twin import Twin
 from .. import functional as NF
+from ._twin import Twin
 
 __all__ = ["DynamicTanh"]
 

@@ -57,7 +57,7 @@ class FrozenBatchNorm2d(Twin):
             self.running_var.fill_(1)
 
     @classmethod
-    def from_batch_norm(cls, bn: Module) -> "FrozenBatchNorm2d":
+    def from_batch_norm(cls, bn: Module) -> FrozenBatchNorm2d:
         frozen = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype)
         with torch.no_grad():
             if bn.weight is not None:

@@ -31,7 +31,8 @@ Examples::
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 from torch import nn as tnn

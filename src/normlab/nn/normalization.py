@@ -2,7 +2,8 @@ r"""LayerNorm, GroupNorm, RMSNorm: drop-in twins of the modules in ``torch/nn/mo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -11,8 +11,8 @@ from torch import Tensor
 from torch.nn import Parameter, init
 
 from .. import _checks
-from ._twin import Twin
 from .. import functional as NF
+from ._twin import Twin
 
 __all__ = ["FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0"]
 

@@ -135,7 +135,7 @@ def data_dependent_init(model: Module, input: Tensor, eps: float = 1e-6) -> Modu
         if bias is not None:
             bias.zero_()
         captured: list[Tensor] = []
-        hook = layer.register_forward_hook(lambda _m, _a, out: captured.append(out))
+        hook = layer.register_forward_hook(lambda _m, _a, out, into=captured: into.append(out))
         try:
             model(input)
         finally:

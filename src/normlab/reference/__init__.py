@@ -10,7 +10,6 @@ Read these files to learn the formulas; nothing here is meant to be fast.
 """
 
 from . import batch_variants, response
-
 from .layout import Layout, batch_layout, channel_layout, group_layout, instance_layout, layer_layout
 from .reparametrization import (
     cosine_linear,

@@ -183,8 +183,8 @@ def switchable_norm(
     x = _f(x)
     v, means, variances = _switchable_statistics(x, running_mean, running_var, training)
     wm, wv = _softmax(mean_weight), _softmax(var_weight)
-    mean = sum(w * m for w, m in zip(wm, means))
-    var = sum(w * s for w, s in zip(wv, variances))
+    mean = sum(w * m for w, m in zip(wm, means, strict=True))
+    var = sum(w * s for w, s in zip(wv, variances, strict=True))
     y = ((v - mean) / np.sqrt(var + eps)).reshape(x.shape)
     return _affine(y, _channel_param(weight, x.ndim), _channel_param(bias, x.ndim))
 
@@ -204,8 +204,8 @@ def switchable_norm_backward(dy, x, weight, bias, mean_weight, var_weight, eps: 
     v, means, variances = _switchable_statistics(x)
     n, c, s = v.shape
     wm, wv = _softmax(mean_weight), _softmax(var_weight)
-    mean = sum(w * m for w, m in zip(wm, means))
-    var = sum(w * q for w, q in zip(wv, variances))
+    mean = sum(w * m for w, m in zip(wm, means, strict=True))
+    var = sum(w * q for w, q in zip(wv, variances, strict=True))
     r = 1 / np.sqrt(var + eps)
     x_hat = (v - mean) * r
     dyv = dy.reshape(v.shape)

@@ -21,8 +21,8 @@ oracle the tests compare the torch modules with, and the place to read the formu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

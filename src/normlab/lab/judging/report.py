@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from ... import __version__
-from .published import ANCHORS
-from .fairness import Fairness
 from ..store import RunRecord
+from .fairness import Fairness
+from .published import ANCHORS
 from .study import CONVERGENCE, Study, StudyResult
 from .verdicts import CRITERION, Outcome, Verdict, budget_name
 

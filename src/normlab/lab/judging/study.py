@@ -6,17 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..metrics import DIVERGED, TEST_ACC
 from ..store import RunRecord, trunk_key
 from .verdicts import (
-    Budgets,
     CRITERION,
+    Budgets,
     Outcome,
     Sample,
     Verdict,
@@ -36,6 +37,8 @@ __all__ = [
     "Verdict",
     "Sample",
     "compare",
+    "difference_test",
+    "not_greater",
     "group_by",
     "mean_spread",
     "seed_rows",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
 
 import numpy as np
 
@@ -106,12 +106,12 @@ class Sample(list):
         self.seeds = list(seeds)
         self.settings = tuple(settings)
 
-    def map(self, fn) -> "Sample":
+    def map(self, fn) -> Sample:
         return Sample([fn(v) for v in self], self.seeds, self.settings)
 
-    def minus(self, other: "Sample") -> "Sample":
+    def minus(self, other: Sample) -> Sample:
         """Per-seed differences over the seeds both have."""
-        mine, theirs = dict(zip(self.seeds, self)), dict(zip(other.seeds, other))
+        mine, theirs = dict(zip(self.seeds, self, strict=True)), dict(zip(other.seeds, other, strict=True))
         common = [s for s in self.seeds if s in theirs]
         return Sample([mine[s] - theirs[s] for s in common], common, _merged(self.settings, other.settings))
 

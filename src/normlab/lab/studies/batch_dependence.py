@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import OUTPUT_SPREAD, TEST_ACC
 from ...registry import is_batch_dependent
 from ..judging.fairness import Selection
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -24,6 +22,8 @@ from ..judging.study import (
     save,
     values,
 )
+from ..metrics import OUTPUT_SPREAD, TEST_ACC
+from ..store import RunRecord
 
 # label -> (activation norm, weight_norm): Weight Normalization reparametrizes the weights of every layer, so these
 # variants are a registry norm plus WN, not registry entries.

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import TEST_ACC
 from ...reference.layout import batch_layout
 from ..judging.fairness import Selection
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -25,6 +23,8 @@ from ..judging.study import (
     seed_rows,
     values,
 )
+from ..metrics import TEST_ACC
+from ..store import RunRecord
 
 DEPTH, WIDTH = 4, 32
 # batch size -> (epochs, learning rate), each trained to its plateau (cosine decay, measured before the warmup-stable-decay schedule). Measured with 5 seeds: at equal

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import TEST_ACC
 from ..judging.fairness import Selection
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -18,10 +16,12 @@ from ..judging.study import (
     group_by,
     new_figure,
     not_applicable_notes,
-    sample,
     plot_lines,
+    sample,
     save,
 )
+from ..metrics import TEST_ACC
+from ..store import RunRecord
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import TEST_ACC
 from ..judging.fairness import Selection
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -32,6 +30,8 @@ from ..judging.study import (
     save,
     values,
 )
+from ..metrics import TEST_ACC
+from ..store import RunRecord
 
 GLOBAL_BATCH = 8
 EXACT_STEPS = 40

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import DIVERGED, TEST_ACC
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -25,6 +23,8 @@ from ..judging.study import (
     seed_rows,
     values,
 )
+from ..metrics import DIVERGED, TEST_ACC
+from ..store import RunRecord
 
 PROBE_LR = 0.3
 

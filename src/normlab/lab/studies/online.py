@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
 from ..judging.fairness import Selection
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -23,6 +21,8 @@ from ..judging.study import (
     save,
     values,
 )
+from ..metrics import TEST_ACC, TEST_ACC_BATCH_STATS
+from ..store import RunRecord
 
 STREAMS = ("iid", "sorted")
 LR = 0.02

@@ -6,8 +6,6 @@ from pathlib import Path
 
 from ..config import make_config
 from ..judging.fairness import Budgets, Selection
-from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -24,7 +22,8 @@ from ..judging.study import (
     save,
     values,
 )
-
+from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
+from ..store import RunRecord
 
 BATCH = 32
 SEEDS = 3  # each language model costs about 35 s on one core: the study's seeds are fewer than the CNN studies'

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -16,12 +14,14 @@ from ..judging.study import (
     compare,
     fmt,
     group_by,
-    sample,
     new_figure,
     plot_lines,
+    sample,
     save,
     values,
 )
+from ..metrics import FINAL_WEIGHT_NORM, SCALE_INVARIANCE_ERROR, TEST_ACC
+from ..store import RunRecord
 
 DECAYS = (0.0, 1e-3, 1e-2)
 INVARIANCE_TOLERANCE = 1e-4

@@ -39,13 +39,13 @@ class Checkpoints:
         digest = hashlib.sha256("".join(sorted(config_key(c) for c in configs)).encode()).hexdigest()[:24]
         return Path(self.directory) / f"{digest}.pt"
 
-    def saver(self, configs: list[dict[str, Any]]) -> "Saver | None":
+    def saver(self, configs: list[dict[str, Any]]) -> Saver | None:
         return Saver(self.path(configs), self.every_s) if self.every_s > 0 else None
 
     def remove(self, configs: list[dict[str, Any]]) -> None:
         self.path(configs).unlink(missing_ok=True)
 
-    def trunk(self, configs: list[dict[str, Any]], packed: bool = False) -> "Trunk":
+    def trunk(self, configs: list[dict[str, Any]], packed: bool = False) -> Trunk:
         """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
         at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a pack's
         (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""

@@ -18,11 +18,12 @@ import os
 import re
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .work import RunRow, store_rows, train_item
 from ..store import config_key
+from .work import RunRow, store_rows, train_item
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoints
@@ -155,7 +156,7 @@ def _run_tasks(
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 item = pending.pop(ref)
-                for config, outcome in zip(item, _collect(ray, ref, item, store_path, checkpoints)):
+                for config, outcome in zip(item, _collect(ray, ref, item, store_path, checkpoints), strict=True):
                     record(config, outcome)
     finally:
         for ref in pending:  # interrupted: do not leave the rest training on a shared cluster

@@ -6,14 +6,15 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .checkpoint import Checkpoints
-from ..training.packed import MAX_COPIES, plan_packs
 from ..store import Store, config_key, training_code_hash
+from ..training.packed import MAX_COPIES, plan_packs
+from .checkpoint import Checkpoints
 from .work import RunRow, execute, store_rows, train_item
 
 __all__ = [
@@ -113,7 +114,9 @@ def run_sweep(
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         elif workers <= 1:
             for item in items:
-                for config, outcome in zip(item, _execute_safely(item, store_path, threads, code, checkpoints)):
+                for config, outcome in zip(
+                    item, _execute_safely(item, store_path, threads, code, checkpoints), strict=True
+                ):
                     record(config, outcome)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
@@ -121,7 +124,7 @@ def run_sweep(
                     pool.submit(_execute_safely, item, store_path, threads, code, checkpoints): item for item in items
                 }
                 for future in as_completed(futures):
-                    for config, outcome in zip(futures[future], future.result()):
+                    for config, outcome in zip(futures[future], future.result(), strict=True):
                         record(config, outcome)
     finally:
         bar.close()

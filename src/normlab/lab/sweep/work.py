@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpoints
-from ..training.models import NotApplicable
 from ..store import Store, config_key, training_code_hash
+from ..training.models import NotApplicable
+from .checkpoint import Checkpoints
 
 __all__ = ["RunRow", "train_item", "store_rows", "execute"]
 
@@ -61,7 +61,7 @@ def train_item(
     seconds = (time.perf_counter() - start) / len(configs)  # a pack's time, shared by its runs
     return [
         RunRow(config=config, metrics=m, curves=c, seconds=seconds, status=status, note=note)
-        for config, (m, c, status, note) in zip(configs, rows)
+        for config, (m, c, status, note) in zip(configs, rows, strict=True)
     ]
 
 

@@ -12,7 +12,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,7 @@ def _cache_dir() -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def mnist1d() -> ImageData:
     """MNIST-1D with its defaults (4000 train / 1000 test, length 40, seed 42), cached as .npz after the first call."""
     cache = _cache_dir() / "mnist1d-default.npz"
@@ -96,7 +96,7 @@ def mnist1d() -> ImageData:
     return _standardized("mnist1d", d["x"][:, None, :], d["y"], d["x_test"][:, None, :], d["y_test"])
 
 
-@lru_cache(maxsize=None)
+@cache
 def digits() -> ImageData:
     """scikit-learn's 8x8 handwritten digits (1797 images), split 1400 / 397 with a fixed permutation."""
     from sklearn.datasets import load_digits
@@ -191,7 +191,7 @@ def check_data(spec: str | None) -> None:
         raise ValueError(f"--data {spec}: {path} holds no training or no test examples")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_images(kind: str = "mnist1d", path: str | None = None) -> ImageData:
     """The image data a study asks for: ``mnist1d`` and ``digits`` are embedded; ``cifar10``/``mnist`` need a path."""
     if kind == "mnist1d":
@@ -203,7 +203,7 @@ def load_images(kind: str = "mnist1d", path: str | None = None) -> ImageData:
     raise ValueError(f"unknown image data {kind!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_text(max_chars: int = 400_000) -> TextData:
     """CPython's pydoc topics (English prose about Python), as character ids; of the last 10%, the first half is
     validation (learning-rate selection) and the second half test (verdicts)."""

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from ..metrics import DIVERGED, TEST_ACC
 from ..config import RunOutput, from_dict
+from ..metrics import DIVERGED, TEST_ACC
 from .loop import fit
 
 

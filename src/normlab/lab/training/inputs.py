@@ -14,10 +14,11 @@ import ast
 import hashlib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,7 +132,7 @@ def _from_file(spec: str) -> UserData:
         raise ValueError(
             f"--data {spec}: expected (train_dataset, test_dataset[, loss_fn]), got a {type(out).__name__}"
         )
-    for name, item in zip(("train_dataset", "test_dataset"), out[:2]):
+    for name, item in zip(("train_dataset", "test_dataset"), out[:2], strict=True):
         if not (hasattr(item, "__getitem__") and hasattr(item, "__len__")):
             raise ValueError(f"--data {spec}: {name} is a {type(item).__name__}, not a map-style Dataset")
     loss_fn = out[2] if len(out) == 3 else None

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ def make_norm(
 def run_groups(norms: Sequence[str], options: Sequence[dict | None]) -> list[list[int]]:
     """Consecutive runs with the same norm and options: the parts of a mixed pack's norm layers."""
     groups: list[list[int]] = []
-    for i, key in enumerate(zip(norms, options)):
+    for i, key in enumerate(zip(norms, options, strict=True)):
         if groups and key == (norms[groups[-1][0]], options[groups[-1][0]]):
             groups[-1].append(i)
         else:
@@ -101,7 +101,9 @@ class SplitNorm(nn.Module):
         self.run_groups = run_groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1))], dim=1)
+        return torch.cat(
+            [part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1), strict=True)], dim=1
+        )
 
 
 # The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
@@ -375,7 +377,7 @@ class ConvNet(nn.Module):
                     nl.weight_norm(m)
 
     @staticmethod
-    @lru_cache(maxsize=None)
+    @cache
     def _conv(norm: str, spatial_dims: int):
         """The registry's conv for weight-level methods (Weight Standardization, Spectral Norm), else nn.ConvNd."""
         try:
@@ -419,7 +421,7 @@ class ConvNet(nn.Module):
         k, n = self.copies, x.shape[0]
         h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3]):
+        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3], strict=True):
             c_in, c_out = h.shape[1], conv.out_channels // k
             cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
             y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ...registry import can_pack, canonical_name, conv_layer, get_method
 from ..config import ClassifyConfig, from_dict
-from .models import MATMUL_MIN_BATCH, SplitNorm, pack_size, uses_weight_norm
-from .loop import fit_ladder
-from .probes import gradient_predictiveness, scale_invariance_error
+from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..store import config_key
+from .loop import fit_ladder
+from .models import MATMUL_MIN_BATCH, SplitNorm, pack_size, uses_weight_norm
+from .probes import gradient_predictiveness, scale_invariance_error
 from .train import (
     BatchOrder,
     RunOutput,
@@ -126,7 +126,7 @@ def _pack_axis(single: torch.Size, packed: torch.Size, copies: int) -> int | Non
         return 0 if len(single) else None
     if single == packed:
         return None
-    axes = [a for a, (s, p) in enumerate(zip(single, packed)) if s != p]
+    axes = [a for a, (s, p) in enumerate(zip(single, packed, strict=True)) if s != p]
     if len(single) != len(packed) or len(axes) != 1 or packed[axes[0]] != copies * single[axes[0]]:
         raise ValueError(f"cannot pack tensors of shape {tuple(single)} into {tuple(packed)}")
     return axes[0]
@@ -225,15 +225,17 @@ class PackedSGD:
         self.params = [p for _, p in packed.named_parameters()]
         self.layout = [layout[name] for name, _ in packed.named_parameters()]
         self.momentum = momentum
-        self.decays = [_per_run(decays, p, *lo) for p, lo in zip(self.params, self.layout)] if any(decays) else None
-        self.lrs = [_per_run(lrs, p, *lo) for p, lo in zip(self.params, self.layout)]
+        self.decays = (
+            [_per_run(decays, p, *lo) for p, lo in zip(self.params, self.layout, strict=True)] if any(decays) else None
+        )
+        self.lrs = [_per_run(lrs, p, *lo) for p, lo in zip(self.params, self.layout, strict=True)]
         self.base_lrs = list(lrs)
         self.buffers: list[Tensor] | None = None
 
     def stop(self, run: int) -> None:
         """Run ``run`` learns no more (it diverged)."""
         self.base_lrs[run] = 0.0
-        self.lrs = [_per_run(self.base_lrs, p, *lo) for p, lo in zip(self.params, self.layout)]
+        self.lrs = [_per_run(self.base_lrs, p, *lo) for p, lo in zip(self.params, self.layout, strict=True)]
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
@@ -266,8 +268,8 @@ class PackedSGD:
 def _per_run_norms(tensors: list[Tensor], layout: list[tuple[int, list[int]]], copies: int) -> Tensor:
     """The Euclidean norm of each run's slices of ``tensors`` taken together: shape ``(copies,)``."""
     squares = torch.zeros(copies, dtype=torch.float64)
-    for t, (axis, runs) in zip(tensors, layout):
-        for run, part in zip(runs, t.chunk(len(runs), dim=axis)):
+    for t, (axis, runs) in zip(tensors, layout, strict=True):
+        for run, part in zip(runs, t.chunk(len(runs), dim=axis), strict=True):
             squares[run] += float(part.double().square().sum())
     return squares.sqrt()
 
@@ -332,7 +334,7 @@ class PackedTraining:
         self.packed.train()
         self.opt.load_state_dict(state["opt"])
         self.curves = state["curves"]
-        for order, saved in zip(self.orders, state["orders"]):
+        for order, saved in zip(self.orders, state["orders"], strict=True):
             order.load(saved)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -148,10 +148,10 @@ def gradient_predictiveness(
     with preserved_state(model):
         grads = torch.autograd.grad(loss_fn(), params)
         with torch.no_grad():
-            for p, g, lr in zip(params, grads, step_sizes):
+            for p, g, lr in zip(params, grads, step_sizes, strict=True):
                 p.sub_(lr * g)
         moved = torch.autograd.grad(loss_fn(), params)
-    diff = run_norms([a - b for a, b in zip(grads, moved)])
+    diff = run_norms([a - b for a, b in zip(grads, moved, strict=True)])
     return (diff / run_norms(list(grads)).clamp_min(1e-12)).tolist()
 
 

@@ -9,7 +9,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,8 +16,6 @@ from torch import Tensor, nn
 from ...nn import data_dependent_init
 from ...registry import WEIGHT_NORM_RECIPE
 from ..config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
-from .data import ImageData, load_images, load_text, training_part
-from .loop import Schedule, fit_ladder
 from ..metrics import (
     DIVERGED,
     FINAL_WEIGHT_NORM,
@@ -32,6 +29,8 @@ from ..metrics import (
     VALID_ACC,
     VALID_BPC,
 )
+from .data import ImageData, load_images, load_text, training_part
+from .loop import Schedule, fit_ladder
 from .models import CharTransformer, ConvNet, uses_weight_norm
 from .probes import (
     BatchStatRecorder,

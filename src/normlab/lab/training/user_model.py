@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,10 @@ from torch.utils.data import DataLoader, Subset
 from ...registry import canonical_name
 from ...transform import param_groups, swap
 from ..config import UserConfig, from_dict
+from ..metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .data import training_part
 from .inputs import UserData, load_model, load_user_data
 from .loop import Schedule, fit
-from ..metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .models import NotApplicable
 
 __all__ = ["SWAPPABLE", "norm_kinds", "build_user_model", "train_user", "training_split"]

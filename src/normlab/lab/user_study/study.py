@@ -19,8 +19,6 @@ import numpy as np
 from ...registry import canonical_name
 from ..config import make_config
 from ..judging.fairness import VALIDATION_LOSS, Budgets, Selection
-from ..metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
-from ..store import RunRecord
 from ..judging.study import (
     Options,
     Study,
@@ -35,6 +33,8 @@ from ..judging.study import (
     values,
 )
 from ..judging.verdicts import Outcome, compare
+from ..metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
+from ..store import RunRecord
 
 __all__ = ["UserSpec", "UserStudy", "USER_STUDY"]
 
@@ -226,7 +226,7 @@ class UserStudy(Study):
 
     def _curves(self, norms, sizes, groups, figdir: Path) -> str:
         fig, axes = new_figure(ncols=len(sizes), width=4.0)
-        for ax, b in zip(axes, sizes):
+        for ax, b in zip(axes, sizes, strict=True):
             for n in norms:
                 runs = [r for r in groups.get((n, b), []) if r.curves.get("loss")]
                 if runs:
