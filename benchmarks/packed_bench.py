@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from normlab.lab.config import from_dict, make_config
+from normlab.lab.config import make_config
 from normlab.lab.training.models import CharTransformer, pack_size
 from normlab.lab.training.packed import PackedSGD, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
@@ -35,7 +35,7 @@ CLOCK = time.process_time
 
 
 def _alone(config: dict, steps: int):
-    c = from_dict(config)
+    c = config
     data = classifier_data(c)
     model = build_classifier(c, data)
     opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum)
@@ -54,7 +54,7 @@ def _alone(config: dict, steps: int):
 
 
 def _packed(config: dict, copies: int, steps: int, form: str):
-    c = from_dict(config)
+    c = config
     data = classifier_data(c)
     singles = [build_classifier(c, data) for _ in range(copies)]
     packed = build_packed_classifier([c] * copies, data)
@@ -99,7 +99,7 @@ def _mha_forward(model: CharTransformer, tokens: torch.Tensor, padding: torch.Te
 
 
 def _lm(norm: str, batch: int, steps: int, forward: str):
-    c = from_dict(make_config("char_lm", study="bench", norm=norm, seed=0, batch_size=batch))
+    c = make_config("char_lm", study="bench", norm=norm, seed=0, batch_size=batch)
     text = load_text()
     vocab = len(text.vocab)
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def main() -> None:
                 config = make_config(study="bench", norm=norm, seed=0, batch_size=batch, lr=0.01, depth=4)
                 today = _packed(config, args.copies, args.steps, "grouped")
                 new = _packed(config, args.copies, args.steps, "auto")
-                c = from_dict(config)
+                c = config
                 uses_matmul = build_packed_classifier([c] * args.copies, classifier_data(c)).uses_matmul(batch)
                 form = "matmul" if uses_matmul else "grouped"
                 k = pack_size(batch)

@@ -1,6 +1,7 @@
 """Fairness: each setting's learning rate chosen on a validation split, verdicts settled over budgets (the settings
 under an unsettled verdict trained further), outcomes as a type, and the training-code hash in every run's key."""
 
+import dataclasses
 import inspect
 import math
 import re
@@ -11,7 +12,7 @@ import torch
 
 from normlab.lab import STUDIES, Options
 from normlab.lab import store as store_module
-from normlab.lab.config import from_dict, make_config
+from normlab.lab.config import as_dict, make_config
 from normlab.lab.judging.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
 from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
 from normlab.lab.judging.verdicts import Outcome, Verdict, compare
@@ -46,12 +47,12 @@ class _Study(Study):
 
 
 def _done(config, **metrics):
-    return RunRecord(config_key(config), config["study"], "done", config, metrics, {"loss": []}, "", 1.0)
+    return RunRecord(config_key(config), config.study, "done", as_dict(config), metrics, {"loss": []}, "", 1.0)
 
 
 def _select(plan, score):
     """Store a selection run for every (setting, lr, seed) of the grid with ``score(norm, lr)`` as its metric."""
-    return {config_key(c): _done(c, **{VALID_ACC: score(c["norm"], c["lr"])}) for c in plan.selection_configs()}
+    return {config_key(c): _done(c, **{VALID_ACC: score(c.norm, c.lr)}) for c in plan.selection_configs()}
 
 
 def test_the_grid_is_log_spaced_with_at_least_four_rates():
@@ -67,10 +68,10 @@ def test_selection_runs_hold_out_validation_on_their_own_seeds():
     plan = StudyPlan(_Study(), Options(seeds=2, first_seed=3))
     configs = plan.selection_configs()
     finals = plan.final_configs()
-    assert {c["seed"] for c in configs} == {3 + SELECTION_SEED_OFFSET, 4 + SELECTION_SEED_OFFSET}
-    assert not {c["seed"] for c in configs} & {c["seed"] for c in finals}
-    assert all(c["validation_fraction"] == 0.2 and not c["output_spread"] for c in configs)
-    assert all(c["validation_fraction"] == 0.0 and c["output_spread"] for c in finals)
+    assert {c.seed for c in configs} == {3 + SELECTION_SEED_OFFSET, 4 + SELECTION_SEED_OFFSET}
+    assert not {c.seed for c in configs} & {c.seed for c in finals}
+    assert all(c.validation_fraction == 0.2 and not c.output_spread for c in configs)
+    assert all(c.validation_fraction == 0.0 and c.output_spread for c in finals)
     assert len(configs) == 2 * len(Selection().grid(0.1)) * 2  # settings x rates x seeds
 
 
@@ -88,7 +89,7 @@ def test_each_setting_gets_its_own_best_rate_and_an_edge_grows_the_grid():
         pass
     chosen = {c.label: c.chosen for c in plan.choices.values()}
     assert chosen == {"norm=batch": 0.1, "norm=group": pytest.approx(0.0111, rel=1e-2)}
-    assert {c["norm"]: c["lr"] for c in plan.final_configs()} == {"batch": 0.1, "group": chosen["norm=group"]}
+    assert {c.norm: c.lr for c in plan.final_configs()} == {"batch": 0.1, "group": chosen["norm=group"]}
 
 
 def test_a_grid_grows_at_most_its_extensions_and_says_so():
@@ -105,8 +106,8 @@ def _at_budgets(plan, gaps):
     for every seed: a difference with no spread, judged against min_effect alone)."""
     records = {}
     for c in plan.budget_configs():
-        gap = gaps[c["doublings"]] if c["norm"] == "group" else 0.0
-        records[config_key(c)] = _done(c, **{TEST_ACC: (80.0 + gap + c["seed"]) / 100})
+        gap = gaps[c.doublings] if c.norm == "group" else 0.0
+        records[config_key(c)] = _done(c, **{TEST_ACC: (80.0 + gap + c.seed) / 100})
     return records
 
 
@@ -118,7 +119,7 @@ def _planned(tmp_path):
 
 def test_a_verdict_that_more_training_would_not_change_settles_at_the_study_budget(tmp_path):
     plan = _planned(tmp_path)
-    assert sorted({c["doublings"] for c in plan.budget_configs()}) == [0, 1]  # every final run at T and 2T
+    assert sorted({c.doublings for c in plan.budget_configs()}) == [0, 1]  # every final run at T and 2T
     assert len(plan.budget_configs()) == 2 * len(plan.final_configs())
     result, grew = plan.judge(_at_budgets(plan, {0: 75.0, 1: 86.0}), tmp_path)
     (verdict,) = result.verdicts
@@ -132,7 +133,7 @@ def test_an_unsettled_verdict_trains_its_settings_further_until_it_settles(tmp_p
     result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
     (verdict,) = result.verdicts
     assert grew and verdict.settled_at is None
-    assert sorted({c["doublings"] for c in plan.budget_configs()}) == [0, 1, 2]
+    assert sorted({c.doublings for c in plan.budget_configs()}) == [0, 1, 2]
     result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
     (verdict,) = result.verdicts
     assert not grew and verdict.outcome is Outcome.REPRODUCED and verdict.settled_at == 1
@@ -146,7 +147,7 @@ def test_a_verdict_that_keeps_changing_says_so_with_its_numbers(tmp_path):
     while grew:
         result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
     (verdict,) = result.verdicts
-    assert max(c["doublings"] for c in plan.budget_configs()) == 3
+    assert max(c.doublings for c in plan.budget_configs()) == 3
     assert verdict.outcome is Outcome.CHANGES_WITH_BUDGET
     assert "T: reproduced (+3); 2T: not reproduced at this scale (+0.5)" in verdict.evidence
 
@@ -161,7 +162,7 @@ def test_a_study_that_misses_its_target_trains_no_further_and_withholds_its_verd
 
 def test_a_selection_run_never_reads_the_test_set():
     config = make_config(study="t", norm="batch", seed=0, steps=5, validation_fraction=0.25)
-    data, full = classifier_data(from_dict(config)), classifier_data(from_dict({**config, "validation_fraction": 0.0}))
+    data, full = classifier_data(config), classifier_data(dataclasses.replace(config, validation_fraction=0.0))
     assert len(data.x_test) == len(full.x_train) // 4 and len(data.x_train) == len(full.x_train) - len(data.x_test)
     assert torch.equal(data.x_test, full.x_train[len(data.x_train) :])
     metrics, _ = run(config)
@@ -215,7 +216,7 @@ def test_recipes_reach_the_lab_models():
     from normlab.lab.training.models import CharTransformer
     from normlab.nn.weight_norm import _weight_normalized
 
-    config = from_dict(make_config(study="t", norm="meanonly", seed=0))
+    config = make_config(study="t", norm="meanonly", seed=0)
     model = build_classifier(config, classifier_data(config))
     assert len(_weight_normalized(model)) == 4  # mean-only BN comes with WN on every conv and the head
     lm = CharTransformer(len(load_text().vocab), "dyt", 16, 1)

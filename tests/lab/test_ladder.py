@@ -37,7 +37,7 @@ def test_wsd_is_constant_then_decays_as_one_minus_sqrt():
     factors = [lr_factor("wsd", s, steps, cooldown) for s in range(steps)]
     assert factors[:80] == [1.0] * 80
     assert factors[80] == 1.0 and factors[90] == pytest.approx(1 - math.sqrt(0.5))
-    assert all(a > b for a, b in zip(factors[80:], factors[81:], strict=True))
+    assert all(a > b for a, b in zip(factors[80:], factors[81:], strict=False))
     assert Schedule(lr=1.0, kind="wsd", steps=steps).branch_step == 80
     assert Schedule(lr=1.0, kind="cosine", steps=steps).branch_step == 0
     with pytest.raises(ValueError, match="lr_schedule"):
@@ -177,6 +177,6 @@ def test_a_sweep_with_fewer_items_than_workers_splits_its_largest_pack():
     (item,) = plan_packs(configs)
     first, second = _spread([item], workers=2)
     assert len(first) + len(second) == len(configs) and len(first) == 4  # two runs (ladders of two budgets)
-    assert {c["seed"] for c in first}.isdisjoint({c["seed"] for c in second})
+    assert {c.seed for c in first}.isdisjoint({c.seed for c in second})
     assert _spread([item], workers=1) == [item]
     assert _spread([[configs[0]]], workers=4) == [[configs[0]]]  # one run: nothing to split

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from normlab.lab.config import from_dict, make_config
+from normlab.lab.config import make_config
 from normlab.lab.training.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
 from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
@@ -59,7 +59,7 @@ def test_runs_of_several_norms_share_a_pack():
     assert len({pack_key(c) for c in configs}) == 1
     for config, (pm, pc) in zip(configs, train_packed(configs), strict=True):
         am, ac = run(config)
-        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6), config["norm"]
+        assert pc["loss"] == pytest.approx(ac["loss"], rel=1e-5, abs=1e-6), config.norm
         assert pc["grad_pred"] == pytest.approx(ac["grad_pred"], rel=1e-4)
         assert pm["test_acc"] == pytest.approx(am["test_acc"], abs=2e-3)
 
@@ -72,15 +72,15 @@ def test_weight_standardization_packs_only_with_itself():
 def test_packed_parameters_equal_alone_after_training():
     """Parameters and running statistics themselves, not only the losses, for BN with weight norm and a stream."""
     configs = _configs("batch", weight_norm=True, stream="sorted", chunk=5)
-    c = from_dict(configs[0])
+    c = configs[0]
     data = classifier_data(c)
     singles = []
     for config in configs:
-        torch.manual_seed(config["seed"])
-        singles.append(build_classifier(from_dict(config), data))
-    packed = build_packed_classifier([from_dict(config) for config in configs], data)
+        torch.manual_seed(config.seed)
+        singles.append(build_classifier(config, data))
+    packed = build_packed_classifier(configs, data)
     pack_state(singles, packed)
-    copies = [build_classifier(from_dict(config), data) for config in configs]
+    copies = [build_classifier(config, data) for config in configs]
     unpack_state(packed, copies)
     for a, b in zip(singles, copies, strict=True):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.lab.config import from_dict, make_config
+from normlab.lab.config import make_config
 from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
 from normlab.lab.training.train import build_packed_classifier, classifier_data, run
@@ -116,7 +116,7 @@ def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
         )
         for s in (3, 4)
     ]
-    c = from_dict(configs[0])
+    c = configs[0]
     assert build_packed_classifier([c, c], classifier_data(c)).uses_matmul(batch)
     for config, (pm, pc) in zip(configs, train_packed(configs), strict=True):
         am, ac = run(config)

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from normlab.lab import STUDIES, Options
-from normlab.lab.config import CharLMConfig, ClassifyConfig, DistributedConfig, from_dict, make_config
+from normlab.lab.config import CharLMConfig, ClassifyConfig, DistributedConfig, as_dict, from_dict, make_config
 from normlab.lab.store import config_key
-from normlab.lab.training import distributed_run, packed, train
+from normlab.lab.training import distributed_run, packed, train, user_model
 
 
 @pytest.mark.parametrize("cls", [ClassifyConfig, CharLMConfig, DistributedConfig])
 def test_every_field_is_in_the_key(cls):
     task = cls.__dataclass_fields__["task"].default
-    base = make_config(task, study="s", norm="batch", seed=0)
+    base = as_dict(make_config(task, study="s", norm="batch", seed=0))
     assert set(base) == {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         if f.name in ("task",):
@@ -35,9 +35,11 @@ def test_every_field_is_in_the_key(cls):
 
 
 def test_training_code_reads_no_inline_defaults():
-    """Every value a run uses comes from its typed configuration, never from ``config.get(key, default)``."""
-    for module in (train, packed, distributed_run):
-        assert "config.get(" not in inspect.getsource(module), module.__name__
+    """Every value a run uses comes from its typed configuration, never from ``config.get(key, default)``, and the
+    training code takes the typed object itself (no dict converted back on the way)."""
+    for module in (train, packed, distributed_run, user_model):
+        source = inspect.getsource(module)
+        assert "config.get(" not in source and "from_dict(" not in source, module.__name__
 
 
 def test_unknown_fields_are_rejected():
@@ -50,8 +52,9 @@ def test_unknown_fields_are_rejected():
 def test_every_study_builds_typed_configs():
     for study in STUDIES.values():
         for config in study.configs(Options()):
-            assert make_config(config["task"], **{k: v for k, v in config.items() if k != "task"}) == config
-            from_dict(config)
+            stored = as_dict(config)  # the form the store keeps, read back to the same typed object
+            assert from_dict(stored) == config
+            assert make_config(config.task, **{k: v for k, v in stored.items() if k != "task"}) == config
 
 
 @pytest.fixture
@@ -94,5 +97,5 @@ def test_packed_runs_land_on_the_configured_device(forward_devices):
 def test_every_study_passes_the_device_on():
     for study in STUDIES.values():
         for config in study.configs(Options(device="cuda")):
-            exact_check = config["task"] == "distributed"  # gloo ranks, documented as CPU in the setup text
-            assert config["device"] == ("cpu" if exact_check else "cuda"), (study.name, config)
+            exact_check = config.task == "distributed"  # gloo ranks, documented as CPU in the setup text
+            assert config.device == ("cpu" if exact_check else "cuda"), (study.name, config)

@@ -10,7 +10,7 @@ import torch
 
 from normlab.cli import main
 from normlab.lab import Execution, Options, UserSpec, compare_model
-from normlab.lab.config import from_dict, make_config
+from normlab.lab.config import make_config
 from normlab.lab.store import Store
 from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.training.models import NotApplicable
@@ -88,7 +88,7 @@ def test_methods_start_from_the_same_weights_and_batches():
     models = {}
     for norm, sources in (("batch", []), ("group", ["batch"])):
         torch.manual_seed(3)
-        models[norm] = build_user_model(from_dict(make_config("user", norm=norm, swap_from=sources, **base)))
+        models[norm] = build_user_model(make_config("user", norm=norm, swap_from=sources, **base))
     assert isinstance(models["group"][1], torch.nn.GroupNorm) and isinstance(models["batch"][1], torch.nn.BatchNorm2d)
     for i in (0, 3, 8):  # the convolutions and the head
         for a, b in zip(models["batch"][i].parameters(), models["group"][i].parameters(), strict=True):

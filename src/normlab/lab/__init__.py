@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig
 from .judging.fairness import StudyPlan
 from .judging.report import OUTCOME_ORDER, load_verdicts, write_report
 from .judging.study import Options
@@ -153,7 +154,7 @@ def run_studies(
         before = store.finished_keys()
     total, requested = SweepReport(total=0, skipped=0), set()
 
-    def sweep(configs: list[dict]) -> None:
+    def sweep(configs: list[RunConfig]) -> None:
         report = run_sweep(
             configs,
             store_path,
@@ -215,5 +216,5 @@ def run_studies(
     return index, results, not total.failed
 
 
-def _keys(configs: list[dict]) -> list[str]:
+def _keys(configs: list[RunConfig]) -> list[str]:
     return list(dict.fromkeys(config_key(c) for c in configs))

@@ -1,15 +1,18 @@
 """The run contract: one typed configuration per kind of run, every field of which is part of the stored key.
 
-A study builds its runs with :func:`make_config`; the training code reads the typed object, never a default of its
-own, so changing any field (width, depth, momentum, data size, steps...) changes the key and cannot reuse a stale
-row. The store and ``results.json`` keep the configuration as a plain dict (:func:`dataclasses.asdict`).
+A study builds its runs with :func:`make_config`, and that typed object travels the run's whole path: the study's
+plan, the sweep, the worker, the training code, which reads its fields and never a default of its own; changing
+any field (width, depth, momentum, data size, steps...) changes the key and cannot reuse a stale row. Only the
+store and ``results.json`` keep the configuration as a plain dict (:func:`as_dict`; :func:`from_dict` reads it
+back).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ClassifyConfig",
@@ -17,8 +20,11 @@ __all__ = [
     "DistributedConfig",
     "UserConfig",
     "RunConfig",
+    "BudgetedConfig",
     "RunOutput",
     "make_config",
+    "as_dict",
+    "of_kind",
     "from_dict",
 ]
 
@@ -136,6 +142,7 @@ class UserConfig(_Common):
 
 
 RunConfig = ClassifyConfig | CharLMConfig | DistributedConfig | UserConfig
+BudgetedConfig = ClassifyConfig | CharLMConfig | UserConfig  # the runs with a budget (not the exactness runs)
 RunOutput = tuple[dict[str, float], dict[str, list[float]]]  # (metrics, curves) of one run
 _BY_TASK: dict[str, type] = {
     "classify": ClassifyConfig,
@@ -143,26 +150,44 @@ _BY_TASK: dict[str, type] = {
     "distributed": DistributedConfig,
     "user": UserConfig,
 }
+C = TypeVar("C", ClassifyConfig, CharLMConfig, DistributedConfig, UserConfig)
 _TUPLES = ("contrast_strengths", "swap_from")  # tuples in the dataclasses, lists in JSON
 
 
-def make_config(task: str = "classify", **fields: Any) -> dict[str, Any]:
-    """A run's full configuration as a dict: every field of the task's dataclass, defaults filled in.
+def make_config(task: str = "classify", **fields: Any) -> RunConfig:
+    """A run's full configuration: the task's dataclass, defaults filled in.
 
     Unknown fields raise TypeError (a typo must not become a silently ignored key).
     """
     if task not in _BY_TASK:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(_BY_TASK)}")
-    config = dataclasses.asdict(_BY_TASK[task](task=task, **_with_tuples(fields)))
-    return {k: list(v) if k in _TUPLES and v is not None else v for k, v in config.items()}
+    config: RunConfig = _BY_TASK[task](task=task, **_with_tuples(fields))
+    return config
 
 
-def _with_tuples(fields: dict[str, Any]) -> dict[str, Any]:
+def of_kind(kind: type[C], configs: Sequence[RunConfig]) -> list[C]:
+    """``configs``, each checked to be a ``kind`` (the training code of one task takes only its own kind)."""
+    wrong = [type(c).__name__ for c in configs if not isinstance(c, kind)]
+    if wrong:
+        raise TypeError(f"expected {kind.__name__} configurations, got {', '.join(wrong)}")
+    return list(configs)  # type: ignore[arg-type]  # every element checked above
+
+
+def as_dict(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The plain form the store, the keys and ``results.json`` keep: every field, tuples as lists (a stored dict
+    is returned as a copy)."""
+    if isinstance(config, Mapping):
+        return dict(config)
+    plain = dataclasses.asdict(config)
+    return {k: list(v) if k in _TUPLES and v is not None else v for k, v in plain.items()}
+
+
+def _with_tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in fields.items()}
 
 
-def from_dict(config: dict[str, Any]) -> RunConfig:
-    """The typed object for a stored or built configuration dict."""
+def from_dict(config: Mapping[str, Any]) -> RunConfig:
+    """The typed object for a stored configuration dict (:func:`as_dict`'s inverse)."""
     cls = _BY_TASK.get(config.get("task", ""))
     if cls is None:
         raise ValueError(f"unknown task {config.get('task')!r}; expected one of {sorted(_BY_TASK)}")

@@ -12,10 +12,12 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .config import RunConfig, as_dict
 
 __all__ = [
     "Store",
@@ -82,19 +84,22 @@ CREATE INDEX IF NOT EXISTS runs_by_study ON runs (study);
 """
 
 
-def setting_key(config: dict[str, Any], *without: str) -> str:
+def setting_key(config: RunConfig | Mapping[str, Any], *without: str) -> str:
     """A setting: the configuration but for its seed (and the fields ``without``)."""
-    return json.dumps({k: v for k, v in config.items() if k not in ("seed", *without)}, sort_keys=True)
+    return json.dumps({k: v for k, v in as_dict(config).items() if k not in ("seed", *without)}, sort_keys=True)
 
 
-def trunk_key(config: dict[str, Any]) -> str:
+def trunk_key(config: RunConfig | Mapping[str, Any]) -> str:
     """A setting as the budgets see it: the configuration but for its seed and its doublings."""
     return setting_key(config, "doublings")
 
 
-def config_key(config: dict[str, Any]) -> str:
-    """A stable hash of the full configuration, the lab version and the training code (:func:`training_code_hash`)."""
-    canonical = json.dumps({"lab_version": LAB_VERSION, "code": _CODE, **config}, sort_keys=True, separators=(",", ":"))
+def config_key(config: RunConfig | Mapping[str, Any]) -> str:
+    """A stable hash of the full configuration (typed, or as stored), the lab version and the training code
+    (:func:`training_code_hash`)."""
+    canonical = json.dumps(
+        {"lab_version": LAB_VERSION, "code": _CODE, **as_dict(config)}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -166,7 +171,7 @@ class Store:
 
     def put(
         self,
-        config: dict[str, Any],
+        config: RunConfig | Mapping[str, Any],
         metrics: dict[str, float],
         curves: dict[str, list[float]],
         seconds: float,
@@ -174,11 +179,12 @@ class Store:
         note: str = "",
     ) -> bool:
         """Record one finished run atomically; returns False if that configuration was already stored."""
+        plain = as_dict(config)
         row = (
-            config_key(config),
-            config["study"],
+            config_key(plain),
+            plain["study"],
             status,
-            json.dumps(config, sort_keys=True),
+            json.dumps(plain, sort_keys=True),
             json.dumps(metrics, allow_nan=True),
             json.dumps(curves, allow_nan=True),
             note,

@@ -13,13 +13,15 @@ verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``S
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
+from ..config import BudgetedConfig, RunConfig
 from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
 from ..store import RunRecord, config_key, setting_key, trunk_key
 from .verdicts import Budgets, Verdict, budget_name, settle
@@ -43,11 +45,6 @@ _PROBES = {
     "scale_invariance": False,
     "record_batch_stats": False,
 }
-BUDGETED_TASKS = (
-    "classify",
-    "char_lm",
-    "user",
-)  # tasks with a ``budget`` field (the distributed exactness runs have none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,7 +168,7 @@ class StudyPlan:
         self.selection_seeds = [
             options.first_seed + SELECTION_SEED_OFFSET + i for i in range(self.selection.seeds if self.selection else 0)
         ]
-        self.templates: dict[str, dict[str, Any]] = {}  # tuned setting -> its first written run
+        self.templates: dict[str, RunConfig] = {}  # tuned setting -> its first written run
         for c in self.written:
             if self._tuned(c):
                 self.templates.setdefault(self._setting(c), c)
@@ -179,30 +176,33 @@ class StudyPlan:
         self.labels = {self._setting(c): labels[setting_key(c)] for c in self.written}  # by _setting
         higher = self.selection.score[1] if self.selection else True
         self.choices = {
-            key: Choice(self.labels[key], self.selection.grid(c["lr"]), higher) for key, c in self.templates.items()
+            key: Choice(self.labels[key], self.selection.grid(c.lr), higher) for key, c in self.templates.items()
         }
 
-    def _tuned(self, config: dict[str, Any]) -> bool:
-        return self.selection is not None and config["task"] == self.selection.task
+    def _tuned(self, config: RunConfig) -> bool:
+        return self.selection is not None and config.task == self.selection.task
 
-    def _setting(self, config: dict[str, Any]) -> str:
+    def _setting(self, config: RunConfig) -> str:
         """A setting as the plan knows it: a tuned one's rate is chosen, so it does not tell settings apart."""
         return setting_key(config, "lr") if self._tuned(config) else setting_key(config)
 
     @staticmethod
-    def _scaled(config: dict[str, Any], budget: float) -> dict[str, Any]:
-        return {**config, "budget": config["budget"] * budget} if config["task"] in BUDGETED_TASKS else config
+    def _scaled(config: RunConfig, budget: float) -> RunConfig:
+        if isinstance(config, BudgetedConfig):
+            return dataclasses.replace(config, budget=config.budget * budget)
+        return config
 
     # -- selection ------------------------------------------------------------------------------------------------
-    def _selection_config(self, template: dict[str, Any], lr: float, seed: int) -> dict[str, Any]:
-        c = {**template, "lr": lr, "seed": seed, "budget": template["budget"] * self.selection.budget}
-        if c["task"] == "classify":
-            c.update(_PROBES)
-        if c["task"] != "char_lm":
-            c.update(validation_fraction=self.selection.validation_fraction)
-        return c
+    def _selection_config(self, template: RunConfig, lr: float, seed: int) -> RunConfig:
+        assert self.selection is not None and isinstance(template, BudgetedConfig)
+        fields: dict[str, Any] = {"lr": lr, "seed": seed, "budget": template.budget * self.selection.budget}
+        if template.task == "classify":
+            fields.update(_PROBES)
+        if template.task != "char_lm":
+            fields.update(validation_fraction=self.selection.validation_fraction)
+        return dataclasses.replace(template, **fields)
 
-    def selection_configs(self) -> list[dict[str, Any]]:
+    def selection_configs(self) -> list[RunConfig]:
         return [
             self._selection_config(self.templates[key], lr, seed)
             for key, choice in self.choices.items()
@@ -225,7 +225,7 @@ class StudyPlan:
                 choice.scores[lr] = float(np.mean(values)) if len(values) == len(runs) else math.nan
             best = choice.best()
             if best is None:
-                choice.chosen, choice.note = self.templates[key]["lr"], "no selection run finished: the study's rate"
+                choice.chosen, choice.note = self.templates[key].lr, "no selection run finished: the study's rate"
                 continue
             index, choice.chosen = best
             edge = index in (0, len(choice.grid) - 1)
@@ -242,23 +242,25 @@ class StudyPlan:
         return grew
 
     # -- final runs and the doubled-budget check -------------------------------------------------------------------
-    def final_configs(self) -> list[dict[str, Any]]:
+    def final_configs(self) -> list[RunConfig]:
         out = []
         for c in self.written:
             choice = self.choices.get(self._setting(c))
-            out.append({**c, "lr": choice.chosen} if choice is not None and choice.chosen is not None else c)
+            tuned = choice is not None and choice.chosen is not None
+            out.append(dataclasses.replace(c, lr=choice.chosen) if tuned else c)  # type: ignore[union-attr]
         return out
 
-    def _budgeted(self, config: dict[str, Any]) -> bool:
-        return config["task"] in BUDGETED_TASKS
+    @staticmethod
+    def _budgeted(config: RunConfig) -> TypeGuard[BudgetedConfig]:
+        return isinstance(config, BudgetedConfig)
 
-    def budget_configs(self) -> list[dict[str, Any]]:
+    def budget_configs(self) -> list[RunConfig]:
         """The final runs at every budget they train at: T and 2T (doublings 0 and 1), more where a verdict needs
         it; runs with no budget (the exactness runs) once."""
         out = []
         for c in self.final_configs():
             if self._budgeted(c):
-                out += [{**c, "doublings": d} for d in range(self.levels.get(trunk_key(c), 1) + 1)]
+                out += [dataclasses.replace(c, doublings=d) for d in range(self.levels.get(trunk_key(c), 1) + 1)]
             else:
                 out.append(c)
         return out
@@ -267,7 +269,8 @@ class StudyPlan:
         """The final runs at budget T·2^``doublings``: each setting's runs at that budget, or at its largest below
         (so the analysis sees every setting), and the settings (trunk keys) truly at it. Only the budgets this plan
         asked for count (a store may hold more, from a run that settled further: a rerun asks for them again)."""
-        out, actual = [], set()
+        out: list[RunRecord] = []
+        actual: set[str] = set()
         for c in self.final_configs():
             if not self._budgeted(c):
                 if (r := records.get(config_key(c))) is not None:
@@ -275,7 +278,7 @@ class StudyPlan:
                     actual.add(trunk_key(c))
                 continue
             for d in range(min(doublings, self.levels.get(trunk_key(c), 1)), -1, -1):  # what this plan asked for
-                if (r := records.get(config_key({**c, "doublings": d}))) is not None:
+                if (r := records.get(config_key(dataclasses.replace(c, doublings=d)))) is not None:
                     out.append(r)
                     if d == doublings:
                         actual.add(trunk_key(c))
@@ -323,20 +326,20 @@ class StudyPlan:
         """Each compared setting's mean target metric at every budget it trained at."""
         metric, rows = self.study.target.metric, {}
         for c in self.final_configs():
-            if not self._budgeted(c) or (self.study.target.task and c["task"] != self.study.target.task):
+            if not self._budgeted(c) or (self.study.target.task and c.task != self.study.target.task):
                 continue
             row = rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
             for d in range(self.levels.get(trunk_key(c), 1) + 1):
-                r = records.get(config_key({**c, "doublings": d}))
+                r = records.get(config_key(dataclasses.replace(c, doublings=d)))
                 if r is not None and r.status == "done" and metric in r.metrics:
                     row.means.setdefault(d, []).append(r.metrics[metric])  # type: ignore[attr-defined]
         for row in rows.values():
             row.means = {d: float(np.mean(v)) for d, v in sorted(row.means.items())}  # type: ignore[arg-type]
         return list(rows.values())
 
-    def roles(self) -> dict[str, list[dict[str, Any]]]:
+    def roles(self) -> dict[str, list[RunConfig]]:
         """Every run of the study by what it is for (the report counts what each part cost)."""
-        longer = [c for c in self.budget_configs() if c.get("doublings", 0) > 0]
+        longer = [c for c in self.budget_configs() if self._budgeted(c) and c.doublings > 0]
         return {"selection": self.selection_configs(), "final": self.final_configs(), "longer budgets": longer}
 
     def fairness(self, records: dict[str, RunRecord], figdir: Path) -> Fairness:
@@ -357,14 +360,14 @@ class StudyPlan:
         return summary
 
 
-def _labels(configs: list[dict[str, Any]], ignored: tuple[str, ...] = ()) -> dict[str, str]:
+def _labels(configs: list[RunConfig], ignored: tuple[str, ...] = ()) -> dict[str, str]:
     """Setting key -> a short label naming what varies between the settings of its task (a study's runs of other
     tasks, as the distributed exactness runs, do not lengthen the labels)."""
     from .study import setting_label, varying_fields
 
     labels = {}
-    for task in dict.fromkeys(c["task"] for c in configs):
-        same = [c for c in configs if c["task"] == task]
+    for task in dict.fromkeys(c.task for c in configs):
+        same = [c for c in configs if c.task == task]
         varying = [k for k in varying_fields(same) if k not in ignored]
         labels.update({setting_key(c): setting_label(c, varying) for c in same})
     return labels

@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import RunConfig, as_dict
 from ..metrics import DIVERGED, TEST_ACC
 from ..store import RunRecord, trunk_key
 from .verdicts import (
@@ -196,7 +197,7 @@ class Study:
     def norms(self, options: Options) -> tuple[str, ...]:
         return options.norms if options.norms else self.default_norms
 
-    def configs(self, options: Options) -> list[dict[str, Any]]:
+    def configs(self, options: Options) -> list[RunConfig]:
         raise NotImplementedError
 
     def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
@@ -206,9 +207,10 @@ class Study:
         raise NotImplementedError
 
 
-def varying_fields(configs: Sequence[dict]) -> list[str]:
+def varying_fields(configs: Sequence[RunConfig | Mapping[str, Any]]) -> list[str]:
     """The fields (but seed, where the run happens and what it measures besides training) that differ between
-    ``configs``."""
+    ``configs`` (typed, or as stored)."""
+    plain = [as_dict(c) for c in configs]
     ignored = {
         "seed",
         "doublings",
@@ -221,12 +223,13 @@ def varying_fields(configs: Sequence[dict]) -> list[str]:
         "contrast_strengths",
         "swap_from",
     }  # swap_from follows from the norm
-    keys = sorted({k for c in configs for k in c} - ignored)
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    keys = sorted({k for c in plain for k in c} - ignored)
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in plain}) > 1]
 
 
-def setting_label(config: dict, varying: list[str]) -> str:
+def setting_label(config: RunConfig | Mapping[str, Any], varying: list[str]) -> str:
     """A setting's label: the ``varying`` fields' values (a study's own ``variant`` names its norm)."""
+    config = as_dict(config)
     if "variant" in varying:  # a study's own label already names the norm and its options
         varying = [k for k in varying if k not in ("norm", "norm_options", "weight_norm")]
     return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("variant") or config.get("norm"))
@@ -338,7 +341,7 @@ def save(fig, figdir: Path, name: str) -> str:
 
 def classify_config(
     study: str, options: Options, norm: str, seed: int, data: str = "mnist1d", task: str = "classify", **kw: Any
-) -> dict:
+) -> RunConfig:
     """A run's full configuration (:func:`normlab.lab.config.make_config`); ``--data`` replaces the study's embedded
     image data set."""
     from ..config import make_config

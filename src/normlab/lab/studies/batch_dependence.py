@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...registry import is_batch_dependent
+from ..config import RunConfig
 from ..judging.fairness import Selection
 from ..judging.study import (
     Options,
@@ -57,7 +58,7 @@ class BatchDependence(Study):
     def _epochs(self, options: Options) -> int:
         return 16 if options.full else 8
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         runs = []
         for label in self.norms(options):
             norm, wn = VARIANTS.get(label, (label, False))

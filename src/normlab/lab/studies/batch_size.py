@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...reference.layout import batch_layout
+from ..config import RunConfig
 from ..judging.fairness import Selection
 from ..judging.study import (
     Options,
@@ -66,7 +67,7 @@ class BatchSize(Study):
             "(below the table) shows how far each setting fit its data."
         )
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         return [
             classify_config(
                 self.name,

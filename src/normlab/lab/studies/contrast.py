@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import RunConfig
 from ..judging.fairness import Selection
 from ..judging.study import (
     Options,
@@ -50,7 +51,7 @@ class Contrast(Study):
     def _epochs(self, options: Options) -> int:
         return 40 if options.full else 20
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         return [
             classify_config(
                 self.name,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import RunConfig
 from ..judging.fairness import Selection
 from ..judging.study import (
     Options,
@@ -76,7 +77,7 @@ class Distributed(Study):
     def _epochs(self, options: Options) -> int:
         return 8 if options.full else 4
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         runs = []
         cpu = dataclasses.replace(options, device="cpu")  # gloo ranks: the exactness check runs on CPU
         for label, (ranks, sync) in EXACT.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import RunConfig
 from ..judging.study import (
     Options,
     Study,
@@ -52,7 +53,7 @@ class LearningRate(Study):
     def _epochs(self, options: Options) -> int:
         return 16 if options.full else 8
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         return [
             classify_config(
                 self.name,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import RunConfig
 from ..judging.fairness import Selection
 from ..judging.study import (
     Options,
@@ -55,7 +56,7 @@ class Online(Study):
     def _subset(self, options: Options) -> int:
         return 4000
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         return [
             classify_config(
                 self.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import make_config
+from ..config import RunConfig, make_config
 from ..judging.fairness import Budgets, Selection
 from ..judging.study import (
     Options,
@@ -59,7 +59,7 @@ class Sequence(Study):
     def _steps(self, options: Options) -> int:
         return 800 if options.full else 400  # T; the verdicts are judged at T and 2T, and longer where they move
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         runs = [
             make_config(
                 "char_lm",

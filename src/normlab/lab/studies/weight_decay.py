@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import RunConfig
 from ..judging.study import (
     Options,
     Study,
@@ -54,7 +55,7 @@ class WeightDecay(Study):
     def _epochs(self, options: Options) -> int:
         return 16 if options.full else 8
 
-    def configs(self, options: Options) -> list[dict]:
+    def configs(self, options: Options) -> list[RunConfig]:
         common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="wsd")
         runs = [
             classify_config(self.name, options, norm, seed, weight_decay=wd, **common)

@@ -12,12 +12,15 @@ keeps its trajectory at the constant rate (:class:`Trunk`), so a larger budget a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..config import RunConfig
 
 __all__ = ["Checkpoints", "Saver", "Trunk"]
 
@@ -33,26 +36,28 @@ class Checkpoints:
     directory: str
     every_s: float = 120.0
 
-    def path(self, configs: list[dict[str, Any]]) -> Path:
+    def path(self, configs: list[RunConfig]) -> Path:
         from ..store import config_key
 
         digest = hashlib.sha256("".join(sorted(config_key(c) for c in configs)).encode()).hexdigest()[:24]
         return Path(self.directory) / f"{digest}.pt"
 
-    def saver(self, configs: list[dict[str, Any]]) -> Saver | None:
+    def saver(self, configs: list[RunConfig]) -> Saver | None:
         return Saver(self.path(configs), self.every_s) if self.every_s > 0 else None
 
-    def remove(self, configs: list[dict[str, Any]]) -> None:
+    def remove(self, configs: list[RunConfig]) -> None:
         self.path(configs).unlink(missing_ok=True)
 
-    def trunk(self, configs: list[dict[str, Any]], packed: bool = False) -> Trunk:
+    def trunk(self, configs: list[RunConfig], packed: bool = False) -> Trunk:
         """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
         at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a pack's
         (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""
         from ..store import config_key
         from ..training.train import ladder_key
 
-        keys = {config_key({**c, "doublings": 0}) for c in configs}  # config_key: the training code's hash too
+        keys = {
+            config_key(dataclasses.replace(c, doublings=0)) for c in configs
+        }  # config_key: the training code's hash too
         if len({ladder_key(c) for c in configs}) != 1:
             raise ValueError("Checkpoints.trunk: one run at several budgets")
         return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}{'.packed' if packed else ''}.pt")

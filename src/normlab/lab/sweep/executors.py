@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import RunConfig
 from ..store import config_key
 from .work import RunRow, store_rows, train_item
 
@@ -100,7 +101,7 @@ def check_ray(settings: RaySettings) -> None:
 
 
 def run_on_ray(
-    items: list[list[dict[str, Any]]],
+    items: list[list[RunConfig]],
     store_path: str,
     *,
     code: str,
@@ -125,7 +126,7 @@ def run_on_ray(
 
 
 def _train_on_worker(
-    configs: list[dict[str, Any]], threads: int, code: str, checkpoints: Checkpoints | None
+    configs: list[RunConfig], threads: int, code: str, checkpoints: Checkpoints | None
 ) -> list[RunRow]:
     """The task's body, on a Ray worker: the thread limits first (before torch starts its pools in a fresh
     worker; train_item then sets torch's threads in a reused one), then :func:`train_item`."""
@@ -136,7 +137,7 @@ def _train_on_worker(
 
 def _run_tasks(
     ray: Any,
-    items: list[list[dict[str, Any]]],
+    items: list[list[RunConfig]],
     store_path: str,
     code: str,
     checkpoints: Checkpoints | None,
@@ -164,7 +165,7 @@ def _run_tasks(
 
 
 def _collect(
-    ray: Any, ref: Any, item: list[dict[str, Any]], store_path: str, checkpoints: Checkpoints | None
+    ray: Any, ref: Any, item: list[RunConfig], store_path: str, checkpoints: Checkpoints | None
 ) -> list[Outcome]:
     """A finished task's outcome per run: stored here, or failed with the reason (the remote traceback, or why
     the worker died after its retries). A failure is reported and not stored, so a rerun trains it again."""
@@ -180,7 +181,7 @@ def _collect(
         return _failed(item, traceback.format_exc())
 
 
-def _failed(item: list[dict[str, Any]], error: str) -> list[Outcome]:
+def _failed(item: list[RunConfig], error: str) -> list[Outcome]:
     return [(config_key(c), 0.0, "failed", error) for c in item]
 
 
@@ -196,9 +197,9 @@ def _start_or_join(ray: Any, settings: RaySettings) -> bool:
     return True
 
 
-def _check_devices(items: list[list[dict[str, Any]]], settings: RaySettings) -> None:
+def _check_devices(items: list[list[RunConfig]], settings: RaySettings) -> None:
     """A CUDA run in a task that asked for no GPU would see every GPU of its node and share them unscheduled."""
-    if settings.gpus_per_run == 0 and any(str(c.get("device", "cpu")).startswith("cuda") for i in items for c in i):
+    if settings.gpus_per_run == 0 and any(c.device.startswith("cuda") for i in items for c in i):
         raise ValueError("runs on device 'cuda' need --gpus-per-run (e.g. 1) with --executor ray")
 
 

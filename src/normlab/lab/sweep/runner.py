@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig
 from ..store import Store, config_key, training_code_hash
 from ..training.packed import MAX_COPIES, plan_packs
 from .checkpoint import Checkpoints
@@ -50,12 +51,12 @@ class SweepReport:
     total: int
     skipped: int
     ran: int = 0
-    failed: list[tuple[dict, str]] = field(default_factory=list)
+    failed: list[tuple[RunConfig, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
 def _execute_safely(
-    configs: list[dict[str, Any]], store_path: str, threads: int, code: str, checkpoints: Checkpoints | None = None
+    configs: list[RunConfig], store_path: str, threads: int, code: str, checkpoints: Checkpoints | None = None
 ) -> list[tuple[str, float, str, str]]:
     try:
         return [(*row, "") for row in execute(configs, store_path, threads, code, checkpoints)]
@@ -65,11 +66,11 @@ def _execute_safely(
 
 
 def run_sweep(
-    configs: list[dict[str, Any]],
+    configs: list[RunConfig],
     store_path: str | Path,
     workers: int = 1,
     progress: bool = True,
-    on_result: Callable[[dict, str], None] | None = None,
+    on_result: Callable[[RunConfig, str], None] | None = None,
     max_pack: int = MAX_COPIES,
     checkpoints: Checkpoints | None = None,
     executor: str = "local",
@@ -93,7 +94,7 @@ def run_sweep(
     bar = _progress_bar(len(todo), progress)
     start = time.perf_counter()
 
-    def record(config: dict, outcome: tuple[str, float, str, str]) -> None:
+    def record(config: RunConfig, outcome: tuple[str, float, str, str]) -> None:
         _, _, status, error = outcome
         if status == "failed":
             report.failed.append((config, error))
@@ -102,7 +103,7 @@ def run_sweep(
         if on_result:
             on_result(config, status)
         bar.update(1)
-        bar.set_postfix_str(f"{config['study']}: {config.get('norm')}", refresh=False)
+        bar.set_postfix_str(f"{config.study}: {config.norm}", refresh=False)
 
     items = _schedule(_spread(plan_packs(todo, max_pack), workers if executor == "local" else 1))
     try:
@@ -132,15 +133,16 @@ def run_sweep(
     return report
 
 
-def _cost(item: list[dict[str, Any]]) -> float:
+def _cost(item: list[RunConfig]) -> float:
     """A rough cost of a work item, for ordering: training steps, a pack of K counted as about K/4 runs."""
     c = item[0]
-    steps = c.get("steps") or c.get("epochs", 1) * (c.get("train_subset") or 4000) / max(c.get("batch_size", 1), 1)
-    weight = {"char_lm": 8.0, "distributed": 6.0}.get(c.get("task"), 1.0)
+    examples = getattr(c, "train_subset", None) or 4000
+    steps = getattr(c, "steps", None) or getattr(c, "epochs", 1) * examples / max(getattr(c, "batch_size", 1), 1)
+    weight = {"char_lm": 8.0, "distributed": 6.0}.get(c.task, 1.0)
     return steps * weight * max(1.0, len(item) / 4)
 
 
-def _spread(items: list[list[dict[str, Any]]], workers: int) -> list[list[dict[str, Any]]]:
+def _spread(items: list[list[RunConfig]], workers: int) -> list[list[RunConfig]]:
     """Split the costliest packs in two until every worker has an item (a sweep's last rounds, the runs a verdict
     needs at a larger budget, may be one pack: alone it would hold one core while the others wait)."""
     from ..training.train import ladder_key
@@ -158,13 +160,13 @@ def _spread(items: list[list[dict[str, Any]]], workers: int) -> list[list[dict[s
     return items
 
 
-def _schedule(items: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+def _schedule(items: list[list[RunConfig]]) -> list[list[RunConfig]]:
     """Longest first, so the workers finish together; the language models (memory-bound: two side by side ran
     each 40% slower, measured) alternate with the CNN packs."""
     items = sorted(items, key=_cost, reverse=True)
-    lms = [i for i in items if i[0].get("task") == "char_lm"]
-    others = [i for i in items if i[0].get("task") != "char_lm"]
-    merged: list[list[dict[str, Any]]] = []
+    lms = [i for i in items if i[0].task == "char_lm"]
+    others = [i for i in items if i[0].task != "char_lm"]
+    merged: list[list[RunConfig]] = []
     while lms or others:
         for queue in (others, lms):
             if queue:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from ..config import RunConfig
 from ..store import Store, config_key, training_code_hash
 from ..training.models import NotApplicable
 from .checkpoint import Checkpoints
@@ -19,7 +19,7 @@ __all__ = ["RunRow", "train_item", "store_rows", "execute"]
 class RunRow:
     """One run's outcome, as a worker hands it to whoever stores it."""
 
-    config: dict[str, Any]
+    config: RunConfig
     metrics: dict[str, float]
     curves: dict[str, list[float]]
     seconds: float
@@ -28,7 +28,7 @@ class RunRow:
 
 
 def train_item(
-    configs: list[dict[str, Any]], threads: int = 1, code: str | None = None, checkpoints: Checkpoints | None = None
+    configs: list[RunConfig], threads: int = 1, code: str | None = None, checkpoints: Checkpoints | None = None
 ) -> list[RunRow]:
     """Train one work item (a single run, or a pack of runs trained together, each at one or several budgets) and
     return one row per configuration, storing
@@ -79,7 +79,7 @@ def store_rows(
 
 
 def execute(
-    configs: list[dict[str, Any]],
+    configs: list[RunConfig],
     store_path: str,
     threads: int = 1,
     code: str | None = None,

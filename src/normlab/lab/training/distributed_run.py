@@ -12,22 +12,20 @@ import json
 import math
 import os
 import tempfile
-from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
-from ..config import RunOutput, from_dict
+from ..config import DistributedConfig, RunOutput
 from ..metrics import DIVERGED, TEST_ACC
 from .loop import fit
 
 
-def run_distributed(config: dict[str, Any]) -> RunOutput:
-    c = from_dict(config)
+def run_distributed(c: DistributedConfig) -> RunOutput:
     if c.global_batch % c.nproc:
         raise ValueError(f"global_batch ({c.global_batch}) must be divisible by nproc ({c.nproc})")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_rank_main, args=(c.nproc, tmp, config), nprocs=c.nproc, join=True, start_method="spawn")
+        mp.start_processes(_rank_main, args=(c.nproc, tmp, c), nprocs=c.nproc, join=True, start_method="spawn")
         with open(os.path.join(tmp, "result.json")) as fh:
             result = json.load(fh)
     return result["metrics"], result["curves"]
@@ -82,7 +80,7 @@ class RankTraining:
         raise NotImplementedError("data-parallel runs do not checkpoint")
 
 
-def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
+def _rank_main(rank: int, nproc: int, tmp: str, c: DistributedConfig) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -90,7 +88,6 @@ def _rank_main(rank: int, nproc: int, tmp: str, config: dict[str, Any]) -> None:
     from .data import load_images
     from .models import ConvNet
 
-    c = from_dict(config)
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=300)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...registry import can_pack, canonical_name, conv_layer, get_method
-from ..config import ClassifyConfig, from_dict
+from ..config import ClassifyConfig, RunConfig, as_dict, of_kind
 from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..store import config_key
 from .loop import fit_ladder
@@ -67,10 +67,9 @@ PER_RUN_FIELDS = ("seed", "lr", "weight_decay", "stream", "chunk", "norm", "vari
 # ... and ``doublings``: a run's budgets branch off one trajectory, the same budgets for every run of a pack
 
 
-def pack_key(config: dict[str, Any]) -> str | None:
+def pack_key(c: RunConfig) -> str | None:
     """Runs with the same key train together; None for a run that trains alone (a recorder hooked on one
     model's layer, or a norm that does not pack)."""
-    c = from_dict(config)
     if not isinstance(c, ClassifyConfig) or c.record_batch_stats:
         return None
     try:  # the ConvNet's maps have spatial dims; whether a norm packs, and its conv kind, differ only for vectors
@@ -80,41 +79,42 @@ def pack_key(config: dict[str, Any]) -> str | None:
         activation = "fused" if get_method(c.norm).fused_activation else "relu"
     except ValueError:
         return None
-    shared = {k: v for k, v in config.items() if k not in (*PER_RUN_FIELDS, "doublings")}
+    shared = {k: v for k, v in as_dict(c).items() if k not in (*PER_RUN_FIELDS, "doublings")}
     shared["weight_norm"] = uses_weight_norm(c.norm, c.weight_norm)  # the recipe of mean-only BN adds WN
     return json.dumps({**shared, "conv": conv, "activation": activation}, sort_keys=True)
 
 
-def _run_order(config: dict[str, Any]) -> str:
-    return json.dumps([config["norm"], config["norm_options"], config["variant"]], sort_keys=True)
+def _run_order(config: ClassifyConfig) -> str:
+    return json.dumps([config.norm, config.norm_options, config.variant], sort_keys=True)
 
 
-def plan_packs(configs: list[dict[str, Any]], max_copies: int = MAX_COPIES) -> list[list[dict[str, Any]]]:
+def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[list[RunConfig]]:
     """Split ``configs`` into work items: packs of runs that share a key (at most ``max_copies``, and
     :func:`~normlab.lab.training.models.pack_size` at their batch size), and single runs.
     A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.training.train.can_branch`) is one ladder,
     its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
     split into near-equal packs; the runs of one norm stay together."""
-    ladders: dict[str, list[dict[str, Any]]] = {}
+    ladders: dict[str, list[RunConfig]] = {}
     for config in configs:
         key = ladder_key(config) if can_branch(config) else config_key(config)
         ladders.setdefault(key, []).append(config)
-    groups: dict[str, list[list[dict]]] = {}
-    items: list[list[dict]] = []
+    groups: dict[str, list[list[ClassifyConfig]]] = {}
+    items: list[list[RunConfig]] = []
     for ladder in ladders.values():
-        ladder.sort(key=lambda c: c.get("doublings", 0))
+        ladder.sort(key=lambda c: getattr(c, "doublings", 0))
         key = pack_key(ladder[0])
         if key is None:
             items.append(ladder)
             continue
-        batch = ladder[0]["batch_size"]
+        runs = of_kind(ClassifyConfig, ladder)  # only the ConvNet packs (pack_key)
+        batch = runs[0].batch_size
         # large batches: one norm a pack, so the batched-matmul form applies (models.ConvNet.packed_form); small
         # ones: any norms together, for the pack's size is what pays there
-        apart = ladder[0]["norm"] if batch >= MATMUL_MIN_BATCH else ""
-        groups.setdefault(key + json.dumps([c["doublings"] for c in ladder]) + apart, []).append(ladder)
+        apart = runs[0].norm if batch >= MATMUL_MIN_BATCH else ""
+        groups.setdefault(key + json.dumps([c.doublings for c in runs]) + apart, []).append(runs)
     for group in groups.values():
         group.sort(key=lambda ladder: _run_order(ladder[0]))
-        count = -(-len(group) // min(max_copies, pack_size(group[0][0]["batch_size"])))
+        count = -(-len(group) // min(max_copies, pack_size(group[0][0].batch_size)))
         size = -(-len(group) // count)
         items += [[c for ladder in group[i : i + size] for c in ladder] for i in range(0, len(group), size)]
     return items
@@ -399,22 +399,22 @@ class PackTrunk:
         }
 
 
-def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> list[RunOutput]:
+def train_packed(configs: list[RunConfig], saver=None, trunk_for=None) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per config, each what the
     run gives alone up to float rounding. A run may come at several budgets (the same configuration but for
     ``doublings``, a "wsd" schedule; every run of the pack at the same ones): its shorter budgets branch off the
     pack's trajectory (:func:`normlab.lab.training.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
     ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps each run's stable phase for a
     larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
-    ladders: dict[str, list[dict[str, Any]]] = {}
-    for config in configs:
+    ladders: dict[str, list[ClassifyConfig]] = {}
+    for config in of_kind(ClassifyConfig, configs):
         ladders.setdefault(ladder_key(config), []).append(config)
-    rungs_of = [sorted(ladder, key=lambda c: c["doublings"]) for ladder in ladders.values()]
+    rungs_of = [sorted(ladder, key=lambda c: c.doublings) for ladder in ladders.values()]
     if len({pack_key(c) for c in configs}) != 1 or pack_key(configs[0]) is None:
         raise ValueError("train_packed: the runs must share one pack key")
-    if len({tuple(c["doublings"] for c in rungs) for rungs in rungs_of}) != 1:
+    if len({tuple(c.doublings for c in rungs) for rungs in rungs_of}) != 1:
         raise ValueError("train_packed: every run of a pack must come at the same budgets")
-    cs: list[ClassifyConfig] = [from_dict(rungs[-1]) for rungs in rungs_of]  # type: ignore[misc]
+    cs = [rungs[-1] for rungs in rungs_of]
     device = torch.device(cs[0].device)
     data = classifier_data(cs[0])
     singles = []
@@ -429,7 +429,7 @@ def train_packed(configs: list[dict[str, Any]], saver=None, trunk_for=None) -> l
             )
     packed = build_packed_classifier(cs, data).to(device)
     training = PackedTraining(cs, data, packed, pack_state(singles, packed))
-    rung_configs = [[from_dict(rungs[j]) for rungs in rungs_of] for j in range(len(rungs_of[0]))]
+    rung_configs = [[rungs[j] for rungs in rungs_of] for j in range(len(rungs_of[0]))]
     schedules = [classifier_schedule(rung[0], data, 1.0) for rung in rung_configs]
 
     def evaluate(index: int, diverged: list[bool]) -> list[RunOutput]:

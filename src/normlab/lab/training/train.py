@@ -1,4 +1,4 @@
-"""The lab's runs, a configuration dict in, (metrics, curves) out: the ConvNet alone and the language model, each a
+"""The lab's runs, a typed configuration in, (metrics, curves) out: the ConvNet alone and the language model, each a
 :class:`~normlab.lab.training.loop.Training` stepped by the one loop (:func:`normlab.lab.training.loop.fit`). Deterministic for a seed
 on CPU, resumed bit for bit from a checkpoint."""
 
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...nn import data_dependent_init
 from ...registry import WEIGHT_NORM_RECIPE
-from ..config import CharLMConfig, ClassifyConfig, RunOutput, from_dict
+from ..config import CharLMConfig, ClassifyConfig, DistributedConfig, RunConfig, RunOutput, UserConfig, as_dict, of_kind
 from ..metrics import (
     DIVERGED,
     FINAL_WEIGHT_NORM,
@@ -46,39 +46,38 @@ from .probes import (
 __all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
 
 
-def run(config: dict[str, Any], saver=None) -> RunOutput:
+def run(config: RunConfig, saver=None) -> RunOutput:
     """Execute one run described by ``config`` (its ``task`` picks the training); ``saver``
     (:class:`~normlab.lab.sweep.checkpoint.Saver`) checkpoints it and resumes it from its last checkpoint."""
     return run_ladder([config], saver)[0]
 
 
-def ladder_key(config: dict[str, Any]) -> str:
+def ladder_key(config: RunConfig) -> str:
     """Runs with the same key are one run at several budgets (they differ in ``doublings`` alone)."""
-    return json.dumps({k: v for k, v in config.items() if k != "doublings"}, sort_keys=True)
+    return json.dumps({k: v for k, v in as_dict(config).items() if k != "doublings"}, sort_keys=True)
 
 
-def can_branch(config: dict[str, Any]) -> bool:
+def can_branch(config: RunConfig) -> bool:
     """Whether the run's shorter budgets branch off its longer ones (a "wsd" schedule of a laddered task)."""
-    c = from_dict(config)
-    return isinstance(c, ClassifyConfig | CharLMConfig) and c.lr_schedule == "wsd"
+    return isinstance(config, ClassifyConfig | CharLMConfig) and config.lr_schedule == "wsd"
 
 
-def run_ladder(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
+def run_ladder(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
     """One run at several budgets (``configs``: one :func:`ladder_key`, in any order; a "wsd" schedule
     when there are several), trained as one trajectory (:func:`normlab.lab.training.loop.fit_ladder`); one (metrics, curves)
     per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps the
     run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
     if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
         raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
-    doublings = [getattr(from_dict(c), "doublings", 0) for c in configs]
+    doublings = [getattr(c, "doublings", 0) for c in configs]
     order = sorted(range(len(configs)), key=lambda i: doublings[i])
     outputs = _train([configs[i] for i in order], saver, trunk)
     return [outputs[order.index(i)] for i in range(len(configs))]
 
 
-def _train(configs: list[dict[str, Any]], saver, trunk) -> list[RunOutput]:
-    torch.manual_seed(configs[0]["seed"])
-    task = configs[0]["task"]
+def _train(configs: list[RunConfig], saver, trunk) -> list[RunOutput]:
+    torch.manual_seed(configs[0].seed)
+    task = configs[0].task
     if task == "classify":
         return train_classifier(configs, saver, trunk)
     if task == "char_lm":
@@ -86,11 +85,11 @@ def _train(configs: list[dict[str, Any]], saver, trunk) -> list[RunOutput]:
     if task == "distributed":
         from .distributed_run import run_distributed
 
-        return [run_distributed(configs[0])]
+        return [run_distributed(of_kind(DistributedConfig, configs)[0])]
     if task == "user":
         from .user_model import train_user
 
-        return [train_user(configs[0], saver)]
+        return [train_user(of_kind(UserConfig, configs)[0], saver)]
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -261,9 +260,9 @@ class ClassifierTraining:
             self.recorder.load(state["recorder"])
 
 
-def train_classifier(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
+def train_classifier(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
     """The ConvNet alone, at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
-    cs: list[ClassifyConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
+    cs = of_kind(ClassifyConfig, configs)
     c = cs[-1]
     data = classifier_data(c)
     device = torch.device(c.device)
@@ -431,9 +430,9 @@ def char_lm_schedule(c: CharLMConfig) -> Schedule:
     )
 
 
-def train_char_lm(configs: list[dict[str, Any]], saver=None, trunk=None) -> list[RunOutput]:
+def train_char_lm(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
     """The language model at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
-    cs: list[CharLMConfig] = [from_dict(config) for config in configs]  # type: ignore[misc]
+    cs = of_kind(CharLMConfig, configs)
     training = CharLMTraining(cs[-1])
     rungs = [char_lm_schedule(c) for c in cs]
 

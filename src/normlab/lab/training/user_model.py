@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ...registry import canonical_name
 from ...transform import param_groups, swap
-from ..config import UserConfig, from_dict
+from ..config import UserConfig
 from ..metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .data import training_part
 from .inputs import UserData, load_model, load_user_data
@@ -228,8 +228,7 @@ class UserTraining:
         return loss_sum / max(total, 1), (correct / max(total, 1) if self.loss_fn is F.cross_entropy else math.nan)
 
 
-def train_user(config: dict[str, Any], saver=None) -> tuple[dict[str, float], dict[str, list[float]]]:
-    c: UserConfig = from_dict(config)  # type: ignore[assignment]
+def train_user(c: UserConfig, saver=None) -> tuple[dict[str, float], dict[str, list[float]]]:
     data = load_user_data(c.data)
     training = UserTraining(c, data, build_user_model(c))
     (diverged,) = fit(

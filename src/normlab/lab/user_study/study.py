@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...registry import canonical_name
-from ..config import make_config
+from ..config import RunConfig, make_config
 from ..judging.fairness import VALIDATION_LOSS, Budgets, Selection
 from ..judging.study import (
     Options,
@@ -94,7 +94,7 @@ class UserStudy(Study):
         """The model's norm kinds that ``norm`` replaces (none: the model as built)."""
         return [k for k in self.kinds if k != norm]
 
-    def configs(self, options: Options) -> list[dict[str, Any]]:
+    def configs(self, options: Options) -> list[RunConfig]:
         s = self.spec
         return [
             make_config(
