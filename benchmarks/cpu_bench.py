@@ -143,7 +143,8 @@ def main() -> None:
                 t_layer, t_rms, ratio = _compare(layer, rms, x, repeats, args.rounds, True)
                 if args.markdown:
                     print(
-                        f"| {shape} | {dtype_name} | {threads} | {t_layer * 1e3:.3f} | {t_rms * 1e3:.3f} | {ratio:.2f} |"
+                        f"| {shape} | {dtype_name} | {threads} | {t_layer * 1e3:.3f} | {t_rms * 1e3:.3f} "
+                        f"| {ratio:.2f} |"
                     )
                 else:
                     print(

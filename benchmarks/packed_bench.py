@@ -187,7 +187,8 @@ def main() -> None:
                     print(f"| {norm} | {batch} | {form} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
     if args.lm:
         print(
-            "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |\n|---|---|---|---|---|"
+            "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |"
+            "\n|---|---|---|---|---|"
         )
         for norm in ("layer", "rms", "dyt", "batch"):
             steps = max(2, args.steps // 4)

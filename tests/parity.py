@@ -8,7 +8,8 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def clone_pair(theirs: torch.nn.Module, ours: torch.nn.Module, seed: int = 0) -> None:
-    """Give ``ours`` the same (random, non-trivial, seeded so a failure replays) parameters and buffers as ``theirs``."""
+    """Give ``ours`` the same (random, non-trivial, seeded so a failure replays) parameters and buffers as
+    ``theirs``."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in theirs.parameters():

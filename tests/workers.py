@@ -105,11 +105,11 @@ def dead_peer(rank, world, init_file, out_dir, propagate=False):
     exit with that error: code 0 once it has written it down, or 1 with its traceback when it lets the error
     propagate (``propagate``), as a user's training script does.
 
-    Both tear the process group down in a ``finally``, as torch requires (and ``normlab.lab.training.distributed_run`` does):
-    a process that exits with a live gloo group after a failed collective aborts one run in a few, on torch 2.13 and
-    2.14 alike, with "terminate called without an active exception" (SIGABRT, exit code -6). Gloo's worker thread is
-    still releasing the failed collective's tensors, which takes the GIL; once the interpreter is finalizing, taking
-    it ends the thread through a noexcept destructor: ``std::terminate`` (pytorch/pytorch#190489).
+    Both tear the process group down in a ``finally``, as torch requires (and ``normlab.lab.training.distributed_run``
+    does): a process that exits with a live gloo group after a failed collective aborts one run in a few, on torch 2.13
+    and 2.14 alike, with "terminate called without an active exception" (SIGABRT, exit code -6). Gloo's worker thread is
+    still releasing the failed collective's tensors, which takes the GIL; once the interpreter is finalizing, taking it
+    ends the thread through a noexcept destructor: ``std::terminate`` (pytorch/pytorch#190489).
     ``destroy_process_group`` joins those threads while the interpreter is alive.
     """
     init(rank, world, init_file, timeout=20)

@@ -1,4 +1,5 @@
-"""Bad input to `normlab compare`: one clear line naming the path, exit 2, before any run, the user's files unchanged."""
+"""Bad input to `normlab compare`: one clear line naming the path, exit 2, before any run, the user's files
+unchanged."""
 
 import hashlib
 import os
@@ -100,7 +101,8 @@ def test_unwritable_out_as_an_ordinary_user(tmp_path):
     locked = __import__("pathlib").Path(base) / "locked"
     locked.mkdir(mode=0o555)
     code = (
-        "import os, sys; from normlab.cli import main; import normlab.lab, normlab.lab.training.data, normlab.lab.store; "
+        "import os, sys; from normlab.cli import main; "
+        "import normlab.lab, normlab.lab.training.data, normlab.lab.store; "
         "os.setgid(65534); os.setuid(65534); "
         f"sys.exit(main(['compare', '--study', 'contrast', '--no-progress', '--out', {str(locked / 'out')!r}]))"
     )

@@ -2,8 +2,8 @@
 
 - channels_last training BatchNorm, both ways it runs: block statistics combined in float64
   (``_ChannelsLastBatchNorm``, large inputs) and ATen's kernel on the input, shifted by a block mean when it is
-  not centered (``_shifted_batch_norm``, small inputs); float32 / bfloat16 / float16 / float64, means up to 1e4, the upstream
-  gradient in the output's layout, the layouts of the output and the input gradient, the running statistics;
+  not centered (``_shifted_batch_norm``, small inputs); float32 / bfloat16 / float16 / float64, means up to 1e4, the
+  upstream gradient in the output's layout, the layouts of the output and the input gradient, the running statistics;
 - RMSNorm's autograd Function over fused ATen kernels (forward, input and weight gradients, gradcheck and
   gradgradcheck in float64);
 - the twins' argument checks, which run once per input signature: a new signature is checked again.

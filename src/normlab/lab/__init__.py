@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from typing import Any
 from .config import RunConfig
 from .judging.fairness import StudyPlan
 from .judging.report import OUTCOME_ORDER, load_verdicts, write_report
-from .judging.study import Options
+from .judging.study import Options, Study, StudyResult
+from .judging.verdicts import Outcome
 from .store import RunRecord, Store, config_key
 from .studies import STUDIES
 from .sweep.checkpoint import Checkpoints
@@ -83,7 +85,7 @@ def compare(
     workers: int = 1,
     fresh: bool = False,
     progress: bool = True,
-    log=print,
+    log: Callable[..., object] = print,
     against: str | Path | None = None,
     max_pack: int = MAX_COPIES,
     execution: Execution | None = None,
@@ -110,8 +112,8 @@ def compare_model(
     options: Options = Options(),
     execution: Execution = Execution(),
     fresh: bool = False,
-    log=print,
-) -> tuple[Path, dict, bool]:
+    log: Callable[..., object] = print,
+) -> tuple[Path, dict[str, StudyResult], bool]:
     """The user's study (:class:`~normlab.lab.user_study.study.UserSpec`: your model, your data, the methods and batch
     sizes to compare): every input checked before any run, then run, judged and reported as the built-in studies.
 
@@ -131,8 +133,14 @@ def compare_model(
 
 
 def run_studies(
-    out: Path, chosen: list, options: Options, execution: Execution, fresh: bool = False, log=print, other=None
-) -> tuple[Path, dict, bool]:
+    out: Path,
+    chosen: list[Study],
+    options: Options,
+    execution: Execution,
+    fresh: bool = False,
+    log: Callable[..., object] = print,
+    other: tuple[Path, dict[tuple[str, str], Outcome]] | None = None,
+) -> tuple[Path, dict[str, StudyResult], bool]:
     """The phases every compare goes through: learning-rate selection, final runs at budgets T and 2T and larger
     ones where a verdict is not settled, analysis, report."""
     if fresh:
@@ -152,7 +160,7 @@ def run_studies(
     checkpoints = Checkpoints(directory=str(out / "checkpoints"), every_s=execution.checkpoint_every)
     with Store(store_path) as store:
         before = store.finished_keys()
-    total, requested = SweepReport(total=0, skipped=0), set()
+    total, requested = SweepReport(total=0, skipped=0), set[str]()
 
     def sweep(configs: list[RunConfig]) -> None:
         report = run_sweep(

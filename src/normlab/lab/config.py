@@ -25,6 +25,7 @@ __all__ = [
     "make_config",
     "as_dict",
     "of_kind",
+    "at_doublings",
     "from_dict",
 ]
 
@@ -171,6 +172,13 @@ def of_kind(kind: type[C], configs: Sequence[RunConfig]) -> list[C]:
     if wrong:
         raise TypeError(f"expected {kind.__name__} configurations, got {', '.join(wrong)}")
     return list(configs)  # type: ignore[arg-type]  # every element checked above
+
+
+def at_doublings(config: RunConfig, doublings: int) -> RunConfig:
+    """The same run at budget x 2**``doublings`` (a run of a task with budgets)."""
+    if not isinstance(config, BudgetedConfig):
+        raise TypeError(f"a {type(config).__name__} has no budget")
+    return dataclasses.replace(config, doublings=doublings)
 
 
 def as_dict(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -200,7 +200,8 @@ class Store:
         return cur.rowcount == 1
 
     def records(self, study: str | None = None, keys: Iterable[str] | None = None) -> list[RunRecord]:
-        query, args = "SELECT key, study, status, config, metrics, curves, note, seconds FROM runs", ()
+        query = "SELECT key, study, status, config, metrics, curves, note, seconds FROM runs"
+        args: tuple[str, ...] = ()
         if study is not None:
             query, args = query + " WHERE study = ?", (study,)
         rows = self._conn.execute(query + " ORDER BY key", args).fetchall()

@@ -4,9 +4,10 @@ A study that compares methods declares a :class:`Selection`. Each of its setting
 and learning rate) first trains at every rate of a log-spaced grid around the study's own rate, on seeds of its own
 (disjoint from the final seeds) and with a validation split held out of the training data; the rate with the best
 mean validation score is chosen, and a grid whose best rate sits on its edge grows past that edge. The final runs
-train at the chosen rate, at the study's budget T and at 2T (one trajectory, :func:`normlab.lab.training.loop.fit_ladder`),
-and every verdict is judged at both and settled where more training would not change it; the settings under a
-verdict that is not settled train at 4T, up to the study's :class:`Budgets` (``StudyPlan.judge``).
+train at the chosen rate, at the study's budget T and at 2T (one trajectory,
+:func:`normlab.lab.training.loop.fit_ladder`), and every verdict is judged at both and settled where more training would
+not change it; the settings under a verdict that is not settled train at 4T, up to the study's :class:`Budgets`
+(``StudyPlan.judge``).
 
 :class:`StudyPlan` holds one study's runs in that order; ``normlab.lab.compare`` runs its rounds.
 """
@@ -17,14 +18,17 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
-from ..config import BudgetedConfig, RunConfig
+from ..config import BudgetedConfig, RunConfig, at_doublings
 from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
 from ..store import RunRecord, config_key, setting_key, trunk_key
 from .verdicts import Budgets, Verdict, budget_name, settle
+
+if TYPE_CHECKING:
+    from .study import Options, Study, StudyResult
 
 __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
 
@@ -160,7 +164,7 @@ class StudyPlan:
     ``configs`` are the runs as the study writes them (``Study.configs``); a tuned setting's written rate is the
     centre of its grid."""
 
-    def __init__(self, study, options) -> None:
+    def __init__(self, study: Study, options: Options) -> None:
         self.study, self.selection, self.budgets = study, study.selection, study.budgets
         self.options = options
         self.levels: dict[str, int] = {}  # trunk_key -> the largest doubling its final runs train at (default 1)
@@ -246,8 +250,8 @@ class StudyPlan:
         out = []
         for c in self.written:
             choice = self.choices.get(self._setting(c))
-            tuned = choice is not None and choice.chosen is not None
-            out.append(dataclasses.replace(c, lr=choice.chosen) if tuned else c)  # type: ignore[union-attr]
+            chosen = None if choice is None else choice.chosen
+            out.append(c if chosen is None else dataclasses.replace(c, lr=chosen))
         return out
 
     @staticmethod
@@ -257,10 +261,10 @@ class StudyPlan:
     def budget_configs(self) -> list[RunConfig]:
         """The final runs at every budget they train at: T and 2T (doublings 0 and 1), more where a verdict needs
         it; runs with no budget (the exactness runs) once."""
-        out = []
+        out: list[RunConfig] = []
         for c in self.final_configs():
             if self._budgeted(c):
-                out += [dataclasses.replace(c, doublings=d) for d in range(self.levels.get(trunk_key(c), 1) + 1)]
+                out += [at_doublings(c, d) for d in range(self.levels.get(trunk_key(c), 1) + 1)]
             else:
                 out.append(c)
         return out
@@ -278,16 +282,16 @@ class StudyPlan:
                     actual.add(trunk_key(c))
                 continue
             for d in range(min(doublings, self.levels.get(trunk_key(c), 1)), -1, -1):  # what this plan asked for
-                if (r := records.get(config_key(dataclasses.replace(c, doublings=d)))) is not None:
+                if (r := records.get(config_key(at_doublings(c, d)))) is not None:
                     out.append(r)
                     if d == doublings:
                         actual.add(trunk_key(c))
                     break
         return out, actual
 
-    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[Any, bool]:
-        """The study's analysis at its budget T (figures into ``figdir``) with its training check (the target, at
-        2T) and its verdicts settled over the budgets stored (:func:`~normlab.lab.judging.verdicts.settle`; withheld when
+    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[StudyResult, bool]:
+        """The study's analysis at its budget T (figures into ``figdir``) with its training check (the target, at 2T)
+        and its verdicts settled over the budgets stored (:func:`~normlab.lab.judging.verdicts.settle`; withheld when
         the target is missed); and whether a verdict needs a larger budget (its settings' levels are raised, so
         :meth:`budget_configs` lists their runs there). A study that misses its target trains no further: more
         budget is for verdicts, not for models that have not learned the task."""
@@ -297,7 +301,7 @@ class StudyPlan:
 
         everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
         by_claim: dict[str, dict[int, Verdict]] = {}
-        main = None
+        main: StudyResult | None = None
         with tempfile.TemporaryDirectory() as scratch:
             for d in range(self.budgets.max_doublings + 1):
                 recs, actual = self.records_at(records, d)
@@ -308,38 +312,41 @@ class StudyPlan:
                 for v in result.verdicts:
                     if d == 0 or set(v.settings or everything) <= actual:
                         by_claim.setdefault(v.claim, {})[d] = v
-        main.training = check_training(
-            self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None
-        )
-        main.training.budget = "2T"
+        assert main is not None  # budget T (d = 0) is always analyzed
+        training = check_training(self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None)
+        training.budget = "2T"
+        main.training = training
         settled, grew = [], False
         for by_budget in by_claim.values():
             verdict, more = settle(by_budget, self.budgets.max_doublings)
-            for key in (by_budget[min(by_budget)].settings or everything) if more and main.training.met else ():
+            for key in (by_budget[min(by_budget)].settings or everything) if more and training.met else ():
                 if key in everything and self.levels.get(key, 1) <= max(by_budget):
                     self.levels[key], grew = max(by_budget) + 1, True
             settled.append(verdict)
-        main.verdicts = withheld(settled, main.training)
+        main.verdicts = withheld(settled, training)
         return main, grew
 
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
         """Each compared setting's mean target metric at every budget it trained at."""
-        metric, rows = self.study.target.metric, {}
+        metric = self.study.target.metric
+        rows: dict[str, BudgetRow] = {}
+        values: dict[str, dict[int, list[float]]] = {}
         for c in self.final_configs():
             if not self._budgeted(c) or (self.study.target.task and c.task != self.study.target.task):
                 continue
-            row = rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
+            rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
+            row = values.setdefault(self._setting(c), {})
             for d in range(self.levels.get(trunk_key(c), 1) + 1):
-                r = records.get(config_key(dataclasses.replace(c, doublings=d)))
+                r = records.get(config_key(at_doublings(c, d)))
                 if r is not None and r.status == "done" and metric in r.metrics:
-                    row.means.setdefault(d, []).append(r.metrics[metric])  # type: ignore[attr-defined]
-        for row in rows.values():
-            row.means = {d: float(np.mean(v)) for d, v in sorted(row.means.items())}  # type: ignore[arg-type]
+                    row.setdefault(d, []).append(r.metrics[metric])
+        for key, budget_row in rows.items():
+            budget_row.means = {d: float(np.mean(v)) for d, v in sorted(values[key].items())}
         return list(rows.values())
 
     def roles(self) -> dict[str, list[RunConfig]]:
         """Every run of the study by what it is for (the report counts what each part cost)."""
-        longer = [c for c in self.budget_configs() if self._budgeted(c) and c.doublings > 0]
+        longer: list[RunConfig] = [c for c in self.budget_configs() if self._budgeted(c) and c.doublings > 0]
         return {"selection": self.selection_configs(), "final": self.final_configs(), "longer budgets": longer}
 
     def fairness(self, records: dict[str, RunRecord], figdir: Path) -> Fairness:

@@ -10,6 +10,7 @@ import html
 import json
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ... import __version__
 from ..store import RunRecord
 from .fairness import Fairness
 from .published import ANCHORS
-from .study import CONVERGENCE, Study, StudyResult
+from .study import CONVERGENCE, Options, Study, StudyResult, TrainingCheck
 from .verdicts import CRITERION, Outcome, Verdict, budget_name
 
 __all__ = ["write_report", "OUTCOME_ORDER", "load_verdicts", "load_recommendations", "stability_rows"]
@@ -51,11 +52,11 @@ def _e(text: object) -> str:
     return html.escape(str(text))
 
 
-def _badge(outcome: str) -> str:
+def _badge(outcome: Outcome) -> str:
     return f'<span class="badge" style="background:{_BADGE.get(outcome, "#5f6368")}">{_e(outcome)}</span>'
 
 
-def _table(headers, rows) -> str:
+def _table(headers: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
     if not headers:
         return ""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
@@ -63,7 +64,7 @@ def _table(headers, rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def outcome_counts(verdicts) -> dict[Outcome, int]:
+def outcome_counts(verdicts: Iterable[Verdict]) -> dict[Outcome, int]:
     """How many of ``verdicts`` have each outcome, in :data:`OUTCOME_ORDER` (the report's and the CLI's summary)."""
     counts = {o: 0 for o in OUTCOME_ORDER}
     for v in verdicts:
@@ -217,7 +218,7 @@ def write_report(
     results: dict[str, StudyResult],
     records: dict[str, Runs],
     setups: dict[str, str],
-    options: object,
+    options: Options,
     against: tuple[Path, dict[tuple[str, str], Outcome]] | None = None,
 ) -> Path:
     """Write index.html, results.csv and results.json into ``out``; returns the index path."""
@@ -260,7 +261,7 @@ Raw results: <a href="results.csv">results.csv</a>, <a href="results.json">resul
     return index
 
 
-def _write_tables(out: Path, studies, results, records) -> None:
+def _write_tables(out: Path, studies: list[Study], results: dict[str, StudyResult], records: dict[str, Runs]) -> None:
     flat = _unique((role, r) for s in studies for role, rs in records[s.name].items() for r in rs)
     metric_names = sorted({m for _, r in flat for m in r.metrics})
     config_names = sorted({c for _, r in flat for c in r.config})
@@ -277,8 +278,8 @@ def _write_tables(out: Path, studies, results, records) -> None:
         "runs": [{**asdict(r), "role": role} for role, r in flat],
         "verdicts": {s.name: [asdict(v) for v in results[s.name].verdicts] for s in studies},
         "criterion": CRITERION,
-        "training": {s.name: asdict(results[s.name].training) if results[s.name].training else None for s in studies},
-        "fairness": {s.name: asdict(results[s.name].fairness) if results[s.name].fairness else None for s in studies},
+        "training": {s.name: _plain(results[s.name].training) for s in studies},
+        "fairness": {s.name: _plain(results[s.name].fairness) for s in studies},
         "recommendations": {
             s.name: results[s.name].recommendations for s in studies if results[s.name].recommendations
         },
@@ -286,7 +287,11 @@ def _write_tables(out: Path, studies, results, records) -> None:
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
 
 
-def _unique(rows) -> list[tuple[str, RunRecord]]:
+def _plain(record: TrainingCheck | Fairness | None) -> dict[str, object] | None:
+    return None if record is None else asdict(record)
+
+
+def _unique(rows: Iterable[tuple[str, RunRecord]]) -> list[tuple[str, RunRecord]]:
     """One row per stored run (a run that is both a study's final run and another's is listed once)."""
     seen: dict[str, tuple[str, RunRecord]] = {}
     for role, r in rows:

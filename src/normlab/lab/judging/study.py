@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,10 @@ from .verdicts import (
     mean_spread,
     not_greater,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 NOT_TRAINED = Outcome.NOT_TRAINED
 
@@ -188,8 +192,8 @@ class Study:
     variants: tuple[str, ...] = ()  # labels --norms accepts besides registry names (a norm plus WN, SyncBN...)
 
     target: Target = Target()
-    # Fairness (normlab.lab.judging.fairness): how each compared setting's learning rate is chosen (None: as written, for
-    # the reason ``untuned`` gives), and the budgets its verdicts are judged at.
+    # Fairness (normlab.lab.judging.fairness): how each compared setting's learning rate is chosen (None: as
+    # written, for the reason ``untuned`` gives), and the budgets its verdicts are judged at.
     selection: Any = None
     untuned: str = ""
     budgets: Budgets = Budgets()  # the budgets its verdicts are settled over
@@ -291,10 +295,10 @@ def group_by(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord
 
 
 def not_applicable_notes(records: list[RunRecord]) -> list[str]:
-    seen = {}
+    seen: dict[str, str] = {}
     for r in records:
         if r.status == "not_applicable":
-            seen.setdefault(r.config.get("norm"), r.note)
+            seen.setdefault(r.config["norm"], r.note)
     return [f"`{norm}` was not run here: {note}" for norm, note in sorted(seen.items(), key=lambda kv: str(kv[0]))]
 
 
@@ -304,7 +308,7 @@ def seed_rows(by_x: Sequence[Sequence[float]]) -> list[list[float]]:
     return [[v[i] if i < len(v) else math.nan for v in by_x] for i in range(seeds)]
 
 
-def plot_lines(ax, xs, groups: dict[str, list[list[float]]], logx: bool = False) -> None:
+def plot_lines(ax: Axes, xs: Sequence[float], groups: dict[str, list[list[float]]], logx: bool = False) -> None:
     """One line per label: the mean over seeds, shaded by the standard deviation."""
     for label, runs in groups.items():
         arr = np.asarray(runs, dtype=float)
@@ -319,7 +323,7 @@ def plot_lines(ax, xs, groups: dict[str, list[list[float]]], logx: bool = False)
     ax.legend(fontsize=8)
 
 
-def new_figure(ncols: int = 1, width: float = 5.0):
+def new_figure(ncols: int = 1, width: float = 5.0) -> tuple[Figure, list[Axes]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,7 +333,7 @@ def new_figure(ncols: int = 1, width: float = 5.0):
     return fig, list(axes[0])
 
 
-def save(fig, figdir: Path, name: str) -> str:
+def save(fig: Figure, figdir: Path, name: str) -> str:
     import matplotlib.pyplot as plt
 
     figdir.mkdir(parents=True, exist_ok=True)
@@ -355,12 +359,12 @@ def classify_config(
     )
 
 
-def sample(records: list[RunRecord], fn) -> Sample:
+def sample(records: list[RunRecord], fn: Callable[[RunRecord], float]) -> Sample:
     """``fn(record)`` for each finished run of one setting, as a :class:`Sample` ordered by seed, naming the
     settings it comes from (what a verdict drawn from it rests on)."""
     ordered = sorted((r for r in records if r.status == "done"), key=lambda r: r.config.get("seed", 0))
     settings = tuple(dict.fromkeys(trunk_key(r.config) for r in ordered))
-    return Sample([fn(r) for r in ordered], [r.config.get("seed") for r in ordered], settings)
+    return Sample([fn(r) for r in ordered], [int(r.config["seed"]) for r in ordered], settings)
 
 
 def values(records: list[RunRecord], metric: str, scale: float = 1.0) -> Sample:

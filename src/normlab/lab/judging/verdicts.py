@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -101,12 +101,12 @@ class Sample(list):
     """Per-seed values of one metric for one setting, ordered by seed, with the seeds (for pairing) and the
     settings the values come from (``settings``: what a verdict drawn from them rests on)."""
 
-    def __init__(self, values=(), seeds=(), settings: Sequence[str] = ()) -> None:
+    def __init__(self, values: Iterable[float] = (), seeds: Iterable[int] = (), settings: Sequence[str] = ()) -> None:
         super().__init__(values)
         self.seeds = list(seeds)
         self.settings = tuple(settings)
 
-    def map(self, fn) -> Sample:
+    def map(self, fn: Callable[[float], float]) -> Sample:
         return Sample([fn(v) for v in self], self.seeds, self.settings)
 
     def minus(self, other: Sample) -> Sample:

@@ -47,11 +47,13 @@ class BatchDependence(Study):
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule (peak rate chosen per variant, "
+            "MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule (peak rate chosen "
+            "per variant, "
             f"grid around 0.05), batch 64, "
             f"{self._epochs(options)} epochs. "
             "'weight' is Weight Normalization on every conv and the head with no activation norm, started from its "
-            "paper's data-dependent initialization; 'weight+meanonly' adds mean-only BN (its paper's pairing). Batch dependence: after training, one test example is put in 12 random batches of 16 "
+            "paper's data-dependent initialization; 'weight+meanonly' adds mean-only BN (its paper's pairing). Batch "
+            "dependence: after training, one test example is put in 12 random batches of 16 "
             "and run in training mode; the spread is the std of its logits across batches over their mean magnitude."
         )
 
@@ -90,11 +92,16 @@ class BatchDependence(Study):
             runs = groups[(v,)]
             length = min(len(r.curves["loss"]) for r in runs)
             plot_lines(ax1, runs[0].curves["step"], {v: [r.curves["loss"][:length] for r in runs]})
-        ax1.set_yscale("log"), ax1.set_xlabel("step"), ax1.set_ylabel("training loss"), ax1.set_title("Training")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("training loss")
+        ax1.set_title("Training")
         spreads = {v: values(groups[(v,)], OUTPUT_SPREAD) for v in labels}
         ax2.bar(range(len(labels)), [max(1e-9, sum(s) / len(s)) for s in spreads.values()])
         ax2.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-        ax2.set_yscale("log"), ax2.set_ylabel("output spread across batches"), ax2.set_title("Batch dependence")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("output spread across batches")
+        ax2.set_title("Batch dependence")
         result.figures.append(save(fig, figdir, "batch-dependence.png"))
 
         result.table_headers = ["variant", "test acc %", "output spread across batches (training mode)"]

@@ -41,7 +41,8 @@ class Contrast(Study):
 
     def setup(self, options: Options) -> str:
         return (
-            f"scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule (peak rate chosen per norm, "
+            "scikit-learn's 8x8 digits, a 3-block 2-d CNN, SGD with momentum 0.9 and a warmup-stable-decay schedule "
+            "(peak rate chosen per norm, "
             "grid around 0.05), batch 32, "
             f"{self._epochs(options)} epochs on unchanged images. At test every image gets its own contrast a and "
             "brightness b, x -> a·x + b, with log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) (standardized units) "

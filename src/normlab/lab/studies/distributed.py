@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from ..judging.study import (
 )
 from ..metrics import TEST_ACC
 from ..store import RunRecord
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 GLOBAL_BATCH = 8
 EXACT_STEPS = 40
@@ -65,7 +69,8 @@ class Distributed(Study):
         per_rank = max(2, GLOBAL_BATCH // options.nproc)
         return (
             f"Exactness: MNIST-1D, 3-block 1-d CNN, DistributedDataParallel over {options.nproc} gloo processes on "
-            f"this machine (CPU whatever --device), one global batch of {GLOBAL_BATCH} per step ({GLOBAL_BATCH // options.nproc} per rank), SGD "
+            f"this machine (CPU whatever --device), one global batch of {GLOBAL_BATCH} per step "
+            f"({GLOBAL_BATCH // options.nproc} per rank), SGD "
             f"lr 0.05 with momentum 0.9, {EXACT_STEPS} steps from one seed; the same run with 1 process is the "
             "reference. The loss is the global batch's mean, every step. Accuracy: SyncBN being exactly that "
             f"computation, the variants train in one process on global batches of {GLOBAL_BATCH}: SyncBN as BN on the "
@@ -127,7 +132,9 @@ class Distributed(Study):
             runs = groups[(v,)]
             length = min(len(r.curves["loss"]) for r in runs)
             plot_lines(ax2, runs[0].curves["step"][:length], {v: [r.curves["loss"][:length] for r in runs]})
-        ax2.set_yscale("log"), ax2.set_xlabel("step"), ax2.set_ylabel("training loss")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("training loss")
         ax2.set_title(f"Accuracy runs: global batch {GLOBAL_BATCH}")
         result.figures.append(save(fig, figdir, "distributed.png"))
         result.table_headers = ["variant", "test acc %"]
@@ -158,7 +165,7 @@ class Distributed(Study):
             )
         return result
 
-    def _exactness(self, result: StudyResult, groups: dict, ax) -> None:
+    def _exactness(self, result: StudyResult, groups: dict[tuple[Any, ...], list[RunRecord]], ax: Axes) -> None:
         losses = {
             label: groups[(f"exact: {label}",)][0].curves.get("global_loss", [])
             for label in EXACT
@@ -173,10 +180,13 @@ class Distributed(Study):
                 gap = np.abs(np.asarray(losses[label]) - reference)
                 gaps[label] = float(gap.max())
                 ax.plot(np.arange(1, gap.size + 1), np.maximum(gap, 1e-9), marker="o", ms=2, label=label)
-        ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("|loss - single-process BN's loss|")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("|loss - single-process BN's loss|")
         ax.set_title("Exactness (same seed, same global batches)")
         ax.axhline(EXACT_TOLERANCE, color="k", lw=0.8, ls="--")
-        ax.legend(fontsize=8), ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
         if "SyncBN" in gaps and "per-rank BN" in gaps:
             exact = gaps["SyncBN"] <= EXACT_TOLERANCE < gaps["per-rank BN"]
             evidence = (

@@ -45,7 +45,8 @@ class LearningRate(Study):
     def setup(self, options: Options) -> str:
         return (
             f"MNIST-1D, 3-block 1-d CNN, SGD with momentum 0.9, batch 64, {self._epochs(options)} epochs, peak "
-            f"learning rate (held, then a 1-sqrt decay to 0 over the last 20% of the steps) from a log-spaced sweep {self.lrs(options)}. A run diverges when its loss is non-finite or "
+            "learning rate (held, then a 1-sqrt decay to 0 over the last 20% of the steps) from a log-spaced sweep "
+            f"{self.lrs(options)}. A run diverges when its loss is non-finite or "
             "10x its first value (scored at chance). Gradient predictiveness at lr "
             f"{PROBE_LR}: ||g(w) - g(w - lr g(w))|| / ||g(w)|| on the same batch, along training."
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,13 @@ class Online(Study):
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D streamed one example per step (batch size 1), plain SGD with a warmup-stable-decay schedule (peak rate chosen per norm and stream, "
+            "MNIST-1D streamed one example per step (batch size 1), plain SGD with a warmup-stable-decay schedule "
+            "(peak rate chosen per norm and stream, "
             f"grid around {LR}), "
-            f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: i.i.d. "
-            "order, and class-sorted chunks (10 examples of one class, then 10 of the next, cycling). Test accuracy with BN's "
+            f"{self._epochs(options)} passes over {self._subset(options)} examples, 3-block 1-d CNN. Two streams: "
+            "i.i.d. "
+            "order, and class-sorted chunks (10 examples of one class, then 10 of the next, cycling). Test accuracy "
+            "with BN's "
             "running statistics and, for comparison, with each test batch of 50 normalized by its own statistics."
         )
 
@@ -87,11 +91,11 @@ class Online(Study):
         fig, (ax,) = new_figure(width=6)
         x = np.arange(len(norms))
         for i, s in enumerate(STREAMS):
-            means = [np.mean(acc[(n, s)]) if acc[(n, s)] else np.nan for n in norms]
+            means = [float(np.mean(acc[(n, s)])) if acc[(n, s)] else math.nan for n in norms]
             errs = [np.std(acc[(n, s)], ddof=1) if len(acc[(n, s)]) > 1 else 0 for n in norms]
             ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=errs, label=f"{s} stream, running stats")
         for i, s in enumerate(STREAMS):
-            means = [np.mean(acc_bs[(n, s)]) if acc_bs[(n, s)] else np.nan for n in norms]
+            means = [float(np.mean(acc_bs[(n, s)])) if acc_bs[(n, s)] else math.nan for n in norms]
             ax.scatter(
                 x + (i - 0.5) * 0.38,
                 means,

@@ -46,7 +46,8 @@ class Sequence(Study):
     def setup(self, options: Options) -> str:
         return (
             f"Character-level pre-norm transformer (2 blocks, width 64, 4 heads) on CPython's pydoc topics text, "
-            f"AdamW (50 warm-up steps, the peak rate held, then a 1-sqrt decay over the last 20% of the steps; peak rate chosen per norm, grid around 1e-2), {self._steps(options)} steps of {BATCH} padded "
+            "AdamW (50 warm-up steps, the peak rate held, then a 1-sqrt decay over the last 20% of the steps; peak "
+            f"rate chosen per norm, grid around 1e-2), {self._steps(options)} steps of {BATCH} padded "
             "sequences of random length 16-64, 3 seeds; test "
             "bits per character on full-length windows of the second half of the held-out last 10% (the first half "
             "is the validation text rates are chosen on; BN uses its running statistics). DyT follows its paper's "

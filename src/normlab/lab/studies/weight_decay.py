@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..config import RunConfig
 from ..judging.study import (
@@ -45,7 +46,8 @@ class WeightDecay(Study):
 
     def setup(self, options: Options) -> str:
         return (
-            f"MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1 (held, then a 1-sqrt decay over the last 20% of the steps), momentum 0.9, "
+            "MNIST-1D, 3-block 1-d CNN with the given norm after every conv, SGD lr 0.1 (held, then a 1-sqrt decay "
+            "over the last 20% of the steps), momentum 0.9, "
             "batch 64, "
             f"{self._epochs(options)} epochs, weight decay {list(DECAYS)}. The watched layer is the second conv. Scale "
             "invariance: the network's training-mode output with that conv's weight multiplied by 3, against the "
@@ -56,7 +58,9 @@ class WeightDecay(Study):
         return 16 if options.full else 8
 
     def configs(self, options: Options) -> list[RunConfig]:
-        common = dict(batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="wsd")
+        common: dict[str, Any] = dict(
+            batch_size=64, lr=0.1, epochs=self._epochs(options), scale_invariance=True, lr_schedule="wsd"
+        )
         runs = [
             classify_config(self.name, options, norm, seed, weight_decay=wd, **common)
             for norm in self.norms(options)

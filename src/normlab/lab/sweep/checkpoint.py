@@ -12,7 +12,6 @@ keeps its trajectory at the constant rate (:class:`Trunk`), so a larger budget a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, at_doublings
 
 __all__ = ["Checkpoints", "Saver", "Trunk"]
 
@@ -50,14 +49,12 @@ class Checkpoints:
 
     def trunk(self, configs: list[RunConfig], packed: bool = False) -> Trunk:
         """Where one run's trajectory at its constant rate is kept for a longer budget of it (``configs``: that run
-        at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a pack's
-        (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""
+        at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a
+        pack's (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""
         from ..store import config_key
         from ..training.train import ladder_key
 
-        keys = {
-            config_key(dataclasses.replace(c, doublings=0)) for c in configs
-        }  # config_key: the training code's hash too
+        keys = {config_key(at_doublings(c, 0)) for c in configs}  # config_key: the training code's hash too
         if len({ladder_key(c) for c in configs}) != 1:
             raise ValueError("Checkpoints.trunk: one run at several budgets")
         return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}{'.packed' if packed else ''}.pt")

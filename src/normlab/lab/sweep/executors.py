@@ -106,7 +106,7 @@ def run_on_ray(
     *,
     code: str,
     checkpoints: Checkpoints | None,
-    record: Callable[[dict, Outcome], None],
+    record: Callable[[RunConfig, Outcome], None],
     settings: RaySettings | None = None,
 ) -> None:
     """Train every work item as a Ray task and store its rows here, as the results come in, calling ``record``
@@ -141,7 +141,7 @@ def _run_tasks(
     store_path: str,
     code: str,
     checkpoints: Checkpoints | None,
-    record: Callable[[dict, Outcome], None],
+    record: Callable[[RunConfig, Outcome], None],
     settings: RaySettings,
 ) -> None:
     """Submit every item at once (Ray queues what does not fit), then store and record each as it finishes."""

@@ -174,7 +174,7 @@ def _schedule(items: list[list[RunConfig]]) -> list[list[RunConfig]]:
     return merged
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool) -> Any:  # a tqdm bar (tqdm ships no types)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="normlab compare", unit="run", disable=not enabled, dynamic_ncols=True)

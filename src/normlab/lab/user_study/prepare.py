@@ -10,13 +10,16 @@ classification that every label is one of the model's outputs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
+from torch.utils.data import Dataset
 
 from ...registry import canonical_name
 from ...transform import swap
 from ..training.data import training_part
-from ..training.inputs import examples, fingerprint, load_model, load_user_data
+from ..training.inputs import UserData, examples, fingerprint, load_model, load_user_data
 from ..training.user_model import norm_kinds
 from .study import UserSpec, UserStudy, describe_swap
 
@@ -25,13 +28,18 @@ __all__ = ["prepare_user_study"]
 _LABEL_SCAN = 20_000  # labels read one by one when the data set does not hold them as a tensor or a list
 
 
-def _labels(dataset) -> torch.Tensor | None:
+def _size(dataset: Dataset[Any]) -> int:
+    """A map-style data set's length (load_user_data accepts only data sets that define ``__len__``)."""
+    return len(cast(Sized, dataset))
+
+
+def _labels(dataset: Dataset[Any]) -> torch.Tensor | None:
     """The data set's labels where it holds them (TensorDataset, ImageFolder), else those of its first examples."""
     if hasattr(dataset, "tensors"):
         return dataset.tensors[1]
     if hasattr(dataset, "targets"):
         return torch.as_tensor(dataset.targets)
-    items = [dataset[i][1] for i in range(min(len(dataset), _LABEL_SCAN))]
+    items = [dataset[i][1] for i in range(min(_size(dataset), _LABEL_SCAN))]
     return (
         torch.as_tensor(items)
         if all(isinstance(y, int) or (torch.is_tensor(y) and y.dim() == 0) for y in items)
@@ -39,7 +47,7 @@ def _labels(dataset) -> torch.Tensor | None:
     )
 
 
-def _check_forward(spec: UserSpec, model, data) -> tuple[int, ...]:
+def _check_forward(spec: UserSpec, model: torch.nn.Module, data: UserData) -> tuple[int, ...]:
     x, y = examples(data.train, 2)
     shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
     try:
@@ -91,7 +99,7 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
     norms = [canonical_name(n) for n in spec.norms]  # ValueError naming the unknown name
     data = load_user_data(spec.data)
     for split, dataset in (("training", data.train), ("test", data.test)):
-        if len(dataset) == 0:
+        if _size(dataset) == 0:
             raise ValueError(f"--data {spec.data}: the {split} set is empty")
     model = load_model(spec.model, spec.model_args)
     kinds = norm_kinds(model)
@@ -123,7 +131,7 @@ def prepare_user_study(spec: UserSpec) -> UserStudy:
         fingerprint=fingerprint(spec.model, spec.data),
         swaps=swaps,
     )
-    train_size = training_part(len(data.train), study.selection.validation_fraction)  # what selection trains on
+    train_size = training_part(_size(data.train), study.selection.validation_fraction)  # what selection trains on
     if max(spec.batch_sizes) > train_size:
         raise ValueError(
             f"--batch-sizes {max(spec.batch_sizes)}: larger than the {train_size} training examples left "

@@ -3,8 +3,8 @@
 ``normlab compare --model MODEL --data DATA --norms batch,group,layer2d --batch-sizes 4,32`` builds one
 :class:`UserStudy`: for each method the model's norms are swapped (:func:`normlab.swap`), each setting (method x
 batch size) trains at its own learning rate chosen on a validation split, as the built-in studies choose it, on
-paired seeds, at budgets T and 2T (more where a verdict is not settled); the analysis compares the methods pairwise at each
-batch size, in the order the user listed them, and recommends per batch size.
+paired seeds, at budgets T and 2T (more where a verdict is not settled); the analysis compares the methods pairwise
+at each batch size, in the order the user listed them, and recommends per batch size.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,9 +32,12 @@ from ..judging.study import (
     seed_rows,
     values,
 )
-from ..judging.verdicts import Outcome, compare
+from ..judging.verdicts import Outcome, Sample, Verdict, compare
 from ..metrics import MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS
 from ..store import RunRecord
+
+if TYPE_CHECKING:
+    from ...transform import SwapReport
 
 __all__ = ["UserSpec", "UserStudy", "USER_STUDY"]
 
@@ -67,7 +70,8 @@ class UserSpec:
 
 
 class UserStudy(Study):
-    """One user's study; built by :func:`normlab.lab.user_study.prepare.prepare_user_study` after its inputs were checked."""
+    """One user's study; built by :func:`normlab.lab.user_study.prepare.prepare_user_study` after its inputs were
+    checked."""
 
     name = USER_STUDY
     source = "your model and data, measured on this machine"
@@ -180,7 +184,7 @@ class UserStudy(Study):
             result.recommendations.append(self._recommend(b, norms, score, verdicts, failures))
         return result
 
-    def _cell(self, runs: list[RunRecord], score, failure: str | None) -> str:
+    def _cell(self, runs: list[RunRecord], score: Sample, failure: str | None) -> str:
         if failure:
             return "fails"
         if not runs:
@@ -189,7 +193,14 @@ class UserStudy(Study):
         memory = np.mean([r.metrics.get(MEMORY_MB, np.nan) for r in runs])
         return f"{fmt(score, digits=1 if self.classification else 3)}, {step:.3g} s, {memory:.3g} MiB"
 
-    def _recommend(self, b: int, norms: list[str], score, verdicts, failures) -> str:
+    def _recommend(
+        self,
+        b: int,
+        norms: list[str],
+        score: dict[tuple[str, int], Sample],
+        verdicts: dict[tuple[str, str], Verdict],
+        failures: dict[tuple[str, int], str],
+    ) -> str:
         sign = 1.0 if self.classification else -1.0
         trained = [n for n in norms if score[(n, b)]]
         if not trained:
@@ -215,7 +226,7 @@ class UserStudy(Study):
             )
         return text
 
-    def _figure(self, norms, sizes, score, figdir: Path) -> str:
+    def _figure(self, norms: list[str], sizes: list[int], score: dict[tuple[str, int], Sample], figdir: Path) -> str:
         fig, (ax,) = new_figure()
         for n in norms:
             plot_lines(ax, sizes, {n: seed_rows([score[(n, b)] for b in sizes])}, logx=True)
@@ -224,7 +235,9 @@ class UserStudy(Study):
         ax.set_title("Your model: each method at its own learning rate")
         return save(fig, figdir, f"{self.name}.png")
 
-    def _curves(self, norms, sizes, groups, figdir: Path) -> str:
+    def _curves(
+        self, norms: list[str], sizes: list[int], groups: dict[tuple[Any, ...], list[RunRecord]], figdir: Path
+    ) -> str:
         fig, axes = new_figure(ncols=len(sizes), width=4.0)
         for ax, b in zip(axes, sizes, strict=True):
             for n in norms:
@@ -241,7 +254,7 @@ class UserStudy(Study):
         return save(fig, figdir, f"{self.name}-curves.png")
 
 
-def describe_swap(report) -> str:
+def describe_swap(report: SwapReport) -> str:
     """A short account of one method's swap (:class:`normlab.transform.SwapReport`)."""
     changed = Counter(f"{old} -> {new.split('(')[0]}" for _, old, new in report.changed)
     text = ", ".join(f"{count} {what}" for what, count in changed.items()) or "nothing swapped"
