@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -87,7 +88,8 @@ def as_shape(fn: str, normalized_shape: int | Sequence[int] | torch.Size) -> tup
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
     try:
-        shape = tuple(int(d) for d in normalized_shape)
+        # ints returned above (mypy does not know int is an Integral); a non-iterable raises the TypeError below
+        shape = tuple(int(d) for d in cast("Sequence[int]", normalized_shape))
     except TypeError:
         raise TypeError(
             f"{fn}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"

@@ -92,7 +92,17 @@ class _SyncBatchNorm(torch.autograd.Function):
     """Statistics merged across ranks; the elementwise work runs in ATen's fused eval-mode BN kernels."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, eps, factor, process_group):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        eps: float,
+        factor: float | Tensor,
+        process_group: Any,
+    ) -> Tensor:
         channels = input.shape[1]
         header = torch.tensor([float(channels), _DTYPE_CODES[input.dtype]], dtype=torch.float64, device=input.device)
         mine = torch.cat([header, _local_stats(input)])
@@ -110,7 +120,8 @@ class _SyncBatchNorm(torch.autograd.Function):
             with torch.no_grad():
                 unbiased = var * total / (total - 1)
                 running_mean.lerp_(mean.to(running_mean.dtype), factor)
-                running_var.lerp_(unbiased.to(running_var.dtype), factor)
+                # ignored: the buffers come in pairs (sync_batch_norm's callers pass both or neither)
+                running_var.lerp_(unbiased.to(running_var.dtype), factor)  # type: ignore[union-attr]
         stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         mean, var = mean.to(stats_dtype), var.to(stats_dtype)
         # Normalizing with given statistics is eval-mode BatchNorm: one fused ATen pass.
@@ -121,7 +132,9 @@ class _SyncBatchNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_output: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, None, None, None, None, None]:
         input, weight, mean, var = ctx.saved_tensors
         grad_output = grad_output.contiguous(memory_format=_channels_last_format(input) or torch.contiguous_format)
         if input.numel() == 0:  # an empty rank still joins the all_reduce (ATen's kernel divides by its size)

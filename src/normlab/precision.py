@@ -33,7 +33,8 @@ def _cast_back(value: Any, dtype: torch.dtype) -> Any:
 def _fp32_input(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook: remember the input's dtype, run the norm on float32."""
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
-    module._normlab_input_dtype = first.dtype if first is not None else None
+    # ignored: torch types Module.__setattr__ for Tensor and Module values only; a dtype is a plain attribute
+    module._normlab_input_dtype = first.dtype if first is not None else None  # type: ignore[assignment]
     return _upcast(args)
 
 

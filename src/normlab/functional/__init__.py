@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,12 +82,12 @@ class _Contiguous(torch.autograd.Function):
     for a channels_last input, as from torch's own kernel."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, fmt: torch.memory_format) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, input: Tensor, fmt: torch.memory_format) -> Tensor:
         ctx.fmt = fmt
         return input.contiguous()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return grad.contiguous(memory_format=ctx.fmt), None
 
 
@@ -108,7 +109,15 @@ def _block_rows(rows: int, limit: int) -> int:
     return next(d for d in range(min(rows, limit), 0, -1) if rows % d == 0)
 
 
-def _shifted_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
+def _shifted_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """Training-mode BatchNorm of channels_last ``input`` as ATen's channels_last kernel computes it, on the input
     itself when its first :data:`_SHIFT_ROWS` positions are centered (per channel, ``|mean| <= 2 std``), else on
     ``input - s`` with ``s`` per channel the mean of those positions (one reduction over one contiguous block of
@@ -155,7 +164,17 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, block):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momentum: float,
+        eps: float,
+        block: int,
+    ) -> Tensor:
         channels = input.shape[1]
         columns = input.numel() // block
         blocks = input.as_strided((block, columns), (columns, 1))  # the channels_last memory, C fastest
@@ -182,11 +201,14 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_output: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None, None]:
         input, weight, mean, invstd, residual = ctx.saved_tensors
         # ATen's fused channels_last backward runs only when dy shares the input's layout; any other (the expanded
-        # gradient of a .sum(), say) takes its generic path, several times slower than this copy.
-        grad_output = grad_output.contiguous(memory_format=_channels_last_format(input))
+        # gradient of a .sum(), say) takes its generic path, several times slower than this copy. (The input is
+        # channels_last here, so its format is never None.)
+        grad_output = grad_output.contiguous(memory_format=cast(torch.memory_format, _channels_last_format(input)))
         need_weight = weight is not None and ctx.needs_input_grad[1]
         mask = [ctx.needs_input_grad[0], need_weight, ctx.needs_input_grad[2] or need_weight]
         grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
@@ -198,7 +220,15 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
-def _channels_last_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps):
+def _channels_last_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """Exact training-mode BatchNorm of CPU channels_last ``input`` at ATen's speed: the shifted input for small
     inputs, :class:`_ChannelsLastBatchNorm` for large ones (and float64, whose ATen sums are float64, as is)."""
     if input.dtype == torch.float64:
@@ -235,7 +265,16 @@ def batch_norm(
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-def check_batch_norm_args(fn, input, running_mean, running_var, weight, bias, training, eps) -> None:
+def check_batch_norm_args(
+    fn: str,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    eps: float,
+) -> None:
     """:func:`batch_norm`'s argument checks, under the name ``fn`` (the modules run them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_batch_norm_eps(fn, eps, training)
@@ -253,7 +292,16 @@ def check_batch_norm_args(fn, input, running_mean, running_var, weight, bias, tr
         raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
 
 
-def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+def _batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """:func:`batch_norm` on checked arguments."""
     if training and input.is_cpu and not input.is_contiguous() and _channels_last_format(input) is not None:
         if input.numel() > 0:
@@ -286,7 +334,9 @@ def layer_norm(
     return _layer_norm(input, shape, weight, bias, eps)
 
 
-def _layer_norm(input, shape, weight, bias, eps) -> Tensor:
+def _layer_norm(
+    input: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
     """:func:`layer_norm` on checked arguments (``shape`` a tuple): ATen's kernel, without F's Python."""
     if type(input) is Tensor:
         return torch.layer_norm(input, shape, weight, bias, eps, input.is_cuda and torch.backends.cudnn.enabled)
@@ -310,7 +360,9 @@ def group_norm(
     return _group_norm(input, num_groups, weight, bias, eps)
 
 
-def check_group_norm_args(fn, input, num_groups, weight, bias, eps) -> None:
+def check_group_norm_args(
+    fn: str, input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> None:
     """:func:`group_norm`'s argument checks, under the name ``fn`` (the module runs them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_eps(fn, eps)
@@ -325,7 +377,7 @@ def check_group_norm_args(fn, input, num_groups, weight, bias, eps) -> None:
         )
 
 
-def _group_norm(input, num_groups, weight, bias, eps) -> Tensor:
+def _group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """:func:`group_norm` on checked arguments."""
     if input.is_cpu and not input.is_contiguous():
         fmt = _channels_last_format(input)
@@ -358,7 +410,16 @@ def instance_norm(
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
 
-def check_instance_norm_args(fn, input, running_mean, running_var, weight, bias, use_input_stats, eps) -> None:
+def check_instance_norm_args(
+    fn: str,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_input_stats: bool,
+    eps: float,
+) -> None:
     """:func:`instance_norm`'s argument checks, under the name ``fn`` (the modules run them once per input shape)."""
     _checks.check_floating(fn, input)
     _checks.check_eps(fn, eps)
@@ -382,7 +443,16 @@ def check_instance_norm_args(fn, input, running_mean, running_var, weight, bias,
         raise ValueError(f"{fn}: running_mean and running_var are required when use_input_stats=False")
 
 
-def _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps) -> Tensor:
+def _instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """:func:`instance_norm` on checked arguments; channels_last input gives channels_last output."""
     if type(input) is Tensor:
         cudnn = input.is_cuda and torch.backends.cudnn.enabled
@@ -436,7 +506,7 @@ class _RMSNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, weight, eps, shape):  # type: ignore[override]
+    def forward(ctx: Any, input: Tensor, weight: Tensor | None, eps: float, shape: tuple[int, ...]) -> Tensor:
         size = math.prod(shape)
         normalized, rstd = _rms_normalize(input.reshape(-1, size), eps)
         out = normalized if weight is None else normalized.mul_(weight.reshape(size))
@@ -445,7 +515,7 @@ class _RMSNorm(torch.autograd.Function):
         return out.view(input.shape)
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: autograd's own graph of the composite, differentiable again
             wanted = [t for t, need in zip((input, weight), ctx.needs_input_grad[:2], strict=True) if need]
@@ -524,7 +594,14 @@ def rms_norm(
     return _rms_norm(input, shape, weight, eps, weight_offset, casting_mode)
 
 
-def _rms_norm(input, shape, weight, eps, weight_offset=0.0, casting_mode="none") -> Tensor:
+def _rms_norm(
+    input: Tensor,
+    shape: tuple[int, ...],
+    weight: Tensor | None,
+    eps: float | None,
+    weight_offset: float = 0.0,
+    casting_mode: str = "none",
+) -> Tensor:
     """:func:`rms_norm` on checked arguments (``shape`` a tuple)."""
     if casting_mode == "none":
         if weight is not None and weight_offset:
@@ -601,7 +678,8 @@ def _normalized_rows(weight: Tensor, centered: bool, eps: float) -> Tensor:
 def cosine_linear(input: Tensor, weight: Tensor, centered: bool = False, eps: float = 1e-8) -> Tensor:
     r"""Cosine Normalization (Luo et al. 2017) of a linear layer's pre-activation:
 
-    .. math:: y_{o} = \cos\theta_o = \frac{w_o\cdot x}{\max(\lVert w_o\rVert,\epsilon)\,\max(\lVert x\rVert,\epsilon)}\in[-1,1]
+    .. math:: y_{o} = \cos\theta_o
+              = \frac{w_o\cdot x}{\max(\lVert w_o\rVert,\epsilon)\,\max(\lVert x\rVert,\epsilon)}\in[-1,1]
 
     ``centered=True`` centers both vectors first (Pearson correlation). A zero input gives 0, not NaN.
     Shapes: input ``(*, in_features)``; weight ``(out_features, in_features)``; output ``(*, out_features)``.
@@ -614,7 +692,8 @@ def cosine_linear(input: Tensor, weight: Tensor, centered: bool = False, eps: fl
         raise ValueError(f"{fn}: weight must have shape (out_features, in_features), got {tuple(weight.shape)}")
     if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"{fn}: input's last dim must equal in_features ({weight.shape[1]}), got input of shape {tuple(input.shape)}"
+            f"{fn}: input's last dim must equal in_features ({weight.shape[1]}), "
+            f"got input of shape {tuple(input.shape)}"
         )
     x = input - input.mean(dim=-1, keepdim=True) if centered else input
     x_hat = x / _clamped_norm(x, (-1,), eps)
@@ -640,8 +719,10 @@ def cosine_conv(
     .. math:: y_{o,p} = \frac{w_o\cdot x_p}{\max(\lVert w_o\rVert,\epsilon)\,\max(\lVert x_p\rVert,\epsilon)}
 
     The patch norms come from one convolution of :math:`x^2` with a ones kernel. Centered: a centered filter sums to
-    zero, so :math:`w_c\cdot(x_p-\bar x_p) = w_c\cdot x_p` and :math:`\lVert x_p-\bar x_p\rVert^2 = \sum x_p^2 - (\sum x_p)^2/K`.
-    Shapes: input ``(N, C_in, *spatial)``; weight ``(C_out, C_in/groups, *kernel)``; output ``(N, C_out, *spatial_out)``.
+    zero, so :math:`w_c\cdot(x_p-\bar x_p) = w_c\cdot x_p` and
+    :math:`\lVert x_p-\bar x_p\rVert^2 = \sum x_p^2 - (\sum x_p)^2/K`.
+    Shapes: input ``(N, C_in, *spatial)``; weight ``(C_out, C_in/groups, *kernel)``;
+    output ``(N, C_out, *spatial_out)``.
     """
     fn = "cosine_conv"
     _checks.check_floating(fn, input)

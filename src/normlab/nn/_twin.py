@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn import Module
 
@@ -53,7 +55,14 @@ class Twin(Module):
         self.__dict__["__module__"] = FX_LEAF_MODULE
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         Module._load_from_state_dict(  # not super(): the torch class's override is the twin's own, done already
             self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

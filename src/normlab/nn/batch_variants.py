@@ -3,7 +3,8 @@ r"""BatchNorm's variants: Batch Renormalization, Ghost BatchNorm, PowerNorm, mea
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -55,6 +56,11 @@ class _BatchRenorm(_BatchNorm):
     """
 
     WARMUP_STEPS, R_MAX_STEPS, D_MAX_STEPS = 5000, 40000, 25000
+    # Always tracking running statistics, with a momentum: the buffers are tensors, the momentum a float.
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+    momentum: float
 
     def __init__(
         self,
@@ -79,7 +85,7 @@ class _BatchRenorm(_BatchNorm):
 
     def limits(self) -> tuple[Tensor, Tensor]:
         """Current (r_max, d_max): the limits, or the warm-up schedule's values at this step."""
-        step = self.num_batches_tracked.to(torch.float64)  # type: ignore[union-attr]
+        step = self.num_batches_tracked.to(torch.float64)
         if not self.warmup:
             return step.new_tensor(self.r_max), step.new_tensor(self.d_max)
 
@@ -95,7 +101,7 @@ class _BatchRenorm(_BatchNorm):
         self._check_input_dim(input)
         self._check_channels(input)
         x_hat = NF.batch_norm(input, None, None, None, None, True, 0.0, self.eps)  # validates; BN's gradient
-        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        self.num_batches_tracked.add_(1)
         with torch.no_grad():
             r, d = self._corrections(input)
         shape = _channel_shape(input)
@@ -109,14 +115,14 @@ class _BatchRenorm(_BatchNorm):
     def _corrections(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """r and d from the batch and the running statistics, then the running update (as BatchNorm's)."""
         mean, var = NF._channel_moments(input)
-        running_mean, running_var = self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype)  # type: ignore[union-attr]
+        running_mean, running_var = self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype)
         sigma = (running_var + self.eps).sqrt()
         r_max, d_max = (t.to(mean.dtype) for t in self.limits())
         r = ((var + self.eps).sqrt() / sigma).clamp(1 / r_max, r_max)
         d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
         count = input.numel() // input.shape[1]
-        _lerp_buffer(self.running_mean, mean, self.momentum)  # type: ignore[arg-type]
-        _lerp_buffer(self.running_var, var * count / max(count - 1, 1), self.momentum)  # type: ignore[arg-type]
+        _lerp_buffer(self.running_mean, mean, self.momentum)
+        _lerp_buffer(self.running_var, var * count / max(count - 1, 1), self.momentum)
         return r, d
 
     def extra_repr(self) -> str:
@@ -223,7 +229,15 @@ class _PowerNormFunction(torch.autograd.Function):
     """PowerNorm's normalization with its approximate backward (Shen et al. 2020, Algorithm 1)."""
 
     @staticmethod
-    def forward(ctx, x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        running_phi: Tensor,
+        running_nu: Tensor,
+        eps: float,
+        alpha_fwd: float,
+        alpha_bkw: float,
+    ) -> Tensor:
         shape = _channel_shape(x)
         rstd = (running_phi + eps).rsqrt()
         x_hat = x * rstd.view(shape).to(x.dtype)
@@ -236,7 +250,7 @@ class _PowerNormFunction(torch.autograd.Function):
         return x_hat
 
     @staticmethod
-    def backward(ctx, grad_x_hat):  # type: ignore[override]
+    def backward(ctx: Any, grad_x_hat: Tensor) -> tuple[Tensor, None, None, None, None, None]:
         x_hat, rstd, running_nu = ctx.saved_tensors
         shape = _channel_shape(x_hat)
         dims = (0,) + tuple(range(2, x_hat.dim()))
@@ -247,11 +261,13 @@ class _PowerNormFunction(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
-def _power_norm_training_eager(x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw):
+def _power_norm_training_eager(
+    x: Tensor, running_phi: Tensor, running_nu: Tensor, eps: float, alpha_fwd: float, alpha_bkw: float
+) -> Tensor:
     return _PowerNormFunction.apply(x, running_phi, running_nu, eps, alpha_fwd, alpha_bkw)
 
 
-_power_norm_training = None
+_power_norm_training: Callable[..., Tensor] | None = None
 
 
 def _resolve_power_norm_training() -> None:
@@ -324,13 +340,15 @@ class PowerNorm(Twin):
         self.bias = Parameter(torch.zeros(num_features, **kw)) if affine else None
         self.register_buffer("running_phi", torch.ones(num_features, **kw))
         self.register_buffer("running_nu", torch.zeros(num_features, **kw))
+        self.running_phi: Tensor
+        self.running_nu: Tensor
 
     def reset_parameters(self) -> None:
         self.running_phi.fill_(1)
         self.running_nu.zero_()
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        if self.affine:  # then weight and bias are parameters
+            init.ones_(cast(Tensor, self.weight))
+            init.zeros_(cast(Tensor, self.bias))
 
     def forward(self, input: Tensor) -> Tensor:
         _checks.check_floating("PowerNorm", input)
@@ -338,6 +356,7 @@ class PowerNorm(Twin):
         _checks.check_channels("PowerNorm", input, self.num_features)
         if self.training:
             _resolve_power_norm_training()  # a module unpickled in a fresh process skipped __init__
+            # ignored: None is not callable; _resolve_power_norm_training() just set it
             x_hat = _power_norm_training(  # type: ignore[misc]
                 input, self.running_phi, self.running_nu, self.eps, self.alpha_fwd, self.alpha_bkw
             )
@@ -345,11 +364,15 @@ class PowerNorm(Twin):
             x_hat = input * (self.running_phi + self.eps).rsqrt().view(_channel_shape(input)).to(input.dtype)
         if self.affine:
             shape = _channel_shape(input)
-            x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)
+            # ignored: None has no view; with affine, weight and bias are parameters
+            x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)  # type: ignore[union-attr]
         return x_hat
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, affine={self.affine}"
+        return (
+            f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
+            f"affine={self.affine}"
+        )
 
 
 class MeanOnlyBatchNorm(Twin):
@@ -384,6 +407,7 @@ class MeanOnlyBatchNorm(Twin):
         kw = {"device": device, "dtype": dtype}
         self.bias = Parameter(torch.empty(num_features, **kw))
         self.register_buffer("running_mean", torch.empty(num_features, **kw))
+        self.running_mean: Tensor
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:

@@ -7,7 +7,7 @@ state_dict hook, and the same train/eval semantics, so checkpoints load both way
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -17,6 +17,17 @@ from .. import _checks
 from .. import functional as NF
 from ._state import carry_state
 from ._twin import Twin, torch_base
+
+if TYPE_CHECKING:
+
+    class _NormAct(Protocol):
+        """What convert_sync_batchnorm uses of a norm+act module (norm_act imports this module, not the reverse)."""
+
+        def split(self) -> tuple[Module, Module]: ...
+
+        @staticmethod
+        def join(norm: Module, act: Module) -> Module: ...
+
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
@@ -76,10 +87,10 @@ class _NormBase(Twin):
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()  # type: ignore[union-attr]
-            self.running_var.fill_(1)  # type: ignore[union-attr]
-            self.num_batches_tracked.zero_()  # type: ignore[union-attr]
+        if self.track_running_stats:  # then the buffers are tensors
+            cast(Tensor, self.running_mean).zero_()
+            cast(Tensor, self.running_var).fill_(1)
+            cast(Tensor, self.num_batches_tracked).zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -108,7 +119,14 @@ class _NormBase(Twin):
         )
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         version = local_metadata.get("version", None)
         if (version is None or version < 2) and self.track_running_stats:
@@ -125,10 +143,10 @@ class _NormBase(Twin):
         )
 
 
-def _lerp_buffer(buffer: Tensor | None, batch_value: Tensor, factor: float | Tensor) -> None:
+def _lerp_buffer(buffer: Tensor, batch_value: Tensor, factor: float | Tensor) -> None:
     """``buffer <- (1 - factor) * buffer + factor * batch_value``, computed in the statistics' precision (at least
     float32, as ATen) and stored in the buffer's dtype."""
-    buffer.copy_(buffer.to(batch_value.dtype).lerp(batch_value, factor))  # type: ignore[union-attr]
+    buffer.copy_(buffer.to(batch_value.dtype).lerp(batch_value, factor))
 
 
 class _BatchNorm(_NormBase):
@@ -138,15 +156,16 @@ class _BatchNorm(_NormBase):
         torch computes the factor as ``1 / float(num_batches_tracked)``, a host read of a tensor that breaks
         ``torch.compile(fullgraph=True)``; here the factor stays a tensor and the update is a lerp.
         """
-        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        # tracking running statistics: the buffers are tensors
+        cast(Tensor, self.num_batches_tracked).add_(1)
         out = NF.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if input.numel() > 0:  # ATen leaves the buffers alone for an empty batch
             with torch.no_grad():
                 mean, var = NF._channel_moments(input)
                 count = input.numel() // input.shape[1]
-                factor = self.num_batches_tracked.to(mean.dtype).reciprocal()  # type: ignore[union-attr]
-                _lerp_buffer(self.running_mean, mean, factor)
-                _lerp_buffer(self.running_var, var * count / max(count - 1, 1), factor)
+                factor = cast(Tensor, self.num_batches_tracked).to(mean.dtype).reciprocal()
+                _lerp_buffer(cast(Tensor, self.running_mean), mean, factor)
+                _lerp_buffer(cast(Tensor, self.running_var), var * count / max(count - 1, 1), factor)
         return out
 
     def forward(self, input: Tensor) -> Tensor:
@@ -339,10 +358,11 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
             distributed.check_peers(input, self.num_features, group)
             self._peers_checked = True
         factor: float | Tensor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        if self.track_running_stats:  # then the buffers are tensors
+            num_batches_tracked = cast(Tensor, self.num_batches_tracked)
+            num_batches_tracked.add_(1)
             if self.momentum is None:
-                factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()  # type: ignore[union-attr]
+                factor = num_batches_tracked.to(cast(Tensor, self.running_mean).dtype).reciprocal()
         tracked = self.track_running_stats
         return distributed.sync_batch_norm(
             input,
@@ -364,18 +384,20 @@ class SyncBatchNorm(_BatchNorm, torch.nn.modules.batchnorm._BatchNorm):
 
         norm_class = getattr(type(module), "norm_class", None)  # norm+act (normlab.nn.norm_act)
         if norm_class is not None and _converts_to_sync(norm_class):
-            norm, act = module.split()
-            return type(module).join(cls.convert_sync_batchnorm(norm, process_group), act)
+            norm_act = cast("_NormAct", module)
+            norm, act = norm_act.split()
+            return type(norm_act).join(cls.convert_sync_batchnorm(norm, process_group), act)
         if _converts_to_sync(type(module)):
+            bn = cast(torch.nn.modules.batchnorm._BatchNorm, module)  # torch's BatchNorm or a twin of one
             converted = cls(
-                module.num_features,
-                module.eps,
-                module.momentum,
-                module.affine,
-                module.track_running_stats,
+                bn.num_features,
+                bn.eps,
+                bn.momentum,
+                bn.affine,
+                bn.track_running_stats,
                 process_group,
                 device="meta",
-                bias=module.bias is not None or not module.affine,
+                bias=bn.bias is not None or not bn.affine,
             )
             carry_state(module, converted)
             if hasattr(module, "qconfig"):

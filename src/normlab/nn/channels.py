@@ -29,7 +29,8 @@ def _check_maps(name: str, input: Tensor, channels: int) -> None:
 class LayerNorm2d(LayerNorm):
     r"""LayerNorm over the C channels of ``(N, C, *S)`` at each position (ConvNeXt; timm's ``LayerNorm2d``).
 
-    .. math:: y_{n,:,s} = \frac{x_{n,:,s} - \mathrm{E}_c[x_{n,c,s}]}{\sqrt{\mathrm{Var}_c[x_{n,c,s}] + \epsilon}}\,\gamma + \beta
+    .. math:: y_{n,:,s} = \frac{x_{n,:,s} - \mathrm{E}_c[x_{n,c,s}]}{\sqrt{\mathrm{Var}_c[x_{n,c,s}] + \epsilon}}
+              \,\gamma + \beta
 
     One statistic per (example, position): independent of the batch and of the other positions. A
     ``torch.nn.LayerNorm`` over ``num_channels`` (same parameters and state_dict keys as timm's), applied to dim 1.

@@ -2,11 +2,11 @@ r"""FrozenBatchNorm2d: BatchNorm with statistics and affine parameters fixed as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
-from torch.nn import Module
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import _checks
 from ._twin import Twin
@@ -15,7 +15,8 @@ __all__ = ["FrozenBatchNorm2d"]
 
 
 class FrozenBatchNorm2d(Twin):
-    r""":math:`y = (x - \mu)\,\gamma/\sqrt{\sigma^2+\epsilon} + \beta` with :math:`\mu,\sigma^2,\gamma,\beta` fixed buffers.
+    r""":math:`y = (x - \mu)\,\gamma/\sqrt{\sigma^2+\epsilon} + \beta` with :math:`\mu,\sigma^2,\gamma,\beta` fixed
+    buffers.
 
     Same buffers as torchvision's ``FrozenBatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``), so a
     BatchNorm2d's checkpoint loads into it (``num_batches_tracked`` is dropped). Nothing trains, nothing is tracked,
@@ -38,6 +39,11 @@ class FrozenBatchNorm2d(Twin):
         True
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         _checks.check_num_features("FrozenBatchNorm2d", num_features)
@@ -57,19 +63,28 @@ class FrozenBatchNorm2d(Twin):
             self.running_var.fill_(1)
 
     @classmethod
-    def from_batch_norm(cls, bn: Module) -> FrozenBatchNorm2d:
-        frozen = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+    def from_batch_norm(cls, bn: _BatchNorm) -> FrozenBatchNorm2d:
+        # a BatchNorm that tracks running statistics: its running_mean and running_var are tensors
+        running_mean, running_var = cast(Tensor, bn.running_mean), cast(Tensor, bn.running_var)
+        frozen = cls(bn.num_features, bn.eps, device=running_mean.device, dtype=running_mean.dtype)
         with torch.no_grad():
             if bn.weight is not None:
                 frozen.weight.copy_(bn.weight)
             if bn.bias is not None:
                 frozen.bias.copy_(bn.bias)
-            frozen.running_mean.copy_(bn.running_mean)
-            frozen.running_var.copy_(bn.running_var)
+            frozen.running_mean.copy_(running_mean)
+            frozen.running_var.copy_(running_var)
         return frozen
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(

@@ -55,7 +55,14 @@ class _InstanceNorm(_NormBase):
         return NF._instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, self.eps)
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         version = local_metadata.get("version", None)
         # Checkpoints from before torch 0.4 stored running stats that IN without tracking does not have.

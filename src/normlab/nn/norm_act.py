@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor
 from torch import nn as tnn
@@ -66,7 +66,7 @@ def make_activation(act: str | tnn.Module | type) -> tnn.Module:
     raise ValueError(f"act must be a module, a module class or one of {sorted(ACTIVATIONS)}, got {act!r}")
 
 
-def _as_class(module: tnn.Module, cls: type) -> tnn.Module:
+def _as_class(module: tnn.Module, cls: type[tnn.Module]) -> tnn.Module:
     """A ``cls`` instance with ``module``'s configuration and its very parameters, buffers and submodules, in
     dicts of its own (adding or removing one leaves ``module`` as it was)."""
     new = cls.__new__(cls)
@@ -76,7 +76,13 @@ def _as_class(module: tnn.Module, cls: type) -> tnn.Module:
     return new
 
 
-class _NormActMixin:
+if TYPE_CHECKING:  # the mixin is only ever combined with a norm class (a Module); at run time it extends object
+    _MixinBase = tnn.Module
+else:
+    _MixinBase = object
+
+
+class _NormActMixin(_MixinBase):
     """The forward and repr every norm+act class shares; ``norm_class`` is the norm it extends."""
 
     norm_class: type[tnn.Module]
@@ -99,7 +105,7 @@ class _NormActMixin:
     def split(self) -> tuple[tnn.Module, tnn.Module]:
         """The plain norm (same parameters and buffers, no copy) and the activation."""
         norm = _as_class(self, self.norm_class)
-        return norm, norm._modules.pop("act")
+        return norm, cast(tnn.Module, norm._modules.pop("act"))  # the activation the norm+act module holds
 
     @staticmethod
     def join(norm: tnn.Module, act: tnn.Module) -> tnn.Module:
@@ -108,15 +114,15 @@ class _NormActMixin:
 
 
 def _act_name(norm_class: type) -> str:
-    match = re.fullmatch(r"(.*?)([123]d)?", norm_class.__name__)
+    match = cast("re.Match[str]", re.fullmatch(r"(.*?)([123]d)?", norm_class.__name__))  # (.*?) matches any name
     base, rank = match.group(1), match.group(2) or ""
     return f"{base}Act{rank}"
 
 
-def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
+def _define(norm_class: type[tnn.Module]) -> type[_NormActMixin]:
     name = _act_name(norm_class)
 
-    def __init__(self, *args: Any, act: str | tnn.Module | type = "relu", **kwargs: Any) -> None:
+    def __init__(self: tnn.Module, *args: Any, act: str | tnn.Module | type = "relu", **kwargs: Any) -> None:
         norm_class.__init__(self, *args, **kwargs)
         self.act = make_activation(act)
 
@@ -134,14 +140,14 @@ def _define(norm_class: type[tnn.Module]) -> type[tnn.Module]:
     return cls
 
 
-NORM_ACT_CLASSES: dict[type, type] = {norm: _define(norm) for norm in NORM_CLASSES}
+NORM_ACT_CLASSES: dict[type, type[_NormActMixin]] = {norm: _define(norm) for norm in NORM_CLASSES}
 """norm class -> its norm+act class."""
 
 globals().update({cls.__name__: cls for cls in NORM_ACT_CLASSES.values()})
 __all__ += sorted(cls.__name__ for cls in NORM_ACT_CLASSES.values())
 
 
-def norm_act_class(norm_class: type) -> type[tnn.Module]:
+def norm_act_class(norm_class: type) -> type[_NormActMixin]:
     """The norm+act class of ``norm_class`` (``BatchNorm2d`` -> ``BatchNormAct2d``)."""
     if norm_class not in NORM_ACT_CLASSES:
         raise ValueError(
@@ -158,7 +164,7 @@ def with_activation(norm: tnn.Module, act: str | tnn.Module | type) -> tnn.Modul
     return norm_act_class(type(norm)).from_norm(norm, act)
 
 
-def split_norm_act(module: tnn.Module) -> tnn.Module:
+def split_norm_act(module: tnn.Module) -> tnn.Sequential:
     """The plain norm (same parameters and buffers) and its activation: ``Sequential(norm, act)``."""
     if not isinstance(module, _NormActMixin):
         raise TypeError(f"split_norm_act: expected a norm+act module, got {type(module).__name__}")

@@ -142,7 +142,8 @@ class FilterResponseNorm(_ChannelNorm):
 class EvoNormB0(_ChannelNorm):
     r"""EvoNorm-B0 (Liu et al. 2020, "Evolving Normalization-Activation Layers").
 
-    .. math:: y = \gamma_c\,\frac{x}{\max\big(\sqrt{\sigma^2_{B,c}+\epsilon},\ v_{1,c}\,x+\sqrt{\sigma^2_{I,nc}+\epsilon}\big)}+\beta_c
+    .. math:: y = \gamma_c\,\frac{x}{\max\big(\sqrt{\sigma^2_{B,c}+\epsilon},
+              \ v_{1,c}\,x+\sqrt{\sigma^2_{I,nc}+\epsilon}\big)}+\beta_c
 
     :math:`\sigma^2_B`: the batch variance per channel (over N and spatial) in training, ``running_var`` in eval
     (updated with ``momentum`` from the unbiased batch variance); :math:`\sigma^2_I`: each instance's variance over
@@ -175,6 +176,7 @@ class EvoNormB0(_ChannelNorm):
         self.bias = Parameter(torch.empty(num_features, **kw))
         self.v1 = Parameter(torch.empty(num_features, **kw))
         self.register_buffer("running_var", torch.empty(num_features, **kw))
+        self.running_var: Tensor
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:

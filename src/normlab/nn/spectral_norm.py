@@ -36,6 +36,8 @@ class SpectralNorm(Module):
             h, w = matrix.shape
             self.register_buffer("_u", F.normalize(matrix.new_empty(h).normal_(0, 1), dim=0, eps=eps))
             self.register_buffer("_v", F.normalize(matrix.new_empty(w).normal_(0, 1), dim=0, eps=eps))
+            self._u: Tensor
+            self._v: Tensor
             self._power_method(matrix, 15)
 
     def _as_matrix(self, weight: Tensor) -> Tensor:

@@ -2,7 +2,7 @@ r"""Switchable Normalization (Luo et al. 2018): learn how much of IN, LN and BN 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -65,6 +65,8 @@ class SwitchableNorm(_ChannelNorm):
         self.var_weight = Parameter(torch.empty(3, **kw))
         self.register_buffer("running_mean", torch.empty(num_features, **kw))
         self.register_buffer("running_var", torch.empty(num_features, **kw))
+        self.running_mean: Tensor
+        self.running_var: Tensor
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
@@ -75,9 +77,9 @@ class SwitchableNorm(_ChannelNorm):
         self.reset_running_stats()
         init.ones_(self.mean_weight)
         init.ones_(self.var_weight)
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        if self.affine:  # then weight and bias are parameters
+            init.ones_(cast(Tensor, self.weight))
+            init.zeros_(cast(Tensor, self.bias))
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_channels(input)

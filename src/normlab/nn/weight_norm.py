@@ -11,9 +11,11 @@ the same keys torch uses, so checkpoints move both ways. Old-style ``<name>_g`` 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor
-from torch.nn import Module
+from torch.nn import Module, ModuleDict
 from torch.nn.utils import parametrize
 
 from .. import functional as NF
@@ -69,7 +71,15 @@ def weight_norm(module: Module, name: str = "weight", dim: int | None = 0) -> Mo
     _check_target(module, name, dim)
     parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)
 
-    def _accept_legacy_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _accept_legacy_keys(
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         g_key, v_key = f"{prefix}{name}_g", f"{prefix}{name}_v"
         if g_key in state_dict and v_key in state_dict:
             state_dict[f"{prefix}parametrizations.{name}.original0"] = state_dict.pop(g_key)
@@ -85,7 +95,10 @@ def _weight_normalized(model: Module) -> list[Module]:
         m
         for m in model.modules()
         if parametrize.is_parametrized(m, "weight")
-        and any(isinstance(p, WeightNorm) for p in m.parametrizations["weight"])
+        and any(
+            isinstance(p, WeightNorm)
+            for p in cast(parametrize.ParametrizationList, cast(ModuleDict, m.parametrizations)["weight"])
+        )
     ]
 
 
@@ -129,7 +142,7 @@ def data_dependent_init(model: Module, input: Tensor, eps: float = 1e-6) -> Modu
         for h in hooks:
             h.remove()
     for layer in order:
-        g = layer.parametrizations["weight"].original0
+        g = cast(Tensor, cast(ModuleDict, layer.parametrizations)["weight"].original0)
         bias = getattr(layer, "bias", None)
         g.fill_(1.0)
         if bias is not None:

@@ -2,7 +2,7 @@ r"""Weight Standardization (Qiao et al. 2019): convolutions whose filters are st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +22,12 @@ def standardize_filters(weight: Tensor, eps: float) -> Tensor:
 
 class _StdConv(Twin):
     eps: float
+    weight: Tensor
+    bias: Tensor | None
+
+    if TYPE_CHECKING:  # the nn.Conv class this mixin is combined with provides it
+
+        def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
 
     def _init_eps(self, eps: float) -> None:
         _checks.check_eps(type(self).__name__, eps)
@@ -29,7 +35,7 @@ class _StdConv(Twin):
         self._trace_as_leaf()  # one call in torch.fx graphs, as the nn.Conv it extends: its __init__ is the conv's
 
     def forward(self, input: Tensor) -> Tensor:
-        return self._conv_forward(input, standardize_filters(self.weight, self.eps), self.bias)  # type: ignore[attr-defined]
+        return self._conv_forward(input, standardize_filters(self.weight, self.eps), self.bias)
 
 
 class StdConv1d(_StdConv, nn.Conv1d):

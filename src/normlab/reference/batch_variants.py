@@ -36,10 +36,10 @@ __all__ = [
 
 def batch_renorm(
     x: np.ndarray,
-    running_mean,
-    running_var,
-    weight=None,
-    bias=None,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     eps: float = 1e-5,
     r_max: float = 3.0,
     d_max: float = 5.0,
@@ -62,7 +62,12 @@ def batch_renorm(
     return y, (saved, r, d)
 
 
-def batch_renorm_backward(dy: np.ndarray, x_hat_weight_bias: tuple, weight=None, has_bias: bool = True):
+def batch_renorm_backward(
+    dy: np.ndarray,
+    x_hat_weight_bias: tuple[Saved, np.ndarray, np.ndarray],
+    weight: np.ndarray | None = None,
+    has_bias: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`batch_renorm` (r, d constant)."""
     saved, r, d = x_hat_weight_bias
     dy = np.asarray(dy, np.float64)
@@ -75,7 +80,13 @@ def batch_renorm_backward(dy: np.ndarray, x_hat_weight_bias: tuple, weight=None,
     return dx, dweight, dy.sum(axis=axes) if has_bias else None
 
 
-def ghost_batch_norm(x: np.ndarray, virtual_batch_size: int, weight=None, bias=None, eps: float = 1e-5):
+def ghost_batch_norm(
+    x: np.ndarray,
+    virtual_batch_size: int,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, list[Saved]]:
     """BatchNorm applied separately to ``x[0:v], x[v:2v], ...``; returns ``(y, [saved per chunk])``."""
     x = np.asarray(x, dtype=np.float64)
     outs, saves = [], []
@@ -86,7 +97,9 @@ def ghost_batch_norm(x: np.ndarray, virtual_batch_size: int, weight=None, bias=N
     return np.concatenate(outs), saves
 
 
-def ghost_batch_norm_backward(dy: np.ndarray, saves: list[Saved], virtual_batch_size: int):
+def ghost_batch_norm_backward(
+    dy: np.ndarray, saves: list[Saved], virtual_batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients of :func:`ghost_batch_norm`: each virtual batch's BatchNorm backward; parameter grads add up."""
     dxs, dw, db = [], None, None
     for i, saved in enumerate(saves):
@@ -98,7 +111,12 @@ def ghost_batch_norm_backward(dy: np.ndarray, saves: list[Saved], virtual_batch_
 
 
 def power_norm(
-    x: np.ndarray, running_phi: np.ndarray, weight=None, bias=None, eps: float = 1e-5, alpha: float = 0.9
+    x: np.ndarray,
+    running_phi: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+    alpha: float = 0.9,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""PowerNorm's training forward: :math:`y = \gamma\,x/\sqrt{\psi_{t-1}+\epsilon} + \beta`, and the updated
     :math:`\psi_t` (per channel quadratic mean over N and spatial). Returns ``(y, new_running_phi)``."""
@@ -114,7 +132,7 @@ def power_norm(
     return y, alpha * phi + (1 - alpha) * quad
 
 
-def mean_only_batch_norm(x: np.ndarray, bias=None) -> np.ndarray:
+def mean_only_batch_norm(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     r"""Mean-only BatchNorm in training (Salimans & Kingma 2016): :math:`y = x - \mu_c + \beta_c`, the mean per
     channel over N and spatial positions; no division."""
     x = np.asarray(x, dtype=np.float64)
@@ -123,7 +141,8 @@ def mean_only_batch_norm(x: np.ndarray, bias=None) -> np.ndarray:
 
 
 def mean_only_batch_norm_backward(dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Gradients ``(dx, dbias)``: :math:`\partial L/\partial x = g - \bar g` per channel, :math:`\sum g` for the bias."""
+    r"""Gradients ``(dx, dbias)``: :math:`\partial L/\partial x = g - \bar g` per channel,
+    :math:`\sum g` for the bias."""
     dy = np.asarray(dy, np.float64)
     axes = (0,) + tuple(range(2, dy.ndim))
     return dy - dy.mean(axis=axes, keepdims=True), dy.sum(axis=axes)

@@ -122,7 +122,8 @@ def layer_layout(shape: Sequence[int], normalized_shape: Sequence[int]) -> Layou
     k = len(normalized_shape)
     if k == 0 or tuple(shape[len(shape) - k :]) != tuple(normalized_shape) or k > len(shape):
         raise ValueError(
-            f"normalized_shape {tuple(normalized_shape)} must equal the trailing dims of the input, got shape {tuple(shape)}"
+            f"normalized_shape {tuple(normalized_shape)} must equal the trailing dims of the input, "
+            f"got shape {tuple(shape)}"
         )
     rows = math.prod(shape[: len(shape) - k])
     return Layout(tuple(shape), (rows, math.prod(normalized_shape)), (1,))

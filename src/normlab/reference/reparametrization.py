@@ -57,7 +57,8 @@ def weight_norm_backward(
     dw: np.ndarray, v: np.ndarray, g: np.ndarray, dim: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Gradients of :func:`weight_norm`: :math:`\partial L/\partial g = \langle \partial L/\partial w, \hat v\rangle`,
-    :math:`\partial L/\partial v = \frac{g}{\lVert v\rVert}(\partial L/\partial w - \hat v\,\langle\partial L/\partial w,\hat v\rangle)`."""
+    :math:`\partial L/\partial v = \frac{g}{\lVert v\rVert}
+    (\partial L/\partial w - \hat v\,\langle\partial L/\partial w,\hat v\rangle)`."""
     v = np.asarray(v, dtype=np.float64)
     dw = np.asarray(dw, dtype=np.float64)
     axes = _reduce_axes(v.ndim, dim)
@@ -73,7 +74,8 @@ def _center(a: np.ndarray, centered: bool) -> np.ndarray:
 
 
 def cosine_linear(x: np.ndarray, weight: np.ndarray, centered: bool = False, eps: float = 1e-8) -> np.ndarray:
-    r"""Cosine-normalized linear layer: :math:`y_{no} = \frac{w_o\cdot x_n}{\max(\lVert w_o\rVert,\epsilon)\,\max(\lVert x_n\rVert,\epsilon)}`.
+    r"""Cosine-normalized linear layer:
+    :math:`y_{no} = \frac{w_o\cdot x_n}{\max(\lVert w_o\rVert,\epsilon)\,\max(\lVert x_n\rVert,\epsilon)}`.
 
     x: ``(*, in_features)``; weight: ``(out_features, in_features)``. Returns ``(*, out_features)`` in [-1, 1].
     With ``centered=True`` both vectors are centered first, which makes y the Pearson correlation.

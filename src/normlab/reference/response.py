@@ -3,22 +3,27 @@ Filter Response Normalization + TLU, EvoNorm-B0/S0, Switchable Normalization, Dy
 
 - FRN (Singh & Krishnan 2019): :math:`\nu^2 = \overline{x^2}` over spatial per (n, c) (no centering),
   :math:`y = \max(\gamma x/\sqrt{\nu^2+|\epsilon|} + \beta,\ \tau)`, the max being the TLU.
-- EvoNorm-B0 (Liu et al. 2020): :math:`y = \gamma\,\frac{x}{\max(\sqrt{\sigma^2_{batch}+\epsilon},\ v_1x+\sqrt{\sigma^2_{inst}+\epsilon})}+\beta`.
+- EvoNorm-B0 (Liu et al. 2020):
+  :math:`y = \gamma\,\frac{x}{\max(\sqrt{\sigma^2_{batch}+\epsilon},\ v_1x+\sqrt{\sigma^2_{inst}+\epsilon})}+\beta`.
 - EvoNorm-S0: :math:`y = \gamma\,\frac{x\,\mathrm{sigmoid}(v_1x)}{\sqrt{\sigma^2_{group}+\epsilon}}+\beta`.
 - Switchable Normalization (Luo et al. 2018): mean and variance are softmax-weighted mixtures of the IN, LN and BN
   ones; one-hot weights give back one of them.
 - DyT (Zhu et al. 2025): :math:`y = \gamma\tanh(\alpha x)+\beta`, no statistics at all.
 - GRN (Woo et al. 2023, ConvNeXt V2): :math:`G_{nc} = \lVert x_{nc\cdot}\rVert_2` over spatial positions,
   :math:`N_{nc} = G_{nc}/(\frac{1}{C}\sum_{c'}G_{nc'}+\epsilon)`, :math:`y = \gamma x N + \beta + x`.
-- LRN (Krizhevsky et al. 2012, torch's form): :math:`b_c = a_c\big/\big(k+\frac{\alpha}{n}\sum_{c'\in w(c)}a_{c'}^2\big)^\beta`
+- LRN (Krizhevsky et al. 2012, torch's form):
+  :math:`b_c = a_c\big/\big(k+\frac{\alpha}{n}\sum_{c'\in w(c)}a_{c'}^2\big)^\beta`
   over a window of n channels (zero-padded).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import cast
 
-from .layout import batch_layout, group_layout, instance_layout
+import numpy as np
+import numpy.typing as npt
+
+from .layout import Layout, batch_layout, group_layout, instance_layout
 from .standardization import Saved, _affine, _channel_param, backward, standardize
 
 __all__ = [
@@ -39,11 +44,13 @@ __all__ = [
 ]
 
 
-def _f(a):
+def _f(a: npt.ArrayLike) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def filter_response_norm(x, weight, bias, tau=None, eps: float = 1e-6) -> tuple[np.ndarray, tuple]:
+def filter_response_norm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, tau: np.ndarray | None = None, eps: float = 1e-6
+) -> tuple[np.ndarray, tuple[Saved, np.ndarray, np.ndarray | None]]:
     """FRN (+ TLU when ``tau`` is given). x ``(N, C, *spatial)``; weight, bias, tau ``(C,)``. Returns ``(y, saved)``."""
     x = _f(x)
     x_hat, _, rstd = standardize(x, instance_layout(x.shape), abs(eps), center=False)
@@ -53,7 +60,9 @@ def filter_response_norm(x, weight, bias, tau=None, eps: float = 1e-6) -> tuple[
     return y, (saved, pre, tau)
 
 
-def filter_response_norm_backward(dy, saved_pre_tau) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+def filter_response_norm_backward(
+    dy: np.ndarray, saved_pre_tau: tuple[Saved, np.ndarray, np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients ``(dx, dweight, dbias, dtau)``: the TLU routes each gradient to the larger of its two inputs."""
     saved, pre, tau = saved_pre_tau
     dy = _f(dy)
@@ -65,20 +74,37 @@ def filter_response_norm_backward(dy, saved_pre_tau) -> tuple[np.ndarray, np.nda
     return dx, dw, db, (dy * ~through).sum(axis=axes)
 
 
-def _var(x, layout):
+def _var(x: np.ndarray, layout: Layout) -> np.ndarray:
     v = x.reshape(layout.view)
     var = v.var(axis=layout.axes, keepdims=True)
     return np.broadcast_to(var, layout.view).reshape(layout.input_shape)
 
 
-def evonorm_b0(x, weight, bias, v1, eps: float = 1e-5, running_var=None, training: bool = True) -> np.ndarray:
+def evonorm_b0(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    v1: np.ndarray,
+    eps: float = 1e-5,
+    running_var: np.ndarray | None = None,
+    training: bool = True,
+) -> np.ndarray:
     """EvoNorm-B0. In training the batch variance (over N, spatial) is used; in eval ``running_var``."""
     return _evonorm_b0_parts(_f(x), weight, bias, v1, eps, running_var, training)[0]
 
 
-def _evonorm_b0_parts(x, weight, bias, v1, eps, running_var=None, training=True):
+def _evonorm_b0_parts(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    v1: np.ndarray,
+    eps: float,
+    running_var: np.ndarray | None = None,
+    training: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     nd = x.ndim
-    batch_var = _var(x, batch_layout(x.shape)) if training else _channel_param(running_var, nd)
+    # in eval, running_var is given
+    batch_var = _var(x, batch_layout(x.shape)) if training else _channel_param(cast(np.ndarray, running_var), nd)
     batch_std = np.sqrt(batch_var + eps)
     inst_std = np.sqrt(_var(x, instance_layout(x.shape)) + eps)
     inst_term = _channel_param(v1, nd) * x + inst_std
@@ -86,7 +112,7 @@ def _evonorm_b0_parts(x, weight, bias, v1, eps, running_var=None, training=True)
     return x / den * _channel_param(weight, nd) + _channel_param(bias, nd), batch_std, inst_std, inst_term, den
 
 
-def _std_backward(d_std, x, layout, eps):
+def _std_backward(d_std: np.ndarray, x: np.ndarray, layout: Layout, eps: float) -> np.ndarray:
     """Gradient through :math:`s = \\sqrt{\\mathrm{var}_S(x)+\\epsilon}` per set S of ``layout``, given
     ``d_std`` per element (summed over each set): :math:`\\partial s/\\partial x_i = (x_i-\\mu)/(|S|\\,s)`."""
     v = x.reshape(layout.view)
@@ -96,7 +122,9 @@ def _std_backward(d_std, x, layout, eps):
     return (total * centered / (layout.values_per_statistic * s)).reshape(x.shape)
 
 
-def evonorm_b0_backward(dy, x, weight, bias, v1, eps: float = 1e-5):
+def evonorm_b0_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, v1: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients ``(dx, dweight, dbias, dv1)`` of :func:`evonorm_b0` in training. The max routes the gradient of
     the denominator :math:`\partial L/\partial d = -\gamma\,\partial L/\partial y\; x/d^2` to the branch that won:
     the batch deviation (through the batch variance) or :math:`v_1x + \sqrt{\sigma^2_I+\epsilon}`."""
@@ -116,7 +144,9 @@ def evonorm_b0_backward(dy, x, weight, bias, v1, eps: float = 1e-5):
     return dx, (dy * x / den).sum(axes), dy.sum(axes), (d_inst * x).sum(axes)
 
 
-def evonorm_s0(x, weight, bias, v1, groups: int, eps: float = 1e-5) -> np.ndarray:
+def evonorm_s0(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, v1: np.ndarray, groups: int, eps: float = 1e-5
+) -> np.ndarray:
     """EvoNorm-S0 with ``groups`` groups."""
     x = _f(x)
     nd = x.ndim
@@ -125,7 +155,15 @@ def evonorm_s0(x, weight, bias, v1, groups: int, eps: float = 1e-5) -> np.ndarra
     return swish / group_std * _channel_param(weight, nd) + _channel_param(bias, nd)
 
 
-def evonorm_s0_backward(dy, x, weight, bias, v1, groups: int, eps: float = 1e-5):
+def evonorm_s0_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    v1: np.ndarray,
+    groups: int,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients ``(dx, dweight, dbias, dv1)`` of :func:`evonorm_s0`. With :math:`\sigma = \mathrm{sigmoid}(v_1x)`,
     :math:`a = x\sigma`: :math:`\partial a/\partial x = \sigma + v_1x\sigma(1-\sigma)`,
     :math:`\partial a/\partial v_1 = x^2\sigma(1-\sigma)`, and the group deviation
@@ -145,12 +183,17 @@ def evonorm_s0_backward(dy, x, weight, bias, v1, groups: int, eps: float = 1e-5)
     return dx, (dy * a / std).sum(axes), dy.sum(axes), dv1
 
 
-def _softmax(z):
+def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(_f(z) - np.max(z))
     return e / e.sum()
 
 
-def _switchable_statistics(x, running_mean=None, running_var=None, training: bool = True):
+def _switchable_statistics(
+    x: np.ndarray,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    training: bool = True,
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Means and variances of IN (per n, c), LN (per n) and BN (per c), shaped to broadcast over ``(N, C, S)``."""
     n, c = x.shape[:2]
     v = x.reshape(n, c, -1)
@@ -159,21 +202,21 @@ def _switchable_statistics(x, running_mean=None, running_var=None, training: boo
     if training:
         means.append(v.mean((0, 2), keepdims=True))
         variances.append(v.var((0, 2), keepdims=True))
-    else:
-        means.append(_f(running_mean).reshape(1, c, 1))
-        variances.append(_f(running_var).reshape(1, c, 1))
+    else:  # running_mean and running_var are given in eval
+        means.append(_f(cast(np.ndarray, running_mean)).reshape(1, c, 1))
+        variances.append(_f(cast(np.ndarray, running_var)).reshape(1, c, 1))
     return v, means, variances
 
 
 def switchable_norm(
-    x,
-    weight,
-    bias,
-    mean_weight,
-    var_weight,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    mean_weight: np.ndarray,
+    var_weight: np.ndarray,
     eps: float = 1e-5,
-    running_mean=None,
-    running_var=None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
     training: bool = True,
 ) -> np.ndarray:
     r"""Switchable Normalization: :math:`\mu = \sum_k w_k\mu_k`, :math:`\sigma^2 = \sum_k w'_k\sigma^2_k` over
@@ -189,11 +232,19 @@ def switchable_norm(
     return _affine(y, _channel_param(weight, x.ndim), _channel_param(bias, x.ndim))
 
 
-def _softmax_backward(w, dw):
+def _softmax_backward(w: np.ndarray, dw: np.ndarray) -> np.ndarray:
     return w * (dw - (w * dw).sum())
 
 
-def switchable_norm_backward(dy, x, weight, bias, mean_weight, var_weight, eps: float = 1e-5):
+def switchable_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    mean_weight: np.ndarray,
+    var_weight: np.ndarray,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]:
     r"""Gradients ``(dx, dweight, dbias, dmean_weight, dvar_weight)`` of :func:`switchable_norm` in training.
 
     With :math:`g = \gamma\,\partial L/\partial y` and :math:`r = 1/\sqrt{\sigma^2+\epsilon}` per (n, c):
@@ -227,12 +278,14 @@ def switchable_norm_backward(dy, x, weight, bias, mean_weight, var_weight, eps: 
     return (dx.reshape(x.shape), dweight, dbias, _softmax_backward(wm, d_logits_m), _softmax_backward(wv, d_logits_v))
 
 
-def dynamic_tanh(x, alpha: float, weight, bias) -> np.ndarray:
+def dynamic_tanh(x: np.ndarray, alpha: float, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """DyT over the trailing dims: weight and bias broadcast against x from the right."""
     return _f(weight) * np.tanh(alpha * _f(x)) + _f(bias)
 
 
-def dynamic_tanh_backward(dy, x, alpha: float, weight):
+def dynamic_tanh_backward(
+    dy: np.ndarray, x: np.ndarray, alpha: float, weight: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Gradients ``(dx, dalpha, dweight, dbias)`` of :func:`dynamic_tanh`."""
     dy, x, weight = _f(dy), _f(x), _f(weight)
     t = np.tanh(alpha * x)
@@ -241,7 +294,9 @@ def dynamic_tanh_backward(dy, x, alpha: float, weight):
     return g * alpha, float((g * x).sum()), (dy * t).sum(axis=lead), dy.sum(axis=lead)
 
 
-def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> np.ndarray:
+def local_response_norm(
+    x: np.ndarray, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> np.ndarray:
     """LRN across channels with a window of ``size`` (torch's padding: size//2 before, (size-1)//2 after)."""
     x = _f(x)
     c = x.shape[1]
@@ -250,7 +305,9 @@ def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k
     return x / (k + alpha / size * window) ** beta
 
 
-def local_response_norm_backward(dy, x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+def local_response_norm_backward(
+    dy: np.ndarray, x: np.ndarray, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> np.ndarray:
     r"""Gradient ``dx`` of :func:`local_response_norm`. With :math:`D_c = k+\frac{\alpha}{n}\sum_{w(c)}a^2`:
     :math:`\partial L/\partial a_j = \partial L/\partial b_j\,D_j^{-\beta} - \frac{2\alpha\beta}{n}a_j
     \sum_{c:\,j\in w(c)}\partial L/\partial b_c\,a_c\,D_c^{-\beta-1}`, the sum over the mirrored window."""
@@ -264,7 +321,7 @@ def local_response_norm_backward(dy, x, size: int, alpha: float = 1e-4, beta: fl
     return dy * den**-beta - 2 * alpha * beta / size * x * mirrored
 
 
-def global_response_norm(x, weight, bias, eps: float = 1e-6) -> np.ndarray:
+def global_response_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """GRN over ``(N, C, *spatial)``: each channel's L2 norm over spatial positions, divided by the mean of those
     norms across channels, scales x (``y = x + gamma * x * N + beta``)."""
     x = _f(x)
@@ -274,8 +331,11 @@ def global_response_norm(x, weight, bias, eps: float = 1e-6) -> np.ndarray:
     return x + _channel_param(weight, nd) * x * n + _channel_param(bias, nd)
 
 
-def global_response_norm_backward(dy, x, weight, eps: float = 1e-6):
-    r"""Gradients ``(dx, dweight, dbias)`` of :func:`global_response_norm`. With :math:`u = \gamma\,\partial L/\partial y`
+def global_response_norm_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients ``(dx, dweight, dbias)`` of :func:`global_response_norm`.
+    With :math:`u = \gamma\,\partial L/\partial y`
     and :math:`a_{nc} = \sum_s u\,x`, :math:`m_n = \frac{1}{C}\sum_c G_{nc}`:
     :math:`\partial L/\partial G_{nc} = a_{nc}/(m_n+\epsilon) - \frac{1}{C}\sum_{c'}a_{nc'}G_{nc'}/(m_n+\epsilon)^2`,
     and :math:`\partial G_{nc}/\partial x_{ncs} = x_{ncs}/G_{nc}`."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class Saved:
     has_bias: bool
 
 
+@overload
+def _f64(a: None) -> None: ...
+@overload
+def _f64(a: np.ndarray) -> np.ndarray: ...
 def _f64(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else np.asarray(a, dtype=np.float64)
 
@@ -88,6 +93,10 @@ def standardize_backward(
     return (rstd * dx).reshape(layout.input_shape)
 
 
+@overload
+def _channel_param(p: None, ndim: int) -> None: ...
+@overload
+def _channel_param(p: np.ndarray, ndim: int) -> np.ndarray: ...
 def _channel_param(p: np.ndarray | None, ndim: int) -> np.ndarray | None:
     if p is None:
         return None
@@ -100,7 +109,7 @@ def _affine(x_hat: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | Non
 
 
 def _channelwise(
-    x: np.ndarray, layout: Layout, weight, bias, eps: float, center: bool = True
+    x: np.ndarray, layout: Layout, weight: np.ndarray | None, bias: np.ndarray | None, eps: float, center: bool = True
 ) -> tuple[np.ndarray, Saved]:
     x_hat, _, rstd = standardize(x, layout, eps, center)
     w, b = _channel_param(weight, x.ndim), _channel_param(bias, x.ndim)
@@ -108,7 +117,9 @@ def _channelwise(
     return _affine(x_hat, w, b), saved
 
 
-def batch_norm(x: np.ndarray, weight=None, bias=None, eps: float = 1e-5) -> tuple[np.ndarray, Saved]:
+def batch_norm(
+    x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None, eps: float = 1e-5
+) -> tuple[np.ndarray, Saved]:
     r"""BatchNorm in training: statistics per channel over S_i = {(n, s)}, i.e. the batch and spatial axes.
 
     x: ``(N, C, *spatial)``; weight, bias: ``(C,)``. Returns ``(y, saved)``; y has the shape of x.
@@ -117,11 +128,18 @@ def batch_norm(x: np.ndarray, weight=None, bias=None, eps: float = 1e-5) -> tupl
 
 
 def batch_norm_inference(
-    x: np.ndarray, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
 ) -> tuple[np.ndarray, Saved]:
-    r"""BatchNorm (or InstanceNorm) in eval with running statistics: :math:`\hat x = (x-\hat\mu_c)/\sqrt{\hat\sigma_c^2+\epsilon}`.
+    r"""BatchNorm (or InstanceNorm) in eval with running statistics:
+    :math:`\hat x = (x-\hat\mu_c)/\sqrt{\hat\sigma_c^2+\epsilon}`.
 
-    The statistics are constants, so :math:`\partial L/\partial x = \gamma\,\partial L/\partial y/\sqrt{\hat\sigma^2+\epsilon}`.
+    The statistics are constants, so
+    :math:`\partial L/\partial x = \gamma\,\partial L/\partial y/\sqrt{\hat\sigma^2+\epsilon}`.
     x: ``(N, C, *spatial)``; running_mean, running_var, weight, bias: ``(C,)``.
     """
     x = _f64(x)
@@ -135,12 +153,21 @@ def batch_norm_inference(
     return _affine(x_hat, w, b), saved
 
 
-def instance_norm(x: np.ndarray, weight=None, bias=None, eps: float = 1e-5) -> tuple[np.ndarray, Saved]:
-    r"""InstanceNorm: statistics per (n, c) over S_i = spatial positions. x: ``(N, C, *spatial)``, weight/bias ``(C,)``."""
+def instance_norm(
+    x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None, eps: float = 1e-5
+) -> tuple[np.ndarray, Saved]:
+    r"""InstanceNorm: statistics per (n, c) over S_i = spatial positions.
+    x: ``(N, C, *spatial)``, weight/bias ``(C,)``."""
     return _channelwise(x, instance_layout(x.shape), weight, bias, eps)
 
 
-def group_norm(x: np.ndarray, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> tuple[np.ndarray, Saved]:
+def group_norm(
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, Saved]:
     r"""GroupNorm: statistics per (n, g) over the C/G channels of group g and all spatial positions.
 
     x: ``(N, C, *spatial)`` with C divisible by G; weight/bias ``(C,)`` (per channel, not per group).
@@ -148,7 +175,14 @@ def group_norm(x: np.ndarray, num_groups: int, weight=None, bias=None, eps: floa
     return _channelwise(x, group_layout(x.shape, num_groups), weight, bias, eps)
 
 
-def _trailing(x: np.ndarray, normalized_shape: Sequence[int], weight, bias, eps: float, center: bool):
+def _trailing(
+    x: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    center: bool,
+) -> tuple[np.ndarray, Saved]:
     layout = layer_layout(x.shape, normalized_shape)
     x_hat, _, rstd = standardize(x, layout, eps, center)
     k = len(normalized_shape)
@@ -157,14 +191,21 @@ def _trailing(x: np.ndarray, normalized_shape: Sequence[int], weight, bias, eps:
 
 
 def layer_norm(
-    x: np.ndarray, normalized_shape: Sequence[int], weight=None, bias=None, eps: float = 1e-5
+    x: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
 ) -> tuple[np.ndarray, Saved]:
     r"""LayerNorm: statistics per row over the trailing ``normalized_shape`` dims; weight/bias of that shape."""
     return _trailing(x, tuple(normalized_shape), weight, bias, eps, center=True)
 
 
 def rms_norm(
-    x: np.ndarray, normalized_shape: Sequence[int], weight=None, eps: float = 1.1920928955078125e-07
+    x: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: np.ndarray | None = None,
+    eps: float = 1.1920928955078125e-07,
 ) -> tuple[np.ndarray, Saved]:
     r"""RMSNorm: :math:`y = \gamma\,x/\sqrt{\frac{1}{K}\sum_k x_k^2+\epsilon}` over the trailing dims, no centering.
 
@@ -173,13 +214,15 @@ def rms_norm(
     return _trailing(x, tuple(normalized_shape), weight, None, eps, center=False)
 
 
-def layer_norm_2d(x: np.ndarray, weight=None, bias=None, eps: float = 1e-6) -> tuple[np.ndarray, Saved]:
+def layer_norm_2d(
+    x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None, eps: float = 1e-6
+) -> tuple[np.ndarray, Saved]:
     r"""LayerNorm over the channels of ``(N, C, *spatial)`` at each position (ConvNeXt's LayerNorm2d): statistics
     per (n, s) over S_i = the C channels; weight/bias ``(C,)``."""
     return _channelwise(x, channel_layout(np.shape(x)), weight, bias, eps)
 
 
-def rms_norm_2d(x: np.ndarray, weight=None, eps: float = 1e-6) -> tuple[np.ndarray, Saved]:
+def rms_norm_2d(x: np.ndarray, weight: np.ndarray | None = None, eps: float = 1e-6) -> tuple[np.ndarray, Saved]:
     r"""RMSNorm over the channels of ``(N, C, *spatial)`` at each position, no centering; weight ``(C,)``."""
     return _channelwise(x, channel_layout(np.shape(x)), weight, None, eps, center=False)
 
