@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ def _percent(share: float) -> str:
     return f"{share:.0%}"
 
 
-def _lost_updates_evidence(params: dict[str, torch.Tensor]) -> str:
+def _lost_updates_evidence(params: Mapping[str, torch.Tensor]) -> str:
     """For each parameter, the share of its values that one Adam step leaves unchanged in the parameter's dtype: Adam
     moves each weight by about lr whatever the gradient's scale, so the share of ``w + lr == w`` (and ``w - lr``)."""
     shares = []
@@ -101,11 +102,11 @@ class _Watcher:
             if looks_like_norm(m) or isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)):
                 self.handles.append(m.register_forward_pre_hook(self._norm_input, prepend=True))
 
-    def _layer_output(self, module, args, output) -> None:
+    def _layer_output(self, module: nn.Module, args: tuple[object, ...], output: object) -> None:
         if isinstance(output, torch.Tensor):
             self.layer_outputs[id(output)] = module
 
-    def _norm_input(self, module, args) -> None:
+    def _norm_input(self, module: nn.Module, args: tuple[object, ...]) -> None:
         if args and isinstance(args[0], torch.Tensor) and module not in self.inputs:
             self.inputs[module] = args[0]
 
@@ -140,7 +141,8 @@ def _check_norm(
                 name,
                 "BatchNorm subtracts the per-channel mean, so the bias of the layer before it "
                 "cancels: it is trained but changes nothing",
-                f"{watcher.names[before]}.bias: {before.bias.numel()} parameters feed straight into {name}",
+                f"{watcher.names[before]}.bias: {cast(torch.Tensor, before.bias).numel()} parameters feed straight "
+                f"into {name}",
                 f"build {watcher.names[before]} with bias=False",
             )
         )
@@ -151,8 +153,8 @@ def _check_norm(
                 name,
                 "BatchNorm's statistics over a batch this small are noisy, and training and eval statistics disagree",
                 f"batch size {batch}; {_published_bn_vs_gn(batch)}",
-                "GroupNorm (normlab.swap(model, 'batch', 'group')), SyncBatchNorm across GPUs, or FrozenBatchNorm2d when "
-                "fine-tuning",
+                "GroupNorm (normlab.swap(model, 'batch', 'group')), SyncBatchNorm across GPUs, or FrozenBatchNorm2d "
+                "when fine-tuning",
             )
         )
     seen = _values_per_statistic(m, tuple(x.shape))

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:  # the commands import torch and the lab when they run
+    from pathlib import Path
+
+    from torch.nn import Module
+
+    from .lab import Execution
+    from .lab.judging.study import StudyResult
+    from .lab.sweep.executors import RaySettings
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -130,7 +140,7 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: no such CUDA device is available")
 
 
-def _ray_settings(args: argparse.Namespace):
+def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
     if args.executor != "ray":
         for flag, value in (
             ("--ray-address", args.ray_address),
@@ -156,7 +166,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         raise ValueError(f"{flag} must be comma-separated integers (e.g. 4,32), got {text!r}") from None
 
 
-def _compare_model(args: argparse.Namespace, execution):
+def _compare_model(args: argparse.Namespace, execution: Execution) -> tuple[Path, dict[str, StudyResult], bool]:
     from .lab import Options, UserSpec, compare_model
     from .lab.training.inputs import parse_model_args
 
@@ -192,7 +202,7 @@ def _compare_model(args: argparse.Namespace, execution):
     return compare_model(spec, args.out, options, execution, fresh=args.fresh)
 
 
-def _load_model(spec: str):
+def _load_model(spec: str) -> Module:
     """``MODULE:FACTORY`` (``torchvision.models:resnet18``), ``FILE.py:FACTORY``, ``torchvision:NAME`` or
     ``timm:NAME`` -> the model it builds (:func:`normlab.lab.training.inputs.load_model`)."""
     from .lab.training.inputs import load_model
@@ -229,14 +239,14 @@ def _convert(args: argparse.Namespace) -> int:
         source, sep, target = item.partition("=")
         if not sep:
             raise ValueError(f"--swap must be SOURCE=TARGET (batch=group), got {item!r}")
-        model, report = swap(model, source, target)
-        print(report)
+        model, swapped = swap(model, source, target)
+        print(swapped)
     if args.freeze:
         model = freeze_batchnorm(model)
         print("froze every BatchNorm2d")
     if args.fold:
-        model, report = fold_batchnorm(model.eval())
-        print(report)
+        model, folded = fold_batchnorm(model.eval())
+        print(folded)
     torch.save(model.state_dict(), out)
     print(f"state_dict: {out.resolve()}")
     return 0

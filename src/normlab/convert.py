@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 from torch.nn import Module
@@ -26,7 +27,7 @@ __all__ = ["from_torch", "to_torch", "TWINS", "register_converter", "converter_f
 
 def _torch_twins() -> list[tuple[type[Module], type[Module]]]:
     tn = torch.nn
-    pairs = [
+    pairs: list[tuple[type[Module], type[Module]]] = [
         (tn.BatchNorm1d, nl.BatchNorm1d),
         (tn.BatchNorm2d, nl.BatchNorm2d),
         (tn.BatchNorm3d, nl.BatchNorm3d),
@@ -47,8 +48,9 @@ TWINS: list[tuple[type[Module], type[Module]]] = _torch_twins()
 _NORM_ACT_TYPES = frozenset(NORM_ACT_CLASSES.values())
 
 
-def _hyperparameters(module: Module) -> dict:
+def _hyperparameters(module: Module) -> dict[str, Any]:
     """Constructor arguments that rebuild ``module``'s configuration (parameters and buffers are carried apart)."""
+    kw: dict[str, Any]
     if hasattr(module, "num_groups"):
         kw = dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine)
     elif hasattr(module, "num_features"):
@@ -217,7 +219,7 @@ def to_torch(model: Module) -> Module:
 
     def convert(m: Module) -> Module | None:
         if type(m) in _NORM_ACT_TYPES:
-            norm, act = split_norm_act(m)
+            norm, act = cast(Iterable[Module], split_norm_act(m))  # Sequential(norm, act)
             return torch.nn.Sequential(convert(norm) or norm, act)
         if type(m) in back and _has_torch_semantics(m):
             return _build_twin(m, back[type(m)])

@@ -25,7 +25,10 @@ import inspect
 import re
 from collections.abc import Callable
 from functools import cache
+from typing import Protocol, cast
 
+import torch
+from torch import Tensor
 from torch.nn import Module
 
 from . import nn as nl
@@ -40,44 +43,63 @@ def _carry(source: Module, new: Module) -> Module:
     return new
 
 
+# What the converters read of classes named by their path (never imported, so mypy does not know their attributes)
+
+
+class _LlamaRMSNorm(Protocol):  # LlamaRMSNorm, its copies, T5LayerNorm
+    weight: Tensor
+    variance_epsilon: float
+
+
+class _GemmaRMSNorm(Protocol):
+    weight: Tensor
+    eps: float
+
+
+class _OlmoLayerNorm(Protocol):
+    normalized_shape: tuple[int, ...]
+
+
 def llama_rms_norm(module: Module) -> Module:
-    weight = module.weight
-    new = nl.RMSNorm(tuple(weight.shape), eps=module.variance_epsilon, casting_mode="llama", device="meta")
+    hf = cast(_LlamaRMSNorm, module)
+    new = nl.RMSNorm(tuple(hf.weight.shape), eps=hf.variance_epsilon, casting_mode="llama", device="meta")
     return _carry(module, new)
 
 
 def gemma_rms_norm(module: Module) -> Module:
-    weight = module.weight
-    new = nl.RMSNorm(tuple(weight.shape), eps=module.eps, weight_offset=1.0, casting_mode="gemma", device="meta")
+    hf = cast(_GemmaRMSNorm, module)
+    new = nl.RMSNorm(tuple(hf.weight.shape), eps=hf.eps, weight_offset=1.0, casting_mode="gemma", device="meta")
     return _carry(module, new)
 
 
 def t5_layer_norm(module: Module) -> Module:
-    weight = module.weight
-    new = nl.RMSNorm(tuple(weight.shape), eps=module.variance_epsilon, casting_mode="t5", device="meta")
+    hf = cast(_LlamaRMSNorm, module)
+    new = nl.RMSNorm(tuple(hf.weight.shape), eps=hf.variance_epsilon, casting_mode="t5", device="meta")
     return _carry(module, new)
 
 
 def olmo_layer_norm(module: Module) -> Module:
-    new = nl.LayerNorm(module.normalized_shape, eps=1e-5, elementwise_affine=False, upcast=True)
+    new = nl.LayerNorm(cast(_OlmoLayerNorm, module).normalized_shape, eps=1e-5, elementwise_affine=False, upcast=True)
     return new.train(module.training)  # no parameters or buffers to carry
 
 
 def timm_layer_norm_2d(module: Module) -> Module | None:
     if getattr(module, "_fast_norm", False):
         return None
-    new = nl.LayerNorm2d(module.normalized_shape[0], eps=module.eps, affine=module.elementwise_affine, device="meta")
+    ln = cast(torch.nn.LayerNorm, module)  # timm's LayerNorm2d is a torch LayerNorm
+    new = nl.LayerNorm2d(ln.normalized_shape[0], eps=ln.eps, affine=ln.elementwise_affine, device="meta")
     return _carry(module, new)
 
 
 def timm_layer_norm(module: Module) -> Module | None:
     if getattr(module, "_fast_norm", False):
         return None
+    ln = cast(torch.nn.LayerNorm, module)  # timm's LayerNorm is a torch LayerNorm
     new = nl.LayerNorm(
-        module.normalized_shape,
-        eps=module.eps,
-        elementwise_affine=module.elementwise_affine,
-        bias=module.bias is not None,
+        ln.normalized_shape,
+        eps=ln.eps,
+        elementwise_affine=ln.elementwise_affine,
+        bias=ln.bias is not None,
         device="meta",
     )
     return _carry(module, new)
@@ -110,8 +132,8 @@ def _code(cls: type) -> tuple[str, ...] | None:
 
 
 @cache
-def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module]]:
-    known = {}
+def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module | None]]:
+    known: dict[tuple[str, ...], Callable[[Module], Module | None]] = {}
     for path, fn in CONVERTERS.items():
         module_name, _, class_name = path.rpartition(".")
         try:
@@ -124,7 +146,7 @@ def _known_code() -> dict[tuple[str, ...], Callable[[Module], Module]]:
 
 
 @cache
-def converter_for_copy(cls: type) -> Callable[[Module], Module] | None:
+def converter_for_copy(cls: type) -> Callable[[Module], Module | None] | None:
     """The converter of the known class whose methods ``cls`` repeats (transformers' copies), or None."""
     if "Norm" not in cls.__name__:
         return None

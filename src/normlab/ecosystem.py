@@ -19,15 +19,15 @@ from .convert import TWINS, _build_twin
 
 __all__ = ["register_fusion_patterns", "FUSION_PATTERNS"]
 
-FUSION_PATTERNS: dict[tuple[type, ...], Callable] = {}
+FUSION_PATTERNS: dict[tuple[type, ...], Callable[..., Module]] = {}
 """The patterns normlab added to torch's default fusion table."""
 
 
 _TO_TORCH = {ours: theirs for theirs, ours in TWINS}
 
 
-def _on_torch_twins(fuser: Callable) -> Callable:
-    def fuse(is_qat: bool, *modules: Module):
+def _on_torch_twins(fuser: Callable[..., Module]) -> Callable[..., Module]:
+    def fuse(is_qat: bool, *modules: Module) -> Module:
         return fuser(is_qat, *(_build_twin(m, _TO_TORCH[type(m)]) if type(m) in _TO_TORCH else m for m in modules))
 
     fuse.__name__ = getattr(fuser, "__name__", "fuser")

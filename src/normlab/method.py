@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch import nn as tnn
@@ -75,15 +75,17 @@ class StatisticsLayout:
 
 
 def _ghost_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
+    size = cast(int, size)  # sized_by is set: the caller passes virtual_batch_size
     return [("V", size)] + axes[2:], [("N/V", axes[0][1] // size), axes[1]]
 
 
 def _group_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
+    size = cast(int, size)  # sized_by is set: the caller passes num_groups
     return [("C/G", axes[1][1] // size)] + axes[2:], [axes[0], ("G", size)]
 
 
 def _layer_factors(axes: Factors, size: int | None) -> tuple[Factors, Factors]:
-    split = len(axes) - size
+    split = len(axes) - cast(int, size)  # sized_by is set: the caller passes normalized_dims
     return axes[split:], axes[:split]
 
 
@@ -100,7 +102,7 @@ GHOST = StatisticsLayout(
     batch_dependent=True,
     dependence="yes, within each virtual batch of examples",
     sized_by="virtual_batch_size",
-    layout=ghost_layout,
+    layout=lambda shape, size: ghost_layout(shape, cast(int, size)),
     factors=_ghost_factors,
 )
 INSTANCE = StatisticsLayout(
@@ -115,7 +117,7 @@ GROUP = StatisticsLayout(
     batch_dependent=False,
     dependence="no: each statistic uses one group of channels of one example",
     sized_by="num_groups",
-    layout=group_layout,
+    layout=lambda shape, size: group_layout(shape, cast(int, size)),
     factors=_group_factors,
 )
 LAYER = StatisticsLayout(
@@ -123,7 +125,7 @@ LAYER = StatisticsLayout(
     batch_dependent=False,
     dependence="no: each statistic uses one example only",
     sized_by="normalized_dims",
-    layout=lambda shape, size: layer_layout(shape, shape[len(shape) - size :]),
+    layout=lambda shape, size: layer_layout(shape, shape[len(shape) - cast(int, size) :]),
     factors=_layer_factors,
 )
 POSITION = StatisticsLayout(
@@ -144,7 +146,9 @@ BN_TRAIN_EVAL = (
 STANDARDIZE = "y = (x - mean) / sqrt(var + eps) * gamma + beta"
 
 Builder = Callable[..., tnn.Module]  # (num_features, spatial_dims, **kwargs) -> module
-Reference = Callable[[tnn.Module, np.ndarray], np.ndarray]  # (module, float64 input) -> float64 training output
+# (module, float64 input) -> float64 training output; the module is the one this record's build made, so its class
+# (and the attributes the reference reads) differs by record: Any
+Reference = Callable[[Any, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,7 +257,8 @@ class Method:
         """In training, does an example's output depend on the rest of its batch?"""
         if self.batch_dependent is not None:
             return self.batch_dependent
-        return self.statistics.batch_dependent
+        # __post_init__: a record without statistics says batch_dependent
+        return cast(StatisticsLayout, self.statistics).batch_dependent
 
     @property
     def dependence_text(self) -> str:
@@ -270,7 +275,7 @@ class Method:
         return self.pack is not None and spatial_dims in self.pack_dims and self.applies_to(spatial_dims)
 
 
-def ranked(classes: Mapping[int, type]) -> Builder:
+def ranked(classes: Mapping[int, type[tnn.Module]]) -> Builder:
     """A builder picking the class by ``spatial_dims`` (feature vectors, 0, use the 1-d class)."""
 
     def build(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
@@ -279,7 +284,7 @@ def ranked(classes: Mapping[int, type]) -> Builder:
     return build
 
 
-def single(cls: type) -> Builder:
+def single(cls: type[tnn.Module]) -> Builder:
     """A builder for a class that takes any spatial dims."""
 
     def build(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
@@ -302,7 +307,7 @@ def pack_groups(method: Method, num_features: int, spatial_dims: int, copies: in
 
 def params(module: tnn.Module, *names: str) -> list[np.ndarray | None]:
     """The module's tensors ``names`` (parameters or buffers) as float64 arrays; None for an absent one."""
-    out = []
+    out: list[np.ndarray | None] = []
     for name in names:
         t = getattr(module, name, None)
         out.append(None if t is None else t.detach().double().cpu().numpy())

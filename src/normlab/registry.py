@@ -9,8 +9,9 @@ in ``METHODS``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn as tnn
 
@@ -62,10 +63,11 @@ def _layer(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.GroupNorm(1, num_features, **kw)
 
 
-def _layer_reference(m: tnn.Module, x):
+def _layer_reference(m: nl.LayerNorm | nl.GroupNorm, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
     if isinstance(m, nl.GroupNorm):
-        return R.group_norm(x, 1, *params(m, "weight", "bias"), m.eps)[0]
-    return R.layer_norm(x, m.normalized_shape, *params(m, "weight", "bias"), m.eps)[0]
+        return R.group_norm(x, 1, weight, bias, m.eps)[0]
+    return R.layer_norm(x, m.normalized_shape, weight, bias, m.eps)[0]
 
 
 def _group(num_features: int, spatial_dims: int, num_groups: int = 32, **kw: Any) -> tnn.Module:
@@ -80,8 +82,8 @@ def _dyt(num_features: int, spatial_dims: int, **kw: Any) -> tnn.Module:
     return nl.DynamicTanh(num_features, channels_last=spatial_dims == 0, **kw)
 
 
-def _dyt_reference(m: nl.DynamicTanh, x):
-    alpha, w, b = params(m, "alpha", "weight", "bias")
+def _dyt_reference(m: nl.DynamicTanh, x: np.ndarray) -> np.ndarray:
+    alpha, w, b = cast(list[np.ndarray], params(m, "alpha", "weight", "bias"))  # DyT always holds all three
     if not m.channels_last:
         w, b = (p.reshape((-1,) + (1,) * (x.ndim - 2)) for p in (w, b))
     return R.response.dynamic_tanh(x, float(alpha[0]), w, b)
@@ -106,13 +108,86 @@ def _spectral_conv(spatial_dims: int) -> Callable[..., tnn.Module]:
     return lambda *args, **kw: nl.spectral_norm(conv(*args, **kw))
 
 
-def _group_reference(m: nl.GroupNorm, x):
-    return R.group_norm(x, m.num_groups, *params(m, "weight", "bias"), m.eps)[0]
+def _group_reference(m: nl.GroupNorm, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
+    return R.group_norm(x, m.num_groups, weight, bias, m.eps)[0]
 
 
-def _rms_reference(m: nl.RMSNorm, x):
+def _rms_reference(m: nl.RMSNorm, x: np.ndarray) -> np.ndarray:
     eps = m.eps if m.eps is not None else torch.finfo(m.weight.dtype if m.weight is not None else torch.float32).eps
     return R.rms_norm(x, m.normalized_shape, params(m, "weight")[0], eps)[0]
+
+
+# The float64 references of the records below (each unpacks the module's tensors by name, then calls the reference)
+
+
+def _batch_reference(m: nl.BatchNorm1d | nl.BatchNorm2d | nl.BatchNorm3d, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
+    return R.batch_norm(x, weight, bias, m.eps)[0]
+
+
+def _instance_reference(m: nl.InstanceNorm1d | nl.InstanceNorm2d | nl.InstanceNorm3d, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
+    return R.instance_norm(x, weight, bias, m.eps)[0]
+
+
+def _batch_renorm_reference(m: nl.BatchRenorm1d | nl.BatchRenorm2d | nl.BatchRenorm3d, x: np.ndarray) -> np.ndarray:
+    running_mean, running_var, weight, bias = params(m, "running_mean", "running_var", "weight", "bias")
+    running_mean, running_var = cast(np.ndarray, running_mean), cast(np.ndarray, running_var)  # always tracked
+    return R.batch_variants.batch_renorm(
+        x, running_mean, running_var, weight, bias, m.eps, *(float(t) for t in m.limits())
+    )[0]
+
+
+def _ghost_reference(m: nl.GhostBatchNorm1d | nl.GhostBatchNorm2d | nl.GhostBatchNorm3d, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
+    return R.batch_variants.ghost_batch_norm(x, m.virtual_batch_size, weight, bias, m.eps)[0]
+
+
+def _power_reference(m: nl.PowerNorm, x: np.ndarray) -> np.ndarray:
+    running_phi, weight, bias = params(m, "running_phi", "weight", "bias")
+    running_phi = cast(np.ndarray, running_phi)  # a buffer PowerNorm always has
+    return R.batch_variants.power_norm(x, running_phi, weight, bias, m.eps, m.alpha_fwd)[0]
+
+
+def _frn_reference(m: nl.FilterResponseNorm, x: np.ndarray) -> np.ndarray:
+    weight, bias, tau = params(m, "weight", "bias", "tau")
+    weight, bias = cast(np.ndarray, weight), cast(np.ndarray, bias)  # always there (tau: with the TLU)
+    return R.response.filter_response_norm(x, weight, bias, tau, m.eps)[0]
+
+
+def _evonorm_b0_reference(m: nl.EvoNormB0, x: np.ndarray) -> np.ndarray:
+    weight, bias, v1 = cast(list[np.ndarray], params(m, "weight", "bias", "v1"))  # EvoNorm always holds all three
+    return R.response.evonorm_b0(x, weight, bias, v1, m.eps)
+
+
+def _evonorm_s0_reference(m: nl.EvoNormS0, x: np.ndarray) -> np.ndarray:
+    weight, bias, v1 = cast(list[np.ndarray], params(m, "weight", "bias", "v1"))  # EvoNorm always holds all three
+    return R.response.evonorm_s0(x, weight, bias, v1, m.num_groups, m.eps)
+
+
+def _switchable_reference(m: nl.SwitchableNorm, x: np.ndarray) -> np.ndarray:
+    weight, bias, mean_weight, var_weight = params(m, "weight", "bias", "mean_weight", "var_weight")
+    mean_weight, var_weight = cast(np.ndarray, mean_weight), cast(np.ndarray, var_weight)  # always there
+    return R.response.switchable_norm(x, weight, bias, mean_weight, var_weight, m.eps)
+
+
+def _grn_reference(m: nl.GlobalResponseNorm, x: np.ndarray) -> np.ndarray:
+    weight, bias = cast(list[np.ndarray], params(m, "weight", "bias"))  # GRN always holds both
+    return R.response.global_response_norm(x, weight, bias, m.eps)
+
+
+def _layer2d_reference(m: nl.LayerNorm2d, x: np.ndarray) -> np.ndarray:
+    weight, bias = params(m, "weight", "bias")
+    return R.layer_norm_2d(x, weight, bias, m.eps)[0]
+
+
+def _frozen_reference(m: nl.FrozenBatchNorm2d, x: np.ndarray) -> np.ndarray:
+    # all four are buffers FrozenBatchNorm2d always has
+    running_mean, running_var, weight, bias = cast(
+        list[np.ndarray], params(m, "running_mean", "running_var", "weight", "bias")
+    )
+    return R.batch_norm_inference(x, running_mean, running_var, weight, bias, m.eps)[0]
 
 
 # Zhu et al. 2025, section 7 ("Initialization of alpha"): alpha0 = 0.5 for non-LLM models; in language models
@@ -146,7 +221,7 @@ METHODS: tuple[Method, ...] = (
         modules="`BatchNorm1d/2d/3d`, `SyncBatchNorm`",
         build=ranked({1: nl.BatchNorm1d, 2: nl.BatchNorm2d, 3: nl.BatchNorm3d}),
         formula=STANDARDIZE + "   (mean, var per channel over N and spatial)",
-        reference=lambda m, x: R.batch_norm(x, *params(m, "weight", "bias"), m.eps)[0],
+        reference=_batch_reference,
         aliases=("bn",),
         statistics=BATCH,
         train_eval=BN_TRAIN_EVAL,
@@ -174,7 +249,7 @@ METHODS: tuple[Method, ...] = (
         modules="`InstanceNorm1d/2d/3d`",
         build=ranked({1: nl.InstanceNorm1d, 2: nl.InstanceNorm2d, 3: nl.InstanceNorm3d}),
         formula=STANDARDIZE + "   (mean, var per example and channel over spatial)",
-        reference=lambda m, x: R.instance_norm(x, *params(m, "weight", "bias"), m.eps)[0],
+        reference=_instance_reference,
         aliases=("in",),
         statistics=INSTANCE,
         spatial_dims=(1, 2, 3),
@@ -236,9 +311,7 @@ METHODS: tuple[Method, ...] = (
         build=ranked({1: nl.BatchRenorm1d, 2: nl.BatchRenorm2d, 3: nl.BatchRenorm3d}),
         formula="y = gamma * ((x - mu_B)/sigma_B * r + d) + beta,  r = clip(sigma_B/sigma, 1/r_max, r_max), "
         "d = clip((mu_B - mu)/sigma, -d_max, d_max), no gradient through r, d",
-        reference=lambda m, x: R.batch_variants.batch_renorm(
-            x, *params(m, "running_mean", "running_var", "weight", "bias"), m.eps, *(float(t) for t in m.limits())
-        )[0],
+        reference=_batch_renorm_reference,
         aliases=("brn", "batch_renorm"),
         statistics=BATCH,
         train_eval=BN_TRAIN_EVAL,
@@ -253,9 +326,7 @@ METHODS: tuple[Method, ...] = (
         modules="`GhostBatchNorm1d/2d/3d`",
         build=ranked({1: nl.GhostBatchNorm1d, 2: nl.GhostBatchNorm2d, 3: nl.GhostBatchNorm3d}),
         formula=STANDARDIZE + "   (BatchNorm over each virtual batch separately)",
-        reference=lambda m, x: R.batch_variants.ghost_batch_norm(
-            x, m.virtual_batch_size, *params(m, "weight", "bias"), m.eps
-        )[0],
+        reference=_ghost_reference,
         aliases=("ghostbn",),
         statistics=GHOST,
         train_eval=BN_TRAIN_EVAL,
@@ -269,9 +340,7 @@ METHODS: tuple[Method, ...] = (
         modules="`PowerNorm`",
         build=single(nl.PowerNorm),
         formula="y = gamma * x / sqrt(psi + eps) + beta,  psi <- a psi + (1 - a) mean(x^2)  (approximate backward)",
-        reference=lambda m, x: R.batch_variants.power_norm(
-            x, *params(m, "running_phi", "weight", "bias"), m.eps, m.alpha_fwd
-        )[0],
+        reference=_power_reference,
         aliases=("powernorm", "pn"),
         statistics=BATCH,
         center=False,
@@ -307,7 +376,7 @@ METHODS: tuple[Method, ...] = (
         modules="`FilterResponseNorm`, `TLU`",
         build=single(nl.FilterResponseNorm),
         formula="y = max(gamma * x / sqrt(mean(x^2) + |eps|) + beta, tau)   (TLU)",
-        reference=lambda m, x: R.response.filter_response_norm(x, *params(m, "weight", "bias", "tau"), m.eps)[0],
+        reference=_frn_reference,
         statistics=INSTANCE,
         center=False,
         spatial_dims=(1, 2, 3),
@@ -323,7 +392,7 @@ METHODS: tuple[Method, ...] = (
         modules="`EvoNormB0`",
         build=single(nl.EvoNormB0),
         formula="y = gamma * x / max(sqrt(var_batch + eps), v1 * x + sqrt(var_instance + eps)) + beta",
-        reference=lambda m, x: R.response.evonorm_b0(x, *params(m, "weight", "bias", "v1"), m.eps),
+        reference=_evonorm_b0_reference,
         aliases=("evonorm-b0", "b0"),
         statistics=BATCH,
         spatial_dims=(1, 2, 3),
@@ -341,7 +410,7 @@ METHODS: tuple[Method, ...] = (
         modules="`EvoNormS0`",
         build=single(nl.EvoNormS0),
         formula="y = gamma * x * sigmoid(v1 * x) / sqrt(var_group + eps) + beta",
-        reference=lambda m, x: R.response.evonorm_s0(x, *params(m, "weight", "bias", "v1"), m.num_groups, m.eps),
+        reference=_evonorm_s0_reference,
         aliases=("evonorm-s0", "s0"),
         statistics=GROUP,
         spatial_dims=(1, 2, 3),
@@ -359,9 +428,7 @@ METHODS: tuple[Method, ...] = (
         build=single(nl.SwitchableNorm),
         formula="mean = sum_k w_k mean_k, var = sum_k w'_k var_k over k in {IN, LN, BN} (softmax weights); shaded: the "
         "BN sets",
-        reference=lambda m, x: R.response.switchable_norm(
-            x, *params(m, "weight", "bias", "mean_weight", "var_weight"), m.eps
-        ),
+        reference=_switchable_reference,
         aliases=("sn",),
         statistics=BATCH,
         spatial_dims=(1, 2, 3),
@@ -377,7 +444,7 @@ METHODS: tuple[Method, ...] = (
         modules="`GlobalResponseNorm`",
         build=single(nl.GlobalResponseNorm),
         formula="y = gamma * x * G / (mean_c G + eps) + beta + x,  G = ||x||_2 over spatial per (example, channel)",
-        reference=lambda m, x: R.response.global_response_norm(x, *params(m, "weight", "bias"), m.eps),
+        reference=_grn_reference,
         statistics=INSTANCE,
         center=False,
         spatial_dims=(1, 2, 3),
@@ -392,7 +459,7 @@ METHODS: tuple[Method, ...] = (
         modules="`LayerNorm2d`",
         build=single(nl.LayerNorm2d),
         formula=STANDARDIZE + "   (mean, var per example and position over C)",
-        reference=lambda m, x: R.layer_norm_2d(x, *params(m, "weight", "bias"), m.eps)[0],
+        reference=_layer2d_reference,
         aliases=("layernorm2d", "ln2d"),
         statistics=POSITION,
         spatial_dims=(1, 2, 3),
@@ -449,9 +516,7 @@ METHODS: tuple[Method, ...] = (
         modules="`FrozenBatchNorm2d`",
         build=single(nl.FrozenBatchNorm2d),
         formula="y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, all buffers",
-        reference=lambda m, x: R.batch_norm_inference(
-            x, *params(m, "running_mean", "running_var", "weight", "bias"), m.eps
-        )[0],
+        reference=_frozen_reference,
         aliases=("frozenbn",),
         batch_dependent=False,
         dependence="no: fixed statistics",
@@ -548,7 +613,7 @@ def create_packed_norm(
     ValueError for methods that do not pack (see :func:`can_pack`)."""
     method = get_method(name)
     _check_spatial_dims("create_packed_norm", method, spatial_dims)
-    if not method.can_pack(spatial_dims):
+    if method.pack is None or not method.can_pack(spatial_dims):  # can_pack is False without pack
         raise ValueError(f"create_packed_norm: {name!r} does not pack over channels (spatial_dims={spatial_dims})")
     return method.pack(method, num_features, spatial_dims, copies, **{**method.defaults, **kwargs})
 

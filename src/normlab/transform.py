@@ -8,9 +8,9 @@ it could not, with the reason, instead of skipping in silence.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -60,19 +60,33 @@ class FoldReport:
         return "\n".join(lines)
 
 
+class _EvalBatchNorm(Protocol):
+    """What folding reads of a BatchNorm (torch's, normlab's, frozen) that :func:`_why_not` passed."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    eps: float
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
 def _fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """``layer`` followed by eval ``bn`` as one layer (a copy of ``layer`` with new weight and bias)."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
     fused = copy.deepcopy(layer)
     transpose = isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-    weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-    bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    norm = cast(_EvalBatchNorm, bn)  # a pair _why_not passed: bn keeps running statistics
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_mean)
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
     if isinstance(layer, nn.Linear):
-        w, b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias)
+        w, b = fuse_linear_bn_weights(
+            layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, weight, bias
+        )
     else:
+        conv = cast(nn.modules.conv._ConvNd, layer)  # the other foldable layers: Conv and ConvTranspose
         w, b = fuse_conv_bn_weights(
-            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias, transpose=transpose
+            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, weight, bias, transpose=transpose
         )
     fused.weight, fused.bias = w, b
     return fused
@@ -91,8 +105,11 @@ def _why_not(layer: nn.Module | None, bn: nn.Module) -> str | None:
     if not isinstance(layer, _FOLDABLE):
         return f"the layer before it is a {type(layer).__name__}, not a Conv/Linear"
     if type(layer).forward not in (c.forward for c in _FOLDABLE):
-        return f"the layer before it ({type(layer).__name__}) computes its own weight (WS, cosine): folding would change it"
-    if isinstance(layer, nn.Linear) and bn.running_mean.numel() != layer.out_features:
+        return (
+            f"the layer before it ({type(layer).__name__}) computes its own weight (WS, cosine): folding would "
+            "change it"
+        )
+    if isinstance(layer, nn.Linear) and cast(torch.Tensor, bn.running_mean).numel() != layer.out_features:
         return "the Linear's outputs are not the BatchNorm's channels"
     return None
 
@@ -117,11 +134,13 @@ def _fold_traced(model: nn.Module, report: FoldReport) -> nn.Module:
         if reason:
             report.skipped.append((node.target, reason))
             continue
-        parent, _, name = source.target.rpartition(".")
+        source, layer = cast(fx.Node, source), cast(nn.Module, layer)  # no reason: a call_module node before bn
+        source_name = cast(str, source.target)  # a call_module node's target is the module's name
+        parent, _, name = source_name.rpartition(".")
         setattr(traced.get_submodule(parent) if parent else traced, name, _fold_pair(layer, bn))
         node.replace_all_uses_with(source)
         traced.graph.erase_node(node)
-        report.folded.append((source.target, node.target))
+        report.folded.append((source_name, node.target))
     traced.graph.lint()
     traced.delete_all_unused_submodules()
     traced.recompile()
@@ -143,7 +162,7 @@ def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> 
                 )
         return
     keys = list(model._modules)
-    for before, key in zip([None] + keys[:-1], keys, strict=True):
+    for before, key in zip([None, *keys[:-1]], keys, strict=True):
         bn = model._modules[key]
         if not isinstance(bn, _BATCH_NORMS):
             continue
@@ -152,6 +171,7 @@ def _fold_sequential(model: nn.Module, report: FoldReport, prefix: str = "") -> 
         if reason:
             report.skipped.append((prefix + key, reason))
             continue
+        before, layer = cast(str, before), cast(nn.Module, layer)  # no reason: bn follows a module
         model._modules[before] = _fold_pair(layer, bn)
         model._modules[key] = nn.Identity()
         report.folded.append((prefix + before, prefix + key))
@@ -190,7 +210,7 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, 
         return work, report
 
 
-def _replace(model: nn.Module, convert, prefix: str = "") -> nn.Module:
+def _replace(model: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None], prefix: str = "") -> nn.Module:
     new = convert(prefix.rstrip("."), model)
     if new is not None:
         return new
@@ -206,7 +226,7 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     with its running statistics and affine parameters as fixed buffers (fine-tuning with small batches); in place,
     returns the model (or the frozen layer if ``model`` is one)."""
 
-    def convert(name: str, m: nn.Module):
+    def convert(name: str, m: nn.Module) -> nn.Module | None:
         if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nl.SyncBatchNorm)) and m.running_mean is not None:
             return nl.FrozenBatchNorm2d.from_batch_norm(m)
         return None
@@ -252,7 +272,7 @@ def _channels(module: nn.Module) -> int | None:
     for attr in ("num_features", "num_channels"):
         if getattr(module, attr, None) is not None:
             return getattr(module, attr)
-    shape = getattr(module, "normalized_shape", ())
+    shape: tuple[int, ...] = getattr(module, "normalized_shape", ())
     return shape[0] if len(shape) == 1 else None
 
 
@@ -332,7 +352,8 @@ def param_groups(
     if weight_decay < 0:
         raise ValueError(f"param_groups: weight_decay must be >= 0, got {weight_decay}")
     norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
-    decay, exempt = [], []
+    decay: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
