@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +61,9 @@ class TextData:
     vocab: list[str]
 
 
-def _standardized(name, x_train, y_train, x_test, y_test) -> ImageData:
+def _standardized(
+    name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> ImageData:
     x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
     mean, std = x_train.mean(), x_train.std() + 1e-8
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
@@ -108,13 +111,14 @@ def digits() -> ImageData:
 
 
 def read_cifar10(path: str | Path) -> ImageData:
-    """CIFAR-10 from its python version: ``data_batch_1..5`` and ``test_batch`` pickles (dicts of b"data", b"labels")."""
+    """CIFAR-10 from its python version: ``data_batch_1..5`` and ``test_batch`` pickles (dicts of b"data",
+    b"labels")."""
     path = Path(path)
     train = sorted(path.glob("data_batch_*"))
     if not train or not (path / "test_batch").exists():
         raise FileNotFoundError(f"CIFAR-10: expected data_batch_* and test_batch in {path}")
 
-    def read(files):
+    def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for f in files:
             with open(f, "rb") as fh:
@@ -140,7 +144,7 @@ def read_mnist(path: str | Path) -> ImageData:
     """MNIST from idx files (optionally .gz): train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*."""
     path = Path(path)
 
-    def find(stem):
+    def find(stem: str) -> Path:
         for name in (stem, stem + ".gz"):
             if (path / name).exists():
                 return path / name
@@ -199,7 +203,7 @@ def load_images(kind: str = "mnist1d", path: str | None = None) -> ImageData:
     if kind == "digits":
         return digits()
     if kind in _READERS:
-        return _READERS[kind](path)
+        return _READERS[kind](cast(str, path))  # None: Path(None) raises TypeError, as it always did
     raise ValueError(f"unknown image data {kind!r}")
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.multiprocessing as mp
@@ -19,6 +20,12 @@ import torch.multiprocessing as mp
 from ..config import DistributedConfig, RunOutput
 from ..metrics import DIVERGED, TEST_ACC
 from .loop import fit
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .data import ImageData
 
 
 def run_distributed(c: DistributedConfig) -> RunOutput:
@@ -38,7 +45,15 @@ class RankTraining:
 
     runs = 1
 
-    def __init__(self, c, rank: int, nproc: int, data, model, ddp) -> None:
+    def __init__(
+        self,
+        c: DistributedConfig,
+        rank: int,
+        nproc: int,
+        data: ImageData,
+        model: nn.Module,
+        ddp: DistributedDataParallel,
+    ) -> None:
         self.c, self.rank, self.data, self.ddp, self.nproc = c, rank, data, ddp, nproc
         self.opt = torch.optim.SGD(ddp.parameters(), lr=c.lr, momentum=c.momentum)
         self.generator = torch.Generator().manual_seed(c.seed)  # every rank draws the same global batch
@@ -73,10 +88,10 @@ class RankTraining:
             self.curves["step"].append(step)
             self.curves["loss"].append(self.last)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError("data-parallel runs do not checkpoint (each is a few seconds)")
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError("data-parallel runs do not checkpoint")
 
 
@@ -84,7 +99,7 @@ def _rank_main(rank: int, nproc: int, tmp: str, c: DistributedConfig) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ... import nn as nl
+    from ...nn.batchnorm import SyncBatchNorm
     from .data import load_images
     from .models import ConvNet
 
@@ -95,9 +110,9 @@ def _rank_main(rank: int, nproc: int, tmp: str, c: DistributedConfig) -> None:
     try:
         torch.manual_seed(c.seed)  # the same initial weights on every rank, and as a single-process run
         data = load_images(c.data, c.data_path)
-        model = ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth)
+        model: nn.Module = ConvNet(data.in_channels, data.num_classes, data.spatial_dims, c.norm, c.width, c.depth)
         if c.sync:
-            model = nl.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = SyncBatchNorm.convert_sync_batchnorm(model)
         training = RankTraining(c, rank, nproc, data, model, DDP(model))
         fit(training, steps=c.steps, points=c.points, divergence=False)
         curves = training.curves

@@ -14,15 +14,20 @@ import ast
 import hashlib
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 __all__ = ["UserData", "load_model", "load_user_data", "parse_model_args", "fingerprint", "examples", "DATA_KINDS"]
 
@@ -44,15 +49,18 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     return args
 
 
-def _import(module_name: str):
+def _import(module_name: str) -> ModuleType:
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
             if not path.is_file():
                 raise ValueError(f"{module_name} does not exist")
-            spec = importlib.util.spec_from_file_location(f"normlab_user_{path.stem}", path.resolve())
+            # a .py file's spec and its loader are never None (a None would raise here, and be reported below)
+            spec = cast(
+                "ModuleSpec", importlib.util.spec_from_file_location(f"normlab_user_{path.stem}", path.resolve())
+            )
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            cast("Loader", spec.loader).exec_module(module)
             return module
         return importlib.import_module(module_name)
     except ValueError:
@@ -101,7 +109,7 @@ class UserData:
 
     train: Dataset
     test: Dataset
-    loss_fn: Callable | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
     @property
     def classification(self) -> bool:
@@ -190,4 +198,4 @@ def examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, Any]:
     """The first ``count`` examples of ``dataset`` collated into one batch."""
     from torch.utils.data import default_collate
 
-    return default_collate([dataset[i] for i in range(min(count, len(dataset)))])
+    return default_collate([dataset[i] for i in range(min(count, len(cast(Sized, dataset))))])

@@ -17,12 +17,23 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["Training", "Schedule", "LossLog", "fit", "fit_ladder", "lr_factor", "SCHEDULES"]
+__all__ = [
+    "Training",
+    "LadderTraining",
+    "Saver",
+    "Trunk",
+    "Schedule",
+    "LossLog",
+    "fit",
+    "fit_ladder",
+    "lr_factor",
+    "SCHEDULES",
+]
 
 SCHEDULES = ("constant", "cosine", "wsd")
 
@@ -103,7 +114,6 @@ class Training(Protocol):
     """What a task trains, one step at a time (see the module docstring)."""
 
     runs: int  # runs trained together: 1 alone, K packed
-    schedule: Schedule  # read by the task at every step; a ladder (fit_ladder) swaps it per budget
 
     def step(self, step: int, live: list[int], probe: bool) -> list[float]:
         """One optimizer step of the ``live`` runs; each run's loss of this step (entries of other runs unread).
@@ -129,6 +139,36 @@ class Training(Protocol):
         ...
 
 
+class LadderTraining(Training, Protocol):
+    """A :class:`Training` whose learning rate follows a :class:`Schedule` it holds: what :func:`fit_ladder` trains."""
+
+    schedule: Schedule  # read by the task at every step; a ladder (fit_ladder) swaps it per budget
+
+
+class Saver(Protocol):
+    """Where a run checkpoints (:class:`normlab.lab.sweep.checkpoint.Saver`): whether a save is due, the save, and
+    the state saved last (None when there is none)."""
+
+    def due(self) -> bool: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+    def load(self) -> dict[str, Any] | None: ...
+
+
+class Trunk(Protocol):
+    """Where a ladder keeps its trunk for a later, longer ladder of the same runs
+    (:class:`normlab.lab.sweep.checkpoint.Trunk`, :class:`normlab.lab.training.packed.PackTrunk`): the state saved,
+    if it ends at or before step ``before``."""
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+    def load(self, before: int) -> dict[str, Any] | None: ...
+
+
+T = TypeVar("T")
+
+
 class _Loop:
     """The loop's own state over ``training``: the step reached, each run's loss log and divergence."""
 
@@ -137,7 +177,9 @@ class _Loop:
         self.logs = [LossLog() for _ in range(training.runs)]
         self.alive, self.diverged, self.step = [True] * training.runs, [False] * training.runs, 0
 
-    def advance(self, stop: int, last: int | None, saver=None, extra: dict[str, Any] | None = None) -> None:
+    def advance(
+        self, stop: int, last: int | None, saver: Saver | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         """Train up to step ``stop`` (a curve point every ``every`` steps and at step ``last``)."""
         training = self.training
         while self.step < stop and any(self.alive):
@@ -178,7 +220,13 @@ class _Loop:
 
 
 def fit(
-    training: Training, *, steps: int, points: int, divergence: bool = True, saver=None, every: int | None = None
+    training: Training,
+    *,
+    steps: int,
+    points: int,
+    divergence: bool = True,
+    saver: Saver | None = None,
+    every: int | None = None,
 ) -> list[bool]:
     """Train ``steps`` steps; per run, whether it diverged. A curve point every ``every`` steps (default
     ``steps // points``) and at the last. ``saver`` (:class:`normlab.lab.sweep.checkpoint.Saver`) checkpoints at its
@@ -193,15 +241,15 @@ def fit(
 
 
 def fit_ladder(
-    training: Training,
+    training: LadderTraining,
     rungs: Sequence[Schedule],
-    evaluate: Callable[[int, list[bool]], Any],
+    evaluate: Callable[[int, list[bool]], T],
     *,
     every: int,
     divergence: bool = True,
-    saver=None,
-    trunk=None,
-) -> list[Any]:
+    saver: Saver | None = None,
+    trunk: Trunk | None = None,
+) -> list[T]:
     """Train the same runs at several budgets from one trajectory; ``evaluate(rung index, diverged)``'s result per
     rung.
 
@@ -218,7 +266,7 @@ def fit_ladder(
         raise ValueError("fit_ladder: every rung but a single one must be a 'wsd' schedule, by ascending steps")
     loop = _Loop(training, every, divergence)
     saved = saver.load() if saver is not None else None
-    outputs: list[Any] = []
+    outputs: list[T] = []
     if saved is None and trunk is not None:
         saved = trunk.load(before=rungs[0].branch_step)
     if saved is not None:

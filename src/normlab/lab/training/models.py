@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ... import nn as nl
+from ...nn import batchnorm as nl_batchnorm
+from ...nn import normalization as nl_normalization
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
 
 __all__ = [
@@ -47,7 +50,7 @@ def _default_groups(channels: int) -> int:
     return max(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and g <= max(1, channels // 2))
 
 
-def norm_kwargs(name: str, channels: int) -> dict:
+def norm_kwargs(name: str, channels: int) -> dict[str, Any]:
     """Lab defaults: a grouped method gets 32 groups from 64 channels up, else the most groups of at least 2
     channels each (16 groups of 2 on the lab's 32 channels)."""
     if not get_method(name).grouped:
@@ -60,7 +63,7 @@ def make_norm(
     channels: int,
     spatial_dims: int,
     copies: int | None = None,
-    options: dict | None = None,
+    options: dict[str, Any] | None = None,
     role: str | None = None,
 ) -> nn.Module:
     """``create_norm`` with the lab's defaults (:func:`norm_kwargs`) and the method's recipe for its ``role`` in a
@@ -79,7 +82,7 @@ def make_norm(
         raise NotApplicable(str(err)) from err
 
 
-def run_groups(norms: Sequence[str], options: Sequence[dict | None]) -> list[list[int]]:
+def run_groups(norms: Sequence[str], options: Sequence[dict[str, Any] | None]) -> list[list[int]]:
     """Consecutive runs with the same norm and options: the parts of a mixed pack's norm layers."""
     groups: list[list[int]] = []
     for i, key in enumerate(zip(norms, options, strict=True)):
@@ -141,7 +144,7 @@ class _Im2Col(torch.autograd.Function):
     whole ``(N,)`` rows; backward adds each tap's gradient back in place (no scatter kernel)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, stride: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, stride: int) -> Tensor:
         k, c, length, n = x.shape
         out_len = (length - 1) // stride + 1
         cols = x.new_empty(k, c, 3, out_len, n)
@@ -161,7 +164,7 @@ class _Im2Col(torch.autograd.Function):
         return cols.view(k, c * 3, out_len * n)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         k, c, length, n = ctx.shape
         out_len = (length - 1) // ctx.stride + 1
         grad = grad.view(k, c, 3, out_len, n)
@@ -188,15 +191,16 @@ def _is_plain_conv1d(conv: nn.Module) -> bool:
     if base is not nn.Conv1d or _hooked(conv):
         return False
     if parametrize.is_parametrized(conv):
-        return set(conv.parametrizations.keys()) == {"weight"} and all(
-            isinstance(p, nl.WeightNorm) for p in conv.parametrizations.weight
+        return set(cast(nn.ModuleDict, conv.parametrizations).keys()) == {"weight"} and all(
+            isinstance(p, nl.WeightNorm)
+            for p in cast(parametrize.ParametrizationList, cast(nn.ModuleDict, conv.parametrizations).weight)
         )
     return True
 
 
 # Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
 # elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
-_ROW_NORMS = (nn.BatchNorm1d, nl.BatchNorm1d)
+_ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
 
 
 def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
@@ -220,8 +224,8 @@ def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
     with torch.no_grad():
         var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
         norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1), alpha=norm.momentum)
-        norm.running_var.mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
-        norm.num_batches_tracked.add_(1)
+        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
+        cast(Tensor, norm.num_batches_tracked).add_(1)
     return out
 
 
@@ -231,7 +235,7 @@ class _GroupNormChannelMajor(torch.autograd.Function):
     batch contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
         groups, cg, length, n = x.shape
         size = cg * length
         flat = x.view(groups, size, n)
@@ -243,7 +247,7 @@ class _GroupNormChannelMajor(torch.autograd.Function):
         return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         xc, rstd, weight = ctx.saved_tensors
         groups, cg, length, n = xc.shape
         grad = grad.contiguous()
@@ -263,7 +267,7 @@ class _GroupNormChannelMajor(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-_GROUP_NORMS = (nn.GroupNorm, nl.GroupNorm)
+_GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
 
 
 def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) -> Tensor:
@@ -277,7 +281,7 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
     if isinstance(norm, nn.Identity):
         out, restore = y, False
     elif type(norm) in _ROW_NORMS and not _hooked(norm):
-        out, restore = _row_batch_norm(norm, y.view(1, k * c, length * n)), False
+        out, restore = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n)), False
     elif (
         type(norm) in _GROUP_NORMS
         and not _hooked(norm)
@@ -285,7 +289,7 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
         and norm.bias is not None
         and y.dtype == torch.float32
     ):
-        groups = norm.num_groups
+        groups = cast(nn.GroupNorm, norm).num_groups
         out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
         restore = False
     else:
@@ -300,7 +304,16 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
 
 
 # Norms whose output their backward does not read: the ReLU after them may run in place.
-_INPLACE_AFTER = (nn.BatchNorm1d, nl.BatchNorm1d, nn.GroupNorm, nl.GroupNorm, nn.Identity)
+_INPLACE_AFTER = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d, nn.GroupNorm, nl_normalization.GroupNorm, nn.Identity)
+
+
+class _PlainConv(Protocol):
+    """What the matmul form reads of a conv that :func:`_is_plain_conv1d` accepts (an ``nn.Conv1d`` with a bias)."""
+
+    out_channels: int
+    stride: tuple[int, ...]
+    weight: Tensor
+    bias: Tensor
 
 
 class ConvNet(nn.Module):
@@ -309,9 +322,9 @@ class ConvNet(nn.Module):
 
     With ``weight_norm=True`` every conv and the head are weight-normalized (Salimans & Kingma).
 
-    With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.training.packed`): grouped convs,
-    the norm's packed form and a per-copy head, with the same state_dict keys as one net and every tensor the K
-    nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
+    With ``copies=K`` it is K independent nets packed side by side (see :mod:`normlab.lab.training.packed`): grouped
+    convs, the norm's packed form and a per-copy head, with the same state_dict keys as one net and every tensor the
+    K nets' tensors concatenated. Input ``(N, K*C_in, *S)``, output ``(N, K, classes)``. ``norm`` (and
     ``norm_options``) may give one entry per copy: runs of several norms then share one pack, each norm layer a
     :class:`SplitNorm` of the norms' packed forms.
 
@@ -332,7 +345,7 @@ class ConvNet(nn.Module):
         depth: int = 3,
         weight_norm: bool = False,
         copies: int | None = None,
-        norm_options: dict | Sequence[dict | None] | None = None,
+        norm_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         packed_form: str = "auto",
     ) -> None:
         super().__init__()
@@ -378,7 +391,7 @@ class ConvNet(nn.Module):
 
     @staticmethod
     @cache
-    def _conv(norm: str, spatial_dims: int):
+    def _conv(norm: str, spatial_dims: int) -> Callable[..., nn.Module]:
         """The registry's conv for weight-level methods (Weight Standardization, Spectral Norm), else nn.ConvNd."""
         try:
             special = conv_layer(norm, spatial_dims)
@@ -418,10 +431,10 @@ class ConvNet(nn.Module):
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
-        k, n = self.copies, x.shape[0]
+        k, n = cast(int, self.copies), x.shape[0]  # a packed net (uses_matmul)
         h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        for conv, norm, act in zip(blocks[0::3], blocks[1::3], blocks[2::3], strict=True):
+        for conv, norm, act in zip(cast("list[_PlainConv]", blocks[0::3]), blocks[1::3], blocks[2::3], strict=True):
             c_in, c_out = h.shape[1], conv.out_channels // k
             cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
             y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
@@ -431,7 +444,8 @@ class ConvNet(nn.Module):
 
 
 class PackedLinear(nn.Module):
-    """K independent ``Linear(in, out)`` layers: weight ``(K*out, in)``, bias ``(K*out,)``; ``(N, K*in) -> (N, K, out)``."""
+    """K independent ``Linear(in, out)`` layers: weight ``(K*out, in)``, bias ``(K*out,)``;
+    ``(N, K*in) -> (N, K, out)``."""
 
     def __init__(self, copies: int, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -506,7 +520,9 @@ def attention_mask(padding: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 class CharTransformer(nn.Module):
     """A pre-norm character-level transformer; ``padding`` marks pad positions ``(N, T)``."""
 
-    def __init__(self, vocab: int, norm: str, dim: int = 64, layers: int = 2, heads: int = 4, max_len: int = 256):
+    def __init__(
+        self, vocab: int, norm: str, dim: int = 64, layers: int = 2, heads: int = 4, max_len: int = 256
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab + 1, dim)  # the last id is padding
         self.pos = nn.Parameter(torch.randn(max_len, dim) / math.sqrt(dim))

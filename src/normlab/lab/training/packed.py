@@ -18,7 +18,8 @@ any module, but the norms that matter pack over channels, and the rest (``can_pa
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ from ...registry import can_pack, canonical_name, conv_layer, get_method
 from ..config import ClassifyConfig, RunConfig, as_dict, of_kind
 from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..store import config_key
-from .loop import fit_ladder
-from .models import MATMUL_MIN_BATCH, SplitNorm, pack_size, uses_weight_norm
+from .data import ImageData
+from .loop import Saver, Trunk, fit_ladder
+from .models import MATMUL_MIN_BATCH, ConvNet, SplitNorm, pack_size, uses_weight_norm
 from .probes import gradient_predictiveness, scale_invariance_error
 from .train import (
     BatchOrder,
@@ -95,6 +97,7 @@ def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[l
     its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
     split into near-equal packs; the runs of one norm stay together."""
     ladders: dict[str, list[RunConfig]] = {}
+    key: str | None  # a ladder's key here, a pack's (None: the run trains alone) below
     for config in configs:
         key = ladder_key(config) if can_branch(config) else config_key(config)
         ladders.setdefault(key, []).append(config)
@@ -149,7 +152,7 @@ def _layout(packed: nn.Module, copies: int) -> dict[str, tuple[str, list[int]]]:
 PackLayout = dict[str, tuple[int | None, list[int]]]  # packed key -> (pack axis or None if shared, runs held)
 
 
-def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
+def pack_state(models: Sequence[nn.Module], packed: nn.Module) -> PackLayout:
     """Copy ``models``' state into ``packed`` (each tensor the models' tensors concatenated); returns each entry's
     pack axis and runs. A tensor the models share (a step counter) must be equal in all of them; a shared
     parameter cannot be packed (ValueError)."""
@@ -174,7 +177,7 @@ def pack_state(models: list[nn.Module], packed: nn.Module) -> PackLayout:
     return layout
 
 
-def unpack_state(packed: nn.Module, models: list[nn.Module]) -> None:
+def unpack_state(packed: nn.Module, models: Sequence[nn.Module]) -> None:
     """The inverse of :func:`pack_state`: load each model's slice of ``packed``'s state into it."""
     shapes = {key: t.shape for key, t in models[0].state_dict().items()}  # the runs' nets have the same shapes
     for model, state in zip(models, split_packed(packed.state_dict(), packed, shapes, len(models)), strict=True):
@@ -195,7 +198,7 @@ def split_packed(
     return parts
 
 
-def join_packed(parts: list[dict[str, Tensor]], packed: nn.Module, like: dict[str, Tensor]) -> dict[str, Tensor]:
+def join_packed(parts: list[dict[str, Tensor]], packed: nn.Module, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of :func:`split_packed`: the runs' slices joined under ``packed``'s keys that ``like`` has."""
     out = {}
     for key, (single_key, runs) in _layout(packed, len(parts)).items():
@@ -209,9 +212,9 @@ def join_packed(parts: list[dict[str, Tensor]], packed: nn.Module, like: dict[st
 def _per_run(values: list[float], p: Tensor, axis: int | None, runs: list[int]) -> Tensor:
     """One value per run, broadcast over ``p``'s slices of the ``runs`` it holds along its pack ``axis``."""
     shape = [1] * p.dim()
-    shape[axis] = -1  # type: ignore[index]
+    shape[cast(int, axis)] = -1  # a parameter's axis: never None (pack_state refuses a shared parameter)
     per_run = torch.tensor([values[i] for i in runs], dtype=p.dtype, device=p.device)
-    return per_run.repeat_interleave(p.shape[axis] // len(runs)).view(shape)  # type: ignore[index]
+    return per_run.repeat_interleave(p.shape[cast(int, axis)] // len(runs)).view(shape)
 
 
 class PackedSGD:
@@ -222,7 +225,7 @@ class PackedSGD:
     def __init__(
         self, packed: nn.Module, layout: PackLayout, lrs: list[float], decays: list[float], momentum: float
     ) -> None:
-        self.params = [p for _, p in packed.named_parameters()]
+        self.params: list[Tensor] = [p for _, p in packed.named_parameters()]
         self.layout = [layout[name] for name, _ in packed.named_parameters()]
         self.momentum = momentum
         self.decays = (
@@ -239,7 +242,9 @@ class PackedSGD:
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        grads: list[Tensor] | tuple[Tensor, ...] = [
+            p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params
+        ]
         if self.decays is not None:
             grads = torch._foreach_add(grads, torch._foreach_mul(self.params, self.decays))
         if self.momentum:
@@ -277,7 +282,7 @@ def _per_run_norms(tensors: list[Tensor], layout: list[tuple[int, list[int]]], c
 class PackedTraining:
     """K runs of the ConvNet packed into one model: each run's loss its own, summed, one :class:`PackedSGD` step."""
 
-    def __init__(self, cs: list[ClassifyConfig], data, packed: nn.Module, layout: PackLayout) -> None:
+    def __init__(self, cs: list[ClassifyConfig], data: ImageData, packed: ConvNet, layout: PackLayout) -> None:
         self.cs, self.data, self.packed, self.layout, self.runs = cs, data, packed, layout, len(cs)
         self.device = torch.device(cs[0].device)
         self.opt = PackedSGD(packed, layout, [c.lr for c in cs], [c.weight_decay for c in cs], cs[0].momentum)
@@ -301,7 +306,8 @@ class PackedTraining:
             named = [(n, p) for n, p in self.packed.named_parameters() if p.requires_grad]
             rates = [c.lr * factor for c in self.cs]
             sizes = [_per_run(rates, p, *self.layout[n]) for n, p in named]
-            layouts = [self.layout[n] for n, _ in named]
+            # a parameter's axis is never None (pack_state refuses a shared parameter)
+            layouts = cast("list[tuple[int, list[int]]]", [self.layout[n] for n, _ in named])
             values = gradient_predictiveness(
                 self.packed,
                 lambda: self._losses(x, y).sum(),
@@ -345,7 +351,7 @@ class PackTrunk:
     were not all kept at one step starts over. Results equal a pack trained from step 0 up to float rounding, as a
     pack equals its runs alone."""
 
-    def __init__(self, trunks: list[Any], training: PackedTraining, shapes: dict[str, torch.Size]) -> None:
+    def __init__(self, trunks: list[Trunk], training: PackedTraining, shapes: dict[str, torch.Size]) -> None:
         self.trunks, self.training, self.shapes = trunks, training, shapes
 
     def save(self, state: dict[str, Any]) -> None:
@@ -374,7 +380,7 @@ class PackTrunk:
             )
 
     def load(self, before: int) -> dict[str, Any] | None:
-        parts = [trunk.load(before) for trunk in self.trunks]
+        parts: list[Any] = [trunk.load(before) for trunk in self.trunks]  # states, or None: checked below
         if any(p is None or "model" not in p for p in parts) or len({p["step"] for p in parts}) != 1:
             return None
         packed = self.training.packed
@@ -399,13 +405,17 @@ class PackTrunk:
         }
 
 
-def train_packed(configs: list[RunConfig], saver=None, trunk_for=None) -> list[RunOutput]:
+def train_packed(
+    configs: list[RunConfig],
+    saver: Saver | None = None,
+    trunk_for: Callable[[list[ClassifyConfig]], Trunk] | None = None,
+) -> list[RunOutput]:
     """Train the runs ``configs`` (one :func:`pack_key`) together; one (metrics, curves) per config, each what the
     run gives alone up to float rounding. A run may come at several budgets (the same configuration but for
     ``doublings``, a "wsd" schedule; every run of the pack at the same ones): its shorter budgets branch off the
     pack's trajectory (:func:`normlab.lab.training.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
-    ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps each run's stable phase for a
-    larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
+    ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps each run's stable phase
+    for a larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
     ladders: dict[str, list[ClassifyConfig]] = {}
     for config in of_kind(ClassifyConfig, configs):
         ladders.setdefault(ladder_key(config), []).append(config)

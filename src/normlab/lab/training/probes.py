@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +49,7 @@ class BatchStatRecorder:
         self.enabled = True
         self.handle = module.register_forward_pre_hook(self._hook)
 
-    def _hook(self, module: nn.Module, args: tuple) -> None:
+    def _hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not (self.enabled and module.training):
             return
         x = args[0].detach().movedim(self.channel_dim, -1).reshape(-1, args[0].shape[self.channel_dim])
@@ -97,7 +98,9 @@ def batch_stats_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> 
     return correct / max(total, 1)
 
 
-def contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], seed: int, device) -> list[float]:
+def contrast_curve(
+    model: nn.Module, data: ImageData, strengths: list[float], seed: int, device: torch.device
+) -> list[float]:
     """Accuracy when every test example gets its own contrast a and brightness b: x -> a*x + b.
 
     Strength s: log a ~ U(-s ln 5, s ln 5) and b ~ U(-2s, 2s) in standardized units.
@@ -111,7 +114,7 @@ def contrast_curve(model: nn.Module, data: ImageData, strengths: list[float], se
     return [accuracy(model, torch.exp(u * s * math.log(5)) * x + 2 * s * v, y) for s in strengths]
 
 
-def output_spread(model: nn.Module, data: ImageData, batch: int, device, compositions: int = 12) -> float:
+def output_spread(model: nn.Module, data: ImageData, batch: int, device: torch.device, compositions: int = 12) -> float:
     """Training-mode output for one fixed example inside random batches: std across batches / mean |logit|."""
     probe = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(7)
@@ -129,7 +132,7 @@ def scale_invariance_error(model: nn.Module, layer: nn.Module, x: Tensor, alpha:
     """max |f(x; alpha*w) - f(x; w)| / max |f(x; w)| for the layer's weight, in training mode."""
     with preserved_state(model), torch.no_grad():
         base = model(x)
-        layer.weight.mul_(alpha)
+        cast(Tensor, layer.weight).mul_(alpha)
         scaled = model(x)
     return float((scaled - base).abs().max() / base.abs().max().clamp_min(1e-12))
 
@@ -137,8 +140,8 @@ def scale_invariance_error(model: nn.Module, layer: nn.Module, x: Tensor, alpha:
 def gradient_predictiveness(
     model: nn.Module,
     loss_fn: Callable[[], Tensor],
-    params: list[Tensor],
-    step_sizes: list,
+    params: Sequence[Tensor],
+    step_sizes: Sequence[float | Tensor],
     run_norms: Callable[[list[Tensor]], Tensor],
 ) -> list[float]:
     """Santurkar et al. 2018: per run, ||grad L(w) - grad L(w - lr grad L(w))|| / ||grad L(w)|| on one batch, the

@@ -1,12 +1,12 @@
 """The lab's runs, a typed configuration in, (metrics, curves) out: the ConvNet alone and the language model, each a
-:class:`~normlab.lab.training.loop.Training` stepped by the one loop (:func:`normlab.lab.training.loop.fit`). Deterministic for a seed
-on CPU, resumed bit for bit from a checkpoint."""
+:class:`~normlab.lab.training.loop.Training` stepped by the one loop (:func:`normlab.lab.training.loop.fit`).
+Deterministic for a seed on CPU, resumed bit for bit from a checkpoint."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ..metrics import (
     VALID_BPC,
 )
 from .data import ImageData, load_images, load_text, training_part
-from .loop import Schedule, fit_ladder
+from .loop import Saver, Schedule, Trunk, fit_ladder
 from .models import CharTransformer, ConvNet, uses_weight_norm
 from .probes import (
     BatchStatRecorder,
@@ -46,7 +46,7 @@ from .probes import (
 __all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
 
 
-def run(config: RunConfig, saver=None) -> RunOutput:
+def run(config: RunConfig, saver: Saver | None = None) -> RunOutput:
     """Execute one run described by ``config`` (its ``task`` picks the training); ``saver``
     (:class:`~normlab.lab.sweep.checkpoint.Saver`) checkpoints it and resumes it from its last checkpoint."""
     return run_ladder([config], saver)[0]
@@ -62,11 +62,11 @@ def can_branch(config: RunConfig) -> bool:
     return isinstance(config, ClassifyConfig | CharLMConfig) and config.lr_schedule == "wsd"
 
 
-def run_ladder(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
+def run_ladder(configs: list[RunConfig], saver: Saver | None = None, trunk: Trunk | None = None) -> list[RunOutput]:
     """One run at several budgets (``configs``: one :func:`ladder_key`, in any order; a "wsd" schedule
-    when there are several), trained as one trajectory (:func:`normlab.lab.training.loop.fit_ladder`); one (metrics, curves)
-    per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps the
-    run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
+    when there are several), trained as one trajectory (:func:`normlab.lab.training.loop.fit_ladder`); one (metrics,
+    curves) per config, each what that config gives alone. ``trunk`` (:class:`~normlab.lab.sweep.checkpoint.Trunk`)
+    keeps the run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
     if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
         raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
     doublings = [getattr(c, "doublings", 0) for c in configs]
@@ -75,7 +75,7 @@ def run_ladder(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutp
     return [outputs[order.index(i)] for i in range(len(configs))]
 
 
-def _train(configs: list[RunConfig], saver, trunk) -> list[RunOutput]:
+def _train(configs: list[RunConfig], saver: Saver | None, trunk: Trunk | None) -> list[RunOutput]:
     torch.manual_seed(configs[0].seed)
     task = configs[0].task
     if task == "classify":
@@ -198,9 +198,9 @@ class BatchOrder:
         self.order, self.pos = state["order"], state["pos"]
 
 
-def watched_layer(model: ConvNet) -> nn.Module:
+def watched_layer(model: ConvNet) -> nn.Conv1d | nn.Conv2d:
     """The second conv, followed by a norm: the weight-decay study's layer."""
-    return model.features[3]
+    return cast("nn.Conv1d | nn.Conv2d", model.features[3])  # ConvNet's layers: conv, norm, activation
 
 
 class ClassifierTraining:
@@ -260,7 +260,9 @@ class ClassifierTraining:
             self.recorder.load(state["recorder"])
 
 
-def train_classifier(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
+def train_classifier(
+    configs: list[RunConfig], saver: Saver | None = None, trunk: Trunk | None = None
+) -> list[RunOutput]:
     """The ConvNet alone, at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
     cs = of_kind(ClassifyConfig, configs)
     c = cs[-1]
@@ -330,7 +332,9 @@ def evaluate_classifier(
     return metrics, curves
 
 
-def _lm_batch(ids: Tensor, batch: int, seq_len: int, pad: int, g: torch.Generator, variable: bool):
+def _lm_batch(
+    ids: Tensor, batch: int, seq_len: int, pad: int, g: torch.Generator, variable: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
     window = torch.stack([ids[s : s + seq_len + 1] for s in starts.tolist()])
     tokens, targets = window[:, :-1].clone(), window[:, 1:].clone()
@@ -356,7 +360,7 @@ class CharLMTraining:
         self.model = CharTransformer(self.vocab, c.norm, c.dim, c.layers, max_len=c.seq_len).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.recorder = BatchStatRecorder(self.model.blocks[-1].norm2, channel_dim=-1)
+        self.recorder = BatchStatRecorder(cast(nn.Module, self.model.blocks[-1].norm2), channel_dim=-1)
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], VALID_BPC: []}
         self.schedule = char_lm_schedule(c)
         vg = torch.Generator().manual_seed(1234)
@@ -430,7 +434,7 @@ def char_lm_schedule(c: CharLMConfig) -> Schedule:
     )
 
 
-def train_char_lm(configs: list[RunConfig], saver=None, trunk=None) -> list[RunOutput]:
+def train_char_lm(configs: list[RunConfig], saver: Saver | None = None, trunk: Trunk | None = None) -> list[RunOutput]:
     """The language model at the budgets of ``configs`` (one run, ascending doublings: see :func:`run_ladder`)."""
     cs = of_kind(CharLMConfig, configs)
     training = CharLMTraining(cs[-1])

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ...registry import canonical_name
 from ...transform import param_groups, swap
@@ -28,7 +28,7 @@ from ..config import UserConfig
 from ..metrics import DIVERGED, MEMORY_MB, STEP_SECONDS, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VALID_ACC, VALID_LOSS
 from .data import training_part
 from .inputs import UserData, load_model, load_user_data
-from .loop import Schedule, fit
+from .loop import Saver, Schedule, fit
 from .models import NotApplicable
 
 __all__ = ["SWAPPABLE", "norm_kinds", "build_user_model", "train_user", "training_split"]
@@ -57,7 +57,7 @@ def training_split(c: UserConfig, data: UserData) -> tuple[Subset | Any, Subset 
     of the training set is held out and scored (the test set is then not read)."""
     if not c.validation_fraction:
         return data.train, data.test
-    n, keep = len(data.train), training_part(len(data.train), c.validation_fraction)
+    n, keep = len(cast(Sized, data.train)), training_part(len(cast(Sized, data.train)), c.validation_fraction)
     return Subset(data.train, range(keep)), Subset(data.train, range(keep, n))
 
 
@@ -79,7 +79,7 @@ class Batches:
                     e,
                     torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e)),
                 )
-            yield order[i * self.batch : (i + 1) * self.batch].tolist()
+            yield cast(Tensor, order)[i * self.batch : (i + 1) * self.batch].tolist()  # drawn at the first batch
             position += 1
 
 
@@ -99,7 +99,8 @@ class UserTraining:
     def __init__(self, c: UserConfig, data: UserData, model: nn.Module) -> None:
         self.c, self.device = c, torch.device(c.device)
         self.layout = torch.channels_last if c.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=self.layout).train()
+        # Module.to takes memory_format (torch._C._nn._parse_to reads it); torch's stubs of Module.to omit it
+        self.model: nn.Module = model.to(self.device, memory_format=self.layout).train()  # type: ignore[call-overload]
         groups = param_groups(self.model, c.weight_decay)
         self.opt = (
             torch.optim.AdamW(groups, lr=c.lr)
@@ -143,7 +144,7 @@ class UserTraining:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True) if isinstance(y, Tensor) else y
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.c.amp else nullcontext()
 
     def step(self, step: int, live: list[int], probe: bool) -> list[float]:
@@ -228,7 +229,7 @@ class UserTraining:
         return loss_sum / max(total, 1), (correct / max(total, 1) if self.loss_fn is F.cross_entropy else math.nan)
 
 
-def train_user(c: UserConfig, saver=None) -> tuple[dict[str, float], dict[str, list[float]]]:
+def train_user(c: UserConfig, saver: Saver | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
     data = load_user_data(c.data)
     training = UserTraining(c, data, build_user_model(c))
     (diverged,) = fit(
@@ -258,7 +259,7 @@ def train_user(c: UserConfig, saver=None) -> tuple[dict[str, float], dict[str, l
     return metrics, training.curves
 
 
-def _classes(model: nn.Module, dataset, c: UserConfig) -> int:
+def _classes(model: nn.Module, dataset: Dataset[Any], c: UserConfig) -> int:
     from .inputs import examples
 
     x, _ = examples(dataset, 2)
