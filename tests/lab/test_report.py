@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from normlab.lab import OUTCOME_ORDER, STUDIES, Options
+from normlab.lab.config import make_config
 from normlab.lab.store import Store
 from normlab.lab.sweep.runner import run_sweep
 from normlab.lab.training.train import run
@@ -119,13 +120,13 @@ def test_rerun_only_rebuilds_the_report(report_dir):
 
 
 def test_same_seed_same_numbers():
-    config = dict(study="t", task="classify", data="mnist1d", norm="batch", seed=3, batch_size=32, lr=0.05, steps=30)
+    config = make_config("classify", study="t", data="mnist1d", norm="batch", seed=3, batch_size=32, lr=0.05, steps=30)
     assert run(config) == run(config)
 
 
 def test_inapplicable_norms_are_recorded_with_the_reason(tmp_path):
     configs = [
-        dict(study="sequence", task="char_lm", norm="instance", seed=0, batch_size=4, seq_len=16, lr=1e-3, steps=2)
+        make_config("char_lm", study="sequence", norm="instance", seed=0, batch_size=4, seq_len=16, lr=1e-3, steps=2)
     ]
     report = run_sweep(configs, tmp_path / "r.sqlite", progress=False)
     assert report.ran == 1 and not report.failed

@@ -99,3 +99,11 @@ def test_every_study_passes_the_device_on():
         for config in study.configs(Options(device="cuda")):
             exact_check = config.task == "distributed"  # gloo ranks, documented as CPU in the setup text
             assert config.device == ("cpu" if exact_check else "cuda"), (study.name, config)
+
+
+def test_a_sweep_of_untyped_configurations_is_refused_with_a_clear_error(tmp_path):
+    from normlab.lab.sweep.runner import run_sweep
+
+    with pytest.raises(TypeError, match="run_sweep: configs must be typed run configurations"):
+        run_sweep([{"study": "t", "task": "classify"}], str(tmp_path / "r.sqlite"), progress=False)
+    assert not (tmp_path / "r.sqlite").exists()

@@ -84,6 +84,11 @@ def run_sweep(
     store_path = str(store_path)
     with Store(store_path) as store:
         finished = store.finished_keys()
+    untyped = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
+    if untyped:
+        raise TypeError(
+            f"run_sweep: configs must be typed run configurations (normlab.lab.config.make_config), got {untyped[0]}"
+        )
     unique = {config_key(c): c for c in configs}
     todo = [c for k, c in unique.items() if k not in finished]
     report = SweepReport(total=len(unique), skipped=len(unique) - len(todo))
