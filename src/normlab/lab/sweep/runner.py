@@ -81,14 +81,14 @@ def run_sweep(
     processes of this machine, each storing its own rows; "ray" runs each item as a Ray task with the resources of
     ``ray`` (:class:`normlab.lab.sweep.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
     saves its training state at their interval, and a rerun resumes it."""
-    store_path = str(store_path)
-    with Store(store_path) as store:
-        finished = store.finished_keys()
     untyped = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if untyped:
         raise TypeError(
             f"run_sweep: configs must be typed run configurations (normlab.lab.config.make_config), got {untyped[0]}"
         )
+    store_path = str(store_path)
+    with Store(store_path) as store:
+        finished = store.finished_keys()
     unique = {config_key(c): c for c in configs}
     todo = [c for k, c in unique.items() if k not in finished]
     report = SweepReport(total=len(unique), skipped=len(unique) - len(todo))
