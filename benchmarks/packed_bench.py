@@ -86,18 +86,6 @@ def _best(runs: dict[str, object], rounds: int) -> dict[str, float]:
     return best
 
 
-def _mha_forward(model: CharTransformer, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-    """Today's forward: each block's attention by ``nn.MultiheadAttention`` with a causal and a key padding mask."""
-    t = tokens.shape[1]
-    x = model.embed(tokens) + model.pos[:t]
-    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
-    for block in model.blocks:
-        h = block.norm1(x)
-        x = x + block.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
-        x = x + block.mlp(block.norm2(x))
-    return model.head(model.final_norm(x))
-
-
 def _lm(norm: str, batch: int, steps: int, forward: str):
     c = make_config("char_lm", study="bench", norm=norm, seed=0, batch_size=batch)
     text = load_text()
@@ -112,7 +100,7 @@ def _lm(norm: str, batch: int, steps: int, forward: str):
         start = CLOCK()
         for i in range(steps):
             tokens, targets, padding = batches[i % len(batches)]
-            logits = _mha_forward(model, tokens, padding) if forward == "today" else model(tokens, padding)
+            logits = model.forward_multihead(tokens, padding) if forward == "today" else model(tokens, padding)
             loss = F.cross_entropy(logits.transpose(1, 2), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()

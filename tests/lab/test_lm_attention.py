@@ -12,18 +12,6 @@ from normlab.lab.training.models import CharTransformer, attention_mask
 NORMS = ["layer", "rms", "dyt", "batch"]
 
 
-def _reference(model: CharTransformer, tokens, padding):
-    """The model as it was: each block's attention by ``nn.MultiheadAttention`` with a causal and a key padding mask."""
-    t = tokens.shape[1]
-    x = model.embed(tokens) + model.pos[:t]
-    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
-    for block in model.blocks:
-        h = block.norm1(x)
-        x = x + block.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
-        x = x + block.mlp(block.norm2(x))
-    return model.head(model.final_norm(x))
-
-
 def _batch(n=6, t=24, vocab=30, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (n, t), generator=g)
@@ -40,7 +28,7 @@ def test_fast_attention_equals_multihead_attention(norm):
     model = CharTransformer(30, norm, dim=32, layers=2, heads=4, max_len=24)
     ref = copy.deepcopy(model)
     tokens, targets, padding = _batch()
-    out, expected = model(tokens, padding), _reference(ref, tokens, padding)
+    out, expected = model(tokens, padding), ref.forward_multihead(tokens, padding)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # pad positions too (BatchNorm sees them)
     grads = torch.autograd.grad(F.cross_entropy(out.transpose(1, 2), targets), list(model.parameters()))
     ref_grads = torch.autograd.grad(F.cross_entropy(expected.transpose(1, 2), targets), list(ref.parameters()))

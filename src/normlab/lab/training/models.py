@@ -537,3 +537,15 @@ class CharTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.head(self.final_norm(x))
+
+    def forward_multihead(self, tokens: Tensor, padding: Tensor) -> Tensor:
+        """What :meth:`forward` computes, the slow way: each block's attention by ``nn.MultiheadAttention`` itself,
+        with a causal mask and a key padding mask (the reference the fast attention is tested and timed against)."""
+        t = tokens.shape[1]
+        x = self.embed(tokens) + self.pos[:t]
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), diagonal=1)
+        for block in cast("list[_Block]", self.blocks):  # a ModuleList of _Block
+            h = block.norm1(x)
+            x = x + block.attn(h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=False)[0]
+            x = x + block.mlp(block.norm2(x))
+        return self.head(self.final_norm(x))
