@@ -150,18 +150,18 @@ def _cost(item: list[RunConfig]) -> float:
 def _spread(items: list[list[RunConfig]], workers: int) -> list[list[RunConfig]]:
     """Split the costliest packs in two until every worker has an item (a sweep's last rounds, the runs a verdict
     needs at a larger budget, may be one pack: alone it would hold one core while the others wait)."""
-    from ..training.train import ladder_key
+    from ..training.train import ladders
 
     items = list(items)
     while len(items) < workers:
-        ladders = [list(dict.fromkeys(ladder_key(c) for c in item)) for item in items]
-        splittable = [i for i, keys in enumerate(ladders) if len(keys) > 1]
+        runs = [ladders(item) for item in items]
+        splittable = [i for i, item_runs in enumerate(runs) if len(item_runs) > 1]
         if not splittable:
             break
         i = max(splittable, key=lambda i: _cost(items[i]))
-        half = set(ladders[i][: len(ladders[i]) // 2])
-        item = items.pop(i)
-        items += [[c for c in item if ladder_key(c) in half], [c for c in item if ladder_key(c) not in half]]
+        items.pop(i)
+        half = len(runs[i]) // 2
+        items += [[c for run in runs[i][:half] for c in run], [c for run in runs[i][half:] for c in run]]
     return items
 
 

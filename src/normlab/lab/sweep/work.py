@@ -42,14 +42,13 @@ def train_item(
         raise RuntimeError("the training code changed while the sweep ran; run `normlab compare` again")
 
     from ..training.packed import train_packed
-    from ..training.train import can_branch, ladder_key, run_ladder
+    from ..training.train import can_branch, ladders, run_ladder
 
     torch.set_num_threads(threads)
     saver = checkpoints.saver(configs) if checkpoints is not None else None
     start = time.perf_counter()
     try:
-        several = len({ladder_key(c) for c in configs}) > 1  # several runs packed, or one run at several budgets
-        if several:  # each run's stable phase is kept for a larger budget asked for later
+        if len(ladders(configs)) > 1:  # several runs, packed: each one's stable phase kept for a larger budget
             trunk_for = None if checkpoints is None else (lambda run: checkpoints.trunk(run, packed=True))
             outputs = train_packed(configs, saver=saver, trunk_for=trunk_for)
         else:  # one run: its stable phase is kept for a larger budget asked for later

@@ -39,12 +39,11 @@ from .train import (
     base_steps,
     build_classifier,
     build_packed_classifier,
-    can_branch,
     classifier_data,
     classifier_schedule,
     curve_every,
     evaluate_classifier,
-    ladder_key,
+    ladders,
     new_classifier_curves,
     record_point,
     watched_layer,
@@ -96,14 +95,9 @@ def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[l
     A run asked for at several budgets (a "wsd" schedule: :func:`~normlab.lab.training.train.can_branch`) is one ladder,
     its budgets in one item; ladders pack with ladders at the same budgets. A group larger than ``max_copies`` is
     split into near-equal packs; the runs of one norm stay together."""
-    ladders: dict[str, list[RunConfig]] = {}
-    key: str | None  # a ladder's key here, a pack's (None: the run trains alone) below
-    for config in configs:
-        key = ladder_key(config) if can_branch(config) else config_key(config)
-        ladders.setdefault(key, []).append(config)
     groups: dict[str, list[list[ClassifyConfig]]] = {}
     items: list[list[RunConfig]] = []
-    for ladder in ladders.values():
+    for ladder in ladders(configs):
         ladder.sort(key=lambda c: getattr(c, "doublings", 0))
         key = pack_key(ladder[0])
         if key is None:
@@ -416,10 +410,7 @@ def train_packed(
     pack's trajectory (:func:`normlab.lab.training.loop.fit_ladder`). ``saver`` checkpoints the pack and resumes it;
     ``trunk_for(configs of one run)`` (a :class:`~normlab.lab.sweep.checkpoint.Trunk`) keeps each run's stable phase
     for a larger budget asked for later (:class:`PackTrunk`), and starts from the ones kept earlier."""
-    ladders: dict[str, list[ClassifyConfig]] = {}
-    for config in of_kind(ClassifyConfig, configs):
-        ladders.setdefault(ladder_key(config), []).append(config)
-    rungs_of = [sorted(ladder, key=lambda c: c.doublings) for ladder in ladders.values()]
+    rungs_of = [sorted(ladder, key=lambda c: c.doublings) for ladder in ladders(of_kind(ClassifyConfig, configs))]
     if len({pack_key(c) for c in configs}) != 1 or pack_key(configs[0]) is None:
         raise ValueError("train_packed: the runs must share one pack key")
     if len({tuple(c.doublings for c in rungs) for rungs in rungs_of}) != 1:

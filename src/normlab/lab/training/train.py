@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from ..metrics import (
     VALID_ACC,
     VALID_BPC,
 )
+from ..store import config_key
 from .data import ImageData, load_images, load_text, training_part
 from .loop import Saver, Schedule, Trunk, fit_ladder
 from .models import CharTransformer, ConvNet, uses_weight_norm
@@ -43,7 +45,9 @@ from .probes import (
     whole_norm,
 )
 
-__all__ = ["run", "run_ladder", "ladder_key", "can_branch", "RunOutput"]
+__all__ = ["run", "run_ladder", "ladder_key", "ladders", "can_branch", "RunOutput"]
+
+R = TypeVar("R", bound=RunConfig)  # a kind of run configuration, kept by what groups them
 
 
 def run(config: RunConfig, saver: Saver | None = None) -> RunOutput:
@@ -60,6 +64,15 @@ def ladder_key(config: RunConfig) -> str:
 def can_branch(config: RunConfig) -> bool:
     """Whether the run's shorter budgets branch off its longer ones (a "wsd" schedule of a laddered task)."""
     return isinstance(config, ClassifyConfig | CharLMConfig) and config.lr_schedule == "wsd"
+
+
+def ladders(configs: Iterable[R]) -> list[list[R]]:
+    """``configs`` grouped into runs, in the order first seen: a run's budgets together (one :func:`ladder_key`, a
+    "wsd" schedule that branches: :func:`can_branch`), any other configuration alone."""
+    runs: dict[str, list[R]] = {}
+    for config in configs:
+        runs.setdefault(ladder_key(config) if can_branch(config) else config_key(config), []).append(config)
+    return list(runs.values())
 
 
 def run_ladder(configs: list[RunConfig], saver: Saver | None = None, trunk: Trunk | None = None) -> list[RunOutput]:
