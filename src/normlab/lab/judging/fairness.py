@@ -329,20 +329,19 @@ class StudyPlan:
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
         """Each compared setting's mean target metric at every budget it trained at."""
         metric = self.study.target.metric
-        rows: dict[str, BudgetRow] = {}
-        values: dict[str, dict[int, list[float]]] = {}
+        values: dict[str, dict[int, list[float]]] = {}  # setting -> doublings -> the seeds' values
         for c in self.final_configs():
             if not self._budgeted(c) or (self.study.target.task and c.task != self.study.target.task):
                 continue
-            rows.setdefault(self._setting(c), BudgetRow(self.labels.get(self._setting(c), ""), {}))
-            row = values.setdefault(self._setting(c), {})
+            by_budget = values.setdefault(self._setting(c), {})
             for d in range(self.levels.get(trunk_key(c), 1) + 1):
                 r = records.get(config_key(at_doublings(c, d)))
                 if r is not None and r.status == "done" and metric in r.metrics:
-                    row.setdefault(d, []).append(r.metrics[metric])
-        for key, budget_row in rows.items():
-            budget_row.means = {d: float(np.mean(v)) for d, v in sorted(values[key].items())}
-        return list(rows.values())
+                    by_budget.setdefault(d, []).append(r.metrics[metric])
+        return [
+            BudgetRow(self.labels.get(key, ""), {d: float(np.mean(v)) for d, v in sorted(by_budget.items())})
+            for key, by_budget in values.items()
+        ]
 
     def roles(self) -> dict[str, list[RunConfig]]:
         """Every run of the study by what it is for (the report counts what each part cost)."""
