@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from normlab.lab.judging.verdicts import Outcome, Verdict, compare
 from normlab.lab.metrics import TEST_ACC, VALID_ACC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
 from normlab.lab.sweep import runner
-from normlab.lab.training.train import build_classifier, classifier_data, run
+from normlab.lab.training.train import build_classifier, classifier_data, ladder_key, run
 
 
 class _Study(Study):
@@ -97,7 +98,7 @@ def test_a_grid_grows_at_most_its_extensions_and_says_so():
     rounds = 0
     while plan.update(_select(plan, lambda norm, lr: -lr)):  # the smaller the better, without end
         rounds += 1
-    assert rounds == 2
+    assert rounds == 3  # two extensions, then the screening's survivors go on
     assert all("edge" in c.note and c.chosen == min(c.grid) for c in plan.choices.values())
 
 
@@ -113,8 +114,50 @@ def _at_budgets(plan, gaps):
 
 def _planned(tmp_path):
     plan = StudyPlan(_Study(), Options(seeds=3))
-    plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1)))
+    while plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1))):
+        pass
     return plan
+
+
+def test_successive_halving_screens_every_rate_and_chooses_among_the_better_half():
+    plan = StudyPlan(_Study(), Options(seeds=2))
+    selection = _Study.selection
+    screening = plan.selection_configs()
+    assert {c.doublings for c in screening} == {0} and len(screening) == 2 * 4 * 2  # settings x rates x seeds
+    assert {c.budget for c in screening} == {selection.budget / 4}
+    # screened, 0.1 and 0.0333 lead (0.3 and 0.0111 are dropped); at the whole budget 0.0333 beats 0.1
+
+    def score(norm, lr, doublings):
+        return {0.0111: 0.5, 0.0333: 0.75, 0.1: 0.8, 0.3: 0.6}[lr] if doublings == 0 else 1.0 - abs(lr - 0.03)
+
+    def stored():
+        return {
+            config_key(c): _done(c, **{VALID_ACC: score(c.norm, c.lr, c.doublings)}) for c in plan.selection_configs()
+        }
+
+    assert plan.update(stored())  # the survivors go on
+    whole = [c for c in plan.selection_configs() if c.doublings == 2]
+    assert {c.lr for c in whole} == {0.1, 0.0333} and len(whole) == 2 * 2 * 2
+    assert {c.budget for c in whole} == {selection.budget / 4}  # the same runs' longer budget: one trajectory
+    assert {ladder_key(c) for c in whole} <= {ladder_key(c) for c in screening}
+    assert not plan.update(stored())
+    for choice in plan.choices.values():
+        assert choice.chosen == 0.0333 and choice.survivors == [0.1, 0.0333] and set(choice.scores) == {0.1, 0.0333}
+        assert choice.screening[0.0111] == 0.5
+    assert "Successive halving" in plan.fairness(stored(), Path(tempfile.mkdtemp())).selection
+
+
+def test_without_halving_every_rate_trains_the_whole_selection_budget():
+    study = _Study()
+    study.selection = Selection(seeds=2, halving=0)
+    plan = StudyPlan(study, Options(seeds=2))
+    configs = plan.selection_configs()
+    assert {c.doublings for c in configs} == {0} and {c.budget for c in configs} == {study.selection.budget}
+    while plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1))):
+        pass
+    assert all(c.chosen == 0.1 and not c.screening for c in plan.choices.values())
+    with pytest.raises(ValueError, match="halving"):
+        Selection(halving=-1)
 
 
 def test_a_verdict_that_more_training_would_not_change_settles_at_the_study_budget(tmp_path):

@@ -2,8 +2,10 @@
 
 A study that compares methods declares a :class:`Selection`. Each of its settings (a configuration but for its seed
 and learning rate) first trains at every rate of a log-spaced grid around the study's own rate, on seeds of its own
-(disjoint from the final seeds) and with a validation split held out of the training data; the rate with the best
-mean validation score is chosen, and a grid whose best rate sits on its edge grows past that edge. The final runs
+(disjoint from the final seeds) and with a validation split held out of the training data, screened at a quarter of
+the selection budget; a grid whose best rate sits on its edge grows past that edge, and the better half of the rates
+goes on from its kept stable phase to the whole selection budget (successive halving), where the best mean
+validation score is chosen. The final runs
 train at the chosen rate, at the study's budget T and at 2T (one trajectory,
 :func:`normlab.lab.training.loop.fit_ladder`), and every verdict is judged at both and settled where more training would
 not change it; the settings under a verdict that is not settled train at 4T, up to the study's :class:`Budgets`
@@ -25,6 +27,7 @@ import numpy as np
 from ..config import BudgetedConfig, RunConfig, at_doublings
 from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
 from ..store import RunRecord, config_key, setting_key, trunk_key
+from ..training.train import can_branch
 from .verdicts import Budgets, Verdict, budget_name, settle
 
 if TYPE_CHECKING:
@@ -62,6 +65,9 @@ class Selection:
         seeds: selection seeds per rate.
         budget: a selection run's share of the final runs' budget (1: the same).
         extensions: how many times a grid may grow past an edge that holds its best rate.
+        halving: successive halving: every rate is screened at ``budget / 2**halving`` and only the better half
+            (at least 2 rates) goes on, from its kept stable phase, to ``budget``, where the rate is chosen (0: every
+            rate at ``budget``). Only a "wsd" run, whose shorter budgets branch off its longer ones, is screened.
         validation_fraction: the share of the training examples held out for validation (the language model has
             its own validation text).
         scoring: (validation metric, higher is better, display scale, axis label); None: the task's.
@@ -75,12 +81,21 @@ class Selection:
     budget: float = 0.5  # half the final runs' budget: the grids cost half, and a "wsd" run's best rate moves
     # little with its length (Hägele et al. 2024); every setting's grid is scored alike
     extensions: int = 2
+    halving: int = 2  # screened at a quarter of the selection budget: the cost of 1.3 rates' runs instead of 2
+    # of a grid of 4 (the 4 screened, 2 going on from where their screening left the stable phase)
     validation_fraction: float = 0.2
     scoring: Scoring | None = None
 
     def __post_init__(self) -> None:
         if self.below + self.above + 1 < 4 or self.factor <= 1:
             raise ValueError("Selection: the grid needs at least 4 log-spaced rates (factor > 1)")
+        if self.halving < 0:
+            raise ValueError(f"Selection: halving must be at least 0, got {self.halving}")
+
+    @staticmethod
+    def survivors(count: int) -> int:
+        """How many of ``count`` screened rates go on: the better half, at least 2."""
+        return max(2, math.ceil(count / 2))
 
     def grid(self, centre: float) -> list[float]:
         return [_rate(centre * self.factor**k) for k in range(-self.below, self.above + 1)]
@@ -93,7 +108,9 @@ class Selection:
     def metric(self) -> str:
         return self.score[0]
 
-    def describe(self) -> str:
+    def describe(self, halving: int | None = None) -> str:
+        """The selection as the report states it; ``halving`` as applied (0 for runs that cannot be screened)."""
+        halving = self.halving if halving is None else halving
         where = (
             f"the last {self.validation_fraction:.0%} of the training examples, held out"
             if self.task != "char_lm"
@@ -107,6 +124,14 @@ class Selection:
             f"{SELECTION_SEED_OFFSET} and up from --first-seed, disjoint from the final seeds) at {budget} and "
             f"is scored on {where} (never the test set); the best mean {self.metric} is chosen and the final "
             "runs train at it."
+            + (
+                f" Successive halving: every rate is first screened at 1/{2**halving} of that budget (its own "
+                "cooldown branched off the stable phase), and only the better half of the grid (at least 2 rates) "
+                "trains on, from where its screening left the stable phase, to the whole selection budget, where "
+                "the choice is made; a grid grows past an edge that holds its best screened rate."
+                if halving
+                else ""
+            )
         )
 
 
@@ -121,17 +146,24 @@ class Choice:
     label: str
     grid: list[float]
     higher_is_better: bool
-    scores: dict[float, float] = field(default_factory=dict)
+    scores: dict[float, float] = field(default_factory=dict)  # at the whole selection budget
+    screening: dict[float, float] = field(default_factory=dict)  # at the screening budget (successive halving)
+    survivors: list[float] = field(default_factory=list)  # the rates that went on from the screening
     extensions: int = 0
     chosen: float | None = None
     note: str = ""
 
-    def best(self) -> tuple[int, float] | None:
-        scored = [(i, lr) for i, lr in enumerate(self.grid) if math.isfinite(self.scores.get(lr, math.nan))]
-        if not scored:
-            return None
+    def best(self, scores: dict[float, float] | None = None) -> tuple[int, float] | None:
+        """(grid index, rate) of the best finite score in ``scores`` (default: :attr:`scores`); None if none."""
+        scores = self.scores if scores is None else scores
+        ranked = self.ranked(scores)
+        return (self.grid.index(ranked[0]), ranked[0]) if ranked else None
+
+    def ranked(self, scores: dict[float, float]) -> list[float]:
+        """The grid's rates with a finite score in ``scores``, best first (ties: the grid's order)."""
         sign = 1.0 if self.higher_is_better else -1.0
-        return max(scored, key=lambda item: sign * self.scores[item[1]])
+        scored = [lr for lr in self.grid if math.isfinite(scores.get(lr, math.nan))]
+        return sorted(scored, key=lambda lr: -sign * scores[lr])  # stable: ties keep the grid's order
 
 
 @dataclass
@@ -182,6 +214,8 @@ class StudyPlan:
         self.choices = {
             key: Choice(self.labels[key], self.selection.grid(c.lr), higher) for key, c in self.templates.items()
         }
+        screenable = self.templates and all(can_branch(c) for c in self.templates.values())
+        self.halving = self.selection.halving if self.selection is not None and screenable else 0
 
     def _tuned(self, config: RunConfig) -> bool:
         return self.selection is not None and config.task == self.selection.task
@@ -197,9 +231,13 @@ class StudyPlan:
         return config
 
     # -- selection ------------------------------------------------------------------------------------------------
-    def _selection_config(self, template: RunConfig, lr: float, seed: int) -> RunConfig:
+    def _selection_config(self, template: RunConfig, lr: float, seed: int, chosen: bool = True) -> RunConfig:
+        """A selection run of ``template`` at rate ``lr``: at the whole selection budget (``chosen``), or at the
+        screening one, 1/2**halving of it (the same run's budgets: one "wsd" trajectory, so the whole one goes on
+        from the screening's stable phase)."""
         assert self.selection is not None and isinstance(template, BudgetedConfig)
-        fields: dict[str, Any] = {"lr": lr, "seed": seed, "budget": template.budget * self.selection.budget}
+        budget = template.budget * self.selection.budget / 2**self.halving
+        fields: dict[str, Any] = {"lr": lr, "seed": seed, "budget": budget, "doublings": self.halving if chosen else 0}
         if template.task == "classify":
             fields.update(_PROBES)
         if template.task != "char_lm":
@@ -207,31 +245,44 @@ class StudyPlan:
         return dataclasses.replace(template, **fields)
 
     def selection_configs(self) -> list[RunConfig]:
-        return [
-            self._selection_config(self.templates[key], lr, seed)
-            for key, choice in self.choices.items()
-            for lr in choice.grid
-            for seed in self.selection_seeds
-        ]
+        """Every selection run asked for so far: each grid rate at the screening budget, and the survivors (every
+        rate without halving) at the whole selection budget."""
+        out = []
+        for key, choice in self.choices.items():
+            going_on = choice.survivors if self.halving else choice.grid
+            for lr in choice.grid:
+                stages = ([False] if self.halving else []) + ([True] if lr in going_on else [])
+                out += [
+                    self._selection_config(self.templates[key], lr, s, c) for c in stages for s in self.selection_seeds
+                ]
+        return out
+
+    def _scores(self, records: dict[str, RunRecord], key: str, rates: list[float], chosen: bool) -> dict[float, float]:
+        """Each rate's mean validation score over its selection seeds (NaN unless every seed's run is done)."""
+        scores = {}
+        for lr in rates:
+            runs = [
+                records.get(config_key(self._selection_config(self.templates[key], lr, s, chosen)))
+                for s in self.selection_seeds
+            ]
+            values = [
+                r.metrics.get(self.selection.metric, math.nan) for r in runs if r is not None and r.status == "done"
+            ]
+            scores[lr] = float(np.mean(values)) if len(values) == len(runs) else math.nan
+        return scores
 
     def update(self, records: dict[str, RunRecord]) -> bool:
-        """Score every rate from the stored selection runs (``records`` by key), choose, and grow the grids whose
-        best rate is on an edge; True when a grid grew (another round is needed)."""
-        grew = False
-        metric = self.selection.metric
+        """Score the stored selection runs (``records`` by key) and choose each setting's rate; True when another
+        round of runs is needed: a grid whose best (screened) rate sits on an edge grew, or the survivors of a
+        screening go on to the whole selection budget."""
+        more = False
         for key, choice in self.choices.items():
-            for lr in choice.grid:
-                runs = [
-                    records.get(config_key(self._selection_config(self.templates[key], lr, s)))
-                    for s in self.selection_seeds
-                ]
-                values = [r.metrics.get(metric, math.nan) for r in runs if r is not None and r.status == "done"]
-                choice.scores[lr] = float(np.mean(values)) if len(values) == len(runs) else math.nan
-            best = choice.best()
+            screened = self._scores(records, key, choice.grid, chosen=not self.halving)
+            best = choice.best(screened)
             if best is None:
                 choice.chosen, choice.note = self.templates[key].lr, "no selection run finished: the study's rate"
                 continue
-            index, choice.chosen = best
+            index, _ = best
             edge = index in (0, len(choice.grid) - 1)
             if edge and choice.extensions < self.selection.extensions:
                 f = self.selection.factor
@@ -241,9 +292,21 @@ class StudyPlan:
                     else (choice.grid + [_rate(choice.grid[-1] * f)])
                 )
                 choice.extensions += 1
-                grew = True
-            choice.note = f"best rate on the grid's edge after {choice.extensions} extensions" if edge else ""
-        return grew
+                more = True
+                continue
+            if self.halving:
+                choice.screening = screened
+                survivors = choice.ranked(screened)[: self.selection.survivors(len(choice.grid))]
+                if survivors != choice.survivors:  # asked for once: a run that fails is not asked for again
+                    choice.survivors, more = survivors, True
+                    continue
+                choice.scores = self._scores(records, key, survivors, chosen=True)
+            else:
+                choice.scores = screened
+            index, choice.chosen = choice.best() or best  # no survivor finished: the best screened rate
+            edge = index in (0, len(choice.grid) - 1)
+            choice.note = f"chosen rate on the grid's edge after {choice.extensions} extensions" if edge else ""
+        return more
 
     # -- final runs and the doubled-budget check -------------------------------------------------------------------
     def final_configs(self) -> list[RunConfig]:
@@ -358,7 +421,7 @@ class StudyPlan:
             budget_figure=_budget_figure(self.study.name, self.study.target.metric, self.budgets, rows, figdir),
         )
         if self.selection is not None and self.choices:
-            summary.selection = self.selection.describe()
+            summary.selection = self.selection.describe(self.halving)
             summary.score_scale = self.selection.score[2]
             summary.figure = _selection_figure(self.study.name, self.selection, summary.choices, figdir)
         else:
@@ -387,12 +450,24 @@ def _selection_figure(name: str, selection: Selection, choices: list[Choice], fi
     for choice in choices:
         lrs = sorted(choice.scores)
         line = ax.plot(lrs, [scale * choice.scores[lr] for lr in lrs], marker="o", ms=3, label=choice.label)[0]
+        if choice.screening:  # successive halving: every rate's screened score, dashed
+            screened = sorted(choice.screening)
+            ax.plot(
+                screened,
+                [scale * choice.screening[lr] for lr in screened],
+                ls="--",
+                lw=0.8,
+                marker=".",
+                ms=3,
+                color=line.get_color(),
+            )
         if choice.chosen is not None and math.isfinite(choice.scores.get(choice.chosen, math.nan)):
             ax.plot([choice.chosen], [scale * choice.scores[choice.chosen]], marker="*", ms=12, color=line.get_color())
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(axis_label)
-    ax.set_title("Learning-rate selection (star: chosen)")
+    halved = any(choice.screening for choice in choices)
+    ax.set_title("Learning-rate selection (star: chosen" + ("; dashed: screened)" if halved else ")"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return save(fig, figdir, f"{name}-selection.png")

@@ -18,7 +18,7 @@ import torch
 
 from ... import __version__
 from ..store import RunRecord
-from .fairness import Fairness
+from .fairness import Choice, Fairness
 from .published import ANCHORS
 from .study import CONVERGENCE, Options, Study, StudyResult, TrainingCheck
 from .verdicts import CRITERION, Outcome, Verdict, budget_name
@@ -87,13 +87,15 @@ def _fairness(fair: Fairness | None) -> str:
         rows = [
             [
                 c.label,
-                ", ".join(f"{lr:g}: {_score(c.scores.get(lr), fair.score_scale)}" for lr in c.grid),
+                ", ".join(_grid_score(c, lr, fair.score_scale) for lr in c.grid),
                 "-" if c.chosen is None else f"{c.chosen:g}",
                 c.note,
             ]
             for c in fair.choices
         ]
-        parts.append(_table(["setting", "grid: mean validation score", "chosen rate", "note"], rows))
+        halved = any(c.screening for c in fair.choices)
+        grid = "grid: mean validation score" + (" (screened -> whole selection budget)" if halved else "")
+        parts.append(_table(["setting", grid, "chosen rate", "note"], rows))
     parts.append(f"<p><b>Budgets.</b> {_e(fair.check)}</p>")
     if fair.budget_figure:
         parts.append(f'<p><img src="figures/{_e(fair.budget_figure)}" alt="metric against budget"></p>')
@@ -105,6 +107,14 @@ def _fairness(fair: Fairness | None) -> str:
         parts.append(_table(["setting"] + [budget_name(d) for d in levels], rows))
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _grid_score(choice: Choice, lr: float, scale: float) -> str:
+    """One grid rate's mean validation score: screened, then at the whole selection budget where it went on."""
+    if not choice.screening:
+        return f"{lr:g}: {_score(choice.scores.get(lr), scale)}"
+    whole = f" -> {_score(choice.scores.get(lr), scale)}" if lr in choice.survivors else ""
+    return f"{lr:g}: {_score(choice.screening.get(lr), scale)}{whole}"
 
 
 def _score(value: float | None, scale: float) -> str:

@@ -39,8 +39,9 @@ class Sequence(Study):
     source = "Ba et al. 2016; Zhang & Sennrich 2019 (RMSNorm); Shen et al. 2020 (PowerNorm); Zhu et al. 2025 (DyT)"
     default_norms = ("layer", "rms", "dyt", "batch")
     target = Target(TEST_BPC, 2.4, higher_is_better=False, task="char_lm")
-    # each language model costs about half a minute on one core: the grid trains one seed at the study's budget
-    selection = Selection(task="char_lm", seeds=1, budget=1.0)
+    # each language model costs about half a minute on one core: the grid trains one seed at the study's budget,
+    # screened at half of it (a quarter would leave 100 steps, half of them warmup)
+    selection = Selection(task="char_lm", seeds=1, budget=1.0, halving=1)
     budgets = Budgets(scale=1.0, unit=" bpc")
 
     def setup(self, options: Options) -> str:
