@@ -81,8 +81,8 @@ class Selection:
     budget: float = 0.5  # half the final runs' budget: the grids cost half, and a "wsd" run's best rate moves
     # little with its length (Hägele et al. 2024); every setting's grid is scored alike
     extensions: int = 2
-    halving: int = 2  # screened at a quarter of the selection budget: the cost of 1.3 rates' runs instead of 2
-    # of a grid of 4 (the 4 screened, 2 going on from where their screening left the stable phase)
+    halving: int = 2  # screened at a quarter of the selection budget: a grid of 4 costs 2.6 whole runs, not 4
+    # (4 screenings of 0.2 + a 0.05 cooldown; 2 going on from 0.2 to the whole budget, 0.6 + a 0.2 cooldown each)
     validation_fraction: float = 0.2
     scoring: Scoring | None = None
 
