@@ -273,3 +273,57 @@ def test_checks_run_again_when_the_input_signature_changes(make, good, bad):
     module.eps = -1.0  # a changed eps is part of the signature
     with pytest.raises(ValueError, match="eps"):
         module(torch.randn(good))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rank=st.sampled_from([4, 5]),
+    n=st.integers(1, 4),
+    groups=st.integers(1, 3),
+    per_group=st.integers(1, 3),
+    side=st.integers(2, 5),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    shift=st.sampled_from([0.0, 10.0, 1e4]),  # 10 and 1e4 std: shifted per (example, group); 0: ATen's kernel as is
+    seed=st.integers(0, 10_000),
+)
+def test_channels_last_group_norm_matches_the_reference(rank, n, groups, per_group, side, dtype, shift, seed):
+    """float32/float64 channels_last GroupNorm (ATen's channels_last kernel on the input shifted per (example, group)
+    where it is not centered): output, input and parameter gradients against the float64 reference, in the input's
+    layout."""
+    c = groups * per_group
+    shape, fmt = (n, c) + (side,) * (rank - 2), FORMATS[rank]
+    module = nl.GroupNorm(groups, c, dtype=dtype)
+    w, b = random_params(c, dtype, seed=seed + 1)
+    with torch.no_grad():
+        module.weight.copy_(w)
+        module.bias.copy_(b)
+    x = random_input(shape, dtype, seed=seed, shift=shift).contiguous(memory_format=fmt).requires_grad_(True)
+    dy = random_input(shape, dtype, seed=seed + 2).contiguous(memory_format=fmt)
+    y = module(x)
+    y.backward(dy)
+    assert y.is_contiguous(memory_format=fmt) and x.grad.is_contiguous(memory_format=fmt)
+    y_ref, saved = R.group_norm(x.detach().double().numpy(), groups, w.double().numpy(), b.double().numpy(), module.eps)
+    dx_ref, dw_ref, db_ref = R.backward(dy.double().numpy(), saved)
+    scale = max(1.0, float(abs(y_ref).max()))
+    if shift < 1e4 or dtype == torch.float64:
+        tol = vs_reference(dtype)
+        assert_close(y, y_ref, atol=tol["atol"] * scale, rtol=tol["rtol"], msg="output")
+    else:  # float32 at mean 1e4: the input itself carries 1e4 * 6e-8 of rounding
+        relative = float((y.detach().double() - torch.from_numpy(y_ref)).abs().max()) / scale
+        assert relative < LARGE_MEAN_RELATIVE, f"output relative error {relative:.2e}"
+    gtol = vs_reference(dtype, grad=True)
+    for name, got, ref in (
+        ("input", x.grad, dx_ref),
+        ("weight", module.weight.grad, dw_ref),
+        ("bias", module.bias.grad, db_ref),
+    ):
+        assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
+
+
+def test_centered_channels_last_group_norm_runs_atens_own_kernel():
+    """Centered float32 input skips the shift: the same numbers as torch's channels_last GroupNorm."""
+    x = random_input((4, 8, 6, 6), torch.float32, seed=3).contiguous(memory_format=torch.channels_last)
+    assert NF._group_shift(x, 4) is None and NF._group_shift(x + 1e4, 4) is not None
+    theirs, ours = torch.nn.GroupNorm(4, 8), nl.GroupNorm(4, 8)
+    clone_pair(theirs, ours, seed=3)
+    compare_steps(theirs, ours, [x], torch.float32, torch.channels_last)
