@@ -291,6 +291,9 @@ def test_channels_last_group_norm_matches_the_reference(rank, n, groups, per_gro
     where it is not centered): output, input and parameter gradients against the float64 reference, in the input's
     layout."""
     c = groups * per_group
+    assume(c > 1)  # one channel: channels_last is the contiguous layout
+    # at mean 1e4 a group of a few values has a sample std far below 1: float32 then loses digits in any kernel
+    assume(shift < 1e4 or dtype == torch.float64 or per_group * side ** (rank - 2) >= 16)
     shape, fmt = (n, c) + (side,) * (rank - 2), FORMATS[rank]
     module = nl.GroupNorm(groups, c, dtype=dtype)
     w, b = random_params(c, dtype, seed=seed + 1)
