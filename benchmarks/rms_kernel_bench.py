@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -41,14 +40,12 @@ def _seconds(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, repea
     return statistics.median(wall), statistics.median(cpu)
 
 
-def _with_kernels(enabled: bool) -> Callable[[], None]:
-    def setup() -> None:
-        if enabled:
-            os.environ.pop(_kernels.DISABLE_ENV, None)
-        else:
-            os.environ[_kernels.DISABLE_ENV] = "1"
-
-    return setup
+def _use_kernels(enabled: bool) -> None:
+    """Turn normlab's compiled kernels on or off for the following calls (``NORMLAB_NO_KERNELS``)."""
+    if enabled:
+        os.environ.pop(_kernels.DISABLE_ENV, None)
+    else:
+        os.environ[_kernels.DISABLE_ENV] = "1"
 
 
 def main() -> None:
@@ -82,9 +79,9 @@ def main() -> None:
                 for _ in range(args.rounds):
                     runs["ln"].append(_seconds(layer, x, grad, repeats))
                     for name, enabled in (("kernel", True), ("fallback", False)):
-                        _with_kernels(enabled)()
+                        _use_kernels(enabled)
                         runs[name].append(_seconds(rms, x, grad, repeats))
-                    _with_kernels(True)()
+                    _use_kernels(True)
                 wall = {k: min(w for w, _ in v) for k, v in runs.items()}
                 cpu = {k: min(c for _, c in v) for k, v in runs.items()}
                 cells = [
