@@ -1,7 +1,7 @@
 """CPU benchmark: every normlab.nn twin vs its torch.nn class, forward + backward, measured in the same run.
 
     python benchmarks/cpu_bench.py [--repeats 15] [--rounds 5] [--threads 1 0] [--dtypes float32 bfloat16]
-                                   [--markdown] [--only SUBSTRING ...]
+                                   [--markdown] [--only SUBSTRING ...] [--no-rms-vs-layer | --rms-vs-layer-only]
 
 The matrix: every twin (BatchNorm1d/2d, GroupNorm, InstanceNorm2d, LayerNorm, RMSNorm) x float32 / bfloat16 x
 contiguous / channels_last (4-d inputs) x the lab's tiny sizes and a large size x one thread / all threads
@@ -92,6 +92,9 @@ def main() -> None:
         help="run only the rows whose 'case shape dtype layout' contains one of these",
     )
     parser.add_argument("--no-rms-vs-layer", action="store_true", help="skip the RMSNorm vs LayerNorm table")
+    parser.add_argument(
+        "--rms-vs-layer-only", action="store_true", help="skip the matrix: only the RMSNorm vs LayerNorm table"
+    )
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     args.threads = [t or default_threads for t in args.threads]
@@ -100,10 +103,12 @@ def main() -> None:
         f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{default_threads} default threads, torch {torch.__version__}"
     )
-    if args.markdown:
+    if args.markdown and not args.rms_vs_layer_only:
         print("| case | shape | dtype | layout | threads | torch ms | normlab ms | normlab/torch |")
         print("|---|---|---|---|---|---|---|---|")
     for threads, name, make, shape, size, dtype_name, layout, grad in _rows(args):
+        if args.rms_vs_layer_only:
+            break
         label = f"{name} {shape} {dtype_name} {layout}" + ("" if grad else " .sum()")
         if args.only and not any(part in label for part in args.only):
             continue

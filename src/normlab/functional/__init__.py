@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _checks
-from . import catalog
+from . import _kernels, catalog
 from .catalog import *  # noqa: F401,F403  (the catalog's functional forms, listed in catalog.__all__)
 
 __all__ = [
@@ -522,8 +522,25 @@ def _rms_normalize(rows: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return normalized.view(count, size), mean_square.add_(eps).rsqrt_()
 
 
+def _is_plain(t: Tensor) -> bool:
+    """Whether ``t`` is a plain tensor with storage, as a compiled kernel needs: not a subclass, and not wrapped by
+    vmap (gradcheck's batched-gradient check runs the backward under vmap) or another functorch transform."""
+    functorch = torch._C._functorch
+    return type(t) is Tensor and not (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
+
+
 class _RMSNorm(torch.autograd.Function):
-    r"""RMSNorm on CPU over fused ATen kernels (torch's CPU ``rms_norm`` is a composite of several passes, each way).
+    r"""RMSNorm on CPU, forward and backward each one fused pass over the rows (torch's CPU ``rms_norm`` is a
+    composite of several passes, each way).
+
+    .. math:: \mathrm{rstd} = 1/\sqrt{\tfrac1K\textstyle\sum_k x_k^2 + \epsilon}, \qquad
+              y = \mathrm{round}(x\,\mathrm{rstd})\,w
+
+    per row of K values, ``rstd`` in float32 (float64 for float64), ``x * rstd`` rounded once to the input's dtype
+    then times the weight (torch's rounding). It runs normlab's compiled kernel
+    (:func:`normlab.functional._kernels.rms_norm_kernel`, ``csrc/rms_norm.cpp``: the formulas below, accumulated in
+    float32 for fp16/bf16, ``dw`` summed per thread's block of rows then over the blocks, deterministic for a fixed
+    thread count); when that is disabled (``NORMLAB_NO_KERNELS=1``) or could not be compiled, the pure-ATen path:
 
     Forward (:func:`_rms_normalize`): one reduction for ``rstd`` per row, one pass for ``x * rstd``, one for the
     weight (torch's rounding: ``x * rstd`` to the input's dtype, then times the weight). Backward, with
@@ -541,10 +558,15 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, input: Tensor, weight: Tensor | None, eps: float, shape: tuple[int, ...]) -> Tensor:
         size = math.prod(shape)
-        normalized, rstd = _rms_normalize(input.reshape(-1, size), eps)
-        out = normalized if weight is None else normalized.mul_(weight.reshape(size))
+        rows, w = input.reshape(-1, size), None if weight is None else weight.reshape(size)
+        kernel = _kernels.rms_norm_kernel()
+        if kernel is not None:
+            out, rstd = kernel.forward(rows, w, eps)
+        else:
+            normalized, rstd = _rms_normalize(rows, eps)
+            out = normalized if w is None else normalized.mul_(w)
         ctx.save_for_backward(input, weight, rstd)
-        ctx.eps, ctx.shape = eps, shape
+        ctx.eps, ctx.shape, ctx.kernel = eps, shape, kernel
         return out.view(input.shape)
 
     @staticmethod
@@ -558,6 +580,16 @@ class _RMSNorm(torch.autograd.Function):
             return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None, None)
         size = math.prod(ctx.shape)
         rows, dy = input.reshape(-1, size), grad_output.reshape(-1, size)
+        if ctx.kernel is not None and _is_plain(grad_output):
+            need_input, need_weight = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
+            w = None if weight is None else weight.reshape(size)
+            grad_input, grad_weight = ctx.kernel.backward(dy, rows, rstd, w, need_input, need_weight)
+            return (
+                None if grad_input is None else grad_input.view(input.shape),
+                None if grad_weight is None else grad_weight.view(weight.shape),
+                None,
+                None,
+            )
         count, low = rows.shape[0], input.dtype in (torch.float16, torch.bfloat16)
         w = None if weight is None else weight.reshape(size)
         if low and size < 256:  # short rows: float32 copies are cheap, and the centering term below (up to

@@ -1,0 +1,129 @@
+"""normlab's compiled CPU kernels: built on first use with ``torch.utils.cpp_extension`` into torch's extension cache
+(``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so there is no build step at install.
+
+Today one kernel, the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the formulas are at the top of
+that file and in :class:`normlab.functional._RMSNorm`). :func:`rms_norm_kernel` returns the compiled module, or None
+when the caller must take its pure-ATen path:
+
+- the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
+- the compile failed (no C++ compiler, a compiler error, anything else): a warning names the reason and the
+  fallback, once per process, and the compile is not tried again.
+
+The compile runs once per process, under a lock (threads wait for the first one), and logs one line while it runs;
+it takes tens of seconds, and later processes load the cached build in well under a second. The build targets the
+CPU capability torch dispatches to (``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2 or the portable
+default), which is part of the extension's name, so machines sharing a cache do not load each other's builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["rms_norm_kernel", "kernels_disabled"]
+
+_log = logging.getLogger(__name__)
+
+DISABLE_ENV = "NORMLAB_NO_KERNELS"
+"""Set to ``1`` to use the pure-ATen paths (no compile)."""
+
+SOURCE = Path(__file__).with_name("csrc") / "rms_norm.cpp"
+
+# compiler flags per torch CPU capability: ATen's vector types (at::vec::Vectorized) pick their implementation from
+# the CPU_CAPABILITY_* macro, as in torch's own per-capability kernel builds
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+}
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_failed: str | None = None  # the reason the compile failed, once it has
+
+
+def kernels_disabled() -> bool:
+    """Whether ``NORMLAB_NO_KERNELS=1`` asks for the pure-ATen paths."""
+    return os.environ.get(DISABLE_ENV, "") == "1"
+
+
+def rms_norm_kernel() -> ModuleType | None:
+    """The compiled RMSNorm module (``forward(input, weight, eps) -> (y, rstd)`` and ``backward(grad_output, input,
+    rstd, weight, need_input, need_weight) -> (grad_input, grad_weight)`` over contiguous ``(R, K)`` rows), compiled
+    on the first call; None if kernels are disabled or the compile failed (warned once)."""
+    if _module is not None:
+        return None if kernels_disabled() else _module
+    if _failed is not None or kernels_disabled():
+        return None
+    return _load()
+
+
+def _capability() -> str:
+    """The CPU capability to build for: torch's own dispatch level, reduced to the ones we have flags for."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in _ARCH_FLAGS else "DEFAULT"
+
+
+def _build_directory(name: str) -> Path:
+    """Where the build lives: a folder of torch's extension cache named after the extension and torch's version."""
+    from torch.utils import cpp_extension  # imported here: it pulls in setuptools, slow to import
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
+
+
+def _compile() -> ModuleType:
+    """Build (or load from torch's cache) the extension; raises on any failure."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler found ({compiler!r} is not on PATH)")
+    from torch.utils import cpp_extension
+
+    capability = _capability()
+    name = f"normlab_rms_norm_{capability.lower()}"
+    build = _build_directory(name)
+    if (build / f"{name}.so").exists():
+        _log.info("normlab: loading the fused RMSNorm CPU kernel from %s", build)
+    else:
+        _log.warning("normlab: compiling the fused RMSNorm CPU kernel into %s (once; tens of seconds)", build)
+    build.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(SOURCE)],
+        extra_cflags=["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
+        verbose=False,
+    )
+
+
+def _reason(error: Exception) -> str:
+    """One line saying why the compile failed: the compiler's first error line if there is one, else the first
+    line of the message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return f"{type(error).__name__}: {(errors or lines or ['(no message)'])[0]}"
+
+
+def _load() -> ModuleType | None:
+    """Compile once per process under the lock; on failure record the reason and warn once."""
+    global _module, _failed
+    with _lock:
+        if _module is None and _failed is None:
+            try:
+                _module = _compile()
+            except Exception as error:  # no compiler, a compiler error, a bad cache: never the user's problem
+                _failed = _reason(error)
+                warnings.warn(
+                    f"normlab: the fused RMSNorm CPU kernel could not be compiled ({_failed}); RMSNorm runs on its "
+                    f"pure-ATen path instead (set {DISABLE_ENV}=1 to skip the compile)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _module if _module is not None and not kernels_disabled() else None
