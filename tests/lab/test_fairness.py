@@ -241,6 +241,10 @@ def test_the_key_holds_the_training_code(tmp_path, monkeypatch):
     (copy / "lab" / "judging" / "report.py").write_text("# the report does not train\n")
     train.write_text((root / "lab" / "training" / "train.py").read_text())
     assert training_code_hash(copy) == training_code_hash()
+    kernel = copy / "functional" / "csrc" / "rms_norm.cpp"  # a kernel compiled on first use trains runs too
+    kernel.write_text(kernel.read_text() + "\n// an edit\n")
+    assert training_code_hash(copy) != training_code_hash()
+    kernel.write_text((root / "functional" / "csrc" / "rms_norm.cpp").read_text())
     config = make_config(study="t", norm="batch", seed=0)
     before = config_key(config)
     monkeypatch.setattr(store_module, "_CODE", "edited")

@@ -50,6 +50,8 @@ TRAINING_CODE = (
     "_checks.py",
 )
 
+SOURCE_SUFFIXES = (".py", ".cpp")  # the C++ kernels compiled on first use (functional/csrc) are training code too
+
 
 def training_code_hash(root: Path | None = None) -> str:
     """sha256 over the bytes of every file of :data:`TRAINING_CODE` under the package ``root``, in a fixed order;
@@ -61,7 +63,7 @@ def _hash_code(root: Path) -> str:
     digest = hashlib.sha256()
     for entry in TRAINING_CODE:
         path = root / entry
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        for file in sorted(f for f in path.rglob("*") if f.suffix in SOURCE_SUFFIXES) if path.is_dir() else [path]:
             digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
