@@ -195,6 +195,28 @@ def test_a_verdict_that_keeps_changing_says_so_with_its_numbers(tmp_path):
     assert "T: reproduced (+3); 2T: not reproduced at this scale (+0.5)" in verdict.evidence
 
 
+def test_recommendations_follow_the_settled_verdicts_not_those_at_budget_t(tmp_path):
+    class Advising(_Study):
+        def analyze(self, records, figdir, options):
+            result = super().analyze(records, figdir, options)
+
+            def recommend(settled):
+                (verdict,) = [settled.get(v.claim, v) for v in result.verdicts]
+                return ["use group" if verdict.outcome is Outcome.REPRODUCED else "no clear winner"]
+
+            result.recommendations, result.recommend = recommend({}), recommend
+            return result
+
+    plan = StudyPlan(Advising(), Options(seeds=3))
+    while plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1))):
+        pass
+    gaps, grew = {0: 3.0, 1: 0.5, 2: 3.0, 3: 0.5}, True  # reproduced at T, then it changes with every doubling
+    while grew:
+        result, grew = plan.judge(_at_budgets(plan, gaps), tmp_path)
+    assert result.verdicts[0].outcome is Outcome.CHANGES_WITH_BUDGET
+    assert result.recommendations == ["no clear winner"]
+
+
 def test_a_study_that_misses_its_target_trains_no_further_and_withholds_its_verdicts(tmp_path):
     plan = _planned(tmp_path)
     plan.study.target = Target(TEST_ACC, 0.99)  # batch at 80%, group at 81.8% at 2T

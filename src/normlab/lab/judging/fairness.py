@@ -387,6 +387,8 @@ class StudyPlan:
                     self.levels[key], grew = max(by_budget) + 1, True
             settled.append(verdict)
         main.verdicts = withheld(settled, training)
+        if main.recommend is not None:  # what to use follows the settled verdicts, not those at budget T
+            main.recommendations = main.recommend({v.claim: v for v in main.verdicts})
         return main, grew
 
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:

@@ -181,6 +181,8 @@ class StudyResult:
     training: TrainingCheck | None = None
     recommendations: list[str] = field(default_factory=list)  # what to use, where a study can say (the user's model)
     fairness: Any = None  # normlab.lab.judging.fairness.Fairness: how rates were chosen, which settings trained
+    # the recommendations again from the settled verdicts (claim -> verdict), once the budgets have settled them
+    recommend: Callable[[dict[str, Verdict]], list[str]] | None = field(default=None, repr=False, compare=False)
 
 
 class Study:

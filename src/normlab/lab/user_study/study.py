@@ -162,8 +162,9 @@ class UserStudy(Study):
             for n in norms
         ]
         result.notes += [f"{n} at batch size {b}: {note}" for (n, b), note in sorted(failures.items())]
+        by_size: dict[int, dict[tuple[str, str], Verdict]] = {}
         for b in sizes:
-            verdicts = {}
+            verdicts = by_size.setdefault(b, {})
             for i, first in enumerate(norms):
                 for later in norms[i + 1 :]:
                     hi, lo = (
@@ -182,6 +183,14 @@ class UserStudy(Study):
                     verdicts[(later, first)] = v
                     result.verdicts.append(v)
             result.recommendations.append(self._recommend(b, norms, score, verdicts, failures))
+
+        def recommend(settled: dict[str, Verdict]) -> list[str]:
+            return [
+                self._recommend(b, norms, score, {k: settled.get(v.claim, v) for k, v in by_size[b].items()}, failures)
+                for b in sizes
+            ]
+
+        result.recommend = recommend
         return result
 
     def _cell(self, runs: list[RunRecord], score: Sample, failure: str | None) -> str:
