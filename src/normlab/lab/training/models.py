@@ -17,6 +17,7 @@ from ... import nn as nl
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import normalization as nl_normalization
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
+from .conv_forms import Im2Col, ParityConv, first_conv_columns
 
 __all__ = [
     "ConvNet",
@@ -135,50 +136,6 @@ def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
     if batch < 1:
         raise ValueError(f"pack_size: batch must be at least 1, got {batch}")
     return max(least, min(most, PACK_EXAMPLES // batch))
-
-
-class _Im2Col(torch.autograd.Function):
-    """``(K, C, L, N)`` maps (any strides; N, the batch, last) -> ``(K, C*3, L_out*N)`` columns of a kernel-3,
-    padding-1 conv with stride 1 or 2: row ``c*3 + j`` at output position l holds input ``s*l + j - 1`` (0 outside
-    the map), the order of a conv weight ``(C_out, C, 3)`` flattened. With the batch last, every tap is a copy of
-    whole ``(N,)`` rows; backward adds each tap's gradient back in place (no scatter kernel)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, stride: int) -> Tensor:
-        k, c, length, n = x.shape
-        out_len = (length - 1) // stride + 1
-        cols = x.new_empty(k, c, 3, out_len, n)
-        if stride == 1:
-            cols[:, :, 1].copy_(x)
-            cols[:, :, 0, 1:].copy_(x[:, :, :-1])
-            cols[:, :, 2, :-1].copy_(x[:, :, 1:])
-            cols[:, :, 2, -1].zero_()
-        else:  # stride 2: tap 1 reads the even positions, tap 2 the odd ones, tap 0 the odd ones one step back
-            even, odd = x[:, :, 0::2], x[:, :, 1::2]
-            cols[:, :, 1].copy_(even)
-            cols[:, :, 2, : odd.shape[2]].copy_(odd)
-            cols[:, :, 2, odd.shape[2] :].zero_()
-            cols[:, :, 0, 1:].copy_(odd[:, :, : out_len - 1])
-        cols[:, :, 0, 0].zero_()
-        ctx.stride, ctx.shape = stride, x.shape
-        return cols.view(k, c * 3, out_len * n)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        k, c, length, n = ctx.shape
-        out_len = (length - 1) // ctx.stride + 1
-        grad = grad.view(k, c, 3, out_len, n)
-        if ctx.stride == 1:
-            gx = grad[:, :, 1].clone()
-            gx[:, :, :-1].add_(grad[:, :, 0, 1:])
-            gx[:, :, 1:].add_(grad[:, :, 2, :-1])
-            return gx, None
-        gx = grad.new_empty(k, c, length, n)
-        odd = gx[:, :, 1::2]
-        gx[:, :, 0::2].copy_(grad[:, :, 1])
-        odd.copy_(grad[:, :, 2, : odd.shape[2]])
-        odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
-        return gx, None
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -301,6 +258,12 @@ def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) 
     if restore:
         return out.view(n, k, c, length).permute(1, 2, 3, 0)
     return out.view(k, c, length, n)
+
+
+def _order_free(norm: nn.Module) -> bool:
+    """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
+    no norm, BatchNorm or GroupNorm without hooks (statistics over all positions, the rest elementwise)."""
+    return isinstance(norm, nn.Identity) or (type(norm) in _ROW_NORMS + _GROUP_NORMS and not _hooked(norm))
 
 
 # Norms whose output their backward does not read: the ReLU after them may run in place.
@@ -430,17 +393,33 @@ class ConvNet(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
-        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
+        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``.
+        A stride-1 first conv and stride-2 ones on a length that halves evenly take :class:`ParityConv` (positions
+        stored in :func:`position_order`, no im2col columns), any other length :class:`Im2Col`."""
         k, n = cast(int, self.copies), x.shape[0]  # a packed net (uses_matmul)
         h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        for conv, norm, act in zip(cast("list[_PlainConv]", blocks[0::3]), blocks[1::3], blocks[2::3], strict=True):
+        convs = cast("list[_PlainConv]", blocks[0::3])
+        halvings = len(convs) - 1
+        parity = (
+            [m.stride[0] for m in convs] == [1] + [2] * halvings
+            and x.shape[-1] % 2**halvings == 0
+            and all(_order_free(m) for m in blocks[1::3])
+        )
+        for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
             c_in, c_out = h.shape[1], conv.out_channels // k
-            cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
-            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
+            if parity and i > 0:
+                y = ParityConv.apply(h.contiguous(), conv.weight, conv.bias, halvings - i + 1)
+            else:
+                cols = first_conv_columns(h, halvings) if parity else Im2Col.apply(h, conv.stride[0])
+                y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
             h = _norm_act_channel_major(norm, act, y, n)
-        pooled = h.mean(2)  # (K, C, N): the average pool
-        return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
+        pooled = h.mean(2)  # (K, C, N): the average pool (of any order of the positions)
+        head = self.head
+        if isinstance(head, PackedLinear) and not _hooked(head):  # logits (K, classes, N): no layout copies
+            w, b = head.weight.view(k, head.out_features, -1), head.bias.view(k, -1, 1)
+            return torch.baddbmm(b, w, pooled).permute(2, 0, 1)
+        return head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
 class PackedLinear(nn.Module):
