@@ -72,12 +72,12 @@ def first_conv_columns(x: Tensor, halvings: int) -> Tensor:
 
 class ParityConv(torch.autograd.Function):
     """A stride-2, kernel-3, padding-1 conv of K nets over maps ``x`` ``(K, C, L, N)`` (contiguous) stored in
-    ``position_order(L, halvings)``; weight ``(K*C_out, C, 3)``, bias ``(K*C_out,)``; output ``(K, C_out, L/2*N)``
-    in ``position_order(L/2, halvings - 1)``. Two batched products forward, three backward and one for tap 0's
-    input gradient; no columns."""
+    ``position_order(L, halvings)``; weight ``(K*C_out, C, 3)``; output ``(K, C_out, L/2*N)`` in
+    ``position_order(L/2, halvings - 1)``, without the conv's bias (the norm after it adds it). Two batched
+    products forward, four backward (two for the weight, two for the input), no columns."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, halvings: int) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, halvings: int) -> Tensor:
         k, c, length, n = x.shape
         c_out, m = weight.shape[0] // k, length // 2 * n
         w = weight.view(k, c_out, c, 3)
@@ -85,7 +85,7 @@ class ParityConv(torch.autograd.Function):
         w0 = w[..., 0].contiguous()  # (K, C_out, C): tap 0, on the odd half
         rows = x.view(k, 2 * c, m)
         odd = x.view(k, c, 2, m)[:, :, 1]
-        y = torch.baddbmm(bias.view(k, c_out, 1), w12, rows)
+        y = torch.bmm(w12, rows)
         p = torch.bmm(w0, odd)
         runs = shift_runs(length, halvings)
         for out_slot, odd_slot, count in runs:
@@ -95,7 +95,7 @@ class ParityConv(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, w12, w0 = ctx.saved_tensors
         k, c, length, n = x.shape
         c_out, m = w12.shape[1], length // 2 * n
@@ -105,7 +105,7 @@ class ParityConv(torch.autograd.Function):
             gp[:, :, odd_slot * n : (odd_slot + count) * n].copy_(grad[:, :, out_slot * n : (out_slot + count) * n])
         rows = x.view(k, 2 * c, m)
         odd = x.view(k, c, 2, m)[:, :, 1]
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.bmm(w12.transpose(1, 2), grad)  # (K, 2C, M): rows (c, parity), the input's layout
             grad_x.view(k, c, 2, m)[:, :, 1].add_(torch.bmm(w0.transpose(1, 2), gp))
@@ -114,9 +114,7 @@ class ParityConv(torch.autograd.Function):
             g12 = torch.bmm(grad, rows.transpose(1, 2)).view(k, c_out, c, 2)
             g0 = torch.bmm(gp, odd.transpose(1, 2)).view(k, c_out, c, 1)
             grad_w = torch.cat([g0, g12], dim=3).view(k * c_out, c, 3)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(2).view(-1)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, None
 
 
 class Im2Col(torch.autograd.Function):
@@ -161,4 +159,3 @@ class Im2Col(torch.autograd.Function):
         odd.copy_(grad[:, :, 2, : odd.shape[2]])
         odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
         return gx, None
-

@@ -14,9 +14,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ... import nn as nl
-from ...nn import batchnorm as nl_batchnorm
-from ...nn import normalization as nl_normalization
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
+from .channel_major import GROUP_NORMS, ROW_NORMS, hooked, norm_act_channel_major, order_free
 from .conv_forms import Im2Col, ParityConv, first_conv_columns
 
 __all__ = [
@@ -138,14 +137,10 @@ def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
     return max(least, min(most, PACK_EXAMPLES // batch))
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_pre_hooks or module._forward_hooks)
-
-
 def _is_plain_conv1d(conv: nn.Module) -> bool:
     """An nn.Conv1d whose weight is itself (or Weight Normalization's, read through the parametrization)."""
     base = parametrize.type_before_parametrizations(conv)
-    if base is not nn.Conv1d or _hooked(conv):
+    if base is not nn.Conv1d or hooked(conv):
         return False
     if parametrize.is_parametrized(conv):
         return set(cast(nn.ModuleDict, conv.parametrizations).keys()) == {"weight"} and all(
@@ -153,121 +148,6 @@ def _is_plain_conv1d(conv: nn.Module) -> bool:
             for p in cast(parametrize.ParametrizationList, cast(nn.ModuleDict, conv.parametrizations).weight)
         )
     return True
-
-
-# Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
-# elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
-_ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
-
-
-def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
-    """BatchNorm of ``(1, C, M)`` rows, each channel's statistics over its row. In training with running
-    statistics and a momentum it runs as a GroupNorm of one channel a group (ATen's CPU group norm reads a
-    contiguous row about twice as fast as its batch norm) and updates the running statistics as BatchNorm does
-    (unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
-    _, c, m = rows.shape
-    if not (
-        norm.training
-        and norm.track_running_stats
-        and norm.momentum is not None
-        and norm.running_mean is not None
-        and rows.dtype == torch.float32
-        and m > 1
-        and norm.weight is not None
-        and norm.bias is not None
-    ):
-        return norm(rows)
-    out, mean, rstd = torch.native_group_norm(rows, norm.weight, norm.bias, 1, c, m, c, norm.eps)
-    with torch.no_grad():
-        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
-        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1), alpha=norm.momentum)
-        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
-        cast(Tensor, norm.num_batches_tracked).add_(1)
-    return out
-
-
-class _GroupNormChannelMajor(torch.autograd.Function):
-    """GroupNorm of channel-major maps ``(G, C/G, L, N)`` (group g's channels together, the batch last): statistics
-    per (group, example) over ``(C/G, L)``, affine per channel. The reductions run over the middle axes with the
-    batch contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-        groups, cg, length, n = x.shape
-        size = cg * length
-        flat = x.view(groups, size, n)
-        xc = (flat - flat.mean(1, keepdim=True)).view(groups, cg, length, n)  # two passes: exact at large means
-        var = xc.square().view(groups, size, n).mean(1)  # (G, N); vector_norm reduces the middle axis 4x slower
-        rstd = var.add_(eps).rsqrt_().view(groups, 1, 1, n)
-        scale = weight.view(groups, cg, 1, 1) * rstd  # (G, C/G, 1, N)
-        ctx.save_for_backward(xc, rstd, weight)
-        return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        xc, rstd, weight = ctx.saved_tensors
-        groups, cg, length, n = xc.shape
-        grad = grad.contiguous()
-        sum_g = grad.sum(2)  # (G, C/G, N)
-        sum_gx = (grad * xc).sum(2)  # (G, C/G, N): sum of grad * (x - mean)
-        r = rstd.view(groups, 1, n)
-        grad_bias = sum_g.sum(-1).view(-1)
-        grad_weight = (sum_gx * r).sum(-1).view(-1)
-        w = weight.view(groups, cg, 1)
-        size = cg * length
-        t1 = (w * sum_g).sum(1, keepdim=True)  # (G, 1, N): sum of grad * w
-        t2 = (w * sum_gx).sum(1, keepdim=True) * r  # (G, 1, N): sum of grad * w * xhat
-        c0 = (-r * t1 / size).view(groups, 1, 1, n)
-        c1 = (-r * r * t2 / size).view(groups, 1, 1, n)
-        grad_x = torch.addcmul(c0, grad, weight.view(groups, cg, 1, 1) * rstd)
-        grad_x.addcmul_(xc, c1)
-        return grad_x, grad_weight, grad_bias, None
-
-
-_GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
-
-
-def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) -> Tensor:
-    """``act(norm(.))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to channel-major maps
-    ``y`` ``(K, C, L*N)`` (the conv's output, batch last); returns ``(K, C, L, N)`` (a view when the norm
-    took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one) run on the channel-major maps; any
-    other norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a
-    norm whose backward does not read its output runs in place, on the output itself (not on a view of it, which
-    autograd would copy back)."""
-    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
-    if isinstance(norm, nn.Identity):
-        out, restore = y, False
-    elif type(norm) in _ROW_NORMS and not _hooked(norm):
-        out, restore = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n)), False
-    elif (
-        type(norm) in _GROUP_NORMS
-        and not _hooked(norm)
-        and norm.affine
-        and norm.bias is not None
-        and y.dtype == torch.float32
-    ):
-        groups = cast(nn.GroupNorm, norm).num_groups
-        out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
-        restore = False
-    else:
-        out, restore = norm(y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length)), True
-    if isinstance(act, nn.ReLU):
-        out = torch.relu_(out) if type(norm) in _INPLACE_AFTER else torch.relu(out)
-    elif not isinstance(act, nn.Identity):
-        out = act(out)
-    if restore:
-        return out.view(n, k, c, length).permute(1, 2, 3, 0)
-    return out.view(k, c, length, n)
-
-
-def _order_free(norm: nn.Module) -> bool:
-    """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
-    no norm, BatchNorm or GroupNorm without hooks (statistics over all positions, the rest elementwise)."""
-    return isinstance(norm, nn.Identity) or (type(norm) in _ROW_NORMS + _GROUP_NORMS and not _hooked(norm))
-
-
-# Norms whose output their backward does not read: the ReLU after them may run in place.
-_INPLACE_AFTER = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d, nn.GroupNorm, nl_normalization.GroupNorm, nn.Identity)
 
 
 class _PlainConv(Protocol):
@@ -370,8 +250,8 @@ class ConvNet(nn.Module):
             return False
         if self.packed_form == "auto":
             norms = list(self.features)[1::3]
-            rows = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS for m in norms)
-            groups = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS + _GROUP_NORMS for m in norms)
+            rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
+            groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)
             if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
                 return False
         convs = list(self.features)[0::3]
@@ -404,19 +284,19 @@ class ConvNet(nn.Module):
         parity = (
             [m.stride[0] for m in convs] == [1] + [2] * halvings
             and x.shape[-1] % 2**halvings == 0
-            and all(_order_free(m) for m in blocks[1::3])
+            and all(order_free(m) for m in blocks[1::3])
         )
         for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
             c_in, c_out = h.shape[1], conv.out_channels // k
             if parity and i > 0:
-                y = ParityConv.apply(h.contiguous(), conv.weight, conv.bias, halvings - i + 1)
+                y = ParityConv.apply(h.contiguous(), conv.weight, halvings - i + 1)
             else:
                 cols = first_conv_columns(h, halvings) if parity else Im2Col.apply(h, conv.stride[0])
-                y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
-            h = _norm_act_channel_major(norm, act, y, n)
+                y = torch.bmm(conv.weight.view(k, c_out, c_in * 3), cols)
+            h = norm_act_channel_major(norm, act, y, n, conv.bias)  # the conv's bias: folded into the norm
         pooled = h.mean(2)  # (K, C, N): the average pool (of any order of the positions)
         head = self.head
-        if isinstance(head, PackedLinear) and not _hooked(head):  # logits (K, classes, N): no layout copies
+        if isinstance(head, PackedLinear) and not hooked(head):  # logits (K, classes, N): no layout copies
             w, b = head.weight.view(k, head.out_features, -1), head.bias.view(k, -1, 1)
             return torch.baddbmm(b, w, pooled).permute(2, 0, 1)
         return head(pooled.permute(2, 0, 1).reshape(n, -1))
