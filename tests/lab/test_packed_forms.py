@@ -127,7 +127,7 @@ def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
 
 
 def test_pack_size_by_batch():
-    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 16, 8, 4, 4, 4]
+    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 32, 16, 8, 4, 4]
     assert pack_size(32, most=4) == 4 and pack_size(2, most=16) == 16
     with pytest.raises(ValueError):
         pack_size(0)

@@ -122,19 +122,24 @@ class SplitNorm(nn.Module):
 # but unmeasured, so "auto" keeps them grouped.
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
-PACK_EXAMPLES = 256  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
 
 
 def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
-    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step: about
-    PACK_EXAMPLES examples a pack step, within ``least .. most``. Measured on one core (2026-12-06, BN/GN/LN, the
-    form "auto" picks), the best pack sizes were 64-128 at batch 2, 32 at batch 8, 8-16 at batch 32 and 2-4 at batch
-    128: throughput grows with K while per-operation overhead dominates, and falls once a pack's activations
-    (K*batch*32 channels*40 positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8, 16 at 16, 8 at
-    32, 4 from 64 up."""
+    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step:
+    ``most`` up to SMALL_BATCH examples, else about PACK_EXAMPLES examples a pack step, at most 32, within
+    ``least .. most``. Measured on one core (2026-12-06, the form "auto" picks; after the matmul form's
+    ParityConv), the best pack sizes were 64-128 at batch 2 (BN, GN, LN), 32 at batch 8 (LN; BN level from 32 to 64),
+    32 at 16, 16-32 at 32 and 16 at 64 (BN, LN; 8 within 6%), 2-4 at batch 128 (before ParityConv): throughput
+    grows with K while per-operation overhead dominates, and falls once a pack's activations (K*batch*32 channels*40
+    positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8 and 16, 16 at 32, 8 at 64, 4 from 128
+    up."""
     if batch < 1:
         raise ValueError(f"pack_size: batch must be at least 1, got {batch}")
-    return max(least, min(most, PACK_EXAMPLES // batch))
+    if batch <= SMALL_BATCH:
+        return max(least, most)
+    return max(least, min(most, 32, PACK_EXAMPLES // batch))
 
 
 def _is_plain_conv1d(conv: nn.Module) -> bool:
@@ -359,6 +364,20 @@ class _Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
+    def attention_unpadded(self, h: Tensor, real: Tensor, n: int, t: int) -> Tensor:
+        """Self-attention of the real tokens ``h`` ``(1, R, D)`` of right-padded sequences (``real``: their indices
+        in the flattened ``(N*T)`` batch): projections on the R tokens, one causal attention in the padded layout
+        (pad slots zero; their outputs dropped)."""
+        d = h.shape[-1]
+        heads = self.attn.num_heads
+        qkv = F.linear(h.squeeze(0), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
+        full = qkv.new_zeros(n * t, 3 * d).index_copy(0, real, qkv).view(n, t, 3, heads, d // heads)
+        q, k, v = full.permute(2, 0, 3, 1, 4)
+        dropout = self.attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (N, heads, T, D/heads)
+        out = out.transpose(1, 2).reshape(n * t, d).index_select(0, real)
+        return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).unsqueeze(0)
+
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x), allowed)
         return x + self.mlp(self.norm2(x))
@@ -396,6 +415,26 @@ class CharTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.head(self.final_norm(x))
+
+    def forward_unpadded(self, tokens: Tensor, padding: Tensor) -> Tensor:
+        """The logits of the real (not padding) positions only, ``(R, vocab)`` in row-major order (the rows of
+        ``logits[~padding]``), for right-padded sequences (``padding`` True from each sequence's length on;
+        ValueError otherwise). Every token-wise layer (embedding, norms, projections, MLP, head) runs on the R real
+        tokens; the attention scatters their queries, keys and values into the padded layout for one causal
+        ``scaled_dot_product_attention`` (a real position sees only real keys before it, as with the padding mask).
+        The real positions' logits equal :meth:`forward`'s up to float rounding for a norm that is not batch
+        dependent; a batch-dependent one (BatchNorm) would take its statistics over the real tokens only, and a hook
+        on a norm sees ``(1, R, D)`` real tokens, not the padded batch (measured in benchmarks/packed_bench.py;
+        the lab's training does not use it)."""
+        n, t = tokens.shape
+        if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
+            raise ValueError("forward_unpadded: padding must be at the end of each sequence")
+        real = (~padding).flatten().nonzero().squeeze(1)  # (R,)
+        x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
+        for block in cast("list[_Block]", self.blocks):
+            x = x + block.attention_unpadded(block.norm1(x), real, n, t)
+            x = x + block.mlp(block.norm2(x))
+        return self.head(self.final_norm(x)).squeeze(0)
 
     def forward_multihead(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """What :meth:`forward` computes, the slow way: each block's attention by ``nn.MultiheadAttention`` itself,
