@@ -111,15 +111,18 @@ class SplitNorm(nn.Module):
 
 # The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
 # (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
-# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, with activations kept channel-major
-# ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one over
-# contiguous blocks). "auto" takes "matmul" at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH examples
-# for GroupNorm and LayerNorm, and "grouped" otherwise. Measured on one core (benchmarks/packed_bench.py, 16 nets,
-# width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared machine), matmul/grouped model-steps/s: BN 1.13x at
-# batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8, 32 in another run); GN 0.84x, 0.93x at batch 2,
-# 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at
-# batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps in the matmul form (a copy each way), correct
-# but unmeasured, so "auto" keeps them grouped.
+# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, or, where every stride-2 conv halves its
+# length evenly, without columns (conv_forms.ParityConv: positions stored even-then-odd), with activations kept
+# channel-major ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one
+# over contiguous blocks, each with the conv's bias folded in: channel_major). "auto" takes "matmul" at every batch for
+# BatchNorm and no norm, from MATMUL_MIN_BATCH examples for GroupNorm and LayerNorm, and "grouped" otherwise. Measured
+# on one core (benchmarks/packed_bench.py, 16 nets, width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared
+# machine), matmul/grouped model-steps/s: BN 1.13x at batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8,
+# 32 in another run); GN 0.84x, 0.93x at batch 2, 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN
+# 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps
+# in the matmul form (a copy each way), correct but unmeasured, so "auto" keeps them grouped. With ParityConv (same
+# benchmark, later run): BN 1.14x and 1.59x at batch 2 and 32, LN 1.19x and GN 1.07x at batch 32
+# (benchmarks/RESULTS.md).
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
 PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
