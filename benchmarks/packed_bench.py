@@ -9,8 +9,9 @@ one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and
 (``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
 language model (2 blocks, width 64, 4 heads, sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per
-second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask) and the new one, same
-model, same parameters.
+second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask), the new one (what the
+lab trains with), and ``CharTransformer.forward_unpadded`` (the real tokens only; not for batch-dependent norms, not
+used by the lab's training), same model, same parameters, the same 32x64 positions counted a step in every column.
 
 Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
 ``--clock process`` (the default) times the process's CPU time (``time.process_time``; one thread), which a machine
