@@ -9,8 +9,9 @@ one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and
 (``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
 language model (2 blocks, width 64, 4 heads, sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per
-second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask) and the new one, same
-model, same parameters.
+second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask), the new one (what the
+lab trains with), and ``CharTransformer.forward_unpadded`` (the real tokens only; not for batch-dependent norms, not
+used by the lab's training), same model, same parameters, the same 32x64 positions counted a step in every column.
 
 Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
 ``--clock process`` (the default) times the process's CPU time (``time.process_time``; one thread), which a machine
@@ -30,6 +31,7 @@ from normlab.lab.config import make_config
 from normlab.lab.training.models import CharTransformer, pack_size
 from normlab.lab.training.packed import PackedSGD, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
+from normlab.registry import get_method
 
 CLOCK = time.process_time
 
@@ -100,8 +102,11 @@ def _lm(norm: str, batch: int, steps: int, forward: str):
         start = CLOCK()
         for i in range(steps):
             tokens, targets, padding = batches[i % len(batches)]
-            logits = model.forward_multihead(tokens, padding) if forward == "today" else model(tokens, padding)
-            loss = F.cross_entropy(logits.transpose(1, 2), targets)
+            if forward == "unpadded":  # the real positions only (their mean loss: the same as the padded one's)
+                loss = F.cross_entropy(model.forward_unpadded(tokens, padding), targets[~padding])
+            else:
+                logits = model.forward_multihead(tokens, padding) if forward == "today" else model(tokens, padding)
+                loss = F.cross_entropy(logits.transpose(1, 2), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,13 +180,20 @@ def main() -> None:
                     print(f"| {norm} | {batch} | {form} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
     if args.lm:
         print(
-            "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today |"
-            "\n|---|---|---|---|---|"
+            "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today | unpadded tokens/s "
+            "| unpadded/today |\n|---|---|---|---|---|---|---|"
         )
         for norm in ("layer", "rms", "dyt", "batch"):
             steps = max(2, args.steps // 4)
-            r = _best({"today": _lm(norm, 32, steps, "today"), "new": _lm(norm, 32, steps, "new")}, args.rounds)
-            print(f"| {norm} | 32 | {r['today']:.0f} | {r['new']:.0f} | {r['new'] / r['today']:.2f}x |", flush=True)
+            runs = {"today": _lm(norm, 32, steps, "today"), "new": _lm(norm, 32, steps, "new")}
+            if not get_method(norm).is_batch_dependent:  # BatchNorm's statistics would change without the padding
+                runs["unpadded"] = _lm(norm, 32, steps, "unpadded")
+            r = _best(runs, args.rounds)
+            unpadded = f"{r['unpadded']:.0f} | {r['unpadded'] / r['today']:.2f}x" if "unpadded" in r else "- | -"
+            print(
+                f"| {norm} | 32 | {r['today']:.0f} | {r['new']:.0f} | {r['new'] / r['today']:.2f}x | {unpadded} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -62,3 +62,22 @@ def test_attention_mask_is_causal_and_hides_padding():
     assert allowed.shape == (2, 1, 3, 3)
     assert allowed[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
     assert allowed[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms", "dyt"])
+def test_unpadded_forward_equals_the_real_positions(norm):
+    """forward_unpadded (the real tokens only) gives the real positions' logits and the same mean loss and
+    gradients as forward, for the norms that are not batch dependent; padding anywhere but at the end is refused."""
+    torch.manual_seed(2)
+    model = CharTransformer(30, norm, dim=32, layers=2, heads=4, max_len=24)
+    tokens, targets, padding = _batch()
+    full, real = model(tokens, padding), model.forward_unpadded(tokens, padding)
+    torch.testing.assert_close(real, full[~padding], rtol=1e-5, atol=1e-5)
+    loss, real_loss = F.cross_entropy(full.transpose(1, 2), targets), F.cross_entropy(real, targets[~padding])
+    torch.testing.assert_close(real_loss, loss, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    real_grads = torch.autograd.grad(real_loss, list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="end of each sequence"):
+        model.forward_unpadded(tokens, padding.flip(1))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
+from normlab.lab.training.conv_forms import ParityConv, position_order, shift_runs
 from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
 from normlab.lab.training.train import build_packed_classifier, classifier_data, run
@@ -126,7 +127,65 @@ def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
 
 
 def test_pack_size_by_batch():
-    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 16, 8, 4, 4, 4]
+    assert [pack_size(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 1024)] == [64, 64, 64, 32, 32, 16, 8, 4, 4]
     assert pack_size(32, most=4) == 4 and pack_size(2, most=16) == 16
     with pytest.raises(ValueError):
         pack_size(0)
+
+
+def test_position_order_and_its_shift_runs():
+    """Each half of a stored order is the next layer's order; the runs give every output position l > 0 tap 0 from
+    the odd half's position l - 1, and position 0 none."""
+    assert position_order(8, 2) == (0, 4, 2, 6, 1, 5, 3, 7)
+    assert sorted(position_order(40, 3)) == list(range(40))
+    with pytest.raises(ValueError):
+        position_order(42, 2)
+    for length, halvings in ((40, 3), (20, 2), (10, 1), (8, 3)):
+        out = position_order(length // 2, halvings - 1)
+        odd = [(2 * j + 1) for j in out]  # the input position each slot of the odd half holds
+        seen = {}
+        for out_slot, odd_slot, count in shift_runs(length, halvings):
+            for i in range(count):
+                seen[out_slot + i] = odd[odd_slot + i]
+        assert seen == {i: 2 * p - 1 for i, p in enumerate(out) if p > 0}
+
+
+@pytest.mark.parametrize("length,halvings", [(40, 3), (20, 2), (10, 1), (16, 4)])
+def test_parity_conv_is_the_strided_conv(length, halvings):
+    """ParityConv on maps in position_order equals a grouped stride-2 conv1d (without bias): output and gradients
+    (float64 gradcheck)."""
+    k, c, c_out, n = 2, 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(k, c, length, n, generator=g, dtype=torch.float64)  # natural order
+    w = torch.randn(k * c_out, c, 3, generator=g, dtype=torch.float64)
+    ref = F.conv1d(x.permute(3, 0, 1, 2).reshape(n, k * c, length), w, stride=2, padding=1, groups=k)
+    order = list(position_order(length, halvings))
+    stored = x[:, :, order].contiguous().requires_grad_()
+    out = ParityConv.apply(stored, w, halvings).view(k, c_out, length // 2, n)
+    back = torch.empty_like(out)
+    back[:, :, list(position_order(length // 2, halvings - 1))] = out
+    torch.testing.assert_close(back.permute(3, 0, 1, 2).reshape(n, k * c_out, -1), ref)
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: ParityConv.apply(a, b, halvings), (stored, w))
+
+
+def test_matmul_form_takes_the_parity_convs_where_lengths_halve():
+    """Length 40 (4 blocks: halves 3 times) runs without im2col; 42 falls back to it (both are compared with the
+    nets alone above)."""
+    net = _nets("batch")[1]
+    net.packed_form = "matmul"
+    calls = []
+    original = ParityConv.apply
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    ParityConv.apply = counting
+    try:
+        net(torch.randn(N, K, 40))
+        assert len(calls) == 3
+        net(torch.randn(N, K, 42))
+        assert len(calls) == 3
+    finally:
+        ParityConv.apply = original

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ... import nn as nl
-from ...nn import batchnorm as nl_batchnorm
-from ...nn import normalization as nl_normalization
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
+from .channel_major import GROUP_NORMS, ROW_NORMS, hooked, norm_act_channel_major, order_free
+from .conv_forms import Im2Col, ParityConv, first_conv_columns
 
 __all__ = [
     "ConvNet",
@@ -111,84 +111,44 @@ class SplitNorm(nn.Module):
 
 # The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
 # (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
-# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, with activations kept channel-major
-# ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one over
-# contiguous blocks). "auto" takes "matmul" at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH examples
-# for GroupNorm and LayerNorm, and "grouped" otherwise. Measured on one core (benchmarks/packed_bench.py, 16 nets,
-# width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared machine), matmul/grouped model-steps/s: BN 1.13x at
-# batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8, 32 in another run); GN 0.84x, 0.93x at batch 2,
-# 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at
-# batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps in the matmul form (a copy each way), correct
-# but unmeasured, so "auto" keeps them grouped.
+# ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, or, where every stride-2 conv halves its
+# length evenly, without columns (conv_forms.ParityConv: positions stored even-then-odd), with activations kept
+# channel-major ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one
+# over contiguous blocks, each with the conv's bias folded in: channel_major). "auto" takes "matmul" at every batch for
+# BatchNorm and no norm, from MATMUL_MIN_BATCH examples for GroupNorm and LayerNorm, and "grouped" otherwise. Measured
+# on one core (benchmarks/packed_bench.py, 16 nets, width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared
+# machine), matmul/grouped model-steps/s: BN 1.13x at batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8,
+# 32 in another run); GN 0.84x, 0.93x at batch 2, 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN
+# 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps
+# in the matmul form (a copy each way), correct but unmeasured, so "auto" keeps them grouped. With ParityConv (same
+# benchmark, later run): BN 1.14x and 1.59x at batch 2 and 32, LN 1.19x and GN 1.07x at batch 32
+# (benchmarks/RESULTS.md).
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
-PACK_EXAMPLES = 256  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
+SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
 
 
 def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
-    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step: about
-    PACK_EXAMPLES examples a pack step, within ``least .. most``. Measured on one core (2026-12-06, BN/GN/LN, the
-    form "auto" picks), the best pack sizes were 64-128 at batch 2, 32 at batch 8, 8-16 at batch 32 and 2-4 at batch
-    128: throughput grows with K while per-operation overhead dominates, and falls once a pack's activations
-    (K*batch*32 channels*40 positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8, 16 at 16, 8 at
-    32, 4 from 64 up."""
+    """How many runs of the lab's ConvNet (width 32, depth 4, MNIST-1D) to pack at ``batch`` examples a step:
+    ``most`` up to SMALL_BATCH examples, else about PACK_EXAMPLES examples a pack step, at most 32, within
+    ``least .. most``. Measured on one core (2026-12-06, the form "auto" picks; after the matmul form's
+    ParityConv), the best pack sizes were 64-128 at batch 2 (BN, GN, LN), 32 at batch 8 (LN; BN level from 32 to 64),
+    32 at 16, 16-32 at 32 and 16 at 64 (BN, LN; 8 within 6%), 2-4 at batch 128 (before ParityConv): throughput
+    grows with K while per-operation overhead dominates, and falls once a pack's activations (K*batch*32 channels*40
+    positions) outgrow the core's cache. The rule: 64 at batch 1-4, 32 at 8 and 16, 16 at 32, 8 at 64, 4 from 128
+    up."""
     if batch < 1:
         raise ValueError(f"pack_size: batch must be at least 1, got {batch}")
-    return max(least, min(most, PACK_EXAMPLES // batch))
-
-
-class _Im2Col(torch.autograd.Function):
-    """``(K, C, L, N)`` maps (any strides; N, the batch, last) -> ``(K, C*3, L_out*N)`` columns of a kernel-3,
-    padding-1 conv with stride 1 or 2: row ``c*3 + j`` at output position l holds input ``s*l + j - 1`` (0 outside
-    the map), the order of a conv weight ``(C_out, C, 3)`` flattened. With the batch last, every tap is a copy of
-    whole ``(N,)`` rows; backward adds each tap's gradient back in place (no scatter kernel)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, stride: int) -> Tensor:
-        k, c, length, n = x.shape
-        out_len = (length - 1) // stride + 1
-        cols = x.new_empty(k, c, 3, out_len, n)
-        if stride == 1:
-            cols[:, :, 1].copy_(x)
-            cols[:, :, 0, 1:].copy_(x[:, :, :-1])
-            cols[:, :, 2, :-1].copy_(x[:, :, 1:])
-            cols[:, :, 2, -1].zero_()
-        else:  # stride 2: tap 1 reads the even positions, tap 2 the odd ones, tap 0 the odd ones one step back
-            even, odd = x[:, :, 0::2], x[:, :, 1::2]
-            cols[:, :, 1].copy_(even)
-            cols[:, :, 2, : odd.shape[2]].copy_(odd)
-            cols[:, :, 2, odd.shape[2] :].zero_()
-            cols[:, :, 0, 1:].copy_(odd[:, :, : out_len - 1])
-        cols[:, :, 0, 0].zero_()
-        ctx.stride, ctx.shape = stride, x.shape
-        return cols.view(k, c * 3, out_len * n)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        k, c, length, n = ctx.shape
-        out_len = (length - 1) // ctx.stride + 1
-        grad = grad.view(k, c, 3, out_len, n)
-        if ctx.stride == 1:
-            gx = grad[:, :, 1].clone()
-            gx[:, :, :-1].add_(grad[:, :, 0, 1:])
-            gx[:, :, 1:].add_(grad[:, :, 2, :-1])
-            return gx, None
-        gx = grad.new_empty(k, c, length, n)
-        odd = gx[:, :, 1::2]
-        gx[:, :, 0::2].copy_(grad[:, :, 1])
-        odd.copy_(grad[:, :, 2, : odd.shape[2]])
-        odd[:, :, : out_len - 1].add_(grad[:, :, 0, 1:])
-        return gx, None
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_pre_hooks or module._forward_hooks)
+    if batch <= SMALL_BATCH:
+        return max(least, most)
+    return max(least, min(most, 32, PACK_EXAMPLES // batch))
 
 
 def _is_plain_conv1d(conv: nn.Module) -> bool:
     """An nn.Conv1d whose weight is itself (or Weight Normalization's, read through the parametrization)."""
     base = parametrize.type_before_parametrizations(conv)
-    if base is not nn.Conv1d or _hooked(conv):
+    if base is not nn.Conv1d or hooked(conv):
         return False
     if parametrize.is_parametrized(conv):
         return set(cast(nn.ModuleDict, conv.parametrizations).keys()) == {"weight"} and all(
@@ -196,115 +156,6 @@ def _is_plain_conv1d(conv: nn.Module) -> bool:
             for p in cast(parametrize.ParametrizationList, cast(nn.ModuleDict, conv.parametrizations).weight)
         )
     return True
-
-
-# Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
-# elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
-_ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
-
-
-def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
-    """BatchNorm of ``(1, C, M)`` rows, each channel's statistics over its row. In training with running
-    statistics and a momentum it runs as a GroupNorm of one channel a group (ATen's CPU group norm reads a
-    contiguous row about twice as fast as its batch norm) and updates the running statistics as BatchNorm does
-    (unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
-    _, c, m = rows.shape
-    if not (
-        norm.training
-        and norm.track_running_stats
-        and norm.momentum is not None
-        and norm.running_mean is not None
-        and rows.dtype == torch.float32
-        and m > 1
-        and norm.weight is not None
-        and norm.bias is not None
-    ):
-        return norm(rows)
-    out, mean, rstd = torch.native_group_norm(rows, norm.weight, norm.bias, 1, c, m, c, norm.eps)
-    with torch.no_grad():
-        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
-        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1), alpha=norm.momentum)
-        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
-        cast(Tensor, norm.num_batches_tracked).add_(1)
-    return out
-
-
-class _GroupNormChannelMajor(torch.autograd.Function):
-    """GroupNorm of channel-major maps ``(G, C/G, L, N)`` (group g's channels together, the batch last): statistics
-    per (group, example) over ``(C/G, L)``, affine per channel. The reductions run over the middle axes with the
-    batch contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-        groups, cg, length, n = x.shape
-        size = cg * length
-        flat = x.view(groups, size, n)
-        xc = (flat - flat.mean(1, keepdim=True)).view(groups, cg, length, n)  # two passes: exact at large means
-        var = xc.square().view(groups, size, n).mean(1)  # (G, N); vector_norm reduces the middle axis 4x slower
-        rstd = var.add_(eps).rsqrt_().view(groups, 1, 1, n)
-        scale = weight.view(groups, cg, 1, 1) * rstd  # (G, C/G, 1, N)
-        ctx.save_for_backward(xc, rstd, weight)
-        return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        xc, rstd, weight = ctx.saved_tensors
-        groups, cg, length, n = xc.shape
-        grad = grad.contiguous()
-        sum_g = grad.sum(2)  # (G, C/G, N)
-        sum_gx = (grad * xc).sum(2)  # (G, C/G, N): sum of grad * (x - mean)
-        r = rstd.view(groups, 1, n)
-        grad_bias = sum_g.sum(-1).view(-1)
-        grad_weight = (sum_gx * r).sum(-1).view(-1)
-        w = weight.view(groups, cg, 1)
-        size = cg * length
-        t1 = (w * sum_g).sum(1, keepdim=True)  # (G, 1, N): sum of grad * w
-        t2 = (w * sum_gx).sum(1, keepdim=True) * r  # (G, 1, N): sum of grad * w * xhat
-        c0 = (-r * t1 / size).view(groups, 1, 1, n)
-        c1 = (-r * r * t2 / size).view(groups, 1, 1, n)
-        grad_x = torch.addcmul(c0, grad, weight.view(groups, cg, 1, 1) * rstd)
-        grad_x.addcmul_(xc, c1)
-        return grad_x, grad_weight, grad_bias, None
-
-
-_GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
-
-
-def _norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int) -> Tensor:
-    """``act(norm(.))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to channel-major maps
-    ``y`` ``(K, C, L*N)`` (the conv's output, batch last); returns ``(K, C, L, N)`` (a view when the norm
-    took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one) run on the channel-major maps; any
-    other norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a
-    norm whose backward does not read its output runs in place, on the output itself (not on a view of it, which
-    autograd would copy back)."""
-    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
-    if isinstance(norm, nn.Identity):
-        out, restore = y, False
-    elif type(norm) in _ROW_NORMS and not _hooked(norm):
-        out, restore = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n)), False
-    elif (
-        type(norm) in _GROUP_NORMS
-        and not _hooked(norm)
-        and norm.affine
-        and norm.bias is not None
-        and y.dtype == torch.float32
-    ):
-        groups = cast(nn.GroupNorm, norm).num_groups
-        out = _GroupNormChannelMajor.apply(y.view(groups, -1, length, n), norm.weight, norm.bias, norm.eps)
-        restore = False
-    else:
-        out, restore = norm(y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length)), True
-    if isinstance(act, nn.ReLU):
-        out = torch.relu_(out) if type(norm) in _INPLACE_AFTER else torch.relu(out)
-    elif not isinstance(act, nn.Identity):
-        out = act(out)
-    if restore:
-        return out.view(n, k, c, length).permute(1, 2, 3, 0)
-    return out.view(k, c, length, n)
-
-
-# Norms whose output their backward does not read: the ReLU after them may run in place.
-_INPLACE_AFTER = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d, nn.GroupNorm, nl_normalization.GroupNorm, nn.Identity)
 
 
 class _PlainConv(Protocol):
@@ -407,8 +258,8 @@ class ConvNet(nn.Module):
             return False
         if self.packed_form == "auto":
             norms = list(self.features)[1::3]
-            rows = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS for m in norms)
-            groups = all(isinstance(m, nn.Identity) or type(m) in _ROW_NORMS + _GROUP_NORMS for m in norms)
+            rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
+            groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)
             if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
                 return False
         convs = list(self.features)[0::3]
@@ -430,17 +281,33 @@ class ConvNet(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
-        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``."""
+        """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``.
+        A stride-1 first conv and stride-2 ones on a length that halves evenly take :class:`ParityConv` (positions
+        stored in :func:`position_order`, no im2col columns), any other length :class:`Im2Col`."""
         k, n = cast(int, self.copies), x.shape[0]  # a packed net (uses_matmul)
         h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
         blocks = list(self.features)
-        for conv, norm, act in zip(cast("list[_PlainConv]", blocks[0::3]), blocks[1::3], blocks[2::3], strict=True):
+        convs = cast("list[_PlainConv]", blocks[0::3])
+        halvings = len(convs) - 1
+        parity = (
+            [m.stride[0] for m in convs] == [1] + [2] * halvings
+            and x.shape[-1] % 2**halvings == 0
+            and all(order_free(m) for m in blocks[1::3])
+        )
+        for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
             c_in, c_out = h.shape[1], conv.out_channels // k
-            cols = _Im2Col.apply(h, conv.stride[0])  # (K, C_in*3, L_out*N)
-            y = torch.baddbmm(conv.bias.view(k, c_out, 1), conv.weight.view(k, c_out, c_in * 3), cols)
-            h = _norm_act_channel_major(norm, act, y, n)
-        pooled = h.mean(2)  # (K, C, N): the average pool
-        return self.head(pooled.permute(2, 0, 1).reshape(n, -1))
+            if parity and i > 0:
+                y = ParityConv.apply(h.contiguous(), conv.weight, halvings - i + 1)
+            else:
+                cols = first_conv_columns(h, halvings) if parity else Im2Col.apply(h, conv.stride[0])
+                y = torch.bmm(conv.weight.view(k, c_out, c_in * 3), cols)
+            h = norm_act_channel_major(norm, act, y, n, conv.bias)  # the conv's bias: folded into the norm
+        pooled = h.mean(2)  # (K, C, N): the average pool (of any order of the positions)
+        head = self.head
+        if isinstance(head, PackedLinear) and not hooked(head):  # logits (K, classes, N): no layout copies
+            w, b = head.weight.view(k, head.out_features, -1), head.bias.view(k, -1, 1)
+            return torch.baddbmm(b, w, pooled).permute(2, 0, 1)
+        return head(pooled.permute(2, 0, 1).reshape(n, -1))
 
 
 class PackedLinear(nn.Module):
@@ -500,6 +367,20 @@ class _Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
+    def attention_unpadded(self, h: Tensor, real: Tensor, n: int, t: int) -> Tensor:
+        """Self-attention of the real tokens ``h`` ``(1, R, D)`` of right-padded sequences (``real``: their indices
+        in the flattened ``(N*T)`` batch): projections on the R tokens, one causal attention in the padded layout
+        (pad slots zero; their outputs dropped)."""
+        d = h.shape[-1]
+        heads = self.attn.num_heads
+        qkv = F.linear(h.squeeze(0), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
+        full = qkv.new_zeros(n * t, 3 * d).index_copy(0, real, qkv).view(n, t, 3, heads, d // heads)
+        q, k, v = full.permute(2, 0, 3, 1, 4)
+        dropout = self.attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (N, heads, T, D/heads)
+        out = out.transpose(1, 2).reshape(n * t, d).index_select(0, real)
+        return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).unsqueeze(0)
+
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x), allowed)
         return x + self.mlp(self.norm2(x))
@@ -537,6 +418,26 @@ class CharTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.head(self.final_norm(x))
+
+    def forward_unpadded(self, tokens: Tensor, padding: Tensor) -> Tensor:
+        """The logits of the real (not padding) positions only, ``(R, vocab)`` in row-major order (the rows of
+        ``logits[~padding]``), for right-padded sequences (``padding`` True from each sequence's length on;
+        ValueError otherwise). Every token-wise layer (embedding, norms, projections, MLP, head) runs on the R real
+        tokens; the attention scatters their queries, keys and values into the padded layout for one causal
+        ``scaled_dot_product_attention`` (a real position sees only real keys before it, as with the padding mask).
+        The real positions' logits equal :meth:`forward`'s up to float rounding for a norm that is not batch
+        dependent; a batch-dependent one (BatchNorm) would take its statistics over the real tokens only, and a hook
+        on a norm sees ``(1, R, D)`` real tokens, not the padded batch (measured in benchmarks/packed_bench.py;
+        the lab's training does not use it)."""
+        n, t = tokens.shape
+        if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
+            raise ValueError("forward_unpadded: padding must be at the end of each sequence")
+        real = (~padding).flatten().nonzero().squeeze(1)  # (R,)
+        x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
+        for block in cast("list[_Block]", self.blocks):
+            x = x + block.attention_unpadded(block.norm1(x), real, n, t)
+            x = x + block.mlp(block.norm2(x))
+        return self.head(self.final_norm(x)).squeeze(0)
 
     def forward_multihead(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """What :meth:`forward` computes, the slow way: each block's attention by ``nn.MultiheadAttention`` itself,

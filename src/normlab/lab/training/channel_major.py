@@ -1,0 +1,168 @@
+"""The norm layers of the packed ConvNet's matmul form (``ConvNet.packed_form`` "matmul"), on channel-major maps
+``(K, C, L, N)`` (the batch last), with the conv's bias folded in where the norm allows: BatchNorm removes a
+per-channel constant (the bias enters only its running mean), GroupNorm and LayerNorm (a GroupNorm of one group a
+net) subtract it with the group mean, so the conv is a plain product and its output is written once."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from ...nn import batchnorm as nl_batchnorm
+from ...nn import normalization as nl_normalization
+
+__all__ = ["norm_act_channel_major", "order_free", "hooked"]
+
+# Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
+# elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
+ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
+GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
+# Norms whose output their backward does not read: the ReLU after them may run in place.
+INPLACE_AFTER = (*ROW_NORMS, *GROUP_NORMS, nn.Identity)
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks (which must see its usual input, so it runs as itself)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
+
+
+def order_free(norm: nn.Module) -> bool:
+    """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
+    no norm, BatchNorm or GroupNorm without hooks (statistics over all positions, the rest elementwise)."""
+    return isinstance(norm, nn.Identity) or (type(norm) in ROW_NORMS + GROUP_NORMS and not hooked(norm))
+
+
+class _RowBatchNorm(torch.autograd.Function):
+    """BatchNorm in training of rows ``(1, C, M)`` plus a per-channel conv bias, as ATen's GroupNorm of one channel a
+    group (it reads a contiguous row about twice as fast as its batch norm). The bias cancels in the output: its
+    gradient is zero; the mean and rstd come back (not differentiable) for the running statistics."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        _, c, m = rows.shape
+        out, mean, rstd = torch.native_group_norm(rows, weight, bias, 1, c, m, c, eps)
+        ctx.save_for_backward(rows, mean, rstd, weight)
+        ctx.mark_non_differentiable(mean, rstd)
+        return out, mean, rstd
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor, _mean: Tensor | None, _rstd: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+        rows, mean, rstd, weight = ctx.saved_tensors
+        _, c, m = rows.shape
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            grad.contiguous(), rows, mean, rstd, weight, 1, c, m, c, [True, True, True]
+        )
+        return gx, grad.new_zeros(c), gw, gb, None
+
+
+def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None) -> Tensor:
+    """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row. In
+    training with running statistics and a momentum it runs as :class:`_RowBatchNorm` and updates the running
+    statistics as BatchNorm does (the bias in the mean, unbiased variance, ``num_batches_tracked``); otherwise it is
+    ``norm`` itself."""
+    _, c, m = rows.shape
+    if not (
+        norm.training
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and norm.running_mean is not None
+        and rows.dtype == torch.float32
+        and m > 1
+        and norm.weight is not None
+        and norm.bias is not None
+        and conv_bias is not None
+    ):
+        return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1))
+    out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
+    with torch.no_grad():
+        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
+        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1) + conv_bias, alpha=norm.momentum)
+        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
+        cast(Tensor, norm.num_batches_tracked).add_(1)
+    return cast(Tensor, out)
+
+
+class _GroupNormChannelMajor(torch.autograd.Function):
+    """GroupNorm of channel-major maps ``(G, C/G, L, N)`` plus a conv bias per channel (group g's channels together,
+    the batch last): statistics per (group, example) over ``(C/G, L)``, affine per channel. The bias is subtracted
+    with the mean (``x + b - mean(x + b)``, one pass); the reductions run over the middle axes with the batch
+    contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        groups, cg, length, n = x.shape
+        size = cg * length
+        flat = x.view(groups, size, n)
+        cb = conv_bias.view(groups, cg)
+        cb = (cb - cb.mean(1, keepdim=True)).view(groups, cg, 1, 1)  # the bias less its group mean
+        shift = flat.mean(1).view(groups, 1, 1, n) - cb  # (G, C/G, 1, N)
+        xc = x - shift  # x + b - mean(x + b); two passes: exact at large means
+        var = xc.square().view(groups, size, n).mean(1)  # (G, N); vector_norm reduces the middle axis 4x slower
+        rstd = var.add_(eps).rsqrt_().view(groups, 1, 1, n)
+        scale = weight.view(groups, cg, 1, 1) * rstd  # (G, C/G, 1, N)
+        ctx.save_for_backward(xc, rstd, weight)
+        return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor, None]:
+        xc, rstd, weight = ctx.saved_tensors
+        groups, cg, length, n = xc.shape
+        grad = grad.contiguous()
+        sum_g = grad.sum(2)  # (G, C/G, N)
+        sum_gx = (grad * xc).sum(2)  # (G, C/G, N): sum of grad * (x - mean)
+        r = rstd.view(groups, 1, n)
+        grad_bias = sum_g.sum(-1).view(-1)
+        grad_weight = (sum_gx * r).sum(-1).view(-1)
+        w = weight.view(groups, cg, 1)
+        size = cg * length
+        t1 = (w * sum_g).sum(1, keepdim=True)  # (G, 1, N): sum of grad * w
+        t2 = (w * sum_gx).sum(1, keepdim=True) * r  # (G, 1, N): sum of grad * w * xhat
+        c0 = (-r * t1 / size).view(groups, 1, 1, n)
+        c1 = (-r * r * t2 / size).view(groups, 1, 1, n)
+        grad_x = torch.addcmul(c0, grad, weight.view(groups, cg, 1, 1) * rstd)
+        grad_x.addcmul_(xc, c1)
+        grad_conv_bias = grad_x.sum((2, 3)).view(-1) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_conv_bias, grad_weight, grad_bias, None
+
+
+def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None) -> Tensor:
+    """``act(norm(y + conv_bias))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to
+    channel-major maps ``y`` ``(K, C, L*N)`` (the conv's output without its bias, batch last); returns
+    ``(K, C, L, N)`` (a view when the norm took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one)
+    run on the channel-major maps with the bias folded in; any other norm, or one with hooks, gets ``(N, K*C, L)``
+    maps through its module, a copy each way. A ReLU after a norm whose backward does not read its output runs in
+    place, on the output itself (not on a view of it, which autograd would copy back)."""
+    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
+    if type(norm) in ROW_NORMS and not hooked(norm):
+        out, restore = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), conv_bias), False
+    elif (
+        type(norm) in GROUP_NORMS
+        and not hooked(norm)
+        and norm.affine
+        and norm.bias is not None
+        and y.dtype == torch.float32
+        and conv_bias is not None
+    ):
+        groups = cast(nn.GroupNorm, norm).num_groups
+        x = y.view(groups, -1, length, n)
+        out, restore = _GroupNormChannelMajor.apply(x, conv_bias, norm.weight, norm.bias, norm.eps), False
+    else:
+        if conv_bias is not None:
+            y = y + conv_bias.view(k, c, 1)
+        if isinstance(norm, nn.Identity):
+            out, restore = y, False
+        else:
+            out, restore = norm(y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length)), True
+    if isinstance(act, nn.ReLU):
+        out = torch.relu_(out) if type(norm) in INPLACE_AFTER else torch.relu(out)
+    elif not isinstance(act, nn.Identity):
+        out = act(out)
+    if restore:
+        return out.view(n, k, c, length).permute(1, 2, 3, 0)
+    return out.view(k, c, length, n)
