@@ -81,3 +81,25 @@ def test_unpadded_forward_equals_the_real_positions(norm):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="end of each sequence"):
         model.forward_unpadded(tokens, padding.flip(1))
+
+
+@pytest.mark.parametrize("norm, unpadded", [("layer", True), ("rms", True), ("dyt", True), ("batch", False)])
+def test_the_lab_trains_per_token_norms_on_the_real_tokens_only(norm, unpadded):
+    """CharLMTraining takes the unpadded forward exactly when the norm is per token; a step gives the loss and the
+    gradients the padded batch gives, within float32 rounding (not the parameters after AdamW steps: Adam scales the
+    rounding noise of a gradient that is 0 in exact arithmetic, the key bias's, up to a whole step)."""
+    from normlab.lab.config import make_config
+    from normlab.lab.training.train import CharLMTraining
+
+    config = make_config("char_lm", study="t", norm=norm, seed=0, steps=4, batch_size=4, seq_len=32, lr=1e-3)
+    trainings = []
+    for _ in range(2):
+        torch.manual_seed(config.seed)  # the model's initialization, as train_char_lm seeds it
+        trainings.append(CharLMTraining(config))
+    fast, padded = trainings
+    assert fast.unpadded is unpadded
+    padded.unpadded = False
+    (a,), (b,) = fast.step(0, [0], False), padded.step(0, [0], False)
+    assert a == pytest.approx(b, rel=1e-5)
+    for (name, p), q in zip(fast.model.named_parameters(), padded.model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

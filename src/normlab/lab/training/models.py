@@ -427,8 +427,8 @@ class CharTransformer(nn.Module):
         ``scaled_dot_product_attention`` (a real position sees only real keys before it, as with the padding mask).
         The real positions' logits equal :meth:`forward`'s up to float rounding for a norm that is not batch
         dependent; a batch-dependent one (BatchNorm) would take its statistics over the real tokens only, and a hook
-        on a norm sees ``(1, R, D)`` real tokens, not the padded batch (measured in benchmarks/packed_bench.py;
-        the lab's training does not use it)."""
+        on a norm sees ``(1, R, D)`` real tokens, not the padded batch (the lab trains a model whose norms are per
+        token this way: ``training.train.CharLMTraining``; timed in benchmarks/packed_bench.py)."""
         n, t = tokens.shape
         if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
             raise ValueError("forward_unpadded: padding must be at the end of each sequence")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import data_dependent_init
-from ...registry import WEIGHT_NORM_RECIPE
+from ...registry import WEIGHT_NORM_RECIPE, canonical_name, is_batch_dependent
 from ..config import CharLMConfig, ClassifyConfig, DistributedConfig, RunConfig, RunOutput, UserConfig, as_dict, of_kind
 from ..metrics import (
     DIVERGED,
@@ -361,13 +361,27 @@ def _lm_batch(
     return tokens, targets, padding
 
 
+def mixes_tokens(norm: str) -> bool:
+    """Whether the language model's ``norm`` takes statistics across tokens (BatchNorm...): then the padding in a
+    batch changes what it computes, so its model trains on the padded batch (an unknown name too)."""
+    try:
+        return is_batch_dependent(canonical_name(norm))
+    except ValueError:
+        return True
+
+
 class CharLMTraining:
-    """The character-level transformer: AdamW with warmup and gradient clipping on next-character loss."""
+    """The character-level transformer: AdamW with warmup and gradient clipping on next-character loss.
+
+    A model whose norms are per token trains on the real tokens only (:meth:`CharTransformer.forward_unpadded`: the
+    same loss and gradients as the padded batch, up to float rounding, without the 37% of padded positions); a
+    norm that mixes tokens (:func:`mixes_tokens`) sees the padded batch, padding included, as in PowerNorm's study."""
 
     runs = 1
 
     def __init__(self, c: CharLMConfig) -> None:
         self.c, self.device = c, torch.device(c.device)
+        self.unpadded = not mixes_tokens(c.norm)
         self.text = text = load_text()
         self.vocab, self.pad = len(text.vocab), len(text.vocab)
         self.model = CharTransformer(self.vocab, c.norm, c.dim, c.layers, max_len=c.seq_len).to(self.device)
@@ -399,7 +413,10 @@ class CharLMTraining:
             group["lr"] = self.schedule.lr_at(step)
         batch = _lm_batch(self.text.train, self.c.batch_size, self.c.seq_len, self.pad, self.generator, True)
         tokens, targets, padding = (t.to(self.device) for t in batch)
-        loss = F.cross_entropy(self.model(tokens, padding).flatten(0, 1), targets.flatten())
+        if self.unpadded:  # the mean over the real tokens' targets, as cross_entropy's ignore_index gives below
+            loss = F.cross_entropy(self.model.forward_unpadded(tokens, padding), targets[~padding])
+        else:
+            loss = F.cross_entropy(self.model(tokens, padding).flatten(0, 1), targets.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
