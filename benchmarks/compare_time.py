@@ -1,7 +1,7 @@
 """Time of the default `normlab compare` on this machine, and what each study and each part of it costs (a
 benchmark, not a test).
 
-    python benchmarks/compare_time.py [--workers 2] [--out DIR]
+    python benchmarks/compare_time.py [--workers 2] [--out DIR] [--first-seed N]
 
 Runs the default compare once, as a user would (all studies, one worker process per core, one thread each), and
 prints the total wall time, then per study the compute time (the sum of its runs' seconds on one core, a work item's
@@ -32,10 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--out", default=None)
+    parser.add_argument("--first-seed", type=int, default=0, help="as normlab compare's (seed_stability's second run)")
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="normlab-compare-")
     start = time.perf_counter()
-    _, results, _ = compare(out, options=Options(), workers=args.workers, progress=False, log=lambda *_: None)
+    options = Options(first_seed=args.first_seed)
+    _, results, _ = compare(out, options=options, workers=args.workers, progress=False, log=lambda *_: None)
     wall = time.perf_counter() - start
     runs = json.loads((Path(out) / "results.json").read_text())["runs"]
     cost = {
