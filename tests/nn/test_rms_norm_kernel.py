@@ -195,10 +195,27 @@ def test_a_failed_compile_warns_once_and_falls_back(fresh_loader):
     assert calls == [1]
 
 
-def test_no_compiler_warns_and_falls_back(fresh_loader):
+def test_no_compiler_warns_and_falls_back(fresh_loader, tmp_path):
+    fresh_loader.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing cached: a build would be needed
     fresh_loader.setattr(_kernels.shutil, "which", lambda name: None)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*pure-ATen path"):
         _compare_with_composite()
+
+
+def test_a_cached_build_loads_without_a_compiler_from_any_copy_of_the_source(fresh_loader, tmp_path):
+    """The build is named by the source's content: another checkout (here a copy of the source elsewhere) loads
+    the cached build, and needs no compiler for it."""
+    if _kernels.rms_norm_kernel() is None:
+        pytest.skip("no kernel build on this machine")
+    fresh_loader.setattr(_kernels, "_module", None)
+    copy = tmp_path / "csrc" / "rms_norm.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(_kernels.SOURCE.read_bytes())
+    fresh_loader.setattr(_kernels, "SOURCE", copy)
+    fresh_loader.setattr(_kernels.shutil, "which", lambda name: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _kernels.rms_norm_kernel() is not None
 
 
 def test_disabled_kernels_do_not_compile(fresh_loader):

@@ -17,6 +17,8 @@ default), which is part of the extension's name, so machines sharing a cache do 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -79,24 +81,39 @@ def _build_directory(name: str) -> Path:
 
 
 def _compile() -> ModuleType:
-    """Build (or load from torch's cache) the extension; raises on any failure."""
+    """Load the extension from torch's cache, or build it there first; raises on any failure.
+
+    The build is named after the source's and the flags' content (not the installed path), so every copy of
+    normlab with the same kernel, a checkout, a clone, site-packages, loads one build: a cached one is imported
+    directly, without a look at the compiler; a new one is built from a copy of the source in its own folder."""
+    capability = _capability()
+    cflags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])]
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + "\0".join(cflags).encode()).hexdigest()[:12]
+    name = f"normlab_rms_norm_{capability.lower()}_{digest}"
+    build = _build_directory(name)
+    library = build / f"{name}.so"
+    if library.exists():
+        _log.info("normlab: loading the fused RMSNorm CPU kernel from %s", build)
+        spec = importlib.util.spec_from_file_location(name, library)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler found ({compiler!r} is not on PATH)")
     from torch.utils import cpp_extension
 
-    capability = _capability()
-    name = f"normlab_rms_norm_{capability.lower()}"
-    build = _build_directory(name)
-    if (build / f"{name}.so").exists():
-        _log.info("normlab: loading the fused RMSNorm CPU kernel from %s", build)
-    else:
-        _log.warning("normlab: compiling the fused RMSNorm CPU kernel into %s (once; tens of seconds)", build)
+    _log.warning("normlab: compiling the fused RMSNorm CPU kernel into %s (once; tens of seconds)", build)
     build.mkdir(parents=True, exist_ok=True)
+    copy = build / SOURCE.name
+    if not copy.exists() or copy.read_bytes() != source:
+        copy.write_bytes(source)
     return cpp_extension.load(
         name=name,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])],
+        sources=[str(copy)],
+        extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),
         verbose=False,
