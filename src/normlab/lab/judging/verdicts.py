@@ -52,7 +52,11 @@ CRITERION = (
     f"difference' at {CONFIDENCE:.0%} (|mean difference| > t(0.975, n-1) x its standard error) and the mean "
     "difference is at least `min_effect`; runs that cannot be paired are compared by Welch's t-test. A difference "
     "that counts in the claimed direction reproduces the claim, the opposite contradicts it, anything else is 'not "
-    "reproduced at this scale'. One seed cannot give a spread: 'inconclusive'. "
+    "reproduced at this scale'. A claim that one setting is as good as another (its error or loss is not higher) "
+    "is a non-inferiority test: reproduced when the whole 95% interval of the difference lies below its tolerance "
+    "(mean difference + t x standard error at most the tolerance, the study's minimum effect: worse by less than "
+    "what counts), contradicted by a difference that counts against it, otherwise 'not reproduced at this scale' "
+    "(too few seeds to tell). One seed cannot give a spread: 'inconclusive'. "
     "A verdict is what more training would not change: it is judged at the study's budget T and at 2T, each from "
     "all of its final seeds, and it is settled at T when both give the same outcome and the trend would not "
     "overturn it (the effect's change from T to 2T, repeated once more, keeps the outcome). Otherwise the settings "
@@ -69,7 +73,8 @@ class Verdict:
     minus lower), ``margin`` (what it must exceed), ``negated`` (a "not greater" claim) and ``settings`` (the
     settings it rests on, by :func:`normlab.lab.judging.fairness.trunk_key`); a judged one, its outcome at each budget
     (``history``: (doublings, outcome, effect) per budget T·2^d) and the budget it ``settled_at`` (None: it needs
-    no budget, or did not settle)."""
+    no budget, or did not settle). A "not greater" claim also keeps ``bound``: the largest difference that still
+    reproduces it (its tolerance less t x the standard error)."""
 
     claim: str
     outcome: Outcome
@@ -80,13 +85,22 @@ class Verdict:
     settings: tuple[str, ...] = ()
     history: tuple[tuple[int, str, float | None], ...] = ()
     settled_at: int | None = None
+    bound: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))  # a stored text reads back as the type
 
     def outcome_for(self, effect: float) -> Outcome:
-        """The outcome this comparison would have with ``effect`` (and its margin)."""
+        """The outcome this comparison would have with ``effect`` (and its margin, and bound)."""
         assert self.margin is not None
+        if self.negated and self.bound is not None:  # non-inferiority: below the bound, or against by the margin
+            return (
+                Outcome.CONTRADICTED
+                if effect > self.margin
+                else Outcome.REPRODUCED
+                if effect <= self.bound
+                else Outcome.NOT_REPRODUCED
+            )
         raw = (
             Outcome.REPRODUCED
             if effect > self.margin
@@ -184,7 +198,7 @@ def compare(
     return dataclasses.replace(verdict, outcome=verdict.outcome_for(effect))
 
 
-_NOT_GREATER = {
+_NOT_GREATER = {  # a "not greater" verdict stored before it kept its bound (older results.json)
     Outcome.REPRODUCED: Outcome.CONTRADICTED,
     Outcome.CONTRADICTED: Outcome.REPRODUCED,
     Outcome.NOT_REPRODUCED: Outcome.REPRODUCED,
@@ -200,9 +214,22 @@ def not_greater(
     min_effect: float = 0.0,
     unit: str = "",
 ) -> Verdict:
-    """Verdict on "``value`` is not greater than ``reference``": contradicted only by a difference that counts."""
+    """Verdict on "``value`` is not greater than ``reference``" (as good as), a non-inferiority test: reproduced when
+    ``value - reference`` plus t x its standard error is at most ``min_effect`` (the tolerance: worse by less than
+    a difference that counts, at 95%), contradicted by a difference that counts (as :func:`compare` judges
+    ``value`` exceeding ``reference``), otherwise not reproduced at this scale."""
     v = compare(claim, value, reference, label, label_ref, min_effect, unit)
-    return dataclasses.replace(v, outcome=_NOT_GREATER.get(v.outcome, v.outcome), negated=v.effect is not None)
+    test = difference_test(value, reference)
+    if v.effect is None or test is None:
+        return v
+    _, se, crit, _ = test
+    bound = min_effect - crit * se
+    evidence = (
+        v.evidence + f"; as good as needs the difference + t x standard error at most {min_effect:g}{unit} (the "
+        f"difference at most {bound:.3g}{unit})"
+    )
+    verdict = dataclasses.replace(v, evidence=evidence, negated=True, bound=bound)
+    return dataclasses.replace(verdict, outcome=verdict.outcome_for(v.effect))
 
 
 def check(claim: str, holds: bool, evidence: str) -> Verdict:
