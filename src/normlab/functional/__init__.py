@@ -109,6 +109,12 @@ def _block_rows(rows: int, limit: int) -> int:
     return next(d for d in range(min(rows, limit), 0, -1) if rows % d == 0)
 
 
+def _centered(mean: Tensor, var: Tensor) -> bool:
+    """Whether every sampled statistic is centered, ``|mean| <= 2 std``: ATen's one-pass channels_last kernels are
+    exact on such values, so no shift is needed (never under torch.compile, which cannot branch on data)."""
+    return not torch.compiler.is_compiling() and bool(var.mul(4).ge_(mean.square()).all())
+
+
 def _shifted_batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -133,7 +139,7 @@ def _shifted_batch_norm(
     channels = input.shape[1]
     first = input.detach().as_strided((min(input.numel() // channels, _SHIFT_ROWS), channels), (channels, 1))
     mean, var = torch.batch_norm_update_stats(first, None, None, 0.0)  # C fastest: ATen's channels_last kernel
-    if not torch.compiler.is_compiling() and bool(var.mul(4).ge_(mean.square()).all()):
+    if _centered(mean, var):
         return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
     shift = mean.view((1, channels) + (1,) * (input.dim() - 2))
     if running_mean is None:
@@ -417,7 +423,7 @@ def _group_shift(input: Tensor, num_groups: int) -> Tensor | None:
     values = first.transpose(1, 2).reshape(n, num_groups, positions * per_group)  # one small copy
     mean = values.mean(2)
     var = (values - mean.unsqueeze(2)).square_().mean(2)  # two passes: exact at any mean
-    if not torch.compiler.is_compiling() and bool(var.mul_(4).ge_(mean.square()).all()):
+    if _centered(mean, var):
         return None
     return mean.repeat_interleave(per_group, dim=1).view((n, c) + (1,) * (input.dim() - 2))
 

@@ -248,12 +248,12 @@ class StudyPlan:
         """Every selection run asked for so far: each grid rate at the screening budget, and the survivors (every
         rate without halving) at the whole selection budget."""
         out = []
-        for key, choice in self.choices.items():
-            going_on = choice.survivors if self.halving else choice.grid
-            for lr in choice.grid:
-                stages = ([False] if self.halving else []) + ([True] if lr in going_on else [])
+        for key, choice in self.choices.items():  # without halving, a screening run is the whole run
+            template = self.templates[key]
+            out += [self._selection_config(template, lr, s, False) for lr in choice.grid for s in self.selection_seeds]
+            if self.halving:
                 out += [
-                    self._selection_config(self.templates[key], lr, s, c) for c in stages for s in self.selection_seeds
+                    self._selection_config(template, lr, s) for lr in choice.survivors for s in self.selection_seeds
                 ]
         return out
 
@@ -277,7 +277,7 @@ class StudyPlan:
         screening go on to the whole selection budget."""
         more = False
         for key, choice in self.choices.items():
-            screened = self._scores(records, key, choice.grid, chosen=not self.halving)
+            screened = self._scores(records, key, choice.grid, chosen=False)
             best = choice.best(screened)
             if best is None:
                 choice.chosen, choice.note = self.templates[key].lr, "no selection run finished: the study's rate"
