@@ -292,3 +292,17 @@ def test_recipes_reach_the_lab_models():
     assert [m.norm.alpha.item() for m in (lm.blocks[0].norm1, lm.blocks[0].norm2, lm.final_norm)] == pytest.approx(
         [0.8, 0.2, 0.2]
     )
+
+
+def test_a_fixed_recipe_measurement_is_not_tuned():
+    """The sequence study's batch-statistics runs measure BN's fluctuation at a stated rate (the rate is part of the
+    measure): the plan screens no rate for them and keeps theirs, while the tuned transformers get chosen rates."""
+    plan = StudyPlan(STUDIES["sequence"], Options())
+    fixed = [c for c in plan.written if getattr(c, "record_batch_stats", False)]
+    assert {c.task for c in fixed} == {"char_lm", "classify"}
+    assert not any(getattr(c, "record_batch_stats", False) for c in plan.selection_configs())
+    for choice in plan.choices.values():
+        choice.chosen = 3e-2
+    final = plan.final_configs()
+    assert {c.lr for c in final if getattr(c, "record_batch_stats", False)} == {c.lr for c in fixed}
+    assert {c.lr for c in final if c.task == "char_lm" and not c.record_batch_stats} == {3e-2}

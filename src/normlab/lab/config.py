@@ -93,6 +93,7 @@ class CharLMConfig(_Common):
     dim: int = 64
     layers: int = 2
     points: int = 20
+    record_batch_stats: bool = False  # record the last block's norm input's batch statistics (PowerNorm's measure)
 
 
 @dataclass(frozen=True)

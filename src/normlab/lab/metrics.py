@@ -18,8 +18,8 @@ TEST_ACC_BATCH_STATS = "test_acc_batch_stats"  # test accuracy with each test ba
 OUTPUT_SPREAD = "output_spread"  # one example's output across random batches: std / mean |logit|
 FINAL_WEIGHT_NORM = "final_weight_norm"  # ||w|| of the watched layer (the weight-decay study's) at the end
 SCALE_INVARIANCE_ERROR = "scale_invariance_error"  # max |f(x; 3w) - f(x; w)| / max |f(x; w)| at initialization
-BATCH_MEAN_FLUCTUATION = "batch_mean_fluctuation"  # across steps: std of a norm input's batch mean / typical std
-BATCH_VAR_FLUCTUATION = "batch_var_fluctuation"  # across steps: relative std of its batch variance
+BATCH_MEAN_FLUCTUATION = "batch_mean_fluctuation"  # rms over steps of (batch mean - running mean) / running std
+BATCH_VAR_FLUCTUATION = "batch_var_fluctuation"  # rms over steps of (batch var - running var) / running var
 
 __all__ = [
     "TEST_ACC",

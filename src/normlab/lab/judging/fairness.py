@@ -218,6 +218,10 @@ class StudyPlan:
         self.halving = self.selection.halving if self.selection is not None and screenable else 0
 
     def _tuned(self, config: RunConfig) -> bool:
+        """A run whose rate is chosen: the study's task, except a measurement at a fixed recipe (a batch-statistics
+        recorder), whose rate is part of what it measures."""
+        if getattr(config, "record_batch_stats", False):
+            return False
         return self.selection is not None and config.task == self.selection.task
 
     def _setting(self, config: RunConfig) -> str:

@@ -39,6 +39,9 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         model.load_state_dict(saved)
 
 
+RUNNING_MOMENTUM = 0.1  # nn.BatchNorm's default: the running statistics the batch statistics are measured against
+
+
 class BatchStatRecorder:
     """Records the per-step batch mean and variance of a layer's input, per feature (PowerNorm's measurement)."""
 
@@ -63,17 +66,33 @@ class BatchStatRecorder:
     def load(self, state: dict[str, list[Tensor]]) -> None:
         self.means, self.vars = list(state["means"]), list(state["vars"])
 
-    def fluctuation(self, skip: int) -> dict[str, float]:
-        """Across steps: std of the batch mean over the typical std, and relative std of the batch variance. The
-        recorder keeps recording (a ladder's trunk goes on after a budget is measured)."""
+    def fluctuation(self, skip: int, momentum: float = RUNNING_MOMENTUM) -> dict[str, float]:
+        r"""How far each step's batch statistics stray from the running statistics BatchNorm keeps (an exponential
+        average with ``momentum``, as ``nn.BatchNorm``'s), after ``skip`` steps (PowerNorm, Shen et al. 2020, Fig. 2:
+        the distance between batch and running statistics), per feature, root mean square over the steps, averaged
+        over features:
+
+        .. math::
+            \text{mean} = \overline{\operatorname{rms}_t\,(\mu_t - \hat\mu_{t-1}) / \hat\sigma_{t-1}},\qquad
+            \text{var} = \overline{\operatorname{rms}_t\,(\sigma^2_t - \hat\sigma^2_{t-1}) / \hat\sigma^2_{t-1}}
+
+        Measured against the running statistics, not the statistics' std over the whole run: a run's statistics drift
+        as it trains, and that drift (more of it the longer the run) is not the step-to-step noise BN suffers from.
+        The recorder keeps recording (a ladder's trunk goes on after a budget is measured). Empty with fewer than two
+        steps after ``skip``."""
         if len(self.means) <= skip + 1:
             return {}
         means, variances = torch.stack(self.means[skip:]), torch.stack(self.vars[skip:])
-        scale = variances.mean(0).sqrt().clamp_min(1e-12)
-        return {
-            BATCH_MEAN_FLUCTUATION: float((means.std(0) / scale).mean()),
-            BATCH_VAR_FLUCTUATION: float((variances.std(0) / variances.mean(0).clamp_min(1e-12)).mean()),
-        }
+        running_mean, running_var = means[0].clone(), variances[0].clone()
+        mean_dev, var_dev = [], []
+        for mean, var in zip(means[1:], variances[1:], strict=True):
+            scale = running_var.clamp_min(1e-12)
+            mean_dev.append((mean - running_mean) / scale.sqrt())
+            var_dev.append((var - running_var) / scale)
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var, momentum)
+        rms = [float(torch.stack(d).pow(2).mean(0).sqrt().mean()) for d in (mean_dev, var_dev)]
+        return {BATCH_MEAN_FLUCTUATION: rms[0], BATCH_VAR_FLUCTUATION: rms[1]}
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:

@@ -387,7 +387,11 @@ class CharLMTraining:
         self.model = CharTransformer(self.vocab, c.norm, c.dim, c.layers, max_len=c.seq_len).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.recorder = BatchStatRecorder(cast(nn.Module, self.model.blocks[-1].norm2), channel_dim=-1)
+        self.recorder = (
+            BatchStatRecorder(cast(nn.Module, self.model.blocks[-1].norm2), channel_dim=-1)
+            if c.record_batch_stats
+            else None
+        )
         self.curves: dict[str, list[float]] = {"step": [], "loss": [], VALID_BPC: []}
         self.schedule = char_lm_schedule(c)
         vg = torch.Generator().manual_seed(1234)
@@ -400,12 +404,10 @@ class CharLMTraining:
 
     def bpc(self, split: str = "valid") -> float:
         """Bits per character on the held-out ``split`` (valid or test), the model left in training mode."""
-        self.model.eval()
-        self.recorder.enabled = False
+        self.model.eval()  # the recorder records in training mode only
         with torch.no_grad():
             losses = [float(F.cross_entropy(self.model(t, p).transpose(1, 2), y)) for t, y, p in self.held_out[split]]
         self.model.train()
-        self.recorder.enabled = True
         return float(np.mean(losses)) / math.log(2)
 
     def step(self, step: int, live: list[int], probe: bool) -> list[float]:
@@ -437,7 +439,7 @@ class CharLMTraining:
             "opt": self.opt.state_dict(),
             "curves": self.curves,
             "generator": self.generator.get_state(),
-            "recorder": self.recorder.state(),
+            "recorder": self.recorder.state() if self.recorder else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -446,7 +448,8 @@ class CharLMTraining:
         self.opt.load_state_dict(state["opt"])
         self.curves = state["curves"]
         self.generator.set_state(state["generator"])
-        self.recorder.load(state["recorder"])
+        if self.recorder is not None:
+            self.recorder.load(state["recorder"])
 
 
 def char_lm_base_steps(c: CharLMConfig) -> int:
@@ -472,7 +475,8 @@ def train_char_lm(configs: list[RunConfig], saver: Saver | None = None, trunk: T
 
     def evaluate(index: int, diverged: list[bool]) -> RunOutput:
         metrics: dict[str, float] = {DIVERGED: float(diverged[0])}
-        metrics.update(training.recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
+        if training.recorder is not None:
+            metrics.update(training.recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
         for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
             metrics[name] = training.bpc(split) if not diverged[0] else math.log2(training.vocab)
         return metrics, training.curves
