@@ -385,7 +385,9 @@ class CharLMTraining:
         self.text = text = load_text()
         self.vocab, self.pad = len(text.vocab), len(text.vocab)
         self.model = CharTransformer(self.vocab, c.norm, c.dim, c.layers, max_len=c.seq_len).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0)
+        # the fused step (one kernel over every parameter) where torch has it: about a tenth of a CPU step
+        fused = self.device.type in ("cpu", "cuda")
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0, fused=fused)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.recorder = (
             BatchStatRecorder(cast(nn.Module, self.model.blocks[-1].norm2), channel_dim=-1)
@@ -421,7 +423,7 @@ class CharLMTraining:
             loss = F.cross_entropy(self.model(tokens, padding).flatten(0, 1), targets.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
         self.opt.step()
         return [float(loss.detach())]
 
