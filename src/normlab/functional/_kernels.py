@@ -2,7 +2,7 @@
 (``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so there is no build step at install.
 
 Today one kernel, the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the formulas are at the top of
-that file and in :class:`normlab.functional._RMSNorm`). :func:`rms_norm_kernel` returns the compiled module, or None
+that file and in :class:`normlab.functional.rms._RMSNorm`). :func:`rms_norm_kernel` returns the compiled module, or None
 when the caller must take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
