@@ -14,6 +14,10 @@ Each function validates its arguments, then runs the fastest path that is exact:
   kernel on the input shifted by its first position per channel (:func:`_shifted_batch_norm`). Eval mode is
   elementwise, so ATen's channels_last kernel is used as is.
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
+- CPU channels_last ``instance_norm`` (with the input's statistics) and small training-mode ``batch_norm`` run
+  normlab's compiled kernel (:mod:`normlab.functional.channels_last`, ``csrc/channels_last.cpp``): two exact
+  passes for the statistics, one for the output, two for the backward, in the input's layout; the paths above are
+  its fallback (``NORMLAB_NO_KERNELS=1``, no compiler, parameters of another dtype than the input).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
 (FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
@@ -34,6 +38,7 @@ from torch import Tensor
 
 from .. import _checks
 from . import catalog
+from . import channels_last as _cl
 from .catalog import *  # noqa: F401,F403  (the catalog's functional forms, listed in catalog.__all__)
 from .rms import (  # noqa: F401  (RMSNorm's module; the private names for normlab.nn and the tests)
     _RMS_FAST_DTYPES,
@@ -246,9 +251,13 @@ def _channels_last_batch_norm(
 ) -> Tensor:
     """Exact training-mode BatchNorm of CPU channels_last ``input`` at ATen's speed: the shifted input for small
     inputs, :class:`_ChannelsLastBatchNorm` for large ones (and float64, whose ATen sums are float64, as is)."""
+    numel = input.numel()
+    if numel < _SHIFT_BELOW:
+        out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
+        if out is not None:
+            return out
     if input.dtype == torch.float64:
         return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
-    numel = input.numel()
     if numel >= _SHIFT_BELOW:
         block = _block_rows(numel // input.shape[1], _BLOCK_ROWS)
         if block * 8 >= _BLOCK_ROWS:  # else (a prime number of rows, say) the blocks would be too short
@@ -502,6 +511,10 @@ def _instance_norm(
     eps: float,
 ) -> Tensor:
     """:func:`instance_norm` on checked arguments; channels_last input gives channels_last output."""
+    if use_input_stats and _channels_last_format(input) is not None and input.is_cpu:
+        out = _cl.instance_norm(input, running_mean, running_var, weight, bias, momentum, eps)
+        if out is not None:
+            return out
     if type(input) is Tensor:
         cudnn = input.is_cuda and torch.backends.cudnn.enabled
         out = torch.instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn)
