@@ -295,3 +295,25 @@ def test_torch_is_wrong_for_one_example():
     xs = x.clone().requires_grad_(True)
     NF.instance_norm(xs).backward(dy)
     assert_close(xs.grad, dx_ref, **vs_reference(torch.float64, grad=True))
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("outlier", [3.0, 20.0, 1e3])
+def test_a_first_position_far_from_the_mean(method, outlier):
+    """The kernel's one pass shifts by each group's first value; that value far from the mean (here 3, 20 or 1000
+    standard deviations at mean 1e4) would cost the variance digits: the centered pass takes over."""
+    _kernel_or_fail()
+    x = random_input((2, 19, 8, 8), seed=20, shift=1e4)
+    x[:, :, 0, 0] += outlier
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = random_input((2, 19, 8, 8), seed=21).contiguous(memory_format=torch.channels_last)
+    module = _module(method, 19, True, torch.float32, seed=22)
+    y, dx, dw, db = _step(module, x, dy)
+    assert y.grad_fn.name() == KERNEL_BACKWARD
+    y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
+    scale = max(1.0, float(abs(y_ref).max()))
+    assert_close(y, y_ref, atol=vs_reference(torch.float32)["atol"] * scale, rtol=2e-4, msg="output")
+    gtol = vs_reference(torch.float32, grad=True)
+    for name, got, ref in (("input", dx, dx_ref), ("weight", dw, dw_ref), ("bias", db, db_ref)):
+        assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)

@@ -64,14 +64,13 @@ class _ChannelsLastNorm(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
             return tuple(next(grads) if n else None for n in need) + (None,) * 6
         need_affine = weight is not None and (need[1] or need[2])
+        # (autograd hands grad_output in the output's dtype, the input's)
         dx, dw, db = ctx.kernel.backward(
-            grad_output.to(input.dtype), input, ctx.groups, shifted_mean, rstd, weight, need[0], need_affine
+            grad_output, input, ctx.groups, shifted_mean, rstd, weight, need[0], need_affine
         )
-        return (
-            dx,
-            dw.to(weight.dtype) if need_affine and need[1] else None,
-            db.to(bias.dtype) if need_affine and need[2] else None,
-        ) + (None,) * 6
+        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
+            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
+        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 6
 
 
 def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, groups: int) -> Tensor:

@@ -3,12 +3,14 @@
 // positions: InstanceNorm's groups; training-mode BatchNorm is one group of L = N * positions.
 //
 // Over the L values of each (n, c), with acc the accumulation type (float for float32 / bfloat16 / float16,
-// double for float64), statistics exact at any mean: two passes (the mean, then the centered sum of squares), on
-// the values shifted by the first one, x0 = x[0] (x - x0 is exact in acc for values within a factor 2 of each
-// other, so neither the sum nor the mean's own rounding at |mean| >> std costs digits):
+// double for float64), statistics exact at any mean, on the values shifted by the first one, x0 = x[0] (x - x0 is
+// exact in acc for values within a factor 2 of each other, so neither the sum nor the mean's own rounding at
+// |mean| >> std costs digits): one pass for sum(d) and sum(d^2), d = x - x0, then the variance
+// mean(d^2) - m^2, unless that cancels more than 6 bits (x0 more than 8 standard deviations from the mean), where
+// a second, centered pass gives it:
 //
 //   forward:  m    = sum(x - x0) / L   (the mean less x0: what is saved, "mean" below is x0 + m)
-//             var  = sum(((x - x0) - m)^2) / L,   rstd = 1 / sqrt(var + eps)                       (acc)
+//             var  = sum((x - x0)^2) / L - m^2, or sum(((x - x0) - m)^2) / L,  rstd = 1 / sqrt(var + eps)  (acc)
 //             y    = ((x - x0) - m) * (rstd * w) + b                (w = 1, b = 0 without affine parameters)
 //   backward: sdy = sum(dy),   sdyx = sum(dy * (x - mean))        (acc, per (n, c))
 //             dx  = rstd * w * (dy - sdy / L) - (x - mean) * (w * rstd^3 * sdyx / L)
@@ -61,6 +63,23 @@ struct Lanes {
   }
 };
 
+// The one pass sums d = x - x0 and d^2; var = mean(d^2) - mean(d)^2 loses about log2(1 + m^2 / var) bits to
+// cancellation (m = mean(d): how far the first value x0 lies from the mean, in practice a few standard deviations).
+// Above kCancel (6 bits) the centered second pass runs instead, so the variance keeps at least 17 of float32's 23.
+constexpr double kCancel = 64.0;
+
+// Whether any lane needs the centered pass: m^2 > kCancel * v, or a NaN (the comparison is false).
+template <typename acc_t>
+bool needs_centered_pass(const Vectorized<acc_t>& m, const Vectorized<acc_t>& v) {
+  alignas(64) acc_t mm[Vectorized<acc_t>::size()], vv[Vectorized<acc_t>::size()];
+  (m * m).store(mm);
+  v.store(vv);
+  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) {
+    if (!(mm[i] <= acc_t(kCancel) * vv[i])) return true;
+  }
+  return false;
+}
+
 template <typename scalar_t>
 struct Forward {
   using acc_t = at::opmath_type<scalar_t>;
@@ -78,28 +97,39 @@ struct Forward {
   void vector(int64_t n, int64_t c0) const {
     using L_ = Lanes<scalar_t>;
     using aVec = typename L_::aVec;
-    const int64_t V = L_::size();
     const scalar_t* xs = x + n * L * C + c0;
     const aVec x0 = L_::load(xs);
-    aVec s0(acc_t(0)), s1(acc_t(0));
+    aVec s0(acc_t(0)), s1(acc_t(0)), q0(acc_t(0)), q1(acc_t(0));
     int64_t p = 0;
     for (; p + 1 < L; p += 2) {
-      s0 = s0 + (L_::load(xs + p * C) - x0);
-      s1 = s1 + (L_::load(xs + (p + 1) * C) - x0);
-    }
-    if (p < L) s0 = s0 + (L_::load(xs + p * C) - x0);
-    const aVec m = (s0 + s1) / aVec(acc_t(L));
-    aVec q0(acc_t(0)), q1(acc_t(0));
-    for (p = 0; p + 1 < L; p += 2) {
-      const aVec d0 = (L_::load(xs + p * C) - x0) - m, d1 = (L_::load(xs + (p + 1) * C) - x0) - m;
+      const aVec d0 = L_::load(xs + p * C) - x0, d1 = L_::load(xs + (p + 1) * C) - x0;
+      s0 = s0 + d0;
+      s1 = s1 + d1;
       q0 = at::vec::fmadd(d0, d0, q0);
       q1 = at::vec::fmadd(d1, d1, q1);
     }
     if (p < L) {
-      const aVec d0 = (L_::load(xs + p * C) - x0) - m;
+      const aVec d0 = L_::load(xs + p * C) - x0;
+      s0 = s0 + d0;
       q0 = at::vec::fmadd(d0, d0, q0);
     }
-    const aVec v = (q0 + q1) / aVec(acc_t(L));
+    const aVec inv_l(acc_t(1) / acc_t(L));
+    const aVec m = (s0 + s1) * inv_l;
+    aVec v = (q0 + q1) * inv_l - m * m;
+    if (needs_centered_pass(m, v)) {
+      q0 = aVec(acc_t(0));
+      q1 = aVec(acc_t(0));
+      for (p = 0; p + 1 < L; p += 2) {
+        const aVec d0 = (L_::load(xs + p * C) - x0) - m, d1 = (L_::load(xs + (p + 1) * C) - x0) - m;
+        q0 = at::vec::fmadd(d0, d0, q0);
+        q1 = at::vec::fmadd(d1, d1, q1);
+      }
+      if (p < L) {
+        const aVec d0 = (L_::load(xs + p * C) - x0) - m;
+        q0 = at::vec::fmadd(d0, d0, q0);
+      }
+      v = (q0 + q1) * inv_l;
+    }
     const aVec r = aVec(acc_t(1)) / (v + aVec(acc_t(eps))).sqrt();
     const int64_t o = n * C + c0;
     m.store(mean + o);
@@ -109,21 +139,28 @@ struct Forward {
     const aVec shift = b == nullptr ? aVec(acc_t(0)) : L_::load(b + c0);
     scalar_t* ys = y + n * L * C + c0;
     for (p = 0; p < L; ++p) L_::store(ys + p * C, at::vec::fmadd((L_::load(xs + p * C) - x0) - m, scale, shift));
-    (void)V;
   }
 
   void scalar(int64_t n, int64_t c) const {
     const scalar_t* xs = x + n * L * C + c;
     const acc_t x0 = acc_t(xs[0]);
-    acc_t s = 0;
-    for (int64_t p = 0; p < L; ++p) s += acc_t(xs[p * C]) - x0;
-    const acc_t m = s / acc_t(L);
-    acc_t q = 0;
+    acc_t s = 0, q = 0;
     for (int64_t p = 0; p < L; ++p) {
-      const acc_t d = (acc_t(xs[p * C]) - x0) - m;
+      const acc_t d = acc_t(xs[p * C]) - x0;
+      s += d;
       q += d * d;
     }
-    const acc_t v = q / acc_t(L), r = acc_t(1) / std::sqrt(v + acc_t(eps));
+    const acc_t m = s / acc_t(L);
+    acc_t v = q / acc_t(L) - m * m;
+    if (!(m * m <= kCancel * v)) {  // as needs_centered_pass
+      q = 0;
+      for (int64_t p = 0; p < L; ++p) {
+        const acc_t d = (acc_t(xs[p * C]) - x0) - m;
+        q += d * d;
+      }
+      v = q / acc_t(L);
+    }
+    const acc_t r = acc_t(1) / std::sqrt(v + acc_t(eps));
     const int64_t o = n * C + c;
     mean[o] = m;
     var[o] = v;
