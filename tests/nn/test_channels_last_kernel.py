@@ -1,11 +1,11 @@
 """The compiled channels_last normalization kernel (``normlab/functional/csrc/channels_last.cpp``, loaded by
 ``normlab.functional._kernels``, glue in ``normlab.functional.channels_last``) and its ATen fallback:
 
-- InstanceNorm and training-mode BatchNorm of channels_last CPU input through the kernel, against the float64
-  reference: output, input and parameter gradients, float32 / bfloat16 / float16 / float64, means 0.5 and 1e4,
-  affine or not, channel counts on and off the vector width, one spatial position (BatchNorm: ATen's path, as
-  the layout is contiguous too), 4-d and 5-d, one and two threads; the layouts of the output and of the input
-  gradient; the running statistics;
+- InstanceNorm, GroupNorm (groups of 2 channels, or one group) and training-mode BatchNorm of channels_last CPU
+  input through the kernel, against the float64 reference: output, input and parameter gradients, float32 /
+  bfloat16 / float16 / float64, means 0.5 and 1e4, affine or not, channel counts on and off the vector width, one
+  spatial position (BatchNorm: ATen's path, as the layout is contiguous too), 4-d and 5-d, one and two threads;
+  the layouts of the output and of the input gradient; the running statistics;
 - an upstream gradient in another layout, a second derivative (ATen's composite), parameters of another dtype
   (the ATen path);
 - the fallback (``NORMLAB_NO_KERNELS=1``) gives the same results within rounding; a failed compile warns once.
@@ -32,7 +32,7 @@ from normlab.functional import _kernels
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
-KERNEL_BACKWARD = "_ChannelsLastNormBackward"
+KERNEL_BACKWARDS = ("_ChannelsLastNormBackward", "_ChannelsLastGroupNormBackward")
 
 
 @contextlib.contextmanager
@@ -54,8 +54,15 @@ def _kernel_or_fail():
     return kernel
 
 
+def _groups(c):
+    """GroupNorm's group count in these tests: groups of 2 channels where C is even, else of C (one group)."""
+    return c // 2 if c % 2 == 0 else 1
+
+
 def _module(method, c, affine, dtype, seed, track=False):
-    if method == "instance":
+    if method == "group":
+        module = nl.GroupNorm(_groups(c), c, affine=affine, dtype=dtype)
+    elif method == "instance":
         module = nl.InstanceNorm2d(c, affine=affine, track_running_stats=track, dtype=dtype)
     else:
         module = nl.BatchNorm2d(c, affine=affine, track_running_stats=track, dtype=dtype)
@@ -80,8 +87,10 @@ def _reference(method, module, x, dy):
     x64 = x.detach().double().numpy()
     w = None if module.weight is None else module.weight.detach().double().numpy()
     b = None if module.bias is None else module.bias.detach().double().numpy()
-    fn = R.instance_norm if method == "instance" else R.batch_norm
-    y_ref, saved = fn(x64, w, b, module.eps)
+    if method == "group":
+        y_ref, saved = R.group_norm(x64, module.num_groups, w, b, module.eps)
+    else:
+        y_ref, saved = (R.instance_norm if method == "instance" else R.batch_norm)(x64, w, b, module.eps)
     return y_ref, R.backward(dy.double().numpy(), saved)
 
 
@@ -89,7 +98,7 @@ def _check(method, shape, dtype, affine, shift, seed, threads=1):
     fmt = FORMATS[len(shape)]
     c = shape[1]
     module = _module(method, c, affine, dtype, seed)
-    if len(shape) == 5:
+    if len(shape) == 5 and method != "group":
         module = (nl.InstanceNorm3d if method == "instance" else nl.BatchNorm3d)(c, affine=affine, dtype=dtype)
         if affine:
             w, b = random_params(c, dtype, seed=seed)
@@ -101,7 +110,7 @@ def _check(method, shape, dtype, affine, shift, seed, threads=1):
     with num_threads(threads):
         y, dx, dw, db = _step(module, x, dy)
     # one position per example (H = W = 1) is the contiguous layout too: ATen's kernel
-    assert (y.grad_fn.name() == KERNEL_BACKWARD) == (not x.is_contiguous())
+    assert (y.grad_fn.name() in KERNEL_BACKWARDS) == (not x.is_contiguous())
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
     y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
     scale = max(1.0, float(abs(y_ref).max()))
@@ -118,7 +127,7 @@ def _check(method, shape, dtype, affine, shift, seed, threads=1):
 
 
 @needs_kernel
-@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shift", [0.5, 1e4])
@@ -133,7 +142,7 @@ def test_kernel_matches_the_reference(method, dtype, affine, shift):
 @needs_kernel
 @settings(max_examples=25, deadline=None)
 @given(
-    method=st.sampled_from(["instance", "batch"]),
+    method=st.sampled_from(["instance", "batch", "group"]),
     rank=st.sampled_from([4, 5]),
     n=st.integers(1, 4),
     c=st.integers(2, 40),
@@ -147,13 +156,13 @@ def test_kernel_matches_the_reference(method, dtype, affine, shift):
 def test_kernel_matches_the_reference_on_random_shapes(method, rank, n, c, side, dtype, affine, shift, threads, seed):
     _kernel_or_fail()
     positions = side ** (rank - 2)
-    if method == "instance" and positions == 1:
+    if method != "batch" and positions == 1:
         side, positions = 2, 2 ** (rank - 2)  # InstanceNorm needs more than one position
     if method == "batch" and n * positions < 4:
         n = 4  # two or three values per channel: dx is all rounding, in any kernel
     if dtype in (torch.bfloat16, torch.float16) and shift >= 1e4:
         shift = 10.0 if dtype == torch.bfloat16 else 100.0
-    if shift > 1 and positions * (n if method == "batch" else 1) < 16:
+    if shift > 1 and positions * (n if method == "batch" else 2 if method == "group" else 1) < 16:
         shift = 0.5  # a few values at mean 1e4 have a sample std far below 1: float32 input carries 1e4 * 6e-8
     _check(method, (n, c) + (side,) * (rank - 2), dtype, affine, shift, seed, threads)
 
@@ -172,7 +181,7 @@ def test_running_statistics_match_torch(method, dtype):
     theirs, ours = make(torch.nn).to(dtype), make(nl).to(dtype)
     for _ in range(2):
         y_theirs, y_ours = theirs(x), ours(x)
-    assert y_ours.grad_fn.name() == KERNEL_BACKWARD
+    assert y_ours.grad_fn.name() in KERNEL_BACKWARDS
     tol = vs_torch(dtype)
     assert_close(y_ours, y_theirs.detach(), **tol, msg="output")
     assert_close(ours.running_mean, theirs.running_mean, **tol, msg="running mean")
@@ -195,7 +204,7 @@ def test_running_statistics_at_mean_1e4_match_the_reference():
 
 
 @needs_kernel
-@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
 def test_an_upstream_gradient_in_another_layout(method):
     """``.sum().backward()`` hands an expanded gradient; a contiguous one comes from a following reshape."""
     _kernel_or_fail()
@@ -208,12 +217,14 @@ def test_an_upstream_gradient_in_another_layout(method):
     for got, ref in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
         assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"])
     xs = x.detach().clone().requires_grad_(True)
-    module(xs).sum().backward()
-    assert xs.grad is not None and float(xs.grad.abs().max()) < 1e-4  # d/dx of sum(normalized) is 0
+    module(xs).sum().backward()  # an expanded gradient of ones
+    ones = torch.ones(x.shape)
+    dx_ref = _reference(method, module, x, ones)[1][0]
+    assert_close(xs.grad, dx_ref, atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())), rtol=gtol["rtol"])
 
 
 @needs_kernel
-@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
 def test_second_derivative(method):
     """create_graph differentiates ATen's composite: gradgradcheck in float64."""
     _kernel_or_fail()
@@ -224,12 +235,16 @@ def test_second_derivative(method):
 
         def fn(x, w, b):
             return NF.instance_norm(x, weight=w, bias=b)
+    elif method == "group":
+
+        def fn(x, w, b):
+            return NF.group_norm(x, 3, w, b)
     else:
 
         def fn(x, w, b):
             return NF.batch_norm(x, None, None, w, b, training=True)
 
-    assert fn(x, w, b).grad_fn.name() == KERNEL_BACKWARD
+    assert fn(x, w, b).grad_fn.name() in KERNEL_BACKWARDS
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
@@ -240,22 +255,22 @@ def test_parameters_of_another_dtype_take_the_aten_path():
     x = random_input((2, 8, 3, 3), torch.bfloat16, seed=12).contiguous(memory_format=torch.channels_last)
     w, b = random_params(8, torch.float32, seed=13)
     y = NF.batch_norm(x, None, None, w, b, training=True)
-    assert y.grad_fn is None or y.grad_fn.name() != KERNEL_BACKWARD
+    assert y.grad_fn is None or y.grad_fn.name() not in KERNEL_BACKWARDS
 
 
 @needs_kernel
-@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fallback_gives_the_same_results(method, dtype, monkeypatch):
     _kernel_or_fail()
     x = random_input((5, 19, 6, 3), dtype, seed=14, scale=2.0, shift=0.5).contiguous(memory_format=torch.channels_last)
     dy = random_input((5, 19, 6, 3), dtype, seed=15).contiguous(memory_format=torch.channels_last)
     y, dx, dw, db = _step(_module(method, 19, True, dtype, seed=16), x, dy)
-    assert y.grad_fn.name() == KERNEL_BACKWARD
+    assert y.grad_fn.name() in KERNEL_BACKWARDS
     monkeypatch.setenv(_kernels.DISABLE_ENV, "1")
     assert _kernels.channels_last_kernel() is None
     y0, dx0, dw0, db0 = _step(_module(method, 19, True, dtype, seed=16), x, dy)
-    assert y0.grad_fn.name() != KERNEL_BACKWARD
+    assert y0.grad_fn.name() not in KERNEL_BACKWARDS
     assert y0.is_contiguous(memory_format=torch.channels_last)
     tol, gtol = vs_torch(dtype), vs_torch(dtype, grad=True)
     assert_close(y, y0, **tol, msg="output")
@@ -298,7 +313,7 @@ def test_torch_is_wrong_for_one_example():
 
 
 @needs_kernel
-@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
 @pytest.mark.parametrize("outlier", [3.0, 20.0, 1e3])
 def test_a_first_position_far_from_the_mean(method, outlier):
     """The kernel's one pass shifts by each group's first value; that value far from the mean (here 3, 20 or 1000
@@ -310,7 +325,7 @@ def test_a_first_position_far_from_the_mean(method, outlier):
     dy = random_input((2, 19, 8, 8), seed=21).contiguous(memory_format=torch.channels_last)
     module = _module(method, 19, True, torch.float32, seed=22)
     y, dx, dw, db = _step(module, x, dy)
-    assert y.grad_fn.name() == KERNEL_BACKWARD
+    assert y.grad_fn.name() in KERNEL_BACKWARDS
     y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
     scale = max(1.0, float(abs(y_ref).max()))
     assert_close(y, y_ref, atol=vs_reference(torch.float32)["atol"] * scale, rtol=2e-4, msg="output")

@@ -14,10 +14,11 @@ Each function validates its arguments, then runs the fastest path that is exact:
   kernel on the input shifted by its first position per channel (:func:`_shifted_batch_norm`). Eval mode is
   elementwise, so ATen's channels_last kernel is used as is.
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
-- CPU channels_last ``instance_norm`` (with the input's statistics) and small training-mode ``batch_norm`` run
-  normlab's compiled kernel (:mod:`normlab.functional.channels_last`, ``csrc/channels_last.cpp``): two exact
-  passes for the statistics, one for the output, two for the backward, in the input's layout; the paths above are
-  its fallback (``NORMLAB_NO_KERNELS=1``, no compiler, parameters of another dtype than the input).
+- CPU channels_last ``instance_norm`` (with the input's statistics), ``group_norm`` and small training-mode
+  ``batch_norm`` run normlab's compiled kernel (:mod:`normlab.functional.channels_last`,
+  ``csrc/channels_last.cpp``): exact statistics in one pass over the input (two where one would cancel), one for
+  the output, two for the backward, in the input's layout; the paths above are its fallback
+  (``NORMLAB_NO_KERNELS=1``, no compiler, parameters of another dtype than the input).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
 (FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
@@ -404,11 +405,16 @@ def check_group_norm_args(
 def _group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """:func:`group_norm` on checked arguments.
 
-    CPU channels_last: float32/float64 through ATen's channels_last kernel on the input shifted per (example, group)
+    CPU channels_last: normlab's compiled kernel (:func:`normlab.functional.channels_last.group_norm`); without it,
+    float32/float64 through ATen's channels_last kernel on the input shifted per (example, group)
     (:func:`_group_shift`), fp16/bf16 on a contiguous copy, where ATen's kernel is several times faster than its
     channels_last one."""
     if input.is_cpu and not input.is_contiguous():
         fmt = _channels_last_format(input)
+        if fmt is not None:
+            out = _cl.group_norm(input, num_groups, weight, bias, eps)
+            if out is not None:
+                return out
         if fmt is not None and input.dtype in (torch.float32, torch.float64) and type(input) is Tensor:
             shift = _group_shift(input, num_groups)
             x = input if shift is None else input - shift

@@ -1,6 +1,6 @@
 """The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp``, loaded by
-:func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm and training-mode BatchNorm of CPU
-channels_last input, exact at any mean, in the input's layout (output and input gradient channels_last).
+:func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm, training-mode BatchNorm and GroupNorm of
+CPU channels_last input, exact at any mean, in the input's layout (output and input gradient channels_last).
 
 The memory of a channels_last ``(N, C, *spatial)`` tensor is an ``(N, positions, C)`` matrix: the kernel
 normalizes it per (group, channel), with ``N`` groups (InstanceNorm) or one (BatchNorm), and needs no copy. Each
@@ -73,6 +73,42 @@ class _ChannelsLastNorm(torch.autograd.Function):
         return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 6
 
 
+class _ChannelsLastGroupNorm(torch.autograd.Function):
+    r"""GroupNorm of channels_last CPU input by the compiled kernel (``group_forward`` / ``group_backward`` of
+    ``csrc/channels_last.cpp``): each (example, channel) column's statistics as in :class:`_ChannelsLastNorm`,
+    combined per (example, group) in float64 (mean of the means, mean of the variances plus the variance of the
+    means), then the output; backward :math:`dx = \mathrm{rstd}\,(w\,dy - \tfrac{A}{KL}) - (x-\mu)\,\mathrm{rstd}^3
+    \tfrac{B}{KL}` with :math:`A`, :math:`B` the group's sums of :math:`w\,dy` and :math:`w\,dy\,(x-\mu)` over its
+    ``K`` channels' ``L`` positions. A second derivative differentiates ATen's composite."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, num_groups: int, kernel: Any
+    ) -> Tensor:
+        out, mean, rstd = kernel.group_forward(input, num_groups, weight, bias, eps)
+        ctx.save_for_backward(input, weight, bias, mean, rstd)
+        ctx.eps, ctx.num_groups, ctx.kernel = eps, num_groups, kernel
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, bias, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
+            wanted = [t for t, n in zip((input, weight, bias), need, strict=True) if n]
+            with torch.enable_grad():
+                out = torch.group_norm(input, ctx.num_groups, weight, bias, ctx.eps, False)
+            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
+            return tuple(next(grads) if n else None for n in need) + (None,) * 3
+        need_affine = weight is not None and (need[1] or need[2])
+        dx, dw, db = ctx.kernel.group_backward(
+            grad_output, input, ctx.num_groups, mean, rstd, weight, need[0], need_affine
+        )
+        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
+            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
+        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 3
+
+
 def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, groups: int) -> Tensor:
     """What :class:`_ChannelsLastNorm` computes, by ATen's differentiable ops (for second derivatives)."""
     if groups == 1:
@@ -137,4 +173,13 @@ def batch_norm(
     if kernel is None:
         return None
     out: Tensor = _ChannelsLastNorm.apply(input, weight, bias, eps, 1, running_mean, running_var, momentum, kernel)
+    return out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
+    """GroupNorm of channels_last ``input`` by the kernel, or None."""
+    kernel = _kernel_for(input, weight, bias)
+    if kernel is None:
+        return None
+    out: Tensor = _ChannelsLastGroupNorm.apply(input, weight, bias, eps, num_groups, kernel)
     return out
