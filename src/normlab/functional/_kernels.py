@@ -3,7 +3,7 @@
 
 Two kernels, each its own extension: the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the
 formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
-per-(example, channel) normalization of ``csrc/channels_last.cpp`` (InstanceNorm, training-mode BatchNorm; see
+normalization of ``csrc/channels_last.cpp`` (InstanceNorm, GroupNorm, training-mode BatchNorm; see
 :mod:`normlab.functional.channels_last`). :func:`rms_norm_kernel` and :func:`channels_last_kernel` return the
 compiled module, or None when the caller must take its pure-ATen path:
 
@@ -72,9 +72,10 @@ def rms_norm_kernel() -> ModuleType | None:
 
 
 def channels_last_kernel() -> ModuleType | None:
-    """The compiled channels_last module (``forward(input, weight, bias, eps) -> (y, mean, rstd, var)`` and
-    ``backward(grad_output, input, mean, rstd, weight, need_input, need_affine) -> (grad_input, grad_weight,
-    grad_bias)`` over contiguous ``(N, L, C)`` input, statistics per ``(n, c)``), compiled on the first call; None if
+    """The compiled channels_last module (``forward(input, groups, weight, bias, eps, running_mean, running_var,
+    momentum) -> (y, shifted_mean, rstd, var)`` and ``backward(grad_output, input, groups, shifted_mean, rstd,
+    weight, need_input, need_affine) -> (grad_input, grad_weight, grad_bias)`` for channels_last input, statistics per
+    (group, channel); ``group_forward`` and ``group_backward`` for GroupNorm), compiled on the first call; None if
     kernels are disabled or the compile failed (warned once)."""
     if _cl_module is not None:
         return None if kernels_disabled() else _cl_module
@@ -175,8 +176,8 @@ def _load_channels_last() -> ModuleType | None:
                 _cl_failed = _reason(error)
                 warnings.warn(
                     f"normlab: the channels_last normalization CPU kernel could not be compiled ({_cl_failed}); "
-                    f"InstanceNorm and BatchNorm run on their pure-ATen paths instead (set {DISABLE_ENV}=1 to skip "
-                    "the compile)",
+                    f"InstanceNorm, GroupNorm and BatchNorm run on their pure-ATen paths instead (set {DISABLE_ENV}=1 "
+                    "to skip the compile)",
                     RuntimeWarning,
                     stacklevel=3,
                 )

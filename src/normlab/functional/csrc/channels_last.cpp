@@ -1,6 +1,7 @@
 // Channels-last (NHWC) per-(group, channel) normalization forward and backward on CPU, compiled on first use by
 // normlab.functional._kernels. The memory of a channels_last (N, C, *spatial) tensor is (N, L, C), L the spatial
-// positions: InstanceNorm's groups; training-mode BatchNorm is one group of L = N * positions.
+// positions: InstanceNorm's groups; training-mode BatchNorm is one group of L = N * positions. GroupNorm
+// (group_forward / group_backward, at the end) combines the (n, c) columns' statistics per group of channels.
 //
 // Over the L values of each (n, c), with acc the accumulation type (float for float32 / bfloat16 / float16,
 // double for float64), statistics exact at any mean, on the values shifted by the first one, x0 = x[0] (x - x0 is
