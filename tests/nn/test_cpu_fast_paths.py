@@ -10,6 +10,7 @@
 """
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 import normlab.functional as NF
 import normlab.nn as nl
 from normlab import reference as R
+from normlab.functional import _kernels
 
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 LOW = (torch.float16, torch.bfloat16)
@@ -30,13 +32,19 @@ LOW = (torch.float16, torch.bfloat16)
 @contextlib.contextmanager
 def batch_norm_path(path: str):
     """Route channels_last training BatchNorm through one path whatever the size: "blocks" (the Function, with
-    blocks of at most 4 rows, so that small inputs have several) or "shift"."""
-    saved = NF._SHIFT_BELOW, NF._BLOCK_ROWS
+    blocks of at most 4 rows, so that small inputs have several) or "shift" (with the compiled kernel, which small
+    inputs take first, disabled: tests/nn/test_channels_last_kernel.py tests that)."""
+    saved = NF._SHIFT_BELOW, NF._BLOCK_ROWS, os.environ.get(_kernels.DISABLE_ENV)
     NF._SHIFT_BELOW, NF._BLOCK_ROWS = (0, 4) if path == "blocks" else (1 << 62, saved[1])
+    os.environ[_kernels.DISABLE_ENV] = "1"
     try:
         yield
     finally:
-        NF._SHIFT_BELOW, NF._BLOCK_ROWS = saved
+        NF._SHIFT_BELOW, NF._BLOCK_ROWS = saved[:2]
+        if saved[2] is None:
+            os.environ.pop(_kernels.DISABLE_ENV, None)
+        else:
+            os.environ[_kernels.DISABLE_ENV] = saved[2]
 
 
 def _reference_step(module, x, dy):

@@ -72,6 +72,9 @@ def test_instance_norm(rank, n, c, side, affine, track, momentum, unbatched, dty
     theirs, ours = getattr(torch.nn, cls)(c, **kw), getattr(nl, cls)(c, **kw)
     clone_pair(theirs, ours, seed)
     fmt = _fmt(shape, channels_last)
+    # torch 2.13's CPU instance_norm gets the input gradient wrong for one example in channels_last with a
+    # channels_last upstream gradient (test_channels_last_kernel.py::test_torch_is_wrong_for_one_example)
+    assume(fmt is None or n > 1 or unbatched)
     inputs = _inputs(shape, dtype, fmt, 3, seed)
     if unbatched:
         inputs, fmt = [x[0].contiguous() for x in inputs], None

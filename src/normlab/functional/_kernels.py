@@ -1,9 +1,11 @@
 """normlab's compiled CPU kernels: built on first use with ``torch.utils.cpp_extension`` into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so there is no build step at install.
 
-Today one kernel, the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the formulas are at the top of
-that file and in :class:`normlab.functional._RMSNorm`). :func:`rms_norm_kernel` returns the compiled module, or None
-when the caller must take its pure-ATen path:
+Two kernels, each its own extension: the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the
+formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
+normalization of ``csrc/channels_last.cpp`` (InstanceNorm, GroupNorm, training-mode BatchNorm; see
+:mod:`normlab.functional.channels_last`). :func:`rms_norm_kernel` and :func:`channels_last_kernel` return the
+compiled module, or None when the caller must take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
 - the compile failed (no C++ compiler, a compiler error, anything else): a warning names the reason and the
@@ -29,7 +31,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["rms_norm_kernel", "kernels_disabled"]
+__all__ = ["rms_norm_kernel", "channels_last_kernel", "kernels_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ DISABLE_ENV = "NORMLAB_NO_KERNELS"
 """Set to ``1`` to use the pure-ATen paths (no compile)."""
 
 SOURCE = Path(__file__).with_name("csrc") / "rms_norm.cpp"
+CHANNELS_LAST_SOURCE = Path(__file__).with_name("csrc") / "channels_last.cpp"
 
 # compiler flags per torch CPU capability: ATen's vector types (at::vec::Vectorized) pick their implementation from
 # the CPU_CAPABILITY_* macro, as in torch's own per-capability kernel builds
@@ -48,6 +51,8 @@ _ARCH_FLAGS = {
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failed: str | None = None  # the reason the compile failed, once it has
+_cl_module: ModuleType | None = None  # the same two for the channels_last kernel
+_cl_failed: str | None = None
 
 
 def kernels_disabled() -> bool:
@@ -66,6 +71,19 @@ def rms_norm_kernel() -> ModuleType | None:
     return _load()
 
 
+def channels_last_kernel() -> ModuleType | None:
+    """The compiled channels_last module (``forward(input, groups, weight, bias, eps, running_mean, running_var,
+    momentum) -> (y, shifted_mean, rstd, var)`` and ``backward(grad_output, input, groups, shifted_mean, rstd,
+    weight, need_input, need_affine) -> (grad_input, grad_weight, grad_bias)`` for channels_last input, statistics per
+    (group, channel); ``group_forward`` and ``group_backward`` for GroupNorm), compiled on the first call; None if
+    kernels are disabled or the compile failed (warned once)."""
+    if _cl_module is not None:
+        return None if kernels_disabled() else _cl_module
+    if _cl_failed is not None or kernels_disabled():
+        return None
+    return _load_channels_last()
+
+
 def _capability() -> str:
     """The CPU capability to build for: torch's own dispatch level, reduced to the ones we have flags for."""
     capability = torch.backends.cpu.get_cpu_capability()
@@ -80,7 +98,7 @@ def _build_directory(name: str) -> Path:
     return Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
 
 
-def _compile() -> ModuleType:
+def _compile(source_path: Path | None = None, what: str = "fused RMSNorm") -> ModuleType:
     """Load the extension from torch's cache, or build it there first; raises on any failure.
 
     The build is named after the source's and the flags' content (not the installed path), so every copy of
@@ -88,13 +106,14 @@ def _compile() -> ModuleType:
     directly, without a look at the compiler; a new one is built from a copy of the source in its own folder."""
     capability = _capability()
     cflags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])]
-    source = SOURCE.read_bytes()
+    source_path = SOURCE if source_path is None else source_path
+    source = source_path.read_bytes()
     digest = hashlib.sha256(source + "\0".join(cflags).encode()).hexdigest()[:12]
-    name = f"normlab_rms_norm_{capability.lower()}_{digest}"
+    name = f"normlab_{source_path.stem}_{capability.lower()}_{digest}"
     build = _build_directory(name)
     library = build / f"{name}.so"
     if library.exists():
-        _log.info("normlab: loading the fused RMSNorm CPU kernel from %s", build)
+        _log.info("normlab: loading the %s CPU kernel from %s", what, build)
         spec = importlib.util.spec_from_file_location(name, library)
         if spec is not None and spec.loader is not None:
             module = importlib.util.module_from_spec(spec)
@@ -105,9 +124,9 @@ def _compile() -> ModuleType:
         raise RuntimeError(f"no C++ compiler found ({compiler!r} is not on PATH)")
     from torch.utils import cpp_extension
 
-    _log.warning("normlab: compiling the fused RMSNorm CPU kernel into %s (once; tens of seconds)", build)
+    _log.warning("normlab: compiling the %s CPU kernel into %s (once; tens of seconds)", what, build)
     build.mkdir(parents=True, exist_ok=True)
-    copy = build / SOURCE.name
+    copy = build / source_path.name
     if not copy.exists() or copy.read_bytes() != source:
         copy.write_bytes(source)
     return cpp_extension.load(
@@ -144,3 +163,22 @@ def _load() -> ModuleType | None:
                     stacklevel=3,
                 )
     return _module if _module is not None and not kernels_disabled() else None
+
+
+def _load_channels_last() -> ModuleType | None:
+    """:func:`_load` for the channels_last kernel: compile once per process, on failure warn once."""
+    global _cl_module, _cl_failed
+    with _lock:
+        if _cl_module is None and _cl_failed is None:
+            try:
+                _cl_module = _compile(CHANNELS_LAST_SOURCE, "channels_last normalization")
+            except Exception as error:  # as in _load
+                _cl_failed = _reason(error)
+                warnings.warn(
+                    f"normlab: the channels_last normalization CPU kernel could not be compiled ({_cl_failed}); "
+                    f"InstanceNorm, GroupNorm and BatchNorm run on their pure-ATen paths instead (set {DISABLE_ENV}=1 "
+                    "to skip the compile)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _cl_module if _cl_module is not None and not kernels_disabled() else None

@@ -1,0 +1,185 @@
+"""The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp``, loaded by
+:func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm, training-mode BatchNorm and GroupNorm of
+CPU channels_last input, exact at any mean, in the input's layout (output and input gradient channels_last).
+
+The memory of a channels_last ``(N, C, *spatial)`` tensor is an ``(N, positions, C)`` matrix: the kernel
+normalizes it per (group, channel), with ``N`` groups (InstanceNorm) or one (BatchNorm), and needs no copy. Each
+function returns None where the kernel does not apply (no kernel, a dtype or layout it does not take, parameters
+of another dtype than the input), and the caller takes its ATen path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _kernels
+from .rms import _is_plain
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class _ChannelsLastNorm(torch.autograd.Function):
+    r"""Per-(group, channel) normalization of channels_last CPU input by the compiled kernel.
+
+    Over the ``L`` values of each (group, channel) (``csrc/channels_last.cpp`` has the formulas): the mean, then the
+    centered sum of squares (two passes, on the values less the group's first one: exact at any mean), accumulated
+    in float32 for fp16/bf16; :math:`y = (x - \mu)\,(\mathrm{rstd}\,w) + b`. Backward, with :math:`S = \sum dy`,
+    :math:`T = \sum dy\,(x-\mu)`: :math:`dx = \mathrm{rstd}\,w\,(dy - S/L) - (x - \mu)\,w\,\mathrm{rstd}^3\,T/L`,
+    :math:`dw = \sum T\,\mathrm{rstd}`, :math:`db = \sum S` (summed over the groups in order: deterministic). The
+    running buffers are updated by the kernel (float64 arithmetic, ATen's formula with the unbiased variance, the
+    average over the groups). A second derivative (``create_graph=True``) differentiates ATen's composite instead.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        groups: int,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momentum: float,
+        kernel: Any,
+    ) -> Tensor:
+        out, shifted_mean, rstd, _ = kernel.forward(
+            input, groups, weight, bias, eps, running_mean, running_var, momentum
+        )
+        ctx.save_for_backward(input, weight, bias, shifted_mean, rstd)
+        ctx.eps, ctx.groups, ctx.kernel = eps, groups, kernel
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, bias, shifted_mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
+            wanted = [t for t, n in zip((input, weight, bias), need, strict=True) if n]
+            with torch.enable_grad():
+                out = _composite(input, weight, bias, ctx.eps, ctx.groups)
+            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
+            return tuple(next(grads) if n else None for n in need) + (None,) * 6
+        need_affine = weight is not None and (need[1] or need[2])
+        # (autograd hands grad_output in the output's dtype, the input's)
+        dx, dw, db = ctx.kernel.backward(
+            grad_output, input, ctx.groups, shifted_mean, rstd, weight, need[0], need_affine
+        )
+        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
+            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
+        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 6
+
+
+class _ChannelsLastGroupNorm(torch.autograd.Function):
+    r"""GroupNorm of channels_last CPU input by the compiled kernel (``group_forward`` / ``group_backward`` of
+    ``csrc/channels_last.cpp``): each (example, channel) column's statistics as in :class:`_ChannelsLastNorm`,
+    combined per (example, group) in float64 (mean of the means, mean of the variances plus the variance of the
+    means), then the output; backward :math:`dx = \mathrm{rstd}\,(w\,dy - \tfrac{A}{KL}) - (x-\mu)\,\mathrm{rstd}^3
+    \tfrac{B}{KL}` with :math:`A`, :math:`B` the group's sums of :math:`w\,dy` and :math:`w\,dy\,(x-\mu)` over its
+    ``K`` channels' ``L`` positions. A second derivative differentiates ATen's composite."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, num_groups: int, kernel: Any
+    ) -> Tensor:
+        out, mean, rstd = kernel.group_forward(input, num_groups, weight, bias, eps)
+        ctx.save_for_backward(input, weight, bias, mean, rstd)
+        ctx.eps, ctx.num_groups, ctx.kernel = eps, num_groups, kernel
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, bias, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
+            wanted = [t for t, n in zip((input, weight, bias), need, strict=True) if n]
+            with torch.enable_grad():
+                out = torch.group_norm(input, ctx.num_groups, weight, bias, ctx.eps, False)
+            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
+            return tuple(next(grads) if n else None for n in need) + (None,) * 3
+        need_affine = weight is not None and (need[1] or need[2])
+        dx, dw, db = ctx.kernel.group_backward(
+            grad_output, input, ctx.num_groups, mean, rstd, weight, need[0], need_affine
+        )
+        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
+            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
+        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 3
+
+
+def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, groups: int) -> Tensor:
+    """What :class:`_ChannelsLastNorm` computes, by ATen's differentiable ops (for second derivatives)."""
+    if groups == 1:
+        return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False)
+    return torch.instance_norm(input, weight, bias, None, None, True, 0.0, eps, False)
+
+
+def _kernel_for(input: Tensor, *tensors: Tensor | None) -> Any:
+    """The compiled kernel if it takes these arguments (CPU channels_last input of a supported dtype, a plain
+    tensor, not under torch.compile; ``tensors``: weight, bias (both or neither, of the input's dtype), running
+    buffers (contiguous)), else None."""
+    weight, bias = tensors[:2]
+    if not (
+        input.is_cpu
+        and input.dtype in _DTYPES
+        and input.numel() > 0
+        and input.dim() in (4, 5)
+        and not input.is_contiguous()
+        and input.is_contiguous(memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d)
+        and _is_plain(input)
+        and (weight is None) == (bias is None)
+        and (weight is None or weight.dtype == input.dtype == bias.dtype)  # type: ignore[union-attr]
+        and all(t is None or (t.is_cpu and t.is_contiguous() and _is_plain(t.data)) for t in tensors)  # Parameters
+        and not torch.compiler.is_compiling()
+    ):
+        return None
+    return _kernels.channels_last_kernel()
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor | None:
+    """InstanceNorm with the input's statistics of channels_last ``input`` by the kernel, or None; running buffers
+    are updated as ATen does, with the batch average of the per-instance mean and unbiased variance."""
+    kernel = _kernel_for(input, weight, bias, running_mean, running_var)
+    if kernel is None:
+        return None
+    out: Tensor = _ChannelsLastNorm.apply(
+        input, weight, bias, eps, input.shape[0], running_mean, running_var, momentum, kernel
+    )
+    return out
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor | None:
+    """Training-mode BatchNorm of channels_last ``input`` by the kernel, or None; the running buffers are updated as
+    ATen does, ``r <- (1 - momentum) r + momentum s`` with the unbiased variance."""
+    kernel = _kernel_for(input, weight, bias, running_mean, running_var)
+    if kernel is None:
+        return None
+    out: Tensor = _ChannelsLastNorm.apply(input, weight, bias, eps, 1, running_mean, running_var, momentum, kernel)
+    return out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
+    """GroupNorm of channels_last ``input`` by the kernel, or None."""
+    kernel = _kernel_for(input, weight, bias)
+    if kernel is None:
+        return None
+    out: Tensor = _ChannelsLastGroupNorm.apply(input, weight, bias, eps, num_groups, kernel)
+    return out

@@ -1,0 +1,334 @@
+"""The compiled channels_last normalization kernel (``normlab/functional/csrc/channels_last.cpp``, loaded by
+``normlab.functional._kernels``, glue in ``normlab.functional.channels_last``) and its ATen fallback:
+
+- InstanceNorm, GroupNorm (groups of 2 channels, or one group) and training-mode BatchNorm of channels_last CPU
+  input through the kernel, against the float64 reference: output, input and parameter gradients, float32 /
+  bfloat16 / float16 / float64, means 0.5 and 1e4, affine or not, channel counts on and off the vector width, one
+  spatial position (BatchNorm: ATen's path, as the layout is contiguous too), 4-d and 5-d, one and two threads;
+  the layouts of the output and of the input gradient; the running statistics;
+- an upstream gradient in another layout, a second derivative (ATen's composite), parameters of another dtype
+  (the ATen path);
+- the fallback (``NORMLAB_NO_KERNELS=1``) gives the same results within rounding; a failed compile warns once.
+
+The kernel tests skip when there is no C++ compiler; the first run compiles the kernel (tens of seconds).
+"""
+
+import contextlib
+import os
+import shutil
+
+import pytest
+import torch
+from helpers import assert_close, random_input, random_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tolerances import LARGE_MEAN_RELATIVE, vs_reference, vs_torch
+
+import normlab.functional as NF
+import normlab.nn as nl
+from normlab import reference as R
+from normlab.functional import _kernels
+
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
+FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+KERNEL_BACKWARDS = ("_ChannelsLastNormBackward", "_ChannelsLastGroupNormBackward")
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _kernel_or_fail():
+    if _kernels.kernels_disabled():
+        pytest.skip(f"{_kernels.DISABLE_ENV}=1 is set")
+    kernel = _kernels.channels_last_kernel()
+    if kernel is None:
+        pytest.fail(f"the channels_last kernel did not compile: {_kernels._cl_failed}")
+    return kernel
+
+
+def _groups(c):
+    """GroupNorm's group count in these tests: groups of 2 channels where C is even, else of C (one group)."""
+    return c // 2 if c % 2 == 0 else 1
+
+
+def _module(method, c, affine, dtype, seed, track=False):
+    if method == "group":
+        module = nl.GroupNorm(_groups(c), c, affine=affine, dtype=dtype)
+    elif method == "instance":
+        module = nl.InstanceNorm2d(c, affine=affine, track_running_stats=track, dtype=dtype)
+    else:
+        module = nl.BatchNorm2d(c, affine=affine, track_running_stats=track, dtype=dtype)
+    if affine:
+        w, b = random_params(c, dtype, seed=seed)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            module.bias.copy_(b)
+    return module
+
+
+def _step(module, x, dy):
+    """(y, dx, dw, db) of one training step of ``module`` on ``x`` with upstream gradient ``dy``."""
+    x = x.detach().clone().requires_grad_(True)
+    y = module(x)
+    y.backward(dy)
+    grads = (None, None) if module.weight is None else (module.weight.grad, module.bias.grad)
+    return y, x.grad, *grads
+
+
+def _reference(method, module, x, dy):
+    x64 = x.detach().double().numpy()
+    w = None if module.weight is None else module.weight.detach().double().numpy()
+    b = None if module.bias is None else module.bias.detach().double().numpy()
+    if method == "group":
+        y_ref, saved = R.group_norm(x64, module.num_groups, w, b, module.eps)
+    else:
+        y_ref, saved = (R.instance_norm if method == "instance" else R.batch_norm)(x64, w, b, module.eps)
+    return y_ref, R.backward(dy.double().numpy(), saved)
+
+
+def _check(method, shape, dtype, affine, shift, seed, threads=1):
+    fmt = FORMATS[len(shape)]
+    c = shape[1]
+    module = _module(method, c, affine, dtype, seed)
+    if len(shape) == 5 and method != "group":
+        module = (nl.InstanceNorm3d if method == "instance" else nl.BatchNorm3d)(c, affine=affine, dtype=dtype)
+        if affine:
+            w, b = random_params(c, dtype, seed=seed)
+            with torch.no_grad():
+                module.weight.copy_(w)
+                module.bias.copy_(b)
+    x = random_input(shape, dtype, seed=seed, scale=2.0, shift=shift).contiguous(memory_format=fmt)
+    dy = random_input(shape, dtype, seed=seed + 1).contiguous(memory_format=fmt)
+    with num_threads(threads):
+        y, dx, dw, db = _step(module, x, dy)
+    # one position per example (H = W = 1) is the contiguous layout too: ATen's kernel
+    assert (y.grad_fn.name() in KERNEL_BACKWARDS) == (not x.is_contiguous())
+    assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
+    y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
+    scale = max(1.0, float(abs(y_ref).max()))
+    if shift >= 1e4 and dtype == torch.float32:  # the issue's bar for fp32 at mean 1e4
+        relative = float((y.detach().double() - torch.from_numpy(y_ref)).abs().max()) / scale
+        assert relative < LARGE_MEAN_RELATIVE, f"output relative error {relative:.2e}"
+    tol = vs_reference(dtype)
+    assert_close(y, y_ref, atol=tol["atol"] * scale, rtol=tol["rtol"], msg="output")
+    gtol = vs_reference(dtype, grad=True)
+    pairs = [("input", dx, dx_ref)] + ([("weight", dw, dw_ref), ("bias", db, db_ref)] if affine else [])
+    for name, got, ref in pairs:
+        assert got.dtype == dtype
+        assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shift", [0.5, 1e4])
+def test_kernel_matches_the_reference(method, dtype, affine, shift):
+    _kernel_or_fail()
+    if dtype == torch.bfloat16 and shift >= 1e4:
+        shift = 100.0  # bf16 holds 1e4 to +-32: the values would be a handful of levels
+    for shape in [(4, 37, 5, 3), (3, 32, 4, 4), (2, 16, 7, 1)]:  # C off / on the vector width
+        _check(method, shape, dtype, affine, shift, seed=shape[1])
+
+
+@needs_kernel
+@settings(max_examples=25, deadline=None)
+@given(
+    method=st.sampled_from(["instance", "batch", "group"]),
+    rank=st.sampled_from([4, 5]),
+    n=st.integers(1, 4),
+    c=st.integers(2, 40),
+    side=st.integers(1, 5),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
+    affine=st.booleans(),
+    shift=st.sampled_from([0.0, 0.5, 1e4]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 10_000),
+)
+def test_kernel_matches_the_reference_on_random_shapes(method, rank, n, c, side, dtype, affine, shift, threads, seed):
+    _kernel_or_fail()
+    positions = side ** (rank - 2)
+    if method != "batch" and positions == 1:
+        side, positions = 2, 2 ** (rank - 2)  # InstanceNorm needs more than one position
+    if method == "batch" and n * positions < 4:
+        n = 4  # two or three values per channel: dx is all rounding, in any kernel
+    if dtype in (torch.bfloat16, torch.float16) and shift >= 1e4:
+        shift = 10.0 if dtype == torch.bfloat16 else 100.0
+    if shift > 1 and positions * (n if method == "batch" else 2 if method == "group" else 1) < 16:
+        shift = 0.5  # a few values at mean 1e4 have a sample std far below 1: float32 input carries 1e4 * 6e-8
+    _check(method, (n, c) + (side,) * (rank - 2), dtype, affine, shift, seed, threads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_running_statistics_match_torch(method, dtype):
+    _kernel_or_fail()
+    x = random_input((4, 35, 5, 3), dtype, seed=4, scale=2.0, shift=0.5).contiguous(memory_format=torch.channels_last)
+    make = (
+        (lambda m: m.InstanceNorm2d(35, affine=True, track_running_stats=True))
+        if method == "instance"
+        else (lambda m: m.BatchNorm2d(35))
+    )
+    theirs, ours = make(torch.nn).to(dtype), make(nl).to(dtype)
+    for _ in range(2):
+        y_theirs, y_ours = theirs(x), ours(x)
+    assert y_ours.grad_fn.name() in KERNEL_BACKWARDS
+    tol = vs_torch(dtype)
+    assert_close(y_ours, y_theirs.detach(), **tol, msg="output")
+    assert_close(ours.running_mean, theirs.running_mean, **tol, msg="running mean")
+    assert_close(ours.running_var, theirs.running_var, **tol, msg="running var")
+
+
+@needs_kernel
+def test_running_statistics_at_mean_1e4_match_the_reference():
+    _kernel_or_fail()
+    x = random_input((4, 8, 6, 6), seed=5, shift=1e4).contiguous(memory_format=torch.channels_last)
+    for method in ("instance", "batch"):
+        module = _module(method, 8, True, torch.float32, seed=6, track=True)
+        module(x)
+        x64 = x.double().numpy()
+        zeros, ones = torch.zeros(8).numpy(), torch.ones(8).numpy()
+        update = R.instance_running_stats_update if method == "instance" else R.running_stats_update
+        mean_ref, var_ref = update(zeros, ones, x64, 0.1)
+        assert_close(module.running_mean, mean_ref, **vs_reference(torch.float32), msg=f"{method} running mean")
+        assert_close(module.running_var, var_ref, **vs_reference(torch.float32), msg=f"{method} running var")
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
+def test_an_upstream_gradient_in_another_layout(method):
+    """``.sum().backward()`` hands an expanded gradient; a contiguous one comes from a following reshape."""
+    _kernel_or_fail()
+    x = random_input((3, 20, 4, 5), seed=7).contiguous(memory_format=torch.channels_last)
+    dy = random_input((3, 20, 4, 5), seed=8)  # contiguous
+    module = _module(method, 20, True, torch.float32, seed=9)
+    y, dx, dw, db = _step(module, x, dy)
+    y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
+    gtol = vs_reference(torch.float32, grad=True)
+    for got, ref in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"])
+    xs = x.detach().clone().requires_grad_(True)
+    module(xs).sum().backward()  # an expanded gradient of ones
+    ones = torch.ones(x.shape)
+    dx_ref = _reference(method, module, x, ones)[1][0]
+    assert_close(xs.grad, dx_ref, atol=gtol["atol"] * max(1.0, float(abs(dx_ref).max())), rtol=gtol["rtol"])
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
+def test_second_derivative(method):
+    """create_graph differentiates ATen's composite: gradgradcheck in float64."""
+    _kernel_or_fail()
+    x = random_input((2, 3, 3, 2), torch.float64, seed=10).contiguous(memory_format=torch.channels_last)
+    w, b = random_params(3, torch.float64, seed=11)
+    x, w, b = x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    if method == "instance":
+
+        def fn(x, w, b):
+            return NF.instance_norm(x, weight=w, bias=b)
+    elif method == "group":
+
+        def fn(x, w, b):
+            return NF.group_norm(x, 3, w, b)
+    else:
+
+        def fn(x, w, b):
+            return NF.batch_norm(x, None, None, w, b, training=True)
+
+    assert fn(x, w, b).grad_fn.name() in KERNEL_BACKWARDS
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@needs_kernel
+def test_parameters_of_another_dtype_take_the_aten_path():
+    _kernel_or_fail()
+    x = random_input((2, 8, 3, 3), torch.bfloat16, seed=12).contiguous(memory_format=torch.channels_last)
+    w, b = random_params(8, torch.float32, seed=13)
+    y = NF.batch_norm(x, None, None, w, b, training=True)
+    assert y.grad_fn is None or y.grad_fn.name() not in KERNEL_BACKWARDS
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fallback_gives_the_same_results(method, dtype, monkeypatch):
+    _kernel_or_fail()
+    x = random_input((5, 19, 6, 3), dtype, seed=14, scale=2.0, shift=0.5).contiguous(memory_format=torch.channels_last)
+    dy = random_input((5, 19, 6, 3), dtype, seed=15).contiguous(memory_format=torch.channels_last)
+    y, dx, dw, db = _step(_module(method, 19, True, dtype, seed=16), x, dy)
+    assert y.grad_fn.name() in KERNEL_BACKWARDS
+    monkeypatch.setenv(_kernels.DISABLE_ENV, "1")
+    assert _kernels.channels_last_kernel() is None
+    y0, dx0, dw0, db0 = _step(_module(method, 19, True, dtype, seed=16), x, dy)
+    assert y0.grad_fn.name() not in KERNEL_BACKWARDS
+    assert y0.is_contiguous(memory_format=torch.channels_last)
+    tol, gtol = vs_torch(dtype), vs_torch(dtype, grad=True)
+    assert_close(y, y0, **tol, msg="output")
+    for name, got, ref in (("input", dx, dx0), ("weight", dw, dw0), ("bias", db, db0)):
+        assert_close(got, ref, atol=gtol["atol"] * float(ref.abs().max()), rtol=gtol["rtol"], msg=name)
+
+
+def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.delenv(_kernels.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(_kernels, "_cl_module", None)
+    monkeypatch.setattr(_kernels, "_cl_failed", None)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("Error building extension 'x'\nchannels_last.cpp:1:1: error: it broke\n")
+
+    monkeypatch.setattr(_kernels, "_compile", broken)
+    x = random_input((2, 4, 3, 3), seed=17).contiguous(memory_format=torch.channels_last)
+    with pytest.warns(RuntimeWarning, match=r"channels_last normalization CPU kernel could not be compiled"):
+        y = NF.instance_norm(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y2 = NF.batch_norm(x, None, None, training=True)
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+    assert calls == [1]
+
+
+@needs_kernel
+def test_torch_is_wrong_for_one_example():
+    """torch's CPU instance_norm of one channels_last example with a channels_last upstream gradient returns a wrong
+    input gradient (torch 2.13; two examples are right); normlab's kernel matches the reference."""
+    _kernel_or_fail()
+    x = random_input((1, 3, 4, 5), torch.float64, seed=18).contiguous(memory_format=torch.channels_last)
+    dy = random_input((1, 3, 4, 5), torch.float64, seed=19).contiguous(memory_format=torch.channels_last)
+    _, saved = R.instance_norm(x.numpy())
+    dx_ref = R.backward(dy.numpy(), saved)[0]
+    xs = x.clone().requires_grad_(True)
+    NF.instance_norm(xs).backward(dy)
+    assert_close(xs.grad, dx_ref, **vs_reference(torch.float64, grad=True))
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch", "group"])
+@pytest.mark.parametrize("outlier", [3.0, 20.0, 1e3])
+def test_a_first_position_far_from_the_mean(method, outlier):
+    """The kernel's one pass shifts by each group's first value; that value far from the mean (here 3, 20 or 1000
+    standard deviations at mean 1e4) would cost the variance digits: the centered pass takes over."""
+    _kernel_or_fail()
+    x = random_input((2, 19, 8, 8), seed=20, shift=1e4)
+    x[:, :, 0, 0] += outlier
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = random_input((2, 19, 8, 8), seed=21).contiguous(memory_format=torch.channels_last)
+    module = _module(method, 19, True, torch.float32, seed=22)
+    y, dx, dw, db = _step(module, x, dy)
+    assert y.grad_fn.name() in KERNEL_BACKWARDS
+    y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
+    scale = max(1.0, float(abs(y_ref).max()))
+    assert_close(y, y_ref, atol=vs_reference(torch.float32)["atol"] * scale, rtol=2e-4, msg="output")
+    gtol = vs_reference(torch.float32, grad=True)
+    for name, got, ref in (("input", dx, dx_ref), ("weight", dw, dw_ref), ("bias", db, db_ref)):
+        assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
