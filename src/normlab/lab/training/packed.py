@@ -230,7 +230,7 @@ class PackedSGD:
     decays are flat tensors of one value per element, so a step is a handful of kernels over the flat tensor
     (the gradients gathered by one ``cat``), whatever the number of tensors; per-tensor (foreach) ops of
     differently shaped operands cost a kernel per tensor, most of a small pack's optimizer time. Each element's
-    update is the same float operations as SGD's."""
+    update is SGD's up to float rounding (the fused multiply-adds may round once where SGD rounds twice)."""
 
     def __init__(
         self, packed: nn.Module, layout: PackLayout, lrs: list[float], decays: list[float], momentum: float
@@ -266,12 +266,9 @@ class PackedSGD:
         if self.decays is not None:
             grad = grad + self.flat * self.decays
         if self.momentum:
-            if self.buffer is None:
-                self.buffer = grad
-            else:
-                self.buffer.mul_(self.momentum).add_(grad)
+            self.buffer = grad if self.buffer is None else grad.add_(self.buffer, alpha=self.momentum)
             grad = self.buffer
-        self.flat.sub_(self.lrs.mul(factor).mul_(grad))
+        self.flat.addcmul_(self.lrs, grad, value=-factor)  # one pass: p - factor * lr * buf
 
     def zero_grad(self) -> None:
         for p in self.params:
