@@ -2,6 +2,7 @@
 batched-matmul form, the pack-size curve, and the language model's tokens per second (a benchmark, not a test).
 
     python benchmarks/packed_bench.py [--copies 16] [--steps 40] [--rounds 3] [--threads 1] [--sweep] [--lm]
+        [--mixed] [--baseline OTHER/src]
 
 ConvNets: the lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on
 one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and optimizer over K nets, in today's form
@@ -13,6 +14,12 @@ second with today's attention (``nn.MultiheadAttention`` with a causal and a key
 lab trains with), and ``CharTransformer.forward_unpadded`` (the real tokens only; not for batch-dependent norms, not
 used by the lab's training), same model, same parameters, the same 32x64 positions counted a step in every column.
 
+``--mixed``: a mixed-norm pack as the lab packs a study's norms at a small batch (``--norms`` x ``--seeds`` runs, one
+pack, the form "auto" picks), model-steps/s of the lab's own step (``PackedTraining.step``: batch fetch, forward,
+backward, optimizer) at batch 2 and 8, each version in a process of its own; with ``--baseline`` (the ``src`` folder
+of another version of the lab, e.g. ``git archive`` of the commit before a change) that version's rate in the same
+rounds and the ratio this/baseline.
+
 Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
 ``--clock process`` (the default) times the process's CPU time (``time.process_time``; one thread), which a machine
 shared with other jobs distorts less than wall time (``--clock wall``).
@@ -21,15 +28,19 @@ shared with other jobs distorts less than wall time (``--clock wall``).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
 from normlab.lab.training.models import CharTransformer, pack_size
-from normlab.lab.training.packed import PackedSGD, pack_state
+from normlab.lab.training.packed import PackedSGD, PackedTraining, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
 from normlab.registry import get_method
 
@@ -77,6 +88,53 @@ def _packed(config: dict, copies: int, steps: int, form: str):
 
     run()  # warm-up (allocator, first-call costs)
     return run
+
+
+def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int) -> float:
+    """Model-steps/s of the lab's step on one pack of ``norms`` x ``seeds`` runs (a study's mixed-norm pack)."""
+    configs = [
+        make_config(study="bench", norm=n, seed=s, batch_size=batch, lr=0.01, depth=4)
+        for n in norms
+        for s in range(seeds)
+    ]
+    data = classifier_data(configs[0])
+    singles = [build_classifier(c, data) for c in configs]
+    packed = build_packed_classifier(configs, data)
+    training = PackedTraining(configs, data, packed, pack_state(singles, packed))
+    live = list(range(len(configs)))
+    for step in range(5):  # warm-up (allocator, first-call costs)
+        training.step(step, live, False)
+    start = CLOCK()
+    for step in range(steps):
+        training.step(step, live, False)
+    return len(configs) * steps / (CLOCK() - start)
+
+
+def _mixed_in(src: Path, norms: str, batch: int, seeds: int, steps: int, threads: int, clock: str) -> float:
+    """:func:`_mixed_rate` in a process running the lab from ``src``."""
+    command = [sys.executable, __file__, "--mixed-worker", "--norms", norms, "--batch", str(batch)]
+    command += ["--seeds", str(seeds), "--steps", str(steps), "--threads", str(threads), "--clock", clock]
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    return float(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def _mixed_table(args: argparse.Namespace) -> None:
+    this = Path(__file__).resolve().parents[1] / "src"
+    versions = {"this": this} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+    k = len(args.norms.split(",")) * args.seeds
+    print(
+        f"\n| mixed pack ({args.norms} x {args.seeds} seeds, K={k}) | batch | "
+        + " | ".join(f"{name} model-steps/s" for name in versions)
+        + (" | this/baseline |\n|---|---|---|---|---|" if args.baseline else " |\n|---|---|---|")
+    )
+    for batch in (2, 8):
+        best = {name: 0.0 for name in versions}
+        for _ in range(args.rounds):  # the versions alternating within a round
+            for name, src in versions.items():
+                rate = _mixed_in(src, args.norms, batch, args.seeds, args.steps * 4, args.threads, args.clock)
+                best[name] = max(best[name], rate)
+        ratio = f" | {best['this'] / best['baseline']:.2f}x" if args.baseline else ""
+        print(f"| mixed | {batch} | " + " | ".join(f"{r:.0f}" for r in best.values()) + ratio + " |", flush=True)
 
 
 def _best(runs: dict[str, object], rounds: int) -> dict[str, float]:
@@ -128,10 +186,18 @@ def main() -> None:
     parser.add_argument("--lm", action="store_true", help="the language model's tokens per second")
     parser.add_argument("--no-convnet", action="store_true", help="skip the ConvNet table")
     parser.add_argument("--clock", choices=("process", "wall"), default="process")
+    parser.add_argument("--mixed", action="store_true", help="a mixed-norm pack's model-steps/s at batch 2 and 8")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per norm in the mixed pack")
+    parser.add_argument("--baseline", help="another version's src folder, timed in the mixed pack's rounds")
+    parser.add_argument("--mixed-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
+    if args.mixed_worker:  # one version's rate, in its own process (see _mixed_in)
+        print(_mixed_rate(args.norms.split(","), args.batch, args.seeds, args.steps))
+        return
     norms = args.norms.split(",")
     print(
         f"# {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.copies} copies, "
@@ -178,6 +244,8 @@ def main() -> None:
                         steps = max(4, args.steps * 16 // k)
                         rates.append(_best({form: _packed(config, k, steps, form)}, args.rounds)[form])
                     print(f"| {norm} | {batch} | {form} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
+    if args.mixed:
+        _mixed_table(args)
     if args.lm:
         print(
             "\n| LM norm | batch | today tokens/s (MultiheadAttention) | new tokens/s | new/today | unpadded tokens/s "

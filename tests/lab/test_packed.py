@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from normlab.lab.config import make_config
-from normlab.lab.training.packed import pack_key, pack_state, plan_packs, train_packed, unpack_state
+from normlab.lab.training.channel_major import packed_norm
+from normlab.lab.training.models import make_norm
+from normlab.lab.training.packed import PackedSGD, pack_key, pack_state, plan_packs, train_packed, unpack_state
 from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
 
@@ -115,3 +117,57 @@ def test_packed_run_is_deterministic():
     first, second = train_packed(configs), train_packed(configs)
     assert [m["test_acc"] for m, _ in first] == [m["test_acc"] for m, _ in second]
     assert all(math.isfinite(v) for _, c in first for v in c["loss"])
+
+
+def test_packed_sgd_is_sgd_per_run_on_flat_parameters():
+    """The optimizer's flat tensor: parameters stay views of it (a state dict loaded reaches it), and each run's step
+    is torch's SGD with that run's rate and decay (up to float rounding); its state round-trips."""
+    configs = _configs("batch")
+    data = classifier_data(configs[0])
+    singles = []
+    for config in configs:
+        torch.manual_seed(config.seed)
+        singles.append(build_classifier(config, data))
+    packed = build_packed_classifier(configs, data)
+    opt = PackedSGD(
+        packed, pack_state(singles, packed), [c.lr for c in configs], [c.weight_decay for c in configs], 0.9
+    )
+    sgds = [
+        torch.optim.SGD(m.parameters(), lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+        for m, c in zip(singles, configs, strict=True)
+    ]
+    x = data.x_train[:4]
+    for _ in range(3):
+        opt.zero_grad()
+        packed(x.repeat(1, len(configs), 1)).sum().backward()
+        opt.step(0.5)
+        for model, sgd, c in zip(singles, sgds, configs, strict=True):
+            sgd.param_groups[0]["lr"] = c.lr * 0.5
+            sgd.zero_grad()
+            model(x).sum().backward()
+            sgd.step()
+    copies = [build_classifier(c, data) for c in configs]
+    unpack_state(packed, copies)
+    for a, b in zip(singles, copies, strict=True):
+        for (name, va), vb in zip(a.named_parameters(), b.parameters(), strict=True):
+            assert torch.allclose(va, vb, rtol=1e-5, atol=1e-6), name
+    state = opt.state_dict()
+    packed.load_state_dict({k: torch.zeros_like(v) for k, v in packed.state_dict().items()})
+    assert float(opt.flat.abs().sum()) == 0.0  # the parameters are views of the flat tensor
+    opt.load_state_dict(state)
+    assert opt.buffer is not None and all(
+        torch.equal(a, b) for a, b in zip(opt.state_dict()["buffers"], state["buffers"], strict=True)
+    )
+
+
+def test_packed_instance_norm_is_its_group_norm():
+    """The packed nets' InstanceNorm runs as the GroupNorm of one channel a group: the module's output and gradients."""
+    norm = make_norm("instance", 8, 1, copies=3)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 24, 10, requires_grad=True)
+    fast = packed_norm(norm, x)
+    (gx_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    slow = norm(x)
+    (gx_slow,) = torch.autograd.grad(slow.square().sum(), x)
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(gx_fast, gx_slow, atol=1e-4)

@@ -11,14 +11,16 @@ import torch
 from torch import Tensor, nn
 
 from ...nn import batchnorm as nl_batchnorm
+from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
 
-__all__ = ["norm_act_channel_major", "order_free", "hooked"]
+__all__ = ["norm_act_channel_major", "order_free", "hooked", "packed_norm"]
 
 # Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
 # elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
 ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
 GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
+INSTANCE_NORMS = (nn.InstanceNorm1d, nl_instancenorm.InstanceNorm1d)
 # Norms whose output their backward does not read: the ReLU after them may run in place.
 INPLACE_AFTER = (*ROW_NORMS, *GROUP_NORMS, nn.Identity)
 
@@ -32,6 +34,18 @@ def order_free(norm: nn.Module) -> bool:
     """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
     no norm, BatchNorm or GroupNorm without hooks (statistics over all positions, the rest elementwise)."""
     return isinstance(norm, nn.Identity) or (type(norm) in ROW_NORMS + GROUP_NORMS and not hooked(norm))
+
+
+def packed_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(x)`` for a packed net's norm layer over ``(N, K*C, L)`` maps. An affine InstanceNorm without running
+    statistics runs as the GroupNorm of one channel a group (the same statistics, per example and channel over the
+    positions): one ATen op each way, where ``instance_norm`` repeats its weight and bias over the batch and runs
+    batch norm on a reshaped copy, several times the ops at a small batch. Equal up to float rounding."""
+    if type(norm) in INSTANCE_NORMS and not hooked(norm):
+        inorm = cast(nn.InstanceNorm1d, norm)
+        if inorm.affine and not inorm.track_running_stats and x.dim() == 3 and x.shape[1] == inorm.num_features:
+            return torch.group_norm(x, x.shape[1], inorm.weight, inorm.bias, inorm.eps)
+    return norm(x)
 
 
 class _RowBatchNorm(torch.autograd.Function):
@@ -158,7 +172,8 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
         if isinstance(norm, nn.Identity):
             out, restore = y, False
         else:
-            out, restore = norm(y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length)), True
+            out = packed_norm(norm, y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length))
+            restore = True
     if isinstance(act, nn.ReLU):
         out = torch.relu_(out) if type(norm) in INPLACE_AFTER else torch.relu(out)
     elif not isinstance(act, nn.Identity):

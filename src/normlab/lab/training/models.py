@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 
 from ... import nn as nl
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
-from .channel_major import GROUP_NORMS, ROW_NORMS, hooked, norm_act_channel_major, order_free
+from .channel_major import GROUP_NORMS, ROW_NORMS, hooked, norm_act_channel_major, order_free, packed_norm
 from .conv_forms import Im2Col, ParityConv, first_conv_columns
 
 __all__ = [
@@ -105,7 +105,8 @@ class SplitNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat(
-            [part(chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1), strict=True)], dim=1
+            [packed_norm(part, chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1), strict=True)],
+            dim=1,
         )
 
 
@@ -278,7 +279,16 @@ class ConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_matmul(x.shape[0]):
             return self._forward_matmul(x)
-        return self.head(self.pool(self.features(x)).flatten(1))
+        if self.copies is None or hooked(self.features):
+            return self.head(self.pool(self.features(x)).flatten(1))
+        return self.head(self.pool(self._features_packed(x)).flatten(1))
+
+    def _features_packed(self, x: Tensor) -> Tensor:
+        """The packed net's features in the grouped form: ``self.features`` with each norm layer through
+        :func:`~normlab.lab.training.channel_major.packed_norm` (InstanceNorm as one GroupNorm op)."""
+        for i, layer in enumerate(self.features):
+            x = packed_norm(layer, x) if i % 3 == 1 else layer(x)
+        return x
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``.
