@@ -9,10 +9,10 @@ one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and
 (grouped convolutions, ``packed_form="grouped"``: the code path of the main branch) and in the lab's choice
 (``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
-language model (2 blocks, width 64, 4 heads, sequences of 64 with padding, AdamW as ``CharLMTraining``), tokens per
-second with today's attention (``nn.MultiheadAttention`` with a causal and a key padding mask), the new one (what the
-lab trains with), and ``CharTransformer.forward_unpadded`` (the real tokens only; not for batch-dependent norms, not
-used by the lab's training), same model, same parameters, the same 32x64 positions counted a step in every column.
+language model (2 blocks, width 64, 4 heads, sequences of 64 with padding), tokens per second with today's attention
+(``nn.MultiheadAttention`` with a causal and a key padding mask, per-parameter AdamW and clipping: the issue's code),
+the new one (what the lab trains with: its attention, fused AdamW, foreach clipping, as ``CharLMTraining``), and ``CharTransformer.forward_unpadded`` (the real tokens only, what the lab trains a per-token norm
+with; not for batch-dependent norms), same model, same parameters, the same 32x64 positions counted a step in every column.
 
 ``--mixed``: a mixed-norm pack as the lab packs a study's norms at a small batch (``--norms`` x ``--seeds`` runs, one
 pack, the form "auto" picks), model-steps/s of the lab's own step (``PackedTraining.step``: batch fetch, forward,
@@ -152,7 +152,8 @@ def _lm(norm: str, batch: int, steps: int, forward: str):
     vocab = len(text.vocab)
     torch.manual_seed(0)
     model = CharTransformer(vocab, norm, c.dim, c.layers, max_len=c.seq_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+    today = forward == "today"  # the issue's code: per-parameter AdamW and clipping; else CharLMTraining's step
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0, fused=not today)
     g = torch.Generator().manual_seed(0)
     batches = [_lm_batch(text.train, batch, c.seq_len, vocab, g, True) for _ in range(4)]
 
@@ -163,11 +164,11 @@ def _lm(norm: str, batch: int, steps: int, forward: str):
             if forward == "unpadded":  # the real positions only (their mean loss: the same as the padded one's)
                 loss = F.cross_entropy(model.forward_unpadded(tokens, padding), targets[~padding])
             else:
-                logits = model.forward_multihead(tokens, padding) if forward == "today" else model(tokens, padding)
+                logits = model.forward_multihead(tokens, padding) if today else model(tokens, padding)
                 loss = F.cross_entropy(logits.transpose(1, 2), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=not today)
             opt.step()
         return batch * c.seq_len * steps / (CLOCK() - start)
 
