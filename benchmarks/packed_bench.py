@@ -11,8 +11,9 @@ one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
 language model (2 blocks, width 64, 4 heads, sequences of 64 with padding), tokens per second with today's attention
 (``nn.MultiheadAttention`` with a causal and a key padding mask, per-parameter AdamW and clipping: the issue's code),
-the new one (what the lab trains with: its attention, fused AdamW, foreach clipping, as ``CharLMTraining``), and ``CharTransformer.forward_unpadded`` (the real tokens only, what the lab trains a per-token norm
-with; not for batch-dependent norms), same model, same parameters, the same 32x64 positions counted a step in every column.
+the new one (what the lab trains with: its attention, fused AdamW, foreach clipping, as ``CharLMTraining``), and
+``CharTransformer.forward_unpadded`` (the real tokens only, what the lab trains a per-token norm with; not for
+batch-dependent norms), same model, same parameters, the same 32x64 positions counted a step in every column.
 
 ``--mixed``: a mixed-norm pack as the lab packs a study's norms at a small batch (``--norms`` x ``--seeds`` runs, one
 pack, the form "auto" picks), model-steps/s of the lab's own step (``PackedTraining.step``: batch fetch, forward,

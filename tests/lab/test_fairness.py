@@ -17,7 +17,7 @@ from normlab.lab.config import as_dict, make_config
 from normlab.lab.judging.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
 from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
 from normlab.lab.judging.verdicts import Outcome, Verdict, compare
-from normlab.lab.metrics import TEST_ACC, VALID_ACC
+from normlab.lab.metrics import TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
 from normlab.lab.sweep import runner
 from normlab.lab.training.train import build_classifier, classifier_data, ladder_key, run
@@ -306,3 +306,15 @@ def test_a_fixed_recipe_measurement_is_not_tuned():
     final = plan.final_configs()
     assert {c.lr for c in final if getattr(c, "record_batch_stats", False)} == {c.lr for c in fixed}
     assert {c.lr for c in final if c.task == "char_lm" and not c.record_batch_stats} == {3e-2}
+
+
+def test_a_language_model_selection_run_never_reads_the_test_text():
+    plan = StudyPlan(STUDIES["sequence"], Options())
+    lm = [c for c in plan.selection_configs() if c.task == "char_lm"]
+    assert lm and all(c.validation_only for c in lm)
+    assert not any(getattr(c, "validation_only", False) for c in plan.final_configs())
+    config = make_config("char_lm", study="t", norm="layer", seed=0, steps=3, batch_size=2, seq_len=16)
+    selection, _ = run(dataclasses.replace(config, validation_only=True))
+    final, _ = run(config)
+    assert VALID_BPC in selection and not any(k.startswith("test") for k in selection)
+    assert selection[VALID_BPC] == final[VALID_BPC] and TEST_BPC in final

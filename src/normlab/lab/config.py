@@ -94,6 +94,7 @@ class CharLMConfig(_Common):
     layers: int = 2
     points: int = 20
     record_batch_stats: bool = False  # record the last block's norm input's batch statistics (PowerNorm's measure)
+    validation_only: bool = False  # a selection run: scored on the validation text, the test text never read
 
 
 @dataclass(frozen=True)

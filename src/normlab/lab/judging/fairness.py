@@ -244,7 +244,9 @@ class StudyPlan:
         fields: dict[str, Any] = {"lr": lr, "seed": seed, "budget": budget, "doublings": self.halving if chosen else 0}
         if template.task == "classify":
             fields.update(_PROBES)
-        if template.task != "char_lm":
+        if template.task == "char_lm":  # the language model has its own validation text
+            fields.update(validation_only=True)
+        else:
             fields.update(validation_fraction=self.selection.validation_fraction)
         return dataclasses.replace(template, **fields)
 

@@ -402,6 +402,7 @@ class CharLMTraining:
                 tuple(t.to(self.device) for t in _lm_batch(ids, 32, c.seq_len, self.pad, vg, False)) for _ in range(4)
             ]
             for split, ids in (("valid", text.valid), ("test", text.test))
+            if split == "valid" or not c.validation_only
         }
 
     def bpc(self, split: str = "valid") -> float:
@@ -480,7 +481,8 @@ def train_char_lm(configs: list[RunConfig], saver: Saver | None = None, trunk: T
         if training.recorder is not None:
             metrics.update(training.recorder.fluctuation(skip=min(20, rungs[index].steps // 4)))
         for name, split in ((VALID_BPC, "valid"), (TEST_BPC, "test")):
-            metrics[name] = training.bpc(split) if not diverged[0] else math.log2(training.vocab)
+            if split in training.held_out:
+                metrics[name] = training.bpc(split) if not diverged[0] else math.log2(training.vocab)
         return metrics, training.curves
 
     every = curve_every(char_lm_base_steps(cs[-1]), cs[-1].points)
