@@ -109,8 +109,10 @@ def _check(method, shape, dtype, affine, shift, seed, threads=1):
     dy = random_input(shape, dtype, seed=seed + 1).contiguous(memory_format=fmt)
     with num_threads(threads):
         y, dx, dw, db = _step(module, x, dy)
-    # one position per example (H = W = 1) is the contiguous layout too: ATen's kernel
-    assert (y.grad_fn.name() in KERNEL_BACKWARDS) == (not x.is_contiguous())
+    # one position per example (H = W = 1) is the contiguous layout too: ATen's kernel; BatchNorm3d and half-precision
+    # GroupNorm keep ATen's paths (their results there differ from torch's by more than torch's module tests allow)
+    kept = (method == "batch" and len(shape) == 5) or (method == "group" and dtype in (torch.float16, torch.bfloat16))
+    assert (y.grad_fn.name() in KERNEL_BACKWARDS) == (not x.is_contiguous() and not kept)
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
     y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
     scale = max(1.0, float(abs(y_ref).max()))
@@ -263,6 +265,8 @@ def test_parameters_of_another_dtype_take_the_aten_path():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fallback_gives_the_same_results(method, dtype, monkeypatch):
     _kernel_or_fail()
+    if method == "group" and dtype == torch.bfloat16:
+        pytest.skip("half-precision GroupNorm keeps ATen's path (the kernel's gradients differ from torch's there)")
     x = random_input((5, 19, 6, 3), dtype, seed=14, scale=2.0, shift=0.5).contiguous(memory_format=torch.channels_last)
     dy = random_input((5, 19, 6, 3), dtype, seed=15).contiguous(memory_format=torch.channels_last)
     y, dx, dw, db = _step(_module(method, 19, True, dtype, seed=16), x, dy)
