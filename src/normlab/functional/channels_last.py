@@ -10,6 +10,7 @@ of another dtype than the input), and the caller takes its ATen path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,34 @@ from . import _kernels
 from .rms import _is_plain
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _composite_grads(
+    composite: Callable[[], Tensor], tensors: tuple[Tensor | None, ...], need: tuple[bool, ...], grad_output: Tensor
+) -> tuple[Tensor | None, ...]:
+    """The gradients of ATen's ``composite()`` with respect to the ``tensors`` marked in ``need`` (None for the
+    others): a kernel Function's backward under ``create_graph`` (a second derivative) or vmap."""
+    wanted = [t for t, n in zip(tensors, need, strict=True) if n and t is not None]
+    with torch.enable_grad():
+        out = composite()
+    grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
+    return tuple(next(grads) if n else None for n in need)
+
+
+def _kernel_grads(
+    dx: Tensor | None,
+    dw: Tensor | None,
+    db: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    need: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    """The kernel's (input, weight, bias) gradients as autograd wants them: the parameters' float32 sums of
+    fp16/bf16 parameters in their dtype, None where not needed."""
+    if weight is not None and bias is not None and (need[1] or need[2]) and dw is not None and db is not None:
+        if dw.dtype != weight.dtype:
+            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
+    return dx, dw if need[1] else None, db if need[2] else None
 
 
 class _ChannelsLastNorm(torch.autograd.Function):
@@ -58,19 +87,16 @@ class _ChannelsLastNorm(torch.autograd.Function):
         input, weight, bias, shifted_mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
-            wanted = [t for t, n in zip((input, weight, bias), need, strict=True) if n]
-            with torch.enable_grad():
-                out = _composite(input, weight, bias, ctx.eps, ctx.groups)
-            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
-            return tuple(next(grads) if n else None for n in need) + (None,) * 6
+            grads = _composite_grads(
+                lambda: _composite(input, weight, bias, ctx.eps, ctx.groups), (input, weight, bias), need, grad_output
+            )
+            return grads + (None,) * 6
         need_affine = weight is not None and (need[1] or need[2])
         # (autograd hands grad_output in the output's dtype, the input's)
         dx, dw, db = ctx.kernel.backward(
             grad_output, input, ctx.groups, shifted_mean, rstd, weight, need[0], need_affine
         )
-        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
-            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
-        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 6
+        return _kernel_grads(dx, dw, db, weight, bias, need) + (None,) * 6
 
 
 class _ChannelsLastGroupNorm(torch.autograd.Function):
@@ -95,18 +121,18 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
         input, weight, bias, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
-            wanted = [t for t, n in zip((input, weight, bias), need, strict=True) if n]
-            with torch.enable_grad():
-                out = torch.group_norm(input, ctx.num_groups, weight, bias, ctx.eps, False)
-            grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=torch.is_grad_enabled()))
-            return tuple(next(grads) if n else None for n in need) + (None,) * 3
+            grads = _composite_grads(
+                lambda: torch.group_norm(input, ctx.num_groups, weight, bias, ctx.eps, False),
+                (input, weight, bias),
+                need,
+                grad_output,
+            )
+            return grads + (None,) * 3
         need_affine = weight is not None and (need[1] or need[2])
         dx, dw, db = ctx.kernel.group_backward(
             grad_output, input, ctx.num_groups, mean, rstd, weight, need[0], need_affine
         )
-        if need_affine and dw.dtype != weight.dtype:  # float32 sums of fp16/bf16 parameters
-            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
-        return (dx, dw if need[1] else None, db if need[2] else None) + (None,) * 3
+        return _kernel_grads(dx, dw, db, weight, bias, need) + (None,) * 3
 
 
 def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, groups: int) -> Tensor:
