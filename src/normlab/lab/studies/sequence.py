@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..config import RunConfig, make_config
 from ..judging.fairness import Budgets, Selection
@@ -26,7 +27,8 @@ from ..metrics import BATCH_VAR_FLUCTUATION, DIVERGED, TEST_BPC, VALID_BPC
 from ..store import RunRecord
 
 BATCH = 32
-FLUCTUATION_LR = 1e-2  # the text model's rate for the fluctuation measure: the centre of the tuned norms' grid
+LR = 1e-2  # the centre of each norm's learning-rate grid
+FLUCTUATION_LR = LR  # the text model's rate for the fluctuation measure (untuned: the rate is part of it)
 SEEDS = 3  # each language model costs about 35 s on one core: the study's seeds are fewer than the CNN studies'
 
 
@@ -65,41 +67,27 @@ class Sequence(Study):
     def _steps(self, options: Options) -> int:
         return 800 if options.full else 400  # T; the verdicts are judged at T and 2T, and longer where they move
 
+    def _transformer(self, options: Options, norm: str, seed: int, **fields: Any) -> RunConfig:
+        return make_config(
+            "char_lm",
+            study=self.name,
+            norm=norm,
+            seed=seed,
+            device=options.device,
+            batch_size=BATCH,
+            seq_len=64,
+            steps=self._steps(options),
+            warmup=50,
+            lr_schedule="wsd",
+            **fields,
+        )
+
     def configs(self, options: Options) -> list[RunConfig]:
-        runs = [
-            make_config(
-                "char_lm",
-                study=self.name,
-                norm=norm,
-                seed=seed,
-                device=options.device,
-                batch_size=BATCH,
-                seq_len=64,
-                lr=1e-2,
-                steps=self._steps(options),
-                warmup=50,
-                lr_schedule="wsd",
-            )
-            for norm in self.norms(options)
-            for seed in options.seed_list(default=SEEDS)
-        ]
+        seeds = options.seed_list(default=SEEDS)
+        runs = [self._transformer(options, norm, seed, lr=LR) for norm in self.norms(options) for seed in seeds]
         if "batch" in self.norms(options):  # PowerNorm's measure, at fixed recipes (the rate is part of it)
             runs += [
-                make_config(
-                    "char_lm",
-                    study=self.name,
-                    norm="batch",
-                    seed=seed,
-                    device=options.device,
-                    batch_size=BATCH,
-                    seq_len=64,
-                    lr=FLUCTUATION_LR,
-                    steps=self._steps(options),
-                    warmup=50,
-                    lr_schedule="wsd",
-                    record_batch_stats=True,
-                )
-                for seed in options.seed_list(default=SEEDS)
+                self._transformer(options, "batch", seed, lr=FLUCTUATION_LR, record_batch_stats=True) for seed in seeds
             ]
             runs += [
                 classify_config(
@@ -113,7 +101,7 @@ class Sequence(Study):
                     record_batch_stats=True,
                     lr_schedule="wsd",
                 )
-                for seed in options.seed_list(default=SEEDS)
+                for seed in seeds
             ]
         return runs
 
