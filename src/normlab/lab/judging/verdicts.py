@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import numpy as np
 
@@ -24,6 +25,7 @@ __all__ = [
     "mean_spread",
     "settle",
     "budget_name",
+    "unsettled_reason",
     "MAX_DOUBLINGS",
     "Budgets",
 ]
@@ -62,7 +64,8 @@ CRITERION = (
     "overturn it (the effect's change from T to 2T, repeated once more, keeps the outcome). Otherwise the settings "
     f"under it train again at 4T, then up to {2**MAX_DOUBLINGS}T, and the same rule applies to each pair of successive "
     "budgets; a verdict still unsettled reads 'inconclusive: changes with budget', with its numbers at every "
-    "budget. A claim that involves no training (exactness, determinism) needs no budget. If a study's best setting "
+    "budget and why it did not settle (how its difference moved per doubling, and what one more would read). "
+    "A claim that involves no training (exactness, determinism) needs no budget. If a study's best setting "
     "misses its target, its verdicts read 'inconclusive: not trained'."
 )
 
@@ -290,10 +293,35 @@ def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
     if levels[-1] < last:
         return dataclasses.replace(by_budget[levels[-1]], history=history), True
     numbers = "; ".join(f"{budget_name(d)}: {o}" + ("" if e is None else f" ({e:+.3g})") for d, o, e in history)
+    final = by_budget[levels[-1]]
     changes = dataclasses.replace(
-        by_budget[levels[-1]],
+        final,
         outcome=Outcome.CHANGES_WITH_BUDGET,
         history=history,
-        evidence=by_budget[levels[-1]].evidence + f"; by budget: {numbers}",
+        evidence=final.evidence + f"; by budget: {numbers}" + unsettled_reason(final, history),
     )
     return changes, False
+
+
+def unsettled_reason(final: Verdict, history: Sequence[tuple[int, str, float | None]]) -> str:
+    """Why a verdict judged at every budget did not settle, in words, from its ``history`` (doublings, outcome,
+    effect): how its effect moved per doubling, and what one more doubling at the last rate of change would read
+    (by ``final``'s margins). Empty when the effects are missing."""
+    effects = [e for _, _, e in history]
+    if len(effects) < 2 or any(e is None for e in effects) or final.margin is None:
+        return ""
+    values = cast("list[float]", effects)
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    if all(abs(b) < abs(a) for a, b in zip(values, values[1:], strict=False)):
+        trend = "the difference shrinks toward 0 at every doubling"
+    elif all(abs(b) > abs(a) for a, b in zip(values, values[1:], strict=False)):
+        trend = "the difference grows at every doubling"
+    else:
+        trend = "the difference moves up and down with the budget (more than the seeds can pin down)"
+    projected = values[-1] + steps[-1]
+    return (
+        f". Why it is not settled: {trend} ({', '.join(f'{e:+.3g}' for e in values)}); the last doubling moved it by "
+        f"{steps[-1]:+.3g}, and once more would read '{final.outcome_for(projected)}' ({projected:+.3g}): at this "
+        "scale the answer depends on how long the models train, so the report gives the numbers at every budget "
+        "rather than one outcome"
+    )
