@@ -194,3 +194,16 @@ def test_the_contrast_study_leaves_a_diverged_run_out(tmp_path):
     (verdict,) = result.verdicts
     assert "none drop 45 pts" in verdict.evidence  # seed 0's drop; the diverged seed 1 is out, not a drop of 0
     assert any("none: 1 of 2 runs diverged" in note for note in result.notes)
+
+
+def test_a_flag_that_marks_runs_apart_labels_them_in_words():
+    """The sequence study's fixed-recipe recording runs: labelled by what they are; the tuned runs not by a flag."""
+    records = [_record("batch", s, 0.9, [2.0, 1.0]) for s in range(2)]
+    records += [_record("layer", s, 0.95, [2.0, 1.0]) for s in range(2)]
+    for r in records:
+        r.config["record_batch_stats"] = False
+    recording = _record("batch", 9, 0.97, [2.0, 1.0])
+    recording.config["record_batch_stats"] = True
+    check = check_training(Target("test_acc", 0.9), [*records, recording])
+    assert check.best == "norm=batch, fixed recipe, batch statistics recorded: 97.0%"
+    assert check.settings == 3 and "record_batch_stats" not in repr(check)

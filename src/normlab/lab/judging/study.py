@@ -233,12 +233,23 @@ def varying_fields(configs: Sequence[RunConfig | Mapping[str, Any]]) -> list[str
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in plain}) > 1]
 
 
+# Flags that mark a run apart from the study's compared settings: shown by these words when set, not at all when not
+# (a tuned run is not "record_batch_stats=False")
+FLAG_LABELS = {"record_batch_stats": "fixed recipe, batch statistics recorded"}
+
+
 def setting_label(config: RunConfig | Mapping[str, Any], varying: list[str]) -> str:
-    """A setting's label: the ``varying`` fields' values (a study's own ``variant`` names its norm)."""
+    """A setting's label: the ``varying`` fields' values (a study's own ``variant`` names its norm; a flag of
+    :data:`FLAG_LABELS` by its words where set)."""
     config = as_dict(config)
     if "variant" in varying:  # a study's own label already names the norm and its options
         varying = [k for k in varying if k not in ("norm", "norm_options", "weight_norm")]
-    return ", ".join(f"{k}={config.get(k)}" for k in varying) or str(config.get("variant") or config.get("norm"))
+    parts = [
+        (FLAG_LABELS[k] if k in FLAG_LABELS else f"{k}={config.get(k)}")
+        for k in varying
+        if k not in FLAG_LABELS or config.get(k)
+    ]
+    return ", ".join(parts) or str(config.get("variant") or config.get("norm"))
 
 
 def check_training(target: Target, records: list[RunRecord], tuned: bool = False) -> TrainingCheck:
