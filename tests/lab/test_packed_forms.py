@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
-from normlab.lab.training.conv_forms import ParityConv, position_order, shift_runs
+from normlab.lab.training.conv_forms import INPLACE_MIN_BATCH, ParityConv, position_order, shift_runs
 from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
 from normlab.lab.training.train import build_packed_classifier, classifier_data, run
@@ -150,23 +150,33 @@ def test_position_order_and_its_shift_runs():
         assert seen == {i: 2 * p - 1 for i, p in enumerate(out) if p > 0}
 
 
+@pytest.mark.parametrize("n", [5, INPLACE_MIN_BATCH])
 @pytest.mark.parametrize("length,halvings", [(40, 3), (20, 2), (10, 1), (16, 4)])
-def test_parity_conv_is_the_strided_conv(length, halvings):
+def test_parity_conv_is_the_strided_conv(length, halvings, n):
     """ParityConv on maps in position_order equals a grouped stride-2 conv1d (without bias): output and gradients
-    (float64 gradcheck)."""
-    k, c, c_out, n = 2, 3, 4, 5
+    (against conv1d's; a float64 gradcheck at the small batch), both ways of adding tap 0 (small batch and from
+    INPLACE_MIN_BATCH)."""
+    k, c, c_out = 2, 3, 4
     g = torch.Generator().manual_seed(0)
     x = torch.randn(k, c, length, n, generator=g, dtype=torch.float64)  # natural order
-    w = torch.randn(k * c_out, c, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(k * c_out, c, 3, generator=g, dtype=torch.float64, requires_grad=True)
     ref = F.conv1d(x.permute(3, 0, 1, 2).reshape(n, k * c, length), w, stride=2, padding=1, groups=k)
     order = list(position_order(length, halvings))
     stored = x[:, :, order].contiguous().requires_grad_()
     out = ParityConv.apply(stored, w, halvings).view(k, c_out, length // 2, n)
     back = torch.empty_like(out)
     back[:, :, list(position_order(length // 2, halvings - 1))] = out
-    torch.testing.assert_close(back.permute(3, 0, 1, 2).reshape(n, k * c_out, -1), ref)
-    w.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: ParityConv.apply(a, b, halvings), (stored, w))
+    back = back.permute(3, 0, 1, 2).reshape(n, k * c_out, -1)
+    torch.testing.assert_close(back, ref)
+    upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(back, (stored, w), upstream)
+    natural = x.clone().requires_grad_()
+    ref = F.conv1d(natural.permute(3, 0, 1, 2).reshape(n, k * c, length), w, stride=2, padding=1, groups=k)
+    rx, rw = torch.autograd.grad(ref, (natural, w), upstream)
+    torch.testing.assert_close(gx, rx[:, :, order])
+    torch.testing.assert_close(gw, rw)
+    if n < INPLACE_MIN_BATCH:
+        assert torch.autograd.gradcheck(lambda a, b: ParityConv.apply(a, b, halvings), (stored, w))
 
 
 def test_matmul_form_takes_the_parity_convs_where_lengths_halve():

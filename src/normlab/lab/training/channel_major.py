@@ -5,6 +5,7 @@ net) subtract it with the group mean, so the conv is a plain product and its out
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, cast
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
+from .channel_major_kernel import GroupNormReLU, RowBatchNormReLU, channel_major_kernel
 
 __all__ = ["norm_act_channel_major", "order_free", "hooked", "packed_norm"]
 
@@ -75,11 +77,19 @@ class _RowBatchNorm(torch.autograd.Function):
         return gx, grad.new_zeros(c), gw, gb, None
 
 
-def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None) -> Tensor:
-    """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row. In
-    training with running statistics and a momentum it runs as :class:`_RowBatchNorm` and updates the running
-    statistics as BatchNorm does (the bias in the mean, unbiased variance, ``num_batches_tracked``); otherwise it is
-    ``norm`` itself."""
+def _kernel_for(*tensors: Tensor) -> ModuleType | None:
+    """The compiled kernel where it takes these tensors (float32 on the CPU), else None (the ATen composite)."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return channel_major_kernel()
+    return None
+
+
+def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None, relu: bool) -> tuple[Tensor, bool]:
+    """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row, and
+    whether the ReLU ran with it (``relu`` asks for it). In training with running statistics and a momentum it runs
+    as the compiled kernel (:class:`~normlab.lab.training.channel_major_kernel.RowBatchNormReLU`, the ReLU fused)
+    or, without one, :class:`_RowBatchNorm`, and updates the running statistics as BatchNorm does (the bias in the
+    mean, unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
     _, c, m = rows.shape
     if not (
         norm.training
@@ -92,14 +102,21 @@ def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None
         and norm.bias is not None
         and conv_bias is not None
     ):
-        return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1))
-    out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
+        return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1)), False
+    kernel = _kernel_for(rows, conv_bias, norm.weight, norm.bias)
+    if kernel is not None:
+        out, mean, var = RowBatchNormReLU.apply(
+            rows.view(c, m), conv_bias, norm.weight, norm.bias, norm.eps, relu, kernel
+        )
+    else:
+        out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
+        var = rstd.reciprocal().square_().sub_(norm.eps)
     with torch.no_grad():
-        var = rstd.reciprocal().square_().sub_(norm.eps).mul_(m / (m - 1)).view(-1)
         norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1) + conv_bias, alpha=norm.momentum)
-        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(var, alpha=norm.momentum)
+        unbiased = var.view(-1).mul(m / (m - 1))
+        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(unbiased, alpha=norm.momentum)
         cast(Tensor, norm.num_batches_tracked).add_(1)
-    return cast(Tensor, out)
+    return cast(Tensor, out), kernel is not None and relu
 
 
 class _GroupNormChannelMajor(torch.autograd.Function):
@@ -149,12 +166,18 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
     """``act(norm(y + conv_bias))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to
     channel-major maps ``y`` ``(K, C, L*N)`` (the conv's output without its bias, batch last); returns
     ``(K, C, L, N)`` (a view when the norm took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one)
-    run on the channel-major maps with the bias folded in; any other norm, or one with hooks, gets ``(N, K*C, L)``
-    maps through its module, a copy each way. A ReLU after a norm whose backward does not read its output runs in
-    place, on the output itself (not on a view of it, which autograd would copy back)."""
+    run on the channel-major maps with the bias folded in: through the compiled kernel, which also runs a ReLU
+    after them in the same pass (:mod:`~normlab.lab.training.channel_major_kernel`), or, without it
+    (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites here. Any other norm, or one with hooks, gets
+    ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm whose backward does not read its
+    output runs in place, on the output itself (not on a view of it, which autograd would copy back)."""
     k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
+    relu = isinstance(act, nn.ReLU)
+    fused = False  # whether the ReLU ran in the norm's kernel
     if type(norm) in ROW_NORMS and not hooked(norm):
-        out, restore = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), conv_bias), False
+        rows = y.view(1, k * c, length * n)
+        out, fused = _row_batch_norm(cast(nn.BatchNorm1d, norm), rows, conv_bias, relu)
+        restore = False
     elif (
         type(norm) in GROUP_NORMS
         and not hooked(norm)
@@ -163,9 +186,16 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
         and y.dtype == torch.float32
         and conv_bias is not None
     ):
-        groups = cast(nn.GroupNorm, norm).num_groups
-        x = y.view(groups, -1, length, n)
-        out, restore = _GroupNormChannelMajor.apply(x, conv_bias, norm.weight, norm.bias, norm.eps), False
+        gn = cast(nn.GroupNorm, norm)
+        kernel = _kernel_for(y, conv_bias, gn.weight, gn.bias)
+        if kernel is not None:
+            x = y.contiguous().view(gn.num_groups, -1, n)
+            out = GroupNormReLU.apply(x, conv_bias, gn.weight, gn.bias, gn.eps, relu, kernel)
+            fused = relu
+        else:
+            x = y.view(gn.num_groups, -1, length, n)
+            out = _GroupNormChannelMajor.apply(x, conv_bias, gn.weight, gn.bias, gn.eps)
+        restore = False
     else:
         if conv_bias is not None:
             y = y + conv_bias.view(k, c, 1)
@@ -174,9 +204,9 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
         else:
             out = packed_norm(norm, y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length))
             restore = True
-    if isinstance(act, nn.ReLU):
+    if relu and not fused:
         out = torch.relu_(out) if type(norm) in INPLACE_AFTER else torch.relu(out)
-    elif not isinstance(act, nn.Identity):
+    elif not relu and not isinstance(act, nn.Identity):
         out = act(out)
     if restore:
         return out.view(n, k, c, length).permute(1, 2, 3, 0)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Im2Col", "ParityConv", "position_order", "shift_runs", "first_conv_columns"]
+__all__ = ["Im2Col", "ParityConv", "INPLACE_MIN_BATCH", "position_order", "shift_runs", "first_conv_columns"]
 
 
 @cache
@@ -70,11 +70,20 @@ def first_conv_columns(x: Tensor, halvings: int) -> Tensor:
     return padded[:, :, taps].reshape(k, c * 3, length * n)
 
 
+# From this batch on, ParityConv adds tap 0 by products accumulated in place on the output's blocks (strided views,
+# which ATen's CPU baddbmm_ runs as one addmm_ a net): no separate product, sum or shifted copy. Below it the K small
+# addmm_ calls a block cost more than they save. Measured, one core, width 32, fwd+bwd of the three stride-2 convs
+# (2026-12-07, machine under load): 0.89x of the time at K=16, batch 32; 1.11x to 1.30x at batch 2 and 8 (K 16, 64).
+INPLACE_MIN_BATCH = 32
+
+
 class ParityConv(torch.autograd.Function):
     """A stride-2, kernel-3, padding-1 conv of K nets over maps ``x`` ``(K, C, L, N)`` (contiguous) stored in
     ``position_order(L, halvings)``; weight ``(K*C_out, C, 3)``; output ``(K, C_out, L/2*N)`` in
-    ``position_order(L/2, halvings - 1)``, without the conv's bias (the norm after it adds it). Two batched
-    products forward, four backward (two for the weight, two for the input), no columns."""
+    ``position_order(L/2, halvings - 1)``, without the conv's bias (the norm after it adds it). One batched product
+    for taps 1 and 2; tap 0 (the odd half, shifted by the blocks of :func:`shift_runs`) either as products
+    accumulated in place on the output's blocks (from :data:`INPLACE_MIN_BATCH` examples) or as a second product
+    added block by block. Backward likewise for the input's odd rows and tap 0's weight gradient. No columns."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, halvings: int) -> Tensor:
@@ -86,12 +95,17 @@ class ParityConv(torch.autograd.Function):
         rows = x.view(k, 2 * c, m)
         odd = x.view(k, c, 2, m)[:, :, 1]
         y = torch.bmm(w12, rows)
-        p = torch.bmm(w0, odd)
         runs = shift_runs(length, halvings)
-        for out_slot, odd_slot, count in runs:
-            y[:, :, out_slot * n : (out_slot + count) * n].add_(p[:, :, odd_slot * n : (odd_slot + count) * n])
+        blocks = [(slice(o * n, (o + count) * n), slice(j * n, (j + count) * n)) for o, j, count in runs]
+        if n >= INPLACE_MIN_BATCH:
+            for out_block, odd_block in blocks:  # y[out block] += w0 @ odd[odd block], in place
+                y[:, :, out_block].baddbmm_(w0, odd[:, :, odd_block])
+        else:
+            p = torch.bmm(w0, odd)
+            for out_block, odd_block in blocks:
+                y[:, :, out_block].add_(p[:, :, odd_block])
         ctx.save_for_backward(x, w12, w0)
-        ctx.runs, ctx.n = runs, n
+        ctx.blocks = blocks
         return y
 
     @staticmethod
@@ -100,20 +114,33 @@ class ParityConv(torch.autograd.Function):
         k, c, length, n = x.shape
         c_out, m = w12.shape[1], length // 2 * n
         grad = grad.contiguous()
-        gp = grad.new_zeros(k, c_out, m)  # the gradient of tap 0's product, unshifted
-        for out_slot, odd_slot, count in ctx.runs:
-            gp[:, :, odd_slot * n : (odd_slot + count) * n].copy_(grad[:, :, out_slot * n : (out_slot + count) * n])
         rows = x.view(k, 2 * c, m)
         odd = x.view(k, c, 2, m)[:, :, 1]
+        inplace = n >= INPLACE_MIN_BATCH
+        gp = None  # tap 0's gradient, unshifted (the small-batch way)
+        if not inplace:
+            gp = grad.new_zeros(k, c_out, m)
+            for out_block, odd_block in ctx.blocks:
+                gp[:, :, odd_block].copy_(grad[:, :, out_block])
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.bmm(w12.transpose(1, 2), grad)  # (K, 2C, M): rows (c, parity), the input's layout
-            grad_x.view(k, c, 2, m)[:, :, 1].add_(torch.bmm(w0.transpose(1, 2), gp))
+            odd_grad = grad_x.view(k, c, 2, m)[:, :, 1]
+            if gp is None:
+                for out_block, odd_block in ctx.blocks:
+                    odd_grad[:, :, odd_block].baddbmm_(w0.transpose(1, 2), grad[:, :, out_block])
+            else:
+                odd_grad.add_(torch.bmm(w0.transpose(1, 2), gp))
             grad_x = grad_x.view(k, c, length, n)
         if ctx.needs_input_grad[1]:
             g12 = torch.bmm(grad, rows.transpose(1, 2)).view(k, c_out, c, 2)
-            g0 = torch.bmm(gp, odd.transpose(1, 2)).view(k, c_out, c, 1)
-            grad_w = torch.cat([g0, g12], dim=3).view(k * c_out, c, 3)
+            if gp is None:
+                g0 = grad.new_zeros(k, c_out, c)
+                for out_block, odd_block in ctx.blocks:
+                    g0.baddbmm_(grad[:, :, out_block], odd[:, :, odd_block].transpose(1, 2))
+            else:
+                g0 = torch.bmm(gp, odd.transpose(1, 2))
+            grad_w = torch.stack([g0, g12[..., 0], g12[..., 1]], dim=3).view(k * c_out, c, 3)  # cat: 2x slower
         return grad_x, grad_w, None
 
 

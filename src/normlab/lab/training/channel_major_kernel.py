@@ -1,0 +1,106 @@
+"""The compiled CPU kernel of the packed ConvNet's norm layers in the matmul form (``csrc/channel_major.cpp``):
+GroupNorm (LayerNorm packs as one) and training-mode BatchNorm of channel-major maps, each with the conv's bias
+folded in, the affine and the ReLU in the same pass, forward and backward (formulas at the top of the C++ file).
+
+:func:`channel_major_kernel` returns the compiled module, or None where the caller takes its pure-ATen composite
+(:mod:`normlab.lab.training.channel_major`): ``NORMLAB_NO_KERNELS=1`` (read at every call), or a failed compile
+(warned once a process, not retried). The build is ``normlab.functional._kernels``'s: the same cache, flags per CPU
+capability and naming by content; only the per-kernel state (module, failure, warning) lives here.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...functional._kernels import DISABLE_ENV, _compile, _reason, kernels_disabled
+
+__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU"]
+
+SOURCE = Path(__file__).with_name("csrc") / "channel_major.cpp"
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_failed: str | None = None  # why the compile failed, once it has
+
+
+def channel_major_kernel() -> ModuleType | None:
+    """The compiled module (``group_forward``, ``group_backward``, ``row_forward``, ``row_backward``), compiled on the
+    first call; None if kernels are disabled or the compile failed (warned once)."""
+    global _module, _failed
+    if kernels_disabled():
+        return None
+    if _module is not None or _failed is not None:
+        return _module
+    with _lock:  # threads wait for the first compile
+        if _module is None and _failed is None:
+            try:
+                _module = _compile(SOURCE, "channel-major norm")
+            except Exception as error:  # no compiler, a compiler error, a bad cache: the composite runs instead
+                _failed = _reason(error)
+                warnings.warn(
+                    f"normlab: the channel-major norm CPU kernel could not be compiled ({_failed}); the packed "
+                    f"ConvNet's norms run on their pure-ATen path instead (set {DISABLE_ENV}=1 to skip the compile)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return _module
+
+
+class GroupNormReLU(torch.autograd.Function):
+    """``relu(group_norm(x + conv_bias) * weight + bias)`` (``relu`` False: without the ReLU) of channel-major maps
+    ``x`` ``(G, S, N)`` contiguous float32, ``S = C/G * L``: statistics per (group, example) over the group's S
+    values, ``conv_bias``, ``weight``, ``bias`` per channel ``(C,)``. Forward one kernel call (three passes over a
+    group, one write), backward one (two passes, one write), all four gradients; the ReLU's mask is recomputed
+    from ``x``, whose saved copy is the conv's own output (nothing else saved at the maps' size)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool, kernel: Any
+    ) -> Tensor:
+        cg = weight.numel() // x.shape[0]
+        y, mean, rstd = kernel.group_forward(x, cg, conv_bias, weight, bias, eps, relu)
+        ctx.save_for_backward(x, conv_bias, weight, bias, mean, rstd)
+        ctx.relu, ctx.kernel = relu, kernel
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None]:
+        x, conv_bias, weight, bias, mean, rstd = ctx.saved_tensors
+        cg = weight.numel() // x.shape[0]
+        gx, gw, gb, gcb = ctx.kernel.group_backward(
+            grad.contiguous(), x, cg, conv_bias, weight, bias, mean, rstd, ctx.relu
+        )
+        return gx, gcb, gw, gb, None, None, None
+
+
+class RowBatchNormReLU(torch.autograd.Function):
+    """``relu(batch_norm(rows) * weight + bias)`` in training (``relu`` False: without the ReLU) of rows ``(R, M)``
+    contiguous float32, each row one channel's values over the batch and positions; the conv's bias cancels (its
+    gradient is zero) and enters only the running mean, which the caller updates from the returned mean and biased
+    variance ``(R,)`` (not differentiable)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool, kernel: Any
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, stats = kernel.row_forward(rows, weight, bias, eps, relu)
+        shifted_mean, rstd, mean, var = stats.unbind(0)
+        ctx.save_for_backward(rows, weight, bias, shifted_mean, rstd)
+        ctx.relu, ctx.kernel = relu, kernel
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor, _mean: Tensor | None, _var: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None]:
+        rows, weight, bias, shifted_mean, rstd = ctx.saved_tensors
+        gx, gw, gb = ctx.kernel.row_backward(grad.contiguous(), rows, weight, bias, shifted_mean, rstd, ctx.relu)
+        return gx, gx.new_zeros(rows.shape[0]), gw, gb, None, None, None
