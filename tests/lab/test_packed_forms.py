@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
+from normlab.lab.training import models
+from normlab.lab.training.channel_major_kernel import channel_major_kernel
 from normlab.lab.training.conv_forms import INPLACE_MIN_BATCH, ParityConv, position_order, shift_runs
 from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
@@ -179,9 +181,13 @@ def test_parity_conv_is_the_strided_conv(length, halvings, n):
         assert torch.autograd.gradcheck(lambda a, b: ParityConv.apply(a, b, halvings), (stored, w))
 
 
-def test_matmul_form_takes_the_parity_convs_where_lengths_halve():
+@pytest.mark.parametrize("taps", [False, True])
+def test_matmul_form_takes_the_parity_convs_where_lengths_halve(taps, monkeypatch):
     """Length 40 (4 blocks: halves 3 times) runs without im2col; 42 falls back to it (both are compared with the
-    nets alone above)."""
+    nets alone above). Where the norm's kernel writes the next conv's taps (``models.TAPS_MIN_BATCH``), the
+    stride-2 convs are plain products: no ParityConv."""
+    monkeypatch.setattr(models, "TAPS_MIN_BATCH", 1 if taps else 10**9)
+    kernel = taps and channel_major_kernel() is not None
     net = _nets("batch")[1]
     net.packed_form = "matmul"
     calls = []
@@ -194,8 +200,8 @@ def test_matmul_form_takes_the_parity_convs_where_lengths_halve():
     ParityConv.apply = counting
     try:
         net(torch.randn(N, K, 40))
-        assert len(calls) == 3
+        assert len(calls) == (0 if kernel else 3)
         net(torch.randn(N, K, 42))
-        assert len(calls) == 3
+        assert len(calls) == (0 if kernel else 3)
     finally:
         ParityConv.apply = original

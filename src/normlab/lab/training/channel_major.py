@@ -14,9 +14,11 @@ from torch import Tensor, nn
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
-from .channel_major_kernel import GroupNormReLU, RowBatchNormReLU, channel_major_kernel
+from .channel_major_kernel import NO_TABLE, GroupNormReLU, RowBatchNormReLU, channel_major_kernel
 
-__all__ = ["norm_act_channel_major", "order_free", "hooked", "packed_norm"]
+__all__ = ["norm_act_channel_major", "norm_act_taps", "order_free", "hooked", "packed_norm"]
+
+Table = tuple[Tensor, int]  # the kernel's output layout: dest (L, 2) and the output rows per channel (conv_forms)
 
 # Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
 # elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
@@ -84,37 +86,48 @@ def _kernel_for(*tensors: Tensor) -> ModuleType | None:
     return None
 
 
-def _row_batch_norm(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None, relu: bool) -> tuple[Tensor, bool]:
-    """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row, and
-    whether the ReLU ran with it (``relu`` asks for it). In training with running statistics and a momentum it runs
-    as the compiled kernel (:class:`~normlab.lab.training.channel_major_kernel.RowBatchNormReLU`, the ReLU fused)
-    or, without one, :class:`_RowBatchNorm`, and updates the running statistics as BatchNorm does (the bias in the
-    mean, unbiased variance, ``num_batches_tracked``); otherwise it is ``norm`` itself."""
-    _, c, m = rows.shape
-    if not (
+def _row_stats_apply(norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None) -> bool:
+    """Whether :func:`_row_batch_norm` computes BatchNorm of these rows itself (training, running statistics)."""
+    return (
         norm.training
         and norm.track_running_stats
         and norm.momentum is not None
         and norm.running_mean is not None
         and rows.dtype == torch.float32
-        and m > 1
+        and rows.shape[2] > 1
         and norm.weight is not None
         and norm.bias is not None
         and conv_bias is not None
-    ):
+    )
+
+
+def _row_batch_norm(
+    norm: nn.BatchNorm1d, rows: Tensor, conv_bias: Tensor | None, relu: bool, table: Table | None = None
+) -> tuple[Tensor, bool]:
+    """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row, and
+    whether the ReLU ran with it (``relu`` asks for it). In training with running statistics and a momentum it runs
+    as the compiled kernel (:class:`~normlab.lab.training.channel_major_kernel.RowBatchNormReLU`, the ReLU fused,
+    its output in ``table``'s layout where given) or, without one, :class:`_RowBatchNorm`, and updates the running
+    statistics as BatchNorm does (the bias in the mean, unbiased variance, ``num_batches_tracked``); otherwise it is
+    ``norm`` itself. ``table`` only where the kernel runs (:func:`_kernel_case`)."""
+    _, c, m = rows.shape
+    if not _row_stats_apply(norm, rows, conv_bias):
         return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1)), False
+    conv_bias = cast(Tensor, conv_bias)  # checked by _row_stats_apply, as the statistics below
+    momentum, running_mean = cast(float, norm.momentum), cast(Tensor, norm.running_mean)
     kernel = _kernel_for(rows, conv_bias, norm.weight, norm.bias)
     if kernel is not None:
+        dest, out_rows = table if table is not None else (NO_TABLE, 0)
         out, mean, var = RowBatchNormReLU.apply(
-            rows.view(c, m), conv_bias, norm.weight, norm.bias, norm.eps, relu, kernel
+            rows.view(c, m), conv_bias, norm.weight, norm.bias, norm.eps, relu, kernel, dest, out_rows
         )
     else:
         out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
         var = rstd.reciprocal().square_().sub_(norm.eps)
     with torch.no_grad():
-        norm.running_mean.mul_(1 - norm.momentum).add_(mean.view(-1) + conv_bias, alpha=norm.momentum)
+        running_mean.mul_(1 - momentum).add_(mean.view(-1) + conv_bias, alpha=momentum)
         unbiased = var.view(-1).mul(m / (m - 1))
-        cast(Tensor, norm.running_var).mul_(1 - norm.momentum).add_(unbiased, alpha=norm.momentum)
+        cast(Tensor, norm.running_var).mul_(1 - momentum).add_(unbiased, alpha=momentum)
         cast(Tensor, norm.num_batches_tracked).add_(1)
     return cast(Tensor, out), kernel is not None and relu
 
@@ -162,6 +175,45 @@ class _GroupNormChannelMajor(torch.autograd.Function):
         return grad_x, grad_conv_bias, grad_weight, grad_bias, None
 
 
+def _kernel_case(norm: nn.Module, act: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | None:
+    """Which compiled kernel runs ``act(norm(y + conv_bias))`` with the activation fused: "row" (BatchNorm in
+    training), "group" (GroupNorm, LayerNorm), or None (the composites, another norm or activation, hooks)."""
+    if not isinstance(act, (nn.ReLU, nn.Identity)) or conv_bias is None or hooked(norm):
+        return None
+    if type(norm) in ROW_NORMS:
+        bn = cast(nn.BatchNorm1d, norm)
+        rows = y.view(1, -1, y.shape[-1])
+        ok = _row_stats_apply(bn, rows, conv_bias) and _kernel_for(y, conv_bias, bn.weight, bn.bias) is not None
+        return "row" if ok else None
+    if type(norm) in GROUP_NORMS and norm.affine and norm.bias is not None:
+        gn = cast(nn.GroupNorm, norm)
+        return "group" if _kernel_for(y, conv_bias, gn.weight, gn.bias) is not None else None
+    return None
+
+
+def norm_act_taps(
+    norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None, table: Table
+) -> Tensor | None:
+    """``act(norm(y + conv_bias))`` as :func:`norm_act_channel_major` computes it, written by the compiled kernel
+    straight into the next stride-2 conv's taps ``(K, C*3, L/2*N)`` (``table``:
+    :func:`~normlab.lab.training.conv_forms.tap_rows` of the maps' length; row ``c*3 + t`` tap t of channel c, the
+    conv weight's order); None where the kernel does not run this norm and activation (:func:`_kernel_case`: then
+    :func:`norm_act_channel_major` and a ParityConv). Forward one kernel call, backward one: the gradient of an odd
+    position the sum of its two taps', added as the kernel reads it."""
+    case = _kernel_case(norm, act, y, conv_bias)
+    if case is None:
+        return None
+    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
+    relu, cb = isinstance(act, nn.ReLU), cast(Tensor, conv_bias)
+    if case == "row":
+        out, _ = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), cb, relu, table)
+    else:
+        gn = cast(nn.GroupNorm, norm)
+        x = y.contiguous().view(gn.num_groups, -1, n)
+        out = GroupNormReLU.apply(x, cb, gn.weight, gn.bias, gn.eps, relu, channel_major_kernel(), *table)
+    return out.view(k, c * 3, length // 2 * n)
+
+
 def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None) -> Tensor:
     """``act(norm(y + conv_bias))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to
     channel-major maps ``y`` ``(K, C, L*N)`` (the conv's output without its bias, batch last); returns
@@ -190,7 +242,7 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
         kernel = _kernel_for(y, conv_bias, gn.weight, gn.bias)
         if kernel is not None:
             x = y.contiguous().view(gn.num_groups, -1, n)
-            out = GroupNormReLU.apply(x, conv_bias, gn.weight, gn.bias, gn.eps, relu, kernel)
+            out = GroupNormReLU.apply(x, conv_bias, gn.weight, gn.bias, gn.eps, relu, kernel, NO_TABLE, 0)
             fused = relu
         else:
             x = y.view(gn.num_groups, -1, length, n)

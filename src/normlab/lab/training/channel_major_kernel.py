@@ -21,7 +21,10 @@ from torch import Tensor
 
 from ...functional._kernels import DISABLE_ENV, _compile, _reason, kernels_disabled
 
-__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU"]
+__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU", "NO_TABLE"]
+
+# The kernels' output layout when no table is given: the input's own (see the top of csrc/channel_major.cpp).
+NO_TABLE = torch.empty(0, dtype=torch.long)
 
 SOURCE = Path(__file__).with_name("csrc") / "channel_major.cpp"
 
@@ -58,49 +61,72 @@ class GroupNormReLU(torch.autograd.Function):
     ``x`` ``(G, S, N)`` contiguous float32, ``S = C/G * L``: statistics per (group, example) over the group's S
     values, ``conv_bias``, ``weight``, ``bias`` per channel ``(C,)``. Forward one kernel call (three passes over a
     group, one write), backward one (two passes, one write), all four gradients; the ReLU's mask is recomputed
-    from ``x``, whose saved copy is the conv's own output (nothing else saved at the maps' size)."""
+    from ``x``, whose saved copy is the conv's own output (nothing else saved at the maps' size).
+
+    ``dest`` ``(L, 2)`` and ``out_rows`` (``L = S / (C/G)``): the output layout, ``(G, C/G * out_rows, N)``, each
+    position l of a channel written to its rows ``dest[l]`` (-1: none), the other rows 0 (the next conv's taps:
+    :func:`~normlab.lab.training.conv_forms.tap_rows`); the default, x's layout."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool, kernel: Any
+        ctx: Any,
+        x: Tensor,
+        conv_bias: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: float,
+        relu: bool,
+        kernel: Any,
+        dest: Tensor = NO_TABLE,
+        out_rows: int = 0,
     ) -> Tensor:
         cg = weight.numel() // x.shape[0]
-        y, mean, rstd = kernel.group_forward(x, cg, conv_bias, weight, bias, eps, relu)
+        y, mean, rstd = kernel.group_forward(x, cg, conv_bias, weight, bias, eps, relu, dest, out_rows)
         ctx.save_for_backward(x, conv_bias, weight, bias, mean, rstd)
-        ctx.relu, ctx.kernel = relu, kernel
+        ctx.relu, ctx.kernel, ctx.layout = relu, kernel, (dest, out_rows)
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, conv_bias, weight, bias, mean, rstd = ctx.saved_tensors
         cg = weight.numel() // x.shape[0]
         gx, gw, gb, gcb = ctx.kernel.group_backward(
-            grad.contiguous(), x, cg, conv_bias, weight, bias, mean, rstd, ctx.relu
+            grad.contiguous(), x, cg, conv_bias, weight, bias, mean, rstd, ctx.relu, *ctx.layout
         )
-        return gx, gcb, gw, gb, None, None, None
+        return gx, gcb, gw, gb, None, None, None, None, None
 
 
 class RowBatchNormReLU(torch.autograd.Function):
     """``relu(batch_norm(rows) * weight + bias)`` in training (``relu`` False: without the ReLU) of rows ``(R, M)``
     contiguous float32, each row one channel's values over the batch and positions; the conv's bias cancels (its
     gradient is zero) and enters only the running mean, which the caller updates from the returned mean and biased
-    variance ``(R,)`` (not differentiable)."""
+    variance ``(R,)`` (not differentiable). ``dest`` ``(L, 2)`` and ``out_rows``: the output layout as
+    :class:`GroupNormReLU`'s, a row being L positions of ``M / L`` values; ``(R, out_rows * M / L)``."""
 
     @staticmethod
     def forward(
-        ctx: Any, rows: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool, kernel: Any
+        ctx: Any,
+        rows: Tensor,
+        conv_bias: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: float,
+        relu: bool,
+        kernel: Any,
+        dest: Tensor = NO_TABLE,
+        out_rows: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, stats = kernel.row_forward(rows, weight, bias, eps, relu)
+        y, stats = kernel.row_forward(rows, weight, bias, eps, relu, dest, out_rows)
         shifted_mean, rstd, mean, var = stats.unbind(0)
         ctx.save_for_backward(rows, weight, bias, shifted_mean, rstd)
-        ctx.relu, ctx.kernel = relu, kernel
+        ctx.relu, ctx.kernel, ctx.layout = relu, kernel, (dest, out_rows)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor, _mean: Tensor | None, _var: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, _mean: Tensor | None, _var: Tensor | None) -> tuple[Tensor | None, ...]:
         rows, weight, bias, shifted_mean, rstd = ctx.saved_tensors
-        gx, gw, gb = ctx.kernel.row_backward(grad.contiguous(), rows, weight, bias, shifted_mean, rstd, ctx.relu)
-        return gx, gx.new_zeros(rows.shape[0]), gw, gb, None, None, None
+        gx, gw, gb = ctx.kernel.row_backward(
+            grad.contiguous(), rows, weight, bias, shifted_mean, rstd, ctx.relu, *ctx.layout
+        )
+        return gx, gx.new_zeros(rows.shape[0]), gw, gb, None, None, None, None, None

@@ -10,6 +10,11 @@ conv reads its input as two matrices, the even and odd halves ``(K, C, L/2*N)``,
 back) a second product whose result is added, shifted, in a few contiguous blocks (:func:`shift_runs`). The norms
 after the convs (per-channel or per-example statistics over all positions) and the average pool do not depend on
 the positions' order, so every layer runs on the stored order and the result is the same function.
+
+Where the norm before a stride-2 conv runs as the compiled kernel, it writes its output straight into that conv's
+taps ``(K, C, 3, L/2*N)`` (:func:`tap_rows`: tap 1 the even half, tap 2 the odd half, tap 0 the odd half shifted by
+the blocks of :func:`shift_runs`, zero where it reads the padding): the conv is then one ``bmm`` of the weight
+viewed ``(K, C_out, C*3)`` (its own layout) and autograd's two products are its backward, with no ParityConv.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Im2Col", "ParityConv", "INPLACE_MIN_BATCH", "position_order", "shift_runs", "first_conv_columns"]
+__all__ = [
+    "Im2Col",
+    "ParityConv",
+    "INPLACE_MIN_BATCH",
+    "position_order",
+    "shift_runs",
+    "first_conv_columns",
+    "tap_rows",
+]
 
 
 @cache
@@ -53,6 +66,25 @@ def shift_runs(length: int, halvings: int) -> tuple[tuple[int, int, int], ...]:
         else:
             runs.append([i, j, 1])
     return tuple((a, b, c) for a, b, c in runs)
+
+
+@cache
+def tap_rows(length: int, halvings: int) -> tuple[Tensor, int]:
+    """The norm kernel's output table for maps of ``length`` positions stored in ``position_order(length,
+    halvings)`` that a stride-2 conv reads next: ``(dest, 3 * length // 2)``, ``dest`` ``(length, 2)`` int64, the
+    rows (of ``length // 2`` positions each tap, tap-major: row ``t * length // 2 + i`` is tap t at output slot i)
+    that stored slot s is written to, -1 for none. Even slot i (< length/2) goes to tap 1 at i; odd slot j to tap 2
+    at j and to tap 0 at the output slot that reads it (:func:`shift_runs`; the last odd position to none), so the
+    row of tap 0 at output position 0 (input position -1, the padding) is nobody's: the kernel writes it 0. The rows
+    of channel c are then the conv's columns ``(c*3 + t, i*N + n)``, the weight's own order."""
+    half = length // 2
+    if halvings < 1 or length % 2:
+        raise ValueError(f"tap_rows: a stride-2 conv's input must halve evenly, got length {length}")
+    dest = [[half + i, -1] for i in range(half)] + [[2 * half + j, -1] for j in range(half)]
+    for out_slot, odd_slot, count in shift_runs(length, halvings):
+        for t in range(count):
+            dest[half + odd_slot + t][1] = out_slot + t
+    return torch.tensor(dest, dtype=torch.long), 3 * half
 
 
 @cache

@@ -15,8 +15,16 @@ from torch.nn.utils import parametrize
 
 from ... import nn as nl
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
-from .channel_major import GROUP_NORMS, ROW_NORMS, hooked, norm_act_channel_major, order_free, packed_norm
-from .conv_forms import Im2Col, ParityConv, first_conv_columns
+from .channel_major import (
+    GROUP_NORMS,
+    ROW_NORMS,
+    hooked,
+    norm_act_channel_major,
+    norm_act_taps,
+    order_free,
+    packed_norm,
+)
+from .conv_forms import Im2Col, ParityConv, first_conv_columns, tap_rows
 
 __all__ = [
     "ConvNet",
@@ -126,6 +134,7 @@ class SplitNorm(nn.Module):
 # (benchmarks/RESULTS.md).
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
+TAPS_MIN_BATCH = 1  # from this batch, a norm run by the compiled kernel writes the next stride-2 conv's taps
 PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
 SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
 
@@ -304,14 +313,21 @@ class ConvNet(nn.Module):
             and x.shape[-1] % 2**halvings == 0
             and all(order_free(m) for m in blocks[1::3])
         )
+        taps: Tensor | None = None  # the next conv's taps (K, C*3, L/2*N), where the norm's kernel wrote them
         for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
-            c_in, c_out = h.shape[1], conv.out_channels // k
-            if parity and i > 0:
+            c_out = conv.out_channels // k
+            if taps is not None:  # the stride-2 conv: one product in the weight's own layout
+                y = torch.bmm(conv.weight.view(k, c_out, taps.shape[1]), taps)
+            elif parity and i > 0:
                 y = ParityConv.apply(h.contiguous(), conv.weight, halvings - i + 1)
             else:
                 cols = first_conv_columns(h, halvings) if parity else Im2Col.apply(h, conv.stride[0])
-                y = torch.bmm(conv.weight.view(k, c_out, c_in * 3), cols)
-            h = norm_act_channel_major(norm, act, y, n, conv.bias)  # the conv's bias: folded into the norm
+                y = torch.bmm(conv.weight.view(k, c_out, h.shape[1] * 3), cols)
+            taps = None
+            if parity and i < halvings and n >= TAPS_MIN_BATCH:  # a stride-2 conv next: its taps, if the kernel runs
+                taps = norm_act_taps(norm, act, y, n, conv.bias, tap_rows(y.shape[2] // n, halvings - i))
+            if taps is None:
+                h = norm_act_channel_major(norm, act, y, n, conv.bias)  # the conv's bias: folded into the norm
         pooled = h.mean(2)  # (K, C, N): the average pool (of any order of the positions)
         head = self.head
         if isinstance(head, PackedLinear) and not hooked(head):  # logits (K, classes, N): no layout copies

@@ -23,6 +23,14 @@
 // channel's positions and batch), the same formulas with N = 1 and the row's first value as the shift; the conv's
 // bias cancels (the caller adds it to the running mean only). The vector lanes run along the row.
 //
+// Output layout (both kernels): a channel's L input slots (positions, N values each) are written to its R output
+// rows of N by a table dest (L, 2): slot l to rows dest[l][0] and dest[l][1] (-1: none), rows no slot names are
+// zeros. Without a table, R = L and slot l goes to row l (the input's layout). With the table of
+// conv_forms.tap_rows, the output is the next stride-2 conv's input taps (C, 3, L/2, N): tap 1 the even half, tap 2
+// the odd half, tap 0 the odd half shifted one output position (row 0 of that tap zero), so the conv is one matmul
+// in the weight's own layout. Backward reads the upstream gradient in the same layout, a slot's gradient the sum
+// over its rows (tap 2 + tap 0 of an odd slot): dy above is that sum.
+//
 // Work items are groups (rows); each item's result is independent of the thread count (deterministic).
 
 #include <ATen/Parallel.h>
@@ -33,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -75,7 +84,41 @@ struct GroupArgs {
   const float *cb, *w, *b;
   float eps;
   bool relu;
+  const int64_t* dest;   // (L, 2): the output rows of each input slot (see the top)
+  const int64_t* zeros;  // the output rows no slot writes
+  int64_t nzeros, rows;  // rows: R, the output rows per channel
 };
+
+// The output layout: dest (L, 2) int64 (empty: the input's own, R = L) and the rows it leaves zero.
+struct Layout {
+  int64_t rows;
+  std::vector<int64_t> dest, zeros;
+};
+
+Layout make_layout(const at::Tensor& dest, int64_t L, int64_t out_rows) {
+  Layout t{L, std::vector<int64_t>(2 * L, -1), {}};
+  if (dest.numel() == 0) {
+    for (int64_t l = 0; l < L; ++l) t.dest[2 * l] = l;
+    return t;
+  }
+  TORCH_CHECK(dest.dim() == 2 && dest.size(0) == L && dest.size(1) == 2 && dest.scalar_type() == at::kLong &&
+                  dest.is_contiguous() && dest.device().is_cpu(),
+              "dest: a contiguous int64 CPU tensor (L, 2), L the positions per channel");
+  TORCH_CHECK(out_rows > 0, "out_rows must be positive");
+  t.rows = out_rows;
+  std::vector<bool> used(out_rows, false);
+  const int64_t* d = dest.data_ptr<int64_t>();
+  for (int64_t i = 0; i < 2 * L; ++i) {
+    TORCH_CHECK(d[i] < out_rows && (d[i] >= 0 || (i % 2 == 1 && d[i] == -1)),
+                "dest: each slot's first row in [0, out_rows), its second there or -1");
+    TORCH_CHECK(d[i] < 0 || !used[d[i]], "dest: every output row written at most once");
+    if (d[i] >= 0) used[d[i]] = true;
+    t.dest[i] = d[i];
+  }
+  for (int64_t r = 0; r < out_rows; ++r)
+    if (!used[r]) t.zeros.push_back(r);
+  return t;
+}
 
 // Forward of group g's lanes [n0, n0 + NV * V) (or one partial vector): y, and the saved m and rstd.
 template <int NV, bool Partial>
@@ -123,7 +166,7 @@ void group_forward_chunk(const GroupArgs& p, const float* x, float* y, float* me
     io.st(rstd + n0 + j * V, r[j]);
   }
   const Vec zero(0.f);
-  for (int64_t c = 0; c < cg; ++c) {  // pass 3: write
+  for (int64_t c = 0; c < cg; ++c) {  // pass 3: write, to the rows of the output layout
     const float w = p.w[g * cg + c];
     const Vec dcb(cb[c] - cb[0]), b(p.b[g * cg + c]);
     Vec mc[NV], a[NV];
@@ -131,13 +174,20 @@ void group_forward_chunk(const GroupArgs& p, const float* x, float* y, float* me
       mc[j] = m[j] - dcb;
       a[j] = Vec(w) * r[j];
     }
+    float* yc = y + c * p.rows * N + n0;
     for (int64_t l = 0; l < L; ++l) {
       const int64_t off = (c * L + l) * N + n0;
+      float* y0 = yc + p.dest[2 * l] * N;
+      float* y1 = p.dest[2 * l + 1] >= 0 ? yc + p.dest[2 * l + 1] * N : nullptr;
       for (int j = 0; j < NV; ++j) {
         const Vec z = pre_activation((io.ld(x + off + j * V) - x0[j]) - mc[j], a[j], b);
-        io.st(y + off + j * V, p.relu ? at::vec::maximum(z, zero) : z);
+        const Vec out = p.relu ? at::vec::maximum(z, zero) : z;
+        io.st(y0 + j * V, out);
+        if (y1 != nullptr) io.st(y1 + j * V, out);
       }
     }
+    for (int64_t i = 0; i < p.nzeros; ++i)
+      for (int j = 0; j < NV; ++j) io.st(yc + p.zeros[i] * N + j * V, zero);
   }
 }
 
@@ -157,10 +207,13 @@ void group_backward_chunk(const GroupArgs& p, const float* dy, const float* x, c
     s1[j] = zero;
     s2[j] = zero;
   }
-  // dz, with the forward's mask; the channel's constants in mc and a
-  auto grad_at = [&](int64_t off, int j, const Vec* mc, const Vec* a, const Vec& b, Vec& xc) {
+  // dz at slot l of channel c (input offset off), with the forward's mask; the channel's constants in mc and a.
+  // dy in the output layout: the slot's gradient is the sum over its rows.
+  auto grad_at = [&](int64_t c, int64_t l, int64_t off, int j, const Vec* mc, const Vec* a, const Vec& b, Vec& xc) {
     xc = (io.ld(x + off + j * V) - x0[j]) - mc[j];
-    const Vec d = io.ld(dy + off + j * V);
+    const float* dyc = dy + c * p.rows * N + n0 + j * V;
+    Vec d = io.ld(dyc + p.dest[2 * l] * N);
+    if (p.dest[2 * l + 1] >= 0) d += io.ld(dyc + p.dest[2 * l + 1] * N);
     return p.relu ? (d & (pre_activation(xc, a[j], b) > zero)) : d;
   };
   for (int64_t c = 0; c < cg; ++c) {  // pass 1: the sums
@@ -177,7 +230,7 @@ void group_backward_chunk(const GroupArgs& p, const float* dy, const float* x, c
       const int64_t off = (c * L + l) * N + n0;
       for (int j = 0; j < NV; ++j) {
         Vec xc;
-        const Vec dz = grad_at(off, j, mc, a, b, xc);
+        const Vec dz = grad_at(c, l, off, j, mc, a, b, xc);
         sdz[j] += dz;
         sdzx[j] = at::vec::fmadd(dz, xc, sdzx[j]);
       }
@@ -210,7 +263,7 @@ void group_backward_chunk(const GroupArgs& p, const float* dy, const float* x, c
       const int64_t off = (c * L + l) * N + n0;
       for (int j = 0; j < NV; ++j) {
         Vec xc;
-        const Vec dz = grad_at(off, j, mc, a, b, xc);
+        const Vec dz = grad_at(c, l, off, j, mc, a, b, xc);
         const Vec d = at::vec::fmadd(dz, a[j], at::vec::fmadd(xc, kx[j], k0[j]));
         io.st(dx + off + j * V, d);
         sdx[j] += d;
@@ -246,22 +299,28 @@ void check_group(const at::Tensor& x, int64_t channels_per_group, const at::Tens
                 "conv bias, weight, bias: contiguous float32 of G * channels_per_group values");
 }
 
-// (y, m, rstd): y like x; m (the mean less the shift, see the top) and rstd (G, N)
+// (y, m, rstd): y (G, C/G * R, N) in the output layout of dest (see the top; empty: x's); m (the mean less the
+// shift, see the top) and rstd (G, N)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_forward(const at::Tensor& x, int64_t channels_per_group,
                                                              const at::Tensor& conv_bias, const at::Tensor& weight,
-                                                             const at::Tensor& bias, double eps, bool relu) {
+                                                             const at::Tensor& bias, double eps, bool relu,
+                                                             const at::Tensor& dest, int64_t out_rows) {
   check_group(x, channels_per_group, conv_bias, weight, bias);
-  const int64_t G = x.size(0), S = x.size(1), N = x.size(2);
-  auto y = at::empty_like(x);
+  const int64_t G = x.size(0), S = x.size(1), N = x.size(2), L = S / channels_per_group;
+  const Layout t = make_layout(dest, L, out_rows);
+  const int64_t SO = channels_per_group * t.rows;  // output rows per group
+  auto y = at::empty({G, SO, N}, x.options());
   auto mean = at::empty({G, N}, x.options()), rstd = at::empty({G, N}, x.options());
-  const GroupArgs p{channels_per_group, S / channels_per_group, N, conv_bias.data_ptr<float>(),
-                    weight.data_ptr<float>(), bias.data_ptr<float>(), static_cast<float>(eps), relu};
+  const GroupArgs p{channels_per_group, L,       N,
+                    conv_bias.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+                    static_cast<float>(eps),     relu,    t.dest.data(),
+                    t.zeros.data(),              static_cast<int64_t>(t.zeros.size()), t.rows};
   const float* xp = x.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
   at::parallel_for(0, G, std::max<int64_t>(1, kGrain / std::max<int64_t>(S * N, 1)), [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       over_lanes(N, [&](auto nv, auto partial, int64_t n0, int64_t count) {
-        group_forward_chunk<decltype(nv)::value, decltype(partial)::value>(p, xp + g * S * N, yp + g * S * N,
+        group_forward_chunk<decltype(nv)::value, decltype(partial)::value>(p, xp + g * S * N, yp + g * SO * N,
                                                                             mp + g * N, rp + g * N, g, n0, count);
       });
     }
@@ -272,17 +331,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_forward(const at::Tensor& x
 // (grad_x, grad_weight, grad_bias, grad_conv_bias)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
     const at::Tensor& grad, const at::Tensor& x, int64_t channels_per_group, const at::Tensor& conv_bias,
-    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool relu) {
+    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool relu,
+    const at::Tensor& dest, int64_t out_rows) {
   check_group(x, channels_per_group, conv_bias, weight, bias);
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous() && grad.scalar_type() == at::kFloat,
-              "grad: contiguous float32, x's shape");
   const int64_t G = x.size(0), S = x.size(1), N = x.size(2), C = G * channels_per_group;
+  const Layout t = make_layout(dest, S / channels_per_group, out_rows);
+  const int64_t SO = channels_per_group * t.rows;
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == G && grad.size(1) == SO && grad.size(2) == N &&
+                  grad.is_contiguous() && grad.scalar_type() == at::kFloat,
+              "grad: contiguous float32, the output's shape");
   TORCH_CHECK(mean.is_contiguous() && rstd.is_contiguous() && mean.numel() == G * N && rstd.numel() == G * N,
               "mean, rstd: contiguous (G, N)");
   auto dx = at::empty_like(x);
   auto sums = at::zeros({3, C}, x.options().dtype(at::kDouble));  // gw, gb, gcb
-  const GroupArgs p{channels_per_group, S / channels_per_group, N, conv_bias.data_ptr<float>(),
-                    weight.data_ptr<float>(), bias.data_ptr<float>(), 0.f, relu};
+  const GroupArgs p{channels_per_group, S / channels_per_group, N,
+                    conv_bias.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+                    0.f,                relu,     t.dest.data(),
+                    t.zeros.data(),     static_cast<int64_t>(t.zeros.size()), t.rows};
   const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
   const float *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
@@ -292,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
       const int64_t o = g * S * N;
       over_lanes(N, [&](auto nv, auto partial, int64_t n0, int64_t count) {
         group_backward_chunk<decltype(nv)::value, decltype(partial)::value>(
-            p, gp + o, xp + o, mp + g * N, rp + g * N, dxp + o, sp, sp + C, sp + 2 * C, g, n0, count);
+            p, gp + g * SO * N, xp + o, mp + g * N, rp + g * N, dxp + o, sp, sp + C, sp + 2 * C, g, n0, count);
       });
     }
   });
@@ -300,22 +365,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
   return {dx, f[0], f[1], f[2]};
 }
 
-// Row of M values, V lanes at a time along it: fn(offset, io) for every vector, the last one partial.
+// A row of L slots of N values, V lanes at a time along each slot: fn(l, j, io), j the offset in slot l, the last
+// vector of a slot partial (with L = 1, N = M: the whole row in vectors).
 template <typename F>
-void along_row(int64_t M, F&& fn) {
-  int64_t i = 0;
-  for (; i + V <= M; i += V) fn(i, Io<false>{V});
-  if (i < M) fn(i, Io<true>{M - i});
+void along_slots(int64_t L, int64_t N, F&& fn) {
+  for (int64_t l = 0; l < L; ++l) {
+    int64_t j = 0;
+    for (; j + V <= N; j += V) fn(l, j, Io<false>{V});
+    if (j < N) fn(l, j, Io<true>{N - j});
+  }
 }
 
-// Sum of f(i, io) over a row: float lanes in chains of 64 vectors at most, the chains added in double.
+// Sum of f(l, j, io) over a row: float lanes in chains of 64 vectors at most, the chains added in double.
 template <typename F>
-double row_sum(int64_t M, F&& f) {
+double row_sum(int64_t L, int64_t N, F&& f) {
   double total = 0;
   Vec acc(0.f);
-  along_row(M, [&](int64_t i, auto io) {
-    acc += io.keep(f(i, io));
-    if ((i / V) % 64 == 63) total += hsum(acc), acc = Vec(0.f);
+  int64_t count = 0;
+  along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
+    acc += io.keep(f(l, j, io));
+    if (++count % 64 == 0) total += hsum(acc), acc = Vec(0.f);
   });
   return total + hsum(acc);
 }
@@ -328,12 +397,24 @@ void check_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
                 "weight, bias: contiguous float32 of R values");
 }
 
-// (y, stats): y like x; stats (4, R): m (the mean less x[r, 0]), rstd, the mean and the biased variance
+// A row's slots: without a table one slot of M values, else dest's L slots of M / L.
+Layout row_layout(const at::Tensor& dest, int64_t M, int64_t out_rows, int64_t& L, int64_t& N) {
+  L = dest.numel() == 0 ? 1 : dest.size(0);
+  TORCH_CHECK(L > 0 && M % L == 0, "dest: M must be L slots of N values");
+  N = M / L;
+  return make_layout(dest, L, out_rows);
+}
+
+// (y, stats): y (R, R_out * N) in the output layout of dest (empty: x's); stats (4, R): m (the mean less x[r, 0]),
+// rstd, the mean and the biased variance
 std::tuple<at::Tensor, at::Tensor> row_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                               double eps, bool relu) {
+                                               double eps, bool relu, const at::Tensor& dest, int64_t out_rows) {
   check_rows(x, weight, bias);
   const int64_t R = x.size(0), M = x.size(1);
-  auto y = at::empty_like(x);
+  int64_t L, N;
+  const Layout t = row_layout(dest, M, out_rows, L, N);
+  const int64_t MO = t.rows * N;
+  auto y = at::empty({R, MO}, x.options());
   auto stats = at::empty({4, R}, x.options());
   const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = bias.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *st = stats.data_ptr<float>();
@@ -341,19 +422,24 @@ std::tuple<at::Tensor, at::Tensor> row_forward(const at::Tensor& x, const at::Te
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = xp + r * M;
       const Vec x0(row[0]), zero(0.f);
-      const float m = static_cast<float>(row_sum(M, [&](int64_t i, auto io) { return io.ld(row + i) - x0; }) / M);
+      // the statistics along the whole row (one slot of M), in any layout: the same sums, the same output
+      const float m = static_cast<float>(row_sum(1, M, [&](int64_t, int64_t j, auto io) { return io.ld(row + j) - x0; }) / M);
       const Vec mv(m);
-      const double var = row_sum(M, [&](int64_t i, auto io) {
-                           const Vec xc = (io.ld(row + i) - x0) - mv;
+      const double var = row_sum(1, M, [&](int64_t, int64_t j, auto io) {
+                           const Vec xc = (io.ld(row + j) - x0) - mv;
                            return xc * xc;
                          }) / M;
       const float rs = 1.f / std::sqrt(static_cast<float>(var) + static_cast<float>(eps));
       const Vec a(wp[r] * rs), b(bp[r]);
-      float* out = yp + r * M;
-      along_row(M, [&](int64_t i, auto io) {
-        const Vec z = pre_activation((io.ld(row + i) - x0) - mv, a, b);
-        io.st(out + i, relu ? at::vec::maximum(z, zero) : z);
+      float* out = yp + r * MO;
+      along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
+        const Vec z = pre_activation((io.ld(row + l * N + j) - x0) - mv, a, b);
+        const Vec v = relu ? at::vec::maximum(z, zero) : z;
+        io.st(out + t.dest[2 * l] * N + j, v);
+        if (t.dest[2 * l + 1] >= 0) io.st(out + t.dest[2 * l + 1] * N + j, v);
       });
+      for (const int64_t zr : t.zeros)
+        along_slots(1, N, [&](int64_t, int64_t j, auto io) { io.st(out + zr * N + j, zero); });
       st[r] = m, st[R + r] = rs, st[2 * R + r] = static_cast<float>(row[0] + static_cast<double>(m));
       st[3 * R + r] = static_cast<float>(var);
     }
@@ -361,15 +447,20 @@ std::tuple<at::Tensor, at::Tensor> row_forward(const at::Tensor& x, const at::Te
   return {y, stats};
 }
 
-// (grad_x, grad_weight, grad_bias): BatchNorm's backward per row, the ReLU's mask from the recomputed z
+// (grad_x, grad_weight, grad_bias): BatchNorm's backward per row, the ReLU's mask from the recomputed z; grad in
+// the output layout of dest
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& grad, const at::Tensor& x,
                                                             const at::Tensor& weight, const at::Tensor& bias,
-                                                            const at::Tensor& mean, const at::Tensor& rstd,
-                                                            bool relu) {
+                                                            const at::Tensor& mean, const at::Tensor& rstd, bool relu,
+                                                            const at::Tensor& dest, int64_t out_rows) {
   check_rows(x, weight, bias);
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous() && grad.scalar_type() == at::kFloat,
-              "grad: contiguous float32, x's shape");
   const int64_t R = x.size(0), M = x.size(1);
+  int64_t L, N;
+  const Layout t = row_layout(dest, M, out_rows, L, N);
+  const int64_t MO = t.rows * N;
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == R && grad.size(1) == MO && grad.is_contiguous() &&
+                  grad.scalar_type() == at::kFloat,
+              "grad: contiguous float32, the output's shape");
   TORCH_CHECK(mean.is_contiguous() && rstd.is_contiguous() && mean.numel() == R && rstd.numel() == R,
               "mean, rstd: R values");
   auto dx = at::empty_like(x);
@@ -379,26 +470,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& gr
   float *dxp = dx.data_ptr<float>(), *gwp = gw.data_ptr<float>(), *gbp = gb.data_ptr<float>();
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / M), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *row = xp + r * M, *dyr = gp + r * M;
+      const float *row = xp + r * M, *dyr = gp + r * MO;
       const float rs = rp[r];
       const Vec x0(row[0]), mv(mp[r]), a(wp[r] * rs), b(bp[r]), zero(0.f);
-      auto dz_at = [&](int64_t i, auto io, const Vec& xc) {
-        const Vec d = io.ld(dyr + i);
+      // dz at slot l, offset j: the slot's gradient (the sum over its output rows), masked as the forward's ReLU
+      auto dz_at = [&](int64_t l, int64_t j, auto io, const Vec& xc) {
+        Vec d = io.ld(dyr + t.dest[2 * l] * N + j);
+        if (t.dest[2 * l + 1] >= 0) d += io.ld(dyr + t.dest[2 * l + 1] * N + j);
         return relu ? (d & (pre_activation(xc, a, b) > zero)) : d;
       };
-      const double sdz = row_sum(M, [&](int64_t i, auto io) { return dz_at(i, io, (io.ld(row + i) - x0) - mv); });
-      const double sdzx = row_sum(M, [&](int64_t i, auto io) {
-        const Vec xc = (io.ld(row + i) - x0) - mv;
-        return dz_at(i, io, xc) * xc;
+      auto xc_at = [&](int64_t l, int64_t j, auto io) { return (io.ld(row + l * N + j) - x0) - mv; };
+      const double sdz =
+          row_sum(L, N, [&](int64_t l, int64_t j, auto io) { return dz_at(l, j, io, xc_at(l, j, io)); });
+      const double sdzx = row_sum(L, N, [&](int64_t l, int64_t j, auto io) {
+        const Vec xc = xc_at(l, j, io);
+        return dz_at(l, j, io, xc) * xc;
       });
       gbp[r] = static_cast<float>(sdz);
       gwp[r] = static_cast<float>(sdzx * rs);
       const Vec k0(static_cast<float>(-rs * wp[r] * sdz / M));
       const Vec kx(static_cast<float>(-static_cast<double>(rs) * rs * rs * wp[r] * sdzx / M));
       float* out = dxp + r * M;
-      along_row(M, [&](int64_t i, auto io) {
-        const Vec xc = (io.ld(row + i) - x0) - mv;
-        io.st(out + i, at::vec::fmadd(dz_at(i, io, xc), a, at::vec::fmadd(xc, kx, k0)));
+      along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
+        const Vec xc = xc_at(l, j, io);
+        io.st(out + l * N + j, at::vec::fmadd(dz_at(l, j, io, xc), a, at::vec::fmadd(xc, kx, k0)));
       });
     }
   });
@@ -410,12 +505,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& gr
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_forward", &group_forward, "GroupNorm + conv bias + affine (+ ReLU) of (G, S, N): (y, m, rstd)",
         py::arg("x"), py::arg("channels_per_group"), py::arg("conv_bias"), py::arg("weight"), py::arg("bias"),
-        py::arg("eps"), py::arg("relu"));
+        py::arg("eps"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
   m.def("group_backward", &group_backward, "its backward: (grad_x, grad_weight, grad_bias, grad_conv_bias)",
         py::arg("grad"), py::arg("x"), py::arg("channels_per_group"), py::arg("conv_bias"), py::arg("weight"),
-        py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"));
+        py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"), py::arg("dest"),
+        py::arg("out_rows"));
   m.def("row_forward", &row_forward, "BatchNorm + affine (+ ReLU) of (R, M) rows: (y, stats (m, rstd, mean, var))",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("relu"));
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("relu"), py::arg("dest"),
+        py::arg("out_rows"));
   m.def("row_backward", &row_backward, "its backward: (grad_x, grad_weight, grad_bias)", py::arg("grad"),
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"));
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"),
+        py::arg("dest"), py::arg("out_rows"));
 }
