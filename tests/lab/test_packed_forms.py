@@ -78,14 +78,23 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
                 state = copy.deepcopy(singles)
 
 
-def test_auto_form_is_the_measured_faster_one():
-    """matmul at every batch for BatchNorm and no norm, from MATMUL_MIN_BATCH for GroupNorm and LayerNorm, grouped
-    for the rest (and for mixed packs); an explicit form is taken as given."""
+def test_auto_form_is_the_measured_faster_one(monkeypatch):
+    """matmul at every batch for BatchNorm and no norm, for GroupNorm and LayerNorm at every batch where the
+    channel-major kernel runs and from MATMUL_MIN_BATCH where it does not, grouped for the rest (and for mixed
+    packs); an explicit form is taken as given."""
     nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance")}
     assert all(net.packed_form == "auto" for net in nets.values())
     assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
     for norm in ("group", "layer"):
-        assert nets[norm].uses_matmul(MATMUL_MIN_BATCH) and not nets[norm].uses_matmul(MATMUL_MIN_BATCH - 1)
+        net = nets[norm]
+        assert net.uses_matmul(MATMUL_MIN_BATCH, kernel=False)
+        assert not net.uses_matmul(MATMUL_MIN_BATCH - 1, kernel=False)
+        assert net.uses_matmul(2, kernel=True)
+        assert net.uses_matmul(2) == (channel_major_kernel() is not None)  # the default: the kernel where it runs
+        assert not copy.deepcopy(net).double().uses_matmul(2)  # float64: the composites
+        with monkeypatch.context() as m:
+            m.setenv("NORMLAB_NO_KERNELS", "1")
+            assert not net.uses_matmul(2) and net.uses_matmul(MATMUL_MIN_BATCH)
     assert not nets["instance"].uses_matmul(64)
     mixed = ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2)
     assert not mixed.uses_matmul(64)

@@ -24,6 +24,7 @@ from .channel_major import (
     order_free,
     packed_norm,
 )
+from .channel_major_kernel import channel_major_kernel
 from .conv_forms import Im2Col, ParityConv, first_conv_columns, tap_rows
 
 __all__ = [
@@ -121,17 +122,19 @@ class SplitNorm(nn.Module):
 # The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
 # (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
 # ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, or, where every stride-2 conv halves its
-# length evenly, without columns (conv_forms.ParityConv: positions stored even-then-odd), with activations kept
-# channel-major ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one
-# over contiguous blocks, each with the conv's bias folded in: channel_major). "auto" takes "matmul" at every batch for
-# BatchNorm and no norm, from MATMUL_MIN_BATCH examples for GroupNorm and LayerNorm, and "grouped" otherwise. Measured
-# on one core (benchmarks/packed_bench.py, 16 nets, width 32, depth 4, MNIST-1D, 2026-12-06, CPU time on a shared
-# machine), matmul/grouped model-steps/s: BN 1.13x at batch 2 and 1.62x at batch 32 (1.20x, 1.45x, 1.66x at batch 2, 8,
-# 32 in another run); GN 0.84x, 0.93x at batch 2, 8 and 0.93x to 1.38x at batch 32 (about 1.1x over five runs); LN
-# 0.79x, 0.92x at batch 2, 8 and 0.92x to 1.16x at batch 32 (about 1.0x). Other norms take their usual (N, K*C, L) maps
-# in the matmul form (a copy each way), correct but unmeasured, so "auto" keeps them grouped. With ParityConv (same
-# benchmark, later run): BN 1.14x and 1.59x at batch 2 and 32, LN 1.19x and GN 1.07x at batch 32
-# (benchmarks/RESULTS.md).
+# length evenly, without columns (positions stored even-then-odd, conv_forms), with activations kept channel-major
+# ``(K, C, L, N)`` between layers (the BatchNorm of K nets is then one norm over rows, their GroupNorm one over
+# contiguous blocks, each with the conv's bias folded in: channel_major). Where the compiled norm kernel runs, it
+# writes the next stride-2 conv's taps ``(K, C*3, L/2*N)`` (conv_forms.tap_rows), and that conv is one product; else
+# ParityConv. "auto" takes "matmul" at every batch for BatchNorm and no norm, and for GroupNorm and LayerNorm where the
+# kernel runs (float32 on the CPU, not NORMLAB_NO_KERNELS=1), from MATMUL_MIN_BATCH examples on the composites, and
+# "grouped" otherwise. Measured on one core (2026-12-07, CPU time, 2 shared cores at load 4.5-5), matmul/grouped
+# model-steps/s with the kernel and its taps: GN 1.36x, 1.53x, 1.94x, 2.02x at batch 2, 4, 8, 16 (16 nets); 1.21x,
+# 1.44x, 1.72x, 2.15x at pack_size's 64, 64, 32, 32 nets; LN 1.30x, 1.53x, 1.66x, 1.92x (16 nets), 1.23x, 1.44x,
+# 1.74x, 2.00x (pack_size); batch 32, 16 nets: BN 1.94x, GN 2.22x, LN 2.21x (benchmarks/RESULTS.md). On the
+# composites (before the kernel, 2026-12-06): GN 0.84x, 0.93x at batch 2, 8, about 1.1x at 32; LN 0.79x, 0.92x, about
+# 1.0x; BN 1.14x and 1.59x at batch 2 and 32. Other norms take their usual (N, K*C, L) maps in the matmul form (a copy
+# each way), correct but unmeasured, so "auto" keeps them grouped, as it keeps mixed packs (SplitNorm).
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
 TAPS_MIN_BATCH = 1  # from this batch, a norm run by the compiled kernel writes the next stride-2 conv's taps
@@ -153,6 +156,11 @@ def pack_size(batch: int, most: int = 64, least: int = 4) -> int:
     if batch <= SMALL_BATCH:
         return max(least, most)
     return max(least, min(most, 32, PACK_EXAMPLES // batch))
+
+
+def has_kernel() -> bool:
+    """Whether the compiled channel-major norm kernel is available (compiled on the first call)."""
+    return channel_major_kernel() is not None
 
 
 def _is_plain_conv1d(conv: nn.Module) -> bool:
@@ -192,7 +200,8 @@ class ConvNet(nn.Module):
     ``packed_form`` (packed nets only; an attribute, so it may change between steps): "grouped" convolutions,
     "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
     weight-normalized convs, else grouped), or "auto": matmul where measured faster (BatchNorm and no norm at every
-    batch, GroupNorm and LayerNorm from :data:`MATMUL_MIN_BATCH` examples; see :meth:`uses_matmul`). Both forms
+    batch, GroupNorm and LayerNorm at every batch where the compiled channel-major kernel runs, else from
+    :data:`MATMUL_MIN_BATCH` examples; see :meth:`uses_matmul`). Both forms
     compute the same function with the same parameters and state, up to float rounding.
     """
 
@@ -262,15 +271,20 @@ class ConvNet(nn.Module):
             return special
         return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
-    def uses_matmul(self, batch: int) -> bool:
-        """Whether a forward over ``batch`` examples takes the matmul form (see ``packed_form``)."""
+    def uses_matmul(self, batch: int, kernel: bool | None = None) -> bool:
+        """Whether a forward over ``batch`` examples takes the matmul form (see ``packed_form``); ``kernel``: whether
+        the compiled channel-major norm kernel runs the norms (default: it is available and the parameters are
+        float32 on the CPU), which makes the matmul form the faster one for GroupNorm at small batches too."""
         if self.copies is None or self.packed_form == "grouped":
             return False
         if self.packed_form == "auto":
             norms = list(self.features)[1::3]
             rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
             groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)
-            if not (rows or (groups and batch >= MATMUL_MIN_BATCH)):
+            if groups and not rows and batch < MATMUL_MIN_BATCH and kernel is None:
+                weight = self.features[0].weight
+                kernel = weight.device.type == "cpu" and weight.dtype == torch.float32 and has_kernel()
+            if not (rows or (groups and (batch >= MATMUL_MIN_BATCH or kernel))):
                 return False
         convs = list(self.features)[0::3]
         return all(
@@ -286,7 +300,7 @@ class ConvNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.uses_matmul(x.shape[0]):
+        if self.uses_matmul(x.shape[0], None if x.device.type == "cpu" and x.dtype == torch.float32 else False):
             return self._forward_matmul(x)
         if self.copies is None or hooked(self.features):
             return self.head(self.pool(self.features(x)).flatten(1))

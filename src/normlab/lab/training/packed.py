@@ -106,7 +106,8 @@ def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[l
         runs = of_kind(ClassifyConfig, ladder)  # only the ConvNet packs (pack_key)
         batch = runs[0].batch_size
         # large batches: one norm a pack, so the batched-matmul form applies (models.ConvNet.packed_form); small
-        # ones: any norms together, for the pack's size is what pays there
+        # ones: any norms together, for the pack's size is what pays there (a pack of one norm at a small batch takes
+        # the matmul form too where the kernel runs; one-norm packs against mixed ones there: not yet re-measured)
         apart = runs[0].norm if batch >= MATMUL_MIN_BATCH else ""
         groups.setdefault(key + json.dumps([c.doublings for c in runs]) + apart, []).append(runs)
     for group in groups.values():
