@@ -128,16 +128,17 @@ class SplitNorm(nn.Module):
 # writes the next stride-2 conv's taps ``(K, C*3, L/2*N)`` (conv_forms.tap_rows), and that conv is one product; else
 # ParityConv. "auto" takes "matmul" at every batch for BatchNorm and no norm, and for GroupNorm and LayerNorm where the
 # kernel runs (float32 on the CPU, not NORMLAB_NO_KERNELS=1), from MATMUL_MIN_BATCH examples on the composites, and
-# "grouped" otherwise. Measured on one core (2026-12-07, CPU time, 2 shared cores at load 4.5-5), matmul/grouped
-# model-steps/s with the kernel and its taps: GN 1.36x, 1.53x, 1.94x, 2.02x at batch 2, 4, 8, 16 (16 nets); 1.21x,
-# 1.44x, 1.72x, 2.15x at pack_size's 64, 64, 32, 32 nets; LN 1.30x, 1.53x, 1.66x, 1.92x (16 nets), 1.23x, 1.44x,
-# 1.74x, 2.00x (pack_size); batch 32, 16 nets: BN 1.94x, GN 2.22x, LN 2.21x (benchmarks/RESULTS.md). On the
-# composites (before the kernel, 2026-12-06): GN 0.84x, 0.93x at batch 2, 8, about 1.1x at 32; LN 0.79x, 0.92x, about
-# 1.0x; BN 1.14x and 1.59x at batch 2 and 32. Other norms take their usual (N, K*C, L) maps in the matmul form (a copy
-# each way), correct but unmeasured, so "auto" keeps them grouped, as it keeps mixed packs (SplitNorm).
+# "grouped" otherwise. Measured on one core (2026-12-07, CPU time, 2 shared cores at load 4.5-6), matmul/grouped
+# model-steps/s with the kernel and its taps, two runs: GN 1.35x-1.36x, 1.53x-1.57x, 1.79x-1.94x, 2.02x-2.03x at batch
+# 2, 4, 8, 16 (16 nets), 1.21x-1.25x, 1.44x-1.48x, 1.72x-1.83x, 1.97x-2.15x at pack_size's 64, 64, 32, 32 nets; LN
+# 1.30x-1.45x, 1.50x-1.53x, 1.66x-1.73x, 1.92x-1.96x (16 nets), 1.15x-1.23x, 1.42x-1.44x, 1.74x-1.79x, 1.92x-2.00x
+# (pack_size); batch 32, 16 nets, three runs: BN 2.14x-2.44x, GN 2.00x-2.09x, LN 2.03x-2.06x (benchmarks/RESULTS.md).
+# On the composites (before the kernel, 2026-12-06): GN 0.84x, 0.93x at batch 2, 8, about 1.1x at 32; LN 0.79x, 0.92x,
+# about 1.0x; BN 1.14x and 1.59x at batch 2 and 32. Other norms take their usual (N, K*C, L) maps in the matmul form
+# (a copy each way), correct but unmeasured, so "auto" keeps them grouped, as it keeps mixed packs (SplitNorm).
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
-TAPS_MIN_BATCH = 1  # from this batch, a norm run by the compiled kernel writes the next stride-2 conv's taps
+TAPS_MIN_BATCH = 1  # from this batch the kernel writes the next conv's taps: 1.11x-1.34x at batch 2-32 (RESULTS.md)
 PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
 SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
 
