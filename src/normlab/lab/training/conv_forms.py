@@ -99,7 +99,8 @@ def first_conv_columns(x: Tensor, halvings: int) -> Tensor:
     k, c, length, n = x.shape
     taps = _taps(length, halvings).to(x.device)  # (3, L): the padded input's position of tap j at slot i
     padded = torch.nn.functional.pad(x, (0, 0, 1, 1))  # (K, C, L+2, N)
-    return padded[:, :, taps].reshape(k, c * 3, length * n)
+    # index_select over the flattened (3*L) taps: the same gather in half the time of advanced indexing
+    return padded.index_select(2, taps.flatten()).view(k, c * 3, length * n)
 
 
 # From this batch on, ParityConv adds tap 0 by products accumulated in place on the output's blocks (strided views,
