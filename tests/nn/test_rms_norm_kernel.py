@@ -210,7 +210,8 @@ def test_a_cached_build_loads_without_a_compiler_from_any_copy_of_the_source(fre
     fresh_loader.setattr(_kernels, "_module", None)
     copy = tmp_path / "csrc" / "rms_norm.cpp"
     copy.parent.mkdir()
-    copy.write_bytes(_kernels.SOURCE.read_bytes())
+    for name in (copy.name, *_kernels.RMS_NORM_EXTRA):  # the source and the header it includes
+        (copy.parent / name).write_bytes(_kernels.SOURCE.with_name(name).read_bytes())
     fresh_loader.setattr(_kernels, "SOURCE", copy)
     fresh_loader.setattr(_kernels.shutil, "which", lambda name: None)
     with warnings.catch_warnings():

@@ -6,19 +6,21 @@ Each function validates its arguments, then runs the fastest path that is exact:
   most on CPU, so normlab is never slower than torch there.
 - On CPU, ATen's channels_last kernels compute the statistics of ``group_norm`` and training-mode ``batch_norm``
   with plain float32 running sums, which lose digits when :math:`|\mu|\gg\sigma` (measured at mean 1e4, std 1:
-  300x relative error for GroupNorm, 3e-3 for BatchNorm). ``group_norm`` runs on a contiguous copy, and the result
-  is returned in channels_last again. Training-mode ``batch_norm`` runs ATen's own channels_last kernels, made
-  exact without an extra pass: the statistics kernel on a view of the input as short blocks of rows, whose
-  block statistics are combined in float64, then the eval-mode normalize and the fused backward given them
-  (:class:`_ChannelsLastBatchNorm`); small inputs, where Python calls cost more than a pass, run ATen's training
-  kernel on the input shifted by its first position per channel (:func:`_shifted_batch_norm`). Eval mode is
-  elementwise, so ATen's channels_last kernel is used as is.
+  300x relative error for GroupNorm, 3e-3 for BatchNorm).
+- CPU channels_last ``instance_norm`` (with the input's statistics), ``group_norm`` and training-mode
+  ``batch_norm`` run normlab's compiled kernel (:mod:`normlab.functional.channels_last`, ``csrc/``): exact
+  statistics in one pass over the input (two where one would cancel), one for the output, two for the backward,
+  in the input's layout. BatchNorm's (``csrc/batch_norm.cpp``) splits the ``(N*spatial, C)`` matrix into blocks
+  of rows, whose partial sums are added in float64, so every thread works at any channel count: faster than
+  ATen's own channels_last kernel at every size measured, one and two threads.
+- Without the kernel (``NORMLAB_NO_KERNELS=1``, no compiler, parameters of another dtype than the input), ATen's
+  kernels made exact: ``group_norm`` on the input shifted per group (float32/float64) or a contiguous copy; training
+  ``batch_norm`` by ATen's own channels_last kernels without an extra pass: the statistics kernel on a view of the
+  input as short blocks of rows, whose block statistics are combined in float64, then the eval-mode normalize and
+  the fused backward given them (:class:`_ChannelsLastBatchNorm`); small inputs, where Python calls cost more than
+  a pass, run ATen's training kernel on the input shifted by its first positions' mean per channel
+  (:func:`_shifted_batch_norm`). Eval mode is elementwise, so ATen's channels_last kernel is used as is.
 - ``instance_norm`` returns channels_last for channels_last input (ATen returns a contiguous tensor).
-- CPU channels_last ``instance_norm`` (with the input's statistics), ``group_norm`` and small training-mode
-  ``batch_norm`` run normlab's compiled kernel (:mod:`normlab.functional.channels_last`,
-  ``csrc/channels_last.cpp``): exact statistics in one pass over the input (two where one would cancel), one for
-  the output, two for the backward, in the input's layout; the paths above are its fallback
-  (``NORMLAB_NO_KERNELS=1``, no compiler, parameters of another dtype than the input).
 
 Beyond torch.nn.functional, :mod:`normlab.functional.catalog` holds the other methods' functional forms
 (FRN, TLU, EvoNorm, Switchable, DyT, mean-only BN, GRN).
@@ -114,8 +116,9 @@ _SHIFT_ROWS = 32
 :func:`_shifted_batch_norm`: within a fraction of a standard deviation of the batch mean."""
 
 _SHIFT_BELOW = 1 << 18
-"""Below this many elements, channels_last training BatchNorm takes the shifted-input path (one more elementwise
-pass, fewer Python calls); from it on, the Function (no extra pass, about 15 more small calls)."""
+"""Without the compiled kernel: below this many elements, channels_last training BatchNorm takes the shifted-input
+path (one more elementwise pass, fewer Python calls); from it on, the Function (no extra pass, about 15 more small
+calls)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -250,13 +253,16 @@ def _channels_last_batch_norm(
     momentum: float,
     eps: float,
 ) -> Tensor:
-    """Exact training-mode BatchNorm of CPU channels_last ``input`` at ATen's speed: the shifted input for small
-    inputs, :class:`_ChannelsLastBatchNorm` for large ones (and float64, whose ATen sums are float64, as is)."""
+    """Exact training-mode BatchNorm of CPU channels_last ``input``, at least at ATen's speed.
+
+    The compiled kernel at every size and dtype (:func:`normlab.functional.channels_last.batch_norm`: blocks of
+    rows in parallel, faster than ATen's channels_last kernel on the benchmark's small and large inputs, one and two
+    threads, float32 and bfloat16). Without it: the shifted input below :data:`_SHIFT_BELOW` elements,
+    :class:`_ChannelsLastBatchNorm` from it on, and float64 (whose ATen sums are float64) as is."""
+    out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
+    if out is not None:
+        return out
     numel = input.numel()
-    if numel < _SHIFT_BELOW:
-        out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
-        if out is not None:
-            return out
     if input.dtype == torch.float64:
         return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
     if numel >= _SHIFT_BELOW:

@@ -1,9 +1,12 @@
-"""The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp``, loaded by
-:func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm, training-mode BatchNorm and GroupNorm of
-CPU channels_last input, exact at any mean, in the input's layout (output and input gradient channels_last).
+"""The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp`` and
+``csrc/batch_norm.cpp``, loaded by :func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm,
+training-mode BatchNorm (2-d and 3-d maps) and GroupNorm of CPU channels_last input, exact at any mean, in the
+input's layout (output and input gradient channels_last).
 
 The memory of a channels_last ``(N, C, *spatial)`` tensor is an ``(N, positions, C)`` matrix: the kernel
-normalizes it per (group, channel), with ``N`` groups (InstanceNorm) or one (BatchNorm), and needs no copy. Each
+normalizes it per (group, channel), with ``N`` groups (InstanceNorm: each (n, channel) column walked by one task)
+or one (BatchNorm: the ``(N * positions, C)`` matrix split into blocks of rows, their partial sums added in
+float64), and needs no copy. Each
 function returns None where the kernel does not apply (no kernel, a dtype or layout it does not take, parameters
 of another dtype than the input), and the caller takes its ATen path.
 """
@@ -53,10 +56,12 @@ def _kernel_grads(
 class _ChannelsLastNorm(torch.autograd.Function):
     r"""Per-(group, channel) normalization of channels_last CPU input by the compiled kernel.
 
-    Over the ``L`` values of each (group, channel) (``csrc/channels_last.cpp`` has the formulas): the mean, then the
-    centered sum of squares (two passes, on the values less the group's first one: exact at any mean), accumulated
-    in float32 for fp16/bf16; :math:`y = (x - \mu)\,(\mathrm{rstd}\,w) + b`. Backward, with :math:`S = \sum dy`,
-    :math:`T = \sum dy\,(x-\mu)`: :math:`dx = \mathrm{rstd}\,w\,(dy - S/L) - (x - \mu)\,w\,\mathrm{rstd}^3\,T/L`,
+    Over the ``L`` values of each (group, channel) (``csrc/channels_last.cpp`` and, for one group,
+    ``csrc/batch_norm.cpp`` have the formulas): the mean and the sum of squares of the values less a shift near the
+    mean (one pass, a centered second one where it would cancel: exact at any mean), accumulated in float32 for
+    fp16/bf16 (one group: per block of rows, the blocks added in float64);
+    :math:`y = (x - \mu)\,(\mathrm{rstd}\,w) + b`. Backward, with :math:`S = \sum dy`, :math:`T = \sum dy\,(x-\mu)`:
+    :math:`dx = \mathrm{rstd}\,w\,(dy - S/L) - (x - \mu)\,w\,\mathrm{rstd}^3\,T/L`,
     :math:`dw = \sum T\,\mathrm{rstd}`, :math:`db = \sum S` (summed over the groups in order: deterministic). The
     running buffers are updated by the kernel (float64 arithmetic, ATen's formula with the unbiased variance, the
     average over the groups). A second derivative (``create_graph=True``) differentiates ATen's composite instead.
@@ -142,26 +147,44 @@ def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     return torch.instance_norm(input, weight, bias, None, None, True, 0.0, eps, False)
 
 
+_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _plain_argument(t: Tensor) -> bool:
+    """Whether a parameter or buffer can go to the kernel: a CPU contiguous tensor, plain (:func:`_is_plain`) or a
+    Parameter of a plain tensor (its ``.data``: read only for other subclasses, as it costs a new tensor)."""
+    if not (t.is_cpu and t.is_contiguous()):
+        return False
+    cls = type(t)
+    if cls is not Tensor and cls is not torch.nn.Parameter:
+        return _is_plain(t.data)
+    functorch = torch._C._functorch
+    return not (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
+
+
 def _kernel_for(input: Tensor, *tensors: Tensor | None) -> Any:
     """The compiled kernel if it takes these arguments (CPU channels_last input of a supported dtype, a plain
     tensor, not under torch.compile; ``tensors``: weight, bias (both or neither, of the input's dtype), running
-    buffers (contiguous)), else None."""
-    weight, bias = tensors[:2]
+    buffers (contiguous)), else None. (Ordered cheapest first: it runs on every call, and small inputs feel it.)"""
     if torch.compiler.is_compiling():  # first: the checks below call functorch's C++, which dynamo cannot trace
         return None
-    if not (
-        input.is_cpu
-        and input.dtype in _DTYPES
-        and input.numel() > 0
-        and input.dim() in (4, 5)
-        and not input.is_contiguous()
-        and input.is_contiguous(memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d)
-        and _is_plain(input)
-        and (weight is None) == (bias is None)
-        and (weight is None or weight.dtype == input.dtype == bias.dtype)  # type: ignore[union-attr]
-        and all(t is None or (t.is_cpu and t.is_contiguous() and _is_plain(t.data)) for t in tensors)  # Parameters
+    weight, bias = tensors[:2]
+    fmt = _FORMATS.get(input.dim())
+    if (
+        fmt is None
+        or input.dtype not in _DTYPES
+        or not input.is_cpu
+        or input.is_contiguous()
+        or not input.is_contiguous(memory_format=fmt)
+        or input.numel() == 0
+        or (weight is None) != (bias is None)
+        or (weight is not None and not (weight.dtype == input.dtype == bias.dtype))  # type: ignore[union-attr]
+        or not _is_plain(input)
     ):
         return None
+    for t in tensors:
+        if t is not None and not _plain_argument(t):
+            return None
     return _kernels.channels_last_kernel()
 
 
@@ -196,9 +219,7 @@ def batch_norm(
 ) -> Tensor | None:
     """Training-mode BatchNorm of channels_last ``input`` by the kernel, or None; the running buffers are updated as
     ATen does, ``r <- (1 - momentum) r + momentum s`` with the unbiased variance."""
-    # 2-d maps only: on 3-d ones (BatchNorm3d) its float32 parameter gradients differ from torch's by more than
-    # torch's own module tests allow (2e-5 relative, tests/nn/test_module_db.py), so ATen's path stays there
-    kernel = _kernel_for(input, weight, bias, running_mean, running_var) if input.dim() == 4 else None
+    kernel = _kernel_for(input, weight, bias, running_mean, running_var)
     if kernel is None:
         return None
     out: Tensor = _ChannelsLastNorm.apply(input, weight, bias, eps, 1, running_mean, running_var, momentum, kernel)

@@ -1,7 +1,9 @@
 // Channels-last (NHWC) per-(group, channel) normalization forward and backward on CPU, compiled on first use by
 // normlab.functional._kernels. The memory of a channels_last (N, C, *spatial) tensor is (N, L, C), L the spatial
-// positions: InstanceNorm's groups; training-mode BatchNorm is one group of L = N * positions. GroupNorm
-// (group_forward / group_backward, at the end) combines the (n, c) columns' statistics per group of channels.
+// positions: InstanceNorm's groups. One group (training-mode BatchNorm, L = N * positions; InstanceNorm of one
+// example) goes to batch_norm.cpp, which splits the rows into blocks so that every thread has work whatever C.
+// GroupNorm (group_forward / group_backward, at the end) combines the (n, c) columns' statistics per group of
+// channels.
 //
 // Over the L values of each (n, c), with acc the accumulation type (float for float32 / bfloat16 / float16,
 // double for float64), statistics exact at any mean, on the values shifted by the first one, x0 = x[0] (x - x0 is
@@ -17,73 +19,23 @@
 //             dx  = rstd * w * (dy - sdy / L) - (x - mean) * (w * rstd^3 * sdyx / L)
 //             dw  = sum over n of sdyx * rstd,   db = sum over n of sdy   (in acc, summed over n in order)
 //
-// Work items are (n, one vector of channels); each walks its L positions (stride C) with the vector in registers,
+// Work items here are (n, one vector of channels); each walks its L positions (stride C) with the vector in registers,
 // so every item's result is independent of the thread count (deterministic). Channels past the last full vector
 // run a scalar loop.
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
-#include <optional>
-#include <type_traits>
-#include <vector>
 
+#include "channels_last.h"
+
+namespace normlab {
 namespace {
-
-using at::vec::Vectorized;
-
-constexpr int64_t kGrain = 16384;  // values per task: below this, one thread
-
-// One Vectorized<acc_t> worth of channels, loaded in acc_t; stored back rounded to scalar_t.
-template <typename scalar_t>
-struct Lanes {
-  using acc_t = at::opmath_type<scalar_t>;
-  using aVec = Vectorized<acc_t>;
-  static constexpr int64_t size() { return aVec::size(); }
-  static aVec load(const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return aVec::loadu(p);
-    } else {
-      aVec out;
-      at::vec::load_to_float<scalar_t>(p, out);
-      return out;
-    }
-  }
-  static void store(scalar_t* p, const aVec& v) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      v.store(p);
-    } else {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, size());
-    }
-  }
-};
-
-// The one pass sums d = x - x0 and d^2; var = mean(d^2) - mean(d)^2 loses about log2(1 + m^2 / var) bits to
-// cancellation (m = mean(d): how far the first value x0 lies from the mean, in practice a few standard deviations).
-// Above kCancel (6 bits) the centered second pass runs instead, so the variance keeps at least 17 of float32's 23.
-constexpr double kCancel = 64.0;
 
 // The phases of Forward and Backward: both passes in one (InstanceNorm, BatchNorm: the statistics are the
 // column's own), or the first and the second apart (GroupNorm: the columns' statistics combined per group between).
 constexpr int kFused = 0, kFirst = 1, kSecond = 2;
-
-// Whether any lane needs the centered pass: m^2 > kCancel * v, or a NaN (the comparison is false).
-template <typename acc_t>
-bool needs_centered_pass(const Vectorized<acc_t>& m, const Vectorized<acc_t>& v) {
-  alignas(64) acc_t mm[Vectorized<acc_t>::size()], vv[Vectorized<acc_t>::size()];
-  (m * m).store(mm);
-  v.store(vv);
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) {
-    if (!(mm[i] <= acc_t(kCancel) * vv[i])) return true;
-  }
-  return false;
-}
 
 template <typename scalar_t>
 struct Forward {
@@ -313,30 +265,6 @@ void for_items(const Body& body, int64_t N, int64_t L, int64_t C) {
   });
 }
 
-// Whether t is a channels_last (4-d) or channels_last_3d (5-d) dense tensor: its memory is (N, positions, C).
-void check_channels_last(const at::Tensor& t, const char* name) {
-  const auto fmt = t.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
-  TORCH_CHECK(t.device().is_cpu() && (t.dim() == 4 || t.dim() == 5) && t.is_contiguous(fmt), "channels_last kernel: ",
-              name, " must be a channels_last 4-d or channels_last_3d 5-d CPU tensor");
-}
-
-at::Tensor optional_param(const std::optional<at::Tensor>& t, const at::Tensor& x, bool same_dtype) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  const at::Tensor& out = *t;
-  TORCH_CHECK(out.is_contiguous() && out.numel() == x.size(1) && (!same_dtype || out.scalar_type() == x.scalar_type()),
-              "channels_last kernel: bad parameter or buffer");
-  return out;
-}
-
-// r <- (1 - momentum) r + momentum v, in double, for a buffer of any floating dtype
-void update_buffer(const at::Tensor& buffer, const std::vector<double>& value, double momentum) {
-  if (!buffer.defined()) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, buffer.scalar_type(), "normlab_channels_last_update", [&] {
-    scalar_t* p = buffer.mutable_data_ptr<scalar_t>();
-    for (size_t c = 0; c < value.size(); ++c) p[c] = scalar_t((1 - momentum) * double(p[c]) + momentum * value[c]);
-  });
-}
-
 // (y, m, rstd, var) for input (N, C, *spatial) in channels_last, normalized per (group, channel) over L values:
 // groups N (InstanceNorm: L the positions) or 1 (BatchNorm: L = N * positions). m = mean - the group's first
 // position, rstd, var (groups, C) in acc; y channels_last. The running buffers (each optional) are updated with
@@ -345,6 +273,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, int64_t groups, const std::
                                 const std::optional<at::Tensor>& bias, double eps,
                                 const std::optional<at::Tensor>& running_mean,
                                 const std::optional<at::Tensor>& running_var, double momentum) {
+  if (groups == 1) return batch_norm_forward(x, weight, bias, eps, running_mean, running_var, momentum);
   check_channels_last(x, "input");
   const int64_t C = x.size(1), G = groups, L = x.numel() / std::max<int64_t>(G * C, 1);
   TORCH_CHECK(G >= 1 && G * L * C == x.numel() && L >= 1, "channels_last kernel: bad groups");
@@ -396,6 +325,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, int64_t groups, const std::
 std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& x, int64_t groups,
                                  const at::Tensor& shifted_mean, const at::Tensor& rstd,
                                  const std::optional<at::Tensor>& weight, bool need_input, bool need_affine) {
+  if (groups == 1) return batch_norm_backward(dy_in, x, shifted_mean, rstd, weight, need_input, need_affine);
   check_channels_last(x, "input");
   const at::Tensor dy = dy_in.contiguous(x.suggest_memory_format());
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "channels_last kernel: bad grad_output");
@@ -580,6 +510,12 @@ std::vector<at::Tensor> group_backward(const at::Tensor& dy_in, const at::Tensor
 }
 
 }  // namespace
+}  // namespace normlab
+
+using normlab::backward;
+using normlab::forward;
+using normlab::group_backward;
+using normlab::group_forward;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward,
