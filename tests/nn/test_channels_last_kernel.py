@@ -36,7 +36,8 @@ from normlab.functional import _kernels
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
-KERNEL_BACKWARDS = ("_ChannelsLastNormBackward", "_ChannelsLastGroupNormBackward")
+NORM_BACKWARD = "torch::autograd::CppNode<normlab::ChannelsLastNorm>"  # the kernel's C++ Function (BN, IN)
+KERNEL_BACKWARDS = (NORM_BACKWARD, "_ChannelsLastGroupNormBackward")
 
 
 @contextlib.contextmanager
@@ -256,6 +257,26 @@ def test_second_derivative(method):
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", ["instance", "batch"])
+def test_batched_gradients_under_vmap(method):
+    """gradcheck's batched-gradient check runs the C++ Function's backward under vmap (a batched upstream gradient):
+    it differentiates ATen's composite there."""
+    _kernel_or_fail()
+    x = random_input((3, 4, 3, 2), torch.float64, seed=23).contiguous(memory_format=torch.channels_last)
+    w, b = random_params(4, torch.float64, seed=24)
+    x, w, b = x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+
+    def fn(x, w, b):
+        if method == "instance":
+            return NF.instance_norm(x, weight=w, bias=b)
+        return NF.batch_norm(x, None, None, w, b, training=True)
+
+    assert fn(x, w, b).grad_fn.name() == NORM_BACKWARD
+    assert torch.autograd.gradcheck(fn, (x, w, b), check_batched_grad=True)
+    assert torch.autograd.gradcheck(lambda x: fn(x, None, None), (x,), check_batched_grad=True)
+
+
+@needs_kernel
 def test_parameters_of_another_dtype_take_the_aten_path():
     _kernel_or_fail()
     x = random_input((2, 8, 3, 3), torch.bfloat16, seed=12).contiguous(memory_format=torch.channels_last)
@@ -370,7 +391,7 @@ def _batch_step(shape, dtype, shift, seed, threads, affine=True, rank=4, outlier
     dy = random_input(shape, dtype, seed=seed + 1).contiguous(memory_format=fmt)
     with num_threads(threads):
         y, dx, dw, db = _step(module, x, dy)
-    assert y.grad_fn.name() == "_ChannelsLastNormBackward"
+    assert y.grad_fn.name() == NORM_BACKWARD
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
     return module, x, dy, y, dx, dw, db
 
@@ -448,7 +469,7 @@ def test_row_blocks_update_the_running_statistics_as_torch(momentum, dtype):
         x = x.contiguous(memory_format=torch.channels_last)
         with num_threads(2):
             y_theirs, y_ours = theirs(x), ours(x)
-        assert y_ours.grad_fn.name() == "_ChannelsLastNormBackward"
+        assert y_ours.grad_fn.name() == NORM_BACKWARD
     tol = vs_torch(dtype)
     assert_close(y_ours, y_theirs.detach(), **tol, msg="output")
     assert_close(ours.running_mean, theirs.running_mean, **tol, msg="running mean")

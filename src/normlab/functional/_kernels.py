@@ -3,9 +3,10 @@
 
 Two kernels, each its own extension: the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the
 formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
-normalization of ``csrc/channels_last.cpp`` with ``csrc/batch_norm.cpp`` (InstanceNorm, GroupNorm, training-mode
-BatchNorm; see :mod:`normlab.functional.channels_last`); both include ``csrc/common.h``. :func:`rms_norm_kernel`
-and :func:`channels_last_kernel` return the compiled module, or None when the caller must take its pure-ATen path:
+normalization of ``csrc/channels_last.cpp`` with ``columns.cpp`` and ``batch_norm.cpp`` (InstanceNorm, GroupNorm,
+training-mode BatchNorm; see :mod:`normlab.functional.channels_last`); both include ``csrc/common.h``.
+:func:`rms_norm_kernel` and :func:`channels_last_kernel` return the compiled module, or None when the caller must
+take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
 - the compile failed (no C++ compiler, a compiler error, anything else): a warning names the reason and the
@@ -43,9 +44,9 @@ SOURCE = CSRC / "rms_norm.cpp"
 CHANNELS_LAST_SOURCE = CSRC / "channels_last.cpp"
 RMS_NORM_EXTRA = ("common.h",)
 """The header :data:`SOURCE` includes, next to it."""
-CHANNELS_LAST_EXTRA = ("batch_norm.cpp", "common.h", "channels_last.h")
-"""The channels_last extension's other files next to :data:`CHANNELS_LAST_SOURCE`: a second source and the
-headers both include (``#include "..."``)."""
+CHANNELS_LAST_EXTRA = ("columns.cpp", "batch_norm.cpp", "common.h", "channels_last.h")
+"""The channels_last extension's other files next to :data:`CHANNELS_LAST_SOURCE`: its other sources and the
+headers they include (``#include "..."``)."""
 
 # compiler flags per torch CPU capability: ATen's vector types (at::vec::Vectorized) pick their implementation from
 # the CPU_CAPABILITY_* macro, as in torch's own per-capability kernel builds
@@ -78,11 +79,12 @@ def rms_norm_kernel() -> ModuleType | None:
 
 
 def channels_last_kernel() -> ModuleType | None:
-    """The compiled channels_last module (``forward(input, groups, weight, bias, eps, running_mean, running_var,
-    momentum) -> (y, shifted_mean, rstd, var)`` and ``backward(grad_output, input, groups, shifted_mean, rstd,
-    weight, need_input, need_affine) -> (grad_input, grad_weight, grad_bias)`` for channels_last input, statistics per
-    (group, channel); ``group_forward`` and ``group_backward`` for GroupNorm), compiled on the first call; None if
-    kernels are disabled or the compile failed (warned once)."""
+    """The compiled channels_last module, compiled on the first call; None if kernels are disabled or the compile
+    failed (warned once). For channels_last input, statistics per (group, channel): ``norm(input, weight, bias, eps,
+    groups, running_mean, running_var, momentum) -> y``, differentiable (a C++ autograd Function); its parts
+    ``forward(input, groups, weight, bias, eps, running_mean, running_var, momentum) -> (y, saved, rstd, var)`` and
+    ``backward(grad_output, input, groups, saved, rstd, weight, need_input, need_affine) -> (grad_input,
+    grad_weight, grad_bias)``; ``group_forward`` and ``group_backward`` for GroupNorm."""
     if _cl_module is not None:
         return None if kernels_disabled() else _cl_module
     if _cl_failed is not None or kernels_disabled():

@@ -1,14 +1,26 @@
-"""The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp`` and
-``csrc/batch_norm.cpp``, loaded by :func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm,
+r"""The compiled channels_last normalization kernel's Python side (``csrc/channels_last.cpp``, ``csrc/columns.cpp``
+and ``csrc/batch_norm.cpp``, loaded by :func:`normlab.functional._kernels.channels_last_kernel`): InstanceNorm,
 training-mode BatchNorm (2-d and 3-d maps) and GroupNorm of CPU channels_last input, exact at any mean, in the
 input's layout (output and input gradient channels_last).
 
 The memory of a channels_last ``(N, C, *spatial)`` tensor is an ``(N, positions, C)`` matrix: the kernel
 normalizes it per (group, channel), with ``N`` groups (InstanceNorm: each (n, channel) column walked by one task)
 or one (BatchNorm: the ``(N * positions, C)`` matrix split into blocks of rows, their partial sums added in
-float64), and needs no copy. Each
-function returns None where the kernel does not apply (no kernel, a dtype or layout it does not take, parameters
-of another dtype than the input), and the caller takes its ATen path.
+float64), and needs no copy.
+
+InstanceNorm and BatchNorm run the kernel's own autograd Function (``kernel.norm``, C++: a call costs what one of
+ATen's does, and the backward runs without Python). Over the ``L`` values of each (group, channel) (the sources
+have the formulas): the mean and the sum of squares of the values less a shift near the mean (one pass, a centered
+second one where it would cancel: exact at any mean), accumulated in float32 for fp16/bf16;
+:math:`y = (x - \mu)\,(\mathrm{rstd}\,w) + b`. Backward, with :math:`S = \sum dy`, :math:`T = \sum dy\,(x-\mu)`:
+:math:`dx = \mathrm{rstd}\,w\,(dy - S/L) - (x - \mu)\,w\,\mathrm{rstd}^3\,T/L`,
+:math:`dw = \sum T\,\mathrm{rstd}`, :math:`db = \sum S` (summed over the groups in order: deterministic). The
+running buffers are updated by the kernel (float64 arithmetic, ATen's formula with the unbiased variance, the
+average over the groups). A second derivative (``create_graph=True``), or a backward under vmap, differentiates
+ATen's composite instead. GroupNorm's Function (:class:`_ChannelsLastGroupNorm`) is Python's.
+
+Each function returns None where the kernel does not apply (no kernel, a dtype or layout it does not take,
+parameters of another dtype than the input), and the caller takes its ATen path.
 """
 
 from __future__ import annotations
@@ -53,60 +65,9 @@ def _kernel_grads(
     return dx, dw if need[1] else None, db if need[2] else None
 
 
-class _ChannelsLastNorm(torch.autograd.Function):
-    r"""Per-(group, channel) normalization of channels_last CPU input by the compiled kernel.
-
-    Over the ``L`` values of each (group, channel) (``csrc/channels_last.cpp`` and, for one group,
-    ``csrc/batch_norm.cpp`` have the formulas): the mean and the sum of squares of the values less a shift near the
-    mean (one pass, a centered second one where it would cancel: exact at any mean), accumulated in float32 for
-    fp16/bf16 (one group: per block of rows, the blocks added in float64);
-    :math:`y = (x - \mu)\,(\mathrm{rstd}\,w) + b`. Backward, with :math:`S = \sum dy`, :math:`T = \sum dy\,(x-\mu)`:
-    :math:`dx = \mathrm{rstd}\,w\,(dy - S/L) - (x - \mu)\,w\,\mathrm{rstd}^3\,T/L`,
-    :math:`dw = \sum T\,\mathrm{rstd}`, :math:`db = \sum S` (summed over the groups in order: deterministic). The
-    running buffers are updated by the kernel (float64 arithmetic, ATen's formula with the unbiased variance, the
-    average over the groups). A second derivative (``create_graph=True``) differentiates ATen's composite instead.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        input: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        eps: float,
-        groups: int,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        momentum: float,
-        kernel: Any,
-    ) -> Tensor:
-        out, shifted_mean, rstd, _ = kernel.forward(
-            input, groups, weight, bias, eps, running_mean, running_var, momentum
-        )
-        ctx.save_for_backward(input, weight, bias, shifted_mean, rstd)
-        ctx.eps, ctx.groups, ctx.kernel = eps, groups, kernel
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        input, weight, bias, shifted_mean, rstd = ctx.saved_tensors
-        need = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled() or not _is_plain(grad_output):  # create_graph (or vmap): ATen's composite
-            grads = _composite_grads(
-                lambda: _composite(input, weight, bias, ctx.eps, ctx.groups), (input, weight, bias), need, grad_output
-            )
-            return grads + (None,) * 6
-        need_affine = weight is not None and (need[1] or need[2])
-        # (autograd hands grad_output in the output's dtype, the input's)
-        dx, dw, db = ctx.kernel.backward(
-            grad_output, input, ctx.groups, shifted_mean, rstd, weight, need[0], need_affine
-        )
-        return _kernel_grads(dx, dw, db, weight, bias, need) + (None,) * 6
-
-
 class _ChannelsLastGroupNorm(torch.autograd.Function):
     r"""GroupNorm of channels_last CPU input by the compiled kernel (``group_forward`` / ``group_backward`` of
-    ``csrc/channels_last.cpp``): each (example, channel) column's statistics as in :class:`_ChannelsLastNorm`,
+    ``csrc/columns.cpp``): each (example, channel) column's statistics as the kernel's InstanceNorm,
     combined per (example, group) in float64 (mean of the means, mean of the variances plus the variance of the
     means), then the output; backward :math:`dx = \mathrm{rstd}\,(w\,dy - \tfrac{A}{KL}) - (x-\mu)\,\mathrm{rstd}^3
     \tfrac{B}{KL}` with :math:`A`, :math:`B` the group's sums of :math:`w\,dy` and :math:`w\,dy\,(x-\mu)` over its
@@ -138,13 +99,6 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
             grad_output, input, ctx.num_groups, mean, rstd, weight, need[0], need_affine
         )
         return _kernel_grads(dx, dw, db, weight, bias, need) + (None,) * 3
-
-
-def _composite(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, groups: int) -> Tensor:
-    """What :class:`_ChannelsLastNorm` computes, by ATen's differentiable ops (for second derivatives)."""
-    if groups == 1:
-        return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False)
-    return torch.instance_norm(input, weight, bias, None, None, True, 0.0, eps, False)
 
 
 _FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -202,9 +156,7 @@ def instance_norm(
     kernel = _kernel_for(input, weight, bias, running_mean, running_var)
     if kernel is None:
         return None
-    out: Tensor = _ChannelsLastNorm.apply(
-        input, weight, bias, eps, input.shape[0], running_mean, running_var, momentum, kernel
-    )
+    out: Tensor = kernel.norm(input, weight, bias, eps, input.shape[0], running_mean, running_var, momentum)
     return out
 
 
@@ -222,7 +174,7 @@ def batch_norm(
     kernel = _kernel_for(input, weight, bias, running_mean, running_var)
     if kernel is None:
         return None
-    out: Tensor = _ChannelsLastNorm.apply(input, weight, bias, eps, 1, running_mean, running_var, momentum, kernel)
+    out: Tensor = kernel.norm(input, weight, bias, eps, 1, running_mean, running_var, momentum)
     return out
 
 

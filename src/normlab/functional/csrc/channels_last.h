@@ -1,5 +1,6 @@
-// Shared by the channels_last kernel's two sources: channels_last.cpp (per-(group, channel) columns: InstanceNorm,
-// GroupNorm, and the Python module) and batch_norm.cpp (training-mode BatchNorm over blocks of rows).
+// Shared by the channels_last kernel's sources: channels_last.cpp (the Python module's entry points and the autograd
+// Function), columns.cpp (per-(n, channel) columns: InstanceNorm of several examples, GroupNorm) and batch_norm.cpp
+// (one group over blocks of rows: training-mode BatchNorm, InstanceNorm of one example).
 #pragma once
 
 #include <torch/extension.h>
@@ -52,6 +53,29 @@ inline void update_buffer(const at::Tensor& buffer, const std::vector<double>& v
     for (size_t c = 0; c < value.size(); ++c) p[c] = scalar_t((1 - momentum) * double(p[c]) + momentum * value[c]);
   });
 }
+
+// columns.cpp: (y, m, rstd, var) for input (N, C, *spatial) in channels_last, normalized per (n, channel) over its
+// L positions (groups = N > 1). m = mean - the column's first value, rstd, var (N, C) in acc; y channels_last. The
+// running buffers (each optional) are updated with the average over the N examples of the mean and the unbiased
+// variance, in double.
+std::vector<at::Tensor> column_forward(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps,
+                                       const std::optional<at::Tensor>& running_mean,
+                                       const std::optional<at::Tensor>& running_var, double momentum);
+
+// Its backward: (dx or undefined, dw or undefined, db or undefined); dx in x's layout, dw and db (C,) in acc.
+std::vector<at::Tensor> column_backward(const at::Tensor& dy, const at::Tensor& x, int64_t groups,
+                                        const at::Tensor& shifted_mean, const at::Tensor& rstd,
+                                        const std::optional<at::Tensor>& weight, bool need_input, bool need_affine);
+
+// columns.cpp: GroupNorm of channels_last x in num_groups groups of channels: (y, m, rstd) per (n, c).
+std::vector<at::Tensor> group_forward(const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+                                      const std::optional<at::Tensor>& bias, double eps);
+
+// Its backward: (dx or undefined, dw or undefined, db or undefined).
+std::vector<at::Tensor> group_backward(const at::Tensor& dy, const at::Tensor& x, int64_t num_groups,
+                                       const at::Tensor& m, const at::Tensor& r,
+                                       const std::optional<at::Tensor>& weight, bool need_input, bool need_affine);
 
 // batch_norm.cpp: training-mode BatchNorm of channels_last x, statistics per channel over all N * positions rows.
 // (y, saved, rstd, var): saved (3, C) the shift x0, the mean less x0 rounded to acc, m', and its residual rho (what
