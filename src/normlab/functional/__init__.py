@@ -260,7 +260,7 @@ def _channels_last_batch_norm(
     threads, float32 and bfloat16). Without it: the shifted input below :data:`_SHIFT_BELOW` elements,
     :class:`_ChannelsLastBatchNorm` from it on, and float64 (whose ATen sums are float64) as is."""
     out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
-    if out is not None:
+    if out is not None:  # (_batch_norm tried it already; here for direct callers)
         return out
     numel = input.numel()
     if input.dtype == torch.float64:
@@ -334,8 +334,11 @@ def _batch_norm(
     eps: float,
 ) -> Tensor:
     """:func:`batch_norm` on checked arguments."""
-    if training and input.is_cpu and not input.is_contiguous() and _channels_last_format(input) is not None:
-        if input.numel() > 0:
+    if training and input.is_cpu:
+        out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)  # the kernel, first
+        if out is not None:
+            return out
+        if not input.is_contiguous() and _channels_last_format(input) is not None and input.numel() > 0:
             return _channels_last_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
     if type(input) is Tensor:  # F.batch_norm's own check (one value per channel in training) has been made
         cudnn = input.is_cuda and torch.backends.cudnn.enabled

@@ -104,28 +104,18 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
 _FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-def _plain_argument(t: Tensor) -> bool:
-    """Whether a parameter or buffer can go to the kernel: a CPU contiguous tensor, plain (:func:`_is_plain`) or a
-    Parameter of a plain tensor (its ``.data``: read only for other subclasses, as it costs a new tensor)."""
-    if not (t.is_cpu and t.is_contiguous()):
-        return False
-    cls = type(t)
-    if cls is not Tensor and cls is not torch.nn.Parameter:
-        return _is_plain(t.data)
-    functorch = torch._C._functorch
-    return not (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
-
-
 def _kernel_for(input: Tensor, *tensors: Tensor | None) -> Any:
     """The compiled kernel if it takes these arguments (CPU channels_last input of a supported dtype, a plain
-    tensor, not under torch.compile; ``tensors``: weight, bias (both or neither, of the input's dtype), running
-    buffers (contiguous)), else None. (Ordered cheapest first: it runs on every call, and small inputs feel it.)"""
+    tensor, not under torch.compile nor a functorch transform; ``tensors``: weight, bias (both or neither, of the
+    input's dtype), running buffers (contiguous)), else None. (Cheapest checks first: it runs on every call, and
+    small inputs feel every microsecond.)"""
     if torch.compiler.is_compiling():  # first: the checks below call functorch's C++, which dynamo cannot trace
         return None
     weight, bias = tensors[:2]
     fmt = _FORMATS.get(input.dim())
     if (
         fmt is None
+        or type(input) is not Tensor
         or input.dtype not in _DTYPES
         or not input.is_cpu
         or input.is_contiguous()
@@ -133,11 +123,15 @@ def _kernel_for(input: Tensor, *tensors: Tensor | None) -> Any:
         or input.numel() == 0
         or (weight is None) != (bias is None)
         or (weight is not None and not (weight.dtype == input.dtype == bias.dtype))  # type: ignore[union-attr]
-        or not _is_plain(input)
+        # under vmap / grad / jvp any argument may be a functorch wrapper (the parameters alone, say): ATen's path
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._functorch.is_legacy_batchedtensor(input)
     ):
         return None
-    for t in tensors:
-        if t is not None and not _plain_argument(t):
+    for t in tensors:  # Parameters are plain tensors underneath; another subclass's .data is looked at
+        if t is not None and not (
+            t.is_cpu and t.is_contiguous() and (type(t) is Tensor or type(t) is torch.nn.Parameter or _is_plain(t.data))
+        ):
             return None
     return _kernels.channels_last_kernel()
 
