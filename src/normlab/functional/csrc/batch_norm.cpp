@@ -21,11 +21,14 @@
 // x - x0 is exact in acc for values within a factor 2 of each other, so the mean's size costs no digits (exact at
 // mean 1e4 in float32), and the sums of x - x0 stay small: their rounding is a small part of a standard deviation
 // (a single value as x0, a few standard deviations away, made sum(x - x0) large enough that its float32 rounding
-// moved dw by 1e-5 where dy is not centered, more than torch's own module tests allow). The work items are blocks of B rows x all channels (B from C alone, kBlockValues values),
-// each writing its own partial sums: the parallel split is over rows, as ATen's, so small C uses every thread; the
-// blocks are added in block order, so the result does not depend on the thread count. Each block walks its
-// channels kChunk vectors at a time, the accumulators and per-channel constants in registers (the block, at most
-// 64 KB in float32, stays in L2 between chunks); a channel tail shorter than a vector takes partial loads.
+// moved dw by 1e-5 where dy is not centered, more than torch's own module tests allow).
+//
+// The work items are blocks of B rows x all channels (B from C alone: about kBlockValues values), each writing its
+// own partial sums: the parallel split is over rows, as ATen's, so every thread has work whatever C; the blocks are
+// added in block order, so the result does not depend on the thread count (the same bits at one and two threads).
+// Each block walks its channels kChunk vectors at a time, the accumulators and per-channel constants in registers
+// (the block, about 64 KB in float32, stays in L2 between chunks); a channel tail shorter than a vector takes
+// partial loads.
 
 #include <ATen/Dispatch.h>
 
@@ -187,9 +190,10 @@ void normalize_chunk(const scalar_t* x, scalar_t* y, int64_t rows, int64_t C, in
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* xp = x + r * C + c0;
     scalar_t* yp = y + r * C + c0;
-    for (int k = 0; k < K; ++k)
-      store<scalar_t, P>(yp + k * V, at::vec::fmadd((load<scalar_t, P>(xp + k * V, n) - base[k]) - mv[k], scale[k], shift[k]),
-                         n);
+    for (int k = 0; k < K; ++k) {
+      const auto d = (load<scalar_t, P>(xp + k * V, n) - base[k]) - mv[k];
+      store<scalar_t, P>(yp + k * V, at::vec::fmadd(d, scale[k], shift[k]), n);
+    }
   }
 }
 
@@ -329,9 +333,10 @@ std::vector<at::Tensor> batch_norm_forward(const at::Tensor& x, const std::optio
   return {y, stats.narrow(0, 0, 3), stats[3], stats[4]};
 }
 
-std::vector<at::Tensor> batch_norm_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& shifted_mean,
-                                            const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
-                                            bool need_input, bool need_affine) {
+std::vector<at::Tensor> batch_norm_backward(const at::Tensor& dy_in, const at::Tensor& x,
+                                            const at::Tensor& shifted_mean, const at::Tensor& rstd,
+                                            const std::optional<at::Tensor>& weight, bool need_input,
+                                            bool need_affine) {
   check_channels_last(x, "input");
   const at::Tensor dy = dy_in.contiguous(x.suggest_memory_format());
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "channels_last kernel: bad grad_output");

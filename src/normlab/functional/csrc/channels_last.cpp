@@ -91,8 +91,8 @@ struct ChannelsLastNorm : public torch::autograd::Function<ChannelsLastNorm> {
       }
       return grads;
     }
-    auto g = normlab::backward(dy, x, groups, saved[3], saved[4], w.defined() ? std::optional<at::Tensor>(w) : std::nullopt,
-                               need_x, need_w || need_b);
+    const std::optional<at::Tensor> weight = w.defined() ? std::optional<at::Tensor>(w) : std::nullopt;
+    auto g = normlab::backward(dy, x, groups, saved[3], saved[4], weight, need_x, need_w || need_b);
     if (need_x) grads[0] = g[0];
     if (need_w) grads[1] = g[1].to(w.scalar_type());  // the float32 sums of fp16/bf16 parameters, in their dtype
     if (need_b) grads[2] = g[2].to(b.scalar_type());

@@ -82,7 +82,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<
         dot = horizontal_sum(acc);
         for (int64_t k = main; k < K; ++k) dot += acc_t(dyr[k]) * acc_t(xr[k]);
       } else {
-        for (int64_t k = 0; k < main; k += V) acc = at::vec::fmadd(L::load(dyr + k) * L::load(w + k), L::load(xr + k), acc);
+        for (int64_t k = 0; k < main; k += V)
+          acc = at::vec::fmadd(L::load(dyr + k) * L::load(w + k), L::load(xr + k), acc);
         dot = horizontal_sum(acc);
         for (int64_t k = main; k < K; ++k) dot += acc_t(dyr[k]) * acc_t(w[k]) * acc_t(xr[k]);
       }
