@@ -1,4 +1,6 @@
-"""Shared test helpers: comparisons in float64 and random inputs (never zeros)."""
+"""Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block."""
+
+import contextlib
 
 import numpy as np
 import torch
@@ -15,6 +17,17 @@ def assert_close(actual, expected, *, atol, rtol, msg=""):
     )
     assert a.shape == e.shape, f"{msg} shape {a.shape} != {e.shape}"
     np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, err_msg=msg)
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for a block, restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def random_input(shape, dtype=torch.float32, seed=0, scale=1.0, shift=0.0):

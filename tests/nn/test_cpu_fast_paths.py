@@ -1,6 +1,7 @@
 """The CPU fast paths of issue 22 against the float64 reference and against torch.nn, on random shapes:
 
-- channels_last training BatchNorm, both ways it runs: block statistics combined in float64
+- channels_last training BatchNorm without the compiled kernel (``normlab.functional._aten_batch_norm``; the kernel
+  is tested in test_channels_last_kernel.py), both ways it runs: block statistics combined in float64
   (``_ChannelsLastBatchNorm``, large inputs) and ATen's kernel on the input, shifted by a block mean when it is
   not centered (``_shifted_batch_norm``, small inputs); float32 / bfloat16 / float16 / float64, means up to 1e4, the
   upstream gradient in the output's layout, the layouts of the output and the input gradient, the running statistics;
@@ -23,6 +24,7 @@ from tolerances import LARGE_MEAN_RELATIVE, vs_reference
 import normlab.functional as NF
 import normlab.nn as nl
 from normlab import reference as R
+from normlab.functional import _aten_batch_norm as ABN
 from normlab.functional import _kernels
 
 FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -34,13 +36,13 @@ def batch_norm_path(path: str):
     """Route channels_last training BatchNorm through one path whatever the size: "blocks" (the Function, with
     blocks of at most 4 rows, so that small inputs have several) or "shift" (with the compiled kernel, which small
     inputs take first, disabled: tests/nn/test_channels_last_kernel.py tests that)."""
-    saved = NF._SHIFT_BELOW, NF._BLOCK_ROWS, os.environ.get(_kernels.DISABLE_ENV)
-    NF._SHIFT_BELOW, NF._BLOCK_ROWS = (0, 4) if path == "blocks" else (1 << 62, saved[1])
+    saved = ABN._SHIFT_BELOW, ABN._BLOCK_ROWS, os.environ.get(_kernels.DISABLE_ENV)
+    ABN._SHIFT_BELOW, ABN._BLOCK_ROWS = (0, 4) if path == "blocks" else (1 << 62, saved[1])
     os.environ[_kernels.DISABLE_ENV] = "1"
     try:
         yield
     finally:
-        NF._SHIFT_BELOW, NF._BLOCK_ROWS = saved[:2]
+        ABN._SHIFT_BELOW, ABN._BLOCK_ROWS = saved[:2]
         if saved[2] is None:
             os.environ.pop(_kernels.DISABLE_ENV, None)
         else:
@@ -148,11 +150,14 @@ def test_channels_last_batch_norm_is_exact_at_mean_1e4(path, shape):
         assert_close(got, ref, atol=gtol["atol"] * max(1.0, float(abs(ref).max())), rtol=gtol["rtol"], msg=name)
 
 
-def test_large_channels_last_batch_norm_takes_the_block_path_and_matches_torch():
-    """At the default thresholds a large input runs the Function, a small one the shifted input; both agree with
-    torch's own channels_last kernel at a small mean (where that kernel is exact)."""
-    shape = (8, 16, 64, 64)  # 2**19 values: the block path
-    assert torch.Size(shape).numel() >= NF._SHIFT_BELOW
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernel", "no kernel"])
+def test_large_channels_last_batch_norm_matches_torch(kernels, monkeypatch):
+    """A large input runs the compiled kernel, or without it (at the default thresholds) the block Function; both
+    agree with torch's own channels_last kernel at a small mean (where that kernel is exact)."""
+    if not kernels:
+        monkeypatch.setenv(_kernels.DISABLE_ENV, "1")
+    shape = (8, 16, 64, 64)  # 2**19 values: the block path without the kernel
+    assert torch.Size(shape).numel() >= ABN._SHIFT_BELOW
     for dtype in (torch.float32, torch.bfloat16):
         theirs, ours = torch.nn.BatchNorm2d(16, dtype=dtype), nl.BatchNorm2d(16, dtype=dtype)
         clone_pair(theirs, ours, seed=3)

@@ -11,16 +11,13 @@ The kernel tests skip when there is no C++ compiler. The first run compiles the 
 load it from torch's extension cache.
 """
 
-import contextlib
-import os
-import shutil
 import threading
 import time
 import warnings
 
 import pytest
 import torch
-from helpers import assert_close, random_input, random_params
+from helpers import assert_close, num_threads, random_input, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import vs_reference, vs_torch
@@ -29,29 +26,7 @@ import normlab.functional as NF
 from normlab import reference as R
 from normlab.functional import _kernels
 
-HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
-needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the RMSNorm kernel cannot be built")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-def _kernel_or_fail():
-    """The compiled kernel; a compiler that is present but fails is a test failure, not a skip."""
-    if _kernels.kernels_disabled():
-        pytest.skip(f"{_kernels.DISABLE_ENV}=1 is set")
-    kernel = _kernels.rms_norm_kernel()
-    if kernel is None:
-        pytest.fail(f"the RMSNorm kernel did not compile: {_kernels._failed}")
-    return kernel
 
 
 def _run(x, weight, dy, eps):
@@ -89,7 +64,7 @@ def _check_against_reference(shape, dtype, affine, shift, seed, threads):
         assert_close(dw, dw_ref, atol=gtol["atol"] * scale * 4, rtol=gtol["rtol"], msg="weight grad")
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 @settings(max_examples=60, deadline=None)
 @given(
     lead=st.lists(st.integers(1, 6), min_size=1, max_size=2),
@@ -101,24 +76,21 @@ def _check_against_reference(shape, dtype, affine, shift, seed, threads):
     threads=st.sampled_from([1, 2]),
 )
 def test_kernel_matches_the_reference(lead, size, dtype, affine, shift, seed, threads):
-    _kernel_or_fail()
     _check_against_reference((*lead, size), dtype, affine, shift, seed, threads)
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_matches_the_reference_at_benchmark_shapes(dtype, threads):
     """Many rows, split into blocks over threads (the per-thread ``dw`` sums), mean 1e4."""
-    _kernel_or_fail()
     _check_against_reference((64, 32, 768), dtype, True, 1e4, 3, threads)
     _check_against_reference((32, 64, 64), dtype, True, 0.5, 4, threads)
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_weight_gradient_is_deterministic_for_a_thread_count(dtype):
-    _kernel_or_fail()
     x, dy = random_input((8, 64, 256), dtype, seed=5), random_input((8, 64, 256), dtype, seed=6)
     weight = random_params(256, dtype, seed=7)[0]
     with num_threads(2):
@@ -127,11 +99,10 @@ def test_kernel_weight_gradient_is_deterministic_for_a_thread_count(dtype):
         assert torch.equal(y, runs[0][0]) and torch.equal(dx, runs[0][1]) and torch.equal(dw, runs[0][2])
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fallback_gives_the_same_results(dtype, affine, monkeypatch):
-    _kernel_or_fail()
     x = random_input((5, 7, 96), dtype, seed=8, scale=2.0, shift=0.5)
     dy = random_input((5, 7, 96), dtype, seed=9)
     weight = random_params(96, dtype, seed=10)[0] if affine else None
@@ -148,10 +119,9 @@ def test_fallback_gives_the_same_results(dtype, affine, monkeypatch):
         assert_close(dw, dw0, atol=gtol["atol"] * float(dw0.abs().max()), rtol=gtol["rtol"], msg="weight grad")
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 def test_kernel_takes_an_expanded_upstream_gradient():
     """``.sum().backward()`` hands the Function an expanded (stride 0) gradient."""
-    _kernel_or_fail()
     x = random_input((4, 50), torch.float32, seed=11).requires_grad_(True)
     w = random_params(50, seed=12)[0].requires_grad_(True)
     NF.rms_norm(x, 50, w).sum().backward()
@@ -210,7 +180,8 @@ def test_a_cached_build_loads_without_a_compiler_from_any_copy_of_the_source(fre
     fresh_loader.setattr(_kernels, "_module", None)
     copy = tmp_path / "csrc" / "rms_norm.cpp"
     copy.parent.mkdir()
-    copy.write_bytes(_kernels.SOURCE.read_bytes())
+    for name in (copy.name, *_kernels.RMS_NORM_EXTRA):  # the source and the header it includes
+        (copy.parent / name).write_bytes(_kernels.SOURCE.with_name(name).read_bytes())
     fresh_loader.setattr(_kernels, "SOURCE", copy)
     fresh_loader.setattr(_kernels.shutil, "which", lambda name: None)
     with warnings.catch_warnings():
@@ -244,11 +215,10 @@ def test_concurrent_first_calls_compile_once(fresh_loader):
     assert calls == [1] and len(results) == 4 and all(r is fake for r in results)
 
 
-@needs_kernel
+@pytest.mark.usefixtures("rms_norm_kernel")
 @pytest.mark.parametrize("affine", [True, False])
 def test_kernel_gradcheck_with_batched_gradients(affine):
     """gradcheck's batched-gradient check runs the backward under vmap: the Function takes ATen's path there."""
-    _kernel_or_fail()
     x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     params = ((torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_(True),) if affine else ()
 

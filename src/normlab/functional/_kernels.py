@@ -3,9 +3,10 @@
 
 Two kernels, each its own extension: the fused RMSNorm forward and backward of ``csrc/rms_norm.cpp`` (the
 formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
-normalization of ``csrc/channels_last.cpp`` (InstanceNorm, GroupNorm, training-mode BatchNorm; see
-:mod:`normlab.functional.channels_last`). :func:`rms_norm_kernel` and :func:`channels_last_kernel` return the
-compiled module, or None when the caller must take its pure-ATen path:
+normalization of ``csrc/channels_last.cpp`` with ``columns.cpp`` and ``batch_norm.cpp`` (InstanceNorm, GroupNorm,
+training-mode BatchNorm; see :mod:`normlab.functional.channels_last`); both include ``csrc/common.h``.
+:func:`rms_norm_kernel` and :func:`channels_last_kernel` return the compiled module, or None when the caller must
+take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
 - the compile failed (no C++ compiler, a compiler error, anything else): a warning names the reason and the
@@ -38,8 +39,14 @@ _log = logging.getLogger(__name__)
 DISABLE_ENV = "NORMLAB_NO_KERNELS"
 """Set to ``1`` to use the pure-ATen paths (no compile)."""
 
-SOURCE = Path(__file__).with_name("csrc") / "rms_norm.cpp"
-CHANNELS_LAST_SOURCE = Path(__file__).with_name("csrc") / "channels_last.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCE = CSRC / "rms_norm.cpp"
+CHANNELS_LAST_SOURCE = CSRC / "channels_last.cpp"
+RMS_NORM_EXTRA = ("common.h",)
+"""The header :data:`SOURCE` includes, next to it."""
+CHANNELS_LAST_EXTRA = ("columns.cpp", "batch_norm.cpp", "common.h", "channels_last.h")
+"""The channels_last extension's other files next to :data:`CHANNELS_LAST_SOURCE`: its other sources and the
+headers they include (``#include "..."``)."""
 
 # compiler flags per torch CPU capability: ATen's vector types (at::vec::Vectorized) pick their implementation from
 # the CPU_CAPABILITY_* macro, as in torch's own per-capability kernel builds
@@ -72,11 +79,12 @@ def rms_norm_kernel() -> ModuleType | None:
 
 
 def channels_last_kernel() -> ModuleType | None:
-    """The compiled channels_last module (``forward(input, groups, weight, bias, eps, running_mean, running_var,
-    momentum) -> (y, shifted_mean, rstd, var)`` and ``backward(grad_output, input, groups, shifted_mean, rstd,
-    weight, need_input, need_affine) -> (grad_input, grad_weight, grad_bias)`` for channels_last input, statistics per
-    (group, channel); ``group_forward`` and ``group_backward`` for GroupNorm), compiled on the first call; None if
-    kernels are disabled or the compile failed (warned once)."""
+    """The compiled channels_last module, compiled on the first call; None if kernels are disabled or the compile
+    failed (warned once). For channels_last input, statistics per (group, channel): ``norm(input, weight, bias, eps,
+    groups, running_mean, running_var, momentum) -> y``, differentiable (a C++ autograd Function); its parts
+    ``forward(input, groups, weight, bias, eps, running_mean, running_var, momentum) -> (y, saved, rstd, var)`` and
+    ``backward(grad_output, input, groups, saved, rstd, weight, need_input, need_affine) -> (grad_input,
+    grad_weight, grad_bias)``; ``group_forward`` and ``group_backward`` for GroupNorm."""
     if _cl_module is not None:
         return None if kernels_disabled() else _cl_module
     if _cl_failed is not None or kernels_disabled():
@@ -98,17 +106,22 @@ def _build_directory(name: str) -> Path:
     return Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
 
 
-def _compile(source_path: Path | None = None, what: str = "fused RMSNorm") -> ModuleType:
-    """Load the extension from torch's cache, or build it there first; raises on any failure.
+def _compile(source_path: Path | None = None, what: str = "fused RMSNorm", extra: tuple[str, ...] = ()) -> ModuleType:
+    """Load the extension from torch's cache (``source_path`` None: the RMSNorm kernel), or build it there first;
+    raises on any failure.
 
-    The build is named after the source's and the flags' content (not the installed path), so every copy of
-    normlab with the same kernel, a checkout, a clone, site-packages, loads one build: a cached one is imported
-    directly, without a look at the compiler; a new one is built from a copy of the source in its own folder."""
+    The build is named after the content of its files (``source_path``, then the ``extra`` files next to it:
+    more sources, ``.cpp``, and the headers they include) and of the flags, not after the installed path, so every
+    copy of normlab with the same kernel, a checkout, a clone, site-packages, loads one build: a cached one is
+    imported directly, without a look at the compiler; a new one is built from a copy of the files in its own
+    folder."""
     capability = _capability()
     cflags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])]
-    source_path = SOURCE if source_path is None else source_path
-    source = source_path.read_bytes()
-    digest = hashlib.sha256(source + "\0".join(cflags).encode()).hexdigest()[:12]
+    if source_path is None:  # the RMSNorm kernel
+        source_path, extra = SOURCE, RMS_NORM_EXTRA
+    contents = {name: source_path.with_name(name).read_bytes() for name in (source_path.name, *extra)}
+    hashed = b"\0".join([contents[source_path.name], *(name.encode() + b"\0" + contents[name] for name in extra)])
+    digest = hashlib.sha256(hashed + "\0".join(cflags).encode()).hexdigest()[:12]
     name = f"normlab_{source_path.stem}_{capability.lower()}_{digest}"
     build = _build_directory(name)
     library = build / f"{name}.so"
@@ -126,12 +139,13 @@ def _compile(source_path: Path | None = None, what: str = "fused RMSNorm") -> Mo
 
     _log.warning("normlab: compiling the %s CPU kernel into %s (once; tens of seconds)", what, build)
     build.mkdir(parents=True, exist_ok=True)
-    copy = build / source_path.name
-    if not copy.exists() or copy.read_bytes() != source:
-        copy.write_bytes(source)
+    for file_name, data in contents.items():
+        copy = build / file_name
+        if not copy.exists() or copy.read_bytes() != data:
+            copy.write_bytes(data)
     return cpp_extension.load(
         name=name,
-        sources=[str(copy)],
+        sources=[str(build / file) for file in contents if file.endswith(".cpp")],
         extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),
@@ -171,7 +185,7 @@ def _load_channels_last() -> ModuleType | None:
     with _lock:
         if _cl_module is None and _cl_failed is None:
             try:
-                _cl_module = _compile(CHANNELS_LAST_SOURCE, "channels_last normalization")
+                _cl_module = _compile(CHANNELS_LAST_SOURCE, "channels_last normalization", CHANNELS_LAST_EXTRA)
             except Exception as error:  # as in _load
                 _cl_failed = _reason(error)
                 warnings.warn(

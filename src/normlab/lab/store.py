@@ -50,7 +50,7 @@ TRAINING_CODE = (
     "_checks.py",
 )
 
-SOURCE_SUFFIXES = (".py", ".cpp")  # the C++ kernels compiled on first use (functional/csrc) are training code too
+SOURCE_SUFFIXES = (".py", ".cpp", ".h")  # the C++ kernels compiled on first use (functional/csrc) are training code
 
 
 def training_code_hash(root: Path | None = None) -> str:

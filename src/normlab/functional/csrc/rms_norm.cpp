@@ -15,66 +15,20 @@
 // order: deterministic for a fixed thread count.
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <type_traits>
 #include <vector>
+
+#include "common.h"
 
 namespace {
 
-using at::vec::Vectorized;
-
-constexpr int64_t kGrain = 16384;  // values per task: below this, one thread
-
-// One Vectorized<acc_t> worth of values of a row, loaded in acc_t; stored back rounded to scalar_t.
-template <typename scalar_t>
-struct Lanes {
-  using acc_t = at::opmath_type<scalar_t>;
-  using aVec = Vectorized<acc_t>;
-  static constexpr int64_t size() { return aVec::size(); }
-  static aVec load(const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return aVec::loadu(p);
-    } else {
-      aVec out;
-      at::vec::load_to_float<scalar_t>(p, out);
-      return out;
-    }
-  }
-  // round to scalar_t and store size() values
-  static void store(scalar_t* p, const aVec& v) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      v.store(p);
-    } else {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, size());
-    }
-  }
-  // the value rounded to scalar_t, back in acc_t
-  static aVec round(const aVec& v) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return v;
-    } else {
-      auto both = at::vec::convert_to_float<scalar_t>(at::vec::convert_from_float<scalar_t>(v, v));
-      return std::get<0>(both);
-    }
-  }
-};
-
-template <typename acc_t>
-acc_t horizontal_sum(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t buf[Vectorized<acc_t>::size()];
-  v.store(buf);
-  acc_t s = 0;
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) s += buf[i];
-  return s;
-}
+using normlab::horizontal_sum;
+using normlab::kGrain;
+using normlab::Lanes;
 
 template <typename scalar_t>
 void forward_rows(const scalar_t* x, const scalar_t* w, scalar_t* y, at::opmath_type<scalar_t>* rstd, int64_t begin,
@@ -128,7 +82,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<
         dot = horizontal_sum(acc);
         for (int64_t k = main; k < K; ++k) dot += acc_t(dyr[k]) * acc_t(xr[k]);
       } else {
-        for (int64_t k = 0; k < main; k += V) acc = at::vec::fmadd(L::load(dyr + k) * L::load(w + k), L::load(xr + k), acc);
+        for (int64_t k = 0; k < main; k += V)
+          acc = at::vec::fmadd(L::load(dyr + k) * L::load(w + k), L::load(xr + k), acc);
         dot = horizontal_sum(acc);
         for (int64_t k = main; k < K; ++k) dot += acc_t(dyr[k]) * acc_t(w[k]) * acc_t(xr[k]);
       }
