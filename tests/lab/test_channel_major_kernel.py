@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from normlab.functional import _kernels
 from normlab.lab.config import make_config
 from normlab.lab.training import channel_major_kernel as cmk
 from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
@@ -35,11 +36,11 @@ EPS = 1e-5
 
 
 def _kernel():
-    if cmk.kernels_disabled():
+    if os.environ.get("NORMLAB_NO_KERNELS") == "1":
         pytest.skip("NORMLAB_NO_KERNELS=1 is set")
     kernel = cmk.channel_major_kernel()
     if kernel is None:
-        pytest.fail(f"the channel-major kernel did not compile: {cmk._failed}")
+        pytest.fail(f"the channel-major kernel did not compile: {cmk.CHANNEL_MAJOR.failed}")
     return kernel
 
 
@@ -286,15 +287,15 @@ def _graph(fn):
 
 def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
     monkeypatch.delenv("NORMLAB_NO_KERNELS", raising=False)
-    monkeypatch.setattr(cmk, "_module", None)
-    monkeypatch.setattr(cmk, "_failed", None)
+    monkeypatch.setattr(cmk.CHANNEL_MAJOR, "loaded", None)
+    monkeypatch.setattr(cmk.CHANNEL_MAJOR, "failed", None)
     calls = []
 
     def broken(*args):
         calls.append(1)
         raise RuntimeError("Error building extension 'x'\nchannel_major.cpp:1:1: error: it broke\n")
 
-    monkeypatch.setattr(cmk, "_compile", broken)
+    monkeypatch.setattr(_kernels, "_compile", broken)
     norm, act = nn.GroupNorm(2, 4), nn.ReLU()
     y = torch.randn(2, 2, 5 * 4, requires_grad=True)
     conv_bias = torch.randn(4, requires_grad=True)

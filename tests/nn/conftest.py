@@ -8,7 +8,6 @@ A test asks for one with ``@pytest.mark.usefixtures("channels_last_kernel")``, o
 
 import os
 import shutil
-from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -18,24 +17,24 @@ from normlab.functional import _kernels
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 
 
-def _load(load: Callable[[], ModuleType | None], failure: Callable[[], str | None], what: str) -> ModuleType:
+def _load(kernel: _kernels.Kernel) -> ModuleType:
     if not HAS_COMPILER:
-        pytest.skip(f"no C++ compiler: the {what} kernel cannot be built")
+        pytest.skip(f"no C++ compiler: the {kernel.what} kernel cannot be built")
     if _kernels.kernels_disabled():
         pytest.skip(f"{_kernels.DISABLE_ENV}=1 is set")
-    kernel = load()
-    if kernel is None:
-        pytest.fail(f"the {what} kernel did not compile: {failure()}")
-    return kernel
+    module = kernel.module()
+    if module is None:
+        pytest.fail(f"the {kernel.what} kernel did not compile: {kernel.failed}")
+    return module
 
 
 @pytest.fixture(scope="module")
 def rms_norm_kernel() -> ModuleType:
     """The compiled RMSNorm kernel (``csrc/rms_norm.cpp``)."""
-    return _load(_kernels.rms_norm_kernel, lambda: _kernels._failed, "RMSNorm")
+    return _load(_kernels.RMS_NORM)
 
 
 @pytest.fixture(scope="module")
 def channels_last_kernel() -> ModuleType:
     """The compiled channels_last kernel (``csrc/channels_last.cpp`` and the sources it links)."""
-    return _load(_kernels.channels_last_kernel, lambda: _kernels._cl_failed, "channels_last")
+    return _load(_kernels.CHANNELS_LAST)

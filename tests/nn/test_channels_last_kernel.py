@@ -275,8 +275,8 @@ def test_fallback_gives_the_same_results(method, dtype, monkeypatch):
 
 def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
     monkeypatch.delenv(_kernels.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(_kernels, "_cl_module", None)
-    monkeypatch.setattr(_kernels, "_cl_failed", None)
+    monkeypatch.setattr(_kernels.CHANNELS_LAST, "loaded", None)
+    monkeypatch.setattr(_kernels.CHANNELS_LAST, "failed", None)
     calls = []
 
     def broken(*args):

@@ -135,8 +135,8 @@ def test_kernel_takes_an_expanded_upstream_gradient():
 def fresh_loader(monkeypatch):
     """The loader as in a new process (nothing compiled, nothing failed); restored afterwards."""
     monkeypatch.delenv(_kernels.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(_kernels, "_module", None)
-    monkeypatch.setattr(_kernels, "_failed", None)
+    monkeypatch.setattr(_kernels.RMS_NORM, "loaded", None)
+    monkeypatch.setattr(_kernels.RMS_NORM, "failed", None)
     return monkeypatch
 
 
@@ -152,7 +152,7 @@ def _compare_with_composite(dtype=torch.float32):
 def test_a_failed_compile_warns_once_and_falls_back(fresh_loader):
     calls = []
 
-    def broken():
+    def broken(*args):
         calls.append(1)
         raise RuntimeError("Error building extension 'x': [1/2] c++ ...\nrms_norm.cpp:1:1: error: it broke\n")
 
@@ -177,12 +177,12 @@ def test_a_cached_build_loads_without_a_compiler_from_any_copy_of_the_source(fre
     the cached build, and needs no compiler for it."""
     if _kernels.rms_norm_kernel() is None:
         pytest.skip("no kernel build on this machine")
-    fresh_loader.setattr(_kernels, "_module", None)
+    fresh_loader.setattr(_kernels.RMS_NORM, "loaded", None)
     copy = tmp_path / "csrc" / "rms_norm.cpp"
     copy.parent.mkdir()
     for name in (copy.name, *_kernels.RMS_NORM_EXTRA):  # the source and the header it includes
         (copy.parent / name).write_bytes(_kernels.SOURCE.with_name(name).read_bytes())
-    fresh_loader.setattr(_kernels, "SOURCE", copy)
+    fresh_loader.setattr(_kernels.RMS_NORM, "source", copy)
     fresh_loader.setattr(_kernels.shutil, "which", lambda name: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -191,7 +191,7 @@ def test_a_cached_build_loads_without_a_compiler_from_any_copy_of_the_source(fre
 
 def test_disabled_kernels_do_not_compile(fresh_loader):
     fresh_loader.setenv(_kernels.DISABLE_ENV, "1")
-    fresh_loader.setattr(_kernels, "_compile", lambda: pytest.fail("compiled although disabled"))
+    fresh_loader.setattr(_kernels, "_compile", lambda *args: pytest.fail("compiled although disabled"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _compare_with_composite()
@@ -200,7 +200,7 @@ def test_disabled_kernels_do_not_compile(fresh_loader):
 def test_concurrent_first_calls_compile_once(fresh_loader):
     calls, fake = [], object()
 
-    def slow():
+    def slow(*args):
         calls.append(1)
         time.sleep(0.2)
         return fake

@@ -5,8 +5,9 @@ Two kernels, each its own extension: the fused RMSNorm forward and backward of `
 formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
 normalization of ``csrc/channels_last.cpp`` with ``columns.cpp`` and ``batch_norm.cpp`` (InstanceNorm, GroupNorm,
 training-mode BatchNorm; see :mod:`normlab.functional.channels_last`); both include ``csrc/common.h``.
-:func:`rms_norm_kernel` and :func:`channels_last_kernel` return the compiled module, or None when the caller must
-take its pure-ATen path:
+Each is a :class:`Kernel` (the lab's channel-major norm kernel is a third, in
+:mod:`normlab.lab.training.channel_major_kernel`): :func:`rms_norm_kernel` and :func:`channels_last_kernel` return
+the compiled module, or None when the caller must take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);
 - the compile failed (no C++ compiler, a compiler error, anything else): a warning names the reason and the
@@ -32,7 +33,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["rms_norm_kernel", "channels_last_kernel", "kernels_disabled"]
+__all__ = ["Kernel", "rms_norm_kernel", "channels_last_kernel", "kernels_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ _ARCH_FLAGS = {
 }
 
 _lock = threading.Lock()
-_module: ModuleType | None = None
-_failed: str | None = None  # the reason the compile failed, once it has
-_cl_module: ModuleType | None = None  # the same two for the channels_last kernel
-_cl_failed: str | None = None
 
 
 def kernels_disabled() -> bool:
@@ -67,15 +64,53 @@ def kernels_disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "") == "1"
 
 
+class Kernel:
+    """One compiled extension and its per-process state: ``source`` (its main file) with the ``extra`` files next to
+    it, ``what`` it computes (for the log and the warning), ``fallback`` (what runs instead, for the warning).
+    :meth:`module` compiles it on its first call (once a process, under one lock: threads wait for the first
+    compile), or returns None where the caller takes its pure-ATen path: kernels disabled (read at every call), or
+    the compile failed (``failed`` says why; warned once, not tried again)."""
+
+    def __init__(self, source: Path, what: str, fallback: str, extra: tuple[str, ...] = ()) -> None:
+        self.source, self.what, self.fallback, self.extra = source, what, fallback, extra
+        self.loaded: ModuleType | None = None
+        self.failed: str | None = None  # the reason the compile failed, once it has
+
+    def module(self) -> ModuleType | None:
+        """The compiled module, or None (see the class)."""
+        if kernels_disabled():
+            return None
+        if self.loaded is not None or self.failed is not None:
+            return self.loaded
+        with _lock:
+            if self.loaded is None and self.failed is None:
+                try:
+                    self.loaded = _compile(self.source, self.what, self.extra)
+                except Exception as error:  # no compiler, a compiler error, a bad cache: never the user's problem
+                    self.failed = _reason(error)
+                    warnings.warn(
+                        f"normlab: the {self.what} CPU kernel could not be compiled ({self.failed}); {self.fallback} "
+                        f"instead (set {DISABLE_ENV}=1 to skip the compile)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+        return self.loaded
+
+
+RMS_NORM = Kernel(SOURCE, "fused RMSNorm", "RMSNorm runs on its pure-ATen path", RMS_NORM_EXTRA)
+CHANNELS_LAST = Kernel(
+    CHANNELS_LAST_SOURCE,
+    "channels_last normalization",
+    "InstanceNorm, GroupNorm and BatchNorm run on their pure-ATen paths",
+    CHANNELS_LAST_EXTRA,
+)
+
+
 def rms_norm_kernel() -> ModuleType | None:
     """The compiled RMSNorm module (``forward(input, weight, eps) -> (y, rstd)`` and ``backward(grad_output, input,
     rstd, weight, need_input, need_weight) -> (grad_input, grad_weight)`` over contiguous ``(R, K)`` rows), compiled
     on the first call; None if kernels are disabled or the compile failed (warned once)."""
-    if _module is not None:
-        return None if kernels_disabled() else _module
-    if _failed is not None or kernels_disabled():
-        return None
-    return _load()
+    return RMS_NORM.module()
 
 
 def channels_last_kernel() -> ModuleType | None:
@@ -85,11 +120,7 @@ def channels_last_kernel() -> ModuleType | None:
     ``forward(input, groups, weight, bias, eps, running_mean, running_var, momentum) -> (y, saved, rstd, var)`` and
     ``backward(grad_output, input, groups, saved, rstd, weight, need_input, need_affine) -> (grad_input,
     grad_weight, grad_bias)``; ``group_forward`` and ``group_backward`` for GroupNorm."""
-    if _cl_module is not None:
-        return None if kernels_disabled() else _cl_module
-    if _cl_failed is not None or kernels_disabled():
-        return None
-    return _load_channels_last()
+    return CHANNELS_LAST.module()
 
 
 def _capability() -> str:
@@ -106,9 +137,8 @@ def _build_directory(name: str) -> Path:
     return Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
 
 
-def _compile(source_path: Path | None = None, what: str = "fused RMSNorm", extra: tuple[str, ...] = ()) -> ModuleType:
-    """Load the extension from torch's cache (``source_path`` None: the RMSNorm kernel), or build it there first;
-    raises on any failure.
+def _compile(source_path: Path, what: str, extra: tuple[str, ...] = ()) -> ModuleType:
+    """Load the extension from torch's cache, or build it there first; raises on any failure.
 
     The build is named after the content of its files (``source_path``, then the ``extra`` files next to it:
     more sources, ``.cpp``, and the headers they include) and of the flags, not after the installed path, so every
@@ -117,8 +147,6 @@ def _compile(source_path: Path | None = None, what: str = "fused RMSNorm", extra
     folder."""
     capability = _capability()
     cflags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={capability}", *_ARCH_FLAGS.get(capability, [])]
-    if source_path is None:  # the RMSNorm kernel
-        source_path, extra = SOURCE, RMS_NORM_EXTRA
     contents = {name: source_path.with_name(name).read_bytes() for name in (source_path.name, *extra)}
     hashed = b"\0".join([contents[source_path.name], *(name.encode() + b"\0" + contents[name] for name in extra)])
     digest = hashlib.sha256(hashed + "\0".join(cflags).encode()).hexdigest()[:12]
@@ -159,40 +187,3 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line]
     return f"{type(error).__name__}: {(errors or lines or ['(no message)'])[0]}"
-
-
-def _load() -> ModuleType | None:
-    """Compile once per process under the lock; on failure record the reason and warn once."""
-    global _module, _failed
-    with _lock:
-        if _module is None and _failed is None:
-            try:
-                _module = _compile()
-            except Exception as error:  # no compiler, a compiler error, a bad cache: never the user's problem
-                _failed = _reason(error)
-                warnings.warn(
-                    f"normlab: the fused RMSNorm CPU kernel could not be compiled ({_failed}); RMSNorm runs on its "
-                    f"pure-ATen path instead (set {DISABLE_ENV}=1 to skip the compile)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return _module if _module is not None and not kernels_disabled() else None
-
-
-def _load_channels_last() -> ModuleType | None:
-    """:func:`_load` for the channels_last kernel: compile once per process, on failure warn once."""
-    global _cl_module, _cl_failed
-    with _lock:
-        if _cl_module is None and _cl_failed is None:
-            try:
-                _cl_module = _compile(CHANNELS_LAST_SOURCE, "channels_last normalization", CHANNELS_LAST_EXTRA)
-            except Exception as error:  # as in _load
-                _cl_failed = _reason(error)
-                warnings.warn(
-                    f"normlab: the channels_last normalization CPU kernel could not be compiled ({_cl_failed}); "
-                    f"InstanceNorm, GroupNorm and BatchNorm run on their pure-ATen paths instead (set {DISABLE_ENV}=1 "
-                    "to skip the compile)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return _cl_module if _cl_module is not None and not kernels_disabled() else None

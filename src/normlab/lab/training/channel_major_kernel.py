@@ -10,8 +10,6 @@ capability and naming by content; only the per-kernel state (module, failure, wa
 
 from __future__ import annotations
 
-import threading
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,41 +17,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...functional._kernels import DISABLE_ENV, _compile, _reason, kernels_disabled
+from ...functional._kernels import Kernel
 
-__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU", "NO_TABLE"]
+__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU", "NO_TABLE", "CHANNEL_MAJOR"]
 
 # The kernels' output layout when no table is given: the input's own (see the top of csrc/channel_major.cpp).
 NO_TABLE = torch.empty(0, dtype=torch.long)
 
-SOURCE = Path(__file__).with_name("csrc") / "channel_major.cpp"
-
-_lock = threading.Lock()
-_module: ModuleType | None = None
-_failed: str | None = None  # why the compile failed, once it has
+CHANNEL_MAJOR = Kernel(
+    Path(__file__).with_name("csrc") / "channel_major.cpp",
+    "channel-major norm",
+    "the packed ConvNet's norms run on their pure-ATen path",
+)
 
 
 def channel_major_kernel() -> ModuleType | None:
     """The compiled module (``group_forward``, ``group_backward``, ``row_forward``, ``row_backward``), compiled on the
     first call; None if kernels are disabled or the compile failed (warned once)."""
-    global _module, _failed
-    if kernels_disabled():
-        return None
-    if _module is not None or _failed is not None:
-        return _module
-    with _lock:  # threads wait for the first compile
-        if _module is None and _failed is None:
-            try:
-                _module = _compile(SOURCE, "channel-major norm")
-            except Exception as error:  # no compiler, a compiler error, a bad cache: the composite runs instead
-                _failed = _reason(error)
-                warnings.warn(
-                    f"normlab: the channel-major norm CPU kernel could not be compiled ({_failed}); the packed "
-                    f"ConvNet's norms run on their pure-ATen path instead (set {DISABLE_ENV}=1 to skip the compile)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-    return _module
+    return CHANNEL_MAJOR.module()
 
 
 class GroupNormReLU(torch.autograd.Function):
