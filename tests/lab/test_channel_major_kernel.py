@@ -18,17 +18,13 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from normlab.functional import _kernels
-from normlab.lab.config import make_config
 from normlab.lab.training import channel_major_kernel as cmk
 from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
-from normlab.lab.training.packed import PackedSGD, pack_state
-from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
@@ -230,48 +226,6 @@ def test_norm_act_with_and_without_the_kernel(kind, act, monkeypatch):
         _close(a, r, f"gradient {i}", rel=5e-5)
     for name, buf in norm.named_buffers():
         _close(buf, other.get_buffer(name), name, rel=1e-6)
-
-
-def _train_steps(norm, use_kernel, monkeypatch, steps=3, copies=3):
-    if not use_kernel:
-        monkeypatch.setenv("NORMLAB_NO_KERNELS", "1")
-    c = make_config(study="test", norm=norm, seed=0, batch_size=32, lr=0.05, depth=4)
-    data = classifier_data(c)
-    torch.manual_seed(0)
-    singles = [build_classifier(c, data) for _ in range(copies)]
-    packed = build_packed_classifier([c] * copies, data)
-    layout = pack_state(singles, packed)
-    assert packed.uses_matmul(c.batch_size)
-    opt = PackedSGD(packed, layout, [c.lr] * copies, [0.0] * copies, c.momentum)
-    idx = torch.arange(copies * c.batch_size).view(c.batch_size, copies)
-    x, y = data.x_train[idx].reshape(c.batch_size, copies, -1), data.y_train[idx]
-    losses = []
-    for _ in range(steps):
-        logits = packed(x)
-        kernel_nodes = {"GroupNormReLUBackward", "RowBatchNormReLUBackward"} & _graph(logits.grad_fn)
-        assert bool(kernel_nodes) == use_kernel
-        loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
-        opt.zero_grad()
-        loss.sum().backward()
-        opt.step(1.0)
-        losses.append(loss.detach())
-    monkeypatch.delenv("NORMLAB_NO_KERNELS", raising=False)
-    return torch.stack(losses), packed.state_dict()
-
-
-@needs_kernel
-@pytest.mark.parametrize("norm", ["batch", "group", "layer"])
-def test_packed_training_equal_with_and_without_the_kernel(norm, monkeypatch):
-    _kernel()
-    monkeypatch.delenv("NORMLAB_NO_KERNELS", raising=False)
-    losses, state = _train_steps(norm, True, monkeypatch)
-    losses0, state0 = _train_steps(norm, False, monkeypatch)
-    _close(losses, losses0, "losses", rel=1e-5)
-    for name, value in state.items():
-        if value.is_floating_point():
-            _close(value, state0[name], name, rel=1e-5)
-        else:
-            assert torch.equal(value, state0[name]), name
 
 
 def _graph(fn):

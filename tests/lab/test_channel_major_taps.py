@@ -183,7 +183,9 @@ def _train(norm, batch, layout, monkeypatch, steps=3, copies=3):
     losses = []
     for _ in range(steps):
         logits = packed(x)
-        assert ("ParityConvBackward" in _graph(logits.grad_fn)) == (layout != "taps")
+        nodes = _graph(logits.grad_fn)
+        assert ("ParityConvBackward" in nodes) == (layout != "taps")
+        assert bool({"GroupNormReLUBackward", "RowBatchNormReLUBackward"} & nodes) == (layout != "composite")
         loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
         opt.zero_grad()
         loss.sum().backward()
