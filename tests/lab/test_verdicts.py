@@ -98,12 +98,12 @@ def test_an_unsettled_verdict_says_why_in_words():
     shrinking = {0: _at(2.7, 0.1), 1: _at(2.1, 0.1), 2: _at(1.7, 0.1), 3: _at(1.2, 0.1)}
     v, more = settle(shrinking, MAX_DOUBLINGS)
     assert not more and v.outcome is Outcome.CHANGES_WITH_BUDGET
-    assert "shrinks toward 0 at every doubling (+2.7, +2.1, +1.7, +1.2)" in v.evidence
+    assert "falls at every doubling toward 0 (+2.7, +2.1, +1.7, +1.2)" in v.evidence
     assert "moved it by -0.5, and once more would read 'not reproduced at this scale' (+0.7)" in v.evidence
     flipping = {d: _at(3.0 if d % 2 else -3.0, 0.1) for d in range(MAX_DOUBLINGS + 1)}
     assert "moves up and down with the budget" in settle(flipping, MAX_DOUBLINGS)[0].evidence
-    growing = {0: _at(0.2, 0.1), 1: _at(1.0, 0.1), 2: _at(-2.0, 0.1), 3: _at(3.0, 0.1)}
-    assert "grows at every doubling" in settle(growing, MAX_DOUBLINGS)[0].evidence
+    rising = {0: _at(-3.0, 0.1), 1: _at(-1.0, 0.1), 2: _at(1.0, 0.1), 3: _at(3.0, 0.1)}
+    assert "rises at every doubling toward 0 and past it (-3, -1, +1, +3)" in settle(rising, MAX_DOUBLINGS)[0].evidence
 
 
 def test_a_claim_with_no_training_comparison_needs_no_budget():

@@ -312,10 +312,10 @@ def unsettled_reason(final: Verdict, history: Sequence[tuple[int, str, float | N
         return ""
     values = cast("list[float]", effects)
     steps = [b - a for a, b in zip(values, values[1:], strict=False)]
-    if all(abs(b) < abs(a) for a, b in zip(values, values[1:], strict=False)):
-        trend = "the difference shrinks toward 0 at every doubling"
-    elif all(abs(b) > abs(a) for a, b in zip(values, values[1:], strict=False)):
-        trend = "the difference grows at every doubling"
+    if all(d < 0 for d in steps) or all(d > 0 for d in steps):
+        crossed = values[0] * values[-1] < 0
+        towards = " toward 0 and past it" if crossed else " toward 0" if abs(values[-1]) < abs(values[0]) else ""
+        trend = f"the difference {'falls' if steps[0] < 0 else 'rises'} at every doubling{towards}"
     else:
         trend = "the difference moves up and down with the budget (more than the seeds can pin down)"
     projected = values[-1] + steps[-1]
