@@ -17,8 +17,6 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from . import channels_last as _cl
-
 
 def _channels_last_format(input: Tensor) -> torch.memory_format | None:
     """The channels_last format ``input`` is laid out in, or None if it is plain contiguous (or neither)."""
@@ -176,15 +174,10 @@ def _channels_last_batch_norm(
     momentum: float,
     eps: float,
 ) -> Tensor:
-    """Exact training-mode BatchNorm of CPU channels_last ``input``, at least at ATen's speed.
-
-    The compiled kernel at every size and dtype (:func:`normlab.functional.channels_last.batch_norm`: blocks of
-    rows in parallel, faster than ATen's channels_last kernel on the benchmark's small and large inputs, one and two
-    threads, float32 and bfloat16). Without it: the shifted input below :data:`_SHIFT_BELOW` elements,
-    :class:`_ChannelsLastBatchNorm` from it on, and float64 (whose ATen sums are float64) as is."""
-    out = _cl.batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
-    if out is not None:  # (_batch_norm tried it already; here for direct callers)
-        return out
+    """Exact training-mode BatchNorm of CPU channels_last ``input`` by ATen's kernels, where the compiled one
+    (:func:`normlab.functional.channels_last.batch_norm`, which :func:`normlab.functional.batch_norm` tries first)
+    does not run: the shifted input below :data:`_SHIFT_BELOW` elements, :class:`_ChannelsLastBatchNorm` from it on,
+    and float64 (whose ATen sums are float64) as is."""
     numel = input.numel()
     if input.dtype == torch.float64:
         return torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)

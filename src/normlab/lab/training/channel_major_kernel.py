@@ -4,8 +4,8 @@ folded in, the affine and the ReLU in the same pass, forward and backward (formu
 
 :func:`channel_major_kernel` returns the compiled module, or None where the caller takes its pure-ATen composite
 (:mod:`normlab.lab.training.channel_major`): ``NORMLAB_NO_KERNELS=1`` (read at every call), or a failed compile
-(warned once a process, not retried). The build is ``normlab.functional._kernels``'s: the same cache, flags per CPU
-capability and naming by content; only the per-kernel state (module, failure, warning) lives here.
+(warned once a process, not retried). It is a :class:`normlab.functional._kernels.Kernel` like normlab's other
+kernels: the same cache, flags per CPU capability, naming by content and compile-once state.
 """
 
 from __future__ import annotations
