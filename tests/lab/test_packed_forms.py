@@ -11,7 +11,7 @@ from normlab.lab.config import make_config
 from normlab.lab.training import models
 from normlab.lab.training.channel_major_kernel import channel_major_kernel
 from normlab.lab.training.conv_forms import INPLACE_MIN_BATCH, ParityConv, position_order, shift_runs
-from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, pack_size
+from normlab.lab.training.models import MATMUL_MIN_BATCH, MIXED_MIN_BATCH, ConvNet, SplitNorm, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
 from normlab.lab.training.train import build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
@@ -35,12 +35,34 @@ def _nets(norm, weight_norm=False):
 def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
     """Length 40 (the lab's MNIST-1D) and 42 (odd lengths after the first stride-2 conv: the im2col's border)."""
     singles, packed = _nets(norm, weight_norm)
+    _assert_forms_equal_alone(singles, packed, length, matmul=norm != "ws")
+
+
+@pytest.mark.parametrize("length", [40, 42])
+def test_a_mixed_pack_in_both_forms_equals_the_nets_alone(length):
+    """A mixed pack (SplitNorm: BatchNorm, GroupNorm, LayerNorm and InstanceNorm runs side by side), each part on
+    its runs' slice of the channel-major maps in the matmul form, through the kernel where it runs."""
+    norms = ["batch", "group", "group", "layer", "instance", "batch"]
+    singles = []
+    for seed, norm in enumerate(norms):
+        torch.manual_seed(seed)
+        singles.append(ConvNet(1, 10, 1, norm, width=8, depth=4))
+    packed = ConvNet(1, 10, 1, norms, width=8, depth=4, copies=len(norms))
+    pack_state(singles, packed)
+    assert isinstance(packed.features[1], SplitNorm) and len(packed.features[1].parts) == 5
+    _assert_forms_equal_alone(singles, packed, length)
+
+
+def _assert_forms_equal_alone(singles, packed, length, matmul=True):
+    """Both forms of ``packed`` compute what ``singles`` compute alone, over two SGD steps: losses, gradients and
+    buffers. ``matmul``: whether the matmul form applies (Weight Standardization's conv: grouped only)."""
+    K = len(singles)
     forms = {}
     for form in ("grouped", "matmul"):
         net = copy.deepcopy(packed)
         net.packed_form = form
         forms[form] = net
-    if norm != "ws":  # Weight Standardization's conv standardizes in its forward: grouped only
+    if matmul:
         assert forms["matmul"].uses_matmul(N) and not forms["grouped"].uses_matmul(N)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, K, length, generator=g)
@@ -79,27 +101,32 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
 
 
 def test_auto_form_is_the_measured_faster_one(monkeypatch):
-    """matmul at every batch for BatchNorm and no norm, for GroupNorm and LayerNorm at every batch where the
-    channel-major kernel runs and from MATMUL_MIN_BATCH where it does not, grouped for the rest (and for mixed
-    packs); an explicit form is taken as given."""
-    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance")}
+    """matmul at every batch for BatchNorm and no norm; for GroupNorm, LayerNorm and InstanceNorm at every batch
+    where the channel-major kernel runs (GroupNorm and LayerNorm from MATMUL_MIN_BATCH where it does not); for a
+    mixed pack of such norms from MIXED_MIN_BATCH where it runs; grouped for the rest; an explicit form is taken as
+    given."""
+    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance", "batchrenorm")}
     assert all(net.packed_form == "auto" for net in nets.values())
     assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
-    for norm in ("group", "layer"):
+    for norm in ("group", "layer", "instance"):
         net = nets[norm]
-        assert net.uses_matmul(MATMUL_MIN_BATCH, kernel=False)
-        assert not net.uses_matmul(MATMUL_MIN_BATCH - 1, kernel=False)
-        assert net.uses_matmul(2, kernel=True)
+        assert net.uses_matmul(1, kernel=True) and net.uses_matmul(2, kernel=True)
         assert net.uses_matmul(2) == (channel_major_kernel() is not None)  # the default: the kernel where it runs
         assert not copy.deepcopy(net).double().uses_matmul(2)  # float64: the composites
+        assert net.uses_matmul(MATMUL_MIN_BATCH, kernel=False) == (norm != "instance")
+        assert not net.uses_matmul(MATMUL_MIN_BATCH - 1, kernel=False)
         with monkeypatch.context() as m:
             m.setenv("NORMLAB_NO_KERNELS", "1")
-            assert not net.uses_matmul(2) and net.uses_matmul(MATMUL_MIN_BATCH)
-    assert not nets["instance"].uses_matmul(64)
-    mixed = ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2)
-    assert not mixed.uses_matmul(64)
-    nets["instance"].packed_form = "matmul"
-    assert nets["instance"].uses_matmul(2)
+            assert not net.uses_matmul(2) and net.uses_matmul(MATMUL_MIN_BATCH) == (norm != "instance")
+    assert not nets["batchrenorm"].uses_matmul(64)  # a norm the kernel does not take: grouped
+    mixed = ConvNet(1, 10, 1, ["batch", "group", "instance"], width=8, depth=2, copies=3)
+    assert mixed.uses_matmul(MIXED_MIN_BATCH, kernel=True) and mixed.uses_matmul(64, kernel=True)
+    assert not mixed.uses_matmul(MIXED_MIN_BATCH - 1, kernel=True)  # a kernel call a part: grouped at batch 1
+    assert not mixed.uses_matmul(64, kernel=False)  # InstanceNorm off the kernel: its module, a copy each way
+    assert ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2).uses_matmul(64, kernel=False)
+    assert not ConvNet(1, 10, 1, ["batch", "batchrenorm"], width=8, depth=2, copies=2).uses_matmul(64, kernel=True)
+    nets["batchrenorm"].packed_form = "matmul"
+    assert nets["batchrenorm"].uses_matmul(2)
     nets["batch"].packed_form = "grouped"
     assert not nets["batch"].uses_matmul(64)
     assert not ConvNet(1, 10, 1, "batch").uses_matmul(64)  # one net: no packed form

@@ -16,7 +16,16 @@ from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
 from .channel_major_kernel import NO_TABLE, GroupNormReLU, RowBatchNormReLU, channel_major_kernel
 
-__all__ = ["norm_act_channel_major", "norm_act_taps", "order_free", "hooked", "packed_norm"]
+__all__ = [
+    "norm_act_channel_major",
+    "norm_act_taps",
+    "order_free",
+    "hooked",
+    "packed_norm",
+    "SplitNorm",
+    "norm_parts",
+    "kernel_takes",
+]
 
 Table = tuple[Tensor, int]  # the kernel's output layout: dest (L, 2) and the output rows per channel (conv_forms)
 
@@ -36,8 +45,13 @@ def hooked(module: nn.Module) -> bool:
 
 def order_free(norm: nn.Module) -> bool:
     """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
-    no norm, BatchNorm or GroupNorm without hooks (statistics over all positions, the rest elementwise)."""
-    return isinstance(norm, nn.Identity) or (type(norm) in ROW_NORMS + GROUP_NORMS and not hooked(norm))
+    no norm, BatchNorm, GroupNorm or InstanceNorm without hooks (statistics over all positions, the rest
+    elementwise), or a :class:`SplitNorm` of such parts."""
+    if isinstance(norm, SplitNorm) and not hooked(norm):
+        return all(order_free(part) for part in norm.parts)
+    return isinstance(norm, nn.Identity) or (
+        type(norm) in ROW_NORMS + GROUP_NORMS + INSTANCE_NORMS and not hooked(norm)
+    )
 
 
 def packed_norm(norm: nn.Module, x: Tensor) -> Tensor:
@@ -50,6 +64,41 @@ def packed_norm(norm: nn.Module, x: Tensor) -> Tensor:
         if inorm.affine and not inorm.track_running_stats and x.dim() == 3 and x.shape[1] == inorm.num_features:
             return torch.group_norm(x, x.shape[1], inorm.weight, inorm.bias, inorm.eps)
     return norm(x)
+
+
+class SplitNorm(nn.Module):
+    """A mixed pack's norm layer: consecutive channel blocks, each the packed norm of one group of runs (runs of
+    one norm). State dict keys ``parts.{g}.*``; ``run_groups`` says which runs each part holds. In the matmul form
+    each part runs on its own runs' slice of the channel-major maps (:func:`norm_parts`)."""
+
+    def __init__(self, parts: list[nn.Module], sizes: list[int], run_groups: list[list[int]]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.sizes = sizes
+        self.run_groups = run_groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat(
+            [packed_norm(part, chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1), strict=True)],
+            dim=1,
+        )
+
+
+Part = tuple[nn.Module, Tensor, "Tensor | None"]  # a norm, the maps of its runs (K_part, C, L*N), their conv bias
+
+
+def norm_parts(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> list[Part]:
+    """The norms that normalize channel-major maps ``y`` ``(K, C, L*N)``, each with its runs' maps and conv bias: a
+    :class:`SplitNorm` (without hooks) one per part, its runs' slice of K (contiguous where ``y`` is); any other
+    norm itself over all of ``y``."""
+    if not isinstance(norm, SplitNorm) or hooked(norm):
+        return [(norm, y, conv_bias)]
+    runs = [len(g) for g in norm.run_groups]
+    # split, not slices: its backward writes the parts' gradients into one tensor, where each slice's would add a
+    # zero-filled one of the whole size
+    maps = y.split(runs)
+    biases = [None] * len(runs) if conv_bias is None else conv_bias.split([r * y.shape[1] for r in runs])
+    return list(zip(norm.parts, maps, biases, strict=True))
 
 
 class _RowBatchNorm(torch.autograd.Function):
@@ -175,20 +224,61 @@ class _GroupNormChannelMajor(torch.autograd.Function):
         return grad_x, grad_conv_bias, grad_weight, grad_bias, None
 
 
-def _kernel_case(norm: nn.Module, act: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | None:
-    """Which compiled kernel runs ``act(norm(y + conv_bias))`` with the activation fused: "row" (BatchNorm in
-    training), "group" (GroupNorm, LayerNorm), or None (the composites, another norm or activation, hooks)."""
-    if not isinstance(act, (nn.ReLU, nn.Identity)) or conv_bias is None or hooked(norm):
+def _group_form(norm: nn.Module) -> tuple[int, Tensor, Tensor, float] | None:
+    """``(groups, weight, bias, eps)`` of an affine GroupNorm (LayerNorm packs as one), or of an affine InstanceNorm
+    without running statistics (a GroupNorm of one channel a group), without hooks; None for any other norm."""
+    if hooked(norm) or not getattr(norm, "affine", False) or getattr(norm, "bias", None) is None:
+        return None
+    if type(norm) in GROUP_NORMS:
+        gn = cast(nn.GroupNorm, norm)
+        return gn.num_groups, gn.weight, gn.bias, gn.eps
+    if type(norm) in INSTANCE_NORMS and not cast(nn.InstanceNorm1d, norm).track_running_stats:
+        inorm = cast(nn.InstanceNorm1d, norm)
+        return inorm.num_features, cast(Tensor, inorm.weight), cast(Tensor, inorm.bias), inorm.eps
+    return None
+
+
+def kernel_takes(norm: nn.Module) -> bool:
+    """Whether the compiled kernel takes ``norm`` by its kind and options (BatchNorm, :func:`_group_form`'s norms);
+    whether it runs also depends on the maps and the mode (:func:`_kernel_case`)."""
+    return (type(norm) in ROW_NORMS and not hooked(norm)) or _group_form(norm) is not None
+
+
+def _kernel_case(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | None:
+    """Which compiled kernel runs ``norm(y + conv_bias)`` (a ReLU after it may run in the same pass): "row"
+    (BatchNorm in training), "group" (:func:`_group_form`: GroupNorm, LayerNorm, InstanceNorm), or None (the
+    composites, another norm, hooks, no bias, not float32 on the CPU)."""
+    if conv_bias is None or hooked(norm):
         return None
     if type(norm) in ROW_NORMS:
         bn = cast(nn.BatchNorm1d, norm)
         rows = y.view(1, -1, y.shape[-1])
         ok = _row_stats_apply(bn, rows, conv_bias) and _kernel_for(y, conv_bias, bn.weight, bn.bias) is not None
         return "row" if ok else None
-    if type(norm) in GROUP_NORMS and norm.affine and norm.bias is not None:
-        gn = cast(nn.GroupNorm, norm)
-        return "group" if _kernel_for(y, conv_bias, gn.weight, gn.bias) is not None else None
+    form = _group_form(norm)
+    if form is not None and _kernel_for(y, conv_bias, form[1], form[2]) is not None:
+        return "group"
     return None
+
+
+def kernel_runs(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> bool:
+    """Whether the compiled kernel runs every norm of ``norm`` (:func:`norm_parts`) on maps like ``y``."""
+    return all(_kernel_case(part, yp, bias) is not None for part, yp, bias in norm_parts(norm, y, conv_bias))
+
+
+def _kernel_norm_act(
+    norm: nn.Module, case: str, y: Tensor, n: int, conv_bias: Tensor, relu: bool, table: Table | None
+) -> Tensor:
+    """``norm(y + conv_bias)`` (and the ReLU, with ``relu``) by the compiled kernel (``case`` of
+    :func:`_kernel_case`), in ``table``'s layout where given, else ``y``'s; the output as the kernel writes it."""
+    k, c, m = y.shape
+    if case == "row":
+        out, _ = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, m), conv_bias, relu, table)
+        return out
+    groups, weight, bias, eps = cast("tuple[int, Tensor, Tensor, float]", _group_form(norm))
+    dest, out_rows = table if table is not None else (NO_TABLE, 0)
+    x = y.contiguous().view(groups, -1, n)
+    return GroupNormReLU.apply(x, conv_bias, weight, bias, eps, relu, channel_major_kernel(), dest, out_rows)
 
 
 def norm_act_taps(
@@ -197,66 +287,66 @@ def norm_act_taps(
     """``act(norm(y + conv_bias))`` as :func:`norm_act_channel_major` computes it, written by the compiled kernel
     straight into the next stride-2 conv's taps ``(K, C*3, L/2*N)`` (``table``:
     :func:`~normlab.lab.training.conv_forms.tap_rows` of the maps' length; row ``c*3 + t`` tap t of channel c, the
-    conv weight's order); None where the kernel does not run this norm and activation (:func:`_kernel_case`: then
-    :func:`norm_act_channel_major` and a ParityConv). Forward one kernel call, backward one: the gradient of an odd
-    position the sum of its two taps', added as the kernel reads it."""
-    case = _kernel_case(norm, act, y, conv_bias)
-    if case is None:
+    conv weight's order); None where the kernel does not run every part of this norm (:func:`kernel_runs`) or the
+    activation is neither a ReLU nor none (then :func:`norm_act_channel_major` and a ParityConv). Forward one
+    kernel call a part, backward one: the gradient of an odd position the sum of its two taps', added as the
+    kernel reads it."""
+    if not isinstance(act, (nn.ReLU, nn.Identity)) or not kernel_runs(norm, y, conv_bias):
         return None
     k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
-    relu, cb = isinstance(act, nn.ReLU), cast(Tensor, conv_bias)
-    if case == "row":
-        out, _ = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), cb, relu, table)
-    else:
-        gn = cast(nn.GroupNorm, norm)
-        x = y.contiguous().view(gn.num_groups, -1, n)
-        out = GroupNormReLU.apply(x, cb, gn.weight, gn.bias, gn.eps, relu, channel_major_kernel(), *table)
+    relu = isinstance(act, nn.ReLU)
+    outs = [
+        _kernel_norm_act(part, cast(str, _kernel_case(part, yp, bias)), yp, n, cast(Tensor, bias), relu, table)
+        for part, yp, bias in norm_parts(norm, y, conv_bias)
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat([o.view(-1) for o in outs])
     return out.view(k, c * 3, length // 2 * n)
 
 
 def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None) -> Tensor:
     """``act(norm(y + conv_bias))`` (a packed norm layer over ``(N, K*C, L)`` and its activation) applied to
     channel-major maps ``y`` ``(K, C, L*N)`` (the conv's output without its bias, batch last); returns
-    ``(K, C, L, N)`` (a view when the norm took the other layout). BatchNorm and GroupNorm (LayerNorm packs as one)
-    run on the channel-major maps with the bias folded in: through the compiled kernel, which also runs a ReLU
-    after them in the same pass (:mod:`~normlab.lab.training.channel_major_kernel`), or, without it
-    (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites here. Any other norm, or one with hooks, gets
-    ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm whose backward does not read its
-    output runs in place, on the output itself (not on a view of it, which autograd would copy back)."""
+    ``(K, C, L, N)`` (a view when the norm took the other layout). A :class:`SplitNorm` runs each part on its runs'
+    slice of K (:func:`norm_parts`). BatchNorm, GroupNorm (LayerNorm packs as one) and InstanceNorm without running
+    statistics run on the channel-major maps with the bias folded in: through the compiled kernel, which also runs
+    a ReLU after them in the same pass (:mod:`~normlab.lab.training.channel_major_kernel`), or, without it
+    (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites here (InstanceNorm: its module). Any other
+    norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm
+    whose backward does not read its output runs in place, on the output itself (not on a view of it, which
+    autograd would copy back)."""
+    parts = norm_parts(norm, y, conv_bias)
+    if len(parts) > 1:
+        return torch.cat([_norm_act_one(part, act, yp, n, bias) for part, yp, bias in parts])
+    return _norm_act_one(norm, act, y, n, conv_bias)
+
+
+def _norm_act_one(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None) -> Tensor:
+    """:func:`norm_act_channel_major` of one norm (not a :class:`SplitNorm`'s parts)."""
     k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
     relu = isinstance(act, nn.ReLU)
-    fused = False  # whether the ReLU ran in the norm's kernel
-    if type(norm) in ROW_NORMS and not hooked(norm):
-        rows = y.view(1, k * c, length * n)
-        out, fused = _row_batch_norm(cast(nn.BatchNorm1d, norm), rows, conv_bias, relu)
-        restore = False
+    case = _kernel_case(norm, y, conv_bias)
+    restore = False  # whether the norm took (N, K*C, L) maps
+    if case is not None:
+        out = _kernel_norm_act(norm, case, y, n, cast(Tensor, conv_bias), relu, None)
+    elif type(norm) in ROW_NORMS and not hooked(norm):
+        out, _ = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), conv_bias, False)
     elif (
         type(norm) in GROUP_NORMS
-        and not hooked(norm)
-        and norm.affine
-        and norm.bias is not None
-        and y.dtype == torch.float32
+        and _group_form(norm) is not None
         and conv_bias is not None
+        and y.dtype == torch.float32
     ):
         gn = cast(nn.GroupNorm, norm)
-        kernel = _kernel_for(y, conv_bias, gn.weight, gn.bias)
-        if kernel is not None:
-            x = y.contiguous().view(gn.num_groups, -1, n)
-            out = GroupNormReLU.apply(x, conv_bias, gn.weight, gn.bias, gn.eps, relu, kernel, NO_TABLE, 0)
-            fused = relu
-        else:
-            x = y.view(gn.num_groups, -1, length, n)
-            out = _GroupNormChannelMajor.apply(x, conv_bias, gn.weight, gn.bias, gn.eps)
-        restore = False
+        out = _GroupNormChannelMajor.apply(y.view(gn.num_groups, -1, length, n), conv_bias, gn.weight, gn.bias, gn.eps)
     else:
         if conv_bias is not None:
             y = y + conv_bias.view(k, c, 1)
         if isinstance(norm, nn.Identity):
-            out, restore = y, False
+            out = y
         else:
             out = packed_norm(norm, y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length))
             restore = True
-    if relu and not fused:
+    if relu and case is None:  # with the kernel, the ReLU ran in its pass
         out = torch.relu_(out) if type(norm) in INPLACE_AFTER else torch.relu(out)
     elif not relu and not isinstance(act, nn.Identity):
         out = act(out)

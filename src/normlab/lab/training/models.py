@@ -18,7 +18,9 @@ from ...registry import conv_layer, create_norm, create_packed_norm, get_method
 from .channel_major import (
     GROUP_NORMS,
     ROW_NORMS,
+    SplitNorm,
     hooked,
+    kernel_takes,
     norm_act_channel_major,
     norm_act_taps,
     order_free,
@@ -102,23 +104,6 @@ def run_groups(norms: Sequence[str], options: Sequence[dict[str, Any] | None]) -
     return groups
 
 
-class SplitNorm(nn.Module):
-    """A mixed pack's norm layer: consecutive channel blocks, each the packed norm of one group of runs (runs of
-    one norm). State dict keys ``parts.{g}.*``; ``run_groups`` says which runs each part holds."""
-
-    def __init__(self, parts: list[nn.Module], sizes: list[int], run_groups: list[list[int]]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-        self.sizes = sizes
-        self.run_groups = run_groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat(
-            [packed_norm(part, chunk) for part, chunk in zip(self.parts, x.split(self.sizes, dim=1), strict=True)],
-            dim=1,
-        )
-
-
 # The packed ConvNet's two forms (``ConvNet.packed_form``): "grouped" runs each conv as one grouped convolution
 # (groups=K) over ``(N, K*C, L)`` maps; "matmul" runs it as one batched matrix product per layer, the K nets' weights
 # ``(K, C_out, C_in*3)`` times their im2col columns ``(K, C_in*3, L_out*N)``, or, where every stride-2 conv halves its
@@ -134,10 +119,17 @@ class SplitNorm(nn.Module):
 # 1.30x-1.45x, 1.50x-1.53x, 1.66x-1.73x, 1.92x-1.96x (16 nets), 1.15x-1.23x, 1.42x-1.44x, 1.74x-1.79x, 1.92x-2.00x
 # (pack_size); batch 32, 16 nets, three runs: BN 2.14x-2.44x, GN 2.00x-2.09x, LN 2.03x-2.06x (benchmarks/RESULTS.md).
 # On the composites (before the kernel, 2026-12-06): GN 0.84x, 0.93x at batch 2, 8, about 1.1x at 32; LN 0.79x, 0.92x,
-# about 1.0x; BN 1.14x and 1.59x at batch 2 and 32. Other norms take their usual (N, K*C, L) maps in the matmul form
-# (a copy each way), correct but unmeasured, so "auto" keeps them grouped, as it keeps mixed packs (SplitNorm).
+# about 1.0x; BN 1.14x and 1.59x at batch 2 and 32. InstanceNorm (affine, no running statistics) runs on the kernel
+# as a GroupNorm of one channel a group, and a mixed pack (SplitNorm) runs each part on its runs' slice of the maps:
+# "auto" takes "matmul" for InstanceNorm packs where the kernel runs, and for mixed packs of the kernel's norms from
+# MIXED_MIN_BATCH. Measured 2026-12-07 (one core, CPU time, the machine shared with a compare run), matmul/grouped ms
+# a step: InstanceNorm 20 nets 1.22x, 1.28x at batch 1, 2, 16 nets 2.30x at batch 32; BN, GN, LN and IN x 5 seeds
+# (20 nets) 0.88x, 1.12x, 1.46x, 2.15x at batch 1, 2, 8, 32 (at batch 1 the four parts' kernel calls cost more than
+# the grouped convolutions save). Other norms take their usual (N, K*C, L) maps in the matmul form (a copy each way),
+# correct but unmeasured, so "auto" keeps them, and mixed packs holding them, grouped.
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
+MIXED_MIN_BATCH = 2  # a mixed pack (SplitNorm) takes the matmul form from this batch, where the kernel runs
 TAPS_MIN_BATCH = 1  # from this batch the kernel writes the next conv's taps: 1.11x-1.34x at batch 2-32 (RESULTS.md)
 PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
 SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
@@ -201,8 +193,9 @@ class ConvNet(nn.Module):
     ``packed_form`` (packed nets only; an attribute, so it may change between steps): "grouped" convolutions,
     "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
     weight-normalized convs, else grouped), or "auto": matmul where measured faster (BatchNorm and no norm at every
-    batch, GroupNorm and LayerNorm at every batch where the compiled channel-major kernel runs, else from
-    :data:`MATMUL_MIN_BATCH` examples; see :meth:`uses_matmul`). Both forms
+    batch, GroupNorm, LayerNorm and InstanceNorm at every batch where the compiled channel-major kernel runs, else
+    (GroupNorm, LayerNorm) from :data:`MATMUL_MIN_BATCH` examples, mixed packs of these norms from
+    :data:`MIXED_MIN_BATCH` where the kernel runs; see :meth:`uses_matmul`). Both forms
     compute the same function with the same parameters and state, up to float rounding.
     """
 
@@ -279,13 +272,18 @@ class ConvNet(nn.Module):
         if self.copies is None or self.packed_form == "grouped":
             return False
         if self.packed_form == "auto":
-            norms = list(self.features)[1::3]
+            layers = list(self.features)[1::3]
+            split = [m for m in layers if isinstance(m, SplitNorm) and not hooked(m)]
+            if split and batch < MIXED_MIN_BATCH:  # a kernel call a part: more calls than a grouped pack saves
+                return False
+            norms = [p for m in layers for p in (m.parts if m in split else [m])]
             rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
             groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)
-            if groups and not rows and batch < MATMUL_MIN_BATCH and kernel is None:
+            kernel_norms = all(isinstance(m, nn.Identity) or kernel_takes(m) for m in norms)
+            if kernel_norms and not rows and kernel is None:
                 weight = self.features[0].weight
                 kernel = weight.device.type == "cpu" and weight.dtype == torch.float32 and has_kernel()
-            if not (rows or (groups and (batch >= MATMUL_MIN_BATCH or kernel))):
+            if not (rows or (groups and batch >= MATMUL_MIN_BATCH) or (kernel_norms and kernel)):
                 return False
         convs = list(self.features)[0::3]
         return all(

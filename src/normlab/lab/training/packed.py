@@ -107,7 +107,8 @@ def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[l
         batch = runs[0].batch_size
         # large batches: one norm a pack, so the batched-matmul form applies (models.ConvNet.packed_form); small
         # ones: any norms together, for the pack's size is what pays there (a pack of one norm at a small batch takes
-        # the matmul form too where the kernel runs; one-norm packs against mixed ones there: not yet re-measured)
+        # the matmul form too where the kernel runs, a mixed one from models.MIXED_MIN_BATCH; measured at batch 2, K=20:
+        # four one-norm packs of 5 took 1.3-1.4x the time of one mixed pack, 2026-12-07)
         apart = runs[0].norm if batch >= MATMUL_MIN_BATCH else ""
         groups.setdefault(key + json.dumps([c.doublings for c in runs]) + apart, []).append(runs)
     for group in groups.values():
