@@ -3,7 +3,8 @@ loaded by ``normlab.lab.training.channel_major_kernel``) against a float64 compu
 composites it replaces (``channel_major._GroupNormChannelMajor``, ``_RowBatchNorm``), which stay as its fallback:
 
 - GroupNorm of (G, C/G * L, N) maps with the conv's bias, affine and (or not) the ReLU: the output and all four
-  gradients, random shapes (batch widths on and off the vector width), means 0 and 1e4, one and two threads;
+  gradients, random shapes (batch widths on and off the vector width), means 0 and 1e4, one and two threads; every
+  small batch (the kernel's path along a group's values); results equal on one and two threads;
 - BatchNorm rows: output, gradients, the running statistics equal to the composite's;
 - the packed net's training step equal with the kernel and with ``NORMLAB_NO_KERNELS=1``; a failed compile warns
   once and falls back.
@@ -25,6 +26,7 @@ from torch import nn
 from normlab.functional import _kernels
 from normlab.lab.training import channel_major_kernel as cmk
 from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
+from normlab.lab.training.conv_forms import tap_rows
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
@@ -73,13 +75,27 @@ def _group_float64(x, cb, w, b, relu_mask):
     groups=st.integers(1, 6),
     cg=st.integers(1, 4),
     length=st.integers(1, 9),
-    n=st.sampled_from([1, 3, 8, 16, 17, 32, 40, 64, 70, 100]),
+    n=st.sampled_from([1, 2, 3, 4, 5, 8, 16, 17, 32, 40, 64, 70, 100]),
     relu=st.booleans(),
     shift=st.sampled_from([0.0, 1e4]),
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
 def test_group_kernel_matches_float64(groups, cg, length, n, relu, shift, threads, seed):
+    _check_group_float64(groups, cg, length, n, relu, shift, threads, seed)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 33])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shift", [0.0, 1e4])
+def test_group_kernel_small_batches_match_float64(n, relu, shift):
+    """Every batch width below the vector width (a small batch, 2 N <= 8 or 16 lanes, runs along a group's values:
+    N dividing the width or not) and two past it; odd lengths and channels, so that vectors end mid-channel."""
+    _check_group_float64(3, 3, 7, n, relu, shift, 2, n)
+
+
+def _check_group_float64(groups, cg, length, n, relu, shift, threads, seed):
     kernel = _kernel()
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(groups, cg, length, n, generator=gen) * 2 + shift).requires_grad_()
@@ -134,6 +150,31 @@ def test_group_kernel_matches_the_composite(shape, relu):
         strict=True,
     ):
         _close(got, ref, f"grad {name}", rel=5e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 32])
+@pytest.mark.parametrize("taps", [False, True])
+def test_group_kernel_is_independent_of_the_thread_count(n, taps):
+    """Output, statistics and gradients bit for bit equal on 1 and 2 threads (groups split between the tasks)."""
+    kernel = _kernel()
+    gen = torch.Generator().manual_seed(n)
+    groups, cg, length = 64, 2, 40
+    x = torch.randn(groups, cg * length, n, generator=gen) + 3
+    cb, w, b = (t.detach() for t in _params(groups * cg, n))
+    dest, rows = tap_rows(length, 1) if taps else (cmk.NO_TABLE, 0)
+    dy = torch.randn(groups, cg * (rows or length), n, generator=gen)
+    saved, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y, mean, rstd = kernel.group_forward(x, cg, cb, w, b, EPS, True, dest, rows)
+            grads = kernel.group_backward(dy, x, cg, cb, w, b, mean, rstd, True, dest, rows)
+            results.append((y, mean, rstd, *grads))
+    finally:
+        torch.set_num_threads(saved)
+    for a, r in zip(*results, strict=True):
+        assert torch.equal(a, r)
 
 
 def test_group_kernel_takes_a_noncontiguous_upstream_gradient():

@@ -105,7 +105,7 @@ def _float64(kind, norm, y, conv_bias, weight, bias, k, c, length, n):
     kind=st.sampled_from(["batch", "group", "layer"]),
     halvings=st.integers(1, 3),
     mult=st.integers(1, 3),
-    n=st.sampled_from([1, 3, 16, 17, 32, 40]),
+    n=st.sampled_from([1, 2, 3, 4, 16, 17, 32, 40]),
     relu=st.booleans(),
     shift=st.sampled_from([0.0, 1e4]),
     seed=st.integers(0, 2**16),
@@ -114,6 +114,19 @@ def test_taps_match_float64_and_the_plain_layout(kind, halvings, mult, n, relu, 
     """The kernel's taps: the output equal (bit for bit) to its plain-layout output gathered into taps, within
     float32 rounding of float64's (means 0 and 1e4); every gradient within rounding of float64's and of the plain
     layout's; BatchNorm's running statistics equal to the plain layout's."""
+    _check_taps(kind, halvings, mult, n, relu, shift, seed)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["group", "layer"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 32])
+@pytest.mark.parametrize("halvings,mult", [(1, 5), (3, 1)])
+def test_small_batch_taps_match_float64_and_the_plain_layout(kind, n, halvings, mult):
+    """As above for each small batch (the GroupNorm kernel's path along a group's values), ReLU, mean 1e4."""
+    _check_taps(kind, halvings, mult, n, True, 1e4, n)
+
+
+def _check_taps(kind, halvings, mult, n, relu, shift, seed):
     _kernel()
     torch.manual_seed(seed)
     k, c, length = 2, 4, 2**halvings * mult
