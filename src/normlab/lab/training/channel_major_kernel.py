@@ -28,6 +28,7 @@ CHANNEL_MAJOR = Kernel(
     Path(__file__).with_name("csrc") / "channel_major.cpp",
     "channel-major norm",
     "the packed ConvNet's norms run on their pure-ATen path",
+    ("channel_major_common.h", "channel_major_small.h"),
 )
 
 
