@@ -92,6 +92,19 @@ def test_outcomes_that_disagree_between_budgets_are_not_settled():
     assert "T: contradicted (-3); 2T: reproduced (+3); 4T: contradicted (-3); 8T: reproduced (+3)" in v.evidence
 
 
+def test_a_longer_budget_that_measured_another_outcome_keeps_a_verdict_from_settling_before_it():
+    """GN vs BN at batch 2 from seeds 1000 (2026-12-07): not reproduced at T, 2T and 4T, the trend from 2T to 4T
+    keeping it, but 8T (trained for the study's other verdicts) measured 'contradicted': not settled at 2T."""
+    moving = {0: _at(0.5, 0.1), 1: _at(0.6, 0.1), 2: _at(0.5, 0.1), 3: _at(-3.0, 0.1)}
+    assert [moving[d].outcome for d in range(3)] == [Outcome.NOT_REPRODUCED] * 3
+    v, more = settle(moving, MAX_DOUBLINGS)
+    assert not more and v.outcome is Outcome.CHANGES_WITH_BUDGET and v.settled_at is None
+    v, more = settle({d: moving[d] for d in range(3)}, MAX_DOUBLINGS)  # without 8T: settled at T
+    assert not more and v.outcome is Outcome.NOT_REPRODUCED and v.settled_at == 0
+    agreeing = {**moving, 3: _at(0.4, 0.1)}
+    assert settle(agreeing, MAX_DOUBLINGS)[0].settled_at == 0
+
+
 def test_an_unsettled_verdict_says_why_in_words():
     """The shape of the batch-size study's unsettled claims: a gap that shrinks at every doubling and crosses the
     threshold at the last budget; the report says so, with the one-more-doubling reading."""

@@ -63,7 +63,9 @@ CRITERION = (
     "all of its final seeds, and it is settled at T when both give the same outcome and the trend would not "
     "overturn it (the effect's change from T to 2T, repeated once more, keeps the outcome). Otherwise the settings "
     f"under it train again at 4T, then up to {2**MAX_DOUBLINGS}T, and the same rule applies to each pair of successive "
-    "budgets; a verdict still unsettled reads 'inconclusive: changes with budget', with its numbers at every "
+    "budgets (a budget still longer, trained for another verdict, must give the same outcome too: what was "
+    "measured at it overrides the trend); a verdict still unsettled reads 'inconclusive: changes with budget', "
+    "with its numbers at every "
     "budget and why it did not settle (how its difference moved per doubling, and what one more would read). "
     "A claim that involves no training (exactness, determinism) needs no budget. If a study's best setting "
     "misses its target, its verdicts read 'inconclusive: not trained'."
@@ -268,8 +270,8 @@ def budget_name(doublings: int) -> str:
 
 def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
     """One claim's verdict from its verdicts at budgets T·2^d (``by_budget``: d -> verdict), by :data:`CRITERION`,
-    and whether it needs the next budget. Settled at the first d where d and d+1 agree and the trend (the
-    effect's change from d to d+1, once more) keeps the outcome; with ``last`` (the largest d) reached and nothing
+    and whether it needs the next budget. Settled at the first d where d, d+1 and every longer budget measured
+    agree and the trend (the effect's change from d to d+1, once more) keeps the outcome; with ``last`` (the largest d) reached and nothing
     settled, 'inconclusive: changes with budget'; otherwise the verdict at the largest budget so far, unsettled
     (``settled_at`` None), and True."""
     levels = sorted(by_budget)
@@ -281,8 +283,8 @@ def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
         if d + 1 not in by_budget:
             break
         a, b = by_budget[d], by_budget[d + 1]
-        if a.outcome != b.outcome:
-            continue
+        if a.outcome != b.outcome or any(by_budget[e].outcome != a.outcome for e in levels if e > d + 1):
+            continue  # the budgets disagree, or a longer one (trained for another verdict) measured otherwise
         if a.effect is None or b.effect is None or b.outcome_for(2 * b.effect - a.effect) == b.outcome:
             trend = (
                 ""
