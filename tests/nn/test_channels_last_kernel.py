@@ -94,6 +94,21 @@ def _check(method, shape, dtype, affine, shift, seed, threads=1):
     kept = method == "group" and dtype in (torch.float16, torch.bfloat16)
     assert (y.grad_fn.name() in KERNEL_BACKWARDS) == (not x.is_contiguous() and not kept)
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
+    if kept and shift > 1:
+        # ATen's numbers, as promised there, are not float64's within half tolerances at a mean far above the
+        # spread: its weight gradient cancels (sum dy * x less mean * sum dy; 12% off float64 at mean 100, std 2,
+        # fp16, found by this test's random shapes, 2026-12-07). Held to torch's own module instead.
+        theirs = torch.nn.GroupNorm(module.num_groups, c, eps=module.eps, affine=affine, dtype=dtype)
+        theirs.load_state_dict(module.state_dict())
+        for name, got, ref in zip(
+            ("output", "input", "weight", "bias"), (y, dx, dw, db), _step(theirs, x, dy), strict=True
+        ):
+            if ref is not None:
+                tol = vs_torch(dtype, grad=name != "output")
+                assert_close(
+                    got, ref, atol=tol["atol"] * max(1.0, float(ref.detach().abs().max())), rtol=tol["rtol"], msg=name
+                )
+        return
     y_ref, (dx_ref, dw_ref, db_ref) = _reference(method, module, x, dy)
     scale = max(1.0, float(abs(y_ref).max()))
     if shift >= 1e4 and dtype == torch.float32:  # the issue's bar for fp32 at mean 1e4

@@ -271,9 +271,9 @@ def budget_name(doublings: int) -> str:
 def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
     """One claim's verdict from its verdicts at budgets T·2^d (``by_budget``: d -> verdict), by :data:`CRITERION`,
     and whether it needs the next budget. Settled at the first d where d, d+1 and every longer budget measured
-    agree and the trend (the effect's change from d to d+1, once more) keeps the outcome; with ``last`` (the largest d) reached and nothing
-    settled, 'inconclusive: changes with budget'; otherwise the verdict at the largest budget so far, unsettled
-    (``settled_at`` None), and True."""
+    agree and the trend (the effect's change from d to d+1, once more) keeps the outcome; with ``last`` (the
+    largest d) reached and nothing settled, 'inconclusive: changes with budget'; otherwise the verdict at the
+    largest budget so far, unsettled (``settled_at`` None), and True."""
     levels = sorted(by_budget)
     history = tuple((d, by_budget[d].outcome.value, by_budget[d].effect) for d in levels)
     first = by_budget[levels[0]]
