@@ -1,10 +1,13 @@
-"""Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block."""
+"""Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block, a kernel
+compile that fails."""
 
 import contextlib
 
 import numpy as np
 import torch
 from hypothesis import strategies as st
+
+from normlab.functional import _kernels
 
 
 def assert_close(actual, expected, *, atol, rtol, msg=""):
@@ -88,3 +91,19 @@ def numeric_grad(f, a, step):
         a[i] = orig
         grad[i] = (plus - minus) / (2 * step)
     return grad
+
+
+def break_compile(monkeypatch, kernel, source):
+    """``kernel`` (a :class:`normlab.functional._kernels.Kernel`) as in a new process, kernels enabled, whose compile
+    fails as a compiler error in ``source`` would; returns the list that gets one entry per compile tried."""
+    monkeypatch.delenv(_kernels.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(kernel, "loaded", None)
+    monkeypatch.setattr(kernel, "failed", None)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError(f"Error building extension 'x': [1/2] c++ ...\n{source}:1:1: error: it broke\n")
+
+    monkeypatch.setattr(_kernels, "_compile", broken)
+    return calls

@@ -19,11 +19,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import break_compile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from normlab.functional import _kernels
 from normlab.lab.training import channel_major_kernel as cmk
 from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
 from normlab.lab.training.conv_forms import tap_rows
@@ -281,16 +281,7 @@ def _graph(fn):
 
 
 def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
-    monkeypatch.delenv("NORMLAB_NO_KERNELS", raising=False)
-    monkeypatch.setattr(cmk.CHANNEL_MAJOR, "loaded", None)
-    monkeypatch.setattr(cmk.CHANNEL_MAJOR, "failed", None)
-    calls = []
-
-    def broken(*args):
-        calls.append(1)
-        raise RuntimeError("Error building extension 'x'\nchannel_major.cpp:1:1: error: it broke\n")
-
-    monkeypatch.setattr(_kernels, "_compile", broken)
+    calls = break_compile(monkeypatch, cmk.CHANNEL_MAJOR, "channel_major.cpp")
     norm, act = nn.GroupNorm(2, 4), nn.ReLU()
     y = torch.randn(2, 2, 5 * 4, requires_grad=True)
     conv_bias = torch.randn(4, requires_grad=True)

@@ -19,7 +19,7 @@ The kernel tests skip when there is no C++ compiler; the first run compiles the 
 
 import pytest
 import torch
-from helpers import assert_close, num_threads, random_input, random_params
+from helpers import assert_close, break_compile, num_threads, random_input, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import LARGE_MEAN_RELATIVE, vs_reference, vs_torch
@@ -289,16 +289,7 @@ def test_fallback_gives_the_same_results(method, dtype, monkeypatch):
 
 
 def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
-    monkeypatch.delenv(_kernels.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(_kernels.CHANNELS_LAST, "loaded", None)
-    monkeypatch.setattr(_kernels.CHANNELS_LAST, "failed", None)
-    calls = []
-
-    def broken(*args):
-        calls.append(1)
-        raise RuntimeError("Error building extension 'x'\nchannels_last.cpp:1:1: error: it broke\n")
-
-    monkeypatch.setattr(_kernels, "_compile", broken)
+    calls = break_compile(monkeypatch, _kernels.CHANNELS_LAST, "channels_last.cpp")
     x = random_input((2, 4, 3, 3), seed=17).contiguous(memory_format=torch.channels_last)
     with pytest.warns(RuntimeWarning, match=r"channels_last normalization CPU kernel could not be compiled"):
         y = NF.instance_norm(x)

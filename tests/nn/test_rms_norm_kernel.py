@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_close, num_threads, random_input, random_params
+from helpers import assert_close, break_compile, num_threads, random_input, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import vs_reference, vs_torch
@@ -149,14 +149,8 @@ def _compare_with_composite(dtype=torch.float32):
     assert x.grad is not None
 
 
-def test_a_failed_compile_warns_once_and_falls_back(fresh_loader):
-    calls = []
-
-    def broken(*args):
-        calls.append(1)
-        raise RuntimeError("Error building extension 'x': [1/2] c++ ...\nrms_norm.cpp:1:1: error: it broke\n")
-
-    fresh_loader.setattr(_kernels, "_compile", broken)
+def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
+    calls = break_compile(monkeypatch, _kernels.RMS_NORM, "rms_norm.cpp")
     with pytest.warns(RuntimeWarning, match=r"could not be compiled \(RuntimeError: rms_norm.cpp:1:1: error: it br"):
         _compare_with_composite()
     with warnings.catch_warnings():
