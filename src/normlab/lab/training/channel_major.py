@@ -261,11 +261,6 @@ def _kernel_case(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | 
     return None
 
 
-def kernel_runs(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> bool:
-    """Whether the compiled kernel runs every norm of ``norm`` (:func:`norm_parts`) on maps like ``y``."""
-    return all(_kernel_case(part, yp, bias) is not None for part, yp, bias in norm_parts(norm, y, conv_bias))
-
-
 def _kernel_norm_act(
     norm: nn.Module, case: str, y: Tensor, n: int, conv_bias: Tensor, relu: bool, table: Table | None
 ) -> Tensor:
@@ -287,17 +282,21 @@ def norm_act_taps(
     """``act(norm(y + conv_bias))`` as :func:`norm_act_channel_major` computes it, written by the compiled kernel
     straight into the next stride-2 conv's taps ``(K, C*3, L/2*N)`` (``table``:
     :func:`~normlab.lab.training.conv_forms.tap_rows` of the maps' length; row ``c*3 + t`` tap t of channel c, the
-    conv weight's order); None where the kernel does not run every part of this norm (:func:`kernel_runs`) or the
-    activation is neither a ReLU nor none (then :func:`norm_act_channel_major` and a ParityConv). Forward one
-    kernel call a part, backward one: the gradient of an odd position the sum of its two taps', added as the
-    kernel reads it."""
-    if not isinstance(act, (nn.ReLU, nn.Identity)) or not kernel_runs(norm, y, conv_bias):
+    conv weight's order); None where the kernel does not run every part of this norm (:func:`norm_parts`,
+    :func:`_kernel_case`) or the activation is neither a ReLU nor none (then :func:`norm_act_channel_major` and a
+    ParityConv). Forward one kernel call a part, backward one: the gradient of an odd position the sum of its two
+    taps', added as the kernel reads it."""
+    if not isinstance(act, (nn.ReLU, nn.Identity)):
+        return None
+    parts = norm_parts(norm, y, conv_bias)
+    cases = [_kernel_case(part, yp, bias) for part, yp, bias in parts]
+    if None in cases:
         return None
     k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
     relu = isinstance(act, nn.ReLU)
     outs = [
-        _kernel_norm_act(part, cast(str, _kernel_case(part, yp, bias)), yp, n, cast(Tensor, bias), relu, table)
-        for part, yp, bias in norm_parts(norm, y, conv_bias)
+        _kernel_norm_act(part, cast(str, case), yp, n, cast(Tensor, bias), relu, table)
+        for (part, yp, bias), case in zip(parts, cases, strict=True)
     ]
     out = outs[0] if len(outs) == 1 else torch.cat([o.view(-1) for o in outs])
     return out.view(k, c * 3, length // 2 * n)
