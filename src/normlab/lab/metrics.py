@@ -4,7 +4,7 @@ learning-rate selection and the training check read them."""
 TEST_ACC = "test_acc"  # accuracy on the test split (BN with running statistics)
 VALID_ACC = "valid_acc"  # accuracy on the validation examples held out of the training set (selection runs)
 TEST_BPC = "test_bpc"  # the language model's bits per character on the test half of the held-out text
-VALID_BPC = "valid_bpc"  # ... on the validation half (selection; also the curve along training)
+VALID_BPC = "valid_bpc"  # ... on the validation half (selection; its first 2048 characters: the curve)
 TEST_LOSS = "test_loss"  # the user's model: mean loss on the test set (its own loss function, or cross-entropy)
 VALID_LOSS = "valid_loss"  # ... on the validation examples held out of the training set
 TRAIN_LOSS = "train_loss"  # mean training loss over the last curve point's steps

@@ -114,7 +114,7 @@ class Sequence(Study):
             runs = groups[("char_lm", n, False)]
             length = min(len(r.curves[VALID_BPC]) for r in runs)
             plot_lines(ax1, runs[0].curves["step"], {n: [r.curves[VALID_BPC][:length] for r in runs]})
-        ax1.set_xlabel("step"), ax1.set_ylabel("validation bits per character"), ax1.set_title("Character LM")
+        ax1.set_xlabel("step"), ax1.set_ylabel("validation bpc (first 2048 characters)"), ax1.set_title("Character LM")
         text_bn, image_bn = groups.get(("char_lm", "batch", True), []), groups.get(("classify", "batch", True), [])
         fluct = {
             "text (transformer)": values(text_bn, BATCH_VAR_FLUCTUATION),
