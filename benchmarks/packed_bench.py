@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
-from normlab.lab.training.models import CharTransformer, pack_size
+from normlab.lab.training.models import pack_size
 from normlab.lab.training.packed import PackedSGD, PackedTraining, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
+from normlab.lab.training.transformer import CharTransformer
 from normlab.registry import get_method
 
 CLOCK = time.process_time

@@ -6,7 +6,8 @@ import torch
 import normlab
 from normlab import registry
 from normlab.explain import explain
-from normlab.lab.training.models import CharTransformer, ConvNet, NotApplicable
+from normlab.lab.training.models import ConvNet, NotApplicable
+from normlab.lab.training.transformer import CharTransformer
 from normlab.method import Method, single
 from normlab.nn.norm_act import norm_act_class
 from normlab.nn.norm_classes import NORM_CLASSES

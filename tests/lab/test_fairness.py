@@ -282,7 +282,7 @@ def test_a_worker_with_other_training_code_stores_nothing(tmp_path):
 
 def test_recipes_reach_the_lab_models():
     from normlab.lab.training.data import load_text
-    from normlab.lab.training.models import CharTransformer
+    from normlab.lab.training.transformer import CharTransformer
     from normlab.nn.weight_norm import _weight_normalized
 
     config = make_config(study="t", norm="meanonly", seed=0)

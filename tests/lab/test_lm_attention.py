@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.lab.training.models import CharTransformer, attention_mask
+from normlab.lab.training.transformer import CharTransformer, attention_mask
 
 NORMS = ["layer", "rms", "dyt", "batch"]
 

@@ -33,7 +33,7 @@ from ..metrics import (
 from ..store import config_key
 from .data import ImageData, load_images, load_text, training_part
 from .loop import Saver, Schedule, Trunk, fit_ladder
-from .models import CharTransformer, ConvNet, uses_weight_norm
+from .models import ConvNet, uses_weight_norm
 from .probes import (
     BatchStatRecorder,
     accuracy,
@@ -44,6 +44,7 @@ from .probes import (
     scale_invariance_error,
     whole_norm,
 )
+from .transformer import CharTransformer
 
 __all__ = ["run", "run_ladder", "ladder_key", "ladders", "can_branch", "RunOutput"]
 
