@@ -383,3 +383,23 @@ def test_disabled_kernels_take_the_composites(monkeypatch):
     assert "_RowBatchNormBackward" in names and "ReluBackward0" in names and "RowBatchNormReLUBackward" not in names
     ref, _, _ = _RowBatchNorm.apply(y.view(1, 4, 20), conv_bias, norm.weight, norm.bias, norm.eps)
     assert torch.equal(out.view(-1), torch.relu(ref).view(-1))
+
+
+@needs_kernel
+def test_split_kernel_refuses_a_plan_that_does_not_fit():
+    """split_forward (a mixed pack's layer in one call): runs that do not add up to K, groups that do not divide a
+    part's channels, or a missing weight are refused, naming the argument."""
+    kernel = _kernel()
+    k, c, n, length = 3, 4, 2, 5
+    y = torch.randn(k, c, length * n)
+    cb = torch.randn(k * c)
+    params = [torch.randn(c) for _ in range(2 * k)]
+    good = ([1, 1, 1], [0, 2, 4], [EPS] * 3)
+    out, saved, stats = kernel.split_forward(y, cb, n, *good, params, True, cmk.NO_TABLE, 0)
+    assert out.shape == (k, c * length * n) and len(saved) == 2 * k and len(stats) == 2
+    with pytest.raises(RuntimeError, match="runs must add up to K"):
+        kernel.split_forward(y, cb, n, [1, 1], [0, 2], [EPS] * 2, params[:4], True, cmk.NO_TABLE, 0)
+    with pytest.raises(RuntimeError, match="groups must divide a part's channels"):
+        kernel.split_forward(y, cb, n, [1, 1, 1], [0, 3, 4], [EPS] * 3, params, True, cmk.NO_TABLE, 0)
+    with pytest.raises(RuntimeError, match="params: two per part"):
+        kernel.split_forward(y, cb, n, *good, params[:5], True, cmk.NO_TABLE, 0)

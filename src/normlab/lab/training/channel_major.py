@@ -17,7 +17,6 @@ from ...nn import normalization as nl_normalization
 from .channel_major_kernel import (
     NO_TABLE,
     GroupNormReLU,
-    PartPlan,
     RowBatchNormReLU,
     SplitNormReLU,
     channel_major_kernel,
@@ -309,25 +308,30 @@ def _split_kernel(
         return None
     kernel = channel_major_kernel()
     k, c, m = y.shape
-    plan: list[PartPlan] = []
+    runs = [len(group) for group in norm.run_groups]
+    groups: list[int] = []  # 0: BatchNorm
+    eps: list[float] = []
     params: list[Tensor] = []
-    for part, case, group in zip(norm.parts, cases, norm.run_groups, strict=True):
+    for part, case in zip(norm.parts, cases, strict=True):
         if case == "row":
             bn = cast(nn.BatchNorm1d, part)
-            plan.append(("row", len(group), 0, bn.eps))
+            groups.append(0)
+            eps.append(bn.eps)
             params += [bn.weight, bn.bias]
         else:
-            groups, weight, bias, eps = cast("tuple[int, Tensor, Tensor, float]", _group_form(part))
-            plan.append(("group", len(group), groups, eps))
-            params += [weight, bias]
+            form = cast("tuple[int, Tensor, Tensor, float]", _group_form(part))
+            groups.append(form[0])
+            eps.append(form[3])
+            params += [form[1], form[2]]
     dest, out_rows = table if table is not None else (NO_TABLE, 0)
-    out, *stats = SplitNormReLU.apply(y.contiguous(), conv_bias, n, tuple(plan), relu, kernel, dest, out_rows, *params)
+    y = y.contiguous()
+    out, *stats = SplitNormReLU.apply(y, conv_bias, n, runs, groups, eps, relu, kernel, dest, out_rows, *params)
     k0 = 0
-    for part, (kind, runs, _, _) in zip(norm.parts, plan, strict=True):
-        if kind == "row":
+    for part, count, group in zip(norm.parts, runs, groups, strict=True):
+        if group == 0:
             mean, var = stats.pop(0), stats.pop(0)
-            _update_running(cast(nn.BatchNorm1d, part), mean, var, conv_bias.detach()[k0 * c : (k0 + runs) * c], m)
-        k0 += runs
+            _update_running(cast(nn.BatchNorm1d, part), mean, var, conv_bias.detach()[k0 * c : (k0 + count) * c], m)
+        k0 += count
     return cast(Tensor, out)
 
 

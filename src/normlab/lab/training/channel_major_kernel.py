@@ -114,22 +114,19 @@ class RowBatchNormReLU(torch.autograd.Function):
         return gx, gx.new_zeros(rows.shape[0]), gw, gb, None, None, None, None, None
 
 
-PartPlan = tuple[str, int, int, float]  # a SplitNormReLU part: kind ("row", "group"), runs, groups, eps
-
-
 class SplitNormReLU(torch.autograd.Function):
     """A mixed pack's norm layer (each part a group of consecutive runs, its own norm) plus the ReLU, all parts in
-    one autograd node: :class:`RowBatchNormReLU` or :class:`GroupNormReLU` of each part's slice of channel-major
-    maps ``y`` ``(K, C, L*N)`` contiguous float32, each kernel call writing its slice of one output ``(K, C *
-    out_rows * N)`` (``out_rows`` 0: ``L``; ``dest``, ``out_rows`` as :class:`GroupNormReLU`'s), and backward each
-    part's gradient into its slice of one ``grad_y``: no concatenation either way, where a node a part and a
-    ``torch.cat`` after them cost more than the kernels at a small batch. The same kernel calls as the parts run
-    alone: equal bit for bit.
+    one autograd node and one kernel call each way (``split_forward``, ``split_backward``): :class:`RowBatchNormReLU`
+    or :class:`GroupNormReLU` of each part's slice of channel-major maps ``y`` ``(K, C, L*N)`` contiguous float32,
+    each writing its slice of one output ``(K, C * out_rows * N)`` (``out_rows`` 0: ``L``; ``dest``, ``out_rows``
+    as :class:`GroupNormReLU`'s), and backward each part's gradient into its slice of one ``grad_y``: no
+    concatenation either way, where a node a part, its Python and a ``torch.cat`` after them cost more than the
+    kernels at a small batch. The same kernels as the parts run alone: equal bit for bit.
 
-    ``plan``: per part ``(kind, runs, groups, eps)`` in order, ``kind`` "row" (BatchNorm in training, ``groups``
-    unused) or "group" (``groups`` groups over the part's ``runs * C`` channels); ``params``: each part's weight
-    and bias ``(runs * C,)``, in order; ``conv_bias`` ``(K * C,)``. Returns the output, then the mean and biased
-    variance ``(runs * C,)`` of each "row" part (not differentiable: the caller's running statistics)."""
+    Part i: ``runs[i]`` runs, ``groups[i]`` groups over its ``runs[i] * C`` channels (GroupNorm: LayerNorm,
+    InstanceNorm) or 0 (BatchNorm in training), ``eps[i]``; ``params``: each part's weight and bias
+    ``(runs[i] * C,)``, in order; ``conv_bias`` ``(K * C,)``. Returns the output, then the mean and biased variance
+    ``(runs[i] * C,)`` of each BatchNorm part (not differentiable: the caller's running statistics)."""
 
     @staticmethod
     def forward(
@@ -137,64 +134,26 @@ class SplitNormReLU(torch.autograd.Function):
         y: Tensor,
         conv_bias: Tensor,
         n: int,
-        plan: tuple[PartPlan, ...],
+        runs: list[int],
+        groups: list[int],
+        eps: list[float],
         relu: bool,
         kernel: Any,
         dest: Tensor,
         out_rows: int,
         *params: Tensor,
     ) -> tuple[Tensor, ...]:
-        k, c, m = y.shape
-        out = y.new_empty(k, c * (out_rows or m // n) * n)
-        stats: list[Tensor] = []
-        saved: list[Tensor] = []
-        k0 = 0
-        for i, (kind, runs, groups, eps) in enumerate(plan):
-            x, o, w, b = y[k0 : k0 + runs], out[k0 : k0 + runs], params[2 * i], params[2 * i + 1]
-            if kind == "row":
-                _, st = kernel.row_forward(x.view(runs * c, m), w, b, eps, relu, dest, out_rows, o)
-                saved += [st[0], st[1]]
-                stats += [st[2], st[3]]
-            else:
-                cb = conv_bias[k0 * c : (k0 + runs) * c]
-                _, mean, rstd = kernel.group_forward(
-                    x.view(groups, -1, n), runs * c // groups, cb, w, b, eps, relu, dest, out_rows, o
-                )
-                saved += [mean, rstd]
-            k0 += runs
-        if k0 != k:
-            raise ValueError(f"SplitNormReLU: plan's runs sum to {k0}, y has {k}")
+        out, saved, stats = kernel.split_forward(y, conv_bias, n, runs, groups, eps, params, relu, dest, out_rows)
         ctx.save_for_backward(y, conv_bias, *params, *saved)
-        ctx.setup = (n, plan, relu, kernel, dest, out_rows)
+        ctx.setup = (n, runs, groups, relu, kernel, dest, out_rows, len(params))
         ctx.mark_non_differentiable(*stats)
         return (out, *stats)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_stats: Tensor | None) -> tuple[Tensor | None, ...]:
-        n, plan, relu, kernel, dest, out_rows = ctx.setup
+        n, runs, groups, relu, kernel, dest, out_rows, count = ctx.setup
         y, conv_bias, *rest = ctx.saved_tensors
-        params, saved = rest[: 2 * len(plan)], rest[2 * len(plan) :]
-        k, c, m = y.shape
-        grad = grad.contiguous()
-        grad_y = torch.empty_like(y)
-        grad_params: list[Tensor] = []
-        grad_cb: list[Tensor] = []
-        k0 = 0
-        for i, (kind, runs, groups, _) in enumerate(plan):
-            x, g, gx = y[k0 : k0 + runs], grad[k0 : k0 + runs], grad_y[k0 : k0 + runs]
-            w, b, first, second = params[2 * i], params[2 * i + 1], saved[2 * i], saved[2 * i + 1]
-            if kind == "row":
-                _, gw, gb = kernel.row_backward(
-                    g.view(runs * c, -1), x.view(runs * c, m), w, b, first, second, relu, dest, out_rows, gx
-                )
-                grad_cb.append(gw.new_zeros(runs * c))
-            else:
-                cb = conv_bias[k0 * c : (k0 + runs) * c]
-                _, gw, gb, gcb = kernel.group_backward(
-                    g.view(groups, -1, n), x.view(groups, -1, n), runs * c // groups, cb, w, b, first, second,
-                    relu, dest, out_rows, gx,
-                )  # fmt: skip
-                grad_cb.append(gcb)
-            grad_params += [gw, gb]
-            k0 += runs
-        return grad_y, torch.cat(grad_cb), None, None, None, None, None, None, *grad_params
+        grad_y, grad_cb, grad_params = kernel.split_backward(
+            grad.contiguous(), y, conv_bias, n, runs, groups, rest[:count], rest[count:], relu, dest, out_rows
+        )
+        return grad_y, grad_cb, None, None, None, None, None, None, None, None, *grad_params

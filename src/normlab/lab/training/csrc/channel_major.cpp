@@ -307,6 +307,85 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
   return {dx, f[0], f[1], f[2]};
 }
 
+// A mixed pack's norm layer in one call (SplitNormReLU): y (K, C, M) contiguous, M = L * N, its runs in parts of
+// runs[i] consecutive runs each; part i a BatchNorm row part (groups[i] == 0: row_forward of its runs * C rows) or
+// a GroupNorm part (groups[i] groups: group_forward of (groups, S, N)), weight and bias params[2 i], params[2 i + 1],
+// each writing its slice of one output (K, C * R * N). (out, saved: two per part, the backward's statistics; stats:
+// the mean and biased variance of each row part, for its running statistics.)
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> split_forward(
+    const at::Tensor& y, const at::Tensor& conv_bias, int64_t n, const std::vector<int64_t>& runs,
+    const std::vector<int64_t>& groups, const std::vector<double>& eps, const std::vector<at::Tensor>& params,
+    bool relu, const at::Tensor& dest, int64_t out_rows) {
+  const int64_t P = static_cast<int64_t>(runs.size());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
+              "split_forward: y must be contiguous (K, C, L * N)");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(eps.size()) == P &&
+                  static_cast<int64_t>(params.size()) == 2 * P,
+              "split_forward: runs, groups, eps: one per part; params: two per part");
+  int64_t total = 0;
+  for (const int64_t r : runs) total += r;
+  TORCH_CHECK(total == y.size(0), "split_forward: runs must add up to K (y's first dim)");
+  const int64_t K = y.size(0), C = y.size(1), M = y.size(2), rows = (dest.numel() == 0 ? M / n : out_rows);
+  auto out = at::empty({K, C * rows * n}, y.options());
+  std::vector<at::Tensor> saved, stats;
+  int64_t k0 = 0;
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t r = runs[i];
+    const at::Tensor x = y.narrow(0, k0, r), o = out.narrow(0, k0, r);
+    const at::Tensor &w = params[2 * i], &b = params[2 * i + 1];
+    if (groups[i] == 0) {
+      auto [_, st] = row_forward(x.view({r * C, M}), w, b, eps[i], relu, dest, out_rows, o);
+      saved.insert(saved.end(), {st[0], st[1]});
+      stats.insert(stats.end(), {st[2], st[3]});
+    } else {
+      TORCH_CHECK(groups[i] > 0 && (r * C) % groups[i] == 0, "split_forward: groups must divide a part's channels");
+      auto [_, mean, rstd] = group_forward(x.view({groups[i], -1, n}), r * C / groups[i],
+                                           conv_bias.narrow(0, k0 * C, r * C), w, b, eps[i], relu, dest, out_rows, o);
+      saved.insert(saved.end(), {mean, rstd});
+    }
+    k0 += r;
+  }
+  return {out, saved, stats};
+}
+
+// Its backward: (grad_y, grad_conv_bias, grad_params: weight and bias per part), each part's grad_y written into
+// its slice; a row part's conv-bias gradient is 0 (the bias cancels in BatchNorm).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> split_backward(
+    const at::Tensor& grad, const at::Tensor& y, const at::Tensor& conv_bias, int64_t n,
+    const std::vector<int64_t>& runs, const std::vector<int64_t>& groups, const std::vector<at::Tensor>& params,
+    const std::vector<at::Tensor>& saved, bool relu, const at::Tensor& dest, int64_t out_rows) {
+  const int64_t P = static_cast<int64_t>(runs.size());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
+              "split_backward: y must be contiguous (K, C, L * N)");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(params.size()) == 2 * P &&
+                  static_cast<int64_t>(saved.size()) == 2 * P,
+              "split_backward: runs, groups: one per part; params, saved: two per part");
+  const int64_t K = y.size(0), C = y.size(1), M = y.size(2);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == K && grad.is_contiguous(), "grad: contiguous (K, C * R * N)");
+  auto grad_y = at::empty_like(y);
+  auto grad_cb = at::zeros({K * C}, y.options());
+  std::vector<at::Tensor> grad_params;
+  int64_t k0 = 0;
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t r = runs[i];
+    const at::Tensor x = y.narrow(0, k0, r), g = grad.narrow(0, k0, r), gx = grad_y.narrow(0, k0, r);
+    const at::Tensor &w = params[2 * i], &b = params[2 * i + 1];
+    if (groups[i] == 0) {
+      auto [_, gw, gb] = row_backward(g.view({r * C, -1}), x.view({r * C, M}), w, b, saved[2 * i], saved[2 * i + 1],
+                                      relu, dest, out_rows, gx);
+      grad_params.insert(grad_params.end(), {gw, gb});
+    } else {
+      auto [_, gw, gb, gcb] = group_backward(g.view({groups[i], -1, n}), x.view({groups[i], -1, n}),
+                                             r * C / groups[i], conv_bias.narrow(0, k0 * C, r * C), w, b, saved[2 * i],
+                                             saved[2 * i + 1], relu, dest, out_rows, gx);
+      grad_cb.narrow(0, k0 * C, r * C).copy_(gcb);
+      grad_params.insert(grad_params.end(), {gw, gb});
+    }
+    k0 += r;
+  }
+  return {grad_y, grad_cb, grad_params};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -323,4 +402,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_backward", &row_backward, "its backward: (grad_x, grad_weight, grad_bias)", py::arg("grad"),
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"),
         py::arg("dest"), py::arg("out_rows"), py::arg("out") = py::none());
+  m.def("split_forward", &split_forward, "a mixed pack's norm layer, each part into its slice: (out, saved, stats)",
+        py::arg("y"), py::arg("conv_bias"), py::arg("n"), py::arg("runs"), py::arg("groups"), py::arg("eps"),
+        py::arg("params"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
+  m.def("split_backward", &split_backward, "its backward: (grad_y, grad_conv_bias, grad_params)", py::arg("grad"),
+        py::arg("y"), py::arg("conv_bias"), py::arg("n"), py::arg("runs"), py::arg("groups"), py::arg("params"),
+        py::arg("saved"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
 }
