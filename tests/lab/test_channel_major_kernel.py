@@ -5,7 +5,9 @@ composites it replaces (``channel_major._GroupNormChannelMajor``, ``_RowBatchNor
 - GroupNorm of (G, C/G * L, N) maps with the conv's bias, affine and (or not) the ReLU: the output and all four
   gradients, random shapes (batch widths on and off the vector width), means 0 and 1e4, one and two threads; every
   small batch (the kernel's path along a group's values); results equal on one and two threads;
-- BatchNorm rows: output, gradients, the running statistics equal to the composite's;
+- BatchNorm rows: output, gradients, the running statistics equal to the composite's; results equal on one and
+  two threads at every small batch, in both layouts;
+- every kernel's ``out`` (its output written into a given tensor, a mixed pack's slice) and its checks;
 - the packed net's training step equal with the kernel and with ``NORMLAB_NO_KERNELS=1``; a failed compile warns
   once and falls back.
 
@@ -230,6 +232,80 @@ def test_row_kernel_matches_float64(rows, m, relu, shift, seed):
         _close(got, ref, f"grad {name}", rel=5e-5, scale=term * float(dy.abs().max()) if name == "x" else 1.0)
 
 
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 32])
+@pytest.mark.parametrize("taps", [False, True])
+def test_row_kernel_is_independent_of_the_thread_count(n, taps):
+    """Output, statistics and gradients bit for bit equal on 1 and 2 threads (rows split between the tasks), in the
+    plain layout and the taps' (written and read as runs of slots: every small batch)."""
+    kernel = _kernel()
+    gen = torch.Generator().manual_seed(n)
+    rows, length = 96, 40
+    x = torch.randn(rows, length * n, generator=gen) * 3 + 1e4
+    _, w, b = (t.detach() for t in _params(rows, n))
+    dest, out_rows = tap_rows(length, 3) if taps else (cmk.NO_TABLE, 0)
+    dy = torch.randn(rows, (out_rows or length) * n, generator=gen)
+    saved, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y, stats = kernel.row_forward(x, w, b, EPS, True, dest, out_rows)
+            grads = kernel.row_backward(dy, x, w, b, stats[0], stats[1], True, dest, out_rows)
+            results.append((y, stats, *grads))
+    finally:
+        torch.set_num_threads(saved)
+    for a, r in zip(*results, strict=True):
+        assert torch.equal(a, r)
+
+
+@needs_kernel
+@pytest.mark.parametrize("taps", [False, True])
+def test_kernels_write_into_out(taps):
+    """Each kernel's ``out``: its output (forward) or grad_x (backward) written there, equal to the tensor it
+    returns without one; the rest of the tensor ``out`` is a slice of untouched. A wrong size or an ``out`` over
+    the input is refused, naming it."""
+    kernel = _kernel()
+    gen = torch.Generator().manual_seed(1)
+    n, length, cg, groups = 2, 8, 2, 3
+    dest, out_rows = tap_rows(length, 1) if taps else (cmk.NO_TABLE, 0)
+    x = torch.randn(groups, cg * length, n, generator=gen) + 5
+    cb, w, b = (t.detach() for t in _params(groups * cg, 1))
+    size = groups * cg * (out_rows or length) * n
+    calls = {
+        "group_forward": (lambda o: kernel.group_forward(x, cg, cb, w, b, EPS, True, dest, out_rows, o)[0], size),
+        "row_forward": (
+            lambda o: kernel.row_forward(x.view(groups * cg, -1), w, b, EPS, True, dest, out_rows, o)[0],
+            size,
+        ),
+    }
+    y, mean, rstd = kernel.group_forward(x, cg, cb, w, b, EPS, True, dest, out_rows)
+    ry, stats = kernel.row_forward(x.view(groups * cg, -1), w, b, EPS, True, dest, out_rows)
+    dy = torch.randn(y.shape, generator=gen)
+    calls["group_backward"] = (
+        lambda o: kernel.group_backward(dy, x, cg, cb, w, b, mean, rstd, True, dest, out_rows, o)[0],
+        x.numel(),
+    )
+    calls["row_backward"] = (
+        lambda o: kernel.row_backward(
+            dy.view(groups * cg, -1), x.view(groups * cg, -1), w, b, stats[0], stats[1], True, dest, out_rows, o
+        )[0],
+        x.numel(),
+    )
+    for name, (call, numel) in calls.items():
+        fresh = call(None)
+        whole = torch.full((numel + 7,), -1.0)
+        got = call(whole[3 : 3 + numel])
+        assert torch.equal(whole[3 : 3 + numel].view(fresh.shape), fresh), name
+        assert torch.equal(got, fresh), name
+        assert bool((whole[:3] == -1).all() and (whole[3 + numel :] == -1).all()), name
+        with pytest.raises(RuntimeError, match="out: must be a contiguous float32 CPU tensor of"):
+            call(torch.empty(numel + 1))
+        with pytest.raises(RuntimeError, match="out: must be a contiguous float32 CPU tensor of"):
+            call(torch.empty(numel, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="out: must not overlap the input"):
+        kernel.group_backward(dy, x, cg, cb, w, b, mean, rstd, True, dest, out_rows, x.view(-1))
+
+
 def _norm_act_step(norm, act, y, n, conv_bias):
     out = norm_act_channel_major(norm, act, y, n, conv_bias)
     kernel_nodes = {"GroupNormReLUBackward", "RowBatchNormReLUBackward"} & _graph(out.grad_fn)
@@ -307,3 +383,23 @@ def test_disabled_kernels_take_the_composites(monkeypatch):
     assert "_RowBatchNormBackward" in names and "ReluBackward0" in names and "RowBatchNormReLUBackward" not in names
     ref, _, _ = _RowBatchNorm.apply(y.view(1, 4, 20), conv_bias, norm.weight, norm.bias, norm.eps)
     assert torch.equal(out.view(-1), torch.relu(ref).view(-1))
+
+
+@needs_kernel
+def test_split_kernel_refuses_a_plan_that_does_not_fit():
+    """split_forward (a mixed pack's layer in one call): runs that do not add up to K, groups that do not divide a
+    part's channels, or a missing weight are refused, naming the argument."""
+    kernel = _kernel()
+    k, c, n, length = 3, 4, 2, 5
+    y = torch.randn(k, c, length * n)
+    cb = torch.randn(k * c)
+    params = [torch.randn(c) for _ in range(2 * k)]
+    good = ([1, 1, 1], [0, 2, 4], [EPS] * 3)
+    out, saved, stats = kernel.split_forward(y, cb, n, *good, params, True, cmk.NO_TABLE, 0)
+    assert out.shape == (k, c * length * n) and len(saved) == 2 * k and len(stats) == 2
+    with pytest.raises(RuntimeError, match="runs must add up to K"):
+        kernel.split_forward(y, cb, n, [1, 1], [0, 2], [EPS] * 2, params[:4], True, cmk.NO_TABLE, 0)
+    with pytest.raises(RuntimeError, match="groups must divide a part's channels"):
+        kernel.split_forward(y, cb, n, [1, 1, 1], [0, 3, 4], [EPS] * 3, params, True, cmk.NO_TABLE, 0)
+    with pytest.raises(RuntimeError, match="params: two per part"):
+        kernel.split_forward(y, cb, n, *good, params[:5], True, cmk.NO_TABLE, 0)

@@ -126,6 +126,16 @@ def test_small_batch_taps_match_float64_and_the_plain_layout(kind, n, halvings, 
     _check_taps(kind, halvings, mult, n, True, 1e4, n)
 
 
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17])
+@pytest.mark.parametrize("halvings,mult", [(1, 5), (3, 1), (2, 3)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_small_batch_batchnorm_taps_match_float64_and_the_plain_layout(n, halvings, mult, relu):
+    """As above for BatchNorm's row kernel at each small batch (a slot of N values shorter than a vector: the row
+    written, and dy read, as runs of slots), mean 1e4."""
+    _check_taps("batch", halvings, mult, n, relu, 1e4, n)
+
+
 def _check_taps(kind, halvings, mult, n, relu, shift, seed):
     _kernel()
     torch.manual_seed(seed)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.config import make_config
-from normlab.lab.training import models
+from normlab.lab.training import channel_major, models
 from normlab.lab.training.channel_major_kernel import channel_major_kernel
 from normlab.lab.training.conv_forms import INPLACE_MIN_BATCH, ParityConv, position_order, shift_runs
 from normlab.lab.training.models import MATMUL_MIN_BATCH, MIXED_MIN_BATCH, ConvNet, SplitNorm, pack_size
@@ -51,6 +51,52 @@ def test_a_mixed_pack_in_both_forms_equals_the_nets_alone(length):
     pack_state(singles, packed)
     assert isinstance(packed.features[1], SplitNorm) and len(packed.features[1].parts) == 5
     _assert_forms_equal_alone(singles, packed, length)
+
+
+@pytest.mark.parametrize("batch", [2, 5, 8])
+@pytest.mark.parametrize("taps", [True, False])
+def test_a_mixed_pack_in_one_node_equals_a_node_a_part(batch, taps, monkeypatch):
+    """A mixed pack whose every part the kernel runs: its norm layers as one SplitNormReLU node (each part's kernel
+    writing its slice of one output, its gradient into its slice of one grad) and as a node a part and a
+    concatenation (``SPLIT_FUSED`` False): the same kernel calls, so losses, gradients and running statistics equal
+    bit for bit over two steps; with the next conv's taps (``TAPS_MIN_BATCH``) and without."""
+    if channel_major_kernel() is None:
+        pytest.skip("the channel-major kernel does not run here")
+    monkeypatch.setattr(models, "TAPS_MIN_BATCH", 1 if taps else 10**9)
+    norms = ["batch", "group", "layer", "instance", "batch", "group"]
+    torch.manual_seed(0)
+    packed = ConvNet(1, 10, 1, norms, width=8, depth=4, copies=len(norms))
+    packed.packed_form = "matmul"
+    nets = {fused: copy.deepcopy(packed) for fused in (True, False)}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, len(norms), 40, generator=g)
+    y = torch.randint(0, 10, (batch, len(norms)), generator=g)
+    for _step in range(2):
+        results = {}
+        for fused, net in nets.items():
+            monkeypatch.setattr(channel_major, "SPLIT_FUSED", fused)
+            out = net(x)
+            assert ("SplitNormReLUBackward" in _graph(out.grad_fn)) == fused
+            loss = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(0)
+            grads = torch.autograd.grad(loss.sum(), list(net.parameters()))
+            with torch.no_grad():
+                for p, gr in zip(net.parameters(), grads, strict=True):
+                    p.sub_(0.1 * gr)
+            results[fused] = (loss, *grads, *net.buffers())
+        for a, b in zip(results[True], results[False], strict=True):
+            assert torch.equal(a, b)
+
+
+def _graph(fn):
+    """The names of the autograd nodes under ``fn``."""
+    names, seen, todo = set(), set(), [fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            names.add(type(node).__name__)
+            todo.extend(f for f, _ in node.next_functions)
+    return names
 
 
 def _assert_forms_equal_alone(singles, packed, length, matmul=True):

@@ -14,7 +14,13 @@ from torch import Tensor, nn
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
-from .channel_major_kernel import NO_TABLE, GroupNormReLU, RowBatchNormReLU, channel_major_kernel
+from .channel_major_kernel import (
+    NO_TABLE,
+    GroupNormReLU,
+    RowBatchNormReLU,
+    SplitNormReLU,
+    channel_major_kernel,
+)
 
 __all__ = [
     "norm_act_channel_major",
@@ -163,7 +169,6 @@ def _row_batch_norm(
     if not _row_stats_apply(norm, rows, conv_bias):
         return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1)), False
     conv_bias = cast(Tensor, conv_bias)  # checked by _row_stats_apply, as the statistics below
-    momentum, running_mean = cast(float, norm.momentum), cast(Tensor, norm.running_mean)
     kernel = _kernel_for(rows, conv_bias, norm.weight, norm.bias)
     if kernel is not None:
         dest, out_rows = table if table is not None else (NO_TABLE, 0)
@@ -173,12 +178,19 @@ def _row_batch_norm(
     else:
         out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
         var = rstd.reciprocal().square_().sub_(norm.eps)
+    _update_running(norm, mean, var, conv_bias, m)
+    return cast(Tensor, out), kernel is not None and relu
+
+
+def _update_running(norm: nn.BatchNorm1d, mean: Tensor, var: Tensor, conv_bias: Tensor, m: int) -> None:
+    """BatchNorm's running statistics after a batch of ``m`` values a channel whose mean (less ``conv_bias``) and
+    biased variance are ``mean``, ``var``: the bias in the mean, the variance unbiased, ``num_batches_tracked``."""
+    momentum = cast(float, norm.momentum)
     with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(mean.view(-1) + conv_bias, alpha=momentum)
+        cast(Tensor, norm.running_mean).mul_(1 - momentum).add_(mean.view(-1) + conv_bias, alpha=momentum)
         unbiased = var.view(-1).mul(m / (m - 1))
         cast(Tensor, norm.running_var).mul_(1 - momentum).add_(unbiased, alpha=momentum)
         cast(Tensor, norm.num_batches_tracked).add_(1)
-    return cast(Tensor, out), kernel is not None and relu
 
 
 class _GroupNormChannelMajor(torch.autograd.Function):
@@ -276,6 +288,53 @@ def _kernel_norm_act(
     return GroupNormReLU.apply(x, conv_bias, weight, bias, eps, relu, channel_major_kernel(), dest, out_rows)
 
 
+# Whether a mixed pack's parts run as one SplitNormReLU node where the kernel takes every part (False: a node a
+# part and a concatenation; the same kernel calls, equal bit for bit; the tests compare the two).
+SPLIT_FUSED = True
+
+
+def _split_kernel(
+    norm: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None, relu: bool, table: Table | None
+) -> Tensor | None:
+    """``relu(norm(y + conv_bias))`` of a :class:`SplitNorm` (without hooks) whose every part the compiled kernel
+    runs (:func:`_kernel_case`), as one :class:`~normlab.lab.training.channel_major_kernel.SplitNormReLU` (its
+    output, flat per run ``(K, C * R * N)``, R ``table``'s rows or L), the "row" parts' running statistics updated;
+    None for any other norm (then a call a part, :func:`norm_parts`). ``relu`` False: without the ReLU."""
+    if not isinstance(norm, SplitNorm) or hooked(norm) or conv_bias is None:
+        return None
+    # a part's case depends on its norm and the maps' dtype and device, not on its slice: checked on all of y
+    cases = [_kernel_case(part, y, conv_bias) for part in norm.parts]
+    if None in cases:
+        return None
+    kernel = channel_major_kernel()
+    k, c, m = y.shape
+    runs = [len(group) for group in norm.run_groups]
+    groups: list[int] = []  # 0: BatchNorm
+    eps: list[float] = []
+    params: list[Tensor] = []
+    for part, case in zip(norm.parts, cases, strict=True):
+        if case == "row":
+            bn = cast(nn.BatchNorm1d, part)
+            groups.append(0)
+            eps.append(bn.eps)
+            params += [bn.weight, bn.bias]
+        else:
+            form = cast("tuple[int, Tensor, Tensor, float]", _group_form(part))
+            groups.append(form[0])
+            eps.append(form[3])
+            params += [form[1], form[2]]
+    dest, out_rows = table if table is not None else (NO_TABLE, 0)
+    y = y.contiguous()
+    out, *stats = SplitNormReLU.apply(y, conv_bias, n, runs, groups, eps, relu, kernel, dest, out_rows, *params)
+    k0 = 0
+    for part, count, group in zip(norm.parts, runs, groups, strict=True):
+        if group == 0:
+            mean, var = stats.pop(0), stats.pop(0)
+            _update_running(cast(nn.BatchNorm1d, part), mean, var, conv_bias.detach()[k0 * c : (k0 + count) * c], m)
+        k0 += count
+    return cast(Tensor, out)
+
+
 def norm_act_taps(
     norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None, table: Table
 ) -> Tensor | None:
@@ -288,12 +347,15 @@ def norm_act_taps(
     taps', added as the kernel reads it."""
     if not isinstance(act, (nn.ReLU, nn.Identity)):
         return None
+    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
+    relu = isinstance(act, nn.ReLU)
+    fused = _split_kernel(norm, y, n, conv_bias, relu, table) if SPLIT_FUSED else None
+    if fused is not None:
+        return fused.view(k, c * 3, length // 2 * n)
     parts = norm_parts(norm, y, conv_bias)
     cases = [_kernel_case(part, yp, bias) for part, yp, bias in parts]
     if None in cases:
         return None
-    k, c, length = y.shape[0], y.shape[1], y.shape[2] // n
-    relu = isinstance(act, nn.ReLU)
     outs = [
         _kernel_norm_act(part, cast(str, case), yp, n, cast(Tensor, bias), relu, table)
         for (part, yp, bias), case in zip(parts, cases, strict=True)
@@ -313,6 +375,11 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
     norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm
     whose backward does not read its output runs in place, on the output itself (not on a view of it, which
     autograd would copy back)."""
+    fused = None
+    if SPLIT_FUSED and isinstance(act, (nn.ReLU, nn.Identity)):  # the kernel runs no other activation
+        fused = _split_kernel(norm, y, n, conv_bias, isinstance(act, nn.ReLU), None)
+    if fused is not None:
+        return fused.view(y.shape[0], y.shape[1], -1, n)
     parts = norm_parts(norm, y, conv_bias)
     if len(parts) > 1:
         return torch.cat([_norm_act_one(part, act, yp, n, bias) for part, yp, bias in parts])

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ...functional._kernels import Kernel
 
-__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU", "NO_TABLE", "CHANNEL_MAJOR"]
+__all__ = ["channel_major_kernel", "GroupNormReLU", "RowBatchNormReLU", "SplitNormReLU", "NO_TABLE", "CHANNEL_MAJOR"]
 
 # The kernels' output layout when no table is given: the input's own (see the top of csrc/channel_major.cpp).
 NO_TABLE = torch.empty(0, dtype=torch.long)
@@ -28,7 +28,7 @@ CHANNEL_MAJOR = Kernel(
     Path(__file__).with_name("csrc") / "channel_major.cpp",
     "channel-major norm",
     "the packed ConvNet's norms run on their pure-ATen path",
-    ("channel_major_common.h", "channel_major_small.h"),
+    ("channel_major_common.h", "channel_major_small.h", "channel_major_rows.h"),
 )
 
 
@@ -112,3 +112,48 @@ class RowBatchNormReLU(torch.autograd.Function):
             grad.contiguous(), rows, weight, bias, shifted_mean, rstd, ctx.relu, *ctx.layout
         )
         return gx, gx.new_zeros(rows.shape[0]), gw, gb, None, None, None, None, None
+
+
+class SplitNormReLU(torch.autograd.Function):
+    """A mixed pack's norm layer (each part a group of consecutive runs, its own norm) plus the ReLU, all parts in
+    one autograd node and one kernel call each way (``split_forward``, ``split_backward``): :class:`RowBatchNormReLU`
+    or :class:`GroupNormReLU` of each part's slice of channel-major maps ``y`` ``(K, C, L*N)`` contiguous float32,
+    each writing its slice of one output ``(K, C * out_rows * N)`` (``out_rows`` 0: ``L``; ``dest``, ``out_rows``
+    as :class:`GroupNormReLU`'s), and backward each part's gradient into its slice of one ``grad_y``: no
+    concatenation either way, where a node a part, its Python and a ``torch.cat`` after them cost more than the
+    kernels at a small batch. The same kernels as the parts run alone: equal bit for bit.
+
+    Part i: ``runs[i]`` runs, ``groups[i]`` groups over its ``runs[i] * C`` channels (GroupNorm: LayerNorm,
+    InstanceNorm) or 0 (BatchNorm in training), ``eps[i]``; ``params``: each part's weight and bias
+    ``(runs[i] * C,)``, in order; ``conv_bias`` ``(K * C,)``. Returns the output, then the mean and biased variance
+    ``(runs[i] * C,)`` of each BatchNorm part (not differentiable: the caller's running statistics)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        y: Tensor,
+        conv_bias: Tensor,
+        n: int,
+        runs: list[int],
+        groups: list[int],
+        eps: list[float],
+        relu: bool,
+        kernel: Any,
+        dest: Tensor,
+        out_rows: int,
+        *params: Tensor,
+    ) -> tuple[Tensor, ...]:
+        out, saved, stats = kernel.split_forward(y, conv_bias, n, runs, groups, eps, params, relu, dest, out_rows)
+        ctx.save_for_backward(y, conv_bias, *params, *saved)
+        ctx.setup = (n, runs, groups, relu, kernel, dest, out_rows, len(params))
+        ctx.mark_non_differentiable(*stats)
+        return (out, *stats)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_stats: Tensor | None) -> tuple[Tensor | None, ...]:
+        n, runs, groups, relu, kernel, dest, out_rows, count = ctx.setup
+        y, conv_bias, *rest = ctx.saved_tensors
+        grad_y, grad_cb, grad_params = kernel.split_backward(
+            grad.contiguous(), y, conv_bias, n, runs, groups, rest[:count], rest[count:], relu, dest, out_rows
+        )
+        return grad_y, grad_cb, None, None, None, None, None, None, None, None, *grad_params

@@ -20,9 +20,13 @@
 // totals are added up in double. Forward: three passes over a group (sum, centered square, write), backward: two
 // (sums, write) plus x, dy read again; a group (<= a few hundred KiB here) stays in cache between passes.
 //
-// BatchNorm rows (row_forward / row_backward): x (R, M) contiguous, statistics per row over its M values (each
-// channel's positions and batch), the same formulas with N = 1 and the row's first value as the shift; the conv's
-// bias cancels (the caller adds it to the running mean only). The vector lanes run along the row.
+// BatchNorm rows (row_forward / row_backward, channel_major_rows.h): x (R, M) contiguous, statistics per row over
+// its M values (each channel's positions and batch), the same formulas with N = 1 and the row's first value as the
+// shift; the conv's bias cancels (the caller adds it to the running mean only). The vector lanes run along the
+// whole row in any output layout (a row's L slots of N values are consecutive; written and read as runs of slots).
+//
+// Every kernel takes an optional `out`: its output (forward) or grad_x (backward) written there, in place (a mixed
+// pack's parts writing their slices of one layer's tensor, with no concatenation after them).
 //
 // Output layout (both kernels): a channel's L input slots (positions, N values each) are written to its R output
 // rows of N by a table dest (L, 2): slot l to rows dest[l][0] and dest[l][1] (-1: none), rows no slot names are
@@ -35,6 +39,7 @@
 // Work items are groups (rows); each item's result is independent of the thread count (deterministic).
 
 #include "channel_major_common.h"
+#include "channel_major_rows.h"
 #include "channel_major_small.h"
 
 namespace {
@@ -224,12 +229,13 @@ void check_group(const at::Tensor& x, int64_t channels_per_group, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_forward(const at::Tensor& x, int64_t channels_per_group,
                                                              const at::Tensor& conv_bias, const at::Tensor& weight,
                                                              const at::Tensor& bias, double eps, bool relu,
-                                                             const at::Tensor& dest, int64_t out_rows) {
+                                                             const at::Tensor& dest, int64_t out_rows,
+                                                             const std::optional<at::Tensor>& out) {
   check_group(x, channels_per_group, conv_bias, weight, bias);
   const int64_t G = x.size(0), S = x.size(1), N = x.size(2), L = S / channels_per_group;
   const Layout t = make_layout(dest, L, out_rows);
   const int64_t SO = channels_per_group * t.rows;  // output rows per group
-  auto y = at::empty({G, SO, N}, x.options());
+  auto y = output_tensor(out, {G, SO, N}, x, "out");
   auto mean = at::empty({G, N}, x.options()), rstd = at::empty({G, N}, x.options());
   const GroupArgs p{channels_per_group, L,       N,
                     conv_bias.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
@@ -259,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_forward(const at::Tensor& x
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
     const at::Tensor& grad, const at::Tensor& x, int64_t channels_per_group, const at::Tensor& conv_bias,
     const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool relu,
-    const at::Tensor& dest, int64_t out_rows) {
+    const at::Tensor& dest, int64_t out_rows, const std::optional<at::Tensor>& out) {
   check_group(x, channels_per_group, conv_bias, weight, bias);
   const int64_t G = x.size(0), S = x.size(1), N = x.size(2), C = G * channels_per_group;
   const Layout t = make_layout(dest, S / channels_per_group, out_rows);
@@ -269,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
               "grad: contiguous float32, the output's shape");
   TORCH_CHECK(mean.is_contiguous() && rstd.is_contiguous() && mean.numel() == G * N && rstd.numel() == G * N,
               "mean, rstd: contiguous (G, N)");
-  auto dx = at::empty_like(x);
+  auto dx = output_tensor(out, {G, S, N}, x, "out");
   auto sums = at::zeros({3, C}, x.options().dtype(at::kDouble));  // gw, gb, gcb
   const GroupArgs p{channels_per_group, S / channels_per_group, N,
                     conv_bias.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
@@ -301,139 +307,83 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
   return {dx, f[0], f[1], f[2]};
 }
 
-// A row of L slots of N values, V lanes at a time along each slot: fn(l, j, io), j the offset in slot l, the last
-// vector of a slot partial (with L = 1, N = M: the whole row in vectors).
-template <typename F>
-void along_slots(int64_t L, int64_t N, F&& fn) {
-  for (int64_t l = 0; l < L; ++l) {
-    int64_t j = 0;
-    for (; j + V <= N; j += V) fn(l, j, Io<false>{V});
-    if (j < N) fn(l, j, Io<true>{N - j});
+// A mixed pack's norm layer in one call (SplitNormReLU): y (K, C, M) contiguous, M = L * N, its runs in parts of
+// runs[i] consecutive runs each; part i a BatchNorm row part (groups[i] == 0: row_forward of its runs * C rows) or
+// a GroupNorm part (groups[i] groups: group_forward of (groups, S, N)), weight and bias params[2 i], params[2 i + 1],
+// each writing its slice of one output (K, C * R * N). (out, saved: two per part, the backward's statistics; stats:
+// the mean and biased variance of each row part, for its running statistics.)
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> split_forward(
+    const at::Tensor& y, const at::Tensor& conv_bias, int64_t n, const std::vector<int64_t>& runs,
+    const std::vector<int64_t>& groups, const std::vector<double>& eps, const std::vector<at::Tensor>& params,
+    bool relu, const at::Tensor& dest, int64_t out_rows) {
+  const int64_t P = static_cast<int64_t>(runs.size());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
+              "split_forward: y must be contiguous (K, C, L * N)");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(eps.size()) == P &&
+                  static_cast<int64_t>(params.size()) == 2 * P,
+              "split_forward: runs, groups, eps: one per part; params: two per part");
+  int64_t total = 0;
+  for (const int64_t r : runs) total += r;
+  TORCH_CHECK(total == y.size(0), "split_forward: runs must add up to K (y's first dim)");
+  const int64_t K = y.size(0), C = y.size(1), M = y.size(2), rows = (dest.numel() == 0 ? M / n : out_rows);
+  auto out = at::empty({K, C * rows * n}, y.options());
+  std::vector<at::Tensor> saved, stats;
+  int64_t k0 = 0;
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t r = runs[i];
+    const at::Tensor x = y.narrow(0, k0, r), o = out.narrow(0, k0, r);
+    const at::Tensor &w = params[2 * i], &b = params[2 * i + 1];
+    if (groups[i] == 0) {
+      auto [_, st] = row_forward(x.view({r * C, M}), w, b, eps[i], relu, dest, out_rows, o);
+      saved.insert(saved.end(), {st[0], st[1]});
+      stats.insert(stats.end(), {st[2], st[3]});
+    } else {
+      TORCH_CHECK(groups[i] > 0 && (r * C) % groups[i] == 0, "split_forward: groups must divide a part's channels");
+      auto [_, mean, rstd] = group_forward(x.view({groups[i], -1, n}), r * C / groups[i],
+                                           conv_bias.narrow(0, k0 * C, r * C), w, b, eps[i], relu, dest, out_rows, o);
+      saved.insert(saved.end(), {mean, rstd});
+    }
+    k0 += r;
   }
+  return {out, saved, stats};
 }
 
-// Sum of f(l, j, io) over a row: float lanes in chains of 64 vectors at most, the chains added in double.
-template <typename F>
-double row_sum(int64_t L, int64_t N, F&& f) {
-  double total = 0;
-  Vec acc(0.f);
-  int64_t count = 0;
-  along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
-    acc += io.keep(f(l, j, io));
-    if (++count % 64 == 0) total += hsum(acc), acc = Vec(0.f);
-  });
-  return total + hsum(acc);
-}
-
-void check_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat && x.size(1) > 0 && x.device().is_cpu(),
-              "channel_major row kernel: x must be a contiguous float32 CPU tensor (R, M)");
-  for (const at::Tensor* t : {&w, &b})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->numel() == x.size(0),
-                "weight, bias: contiguous float32 of R values");
-}
-
-// A row's slots: without a table one slot of M values, else dest's L slots of M / L.
-Layout row_layout(const at::Tensor& dest, int64_t M, int64_t out_rows, int64_t& L, int64_t& N) {
-  L = dest.numel() == 0 ? 1 : dest.size(0);
-  TORCH_CHECK(L > 0 && M % L == 0, "dest: M must be L slots of N values");
-  N = M / L;
-  return make_layout(dest, L, out_rows);
-}
-
-// (y, stats): y (R, R_out * N) in the output layout of dest (empty: x's); stats (4, R): m (the mean less x[r, 0]),
-// rstd, the mean and the biased variance
-std::tuple<at::Tensor, at::Tensor> row_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                               double eps, bool relu, const at::Tensor& dest, int64_t out_rows) {
-  check_rows(x, weight, bias);
-  const int64_t R = x.size(0), M = x.size(1);
-  int64_t L, N;
-  const Layout t = row_layout(dest, M, out_rows, L, N);
-  const int64_t MO = t.rows * N;
-  auto y = at::empty({R, MO}, x.options());
-  auto stats = at::empty({4, R}, x.options());
-  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = bias.data_ptr<float>();
-  float *yp = y.data_ptr<float>(), *st = stats.data_ptr<float>();
-  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / M), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* row = xp + r * M;
-      const Vec x0(row[0]), zero(0.f);
-      // the statistics along the whole row (one slot of M), in any layout: the same sums, the same output
-      const float m = static_cast<float>(row_sum(1, M, [&](int64_t, int64_t j, auto io) { return io.ld(row + j) - x0; }) / M);
-      const Vec mv(m);
-      const double var = row_sum(1, M, [&](int64_t, int64_t j, auto io) {
-                           const Vec xc = (io.ld(row + j) - x0) - mv;
-                           return xc * xc;
-                         }) / M;
-      const float rs = 1.f / std::sqrt(static_cast<float>(var) + static_cast<float>(eps));
-      const Vec a(wp[r] * rs), b(bp[r]);
-      float* out = yp + r * MO;
-      along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
-        const Vec z = pre_activation((io.ld(row + l * N + j) - x0) - mv, a, b);
-        const Vec v = relu ? at::vec::maximum(z, zero) : z;
-        io.st(out + t.dest[2 * l] * N + j, v);
-        if (t.dest[2 * l + 1] >= 0) io.st(out + t.dest[2 * l + 1] * N + j, v);
-      });
-      for (const int64_t zr : t.zeros)
-        along_slots(1, N, [&](int64_t, int64_t j, auto io) { io.st(out + zr * N + j, zero); });
-      st[r] = m, st[R + r] = rs, st[2 * R + r] = static_cast<float>(row[0] + static_cast<double>(m));
-      st[3 * R + r] = static_cast<float>(var);
+// Its backward: (grad_y, grad_conv_bias, grad_params: weight and bias per part), each part's grad_y written into
+// its slice; a row part's conv-bias gradient is 0 (the bias cancels in BatchNorm).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> split_backward(
+    const at::Tensor& grad, const at::Tensor& y, const at::Tensor& conv_bias, int64_t n,
+    const std::vector<int64_t>& runs, const std::vector<int64_t>& groups, const std::vector<at::Tensor>& params,
+    const std::vector<at::Tensor>& saved, bool relu, const at::Tensor& dest, int64_t out_rows) {
+  const int64_t P = static_cast<int64_t>(runs.size());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
+              "split_backward: y must be contiguous (K, C, L * N)");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(params.size()) == 2 * P &&
+                  static_cast<int64_t>(saved.size()) == 2 * P,
+              "split_backward: runs, groups: one per part; params, saved: two per part");
+  const int64_t K = y.size(0), C = y.size(1), M = y.size(2);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == K && grad.is_contiguous(), "grad: contiguous (K, C * R * N)");
+  auto grad_y = at::empty_like(y);
+  auto grad_cb = at::zeros({K * C}, y.options());
+  std::vector<at::Tensor> grad_params;
+  int64_t k0 = 0;
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t r = runs[i];
+    const at::Tensor x = y.narrow(0, k0, r), g = grad.narrow(0, k0, r), gx = grad_y.narrow(0, k0, r);
+    const at::Tensor &w = params[2 * i], &b = params[2 * i + 1];
+    if (groups[i] == 0) {
+      auto [_, gw, gb] = row_backward(g.view({r * C, -1}), x.view({r * C, M}), w, b, saved[2 * i], saved[2 * i + 1],
+                                      relu, dest, out_rows, gx);
+      grad_params.insert(grad_params.end(), {gw, gb});
+    } else {
+      auto [_, gw, gb, gcb] = group_backward(g.view({groups[i], -1, n}), x.view({groups[i], -1, n}),
+                                             r * C / groups[i], conv_bias.narrow(0, k0 * C, r * C), w, b, saved[2 * i],
+                                             saved[2 * i + 1], relu, dest, out_rows, gx);
+      grad_cb.narrow(0, k0 * C, r * C).copy_(gcb);
+      grad_params.insert(grad_params.end(), {gw, gb});
     }
-  });
-  return {y, stats};
-}
-
-// (grad_x, grad_weight, grad_bias): BatchNorm's backward per row, the ReLU's mask from the recomputed z; grad in
-// the output layout of dest
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& grad, const at::Tensor& x,
-                                                            const at::Tensor& weight, const at::Tensor& bias,
-                                                            const at::Tensor& mean, const at::Tensor& rstd, bool relu,
-                                                            const at::Tensor& dest, int64_t out_rows) {
-  check_rows(x, weight, bias);
-  const int64_t R = x.size(0), M = x.size(1);
-  int64_t L, N;
-  const Layout t = row_layout(dest, M, out_rows, L, N);
-  const int64_t MO = t.rows * N;
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == R && grad.size(1) == MO && grad.is_contiguous() &&
-                  grad.scalar_type() == at::kFloat,
-              "grad: contiguous float32, the output's shape");
-  TORCH_CHECK(mean.is_contiguous() && rstd.is_contiguous() && mean.numel() == R && rstd.numel() == R,
-              "mean, rstd: R values");
-  auto dx = at::empty_like(x);
-  auto gw = at::empty({R}, x.options()), gb = at::empty({R}, x.options());
-  const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
-  const float *bp = bias.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
-  float *dxp = dx.data_ptr<float>(), *gwp = gw.data_ptr<float>(), *gbp = gb.data_ptr<float>();
-  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / M), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float *row = xp + r * M, *dyr = gp + r * MO;
-      const float rs = rp[r];
-      const Vec x0(row[0]), mv(mp[r]), a(wp[r] * rs), b(bp[r]), zero(0.f);
-      // dz at slot l, offset j: the slot's gradient (the sum over its output rows), masked as the forward's ReLU
-      auto dz_at = [&](int64_t l, int64_t j, auto io, const Vec& xc) {
-        Vec d = io.ld(dyr + t.dest[2 * l] * N + j);
-        if (t.dest[2 * l + 1] >= 0) d += io.ld(dyr + t.dest[2 * l + 1] * N + j);
-        return relu ? (d & (pre_activation(xc, a, b) > zero)) : d;
-      };
-      auto xc_at = [&](int64_t l, int64_t j, auto io) { return (io.ld(row + l * N + j) - x0) - mv; };
-      const double sdz =
-          row_sum(L, N, [&](int64_t l, int64_t j, auto io) { return dz_at(l, j, io, xc_at(l, j, io)); });
-      const double sdzx = row_sum(L, N, [&](int64_t l, int64_t j, auto io) {
-        const Vec xc = xc_at(l, j, io);
-        return dz_at(l, j, io, xc) * xc;
-      });
-      gbp[r] = static_cast<float>(sdz);
-      gwp[r] = static_cast<float>(sdzx * rs);
-      const Vec k0(static_cast<float>(-rs * wp[r] * sdz / M));
-      const Vec kx(static_cast<float>(-static_cast<double>(rs) * rs * rs * wp[r] * sdzx / M));
-      float* out = dxp + r * M;
-      along_slots(L, N, [&](int64_t l, int64_t j, auto io) {
-        const Vec xc = xc_at(l, j, io);
-        io.st(out + l * N + j, at::vec::fmadd(dz_at(l, j, io, xc), a, at::vec::fmadd(xc, kx, k0)));
-      });
-    }
-  });
-  return {dx, gw, gb};
+    k0 += r;
+  }
+  return {grad_y, grad_cb, grad_params};
 }
 
 }  // namespace
@@ -441,15 +391,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& gr
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_forward", &group_forward, "GroupNorm + conv bias + affine (+ ReLU) of (G, S, N): (y, m, rstd)",
         py::arg("x"), py::arg("channels_per_group"), py::arg("conv_bias"), py::arg("weight"), py::arg("bias"),
-        py::arg("eps"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
+        py::arg("eps"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"), py::arg("out") = py::none());
   m.def("group_backward", &group_backward, "its backward: (grad_x, grad_weight, grad_bias, grad_conv_bias)",
         py::arg("grad"), py::arg("x"), py::arg("channels_per_group"), py::arg("conv_bias"), py::arg("weight"),
-        py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"), py::arg("dest"),
-        py::arg("out_rows"));
+        py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"),
+        py::arg("out") = py::none());
   m.def("row_forward", &row_forward, "BatchNorm + affine (+ ReLU) of (R, M) rows: (y, stats (m, rstd, mean, var))",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("relu"), py::arg("dest"),
-        py::arg("out_rows"));
+        py::arg("out_rows"), py::arg("out") = py::none());
   m.def("row_backward", &row_backward, "its backward: (grad_x, grad_weight, grad_bias)", py::arg("grad"),
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"), py::arg("relu"),
-        py::arg("dest"), py::arg("out_rows"));
+        py::arg("dest"), py::arg("out_rows"), py::arg("out") = py::none());
+  m.def("split_forward", &split_forward, "a mixed pack's norm layer, each part into its slice: (out, saved, stats)",
+        py::arg("y"), py::arg("conv_bias"), py::arg("n"), py::arg("runs"), py::arg("groups"), py::arg("eps"),
+        py::arg("params"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
+  m.def("split_backward", &split_backward, "its backward: (grad_y, grad_conv_bias, grad_params)", py::arg("grad"),
+        py::arg("y"), py::arg("conv_bias"), py::arg("n"), py::arg("runs"), py::arg("groups"), py::arg("params"),
+        py::arg("saved"), py::arg("relu"), py::arg("dest"), py::arg("out_rows"));
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -88,6 +89,23 @@ Layout make_layout(const at::Tensor& dest, int64_t L, int64_t out_rows) {
   for (int64_t r = 0; r < out_rows; ++r)
     if (!used[r]) t.zeros.push_back(r);
   return t;
+}
+
+
+// The kernel's output tensor of `shape`: `out` where given (a contiguous float32 CPU tensor of that many values,
+// written in place: a part of a mixed pack writing its slice of the layer's output), else a new one. `out` must not
+// overlap `input` (read while the output is written).
+at::Tensor output_tensor(const std::optional<at::Tensor>& out, at::IntArrayRef shape, const at::Tensor& input,
+                         const char* name) {
+  if (!out.has_value()) return at::empty(shape, input.options());
+  const at::Tensor& o = *out;
+  int64_t numel = 1;
+  for (const int64_t d : shape) numel *= d;
+  TORCH_CHECK(o.is_contiguous() && o.scalar_type() == at::kFloat && o.device().is_cpu() && o.numel() == numel, name,
+              ": must be a contiguous float32 CPU tensor of ", numel, " values (the output's shape ", shape, ")");
+  const char *ob = static_cast<const char*>(o.data_ptr()), *ib = static_cast<const char*>(input.data_ptr());
+  TORCH_CHECK(ob + o.nbytes() <= ib || ib + input.nbytes() <= ob, name, ": must not overlap the input");
+  return o.view(shape);
 }
 
 }  // namespace
