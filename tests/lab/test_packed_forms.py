@@ -11,7 +11,7 @@ from normlab.lab.config import make_config
 from normlab.lab.training import channel_major, models
 from normlab.lab.training.channel_major_kernel import channel_major_kernel
 from normlab.lab.training.conv_forms import INPLACE_MIN_BATCH, ParityConv, position_order, shift_runs
-from normlab.lab.training.models import MATMUL_MIN_BATCH, MIXED_MIN_BATCH, ConvNet, SplitNorm, pack_size
+from normlab.lab.training.models import MATMUL_MIN_BATCH, ConvNet, SplitNorm, pack_size
 from normlab.lab.training.packed import pack_state, train_packed, unpack_state
 from normlab.lab.training.train import build_packed_classifier, classifier_data, run
 from normlab.registry import available_norms, can_pack
@@ -149,7 +149,7 @@ def _assert_forms_equal_alone(singles, packed, length, matmul=True):
 def test_auto_form_is_the_measured_faster_one(monkeypatch):
     """matmul at every batch for BatchNorm and no norm; for GroupNorm, LayerNorm and InstanceNorm at every batch
     where the channel-major kernel runs (GroupNorm and LayerNorm from MATMUL_MIN_BATCH where it does not); for a
-    mixed pack of such norms from MIXED_MIN_BATCH where it runs; grouped for the rest; an explicit form is taken as
+    mixed pack of such norms at every batch where it runs; grouped for the rest; an explicit form is taken as
     given."""
     nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance", "batchrenorm")}
     assert all(net.packed_form == "auto" for net in nets.values())
@@ -166,8 +166,7 @@ def test_auto_form_is_the_measured_faster_one(monkeypatch):
             assert not net.uses_matmul(2) and net.uses_matmul(MATMUL_MIN_BATCH) == (norm != "instance")
     assert not nets["batchrenorm"].uses_matmul(64)  # a norm the kernel does not take: grouped
     mixed = ConvNet(1, 10, 1, ["batch", "group", "instance"], width=8, depth=2, copies=3)
-    assert mixed.uses_matmul(MIXED_MIN_BATCH, kernel=True) and mixed.uses_matmul(64, kernel=True)
-    assert not mixed.uses_matmul(MIXED_MIN_BATCH - 1, kernel=True)  # a kernel call a part: grouped at batch 1
+    assert mixed.uses_matmul(1, kernel=True) and mixed.uses_matmul(64, kernel=True)
     assert not mixed.uses_matmul(64, kernel=False)  # InstanceNorm off the kernel: its module, a copy each way
     assert ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2).uses_matmul(64, kernel=False)
     assert not ConvNet(1, 10, 1, ["batch", "batchrenorm"], width=8, depth=2, copies=2).uses_matmul(64, kernel=True)

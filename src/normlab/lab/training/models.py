@@ -119,15 +119,15 @@ def run_groups(norms: Sequence[str], options: Sequence[dict[str, Any] | None]) -
 # On the composites (before the kernel, 2026-12-06): GN 0.84x, 0.93x at batch 2, 8, about 1.1x at 32; LN 0.79x, 0.92x,
 # about 1.0x; BN 1.14x and 1.59x at batch 2 and 32. InstanceNorm (affine, no running statistics) runs on the kernel
 # as a GroupNorm of one channel a group, and a mixed pack (SplitNorm) runs each part on its runs' slice of the maps:
-# "auto" takes "matmul" for InstanceNorm packs where the kernel runs, and for mixed packs of the kernel's norms from
-# MIXED_MIN_BATCH. Measured 2026-12-07 (one core, CPU time, the machine shared with a compare run), matmul/grouped ms
-# a step: InstanceNorm 20 nets 1.22x, 1.28x at batch 1, 2, 16 nets 2.30x at batch 32; BN, GN, LN and IN x 5 seeds
-# (20 nets) 0.88x, 1.12x, 1.46x, 2.15x at batch 1, 2, 8, 32 (at batch 1 the four parts' kernel calls cost more than
-# the grouped convolutions save). Other norms take their usual (N, K*C, L) maps in the matmul form (a copy each way),
-# correct but unmeasured, so "auto" keeps them, and mixed packs holding them, grouped.
+# "auto" takes "matmul" for InstanceNorm packs and mixed packs of the kernel's norms where the kernel runs. Measured
+# 2026-12-07 (one core, CPU time, the machine shared with a compare run), matmul/grouped ms a step: InstanceNorm 20
+# nets 1.22x, 1.28x at batch 1, 2, 16 nets 2.30x at batch 32; BN, GN, LN and IN x 5 seeds (20 nets) 1.26x, 1.57x at
+# batch 1, 2 (quiet machine, with the whole mixed layer in one kernel call each way: 3.03 / 3.83 and 3.40 / 5.34 ms;
+# one call a part took 0.88x at batch 1), 1.46x, 2.15x at 8, 32 (one call a part). Other norms take their usual
+# (N, K*C, L) maps in the matmul form (a copy each way), correct but unmeasured, so "auto" keeps them, and mixed packs
+# holding them, grouped.
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
-MIXED_MIN_BATCH = 2  # a mixed pack (SplitNorm) takes the matmul form from this batch, where the kernel runs
 TAPS_MIN_BATCH = 1  # from this batch the kernel writes the next conv's taps: 1.11x-1.34x at batch 2-32 (RESULTS.md)
 PACK_EXAMPLES = 512  # examples a step that a pack of the lab's ConvNets holds at its measured best (see pack_size)
 SMALL_BATCH = 4  # up to this batch, packs of ``most`` runs; above it, at most 32
@@ -192,8 +192,8 @@ class ConvNet(nn.Module):
     "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
     weight-normalized convs, else grouped), or "auto": matmul where measured faster (BatchNorm and no norm at every
     batch, GroupNorm, LayerNorm and InstanceNorm at every batch where the compiled channel-major kernel runs, else
-    (GroupNorm, LayerNorm) from :data:`MATMUL_MIN_BATCH` examples, mixed packs of these norms from
-    :data:`MIXED_MIN_BATCH` where the kernel runs; see :meth:`uses_matmul`). Both forms
+    (GroupNorm, LayerNorm) from :data:`MATMUL_MIN_BATCH` examples, mixed packs of these norms where the kernel
+    runs; see :meth:`uses_matmul`). Both forms
     compute the same function with the same parameters and state, up to float rounding.
     """
 
@@ -272,8 +272,6 @@ class ConvNet(nn.Module):
         if self.packed_form == "auto":
             layers = list(self.features)[1::3]
             split = [m for m in layers if isinstance(m, SplitNorm) and not hooked(m)]
-            if split and batch < MIXED_MIN_BATCH:  # a kernel call a part: more calls than a grouped pack saves
-                return False
             norms = [p for m in layers for p in (m.parts if m in split else [m])]
             rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
             groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)

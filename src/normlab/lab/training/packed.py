@@ -105,10 +105,10 @@ def plan_packs(configs: list[RunConfig], max_copies: int = MAX_COPIES) -> list[l
             continue
         runs = of_kind(ClassifyConfig, ladder)  # only the ConvNet packs (pack_key)
         batch = runs[0].batch_size
-        # large batches: one norm a pack, so the batched-matmul form applies (models.ConvNet.packed_form); small
-        # ones: any norms together, for the pack's size is what pays there (a pack of one norm at a small batch takes
-        # the matmul form too where the kernel runs, a mixed one from models.MIXED_MIN_BATCH; measured at batch 2, K=20:
-        # four one-norm packs of 5 took 1.3-1.4x the time of one mixed pack, 2026-12-07)
+        # small batches: any norms together, for the pack's size is what pays there (measured at batch 2, K=20: four
+        # one-norm packs of 5 took 1.3-1.4x the time of one mixed pack, 2026-12-07); large ones: one norm a pack
+        # (batch 32, 4-5 norms x 5 seeds: mixed packs of 10 1.07x-1.12x one-norm packs of 5, of 20-25 0.86x-1.15x;
+        # batch 64: 0.96x and 0.79x; 2026-12-07, with a mixed layer in one kernel call: not worth the larger packs)
         apart = runs[0].norm if batch >= MATMUL_MIN_BATCH else ""
         groups.setdefault(key + json.dumps([c.doublings for c in runs]) + apart, []).append(runs)
     for group in groups.values():
