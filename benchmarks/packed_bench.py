@@ -43,7 +43,6 @@ from normlab.lab.config import make_config
 from normlab.lab.training.models import pack_size
 from normlab.lab.training.packed import PackedSGD, PackedTraining, pack_state
 from normlab.lab.training.train import _lm_batch, build_classifier, build_packed_classifier, classifier_data, load_text
-from normlab.lab.training.transformer import CharTransformer
 from normlab.registry import get_method
 
 CLOCK = time.process_time
@@ -149,6 +148,8 @@ def _best(runs: dict[str, object], rounds: int) -> dict[str, float]:
 
 
 def _lm(norm: str, batch: int, steps: int, forward: str):
+    from normlab.lab.training.transformer import CharTransformer  # here: --mixed-worker runs older versions too
+
     c = make_config("char_lm", study="bench", norm=norm, seed=0, batch_size=batch)
     text = load_text()
     vocab = len(text.vocab)
