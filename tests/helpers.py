@@ -1,5 +1,5 @@
 """Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block, a kernel
-compile that fails."""
+compile that fails, the autograd nodes under a result."""
 
 import contextlib
 
@@ -107,3 +107,15 @@ def break_compile(monkeypatch, kernel, source):
 
     monkeypatch.setattr(_kernels, "_compile", broken)
     return calls
+
+
+def autograd_nodes(fn) -> set[str]:
+    """The names of all autograd nodes under ``fn`` (a ``grad_fn``; every node visited once)."""
+    names, seen, todo = set(), set(), [fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            names.add(type(node).__name__)
+            todo.extend(f for f, _ in node.next_functions)
+    return names

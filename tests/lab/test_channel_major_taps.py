@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autograd_nodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,18 +23,6 @@ from normlab.lab.training.packed import PackedSGD, pack_state
 from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data
 
 from .test_channel_major_kernel import _close, _kernel, needs_kernel
-
-
-def _graph(fn):
-    """The names of all autograd nodes under ``fn`` (every node visited once)."""
-    names, seen, todo = set(), set(), [fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            names.add(type(node).__name__)
-            todo.extend(f for f, _ in node.next_functions)
-    return names
 
 
 def _gather_taps(h, length, halvings):
@@ -147,7 +136,7 @@ def _check_taps(kind, halvings, mult, n, relu, shift, seed):
     conv_bias = torch.randn(k * c, generator=gen).requires_grad_()
     plain_norm = copy.deepcopy(norm)
     taps = norm_act_taps(norm, act, y, n, conv_bias, tap_rows(length, halvings))
-    assert taps is not None and "ParityConvBackward" not in _graph(taps.grad_fn)
+    assert taps is not None and "ParityConvBackward" not in autograd_nodes(taps.grad_fn)
     plain = norm_act_channel_major(plain_norm, act, y, n, conv_bias)
     assert torch.equal(taps, _gather_taps(plain, length, halvings))
     for name, buf in norm.named_buffers():
@@ -206,7 +195,7 @@ def _train(norm, batch, layout, monkeypatch, steps=3, copies=3):
     losses = []
     for _ in range(steps):
         logits = packed(x)
-        nodes = _graph(logits.grad_fn)
+        nodes = autograd_nodes(logits.grad_fn)
         assert ("ParityConvBackward" in nodes) == (layout != "taps")
         assert bool({"GroupNormReLUBackward", "RowBatchNormReLUBackward"} & nodes) == (layout != "composite")
         loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)

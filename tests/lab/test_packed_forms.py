@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autograd_nodes
 
 from normlab.lab.config import make_config
 from normlab.lab.training import channel_major, models
@@ -76,7 +77,7 @@ def test_a_mixed_pack_in_one_node_equals_a_node_a_part(batch, taps, monkeypatch)
         for fused, net in nets.items():
             monkeypatch.setattr(channel_major, "SPLIT_FUSED", fused)
             out = net(x)
-            assert ("SplitNormReLUBackward" in _graph(out.grad_fn)) == fused
+            assert ("SplitNormReLUBackward" in autograd_nodes(out.grad_fn)) == fused
             loss = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(0)
             grads = torch.autograd.grad(loss.sum(), list(net.parameters()))
             with torch.no_grad():
@@ -85,18 +86,6 @@ def test_a_mixed_pack_in_one_node_equals_a_node_a_part(batch, taps, monkeypatch)
             results[fused] = (loss, *grads, *net.buffers())
         for a, b in zip(results[True], results[False], strict=True):
             assert torch.equal(a, b)
-
-
-def _graph(fn):
-    """The names of the autograd nodes under ``fn``."""
-    names, seen, todo = set(), set(), [fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            names.add(type(node).__name__)
-            todo.extend(f for f, _ in node.next_functions)
-    return names
 
 
 def _assert_forms_equal_alone(singles, packed, length, matmul=True):
