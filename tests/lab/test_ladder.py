@@ -180,3 +180,16 @@ def test_a_sweep_with_fewer_items_than_workers_splits_its_largest_pack():
     assert {c.seed for c in first}.isdisjoint({c.seed for c in second})
     assert _spread([item], workers=1) == [item]
     assert _spread([[configs[0]]], workers=4) == [[configs[0]]]  # one run: nothing to split
+
+
+def test_a_sweep_starts_its_longest_items_first():
+    """Work items are ordered by their longest budget's cost: a language model at 8T before one at T, a pack of 20
+    before one of its runs alone (the workers then finish a round together)."""
+    from normlab.lab.sweep.runner import _cost, _schedule
+
+    lm = [make_config("char_lm", study="t", norm="layer", seed=0, lr_schedule="wsd", doublings=d) for d in (0, 3)]
+    assert _cost([lm[1]]) == 8 * _cost([lm[0]])
+    pack = [_classify(seed=seed, batch_size=2) for seed in range(20)]
+    assert _cost(pack) > _cost(pack[:1])
+    order = _schedule([[lm[0]], pack[:1], [lm[1]], pack])
+    assert order.index([lm[1]]) < order.index([lm[0]]) and order.index(pack) < order.index(pack[:1])
