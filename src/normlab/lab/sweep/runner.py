@@ -15,6 +15,7 @@ from typing import Any
 from ..config import RunConfig
 from ..store import Store, config_key, training_code_hash
 from ..training.packed import MAX_COPIES, plan_packs
+from ..training.train import ladders
 from .checkpoint import Checkpoints
 from .work import RunRow, execute, store_rows, train_item
 
@@ -146,8 +147,6 @@ _STEP_MS = {"char_lm": 21.0, "distributed": 33.0}
 def _cost(item: list[RunConfig]) -> float:
     """A rough cost of a work item in ms, for ordering: its longest budget's steps (budget x 2**doublings of the
     base steps) times a step's measured time at its task, batch and pack size."""
-    from ..training.train import ladders
-
     c = item[0]
     examples = getattr(c, "train_subset", None) or 4000
     batch = max(getattr(c, "batch_size", 1), 1)
@@ -161,8 +160,6 @@ def _cost(item: list[RunConfig]) -> float:
 def _spread(items: list[list[RunConfig]], workers: int) -> list[list[RunConfig]]:
     """Split the costliest packs in two until every worker has an item (a sweep's last rounds, the runs a verdict
     needs at a larger budget, may be one pack: alone it would hold one core while the others wait)."""
-    from ..training.train import ladders
-
     items = list(items)
     while len(items) < workers:
         runs = [ladders(item) for item in items]
