@@ -21,7 +21,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import break_compile
+from helpers import break_compile, num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -103,13 +103,9 @@ def _check_group_float64(groups, cg, length, n, relu, shift, threads, seed):
     x = (torch.randn(groups, cg, length, n, generator=gen) * 2 + shift).requires_grad_()
     cb, w, b = _params(groups * cg, seed)
     dy = torch.randn(groups, cg, length, n, generator=gen)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         y = cmk.GroupNormReLU.apply(x.view(groups, cg * length, n), cb, w, b, EPS, relu, kernel).view(x.shape)
         grads = torch.autograd.grad(y, (x, cb, w, b), dy)
-    finally:
-        torch.set_num_threads(saved)
     ref64 = [t.detach().double().requires_grad_() for t in (x, cb, w, b)]
     mask = (y > 0).double() if relu else None
     z64, y64, term = _group_float64(*ref64, mask)
@@ -166,15 +162,12 @@ def test_group_kernel_is_independent_of_the_thread_count(n, taps):
     cb, w, b = (t.detach() for t in _params(groups * cg, n))
     dest, rows = tap_rows(length, 1) if taps else (cmk.NO_TABLE, 0)
     dy = torch.randn(groups, cg * (rows or length), n, generator=gen)
-    saved, results = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    results = []
+    for threads in (1, 2):
+        with num_threads(threads):
             y, mean, rstd = kernel.group_forward(x, cg, cb, w, b, EPS, True, dest, rows)
             grads = kernel.group_backward(dy, x, cg, cb, w, b, mean, rstd, True, dest, rows)
             results.append((y, mean, rstd, *grads))
-    finally:
-        torch.set_num_threads(saved)
     for a, r in zip(*results, strict=True):
         assert torch.equal(a, r)
 
@@ -245,15 +238,12 @@ def test_row_kernel_is_independent_of_the_thread_count(n, taps):
     _, w, b = (t.detach() for t in _params(rows, n))
     dest, out_rows = tap_rows(length, 3) if taps else (cmk.NO_TABLE, 0)
     dy = torch.randn(rows, (out_rows or length) * n, generator=gen)
-    saved, results = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    results = []
+    for threads in (1, 2):
+        with num_threads(threads):
             y, stats = kernel.row_forward(x, w, b, EPS, True, dest, out_rows)
             grads = kernel.row_backward(dy, x, w, b, stats[0], stats[1], True, dest, out_rows)
             results.append((y, stats, *grads))
-    finally:
-        torch.set_num_threads(saved)
     for a, r in zip(*results, strict=True):
         assert torch.equal(a, r)
 
