@@ -41,16 +41,16 @@ def test_both_forms_equal_the_nets_alone(norm, weight_norm, length):
 
 @pytest.mark.parametrize("length", [40, 42])
 def test_a_mixed_pack_in_both_forms_equals_the_nets_alone(length):
-    """A mixed pack (SplitNorm: BatchNorm, GroupNorm, LayerNorm and InstanceNorm runs side by side), each part on
-    its runs' slice of the channel-major maps in the matmul form, through the kernel where it runs."""
-    norms = ["batch", "group", "group", "layer", "instance", "batch"]
+    """A mixed pack (SplitNorm: BatchNorm, Batch Renorm, GroupNorm, LayerNorm and InstanceNorm runs side by side),
+    each part on its runs' slice of the channel-major maps in the matmul form, through the kernel where it runs."""
+    norms = ["batch", "group", "group", "layer", "instance", "batchrenorm", "batch"]
     singles = []
     for seed, norm in enumerate(norms):
         torch.manual_seed(seed)
         singles.append(ConvNet(1, 10, 1, norm, width=8, depth=4))
     packed = ConvNet(1, 10, 1, norms, width=8, depth=4, copies=len(norms))
     pack_state(singles, packed)
-    assert isinstance(packed.features[1], SplitNorm) and len(packed.features[1].parts) == 5
+    assert isinstance(packed.features[1], SplitNorm) and len(packed.features[1].parts) == 6
     _assert_forms_equal_alone(singles, packed, length)
 
 
@@ -64,7 +64,7 @@ def test_a_mixed_pack_in_one_node_equals_a_node_a_part(batch, taps, monkeypatch)
     if channel_major_kernel() is None:
         pytest.skip("the channel-major kernel does not run here")
     monkeypatch.setattr(models, "TAPS_MIN_BATCH", 1 if taps else 10**9)
-    norms = ["batch", "group", "layer", "instance", "batch", "group"]
+    norms = ["batch", "group", "layer", "instance", "batchrenorm", "batch", "group"]
     torch.manual_seed(0)
     packed = ConvNet(1, 10, 1, norms, width=8, depth=4, copies=len(norms))
     packed.packed_form = "matmul"
@@ -136,11 +136,11 @@ def _assert_forms_equal_alone(singles, packed, length, matmul=True):
 
 
 def test_auto_form_is_the_measured_faster_one(monkeypatch):
-    """matmul at every batch for BatchNorm and no norm; for GroupNorm, LayerNorm and InstanceNorm at every batch
-    where the channel-major kernel runs (GroupNorm and LayerNorm from MATMUL_MIN_BATCH where it does not); for a
-    mixed pack of such norms at every batch where it runs; grouped for the rest; an explicit form is taken as
-    given."""
-    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance", "batchrenorm")}
+    """matmul at every batch for BatchNorm and no norm; for GroupNorm, LayerNorm, InstanceNorm and Batch Renorm at
+    every batch where the channel-major kernel runs (GroupNorm and LayerNorm from MATMUL_MIN_BATCH where it does
+    not); for a mixed pack of such norms at every batch where it runs; grouped for the rest; an explicit form is
+    taken as given."""
+    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance", "batchrenorm", "ghost")}
     assert all(net.packed_form == "auto" for net in nets.values())
     assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
     for norm in ("group", "layer", "instance"):
@@ -153,14 +153,16 @@ def test_auto_form_is_the_measured_faster_one(monkeypatch):
         with monkeypatch.context() as m:
             m.setenv("NORMLAB_NO_KERNELS", "1")
             assert not net.uses_matmul(2) and net.uses_matmul(MATMUL_MIN_BATCH) == (norm != "instance")
-    assert not nets["batchrenorm"].uses_matmul(64)  # a norm the kernel does not take: grouped
-    mixed = ConvNet(1, 10, 1, ["batch", "group", "instance"], width=8, depth=2, copies=3)
+    assert not nets["ghost"].uses_matmul(64)  # a norm the kernel does not take: grouped
+    brn = nets["batchrenorm"]
+    assert brn.uses_matmul(1, kernel=True) and not brn.uses_matmul(64, kernel=False)
+    mixed = ConvNet(1, 10, 1, ["batch", "group", "instance", "batchrenorm"], width=8, depth=2, copies=4)
     assert mixed.uses_matmul(1, kernel=True) and mixed.uses_matmul(64, kernel=True)
     assert not mixed.uses_matmul(64, kernel=False)  # InstanceNorm off the kernel: its module, a copy each way
     assert ConvNet(1, 10, 1, ["batch", "group"], width=8, depth=2, copies=2).uses_matmul(64, kernel=False)
-    assert not ConvNet(1, 10, 1, ["batch", "batchrenorm"], width=8, depth=2, copies=2).uses_matmul(64, kernel=True)
-    nets["batchrenorm"].packed_form = "matmul"
-    assert nets["batchrenorm"].uses_matmul(2)
+    assert not ConvNet(1, 10, 1, ["batch", "ghost"], width=8, depth=2, copies=2).uses_matmul(64, kernel=True)
+    nets["ghost"].packed_form = "matmul"
+    assert nets["ghost"].uses_matmul(2)
     nets["batch"].packed_form = "grouped"
     assert not nets["batch"].uses_matmul(64)
     assert not ConvNet(1, 10, 1, "batch").uses_matmul(64)  # one net: no packed form

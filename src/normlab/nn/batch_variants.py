@@ -115,12 +115,18 @@ class _BatchRenorm(_BatchNorm):
     def _corrections(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """r and d from the batch and the running statistics, then the running update (as BatchNorm's)."""
         mean, var = NF._channel_moments(input)
+        return self.corrections(mean, var, input.numel() // input.shape[1])
+
+    def corrections(self, mean: Tensor, var: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """r and d (each ``(C,)``) of a training batch whose per-channel mean and biased variance over ``count``
+        values a channel are ``mean``, ``var``, then the running statistics' update with them (the variance
+        unbiased, as BatchNorm's). Outside autograd; ``num_batches_tracked`` (which the warm-up reads) is the
+        caller's to count first, as :meth:`forward` does."""
         running_mean, running_var = self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype)
         sigma = (running_var + self.eps).sqrt()
         r_max, d_max = (t.to(mean.dtype) for t in self.limits())
         r = ((var + self.eps).sqrt() / sigma).clamp(1 / r_max, r_max)
         d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
-        count = input.numel() // input.shape[1]
         _lerp_buffer(self.running_mean, mean, self.momentum)
         _lerp_buffer(self.running_var, var * count / max(count - 1, 1), self.momentum)
         return r, d

@@ -11,6 +11,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ... import functional as NF
+from ...nn import batch_variants as nl_batch_variants
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
@@ -38,10 +40,13 @@ Table = tuple[Tensor, int]  # the kernel's output layout: dest (L, 2) and the ou
 # Norms that see channel-major rows ``(1, K*C, L*N)``: statistics per channel over the batch and positions, the rest
 # elementwise, so the rows are the maps themselves. Every other norm gets ``(N, K*C, L)`` maps (one copy each way).
 ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
+# Batch Renorm: BatchNorm whose r and d (no gradient) fold into its affine, so it runs as BatchNorm's rows.
+RENORM_NORMS = (nl_batch_variants.BatchRenorm1d,)
+ROW_STAT_NORMS = (*ROW_NORMS, *RENORM_NORMS)
 GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nl_instancenorm.InstanceNorm1d)
 # Norms whose output their backward does not read: the ReLU after them may run in place.
-INPLACE_AFTER = (*ROW_NORMS, *GROUP_NORMS, nn.Identity)
+INPLACE_AFTER = (*ROW_STAT_NORMS, *GROUP_NORMS, nn.Identity)
 
 
 def hooked(module: nn.Module) -> bool:
@@ -51,12 +56,12 @@ def hooked(module: nn.Module) -> bool:
 
 def order_free(norm: nn.Module) -> bool:
     """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
-    no norm, BatchNorm, GroupNorm or InstanceNorm without hooks (statistics over all positions, the rest
+    no norm, BatchNorm, Batch Renorm, GroupNorm or InstanceNorm without hooks (statistics over all positions, the rest
     elementwise), or a :class:`SplitNorm` of such parts."""
     if isinstance(norm, SplitNorm) and not hooked(norm):
         return all(order_free(part) for part in norm.parts)
     return isinstance(norm, nn.Identity) or (
-        type(norm) in ROW_NORMS + GROUP_NORMS + INSTANCE_NORMS and not hooked(norm)
+        type(norm) in ROW_STAT_NORMS + GROUP_NORMS + INSTANCE_NORMS and not hooked(norm)
     )
 
 
@@ -164,22 +169,40 @@ def _row_batch_norm(
     as the compiled kernel (:class:`~normlab.lab.training.channel_major_kernel.RowBatchNormReLU`, the ReLU fused,
     its output in ``table``'s layout where given) or, without one, :class:`_RowBatchNorm`, and updates the running
     statistics as BatchNorm does (the bias in the mean, unbiased variance, ``num_batches_tracked``); otherwise it is
-    ``norm`` itself. ``table`` only where the kernel runs (:func:`_kernel_case`)."""
+    ``norm`` itself. Batch Renorm runs as BatchNorm with its r and d in the affine (:func:`_renorm_affine`), its
+    running statistics updated as its module does. ``table`` only where the kernel runs (:func:`_kernel_case`)."""
     _, c, m = rows.shape
     if not _row_stats_apply(norm, rows, conv_bias):
         return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1)), False
     conv_bias = cast(Tensor, conv_bias)  # checked by _row_stats_apply, as the statistics below
-    kernel = _kernel_for(rows, conv_bias, norm.weight, norm.bias)
+    renorm = type(norm) in RENORM_NORMS
+    weight, bias = _renorm_affine(norm, rows, conv_bias) if renorm else (norm.weight, norm.bias)
+    kernel = _kernel_for(rows, conv_bias, weight, bias)
     if kernel is not None:
         dest, out_rows = table if table is not None else (NO_TABLE, 0)
         out, mean, var = RowBatchNormReLU.apply(
-            rows.view(c, m), conv_bias, norm.weight, norm.bias, norm.eps, relu, kernel, dest, out_rows
+            rows.view(c, m), conv_bias, weight, bias, norm.eps, relu, kernel, dest, out_rows
         )
     else:
-        out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, norm.weight, norm.bias, norm.eps)
+        out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, weight, bias, norm.eps)
         var = rstd.reciprocal().square_().sub_(norm.eps)
-    _update_running(norm, mean, var, conv_bias, m)
+    if not renorm:
+        _update_running(norm, mean, var, conv_bias, m)
     return cast(Tensor, out), kernel is not None and relu
+
+
+def _renorm_affine(norm: nn.Module, rows: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch Renorm in training of ``(1, C, M)`` rows plus ``conv_bias`` as BatchNorm's output with weight
+    ``w * r`` and bias ``w * d + b``: ``w * ((x - mean_B) / std_B * r + d) + b``, r and d (no gradient)
+    from the rows' statistics; the weight and bias keep their gradients through the products. Counts the batch and
+    updates the running statistics as the module's forward does (:meth:`~normlab.nn.BatchRenorm1d.corrections`)."""
+    brn = cast(nl_batch_variants.BatchRenorm1d, norm)
+    with torch.no_grad():
+        mean, var = NF._channel_moments(rows)
+        brn.num_batches_tracked.add_(1)
+        r, d = brn.corrections(mean + conv_bias, var, rows.shape[2])
+    weight, bias = cast(Tensor, brn.weight), cast(Tensor, brn.bias)
+    return weight * r, torch.addcmul(bias, weight, d)
 
 
 def _update_running(norm: nn.BatchNorm1d, mean: Tensor, var: Tensor, conv_bias: Tensor, m: int) -> None:
@@ -253,7 +276,7 @@ def _group_form(norm: nn.Module) -> tuple[int, Tensor, Tensor, float] | None:
 def kernel_takes(norm: nn.Module) -> bool:
     """Whether the compiled kernel takes ``norm`` by its kind and options (BatchNorm, :func:`_group_form`'s norms);
     whether it runs also depends on the maps and the mode (:func:`_kernel_case`)."""
-    return (type(norm) in ROW_NORMS and not hooked(norm)) or _group_form(norm) is not None
+    return (type(norm) in ROW_STAT_NORMS and not hooked(norm)) or _group_form(norm) is not None
 
 
 def _kernel_case(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | None:
@@ -262,7 +285,7 @@ def _kernel_case(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> str | 
     composites, another norm, hooks, no bias, not float32 on the CPU)."""
     if conv_bias is None or hooked(norm):
         return None
-    if type(norm) in ROW_NORMS:
+    if type(norm) in ROW_STAT_NORMS:
         bn = cast(nn.BatchNorm1d, norm)
         rows = y.view(1, -1, y.shape[-1])
         ok = _row_stats_apply(bn, rows, conv_bias) and _kernel_for(y, conv_bias, bn.weight, bn.bias) is not None
@@ -312,25 +335,33 @@ def _split_kernel(
     groups: list[int] = []  # 0: BatchNorm
     eps: list[float] = []
     params: list[Tensor] = []
-    for part, case in zip(norm.parts, cases, strict=True):
+    y = y.contiguous()
+    k0 = 0
+    for part, case, count in zip(norm.parts, cases, runs, strict=True):
+        k0 += count
         if case == "row":
             bn = cast(nn.BatchNorm1d, part)
             groups.append(0)
             eps.append(bn.eps)
-            params += [bn.weight, bn.bias]
+            if type(part) in RENORM_NORMS:
+                rows = y[k0 - count : k0].view(1, count * c, m)
+                params += _renorm_affine(part, rows, conv_bias[(k0 - count) * c : k0 * c])
+            else:
+                params += [bn.weight, bn.bias]
         else:
             form = cast("tuple[int, Tensor, Tensor, float]", _group_form(part))
             groups.append(form[0])
             eps.append(form[3])
             params += [form[1], form[2]]
     dest, out_rows = table if table is not None else (NO_TABLE, 0)
-    y = y.contiguous()
     out, *stats = SplitNormReLU.apply(y, conv_bias, n, runs, groups, eps, relu, kernel, dest, out_rows, *params)
     k0 = 0
     for part, count, group in zip(norm.parts, runs, groups, strict=True):
         if group == 0:
             mean, var = stats.pop(0), stats.pop(0)
-            _update_running(cast(nn.BatchNorm1d, part), mean, var, conv_bias.detach()[k0 * c : (k0 + count) * c], m)
+            if type(part) not in RENORM_NORMS:  # Batch Renorm updated its own in _renorm_affine
+                bias = conv_bias.detach()[k0 * c : (k0 + count) * c]
+                _update_running(cast(nn.BatchNorm1d, part), mean, var, bias, m)
         k0 += count
     return cast(Tensor, out)
 
@@ -394,7 +425,7 @@ def _norm_act_one(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias:
     restore = False  # whether the norm took (N, K*C, L) maps
     if case is not None:
         out = _kernel_norm_act(norm, case, y, n, cast(Tensor, conv_bias), relu, None)
-    elif type(norm) in ROW_NORMS and not hooked(norm):
+    elif type(norm) in ROW_STAT_NORMS and not hooked(norm):
         out, _ = _row_batch_norm(cast(nn.BatchNorm1d, norm), y.view(1, k * c, length * n), conv_bias, False)
     elif (
         type(norm) in GROUP_NORMS

@@ -123,9 +123,10 @@ def run_groups(norms: Sequence[str], options: Sequence[dict[str, Any] | None]) -
 # 2026-12-07 (one core, CPU time, the machine shared with a compare run), matmul/grouped ms a step: InstanceNorm 20
 # nets 1.22x, 1.28x at batch 1, 2, 16 nets 2.30x at batch 32; BN, GN, LN and IN x 5 seeds (20 nets) 1.26x, 1.57x at
 # batch 1, 2 (quiet machine, with the whole mixed layer in one kernel call each way: 3.03 / 3.83 and 3.40 / 5.34 ms;
-# one call a part took 0.88x at batch 1), 1.46x, 2.15x at 8, 32 (one call a part). Other norms take their usual
-# (N, K*C, L) maps in the matmul form (a copy each way), correct but unmeasured, so "auto" keeps them, and mixed packs
-# holding them, grouped.
+# one call a part took 0.88x at batch 1), 1.46x, 2.15x at 8, 32 (one call a part). Batch Renorm runs on the kernel
+# as BatchNorm with its r and d folded into the affine: the online study's pack (BN, Batch Renorm, LN, GN x 5 seeds)
+# 3.34 / 4.55 ms at batch 1 (1.36x; quiet, 2026-12-07). Other norms take their usual (N, K*C, L) maps in the matmul
+# form (a copy each way), correct but unmeasured, so "auto" keeps them, and mixed packs holding them, grouped.
 PACKED_FORMS = ("auto", "grouped", "matmul")
 MATMUL_MIN_BATCH = 32
 TAPS_MIN_BATCH = 1  # from this batch the kernel writes the next conv's taps: 1.11x-1.34x at batch 2-32 (RESULTS.md)
@@ -191,10 +192,10 @@ class ConvNet(nn.Module):
     ``packed_form`` (packed nets only; an attribute, so it may change between steps): "grouped" convolutions,
     "matmul" (each conv a batched matrix product over the K nets, activations channel-major; 1-d nets of plain or
     weight-normalized convs, else grouped), or "auto": matmul where measured faster (BatchNorm and no norm at every
-    batch, GroupNorm, LayerNorm and InstanceNorm at every batch where the compiled channel-major kernel runs, else
-    (GroupNorm, LayerNorm) from :data:`MATMUL_MIN_BATCH` examples, mixed packs of these norms where the kernel
-    runs; see :meth:`uses_matmul`). Both forms
-    compute the same function with the same parameters and state, up to float rounding.
+    batch, GroupNorm, LayerNorm, InstanceNorm and Batch Renorm at every batch where the compiled channel-major kernel
+    runs, else (GroupNorm, LayerNorm) from :data:`MATMUL_MIN_BATCH` examples, mixed packs of these norms where the
+    kernel runs; see :meth:`uses_matmul`). Both forms compute the same function with the same parameters and state,
+    up to float rounding.
     """
 
     def __init__(
