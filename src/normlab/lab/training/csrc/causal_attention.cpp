@@ -131,8 +131,10 @@ Seq<T> make_seq(const T* x, int64_t D, int64_t dh, int64_t b, int64_t L) {
 // dst (cols, Lp) = src's L rows (stride ld) of `cols` values transposed, the columns past L zero.
 template <typename T>
 void transpose_in(const T* src, int64_t ld, int64_t cols, int64_t L, int64_t Lp, T* dst) {
+  constexpr int64_t W = Vec<T>::size();
   at::vec::transpose_mxn<T>(src, ld, dst, Lp, static_cast<int>(L), static_cast<int>(cols));
-  for (int64_t d = 0; d < cols; ++d) std::fill(dst + d * Lp + L, dst + (d + 1) * Lp, T(0));
+  for (int64_t d = 0; d < cols; ++d)  // a vector store or two a row (Lp - L < 2 W), not a call to memset
+    for (int64_t k = L; k < Lp; k += W) Vec<T>(T(0)).store(dst + d * Lp + k, std::min(W, Lp - k));
 }
 
 // dst (Lq, cols) = src's L rows (stride ld) times f, the rows past L zero.
