@@ -5,7 +5,7 @@ path it replaces (``padded_causal_attention``), which stays as its fallback:
 
 - the output and the gradient of qkv at random shapes: lengths from 1 to the longest (and 0 between), one sequence
   or several, 1, 2 or 4 heads of 1 to 32 values (vectors and scalar tails), float32 and float64, one and two
-  threads; ``gradcheck`` in float64;
+  threads; a sequence long enough that its scratch is not the thread's kept buffer; ``gradcheck`` in float64;
 - results equal bit for bit on one and two threads;
 - the padded path equal to the kernel up to rounding, taken where kernels are disabled, the compile failed, or
   dropout is asked for;
@@ -130,6 +130,15 @@ def test_kernel_matches_float64_at_the_edges(lengths, heads, dh, dtype):
     """Lengths 1 and the longest, one sequence, empty sequences between others, and lengths on and beside the
     blocks of 8 queries and the vectors of 8 or 16 keys."""
     _check_float64(lengths, heads, dh, dtype, 1, sum(lengths) + heads)
+
+
+@needs_kernel
+def test_a_long_sequence():
+    """A sequence of 730 tokens beside short ones: the backward's scratch (two 736 x 736 float32 tables, over 4 MiB)
+    is allocated for the call instead of the thread's kept buffer, which the short calls before and after use."""
+    _check_float64([3, 5], 2, 4, torch.float32, 1, 0)
+    _check_float64([730, 1, 9], 1, 8, torch.float32, 1, 1)
+    _check_float64([3, 5], 2, 4, torch.float32, 1, 2)
 
 
 @needs_kernel

@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -92,20 +93,33 @@ T dot(const T* a, const T* b, int64_t n) {
 
 // A task's scratch, sized for the longest sequence (Lp its padded length): one sequence's keys and values
 // transposed (D, Lp), its scaled queries and do (Lp, D); one head's scores or probabilities and ds (Lp, Lp) and its
-// row sums (Lp). One allocation, the arrays' starts staggered by a few cache lines: arrays a multiple of 4 KiB
-// apart would make loads from one wait on stores to another (4K aliasing).
+// row sums (Lp). Nothing is read before it is written in the same call. The memory is the thread's, kept between
+// calls up to kKeepBytes (a fresh allocation each call can cost page faults, where the allocator gives freed memory
+// back to the system: tens of microseconds a call); larger scratch is allocated for the call. The arrays' starts
+// are staggered by a few cache lines: arrays a multiple of 4 KiB apart would make loads from one wait on stores to
+// another (4K aliasing).
+constexpr size_t kKeepBytes = size_t(4) << 20;
+
 template <typename T>
 struct Scratch {
-  std::vector<T> buffer;
+  std::unique_ptr<T[]> own;
   T *kt, *vt, *qs, *go, *s, *ds, *row;
   Scratch(int64_t D, int64_t Lp, bool backward) {
     constexpr int64_t line = 64 / sizeof(T);
     const int64_t sizes[] = {D * Lp, backward ? D * Lp : 0, Lp * D, backward ? Lp * D : 0, Lp * Lp,
                              backward ? Lp * Lp : 0, Lp};
-    int64_t total = 0;
+    int64_t total = line;
     for (int a = 0; a < 7; ++a) total += (sizes[a] + line - 1) / line * line + (a + 1) * 5 * line;
-    buffer.assign(total + line, T(0));
-    T* p = buffer.data() + (line - reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(T) % line) % line;
+    static thread_local std::vector<T> kept;
+    T* base;
+    if (size_t(total) * sizeof(T) <= kKeepBytes) {
+      if (int64_t(kept.size()) < total) kept.resize(total);
+      base = kept.data();
+    } else {
+      own.reset(new T[total]);
+      base = own.get();
+    }
+    T* p = base + (line - reinterpret_cast<uintptr_t>(base) / sizeof(T) % line) % line;
     T** arrays[] = {&kt, &vt, &qs, &go, &s, &ds, &row};
     for (int a = 0; a < 7; ++a) {
       p += (a + 1) * 5 * line;
