@@ -126,7 +126,7 @@ def padded_causal_attention(qkv: Tensor, offsets: Tensor, heads: int, dropout: f
     """What :func:`packed_causal_attention` computes, in pure ATen (any device, any dropout): the R tokens scattered
     into a zero-padded ``(N * T, 3D)`` buffer (T the longest sequence), one
     ``scaled_dot_product_attention(..., is_causal=True)`` (a real query sees only real keys: padding is at the end),
-    the real rows gathered back. Reads ``offsets`` (one sync) to check them and to find T.
+    the real rows gathered back. Reads ``offsets`` once (a sync on an accelerator) to check them and to find T.
 
     >>> import torch
     >>> from normlab.lab.training.attention_kernel import padded_causal_attention
@@ -147,8 +147,9 @@ def padded_causal_attention(qkv: Tensor, offsets: Tensor, heads: int, dropout: f
     t = max((b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)), default=0)
     if t == 0:  # no tokens: an empty output, still a function of qkv
         return qkv[:, :d] * 0
-    lengths = offsets.diff()
-    real = (torch.arange(t, device=qkv.device) < lengths[:, None]).flatten().nonzero().squeeze(1)  # (R,)
+    rows = torch.arange(r, device=qkv.device)
+    seq = torch.searchsorted(offsets[1:], rows, right=True)  # each row's sequence
+    real = seq * t + rows - offsets[seq]  # (R,): each row's slot in the padded (N * T) layout, found without a sync
     full = qkv.new_zeros(n * t, 3 * d).index_copy(0, real, qkv).view(n, t, 3, heads, d // heads)
     q, k, v = full.permute(2, 0, 3, 1, 4)  # each (N, heads, T, dh): views
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (N, heads, T, dh)
