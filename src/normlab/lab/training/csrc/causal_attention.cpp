@@ -94,10 +94,10 @@ T dot(const T* a, const T* b, int64_t n) {
 // A task's scratch, sized for the longest sequence (Lp its padded length): one sequence's keys and values
 // transposed (D, Lp), its scaled queries and do (Lp, D); one head's scores or probabilities and ds (Lp, Lp) and its
 // row sums (Lp). Nothing is read before it is written in the same call. The memory is the thread's, kept between
-// calls up to kKeepBytes (a fresh allocation each call can cost page faults, where the allocator gives freed memory
-// back to the system: tens of microseconds a call); larger scratch is allocated for the call. The arrays' starts
-// are staggered by a few cache lines: arrays a multiple of 4 KiB apart would make loads from one wait on stores to
-// another (4K aliasing).
+// calls up to kKeepBytes (not a zeroed allocation each call: a memset, and page faults where the allocator has
+// given the memory back to the system); larger scratch is allocated for the call. The arrays' starts are staggered
+// by a few cache lines: arrays a multiple of 4 KiB apart would make loads from one wait on stores to another (4K
+// aliasing).
 constexpr size_t kKeepBytes = size_t(4) << 20;
 
 template <typename T>
@@ -159,44 +159,43 @@ void rows_in(const T* src, int64_t ld, int64_t cols, int64_t L, int64_t Lq, T f,
   std::fill(dst + L * cols, dst + Lq * cols, T(0));
 }
 
-// out[i, k] = sum_d a[i, d] bt[d, k] for the QB rows of a block (a stride lda, out stride Lp) and the keys of the
-// first nc vectors (bt stride Lp): the rows side by side, one chain per value over d in order (the same bits
-// whatever the blocking).
+// acc[i] = sum_d a[i, d] bt[d, c W ..] for the QB rows of a block (a stride lda) and the keys of vector c (bt
+// stride Lp): the rows side by side, one chain per value over d in order (the same bits wherever it is called).
+template <typename T>
+inline void products(const T* a, int64_t lda, int64_t dh, const T* bt, int64_t Lp, int64_t c, Vec<T> (&acc)[QB]) {
+  using V = Vec<T>;
+  for (int64_t i = 0; i < QB; ++i) acc[i] = V(T(0));
+  for (int64_t d = 0; d < dh; ++d) {
+    const V b = V::loadu(bt + d * Lp + c * V::size());
+    for (int64_t i = 0; i < QB; ++i) acc[i] = at::vec::fmadd(V(a[i * lda + d]), b, acc[i]);
+  }
+}
+
+// out[i, k] = sum_d a[i, d] bt[d, k] for the QB rows of a block (out stride Lp) and the keys of the first nc vectors.
 template <typename T>
 void block_products(const T* a, int64_t lda, int64_t dh, const T* bt, int64_t Lp, int64_t nc, T* out) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::size();
+  constexpr int64_t W = Vec<T>::size();
   for (int64_t c = 0; c < nc; ++c) {
-    V acc[QB];
-    for (int64_t i = 0; i < QB; ++i) acc[i] = V(T(0));
-    for (int64_t d = 0; d < dh; ++d) {
-      const V b = V::loadu(bt + d * Lp + c * W);
-      for (int64_t i = 0; i < QB; ++i) acc[i] = at::vec::fmadd(V(a[i * lda + d]), b, acc[i]);
-    }
+    Vec<T> acc[QB];
+    products(a, lda, dh, bt, Lp, c, acc);
     for (int64_t i = 0; i < QB; ++i) acc[i].store(out + i * Lp + c * W);
   }
 }
 
 // The scores of the queries j0 .. j0 + QB - 1 in s (Lp, Lp): qs (stride lda) times kt, for the keys of the block's
-// first nc vectors, -inf past each query's own position (block_products' sums, masked before they are stored), and
-// with Max each query's largest score in m. Returns nc.
+// first nc vectors, -inf past each query's own position (masked before they are stored), and with Max each query's
+// largest score in m. Returns nc.
 template <bool Max, typename T>
 int64_t block_scores(const T* qs, int64_t lda, const T* kt, int64_t dh, int64_t Lp, int64_t j0, T* s, T* m) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const int64_t nc = std::min((j0 + QB - 1) / W + 1, Lp / W);
-  const V ninf(-std::numeric_limits<T>::infinity());
-  const T* a = qs + j0 * lda;
-  const V iota = V::arange(T(0), T(1));
+  const V ninf(-std::numeric_limits<T>::infinity()), iota = V::arange(T(0), T(1));
   V mx[QB];
   for (int64_t i = 0; i < QB; ++i) mx[i] = ninf;
   for (int64_t c = 0; c < nc; ++c) {
     V acc[QB];
-    for (int64_t i = 0; i < QB; ++i) acc[i] = V(T(0));
-    for (int64_t d = 0; d < dh; ++d) {
-      const V b = V::loadu(kt + d * Lp + c * W);
-      for (int64_t i = 0; i < QB; ++i) acc[i] = at::vec::fmadd(V(a[i * lda + d]), b, acc[i]);
-    }
+    products(qs + j0 * lda, lda, dh, kt, Lp, c, acc);
     const bool diagonal = (c + 1) * W > j0;  // a vector with keys past some query of the block
     const V key = iota + V(T(c * W));  // the vector's key positions
     for (int64_t i = 0; i < QB; ++i) {
