@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention_kernel import packed_causal_attention
 from .models import make_norm
 
 __all__ = ["CharTransformer", "TokenNorm", "attention_mask"]
@@ -53,18 +54,15 @@ class _Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
-    def attention_unpadded(self, h: Tensor, real: Tensor, n: int, t: int) -> Tensor:
-        """Self-attention of the real tokens ``h`` ``(1, R, D)`` of right-padded sequences (``real``: their indices
-        in the flattened ``(N*T)`` batch): projections on the R tokens, one causal attention in the padded layout
-        (pad slots zero; their outputs dropped)."""
-        d = h.shape[-1]
-        heads = self.attn.num_heads
-        qkv = F.linear(h.squeeze(0), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
-        full = qkv.new_zeros(n * t, 3 * d).index_copy(0, real, qkv).view(n, t, 3, heads, d // heads)
-        q, k, v = full.permute(2, 0, 3, 1, 4)
+    def attention_unpadded(self, h: Tensor, offsets: Tensor) -> Tensor:
+        """Self-attention of the real tokens ``h`` ``(1, R, D)`` of right-padded sequences, packed (``offsets``
+        ``(N+1,)``: sequence i is tokens ``offsets[i] .. offsets[i+1] - 1``): projections on the R tokens, one causal
+        attention of each sequence's tokens (:func:`~normlab.lab.training.attention_kernel.packed_causal_attention`:
+        the compiled kernel on the packed tokens, or the padded layout and ``scaled_dot_product_attention``, where
+        the kernel is None or the attention's dropout applies)."""
         dropout = self.attn.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (N, heads, T, D/heads)
-        out = out.transpose(1, 2).reshape(n * t, d).index_select(0, real)
+        qkv = F.linear(h.squeeze(0), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
+        out = packed_causal_attention(qkv, offsets, self.attn.num_heads, dropout)  # (R, D)
         return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).unsqueeze(0)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
@@ -109,8 +107,9 @@ class CharTransformer(nn.Module):
         """The logits of the real (not padding) positions only, ``(R, vocab)`` in row-major order (the rows of
         ``logits[~padding]``), for right-padded sequences (``padding`` True from each sequence's length on;
         ValueError otherwise). Every token-wise layer (embedding, norms, projections, MLP, head) runs on the R real
-        tokens; the attention scatters their queries, keys and values into the padded layout for one causal
-        ``scaled_dot_product_attention`` (a real position sees only real keys before it, as with the padding mask).
+        tokens, and so does the attention, causal within each sequence
+        (:func:`~normlab.lab.training.attention_kernel.packed_causal_attention`: a real position sees the real keys
+        at and before it, as with the padding mask).
         The real positions' logits equal :meth:`forward`'s up to float rounding for a norm that is not batch
         dependent; a batch-dependent one (BatchNorm) would take its statistics over the real tokens only, and a hook
         on a norm sees ``(1, R, D)`` real tokens, not the padded batch (the lab trains a model whose norms are per
@@ -119,9 +118,10 @@ class CharTransformer(nn.Module):
         if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
             raise ValueError("forward_unpadded: padding must be at the end of each sequence")
         real = (~padding).flatten().nonzero().squeeze(1)  # (R,)
+        offsets = F.pad(torch.cumsum(t - padding.sum(1), 0), (1, 0))  # (N+1,): sequence i is rows offsets[i]..
         x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
         for block in cast("list[_Block]", self.blocks):
-            x = x + block.attention_unpadded(block.norm1(x), real, n, t)
+            x = x + block.attention_unpadded(block.norm1(x), offsets)
             x = x + block.mlp(block.norm2(x))
         return self.head(self.final_norm(x)).squeeze(0)
 
