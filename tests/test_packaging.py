@@ -1,9 +1,12 @@
 """What a wheel of normlab holds: every C++ file a kernel compiles on first use is declared package data (a file
 missing from the wheel would leave the kernel to fail its compile and its users on the slower ATen path)."""
 
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11 and up
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
