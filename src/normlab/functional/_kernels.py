@@ -5,8 +5,9 @@ Two kernels, each its own extension: the fused RMSNorm forward and backward of `
 formulas are at the top of that file and in :class:`normlab.functional.rms._RMSNorm`), and the channels_last
 normalization of ``csrc/channels_last.cpp`` with ``columns.cpp`` and ``batch_norm.cpp`` (InstanceNorm, GroupNorm,
 training-mode BatchNorm; see :mod:`normlab.functional.channels_last`); both include ``csrc/common.h``.
-Each is a :class:`Kernel` (the lab's channel-major norm kernel is a third, in
-:mod:`normlab.lab.training.channel_major_kernel`): :func:`rms_norm_kernel` and :func:`channels_last_kernel` return
+Each is a :class:`Kernel` (so are the lab's two: the channel-major norm kernel,
+:mod:`normlab.lab.training.channel_major_kernel`, and the language model's causal attention,
+:mod:`normlab.lab.training.attention_kernel`): :func:`rms_norm_kernel` and :func:`channels_last_kernel` return
 the compiled module, or None when the caller must take its pure-ATen path:
 
 - the environment variable ``NORMLAB_NO_KERNELS`` is ``1`` (read at every call);

@@ -54,16 +54,17 @@ class _Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
-    def attention_unpadded(self, h: Tensor, offsets: Tensor) -> Tensor:
-        """Self-attention of the real tokens ``h`` ``(1, R, D)`` of right-padded sequences, packed (``offsets``
-        ``(N+1,)``: sequence i is tokens ``offsets[i] .. offsets[i+1] - 1``): projections on the R tokens, one causal
-        attention of each sequence's tokens (:func:`~normlab.lab.training.attention_kernel.packed_causal_attention`:
-        the compiled kernel on the packed tokens, or the padded layout and ``scaled_dot_product_attention``, where
-        the kernel is None or the attention's dropout applies)."""
+    def attention_packed(self, h: Tensor, offsets: Tensor, keys: Tensor | None = None) -> Tensor:
+        """Self-attention of packed sequences' tokens ``h`` (``(..., D)``, R tokens in order; ``offsets``
+        ``(N+1,)``: sequence i is tokens ``offsets[i] .. offsets[i+1] - 1``; ``keys`` ``(N,)``: its first K_i tokens
+        are real, the rest padding, which no query attends to; None: all real): projections on the R tokens, each
+        sequence's causal attention (:func:`~normlab.lab.training.attention_kernel.packed_causal_attention`: the
+        compiled kernel on the packed tokens, or the padded layout and ``scaled_dot_product_attention``, where the
+        kernel is None or the attention's dropout applies)."""
         dropout = self.attn.dropout if self.training else 0.0
-        qkv = F.linear(h.squeeze(0), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
-        out = packed_causal_attention(qkv, offsets, self.attn.num_heads, dropout)  # (R, D)
-        return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).unsqueeze(0)
+        qkv = F.linear(h.reshape(-1, h.shape[-1]), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
+        out = packed_causal_attention(qkv, offsets, self.attn.num_heads, dropout, keys)  # (R, D)
+        return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).view(h.shape)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x), allowed)
@@ -96,11 +97,22 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
-        t = tokens.shape[1]
+        """The logits ``(N, T, vocab)`` of every position, padding included (a query at a pad position attends to
+        the real keys before it). Right-padded sequences of at least one real token each take the attention of
+        packed sequences (:meth:`_Block.attention_packed`, each sequence's first tokens its keys); any other padding
+        the boolean mask (:func:`attention_mask`). The same function either way, up to float rounding."""
+        n, t = tokens.shape
         x = self.embed(tokens) + self.pos[:t]
-        allowed = attention_mask(padding, x.dtype)
-        for block in self.blocks:
-            x = block(x, allowed)
+        # one sync: a real token after a pad, or a sequence of padding only
+        if bool(((padding[:, :-1] & ~padding[:, 1:]).any(1) | padding[:, 0]).any()):
+            allowed = attention_mask(padding, x.dtype)
+            for block in self.blocks:
+                x = block(x, allowed)
+            return self.head(self.final_norm(x))
+        offsets, keys = torch.arange(0, (n + 1) * t, t, device=tokens.device), t - padding.sum(1)
+        for block in cast("list[_Block]", self.blocks):
+            x = x + block.attention_packed(block.norm1(x), offsets, keys)
+            x = x + block.mlp(block.norm2(x))
         return self.head(self.final_norm(x))
 
     def forward_unpadded(self, tokens: Tensor, padding: Tensor) -> Tensor:
@@ -121,7 +133,7 @@ class CharTransformer(nn.Module):
         offsets = F.pad(torch.cumsum(t - padding.sum(1), 0), (1, 0))  # (N+1,): sequence i is rows offsets[i]..
         x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
         for block in cast("list[_Block]", self.blocks):
-            x = x + block.attention_unpadded(block.norm1(x), offsets)
+            x = x + block.attention_packed(block.norm1(x), offsets)
             x = x + block.mlp(block.norm2(x))
         return self.head(self.final_norm(x)).squeeze(0)
 

@@ -7,9 +7,12 @@
 // [q | k | v], each D columns; head h owns columns h*dh .. (h+1)*dh - 1 of each of q, k, v, dh = D / heads.
 // offsets (N+1) int64: sequence i is rows offsets[i] .. offsets[i+1] - 1 (its positions 0 .. L_i - 1, in order;
 // offsets[0] = 0, nondecreasing, offsets[N] = R). A query at position j sees the keys at positions 0 .. j of its own
-// sequence. out (R, D): the heads' outputs side by side (head h in columns h*dh ..); lse (R, heads) saved.
+// sequence, or, with key counts K_i (keys (N,), 1 <= K_i <= L_i), the keys 0 .. min(j, K_i - 1): right-padded
+// sequences of length L_i whose first K_i tokens are real, every query (padding's too) seeing only real keys, as
+// a causal mask and a key padding mask give. out (R, D): the heads' outputs side by side (head h in columns
+// h*dh ..); lse (R, heads) saved. The gradients of the keys and values past K_i are 0.
 //
-// Per sequence and head, scale = 1 / sqrt(dh), s_jk for the keys k <= j only:
+// Per sequence and head, scale = 1 / sqrt(dh), s_jk for the keys k <= min(j, K - 1) only:
 //
 //   forward:  s_jk   = (scale q_j) . k_k          (q scaled first: the backward recomputes s bit for bit)
 //             m_j    = max_k s_jk,   l_j = sum_k exp(s_jk - m_j)
@@ -130,16 +133,17 @@ struct Scratch {
 };
 
 // One sequence: its first row of qkv (q; k at + D, v at + 2D), the row stride 3D, D, the head dim, its length,
-// the length rounded up to whole blocks (Lq) and to whole vectors and blocks (Lp: the scratch's row length).
+// the length rounded up to whole blocks (Lq) and to whole vectors and blocks (Lp: the scratch's row length), its
+// keys (K <= L: the first K rows).
 template <typename T>
 struct Seq {
   const T* x;
-  int64_t ld, D, dh, L, Lq, Lp;
+  int64_t ld, D, dh, L, Lq, Lp, K;
 };
 
 template <typename T>
-Seq<T> make_seq(const T* x, int64_t D, int64_t dh, int64_t b, int64_t L) {
-  return {x + b * 3 * D, 3 * D, D, dh, L, (L + QB - 1) / QB * QB, padded_length<T>(L)};
+Seq<T> make_seq(const T* x, int64_t D, int64_t dh, int64_t b, int64_t L, int64_t K) {
+  return {x + b * 3 * D, 3 * D, D, dh, L, (L + QB - 1) / QB * QB, padded_length<T>(L), K};
 }
 
 // dst (cols, Lp) = src's L rows (stride ld) of `cols` values transposed, the columns past L zero.
@@ -183,23 +187,24 @@ void block_products(const T* a, int64_t lda, int64_t dh, const T* bt, int64_t Lp
 }
 
 // The scores of the queries j0 .. j0 + QB - 1 in s (Lp, Lp): qs (stride lda) times kt, for the keys of the block's
-// first nc vectors, -inf past each query's own position (masked before they are stored), and with Max each query's
-// largest score in m. Returns nc.
+// first nc vectors, -inf past each query's last key min(j, K - 1) (masked before they are stored), and with Max each
+// query's largest score in m. Returns nc.
 template <bool Max, typename T>
-int64_t block_scores(const T* qs, int64_t lda, const T* kt, int64_t dh, int64_t Lp, int64_t j0, T* s, T* m) {
+int64_t block_scores(const T* qs, int64_t lda, const T* kt, int64_t dh, int64_t Lp, int64_t K, int64_t j0, T* s,
+                     T* m) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
-  const int64_t nc = std::min((j0 + QB - 1) / W + 1, Lp / W);
+  const int64_t nc = std::min(std::min(j0 + QB - 1, K - 1) / W + 1, Lp / W);
   const V ninf(-std::numeric_limits<T>::infinity()), iota = V::arange(T(0), T(1));
   V mx[QB];
   for (int64_t i = 0; i < QB; ++i) mx[i] = ninf;
   for (int64_t c = 0; c < nc; ++c) {
     V acc[QB];
     products(qs + j0 * lda, lda, dh, kt, Lp, c, acc);
-    const bool diagonal = (c + 1) * W > j0;  // a vector with keys past some query of the block
-    const V key = iota + V(T(c * W));  // the vector's key positions
+    const bool edge = (c + 1) * W > std::min(j0, K - 1);  // a vector with keys past some query's last key
+    const V key = iota + V(T(c * W));                      // the vector's key positions
     for (int64_t i = 0; i < QB; ++i) {
-      if (diagonal) acc[i] = V::blendv(acc[i], ninf, key > V(T(j0 + i)));
+      if (edge) acc[i] = V::blendv(acc[i], ninf, key > V(T(std::min(j0 + i, K - 1))));
       if (Max) mx[i] = vmax(mx[i], acc[i]);
       acc[i].store(s + (j0 + i) * Lp + c * W);
     }
@@ -241,7 +246,7 @@ void block_weighted_rows(const T* w, int64_t wi, int64_t wk, const T* rows, int6
 // Forward staging of a sequence: its keys transposed, its queries scaled.
 template <typename T>
 void stage_forward(const Seq<T>& q, T scale, Scratch<T>& w) {
-  transpose_in(q.x + q.D, q.ld, q.D, q.L, q.Lp, w.kt);
+  transpose_in(q.x + q.D, q.ld, q.D, q.K, q.Lp, w.kt);
   rows_in(q.x, q.ld, q.D, q.L, q.Lq, scale, w.qs);
 }
 
@@ -255,7 +260,7 @@ void forward_head(const Seq<T>& q, int64_t h, T* out, T* lse, int64_t heads, Scr
   const T *qs = w.qs + h * dh, *kt = w.kt + h * dh * Lp, *v = q.x + 2 * D + h * dh;
   T *s = w.s, *l = w.row, mrow[QB];
   for (int64_t j0 = 0; j0 < q.L; j0 += QB) {
-    const int64_t nc = block_scores<true>(qs, D, kt, dh, Lp, j0, s, mrow);
+    const int64_t nc = block_scores<true>(qs, D, kt, dh, Lp, q.K, j0, s, mrow);
     const int64_t valid = std::min(QB, q.L - j0);
     for (int64_t i = 0; i < valid; ++i) {  // p = exp(s - m) in place, l = sum p
       T* r = s + (j0 + i) * Lp;
@@ -274,7 +279,7 @@ void forward_head(const Seq<T>& q, int64_t h, T* out, T* lse, int64_t heads, Scr
       V::loadu(l + i0, count).log().store(logs);
       for (int64_t i = 0; i < count; ++i) lse[(j0 + i0 + i) * heads] = mrow[i0 + i] + logs[i];
     }
-    block_weighted_rows(s + j0 * Lp, Lp, 1, v, q.ld, 0, j0 + valid, dh, valid, out + j0 * D, D,
+    block_weighted_rows(s + j0 * Lp, Lp, 1, v, q.ld, 0, std::min(j0 + valid, q.K), dh, valid, out + j0 * D, D,
                         [&](int64_t i, auto x) { return x / decltype(x)(l[i]); });
   }
 }
@@ -282,8 +287,8 @@ void forward_head(const Seq<T>& q, int64_t h, T* out, T* lse, int64_t heads, Scr
 // Backward staging of a sequence: its keys and values transposed, its queries scaled, its do (stride D) copied.
 template <typename T>
 void stage_backward(const Seq<T>& q, T scale, const T* dout, Scratch<T>& w) {
-  transpose_in(q.x + q.D, q.ld, q.D, q.L, q.Lp, w.kt);
-  transpose_in(q.x + 2 * q.D, q.ld, q.D, q.L, q.Lp, w.vt);
+  transpose_in(q.x + q.D, q.ld, q.D, q.K, q.Lp, w.kt);
+  transpose_in(q.x + 2 * q.D, q.ld, q.D, q.K, q.Lp, w.vt);
   rows_in(q.x, q.ld, q.D, q.L, q.Lq, scale, w.qs);
   rows_in(dout, q.D, q.D, q.L, q.Lq, T(1), w.go);
 }
@@ -300,7 +305,7 @@ void backward_head(const Seq<T>& q, int64_t h, T scale, const T* dout, const T* 
   const T *kt = w.kt + h * dh * Lp, *vt = w.vt + h * dh * Lp;
   T *s = w.s, *ds = w.ds;
   for (int64_t j0 = 0; j0 < L; j0 += QB) {  // p, ds and dq of a block of queries
-    const int64_t nc = block_scores<false>(qs, D, kt, dh, Lp, j0, s, static_cast<T*>(nullptr));
+    const int64_t nc = block_scores<false>(qs, D, kt, dh, Lp, q.K, j0, s, static_cast<T*>(nullptr));
     block_products(go + j0 * D, D, dh, vt, Lp, nc, ds + j0 * Lp);  // dp
     const int64_t valid = std::min(QB, L - j0);
     for (int64_t i = 0; i < valid; ++i) {
@@ -313,20 +318,26 @@ void backward_head(const Seq<T>& q, int64_t h, T scale, const T* dout, const T* 
         (p * (V::loadu(dr + c * W) - delta_j)).store(dr + c * W);
       }
     }
-    block_weighted_rows(ds + j0 * Lp, Lp, 1, k, q.ld, 0, j0 + valid, dh, valid, grad + j0 * q.ld, q.ld,
+    block_weighted_rows(ds + j0 * Lp, Lp, 1, k, q.ld, 0, std::min(j0 + valid, q.K), dh, valid, grad + j0 * q.ld, q.ld,
                         [&](int64_t, auto x) { return x * decltype(x)(scale); });  // dq = scale ds k
   }
   const auto same = [](int64_t, auto x) { return x; };
-  for (int64_t k0 = 0; k0 < L; k0 += QB) {  // dk and dv of a block of keys: the queries at or past them
-    const int64_t valid = std::min(QB, L - k0);
+  for (int64_t k0 = 0; k0 < q.K; k0 += QB) {  // dk and dv of a block of keys: the queries at or past them
+    const int64_t valid = std::min(QB, q.K - k0);
     T* g = grad + k0 * q.ld;
     block_weighted_rows(ds + k0, 1, Lp, qs, D, k0, L, dh, valid, g + D, q.ld, same);     // dk = ds^T (scale q)
     block_weighted_rows(s + k0, 1, Lp, go, D, k0, L, dh, valid, g + 2 * D, q.ld, same);  // dv = p^T do
   }
+  for (int64_t r = q.K; r < L; ++r) {  // rows past the keys: no query sees them
+    std::fill(grad + r * q.ld + D, grad + r * q.ld + D + dh, T(0));
+    std::fill(grad + r * q.ld + 2 * D, grad + r * q.ld + 2 * D + dh, T(0));
+  }
 }
 
-// The arguments' checks (ValueError naming the argument); returns the longest sequence.
-int64_t check(const at::Tensor& qkv, const at::Tensor& offsets, int64_t heads, const char* fn) {
+// The arguments' checks (ValueError naming the argument); returns the longest sequence. keys: empty (every
+// sequence's keys are its tokens), or (N,) int64 key counts, 1 <= K_i <= L_i (0 for an empty sequence).
+int64_t check(const at::Tensor& qkv, const at::Tensor& offsets, const at::Tensor& keys, int64_t heads,
+              const char* fn) {
   TORCH_CHECK_VALUE(heads >= 1, fn, ": heads must be at least 1, got ", heads);
   TORCH_CHECK_VALUE(qkv.dim() == 2, fn, ": qkv must be 2-D (R, 3D), got ", qkv.dim(), " dims");
   TORCH_CHECK_VALUE(qkv.size(1) > 0 && qkv.size(1) % (3 * heads) == 0, fn, ": qkv's columns (", qkv.size(1),
@@ -350,6 +361,17 @@ int64_t check(const at::Tensor& qkv, const at::Tensor& offsets, int64_t heads, c
     longest = std::max(longest, o[i + 1] - o[i]);
   }
   TORCH_CHECK_VALUE(o[n] == R, fn, ": offsets[-1] must be qkv's rows R = ", R, ", got ", o[n]);
+  if (keys.numel() == 0) return longest;
+  TORCH_CHECK_VALUE(keys.scalar_type() == at::kLong && keys.dim() == 1 && keys.numel() == n && keys.device().is_cpu()
+                        && keys.is_contiguous(),
+                    fn, ": keys must be a contiguous int64 (N,) CPU tensor (N = ", n, " sequences), got ",
+                    keys.scalar_type(), " of shape ", keys.sizes());
+  const int64_t* k = keys.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t L = o[i + 1] - o[i];
+    TORCH_CHECK_VALUE((L == 0 && k[i] == 0) || (k[i] >= 1 && k[i] <= L), fn, ": keys[", i,
+                      "] must be between 1 and the sequence's length ", L, ", got ", k[i]);
+  }
   return longest;
 }
 
@@ -357,10 +379,12 @@ int64_t check(const at::Tensor& qkv, const at::Tensor& offsets, int64_t heads, c
 // sequence a task meets, then f(seq, head, first row, scratch). streams: the tensors a sequence reads, (data, values
 // a row); a share of the next sequence's rows is prefetched before each head.
 template <typename T, typename S, typename F>
-void over_items(const T* x, const at::Tensor& offsets, int64_t D, int64_t heads, int64_t longest, bool backward,
-                const std::vector<std::pair<const T*, int64_t>>& streams, S&& stage, F&& f) {
+void over_items(const T* x, const at::Tensor& offsets, const at::Tensor& keys, int64_t D, int64_t heads,
+                int64_t longest, bool backward, const std::vector<std::pair<const T*, int64_t>>& streams, S&& stage,
+                F&& f) {
   const int64_t n = offsets.numel() - 1, dh = D / heads, Lp = padded_length<T>(longest);
   const int64_t* o = offsets.data_ptr<int64_t>();
+  const int64_t* k = keys.numel() > 0 ? keys.data_ptr<int64_t>() : nullptr;
   double work = 0;  // multiply-adds, all items
   for (int64_t i = 0; i < n; ++i) work += 0.5 * double(o[i + 1] - o[i]) * double(o[i + 1] - o[i] + 1) * D;
   const int64_t items = n * heads;
@@ -371,7 +395,7 @@ void over_items(const T* x, const at::Tensor& offsets, int64_t D, int64_t heads,
     int64_t staged = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t / heads, b = o[i];
-      const Seq<T> q = make_seq(x, D, dh, b, o[i + 1] - b);
+      const Seq<T> q = make_seq(x, D, dh, b, o[i + 1] - b, k != nullptr ? k[i] : o[i + 1] - b);
       if (q.L == 0) continue;
       if (i != staged) stage(q, b, w), staged = i;
       if (i + 1 < n)  // a share of the next sequence's rows into the cache while this head computes
@@ -386,8 +410,9 @@ void over_items(const T* x, const at::Tensor& offsets, int64_t D, int64_t heads,
 }
 
 // (out (R, D), lse (R, heads))
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv, const at::Tensor& offsets, int64_t heads) {
-  const int64_t longest = check(qkv, offsets, heads, "packed_causal_attention");
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv, const at::Tensor& offsets, const at::Tensor& keys,
+                                           int64_t heads) {
+  const int64_t longest = check(qkv, offsets, keys, heads, "packed_causal_attention");
   const at::Tensor off = offsets.contiguous();
   const int64_t R = qkv.size(0), D = qkv.size(1) / 3, dh = D / heads;
   auto out = at::empty({R, D}, qkv.options());
@@ -397,7 +422,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv, const at::Tens
     T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
     const T scale = T(1) / std::sqrt(T(dh));
     over_items<T>(
-        qkv.data_ptr<T>(), off, D, heads, longest, false, {{qkv.data_ptr<T>(), 3 * D}},
+        qkv.data_ptr<T>(), off, keys, D, heads, longest, false, {{qkv.data_ptr<T>(), 3 * D}},
         [&](const Seq<T>& q, int64_t, Scratch<T>& w) { stage_forward(q, scale, w); },
         [&](const Seq<T>& q, int64_t h, int64_t b, Scratch<T>& w) {
           forward_head(q, h, op + b * D + h * dh, lp + b * heads + h, heads, w);
@@ -407,9 +432,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv, const at::Tens
 }
 
 // grad_qkv (R, 3D)
-at::Tensor backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& offsets, const at::Tensor& out,
-                    const at::Tensor& lse, int64_t heads) {
-  const int64_t longest = check(qkv, offsets, heads, "packed_causal_attention backward");
+at::Tensor backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& offsets, const at::Tensor& keys,
+                    const at::Tensor& out, const at::Tensor& lse, int64_t heads) {
+  const int64_t longest = check(qkv, offsets, keys, heads, "packed_causal_attention backward");
   const at::Tensor off = offsets.contiguous();
   const int64_t R = qkv.size(0), D = qkv.size(1) / 3, dh = D / heads;
   const auto like = [&](const at::Tensor& t, const char* name, int64_t cols) {
@@ -428,7 +453,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Ten
     T* gx = gqkv.data_ptr<T>();
     const T scale = T(1) / std::sqrt(T(dh));
     over_items<T>(
-        qkv.data_ptr<T>(), off, D, heads, longest, true, {{qkv.data_ptr<T>(), 3 * D}, {gp, D}, {op, D}},
+        qkv.data_ptr<T>(), off, keys, D, heads, longest, true, {{qkv.data_ptr<T>(), 3 * D}, {gp, D}, {op, D}},
         [&](const Seq<T>& q, int64_t b, Scratch<T>& w) { stage_backward(q, scale, gp + b * D, w); },
         [&](const Seq<T>& q, int64_t h, int64_t b, Scratch<T>& w) {
           const int64_t at = b * D + h * dh;
@@ -442,7 +467,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Ten
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "causal attention of packed sequences: (out (R, D), lse (R, heads))", py::arg("qkv"),
-        py::arg("offsets"), py::arg("heads"));
+        py::arg("offsets"), py::arg("keys"), py::arg("heads"));
   m.def("backward", &backward, "its backward: grad_qkv (R, 3D)", py::arg("grad"), py::arg("qkv"),
-        py::arg("offsets"), py::arg("out"), py::arg("lse"), py::arg("heads"));
+        py::arg("offsets"), py::arg("keys"), py::arg("out"), py::arg("lse"), py::arg("heads"));
 }
