@@ -139,9 +139,10 @@ def run_sweep(
     return report
 
 
-# ms a training step on one core (2026-12-07, the lab's own steps): a language model; a distributed run (its ranks);
-# a pack of K ConvNets at batch B about 1.5 + 0.09 K + 0.009 K B (3.4 at K=20, B=2; 3.4 at K=5, B=32; 4.5 at K=20, B=8)
-_STEP_MS = {"char_lm": 21.0, "distributed": 33.0}
+# ms a training step on one core (2026-12-07, the lab's own steps): a language model (14-15 per token, 18-19 BN on the
+# padded batch, with the attention kernel); a distributed run (its ranks); a pack of K ConvNets at batch B about
+# 1.5 + 0.09 K + 0.009 K B (3.4 at K=20, B=2; 3.4 at K=5, B=32; 4.5 at K=20, B=8)
+_STEP_MS = {"char_lm": 16.0, "distributed": 33.0}
 
 
 def _cost(item: list[RunConfig]) -> float:
