@@ -1,9 +1,11 @@
-"""Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block, a kernel
-compile that fails, the autograd nodes under a result."""
+"""Shared test helpers: comparisons in float64, random inputs (never zeros), a thread count for a block, a compiled
+kernel or a compile that fails, the autograd nodes under a result."""
 
 import contextlib
+import os
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -91,6 +93,17 @@ def numeric_grad(f, a, step):
         a[i] = orig
         grad[i] = (plus - minus) / (2 * step)
     return grad
+
+
+def compiled(kernel):
+    """``kernel``'s compiled module (a :class:`normlab.functional._kernels.Kernel`); the test skips where kernels are
+    disabled (``NORMLAB_NO_KERNELS=1``) and fails where the compile failed."""
+    if os.environ.get(_kernels.DISABLE_ENV) == "1":
+        pytest.skip(f"{_kernels.DISABLE_ENV}=1 is set")
+    module = kernel.module()
+    if module is None:
+        pytest.fail(f"the {kernel.what} kernel did not compile: {kernel.failed}")
+    return module
 
 
 def break_compile(monkeypatch, kernel, source):

@@ -25,7 +25,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, autograd_nodes, break_compile, num_threads
+from helpers import assert_close, autograd_nodes, break_compile, compiled, num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,12 +44,7 @@ NO_KEYS = torch.empty(0, dtype=torch.long)  # the compiled module's "every token
 
 
 def _kernel():
-    if os.environ.get("NORMLAB_NO_KERNELS") == "1":
-        pytest.skip("NORMLAB_NO_KERNELS=1 is set")
-    kernel = ak.attention_kernel()
-    if kernel is None:
-        pytest.fail(f"the causal attention kernel did not compile: {ak.CAUSAL_ATTENTION.failed}")
-    return kernel
+    return compiled(ak.CAUSAL_ATTENTION)
 
 
 def _offsets(lengths):

@@ -21,7 +21,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import break_compile, num_threads
+from helpers import break_compile, compiled, num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -36,12 +36,7 @@ EPS = 1e-5
 
 
 def _kernel():
-    if os.environ.get("NORMLAB_NO_KERNELS") == "1":
-        pytest.skip("NORMLAB_NO_KERNELS=1 is set")
-    kernel = cmk.channel_major_kernel()
-    if kernel is None:
-        pytest.fail(f"the channel-major kernel did not compile: {cmk.CHANNEL_MAJOR.failed}")
-    return kernel
+    return compiled(cmk.CHANNEL_MAJOR)
 
 
 def _params(c, seed):
