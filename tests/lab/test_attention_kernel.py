@@ -18,23 +18,18 @@ The kernel tests fail (not skip) if the kernel does not compile where a C++ comp
 """
 
 import math
-import os
-import shutil
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, autograd_nodes, break_compile, compiled, num_threads
+from helpers import assert_close, autograd_nodes, break_compile, compiled, needs_compiler, num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from normlab.lab.training import attention_kernel as ak
 from normlab.lab.training.attention_kernel import packed_causal_attention, padded_causal_attention
 from normlab.lab.training.transformer import CharTransformer
-
-HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
-needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
 
 # the kernel against float64 math, output and gradient: float32 rounding over sums of at most 64 terms of size ~1
 # and exp_u20 (seen: below 2e-6), or float64 rounding (seen: below 1e-13)
@@ -112,7 +107,7 @@ def _check_float64(lengths, heads, dh, dtype, threads, seed, with_keys=False):
     assert_close(gx, g64, **TOL[dtype], msg="grad qkv")
 
 
-@needs_kernel
+@needs_compiler
 @settings(max_examples=30, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 40), min_size=1, max_size=6),
@@ -127,7 +122,7 @@ def test_kernel_matches_float64(lengths, heads, dh, dtype, threads, seed, with_k
     _check_float64(lengths, heads, dh, dtype, threads, seed, with_keys)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "lengths",
@@ -142,7 +137,7 @@ def test_kernel_matches_float64_at_the_edges(lengths, heads, dh, dtype, with_key
     _check_float64(lengths, heads, dh, dtype, 1, sum(lengths) + heads, with_keys)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("keys", [[1, 1, 1], [64, 17, 9], [16, 8, 33], [1, 40, 64]])
 def test_key_counts_at_the_edges(keys):
     """Right-padded sequences of 64 tokens whose real keys end at 1, on and beside the blocks and vectors, or at the
@@ -160,7 +155,7 @@ def test_key_counts_at_the_edges(keys):
         assert not gx[64 * i + count : 64 * (i + 1), 64:].any()  # padding's keys and values
 
 
-@needs_kernel
+@needs_compiler
 def test_a_long_sequence():
     """A sequence of 730 tokens beside short ones: the backward's scratch (two 736 x 736 float32 tables, over 4 MiB)
     is allocated for the call instead of the thread's kept buffer, which the short calls before and after use."""
@@ -169,7 +164,7 @@ def test_a_long_sequence():
     _check_float64([3, 5], 2, 4, torch.float32, 1, 2)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("heads, dh", [(2, 3), (1, 17)])
 def test_gradcheck(heads, dh):
     _kernel()
@@ -180,7 +175,7 @@ def test_gradcheck(heads, dh):
     assert torch.autograd.gradcheck(lambda x: packed_causal_attention(x, offsets, heads, keys=keys), (qkv,))
 
 
-@needs_kernel
+@needs_compiler
 def test_results_are_the_same_on_one_and_two_threads():
     """The lab's shapes (32 sequences of 16 to 64 tokens, D = 64, 4 heads): output, log-sum-exp and gradient equal
     bit for bit, each (sequence, head) computed by one task in a fixed order."""
@@ -198,7 +193,7 @@ def test_results_are_the_same_on_one_and_two_threads():
             assert torch.equal(a, b)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("keys", [None, [3, 1, 30, 0, 5]])
 def test_padded_path_matches_the_kernel(dtype, keys, monkeypatch):
@@ -216,7 +211,7 @@ def test_padded_path_matches_the_kernel(dtype, keys, monkeypatch):
     assert_close(gx, gref, **TOL[dtype], msg="grad qkv")
 
 
-@needs_kernel
+@needs_compiler
 def test_dropout_takes_the_padded_path():
     """Dropout on the attention weights (the model's dropout in training) is the padded path's
     scaled_dot_product_attention; dropout 0 is the kernel."""
@@ -232,7 +227,7 @@ def test_dropout_takes_the_padded_path():
     assert not torch.allclose(dropped, packed_causal_attention(qkv, offsets, 2, 0.0))
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_unpadded_forward_with_and_without_the_kernel(norm, monkeypatch):
     """The language model's forward_unpadded takes the kernel (its node in the graph) and gives the logits and
@@ -262,7 +257,7 @@ def test_unpadded_forward_with_and_without_the_kernel(norm, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_padded_forward_with_and_without_the_kernel(norm, monkeypatch):
     """The language model's forward on the padded batch (BatchNorm's statistics over every position, padding
@@ -364,7 +359,7 @@ def test_bad_keys_are_refused_naming_the_argument(keys, message, kernels, monkey
         packed_causal_attention(qkv, offsets, 2, keys=keys)
 
 
-@needs_kernel
+@needs_compiler
 def test_the_compiled_module_checks_its_arguments():
     """The module's own checks (it can be called directly): offsets' values, qkv's layout, the backward's tensors."""
     kernel = _kernel()

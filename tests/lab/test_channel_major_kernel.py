@@ -15,13 +15,11 @@ The kernel tests fail (not skip) if the kernel does not compile where a C++ comp
 """
 
 import copy
-import os
-import shutil
 import warnings
 
 import pytest
 import torch
-from helpers import break_compile, compiled, num_threads
+from helpers import break_compile, compiled, needs_compiler, num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -30,8 +28,6 @@ from normlab.lab.training import channel_major_kernel as cmk
 from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
 from normlab.lab.training.conv_forms import tap_rows
 
-HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
-needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the kernel cannot be built")
 EPS = 1e-5
 
 
@@ -66,7 +62,7 @@ def _group_float64(x, cb, w, b, relu_mask):
     return z, (z if relu_mask is None else z * relu_mask), term
 
 
-@needs_kernel
+@needs_compiler
 @settings(max_examples=25, deadline=None)
 @given(
     groups=st.integers(1, 6),
@@ -82,7 +78,7 @@ def test_group_kernel_matches_float64(groups, cg, length, n, relu, shift, thread
     _check_group_float64(groups, cg, length, n, relu, shift, threads, seed)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 33])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shift", [0.0, 1e4])
@@ -123,7 +119,7 @@ def _composite(x, cb, w, b, relu):
     return torch.relu(y) if relu else y
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("shape", [(16, 32, 40, 32), (256, 2, 5, 32), (4, 3, 7, 19), (2, 1, 1, 1)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_group_kernel_matches_the_composite(shape, relu):
@@ -145,7 +141,7 @@ def test_group_kernel_matches_the_composite(shape, relu):
         _close(got, ref, f"grad {name}", rel=5e-5)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 32])
 @pytest.mark.parametrize("taps", [False, True])
 def test_group_kernel_is_independent_of_the_thread_count(n, taps):
@@ -187,7 +183,7 @@ def _row_float64(x, w, b, relu):
     return z, mean.view(-1), var.view(-1), term
 
 
-@needs_kernel
+@needs_compiler
 @settings(max_examples=20, deadline=None)
 @given(
     rows=st.integers(1, 12),
@@ -220,7 +216,7 @@ def test_row_kernel_matches_float64(rows, m, relu, shift, seed):
         _close(got, ref, f"grad {name}", rel=5e-5, scale=term * float(dy.abs().max()) if name == "x" else 1.0)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 32])
 @pytest.mark.parametrize("taps", [False, True])
 def test_row_kernel_is_independent_of_the_thread_count(n, taps):
@@ -243,7 +239,7 @@ def test_row_kernel_is_independent_of_the_thread_count(n, taps):
         assert torch.equal(a, r)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("taps", [False, True])
 def test_kernels_write_into_out(taps):
     """Each kernel's ``out``: its output (forward) or grad_x (backward) written there, equal to the tensor it
@@ -300,7 +296,7 @@ def _norm_act_step(norm, act, y, n, conv_bias):
     return out.detach(), grads
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("kind", ["batch", "group", "layer"])
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.GELU(), nn.Identity()])
 def test_norm_act_with_and_without_the_kernel(kind, act, monkeypatch):
@@ -370,7 +366,7 @@ def test_disabled_kernels_take_the_composites(monkeypatch):
     assert torch.equal(out.view(-1), torch.relu(ref).view(-1))
 
 
-@needs_kernel
+@needs_compiler
 def test_split_kernel_refuses_a_plan_that_does_not_fit():
     """split_forward (a mixed pack's layer in one call): runs that do not add up to K, groups that do not divide a
     part's channels, or a missing weight are refused, naming the argument."""

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_nodes
+from helpers import autograd_nodes, needs_compiler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,7 +22,7 @@ from normlab.lab.training.conv_forms import ParityConv, position_order, tap_rows
 from normlab.lab.training.packed import PackedSGD, pack_state
 from normlab.lab.training.train import build_classifier, build_packed_classifier, classifier_data
 
-from .test_channel_major_kernel import _close, _kernel, needs_kernel
+from .test_channel_major_kernel import _close, _kernel
 
 
 def _gather_taps(h, length, halvings):
@@ -88,7 +88,7 @@ def _float64(kind, norm, y, conv_bias, weight, bias, k, c, length, n):
     return z, float(torch.rsqrt(var + norm.eps).detach().max())
 
 
-@needs_kernel
+@needs_compiler
 @settings(max_examples=20, deadline=None)
 @given(
     kind=st.sampled_from(["batch", "group", "layer"]),
@@ -106,7 +106,7 @@ def test_taps_match_float64_and_the_plain_layout(kind, halvings, mult, n, relu, 
     _check_taps(kind, halvings, mult, n, relu, shift, seed)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("kind", ["group", "layer"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 32])
 @pytest.mark.parametrize("halvings,mult", [(1, 5), (3, 1)])
@@ -115,7 +115,7 @@ def test_small_batch_taps_match_float64_and_the_plain_layout(kind, n, halvings, 
     _check_taps(kind, halvings, mult, n, True, 1e4, n)
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17])
 @pytest.mark.parametrize("halvings,mult", [(1, 5), (3, 1), (2, 3)])
 @pytest.mark.parametrize("relu", [False, True])
@@ -163,7 +163,7 @@ def _check_taps(kind, halvings, mult, n, relu, shift, seed):
         _close(got, plain_got, f"grad {name} vs the plain layout", rel=5e-5, scale=scale)
 
 
-@needs_kernel
+@needs_compiler
 def test_taps_are_none_where_the_kernel_does_not_run(monkeypatch):
     _kernel()
     k, c, length, n = 2, 4, 8, 4
@@ -207,7 +207,7 @@ def _train(norm, batch, layout, monkeypatch, steps=3, copies=3):
     return torch.stack(losses), packed.state_dict()
 
 
-@needs_kernel
+@needs_compiler
 @pytest.mark.parametrize("norm", ["batch", "group", "layer"])
 @pytest.mark.parametrize("batch", [32, 5])
 def test_packed_training_equal_in_both_layouts_and_without_the_kernel(norm, batch, monkeypatch):
