@@ -6,9 +6,9 @@ benchmark, not a test).
 Runs the default compare once, as a user would (all studies, one worker process per core, one thread each), and
 prints the total wall time, then per study the compute time (the sum of its runs' seconds on one core, a work item's
 time shared by its runs) of each part: learning-rate selection, the final runs (budget T), the longer budgets (2T
-and more; a run's budgets train as one trajectory, so the split between T and 2T is even by construction); then
-each study's training check and verdict counts. With DIR holding a finished run, only the report is rebuilt: use a
-new one.
+and more; a run's budgets train as one trajectory, so the split between T and 2T is even by construction), and the
+final runs at rates they could not hold (lowered, trained again); then each study's training check and verdict
+counts. With DIR holding a finished run, only the report is rebuilt: use a new one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from normlab.lab import STUDIES, Options, compare
 from normlab.lab.judging.report import outcome_counts
 from normlab.lab.sweep.runner import default_workers
 
-ROLES = ("selection", "final", "longer budgets")
+ROLES = ("selection", "final", "longer budgets", "unheld rates")
 
 
 def main() -> None:
@@ -47,8 +47,8 @@ def main() -> None:
     }
     total = sum(sum(v) for v in cost.values())
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
-    print("| study | selection runs, s | final runs (T), s | longer budgets, s | compute s | share |")
-    print("|---|---|---|---|---|---|")
+    print("| study | selection runs, s | final runs (T), s | longer budgets, s | unheld rates, s | compute s | share |")
+    print("|---|---|---|---|---|---|---|")
     for name in STUDIES:
         cells = [f"{len(cost[(name, r)])}, {sum(cost[(name, r)]):.0f}" for r in ROLES]
         study_total = sum(sum(cost[(name, r)]) for r in ROLES)

@@ -14,10 +14,10 @@ import torch
 from normlab.lab import STUDIES, Options
 from normlab.lab import store as store_module
 from normlab.lab.config import as_dict, make_config
-from normlab.lab.judging.fairness import SELECTION_SEED_OFFSET, Selection, StudyPlan
+from normlab.lab.judging.fairness import MAX_LOWERINGS, SELECTION_SEED_OFFSET, Selection, StudyPlan
 from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
-from normlab.lab.judging.verdicts import Outcome, Verdict, compare
-from normlab.lab.metrics import TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC
+from normlab.lab.judging.verdicts import MAX_DOUBLINGS, Outcome, Verdict, compare
+from normlab.lab.metrics import DIVERGED, TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC, lost_its_training
 from normlab.lab.store import RunRecord, config_key, training_code_hash
 from normlab.lab.sweep import runner
 from normlab.lab.training.train import build_classifier, classifier_data, ladder_key, run
@@ -193,6 +193,83 @@ def test_a_verdict_that_keeps_changing_says_so_with_its_numbers(tmp_path):
     assert max(c.doublings for c in plan.budget_configs()) == 3
     assert verdict.outcome is Outcome.CHANGES_WITH_BUDGET
     assert "T: reproduced (+3); 2T: not reproduced at this scale (+0.5)" in verdict.evidence
+
+
+def test_a_longer_budget_whose_runs_diverged_keeps_the_verdict_from_settling(tmp_path):
+    """The contrast study from seeds 0 (2026-12-07): the unnormalized net's runs collapsed at 2T and 4T, so the
+    comparison there had one seed, gave no difference and no settings; it must still count as measured (not read
+    as "reproduced at T" with no budget settled), and the report says why and what diverged where."""
+
+    class Diverging(_Study):
+        def analyze(self, records, figdir, options):
+            kept = [r for r in records if not r.metrics.get("diverged")]
+            acc = {n: values(runs, TEST_ACC, 100) for (n,), runs in group_by(kept, "norm").items()}
+            notes = [f"{len(records) - len(kept)} runs diverged"] if len(kept) < len(records) else []
+            verdict = compare("group beats batch", acc["group"], acc["batch"], "GN", "BN", min_effect=1.5)
+            return StudyResult(verdicts=[verdict], notes=notes)
+
+    plan = StudyPlan(Diverging(), Options(seeds=3))
+    while plan.update(_select(plan, lambda norm, lr: 1.0 - abs(lr - 0.1))):
+        pass
+    grew = True
+    while grew:
+        records = _at_budgets(plan, {d: 75.0 for d in range(4)})
+        for c in plan.budget_configs():  # every group run but one diverges at 2T and beyond
+            if c.norm == "group" and c.doublings > 0 and c.seed > 0:
+                records[config_key(c)] = _done(c, **{TEST_ACC: 0.1, "diverged": 1.0})
+        result, grew = plan.judge(records, tmp_path)
+    (verdict,) = result.verdicts
+    assert max(c.doublings for c in plan.budget_configs()) == 3
+    assert verdict.outcome is Outcome.CHANGES_WITH_BUDGET and verdict.settled_at is None
+    assert [h[1] for h in verdict.history] == ["reproduced"] + ["inconclusive"] * 3
+    assert "at 2T, 4T, 8T there was no difference to test" in verdict.evidence
+    assert "At 2T: 2 runs diverged" in result.notes
+
+
+def test_a_rate_the_final_runs_cannot_hold_is_lowered_and_they_train_again(tmp_path):
+    """Batch Renorm online and the unnormalized net in the contrast study (2026-12-07): a rate chosen at the
+    selection budget diverged, or learned and collapsed, when trained longer. The setting's rate goes one grid step
+    down (at most MAX_LOWERINGS times), the report says why, and its final runs train again at it."""
+    plan = _planned(tmp_path)
+    group = next(c for c in plan.choices.values() if c.label == "norm=group")
+    assert group.chosen == 0.1
+
+    def records(unheld_above):  # group's runs at rates above ``unheld_above`` diverge at 2T (seed 1) or collapse
+        out = _at_budgets(plan, {d: 3.0 for d in range(MAX_DOUBLINGS + 1)})
+        for c in plan.budget_configs():
+            if c.norm == "group" and c.lr > unheld_above and c.doublings == 1:
+                if c.seed == 1:
+                    out[config_key(c)] = _done(c, **{TEST_ACC: 0.1, DIVERGED: 1.0})
+                else:  # learned, then every unit died: the loss back at its first value
+                    out[config_key(c)] = dataclasses.replace(out[config_key(c)], curves={"loss": [2.3, 0.1, 2.3]})
+        return out
+
+    result, grew = plan.judge(records(0.05), tmp_path)
+    assert grew and not result.verdicts and group.chosen == pytest.approx(0.0333, rel=1e-2)
+    assert (
+        group.note == "0.1 diverged or collapsed in 3 of 6 final runs (at 2T): the final runs train at 0.0333, "
+        "the next rate below"
+    )
+    assert {c.lr for c in plan.budget_configs() if c.norm == "group"} == {group.chosen}
+    unheld = plan.roles()["unheld rates"]  # what they cost is counted, not hidden
+    assert {(c.norm, c.lr) for c in unheld} == {("group", 0.1)} and len(unheld) == 6
+    assert next(c for c in plan.choices.values() if c.label == "norm=batch").chosen == 0.1  # it held its rate
+    result, grew = plan.judge(records(0.05), tmp_path)  # held at the lowered rate: judged as usual
+    assert not grew and result.verdicts[0].outcome is Outcome.REPRODUCED and result.verdicts[0].settled_at == 0
+    plan = _planned(tmp_path)
+    while (judged := plan.judge(records(0.0), tmp_path))[1]:  # no rate holds: lowered twice, then judged
+        pass
+    group = next(c for c in plan.choices.values() if c.label == "norm=group")
+    assert len(group.lowered) == MAX_LOWERINGS and group.chosen == pytest.approx(0.0111, rel=1e-2)
+    assert judged[0].verdicts
+
+
+def test_a_run_lost_its_training_when_it_diverged_or_learned_and_collapsed():
+    assert lost_its_training({DIVERGED: 1.0}, [2.3, 1.0])
+    assert lost_its_training({}, [2.3, 0.01, 0.5, 2.29])  # learned, then back to its first loss
+    assert not lost_its_training({}, [2.3, 0.01, 0.5, 1.0])  # worse, but still learned
+    assert not lost_its_training({}, [2.3, 2.28, 2.31])  # never learned (BN at batch 1): not a rate it lost
+    assert not lost_its_training({DIVERGED: 0.0}, [])
 
 
 def test_recommendations_follow_the_settled_verdicts_not_those_at_budget_t(tmp_path):

@@ -119,6 +119,18 @@ def test_an_unsettled_verdict_says_why_in_words():
     assert "rises at every doubling toward 0 and past it (-3, -1, +1, +3)" in settle(rising, MAX_DOUBLINGS)[0].evidence
 
 
+def test_a_budget_that_could_not_compare_confirms_no_outcome():
+    """A comparison at T that a longer budget could not make (its runs diverged there: one seed, no spread) is
+    not settled by that budget, nor before it; at the largest budget it changes with budget, and says why."""
+    lost = compare("c", [5.0], [3.0], "a", "b")
+    assert lost.outcome is Outcome.INCONCLUSIVE and lost.effect is None
+    v, more = settle({0: _at(75), 1: _at(86), 2: lost}, MAX_DOUBLINGS)
+    assert more and v.settled_at is None
+    v, more = settle({0: _at(75), **{d: lost for d in range(1, MAX_DOUBLINGS + 1)}}, MAX_DOUBLINGS)
+    assert not more and v.outcome is Outcome.CHANGES_WITH_BUDGET
+    assert "at 2T, 4T, 8T there was no difference to test" in v.evidence
+
+
 def test_a_claim_with_no_training_comparison_needs_no_budget():
     v, more = settle({0: check("exact", True, "max error 1e-7")}, MAX_DOUBLINGS)
     assert not more

@@ -9,7 +9,8 @@ validation score is chosen. The final runs
 train at the chosen rate, at the study's budget T and at 2T (one trajectory,
 :func:`normlab.lab.training.loop.fit_ladder`), and every verdict is judged at both and settled where more training would
 not change it; the settings under a verdict that is not settled train at 4T, up to the study's :class:`Budgets`
-(``StudyPlan.judge``).
+(``StudyPlan.judge``). A setting whose final runs cannot hold the chosen rate when trained that long (one diverged,
+or learned and collapsed) trains again a grid step lower (``StudyPlan.lower_unheld_rates``), and the report says so.
 
 :class:`StudyPlan` holds one study's runs in that order; ``normlab.lab.compare`` runs its rounds.
 """
@@ -25,9 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 
 from ..config import BudgetedConfig, RunConfig, at_doublings
-from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
+from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS, lost_its_training
 from ..store import RunRecord, config_key, setting_key, trunk_key
 from ..training.train import can_branch
+from .fairness_figures import budget_figure, selection_figure
 from .verdicts import Budgets, Verdict, budget_name, settle
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
 
+MAX_LOWERINGS = 2  # how many times a setting's rate is lowered when its final runs cannot hold it
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
 Scoring = tuple[str, bool, float, str]
@@ -152,6 +155,8 @@ class Choice:
     extensions: int = 0
     chosen: float | None = None
     note: str = ""
+    lowered: list[str] = field(default_factory=list)  # why the final runs' rate was lowered, each time
+    unheld: list[float] = field(default_factory=list)  # the rates lowered from (their final runs are not judged)
 
     def best(self, scores: dict[float, float] | None = None) -> tuple[int, float] | None:
         """(grid index, rate) of the best finite score in ``scores`` (default: :attr:`scores`); None if none."""
@@ -366,8 +371,10 @@ class StudyPlan:
         budget is for verdicts, not for models that have not learned the task."""
         import tempfile
 
-        from .study import check_training, withheld
+        from .study import StudyResult, check_training, withheld
 
+        if self.lower_unheld_rates(records):
+            return StudyResult(), True  # judged once the lowered rates' final runs are stored
         everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
         by_claim: dict[str, dict[int, Verdict]] = {}
         main: StudyResult | None = None
@@ -377,9 +384,15 @@ class StudyPlan:
                 if d > 0 and not actual & everything:
                     break
                 result = self.study.analyze(recs, figdir if d == 0 else Path(scratch), self.options)
-                main = main or result
+                if main is None:
+                    main = result
+                else:  # what a longer budget's analysis noted (runs that diverged there) is said too
+                    main.notes += [f"At {budget_name(d)}: {n}" for n in result.notes if n not in main.notes]
                 for v in result.verdicts:
-                    if d == 0 or set(v.settings or everything) <= actual:
+                    # a claim rests on the settings it compared at T: a longer budget that left it no comparison
+                    # (its runs diverged there) still counts as measured, so the claim cannot settle before it
+                    at_t = by_claim.get(v.claim, {}).get(0)
+                    if d == 0 or set((at_t.settings if at_t else ()) or v.settings or everything) <= actual:
                         by_claim.setdefault(v.claim, {})[d] = v
         assert main is not None  # budget T (d = 0) is always analyzed
         training = check_training(self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None)
@@ -396,6 +409,39 @@ class StudyPlan:
         if main.recommend is not None:  # what to use follows the settled verdicts, not those at budget T
             main.recommendations = main.recommend({v.claim: v for v in main.verdicts})
         return main, grew
+
+    def lower_unheld_rates(self, records: dict[str, RunRecord]) -> bool:
+        """Lower the rate of every tuned setting whose final runs could not hold it (a run diverged, or learned and
+        collapsed, at some budget: :func:`~normlab.lab.metrics.lost_its_training`) to the grid's next rate below, at
+        most :data:`MAX_LOWERINGS` times, and say so in its choice's note; True when a rate was lowered (its final
+        runs train again). Selection scores a rate at a shorter budget than the verdicts judge: a rate that only
+        holds that long is not a fair rate for the method, as a practitioner whose run diverges lowers it."""
+        asked: dict[str, int] = {}
+        lost: dict[str, list[int]] = {}  # setting -> the budgets (doublings) of its runs that lost their training
+        for c in self.final_configs():
+            if not (self._tuned(c) and self._budgeted(c)):
+                continue
+            key = self._setting(c)
+            for d in range(self.levels.get(trunk_key(c), 1) + 1):
+                if (r := records.get(config_key(at_doublings(c, d)))) is not None:
+                    asked[key] = asked.get(key, 0) + 1
+                    if lost_its_training(r.metrics, r.curves.get("loss", [])):
+                        lost.setdefault(key, []).append(d)
+        lowered = False
+        for key, budgets in lost.items():
+            choice = self.choices.get(key)
+            if choice is None or choice.chosen is None or len(choice.lowered) >= MAX_LOWERINGS:
+                continue
+            below = [lr for lr in choice.grid if lr < choice.chosen]
+            rate = max(below) if below else _rate(choice.chosen / self.selection.factor)
+            where = ", ".join(budget_name(d) for d in sorted(set(budgets)))
+            choice.lowered.append(
+                f"{choice.chosen:g} diverged or collapsed in {len(budgets)} of {asked[key]} final runs (at {where})"
+            )
+            choice.unheld.append(choice.chosen)
+            choice.chosen, lowered = rate, True
+            choice.note = "; ".join(choice.lowered) + f": the final runs train at {rate:g}, the next rate below"
+        return lowered
 
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
         """Each compared setting's mean target metric at every budget it trained at."""
@@ -417,7 +463,17 @@ class StudyPlan:
     def roles(self) -> dict[str, list[RunConfig]]:
         """Every run of the study by what it is for (the report counts what each part cost)."""
         longer: list[RunConfig] = [c for c in self.budget_configs() if self._budgeted(c) and c.doublings > 0]
-        return {"selection": self.selection_configs(), "final": self.final_configs(), "longer budgets": longer}
+        unheld: list[RunConfig] = []  # the final runs at rates they could not hold, at every budget they trained at
+        for c in self.final_configs():
+            choice = self.choices.get(self._setting(c)) if self._budgeted(c) and self._tuned(c) else None
+            for old in [dataclasses.replace(c, lr=lr) for lr in (choice.unheld if choice else [])]:
+                unheld += [at_doublings(old, d) for d in range(self.levels.get(trunk_key(old), 1) + 1)]
+        return {
+            "selection": self.selection_configs(),
+            "final": self.final_configs(),
+            "longer budgets": longer,
+            "unheld rates": unheld,
+        }
 
     def fairness(self, records: dict[str, RunRecord], figdir: Path) -> Fairness:
         rows = self.budget_rows(records)
@@ -426,12 +482,12 @@ class StudyPlan:
             choices=list(self.choices.values()),
             budgets=rows,
             check_scale=self.budgets.scale,
-            budget_figure=_budget_figure(self.study.name, self.study.target.metric, self.budgets, rows, figdir),
+            budget_figure=budget_figure(self.study.name, self.study.target.metric, self.budgets, rows, figdir),
         )
         if self.selection is not None and self.choices:
             summary.selection = self.selection.describe(self.halving)
             summary.score_scale = self.selection.score[2]
-            summary.figure = _selection_figure(self.study.name, self.selection, summary.choices, figdir)
+            summary.figure = selection_figure(self.study.name, self.selection, summary.choices, figdir)
         else:
             summary.selection = self.study.untuned
         return summary
@@ -448,55 +504,3 @@ def _labels(configs: list[RunConfig], ignored: tuple[str, ...] = ()) -> dict[str
         varying = [k for k in varying_fields(same) if k not in ignored]
         labels.update({setting_key(c): setting_label(c, varying) for c in same})
     return labels
-
-
-def _selection_figure(name: str, selection: Selection, choices: list[Choice], figdir: Path) -> str:
-    from .study import new_figure, save
-
-    fig, (ax,) = new_figure(width=7)
-    _, _, scale, axis_label = selection.score
-    for choice in choices:
-        lrs = sorted(choice.scores)
-        line = ax.plot(lrs, [scale * choice.scores[lr] for lr in lrs], marker="o", ms=3, label=choice.label)[0]
-        if choice.screening:  # successive halving: every rate's screened score, dashed
-            screened = sorted(choice.screening)
-            ax.plot(
-                screened,
-                [scale * choice.screening[lr] for lr in screened],
-                ls="--",
-                lw=0.8,
-                marker=".",
-                ms=3,
-                color=line.get_color(),
-            )
-        if choice.chosen is not None and math.isfinite(choice.scores.get(choice.chosen, math.nan)):
-            ax.plot([choice.chosen], [scale * choice.scores[choice.chosen]], marker="*", ms=12, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(axis_label)
-    halved = any(choice.screening for choice in choices)
-    ax.set_title("Learning-rate selection (star: chosen" + ("; dashed: screened)" if halved else ")"))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    return save(fig, figdir, f"{name}-selection.png")
-
-
-def _budget_figure(name: str, metric: str, budgets: Budgets, rows: list[BudgetRow], figdir: Path) -> str | None:
-    from .study import new_figure, save
-
-    if not any(len(row.means) > 1 for row in rows):
-        return None
-    fig, (ax,) = new_figure(width=7)
-    for row in rows:
-        ds = sorted(row.means)
-        ax.plot([2**d for d in ds], [budgets.scale * row.means[d] for d in ds], marker="o", ms=3, label=row.label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(
-        [2**d for d in range(budgets.max_doublings + 1)], [budget_name(d) for d in range(budgets.max_doublings + 1)]
-    )
-    ax.set_xlabel("training budget")
-    ax.set_ylabel(metric.replace("_", " ") + (" (%)" if budgets.scale == 100 else ""))
-    ax.set_title("Each compared setting against its budget (mean over the final seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    return save(fig, figdir, f"{name}-budgets.png")

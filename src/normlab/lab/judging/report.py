@@ -34,7 +34,7 @@ _BADGE = {
     Outcome.NOT_TRAINED: "#5f6368",
     Outcome.CHANGES_WITH_BUDGET: "#5f6368",
 }
-Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, longer budgets
+Runs = dict[str, list[RunRecord]]  # a study's runs by role: selection, final, longer budgets, unheld rates
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #202124; }

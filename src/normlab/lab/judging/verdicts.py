@@ -64,7 +64,8 @@ CRITERION = (
     "overturn it (the effect's change from T to 2T, repeated once more, keeps the outcome). Otherwise the settings "
     f"under it train again at 4T, then up to {2**MAX_DOUBLINGS}T, and the same rule applies to each pair of successive "
     "budgets (a budget still longer, trained for another verdict, must give the same outcome too: what was "
-    "measured at it overrides the trend); a verdict still unsettled reads 'inconclusive: changes with budget', "
+    "measured at it overrides the trend; a budget where too few of its runs trained to compare, as when they "
+    "diverged there, confirms no outcome); a verdict still unsettled reads 'inconclusive: changes with budget', "
     "with its numbers at every "
     "budget and why it did not settle (how its difference moved per doubling, and what one more would read). "
     "A claim that involves no training (exactness, determinism) needs no budget. If a study's best setting "
@@ -285,6 +286,8 @@ def settle(by_budget: dict[int, Verdict], last: int) -> tuple[Verdict, bool]:
         a, b = by_budget[d], by_budget[d + 1]
         if a.outcome != b.outcome or any(by_budget[e].outcome != a.outcome for e in levels if e > d + 1):
             continue  # the budgets disagree, or a longer one (trained for another verdict) measured otherwise
+        if first.effect is not None and (a.effect is None or b.effect is None):
+            continue  # a comparison at T that a budget could not make (too few of its runs trained there)
         if a.effect is None or b.effect is None or b.outcome_for(2 * b.effect - a.effect) == b.outcome:
             trend = (
                 ""
@@ -310,7 +313,14 @@ def unsettled_reason(final: Verdict, history: Sequence[tuple[int, str, float | N
     effect): how its effect moved per doubling, and what one more doubling at the last rate of change would read
     (by ``final``'s margins). Empty when the effects are missing."""
     effects = [e for _, _, e in history]
-    if len(effects) < 2 or any(e is None for e in effects) or final.margin is None:
+    missing = [budget_name(d) for d, _, e in history if e is None]
+    if missing and len(missing) < len(history):
+        return (
+            f". Why it is not settled: at {', '.join(missing)} there was no difference to test (too few of the runs "
+            "it compares trained there: the study's notes say which diverged or collapsed), so no budget's outcome "
+            "was confirmed by the next"
+        )
+    if len(effects) < 2 or missing or final.margin is None:
         return ""
     values = cast("list[float]", effects)
     steps = [b - a for a, b in zip(values, values[1:], strict=False)]
