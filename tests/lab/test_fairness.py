@@ -223,7 +223,8 @@ def test_a_longer_budget_whose_runs_diverged_keeps_the_verdict_from_settling(tmp
     assert verdict.outcome is Outcome.CHANGES_WITH_BUDGET and verdict.settled_at is None
     assert [h[1] for h in verdict.history] == ["reproduced"] + ["inconclusive"] * 3
     assert "at 2T, 4T, 8T there was no difference to test" in verdict.evidence
-    assert "At 2T: 2 runs diverged" in result.notes
+    lost = [n[: n.index(" (")] for n in result.notes]
+    assert lost == [f"At {b}, 2 of 3 final runs of norm=group diverged or collapsed" for b in ("2T", "4T", "8T")]
 
 
 def test_a_rate_the_final_runs_cannot_hold_is_lowered_and_they_train_again(tmp_path):

@@ -193,3 +193,33 @@ def test_a_sweep_starts_its_longest_items_first():
     assert _cost(pack) > _cost(pack[:1])
     order = _schedule([[lm[0]], pack[:1], [lm[1]], pack])
     assert order.index([lm[1]]) < order.index([lm[0]]) and order.index(pack) < order.index(pack[:1])
+
+
+def test_the_rounds_of_a_lab_run_share_one_pool_of_workers(tmp_path, monkeypatch):
+    """Each round used to start its worker processes again (importing torch: about 2 s while the cores wait); the
+    rounds of one compare share :func:`worker_pool`'s, and every run is stored as before."""
+    from normlab.lab.store import Store, config_key
+    from normlab.lab.sweep import runner
+
+    started = []
+
+    class Counted(runner.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Counted)
+    rounds = [[_classify(seed=seed, steps=3, norm=norm)] for seed in range(2) for norm in ("batch", "group")]
+    path = tmp_path / "r.sqlite"
+    with runner.worker_pool(2) as pool:
+        for configs in rounds:
+            assert runner.run_sweep(configs, path, workers=2, progress=False, pool=pool, max_pack=1).ran == 1
+    assert len(started) == 1
+    runner.run_sweep([_classify(seed=9, steps=3)], path, workers=2, progress=False)  # alone: a pool of its own
+    assert len(started) == 2
+    with Store(path) as store:
+        assert store.finished_keys() == {config_key(c) for r in rounds for c in r} | {
+            config_key(_classify(seed=9, steps=3))
+        }
+    with runner.worker_pool(1) as none, runner.worker_pool(4, executor="ray") as ray:
+        assert none is None and ray is None

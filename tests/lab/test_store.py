@@ -30,6 +30,22 @@ def test_put_and_read_back(tmp_path):
     assert config_key(_config(0)) == config_key(dict(reversed(list(_config(0).items()))))
 
 
+def test_records_by_key_reads_only_those_in_key_order(tmp_path):
+    """A lab run reads the new rows after every round by key; more keys than one query holds come in batches."""
+    with Store(tmp_path / "r.sqlite") as store:
+        for i in range(1200):
+            store.put(_config(i, study="a" if i % 3 else "b"), {"i": float(i)}, {}, 0.0)
+        everything = store.records()
+        assert [r.key for r in everything] == sorted(r.key for r in everything) and len(everything) == 1200
+        wanted = [config_key(_config(i, study="a" if i % 3 else "b")) for i in range(0, 1200, 2)] + ["missing"]
+        some = store.records(keys=wanted)
+        assert [r.key for r in some] == sorted(set(wanted) - {"missing"})
+        assert {r.metrics["i"] for r in some} == {float(i) for i in range(0, 1200, 2)}
+        only_b = store.records("b", keys=wanted)
+        assert {r.metrics["i"] for r in only_b} == {float(i) for i in range(0, 1200, 6)}
+        assert store.records(keys=[]) == []
+
+
 def test_parallel_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "r.sqlite")
     Store(path).close()

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .judging.verdicts import Outcome
 from .store import RunRecord, Store, config_key
 from .studies import STUDIES
 from .sweep.checkpoint import Checkpoints
-from .sweep.runner import SweepReport, run_sweep
+from .sweep.runner import SweepReport, run_sweep, worker_pool
 from .training.packed import MAX_COPIES
 from .user_study.study import UserSpec
 
@@ -162,7 +163,7 @@ def run_studies(
         before = store.finished_keys()
     total, requested = SweepReport(total=0, skipped=0), set[str]()
 
-    def sweep(configs: list[RunConfig]) -> None:
+    def sweep(configs: list[RunConfig], pool: ProcessPoolExecutor | None) -> None:
         report = run_sweep(
             configs,
             store_path,
@@ -172,6 +173,7 @@ def run_studies(
             checkpoints=checkpoints,
             executor=execution.executor,
             ray=execution.ray,
+            pool=pool,
         )
         requested.update(config_key(c) for c in configs)
         total.total, total.skipped = len(requested), len(requested & before)
@@ -179,27 +181,34 @@ def run_studies(
         total.failed += report.failed
         total.seconds += report.seconds
 
+    cache: dict[str, RunRecord] = {}  # stored runs never change: each round reads only the new ones
+
     def stored() -> dict[str, RunRecord]:
         with Store(store_path) as store:
-            return {r.key: r for r in store.records()}
+            cache.update((r.key, r) for r in store.records(keys=store.finished_keys() - cache.keys()))
+        return dict(cache)
 
-    # 1. learning-rate selection, round by round until no grid grows; the runs of studies that tune nothing
-    #    (and so wait for nothing) share the first round
-    sweep(
-        [c for p in plans.values() for c in p.selection_configs()]
-        + [c for p in plans.values() if not p.choices for c in p.budget_configs()]
-    )
-    while grown := [p for p in [p for p in plans.values() if p.choices] if p.update(stored())]:
-        sweep([c for p in grown for c in p.selection_configs()])
-    # 2. the final runs at the chosen rates, at budgets T and 2T; then, round by round, the settings under a verdict
-    #    that is not settled at a larger budget
-    sweep([c for p in plans.values() if p.choices for c in p.budget_configs()])
+    with worker_pool(execution.workers, execution.executor) as workers:  # one pool for every round
+        # 1. learning-rate selection, round by round until no grid grows; the runs of studies that tune nothing
+        #    (and so wait for nothing) share the first round
+        sweep(
+            [c for p in plans.values() for c in p.selection_configs()]
+            + [c for p in plans.values() if not p.choices for c in p.budget_configs()],
+            workers,
+        )
+        while grown := [p for p in [p for p in plans.values() if p.choices] if p.update(stored())]:
+            sweep([c for p in grown for c in p.selection_configs()], workers)
+        # 2. the final runs at the chosen rates, at budgets T and 2T; then, round by round, the settings under a
+        #    verdict that is not settled at a larger budget (judged without figures while the cores wait; once
+        #    more with them when nothing grows)
+        sweep([c for p in plans.values() if p.choices for c in p.budget_configs()], workers)
+        judged = {name: plan.judge(stored(), None) for name, plan in plans.items()}
+        while any(grew for _, grew in judged.values()):
+            sweep([c for name, plan in plans.items() if judged[name][1] for c in plan.budget_configs()], workers)
+            everything = stored()
+            judged = {name: plan.judge(everything, None) for name, plan in plans.items()}
     figdir = out / "figures"
     judged = {name: plan.judge(stored(), figdir) for name, plan in plans.items()}
-    while any(grew for _, grew in judged.values()):
-        sweep([c for name, plan in plans.items() if judged[name][1] for c in plan.budget_configs()])
-        everything = stored()
-        judged = {name: plan.judge(everything, figdir) for name, plan in plans.items()}
     shutil.rmtree(out / "checkpoints" / "trunks", ignore_errors=True)  # every budget asked for is stored
     log(
         f"{total.total} runs: {total.skipped} already stored, {total.ran} ran now"

@@ -202,16 +202,28 @@ class Store:
         return cur.rowcount == 1
 
     def records(self, study: str | None = None, keys: Iterable[str] | None = None) -> list[RunRecord]:
-        query = "SELECT key, study, status, config, metrics, curves, note, seconds FROM runs"
-        args: tuple[str, ...] = ()
-        if study is not None:
-            query, args = query + " WHERE study = ?", (study,)
-        rows = self._conn.execute(query + " ORDER BY key", args).fetchall()
-        wanted = None if keys is None else set(keys)
+        """The stored runs (of ``study``; with ``keys``, only those), ordered by key. Only the rows asked for are
+        read: a lab run asks for the new ones after every round."""
+        batches: list[list[str] | None] = [None]
+        if keys is not None:
+            wanted = sorted(set(keys))
+            batches = [wanted[i : i + 500] for i in range(0, len(wanted), 500)]
+        rows = []
+        for batch in batches:
+            clauses, args = [], []
+            if batch is not None:
+                clauses.append(f"key IN ({', '.join('?' * len(batch))})")
+                args += batch
+            if study is not None:
+                clauses.append("study = ?")
+                args.append(study)
+            where = " WHERE " + " AND ".join(clauses) if clauses else ""
+            rows += self._conn.execute(
+                "SELECT key, study, status, config, metrics, curves, note, seconds FROM runs" + where, args
+            ).fetchall()
         return [
             RunRecord(k, s, st, json.loads(c), json.loads(m), json.loads(cu), n, sec)
-            for k, s, st, c, m, cu, n, sec in rows
-            if wanted is None or k in wanted
+            for k, s, st, c, m, cu, n, sec in sorted(rows)
         ]
 
     def integrity_ok(self) -> bool:

@@ -363,14 +363,12 @@ class StudyPlan:
                     break
         return out, actual
 
-    def judge(self, records: dict[str, RunRecord], figdir: Path) -> tuple[StudyResult, bool]:
+    def judge(self, records: dict[str, RunRecord], figdir: Path | None) -> tuple[StudyResult, bool]:
         """The study's analysis at its budget T (figures into ``figdir``) with its training check (the target, at 2T)
         and its verdicts settled over the budgets stored (:func:`~normlab.lab.judging.verdicts.settle`; withheld when
         the target is missed); and whether a verdict needs a larger budget (its settings' levels are raised, so
         :meth:`budget_configs` lists their runs there). A study that misses its target trains no further: more
         budget is for verdicts, not for models that have not learned the task."""
-        import tempfile
-
         from .study import StudyResult, check_training, withheld
 
         if self.lower_unheld_rates(records):
@@ -378,23 +376,20 @@ class StudyPlan:
         everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
         by_claim: dict[str, dict[int, Verdict]] = {}
         main: StudyResult | None = None
-        with tempfile.TemporaryDirectory() as scratch:
-            for d in range(self.budgets.max_doublings + 1):
-                recs, actual = self.records_at(records, d)
-                if d > 0 and not actual & everything:
-                    break
-                result = self.study.analyze(recs, figdir if d == 0 else Path(scratch), self.options)
-                if main is None:
-                    main = result
-                else:  # what a longer budget's analysis noted (runs that diverged there) is said too
-                    main.notes += [f"At {budget_name(d)}: {n}" for n in result.notes if n not in main.notes]
-                for v in result.verdicts:
-                    # a claim rests on the settings it compared at T: a longer budget that left it no comparison
-                    # (its runs diverged there) still counts as measured, so the claim cannot settle before it
-                    at_t = by_claim.get(v.claim, {}).get(0)
-                    if d == 0 or set((at_t.settings if at_t else ()) or v.settings or everything) <= actual:
-                        by_claim.setdefault(v.claim, {})[d] = v
+        for d in range(self.budgets.max_doublings + 1):
+            recs, actual = self.records_at(records, d)
+            if d > 0 and not actual & everything:
+                break
+            result = self.study.analyze(recs, figdir if d == 0 else None, self.options)
+            main = main or result
+            for v in result.verdicts:
+                # a claim rests on the settings it compared at T: a longer budget that left it no comparison
+                # (its runs diverged there) still counts as measured, so the claim cannot settle before it
+                at_t = by_claim.get(v.claim, {}).get(0)
+                if d == 0 or set((at_t.settings if at_t else ()) or v.settings or everything) <= actual:
+                    by_claim.setdefault(v.claim, {})[d] = v
         assert main is not None  # budget T (d = 0) is always analyzed
+        main.notes += self.lost_notes(records)
         training = check_training(self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None)
         training.budget = "2T"
         main.training = training
@@ -442,6 +437,22 @@ class StudyPlan:
             choice.chosen, lowered = rate, True
             choice.note = "; ".join(choice.lowered) + f": the final runs train at {rate:g}, the next rate below"
         return lowered
+
+    def lost_notes(self, records: dict[str, RunRecord]) -> list[str]:
+        """One note per budget and setting whose final runs there lost their training (diverged, or learned and
+        collapsed): the verdicts at that budget compare what is left, or nothing."""
+        lost: dict[tuple[int, str], list[bool]] = {}
+        for c in self.final_configs():
+            for d in range(self.levels.get(trunk_key(c), 1) + 1) if self._budgeted(c) else ():
+                if (r := records.get(config_key(at_doublings(c, d)))) is not None:
+                    flag = lost_its_training(r.metrics, r.curves.get("loss", []))
+                    lost.setdefault((d, self.labels.get(self._setting(c), "")), []).append(flag)
+        return [
+            f"At {budget_name(d)}, {sum(flags)} of {len(flags)} final runs of {label or 'the study'} diverged or "
+            "collapsed (the loss blew up, or came back to its first value after falling below half of it)"
+            for (d, label), flags in sorted(lost.items())
+            if any(flags)
+        ]
 
     def budget_rows(self, records: dict[str, RunRecord]) -> list[BudgetRow]:
         """Each compared setting's mean target metric at every budget it trained at."""

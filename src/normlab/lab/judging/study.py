@@ -206,7 +206,7 @@ class Study:
     def configs(self, options: Options) -> list[RunConfig]:
         raise NotImplementedError
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         raise NotImplementedError
 
     def setup(self, options: Options) -> str:
@@ -346,9 +346,14 @@ def new_figure(ncols: int = 1, width: float = 5.0) -> tuple[Figure, list[Axes]]:
     return fig, list(axes[0])
 
 
-def save(fig: Figure, figdir: Path, name: str) -> str:
+def save(fig: Figure, figdir: Path | None, name: str) -> str:
+    """Write ``fig`` as ``figdir/name`` and close it; with ``figdir`` None (an analysis whose figures no one will
+    see: a longer budget's, or a round's before the last) only close it."""
     import matplotlib.pyplot as plt
 
+    if figdir is None:
+        plt.close(fig)
+        return name
     figdir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(figdir / name, dpi=110)

@@ -83,7 +83,7 @@ class BatchDependence(Study):
                 )
         return runs
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "variant")
         labels = [v for v in self.norms(options) if (v,) in groups]

@@ -93,7 +93,7 @@ class BatchSize(Study):
             for seed in options.seed_list()
         ]
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm", "batch_size")
         sizes = self.batch_sizes(options)

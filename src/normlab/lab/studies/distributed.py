@@ -121,7 +121,7 @@ class Distributed(Study):
             ]
         return runs
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "variant")
         fig, (ax1, ax2) = new_figure(2)

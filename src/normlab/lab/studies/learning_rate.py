@@ -73,7 +73,7 @@ class LearningRate(Study):
             for seed in options.seed_list()
         ]
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm", "lr")
         lrs = self.lrs(options)

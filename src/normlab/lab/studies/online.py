@@ -81,7 +81,7 @@ class Online(Study):
             for seed in options.seed_list()
         ]
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "norm", "stream")
         norms = [n for n in self.norms(options) if any((n, s) in groups for s in STREAMS)]

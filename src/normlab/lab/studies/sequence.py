@@ -105,7 +105,7 @@ class Sequence(Study):
             ]
         return runs
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult(notes=not_applicable_notes(records))
         groups = group_by(records, "task", "norm", "record_batch_stats")
         norms = [n for n in self.norms(options) if ("char_lm", n, False) in groups]

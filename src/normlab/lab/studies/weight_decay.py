@@ -73,7 +73,7 @@ class WeightDecay(Study):
         ]
         return runs
 
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult()
         groups = group_by(records, "norm", "weight_decay")
         norms = [n for n in self.norms(options) if any((n, wd) in groups for wd in DECAYS)]

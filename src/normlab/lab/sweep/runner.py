@@ -6,8 +6,9 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,18 @@ def _execute_safely(
         return [(config_key(c), 0.0, "failed", error) for c in configs]
 
 
+@contextmanager
+def worker_pool(workers: int, executor: str = "local") -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` processes of this machine for one sweep or several (None where runs train in this process or on
+    Ray): a lab run's rounds share one pool instead of starting their workers again (each imports torch and loads
+    the kernels: about 2 s a round, while the cores wait)."""
+    if executor != "local" or workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        yield pool
+
+
 def run_sweep(
     configs: list[RunConfig],
     store_path: str | Path,
@@ -76,11 +89,13 @@ def run_sweep(
     checkpoints: Checkpoints | None = None,
     executor: str = "local",
     ray: Any = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> SweepReport:
     """Run every configuration not yet in the store at ``store_path``; runs that share a pack key train together,
     at most ``max_pack`` at a time (1: every run alone). ``executor`` "local" runs the work items in ``workers``
-    processes of this machine, each storing its own rows; "ray" runs each item as a Ray task with the resources of
-    ``ray`` (:class:`normlab.lab.sweep.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
+    processes of this machine (``pool``, when given: :func:`worker_pool`'s, kept across sweeps), each storing its
+    own rows; "ray" runs each item as a Ray task with the resources of ``ray``
+    (:class:`normlab.lab.sweep.executors.RaySettings`) and stores the rows here. With ``checkpoints``, each item
     saves its training state at their interval, and a rerun resumes it."""
     untyped = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if untyped:
@@ -126,9 +141,11 @@ def run_sweep(
                 ):
                     record(config, outcome)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            with worker_pool(workers) if pool is None else nullcontext(pool) as running:
+                assert running is not None
                 futures = {
-                    pool.submit(_execute_safely, item, store_path, threads, code, checkpoints): item for item in items
+                    running.submit(_execute_safely, item, store_path, threads, code, checkpoints): item
+                    for item in items
                 }
                 for future in as_completed(futures):
                     for config, outcome in zip(futures[future], future.result(), strict=True):

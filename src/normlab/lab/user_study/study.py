@@ -145,7 +145,7 @@ class UserStudy(Study):
         )
 
     # -- analysis ---------------------------------------------------------------------------------------------------
-    def analyze(self, records: list[RunRecord], figdir: Path, options: Options) -> StudyResult:
+    def analyze(self, records: list[RunRecord], figdir: Path | None, options: Options) -> StudyResult:
         result = StudyResult()
         norms, sizes = list(self.default_norms), list(self.spec.batch_sizes)
         groups = group_by(records, "norm", "batch_size")
@@ -235,7 +235,9 @@ class UserStudy(Study):
             )
         return text
 
-    def _figure(self, norms: list[str], sizes: list[int], score: dict[tuple[str, int], Sample], figdir: Path) -> str:
+    def _figure(
+        self, norms: list[str], sizes: list[int], score: dict[tuple[str, int], Sample], figdir: Path | None
+    ) -> str:
         fig, (ax,) = new_figure()
         for n in norms:
             plot_lines(ax, sizes, {n: seed_rows([score[(n, b)] for b in sizes])}, logx=True)
@@ -245,7 +247,7 @@ class UserStudy(Study):
         return save(fig, figdir, f"{self.name}.png")
 
     def _curves(
-        self, norms: list[str], sizes: list[int], groups: dict[tuple[Any, ...], list[RunRecord]], figdir: Path
+        self, norms: list[str], sizes: list[int], groups: dict[tuple[Any, ...], list[RunRecord]], figdir: Path | None
     ) -> str:
         fig, axes = new_figure(ncols=len(sizes), width=4.0)
         for ax, b in zip(axes, sizes, strict=True):
