@@ -228,41 +228,56 @@ def test_a_longer_budget_whose_runs_diverged_keeps_the_verdict_from_settling(tmp
 
 
 def test_a_rate_the_final_runs_cannot_hold_is_lowered_and_they_train_again(tmp_path):
-    """Batch Renorm online and the unnormalized net in the contrast study (2026-12-07): a rate chosen at the
-    selection budget diverged, or learned and collapsed, when trained longer. The setting's rate goes one grid step
-    down (at most MAX_LOWERINGS times), the report says why, and its final runs train again at it."""
-    plan = _planned(tmp_path)
+    """The unnormalized net in the contrast study (2026-12-07, seeds 0): a rate chosen at the selection budget,
+    which 3 of 5 final runs learned and then lost at 2T. When most of a budget's runs lose it, the setting's rate
+    goes one grid step down (at most MAX_LOWERINGS times), the report says why, and its final runs train again. A
+    minority that diverges (Batch Renorm at batch 1, 1 of 5: the rate below trained to 23% instead of 60%) stays a
+    result, and so does a rate whose next one below scored clearly worse in selection (Batch Renorm at batch 1 on
+    the iid stream: 0.06 scored 0.28, 0.02 0.14)."""
+    plan = StudyPlan(_Study(), Options(seeds=3))
+    while plan.update(_select(plan, lambda norm, lr: 0.98 - 0.1 * abs(lr - 0.1))):  # rates below score about as well
+        pass
     group = next(c for c in plan.choices.values() if c.label == "norm=group")
     assert group.chosen == 0.1
 
-    def records(unheld_above):  # group's runs at rates above ``unheld_above`` diverge at 2T (seed 1) or collapse
+    def records(unheld_above, seeds=(0, 1, 2)):  # group's runs at rates above ``unheld_above`` lose it at 2T
         out = _at_budgets(plan, {d: 3.0 for d in range(MAX_DOUBLINGS + 1)})
         for c in plan.budget_configs():
-            if c.norm == "group" and c.lr > unheld_above and c.doublings == 1:
+            if c.norm == "group" and c.lr > unheld_above and c.doublings == 1 and c.seed in seeds:
                 if c.seed == 1:
                     out[config_key(c)] = _done(c, **{TEST_ACC: 0.1, DIVERGED: 1.0})
                 else:  # learned, then every unit died: the loss back at its first value
                     out[config_key(c)] = dataclasses.replace(out[config_key(c)], curves={"loss": [2.3, 0.1, 2.3]})
         return out
 
+    result, grew = plan.judge(records(0.05, seeds=(1,)), tmp_path)  # one of three: a result, not a lowered rate
+    assert group.chosen == 0.1 and not group.lowered and result.verdicts[0].settled_at is None
+    assert "At 2T, 1 of 3 final runs of norm=group diverged or collapsed" in result.notes[0]
     result, grew = plan.judge(records(0.05), tmp_path)
     assert grew and not result.verdicts and group.chosen == pytest.approx(0.0333, rel=1e-2)
     assert (
-        group.note == "0.1 diverged or collapsed in 3 of 6 final runs (at 2T): the final runs train at 0.0333, "
-        "the next rate below"
+        group.note == "0.1 diverged or collapsed in 3 of 3 at 2T: the final runs train at 0.0333, the next rate below"
     )
     assert {c.lr for c in plan.budget_configs() if c.norm == "group"} == {group.chosen}
     unheld = plan.roles()["unheld rates"]  # what they cost is counted, not hidden
-    assert {(c.norm, c.lr) for c in unheld} == {("group", 0.1)} and len(unheld) == 6
+    assert {(c.norm, c.lr) for c in unheld} == {("group", 0.1)} and len(unheld) == 9  # 3 seeds to 4T
     assert next(c for c in plan.choices.values() if c.label == "norm=batch").chosen == 0.1  # it held its rate
     result, grew = plan.judge(records(0.05), tmp_path)  # held at the lowered rate: judged as usual
     assert not grew and result.verdicts[0].outcome is Outcome.REPRODUCED and result.verdicts[0].settled_at == 0
-    plan = _planned(tmp_path)
+    plan = StudyPlan(_Study(), Options(seeds=3))
+    while plan.update(_select(plan, lambda norm, lr: 0.98 - 0.1 * abs(lr - 0.1))):
+        pass
     while (judged := plan.judge(records(0.0), tmp_path))[1]:  # no rate holds: lowered twice, then judged
         pass
     group = next(c for c in plan.choices.values() if c.label == "norm=group")
     assert len(group.lowered) == MAX_LOWERINGS and group.chosen == pytest.approx(0.0111, rel=1e-2)
     assert judged[0].verdicts
+    plan = _planned(tmp_path)  # the rate below scored 7% worse in selection: kept, and the report says why
+    while plan.judge(records(0.05), tmp_path)[1]:
+        pass
+    group = next(c for c in plan.choices.values() if c.label == "norm=group")
+    assert group.chosen == 0.1 and not group.lowered and not plan.roles()["unheld rates"]
+    assert group.note.endswith("kept, as the rate below (0.0333) scored 7% worse in selection: worse at any budget")
 
 
 def test_a_run_lost_its_training_when_it_diverged_or_learned_and_collapsed():

@@ -9,8 +9,9 @@ validation score is chosen. The final runs
 train at the chosen rate, at the study's budget T and at 2T (one trajectory,
 :func:`normlab.lab.training.loop.fit_ladder`), and every verdict is judged at both and settled where more training would
 not change it; the settings under a verdict that is not settled train at 4T, up to the study's :class:`Budgets`
-(``StudyPlan.judge``). A setting whose final runs cannot hold the chosen rate when trained that long (one diverged,
-or learned and collapsed) trains again a grid step lower (``StudyPlan.lower_unheld_rates``), and the report says so.
+(``StudyPlan.judge``). A setting whose final runs mostly cannot hold the chosen rate at a budget (more than half
+diverged, or learned and collapsed) trains again a grid step lower, if that rate scored about as well in selection
+(``StudyPlan.lower_unheld_rates``), and the report says what was done.
 
 :class:`StudyPlan` holds one study's runs in that order; ``normlab.lab.compare`` runs its rounds.
 """
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Selection", "Budgets", "StudyPlan", "Choice", "BudgetRow", "Fairness", "SELECTION_SEED_OFFSET", "trunk_key"]
 
 MAX_LOWERINGS = 2  # how many times a setting's rate is lowered when its final runs cannot hold it
+LOWERING_TOLERANCE = 0.02  # ... to the rate below only if it scored at most this much worse in selection (relative)
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
 Scoring = tuple[str, bool, float, str]
@@ -163,6 +165,15 @@ class Choice:
         scores = self.scores if scores is None else scores
         ranked = self.ranked(scores)
         return (self.grid.index(ranked[0]), ranked[0]) if ranked else None
+
+    def shortfall(self, rate: float, other: float) -> float | None:
+        """How much worse ``other`` scored than ``rate`` in selection, relative to ``rate``'s score (negative:
+        better), on the whole selection budget where both reached it, else as screened; None without both."""
+        for scores in (self.scores, self.screening):
+            a, b = scores.get(rate, math.nan), scores.get(other, math.nan)
+            if math.isfinite(a) and math.isfinite(b) and a != 0:
+                return (a - b if self.higher_is_better else b - a) / abs(a)
+        return None
 
     def ranked(self, scores: dict[float, float]) -> list[float]:
         """The grid's rates with a finite score in ``scores``, best first (ties: the grid's order)."""
@@ -405,52 +416,60 @@ class StudyPlan:
             main.recommendations = main.recommend({v.claim: v for v in main.verdicts})
         return main, grew
 
-    def lower_unheld_rates(self, records: dict[str, RunRecord]) -> bool:
-        """Lower the rate of every tuned setting whose final runs could not hold it (a run diverged, or learned and
-        collapsed, at some budget: :func:`~normlab.lab.metrics.lost_its_training`) to the grid's next rate below, at
-        most :data:`MAX_LOWERINGS` times, and say so in its choice's note; True when a rate was lowered (its final
-        runs train again). Selection scores a rate at a shorter budget than the verdicts judge: a rate that only
-        holds that long is not a fair rate for the method, as a practitioner whose run diverges lowers it."""
-        asked: dict[str, int] = {}
-        lost: dict[str, list[int]] = {}  # setting -> the budgets (doublings) of its runs that lost their training
+    def _lost(self, records: dict[str, RunRecord]) -> dict[str, dict[int, list[bool]]]:
+        """Setting -> budget (doublings) -> whether each of its final runs stored there lost its training (diverged,
+        or learned and collapsed: :func:`~normlab.lab.metrics.lost_its_training`)."""
+        lost: dict[str, dict[int, list[bool]]] = {}
         for c in self.final_configs():
-            if not (self._tuned(c) and self._budgeted(c)):
-                continue
-            key = self._setting(c)
-            for d in range(self.levels.get(trunk_key(c), 1) + 1):
+            for d in range(self.levels.get(trunk_key(c), 1) + 1) if self._budgeted(c) else ():
                 if (r := records.get(config_key(at_doublings(c, d)))) is not None:
-                    asked[key] = asked.get(key, 0) + 1
-                    if lost_its_training(r.metrics, r.curves.get("loss", [])):
-                        lost.setdefault(key, []).append(d)
+                    flag = lost_its_training(r.metrics, r.curves.get("loss", []))
+                    lost.setdefault(self._setting(c), {}).setdefault(d, []).append(flag)
+        return lost
+
+    def lower_unheld_rates(self, records: dict[str, RunRecord]) -> bool:
+        """Lower the rate of every tuned setting that most of its final runs at some budget could not hold (they
+        diverged, or learned and collapsed) to the grid's next rate below, at most :data:`MAX_LOWERINGS` times, and
+        say so in its choice's note; True when a rate was lowered (its final runs train again). Selection scores a
+        rate at a shorter budget than the verdicts judge: a rate that most seeds cannot hold that long is not the
+        method's rate there, as a practitioner whose runs diverge lowers it, provided the rate below scored within
+        :data:`LOWERING_TOLERANCE` of it in selection; otherwise the rate stays and the note says why. A minority that
+        diverges stays a result (scored at chance): a lower rate can train far worse (Batch Renorm at batch 1, 0.06
+        -> 0.02: 60 -> 23%)."""
         lowered = False
-        for key, budgets in lost.items():
+        for key, by_budget in self._lost(records).items():
             choice = self.choices.get(key)
-            if choice is None or choice.chosen is None or len(choice.lowered) >= MAX_LOWERINGS:
+            unheld = {d: flags for d, flags in by_budget.items() if 2 * sum(flags) > len(flags)}
+            if not unheld or choice is None or choice.chosen is None or len(choice.lowered) >= MAX_LOWERINGS:
                 continue
-            below = [lr for lr in choice.grid if lr < choice.chosen]
-            rate = max(below) if below else _rate(choice.chosen / self.selection.factor)
-            where = ", ".join(budget_name(d) for d in sorted(set(budgets)))
-            choice.lowered.append(
-                f"{choice.chosen:g} diverged or collapsed in {len(budgets)} of {asked[key]} final runs (at {where})"
+            counts = ", ".join(
+                f"{sum(f)} of {len(f)} at {budget_name(d)}" for d, f in sorted(by_budget.items()) if any(f)
             )
+            lost = f"{choice.chosen:g} diverged or collapsed in {counts}"
+            below = max((lr for lr in choice.grid if lr < choice.chosen), default=None)
+            worse = None if below is None else choice.shortfall(choice.chosen, below)
+            if below is None or worse is None or worse > LOWERING_TOLERANCE:
+                why = (
+                    "no rate below it was scored"
+                    if below is None or worse is None
+                    else (f"the rate below ({below:g}) scored {worse:.0%} worse in selection: worse at any budget")
+                )
+                choice.note = "; ".join([*choice.lowered, lost]) + f"; kept, as {why}"
+                continue
+            choice.lowered.append(lost)
             choice.unheld.append(choice.chosen)
-            choice.chosen, lowered = rate, True
-            choice.note = "; ".join(choice.lowered) + f": the final runs train at {rate:g}, the next rate below"
+            choice.chosen, lowered = below, True
+            choice.note = "; ".join(choice.lowered) + f": the final runs train at {below:g}, the next rate below"
         return lowered
 
     def lost_notes(self, records: dict[str, RunRecord]) -> list[str]:
         """One note per budget and setting whose final runs there lost their training (diverged, or learned and
         collapsed): the verdicts at that budget compare what is left, or nothing."""
-        lost: dict[tuple[int, str], list[bool]] = {}
-        for c in self.final_configs():
-            for d in range(self.levels.get(trunk_key(c), 1) + 1) if self._budgeted(c) else ():
-                if (r := records.get(config_key(at_doublings(c, d)))) is not None:
-                    flag = lost_its_training(r.metrics, r.curves.get("loss", []))
-                    lost.setdefault((d, self.labels.get(self._setting(c), "")), []).append(flag)
         return [
-            f"At {budget_name(d)}, {sum(flags)} of {len(flags)} final runs of {label or 'the study'} diverged or "
-            "collapsed (the loss blew up, or came back to its first value after falling below half of it)"
-            for (d, label), flags in sorted(lost.items())
+            f"At {budget_name(d)}, {sum(flags)} of {len(flags)} final runs of {self.labels.get(key) or 'the study'} "
+            "diverged or collapsed (the loss blew up, or came back to its first value after falling below half of it)"
+            for key, by_budget in self._lost(records).items()
+            for d, flags in sorted(by_budget.items())
             if any(flags)
         ]
 
