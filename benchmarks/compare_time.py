@@ -28,6 +28,36 @@ from normlab.lab.sweep.runner import default_workers
 ROLES = ("selection", "final", "longer budgets", "unheld rates")
 
 
+def reference_step_ms(rounds: int = 5, steps: int = 40) -> float:
+    """The machine's speed at the time of a run: the best mean of ``rounds`` x ``steps`` training steps of the
+    sequence study's LayerNorm language model on one thread, in ms (CPU time). Timings of two sessions compare
+    only as far as these agree: a shared host's speed drifts (13.2-14.3 ms on 2026-12-07 morning, 16-18 in the
+    afternoon, the same code)."""
+    import torch
+
+    from normlab.lab.config import make_config
+    from normlab.lab.training.train import CharLMTraining
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = make_config(
+            "char_lm", study="sequence", norm="layer", seed=0, batch_size=32, seq_len=64, steps=400, lr_schedule="wsd"
+        )
+        training = CharLMTraining(config)
+        for step in range(20):
+            training.step(step, [0], False)
+        best = float("inf")
+        for r in range(rounds):
+            begin = time.process_time()
+            for step in range(20 + steps * r, 20 + steps * (r + 1)):
+                training.step(step, [0], False)
+            best = min(best, (time.process_time() - begin) / steps * 1e3)
+        return best
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=default_workers())
@@ -35,10 +65,12 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="as normlab compare's (seed_stability's second run)")
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="normlab-compare-")
+    before = reference_step_ms()
     start = time.perf_counter()
     options = Options(first_seed=args.first_seed)
     _, results, _ = compare(out, options=options, workers=args.workers, progress=False, log=lambda *_: None)
     wall = time.perf_counter() - start
+    after = reference_step_ms()
     runs = json.loads((Path(out) / "results.json").read_text())["runs"]
     cost = {
         (name, role): [r["seconds"] for r in runs if r["study"] == name and r["role"] == role]
@@ -47,6 +79,7 @@ def main() -> None:
     }
     total = sum(sum(v) for v in cost.values())
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
+    print(f"# machine speed (reference_step_ms): {before:.1f} ms before, {after:.1f} ms after")
     print("| study | selection runs, s | final runs (T), s | longer budgets, s | unheld rates, s | compute s | share |")
     print("|---|---|---|---|---|---|---|")
     for name in STUDIES:
