@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .verdicts import Budgets, budget_name
 
 if TYPE_CHECKING:
-    from .fairness import BudgetRow, Choice, Selection
+    from .selection import BudgetRow, Choice, Selection
 
 
 def selection_figure(name: str, selection: Selection, choices: list[Choice], figdir: Path) -> str:

@@ -18,8 +18,8 @@ import torch
 
 from ... import __version__
 from ..store import RunRecord
-from .fairness import Choice, Fairness
 from .published import ANCHORS
+from .selection import Choice, Fairness
 from .study import CONVERGENCE, Options, Study, StudyResult, TrainingCheck
 from .verdicts import CRITERION, Outcome, Verdict, budget_name
 
