@@ -244,7 +244,8 @@ class StudyPlan:
         budget is for verdicts, not for models that have not learned the task."""
         from .study import StudyResult, check_training, withheld
 
-        if self.lower_unheld_rates(records):
+        lost = self.lost_runs(records)  # read once: the rates it lowers, and the notes
+        if self.lower_unheld_rates(lost):
             return StudyResult(), True  # judged once the lowered rates' final runs are stored
         everything = {trunk_key(c) for c in self.final_configs() if self._budgeted(c)}
         by_claim: dict[str, dict[int, Verdict]] = {}
@@ -262,7 +263,7 @@ class StudyPlan:
                 if d == 0 or set((at_t.settings if at_t else ()) or v.settings or everything) <= actual:
                     by_claim.setdefault(v.claim, {})[d] = v
         assert main is not None  # budget T (d = 0) is always analyzed
-        main.notes += self.lost_notes(records)
+        main.notes += self.lost_notes(lost)
         training = check_training(self.study.target, self.records_at(records, 1)[0], tuned=self.selection is not None)
         training.budget = "2T"
         main.training = training
@@ -278,7 +279,7 @@ class StudyPlan:
             main.recommendations = main.recommend({v.claim: v for v in main.verdicts})
         return main, grew
 
-    def _lost(self, records: dict[str, RunRecord]) -> dict[str, dict[int, list[bool]]]:
+    def lost_runs(self, records: dict[str, RunRecord]) -> dict[str, dict[int, list[bool]]]:
         """Setting -> budget (doublings) -> whether each of its final runs stored there lost its training (diverged,
         or learned and collapsed: :func:`~normlab.lab.metrics.lost_its_training`)."""
         lost: dict[str, dict[int, list[bool]]] = {}
@@ -289,7 +290,7 @@ class StudyPlan:
                     lost.setdefault(self._setting(c), {}).setdefault(d, []).append(flag)
         return lost
 
-    def lower_unheld_rates(self, records: dict[str, RunRecord]) -> bool:
+    def lower_unheld_rates(self, lost: dict[str, dict[int, list[bool]]]) -> bool:
         """Lower the rate of every tuned setting that most of its final runs at some budget could not hold (they
         diverged, or learned and collapsed) to the grid's next rate below, at most :data:`MAX_LOWERINGS` times, and
         say so in its choice's note; True when a rate was lowered (its final runs train again). Selection scores a
@@ -299,7 +300,7 @@ class StudyPlan:
         diverges stays a result (scored at chance): a lower rate can train far worse (Batch Renorm at batch 1, 0.06
         -> 0.02: 60 -> 23%)."""
         lowered = False
-        for key, by_budget in self._lost(records).items():
+        for key, by_budget in lost.items():
             choice = self.choices.get(key)
             unheld = {d: flags for d, flags in by_budget.items() if 2 * sum(flags) > len(flags)}
             if not unheld or choice is None or choice.chosen is None or len(choice.lowered) >= MAX_LOWERINGS:
@@ -307,30 +308,30 @@ class StudyPlan:
             counts = ", ".join(
                 f"{sum(f)} of {len(f)} at {budget_name(d)}" for d, f in sorted(by_budget.items()) if any(f)
             )
-            lost = f"{choice.chosen:g} diverged or collapsed in {counts}"
+            what = f"{choice.chosen:g} diverged or collapsed in {counts}"
             below = max((lr for lr in choice.grid if lr < choice.chosen), default=None)
             worse = None if below is None else choice.shortfall(choice.chosen, below)
-            if below is None or worse is None or worse > LOWERING_TOLERANCE:
+            if worse is None or worse > LOWERING_TOLERANCE:  # None: no rate below, or none scored
                 why = (
                     "no rate below it was scored"
-                    if below is None or worse is None
-                    else (f"the rate below ({below:g}) scored {worse:.0%} worse in selection: worse at any budget")
+                    if worse is None
+                    else f"the rate below ({below:g}) scored {worse:.0%} worse in selection: worse at any budget"
                 )
-                choice.note = "; ".join([*choice.lowered, lost]) + f"; kept, as {why}"
+                choice.note = "; ".join([*choice.lowered, what]) + f"; kept, as {why}"
                 continue
-            choice.lowered.append(lost)
+            choice.lowered.append(what)
             choice.unheld.append(choice.chosen)
             choice.chosen, lowered = below, True
             choice.note = "; ".join(choice.lowered) + f": the final runs train at {below:g}, the next rate below"
         return lowered
 
-    def lost_notes(self, records: dict[str, RunRecord]) -> list[str]:
+    def lost_notes(self, lost: dict[str, dict[int, list[bool]]]) -> list[str]:
         """One note per budget and setting whose final runs there lost their training (diverged, or learned and
         collapsed): the verdicts at that budget compare what is left, or nothing."""
         return [
             f"At {budget_name(d)}, {sum(flags)} of {len(flags)} final runs of {self.labels.get(key) or 'the study'} "
             "diverged or collapsed (the loss blew up, or came back to its first value after falling below half of it)"
-            for key, by_budget in self._lost(records).items()
+            for key, by_budget in lost.items()
             for d, flags in sorted(by_budget.items())
             if any(flags)
         ]
