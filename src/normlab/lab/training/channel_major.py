@@ -5,6 +5,8 @@ net) subtract it with the group mean, so the conv is a plain product and its out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, cast
 
@@ -33,6 +35,10 @@ __all__ = [
     "SplitNorm",
     "norm_parts",
     "kernel_takes",
+    "KernelLayer",
+    "kernel_cases",
+    "kernel_layer",
+    "update_running_stats",
 ]
 
 Table = tuple[Tensor, int]  # the kernel's output layout: dest (L, 2) and the output rows per channel (conv_forms)
@@ -194,15 +200,21 @@ def _row_batch_norm(
 def _renorm_affine(norm: nn.Module, rows: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor]:
     """Batch Renorm in training of ``(1, C, M)`` rows plus ``conv_bias`` as BatchNorm's output with weight
     ``w * r`` and bias ``w * d + b``: ``w * ((x - mean_B) / std_B * r + d) + b``, r and d (no gradient)
-    from the rows' statistics; the weight and bias keep their gradients through the products. Counts the batch and
-    updates the running statistics as the module's forward does (:meth:`~normlab.nn.BatchRenorm1d.corrections`)."""
+    from the rows' statistics (:func:`_renorm_corrections`); the weight and bias keep their gradients through the
+    products."""
+    r, d = _renorm_corrections(norm, rows, conv_bias)
+    weight, bias = cast(Tensor, norm.weight), cast(Tensor, norm.bias)
+    return weight * r, torch.addcmul(bias, weight, d)
+
+
+def _renorm_corrections(norm: nn.Module, rows: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch Renorm's r and d ``(C,)`` for ``(1, C, M)`` rows plus ``conv_bias``; counts the batch and updates the
+    running statistics as the module's forward does (:meth:`~normlab.nn.BatchRenorm1d.corrections`)."""
     brn = cast(nl_batch_variants.BatchRenorm1d, norm)
     with torch.no_grad():
         mean, var = NF._channel_moments(rows)
         brn.num_batches_tracked.add_(1)
-        r, d = brn.corrections(mean + conv_bias, var, rows.shape[2])
-    weight, bias = cast(Tensor, brn.weight), cast(Tensor, brn.bias)
-    return weight * r, torch.addcmul(bias, weight, d)
+        return brn.corrections(mean + conv_bias, var, rows.shape[2])
 
 
 def _update_running(norm: nn.BatchNorm1d, mean: Tensor, var: Tensor, conv_bias: Tensor, m: int) -> None:
@@ -316,36 +328,62 @@ def _kernel_norm_act(
 SPLIT_FUSED = True
 
 
-def _split_kernel(
-    norm: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None, relu: bool, table: Table | None
-) -> Tensor | None:
-    """``relu(norm(y + conv_bias))`` of a :class:`SplitNorm` (without hooks) whose every part the compiled kernel
-    runs (:func:`_kernel_case`), as one :class:`~normlab.lab.training.channel_major_kernel.SplitNormReLU` (its
-    output, flat per run ``(K, C * R * N)``, R ``table``'s rows or L), the "row" parts' running statistics updated;
-    None for any other norm (then a call a part, :func:`norm_parts`). ``relu`` False: without the ReLU."""
-    if not isinstance(norm, SplitNorm) or hooked(norm) or conv_bias is None:
+@dataclass(frozen=True, kw_only=True)
+class KernelLayer:
+    """A norm layer as the compiled kernel's ``split_forward`` takes it: its parts (a :class:`SplitNorm`'s, or the
+    norm itself, one part of all K runs), each part's ``runs``, ``groups`` (0: BatchNorm rows; else GroupNorm's
+    groups over the part's channels), ``eps``, and ``params`` (each part's weight and bias, Batch Renorm's with its r
+    and d folded in); ``renorm``: each part's ``(r, d)`` where it is a Batch Renorm, else None."""
+
+    parts: list[nn.Module]
+    runs: list[int]
+    groups: list[int]
+    eps: list[float]
+    params: list[Tensor]
+    renorm: list[tuple[Tensor, Tensor] | None]
+
+
+def _layer_parts(norm: nn.Module, k: int) -> tuple[list[nn.Module], list[int]]:
+    """A norm layer's parts and each one's number of runs: a :class:`SplitNorm`'s, or the norm itself over all
+    ``k`` runs."""
+    if isinstance(norm, SplitNorm):
+        return list(norm.parts), [len(group) for group in norm.run_groups]
+    return [norm], [k]
+
+
+def kernel_cases(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> list[str] | None:
+    """Each part's :func:`_kernel_case` where the compiled kernel runs every part of the norm layer ``norm`` over
+    channel-major maps like ``y`` ``(K, C, L*N)`` (their dtype, device and last size are what counts) plus
+    ``conv_bias``; None where it runs some part not, or the layer has hooks. No side effects."""
+    if hooked(norm) or conv_bias is None:
         return None
     # a part's case depends on its norm and the maps' dtype and device, not on its slice: checked on all of y
-    cases = [_kernel_case(part, y, conv_bias) for part in norm.parts]
-    if None in cases:
-        return None
-    kernel = channel_major_kernel()
-    k, c, m = y.shape
-    runs = [len(group) for group in norm.run_groups]
-    groups: list[int] = []  # 0: BatchNorm
+    cases = [_kernel_case(part, y, conv_bias) for part in _layer_parts(norm, y.shape[0])[0]]
+    return None if None in cases else cast("list[str]", cases)
+
+
+def kernel_layer(norm: nn.Module, cases: list[str], y: Tensor, conv_bias: Tensor) -> KernelLayer:
+    """The kernel's arguments for the norm layer ``norm`` over contiguous channel-major maps ``y`` ``(K, C, L*N)``
+    whose parts' cases are ``cases`` (:func:`kernel_cases`). A Batch Renorm part's r and d are computed here from
+    ``y``, which counts its batch and updates its running statistics (:func:`_renorm_corrections`)."""
+    parts, runs = _layer_parts(norm, y.shape[0])
+    c, m = y.shape[1], y.shape[2]
+    groups: list[int] = []
     eps: list[float] = []
     params: list[Tensor] = []
-    y = y.contiguous()
+    renorm: list[tuple[Tensor, Tensor] | None] = []
     k0 = 0
-    for part, case, count in zip(norm.parts, cases, runs, strict=True):
-        k0 += count
+    for part, case, count in zip(parts, cases, runs, strict=True):
+        correction = None
         if case == "row":
             bn = cast(nn.BatchNorm1d, part)
             groups.append(0)
             eps.append(bn.eps)
             if type(part) in RENORM_NORMS:
-                rows = y[k0 - count : k0].view(1, count * c, m)
-                params += _renorm_affine(part, rows, conv_bias[(k0 - count) * c : k0 * c])
+                rows = y[k0 : k0 + count].view(1, count * c, m)
+                correction = _renorm_corrections(part, rows, conv_bias[k0 * c : (k0 + count) * c])
+                weight, bias = cast(Tensor, bn.weight), cast(Tensor, bn.bias)
+                params += [weight * correction[0], torch.addcmul(bias, weight, correction[1])]
             else:
                 params += [bn.weight, bn.bias]
         else:
@@ -353,16 +391,46 @@ def _split_kernel(
             groups.append(form[0])
             eps.append(form[3])
             params += [form[1], form[2]]
-    dest, out_rows = table if table is not None else (NO_TABLE, 0)
-    out, *stats = SplitNormReLU.apply(y, conv_bias, n, runs, groups, eps, relu, kernel, dest, out_rows, *params)
+        renorm.append(correction)
+        k0 += count
+    return KernelLayer(parts=parts, runs=runs, groups=groups, eps=eps, params=params, renorm=renorm)
+
+
+def update_running_stats(layer: KernelLayer, stats: Sequence[Tensor], conv_bias: Tensor, c: int, m: int) -> None:
+    """Each BatchNorm part's running statistics after ``split_forward`` returned ``stats`` (the mean and biased
+    variance of each row part, in order) over maps of ``c`` channels a run and ``m`` values a channel; Batch Renorm
+    updated its own in :func:`kernel_layer`."""
+    stats = list(stats)
     k0 = 0
-    for part, count, group in zip(norm.parts, runs, groups, strict=True):
+    for part, count, group in zip(layer.parts, layer.runs, layer.groups, strict=True):
         if group == 0:
             mean, var = stats.pop(0), stats.pop(0)
-            if type(part) not in RENORM_NORMS:  # Batch Renorm updated its own in _renorm_affine
+            if type(part) not in RENORM_NORMS:
                 bias = conv_bias.detach()[k0 * c : (k0 + count) * c]
                 _update_running(cast(nn.BatchNorm1d, part), mean, var, bias, m)
         k0 += count
+
+
+def _split_kernel(
+    norm: nn.Module, y: Tensor, n: int, conv_bias: Tensor | None, relu: bool, table: Table | None
+) -> Tensor | None:
+    """``relu(norm(y + conv_bias))`` of a :class:`SplitNorm` (without hooks) whose every part the compiled kernel
+    runs (:func:`kernel_cases`), as one :class:`~normlab.lab.training.channel_major_kernel.SplitNormReLU` (its
+    output, flat per run ``(K, C * R * N)``, R ``table``'s rows or L), the "row" parts' running statistics updated;
+    None for any other norm (then a call a part, :func:`norm_parts`). ``relu`` False: without the ReLU."""
+    if not isinstance(norm, SplitNorm):
+        return None
+    cases = kernel_cases(norm, y, conv_bias)
+    if cases is None or conv_bias is None:
+        return None
+    y = y.contiguous()
+    layer = kernel_layer(norm, cases, y, conv_bias)
+    dest, out_rows = table if table is not None else (NO_TABLE, 0)
+    kernel = channel_major_kernel()
+    out, *stats = SplitNormReLU.apply(
+        y, conv_bias, n, layer.runs, layer.groups, layer.eps, relu, kernel, dest, out_rows, *layer.params
+    )
+    update_running_stats(layer, stats, conv_bias, y.shape[1], y.shape[2])
     return cast(Tensor, out)
 
 

@@ -30,6 +30,7 @@ from ..config import ClassifyConfig, RunConfig, as_dict, of_kind
 from ..metrics import DIVERGED, SCALE_INVARIANCE_ERROR
 from ..store import config_key
 from .data import ImageData
+from .fused_step import FusedLayer, fused_loss_and_grads, fused_plan
 from .loop import Saver, Trunk, fit_ladder
 from .models import MATMUL_MIN_BATCH, ConvNet, SplitNorm, pack_size, uses_weight_norm
 from .probes import gradient_predictiveness, scale_invariance_error
@@ -308,6 +309,7 @@ class PackedTraining:
         self.schedule = classifier_schedule(cs[0], data, 1.0)
         self.orders = [BatchOrder(c, data.y_train) for c in cs]
         self.curves = [new_classifier_curves() for _ in cs]
+        self._plans: dict[tuple[tuple[int, ...], bool], list[FusedLayer] | None] = {}
 
     def _losses(self, x: Tensor, y: Tensor) -> Tensor:
         """Each run's mean loss ``(K,)``: the logits ``(N, K, classes)`` as N*K rows, whose 1-d cross entropy is
@@ -321,11 +323,21 @@ class PackedTraining:
         idx = torch.stack([o.next() for o in self.orders], dim=1)  # (B, K)
         x = self.data.x_train[idx].reshape(idx.shape[0], k * in_shape[0], *in_shape[1:]).to(self.device)
         y = self.data.y_train[idx].to(self.device)
+        factor = self.schedule.factor(step)
+        probing = self.cs[0].grad_predictiveness and probe
+        plan = None if probing else self._fused_plan(x)
+        if plan is not None:
+            mask = torch.zeros(k)
+            mask[live] = 1.0
+            losses, grads = fused_loss_and_grads(self.packed, plan, x, y, mask)
+            for p in self.opt.params:
+                p.grad = grads[p]
+            self.opt.step(factor)
+            return losses.tolist()
         losses = self._losses(x, y)
         self.opt.zero_grad()
         losses[live].sum().backward()
-        factor = self.schedule.factor(step)
-        if self.cs[0].grad_predictiveness and probe:
+        if probing:
             named = [(n, p) for n, p in self.packed.named_parameters() if p.requires_grad]
             rates = [c.lr * factor for c in self.cs]
             sizes = [_per_run(rates, p, *self.layout[n]) for n, p in named]
@@ -342,6 +354,15 @@ class PackedTraining:
                 self.curves[i]["grad_pred"].append(values[i])
         self.opt.step(factor)
         return losses.detach().tolist()
+
+    def _fused_plan(self, x: Tensor) -> list[FusedLayer] | None:
+        """:func:`~normlab.lab.training.fused_step.fused_plan` of the pack for inputs like ``x``, found once a
+        shape and mode: nothing outside this training changes its net's modules or replaces their parameters (the
+        plan holds them; the optimizer updates them in place)."""
+        key = (tuple(x.shape), self.packed.training)
+        if key not in self._plans:
+            self._plans[key] = fused_plan(self.packed, x)
+        return self._plans[key]
 
     def stop(self, run: int) -> None:
         self.opt.stop(run)
