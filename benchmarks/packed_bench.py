@@ -17,9 +17,10 @@ batch-dependent norms), same model, same parameters, the same 32x64 positions co
 
 ``--mixed``: a mixed-norm pack as the lab packs a study's norms at a small batch (``--norms`` x ``--seeds`` runs, one
 pack, the form "auto" picks), model-steps/s of the lab's own step (``PackedTraining.step``: batch fetch, forward,
-backward, optimizer) at batch 2 and 8, each version in a process of its own; with ``--baseline`` (the ``src`` folder
-of another version of the lab, e.g. ``git archive`` of the commit before a change) that version's rate in the same
-rounds and the ratio this/baseline.
+backward, optimizer) at ``--mixed-batches`` (1, 2, 8, 32), each version in a process of its own: this version's step
+(the fused step, ``normlab.lab.training.fused_step``, where it applies), this version with autograd's step, and
+with ``--baseline`` (the ``src`` folder of another version of the lab, e.g. ``git archive`` of the commit before a
+change) that version's rate in the same rounds; the ratios this/autograd step and this/baseline.
 
 Every variant of a row is timed in the same run, alternating, best of ``--rounds`` rounds; ratios are new / today.
 ``--clock process`` (the default) times the process's CPU time (``time.process_time``; one thread), which a machine
@@ -91,8 +92,10 @@ def _packed(config: dict, copies: int, steps: int, form: str):
     return run
 
 
-def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int) -> float:
-    """Model-steps/s of the lab's step on one pack of ``norms`` x ``seeds`` runs (a study's mixed-norm pack)."""
+def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int, autograd: bool = False) -> float:
+    """Model-steps/s of the lab's step on one pack of ``norms`` x ``seeds`` runs (a study's mixed-norm pack);
+    ``autograd``: with the fused step's plan refused (autograd's step; versions before the fused step take it
+    anyway)."""
     configs = [
         make_config(study="bench", norm=n, seed=s, batch_size=batch, lr=0.01, depth=4)
         for n in norms
@@ -102,6 +105,8 @@ def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int) -> float:
     singles = [build_classifier(c, data) for c in configs]
     packed = build_packed_classifier(configs, data)
     training = PackedTraining(configs, data, packed, pack_state(singles, packed))
+    if autograd and hasattr(training, "_fused_plan"):
+        training._fused_plan = lambda x: None  # type: ignore[method-assign]
     live = list(range(len(configs)))
     for step in range(5):  # warm-up (allocator, first-call costs)
         training.step(step, live, False)
@@ -111,31 +116,42 @@ def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int) -> float:
     return len(configs) * steps / (CLOCK() - start)
 
 
-def _mixed_in(src: Path, norms: str, batch: int, seeds: int, steps: int, threads: int, clock: str) -> float:
+def _mixed_in(
+    src: Path, norms: str, batch: int, seeds: int, steps: int, threads: int, clock: str, autograd: bool = False
+) -> float:
     """:func:`_mixed_rate` in a process running the lab from ``src``."""
     command = [sys.executable, __file__, "--mixed-worker", "--norms", norms, "--batch", str(batch)]
     command += ["--seeds", str(seeds), "--steps", str(steps), "--threads", str(threads), "--clock", clock]
+    command += ["--autograd"] if autograd else []
     env = {**os.environ, "PYTHONPATH": str(src)}
     return float(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
 def _mixed_table(args: argparse.Namespace) -> None:
+    """The mixed pack's model-steps/s at each of ``--mixed-batches``: this version's step (the fused step where it
+    applies), this version with autograd's step, and ``--baseline``'s, alternating within each round."""
     this = Path(__file__).resolve().parents[1] / "src"
-    versions = {"this": this} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+    variants = {"this": (this, False), "this, autograd step": (this, True)}
+    if args.baseline:
+        variants["baseline"] = (Path(args.baseline).resolve(), False)
     k = len(args.norms.split(",")) * args.seeds
     print(
         f"\n| mixed pack ({args.norms} x {args.seeds} seeds, K={k}) | batch | "
-        + " | ".join(f"{name} model-steps/s" for name in versions)
-        + (" | this/baseline |\n|---|---|---|---|---|" if args.baseline else " |\n|---|---|---|")
+        + " | ".join(f"{name} model-steps/s" for name in variants)
+        + " | this/autograd step |"
+        + (" this/baseline |" if args.baseline else "")
+        + "\n|---|---|---|---|---|"
+        + ("---|---|" if args.baseline else "")
     )
-    for batch in (2, 8):
-        best = {name: 0.0 for name in versions}
-        for _ in range(args.rounds):  # the versions alternating within a round
-            for name, src in versions.items():
-                rate = _mixed_in(src, args.norms, batch, args.seeds, args.steps * 4, args.threads, args.clock)
+    for batch in [int(b) for b in args.mixed_batches.split(",")]:
+        best = {name: 0.0 for name in variants}
+        for _ in range(args.rounds):
+            for name, (src, autograd) in variants.items():
+                rate = _mixed_in(src, args.norms, batch, args.seeds, args.steps * 4, args.threads, args.clock, autograd)
                 best[name] = max(best[name], rate)
-        ratio = f" | {best['this'] / best['baseline']:.2f}x" if args.baseline else ""
-        print(f"| mixed | {batch} | " + " | ".join(f"{r:.0f}" for r in best.values()) + ratio + " |", flush=True)
+        ratios = f" | {best['this'] / best['this, autograd step']:.2f}x"
+        ratios += f" | {best['this'] / best['baseline']:.2f}x" if args.baseline else ""
+        print(f"| mixed | {batch} | " + " | ".join(f"{r:.0f}" for r in best.values()) + ratios + " |", flush=True)
 
 
 def _best(runs: dict[str, object], rounds: int) -> dict[str, float]:
@@ -190,17 +206,19 @@ def main() -> None:
     parser.add_argument("--lm", action="store_true", help="the language model's tokens per second")
     parser.add_argument("--no-convnet", action="store_true", help="skip the ConvNet table")
     parser.add_argument("--clock", choices=("process", "wall"), default="process")
-    parser.add_argument("--mixed", action="store_true", help="a mixed-norm pack's model-steps/s at batch 2 and 8")
+    parser.add_argument("--mixed", action="store_true", help="a mixed pack's model-steps/s: fused vs autograd step")
     parser.add_argument("--seeds", type=int, default=5, help="runs per norm in the mixed pack")
     parser.add_argument("--baseline", help="another version's src folder, timed in the mixed pack's rounds")
+    parser.add_argument("--mixed-batches", default="1,2,8,32", help="the batches of the mixed pack's table")
     parser.add_argument("--mixed-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--autograd", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
     if args.mixed_worker:  # one version's rate, in its own process (see _mixed_in)
-        print(_mixed_rate(args.norms.split(","), args.batch, args.seeds, args.steps))
+        print(_mixed_rate(args.norms.split(","), args.batch, args.seeds, args.steps, args.autograd))
         return
     norms = args.norms.split(",")
     print(
