@@ -15,9 +15,10 @@ from normlab.lab import STUDIES, Options
 from normlab.lab import store as store_module
 from normlab.lab.config import as_dict, make_config
 from normlab.lab.judging.fairness import MAX_LOWERINGS, SELECTION_SEED_OFFSET, Selection, StudyPlan
+from normlab.lab.judging.selection import lost_its_training
 from normlab.lab.judging.study import Study, StudyResult, Target, group_by, values
 from normlab.lab.judging.verdicts import MAX_DOUBLINGS, Outcome, Verdict, compare
-from normlab.lab.metrics import DIVERGED, TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC, lost_its_training
+from normlab.lab.metrics import DIVERGED, TEST_ACC, TEST_BPC, VALID_ACC, VALID_BPC
 from normlab.lab.store import RunRecord, config_key, training_code_hash
 from normlab.lab.sweep import runner
 from normlab.lab.training.train import build_classifier, classifier_data, ladder_key, run

@@ -55,6 +55,15 @@ def test_every_study_builds_typed_configs():
             stored = as_dict(config)  # the form the store keeps, read back to the same typed object
             assert from_dict(stored) == config
             assert make_config(config.task, **{k: v for k, v in stored.items() if k != "task"}) == config
+            deep = dataclasses.asdict(config)  # as_dict copies without asdict's recursion: the same plain form
+            assert stored == {k: list(v) if isinstance(v, tuple) else v for k, v in deep.items()}
+
+
+def test_as_dict_copies_what_a_caller_may_change():
+    config = make_config(study="s", norm="ghost", seed=0, norm_options={"virtual_batch_size": 4})
+    stored = as_dict(config)
+    stored["norm_options"]["virtual_batch_size"] = 8
+    assert config.norm_options == {"virtual_batch_size": 4}
 
 
 @pytest.fixture

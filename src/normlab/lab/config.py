@@ -9,6 +9,7 @@ back).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -188,7 +189,13 @@ def as_dict(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
     is returned as a copy)."""
     if isinstance(config, Mapping):
         return dict(config)
-    plain = dataclasses.asdict(config)
+    # every field is a value, a tuple of values or a dict of them (no nested dataclass): copied without
+    # dataclasses.asdict's recursion, which took 12x as long and most of a judge pass
+    plain = {
+        f.name: copy.deepcopy(v) if isinstance(v, (dict, list)) else v
+        for f in dataclasses.fields(config)
+        for v in [getattr(config, f.name)]
+    }
     return {k: list(v) if k in _TUPLES and v is not None else v for k, v in plain.items()}
 
 

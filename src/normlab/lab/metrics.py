@@ -39,16 +39,4 @@ __all__ = [
     "SCALE_INVARIANCE_ERROR",
     "BATCH_MEAN_FLUCTUATION",
     "BATCH_VAR_FLUCTUATION",
-    "lost_its_training",
 ]
-
-
-def lost_its_training(metrics: dict[str, float], losses: list[float]) -> bool:
-    """Whether a run could not hold its learning rate: its loss diverged, or it learned (its training loss fell
-    below half its first value) and then collapsed back to at least 90% of that first value (an unnormalized net
-    whose units all died at a rate it held for a shorter budget)."""
-    if metrics.get(DIVERGED):
-        return True
-    if len(losses) < 2 or not losses[0] > 0:
-        return False
-    return min(losses) < 0.5 * losses[0] and losses[-1] >= 0.9 * losses[0]

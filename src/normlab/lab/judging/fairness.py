@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 
 from ..config import BudgetedConfig, RunConfig, at_doublings
-from ..metrics import lost_its_training
 from ..store import RunRecord, config_key, setting_key, trunk_key
 from ..training.train import can_branch
 from .fairness_figures import budget_figure, selection_figure
@@ -37,6 +36,7 @@ from .selection import (
     Choice,
     Fairness,
     Selection,
+    lost_its_training,
     round_rate,
 )
 from .verdicts import Budgets, Verdict, budget_name, settle
@@ -281,7 +281,7 @@ class StudyPlan:
 
     def lost_runs(self, records: dict[str, RunRecord]) -> dict[str, dict[int, list[bool]]]:
         """Setting -> budget (doublings) -> whether each of its final runs stored there lost its training (diverged,
-        or learned and collapsed: :func:`~normlab.lab.metrics.lost_its_training`)."""
+        or learned and collapsed: :func:`~normlab.lab.judging.selection.lost_its_training`)."""
         lost: dict[str, dict[int, list[bool]]] = {}
         for c in self.final_configs():
             for d in range(self.levels.get(trunk_key(c), 1) + 1) if self._budgeted(c) else ():

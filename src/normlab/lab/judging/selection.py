@@ -7,9 +7,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..metrics import VALID_ACC, VALID_BPC, VALID_LOSS
+from ..metrics import DIVERGED, VALID_ACC, VALID_BPC, VALID_LOSS
 
-__all__ = ["Selection", "Choice", "BudgetRow", "Fairness", "Scoring", "VALIDATION_LOSS", "SELECTION_SEED_OFFSET"]
+__all__ = [
+    "Selection",
+    "Choice",
+    "BudgetRow",
+    "Fairness",
+    "Scoring",
+    "VALIDATION_LOSS",
+    "SELECTION_SEED_OFFSET",
+    "lost_its_training",
+]
 
 SELECTION_SEED_OFFSET = 500  # selection seeds are first_seed + 500, + 501, ...: never a final run's seed
 # task -> (validation metric, higher is better, display scale, what the report calls it)
@@ -20,6 +29,17 @@ _SELECTION_METRIC: dict[str, Scoring] = {
     "user": (VALID_ACC, True, 100.0, "validation accuracy (%)"),
 }
 VALIDATION_LOSS: Scoring = (VALID_LOSS, False, 1.0, "validation loss")  # the user's model with its own loss
+
+
+def lost_its_training(metrics: dict[str, float], losses: list[float]) -> bool:
+    """Whether a run could not hold its learning rate: its loss diverged, or it learned (its training loss fell
+    below half its first value) and then collapsed back to at least 90% of that first value (an unnormalized net
+    whose units all died at a rate it held for a shorter budget)."""
+    if metrics.get(DIVERGED):
+        return True
+    if len(losses) < 2 or not losses[0] > 0:
+        return False
+    return min(losses) < 0.5 * losses[0] and losses[-1] >= 0.9 * losses[0]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -133,7 +133,7 @@ def packed_causal_attention(
     _check(qkv, offsets, heads, keys)
     kernel = attention_kernel() if qkv.device.type == "cpu" and dropout == 0.0 else None
     if kernel is None:
-        return padded_causal_attention(qkv, offsets, heads, dropout, keys)
+        return _padded_attention(qkv, offsets, heads, dropout, keys)
     return PackedCausalAttention.apply(qkv.contiguous(), offsets, _NO_KEYS if keys is None else keys, heads, kernel)
 
 
@@ -152,6 +152,11 @@ def padded_causal_attention(
     torch.Size([5, 8])
     """
     _check(qkv, offsets, heads, keys)
+    return _padded_attention(qkv, offsets, heads, dropout, keys)
+
+
+def _padded_attention(qkv: Tensor, offsets: Tensor, heads: int, dropout: float, keys: Tensor | None) -> Tensor:
+    """:func:`padded_causal_attention` of checked arguments (:func:`_check`)."""
     bounds = offsets.tolist()
     name, r, d = "packed_causal_attention", qkv.shape[0], qkv.shape[1] // 3
     if bounds[0] != 0:

@@ -83,6 +83,11 @@ def attention_mask(padding: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=padding.device).masked_fill_(~allowed, float("-inf"))
 
 
+def _pad_before_real(padding: Tensor) -> Tensor:
+    """Per sequence ``(N,)``: whether a real token follows a pad (its padding is not all at its end)."""
+    return (padding[:, :-1] & ~padding[:, 1:]).any(1)
+
+
 class CharTransformer(nn.Module):
     """A pre-norm character-level transformer; ``padding`` marks pad positions ``(N, T)``."""
 
@@ -104,12 +109,17 @@ class CharTransformer(nn.Module):
         n, t = tokens.shape
         x = self.embed(tokens) + self.pos[:t]
         # one sync: a real token after a pad, or a sequence of padding only
-        if bool(((padding[:, :-1] & ~padding[:, 1:]).any(1) | padding[:, 0]).any()):
+        if bool((_pad_before_real(padding) | padding[:, 0]).any()):
             allowed = attention_mask(padding, x.dtype)
             for block in self.blocks:
                 x = block(x, allowed)
             return self.head(self.final_norm(x))
         offsets, keys = torch.arange(0, (n + 1) * t, t, device=tokens.device), t - padding.sum(1)
+        return self._packed_blocks(x, offsets, keys)
+
+    def _packed_blocks(self, x: Tensor, offsets: Tensor, keys: Tensor | None = None) -> Tensor:
+        """The blocks and the head over ``x`` whose rows are packed sequences (``offsets``; ``keys``: each
+        sequence's real keys, :meth:`_Block.attention_packed`)."""
         for block in cast("list[_Block]", self.blocks):
             x = x + block.attention_packed(block.norm1(x), offsets, keys)
             x = x + block.mlp(block.norm2(x))
@@ -127,15 +137,12 @@ class CharTransformer(nn.Module):
         on a norm sees ``(1, R, D)`` real tokens, not the padded batch (the lab trains a model whose norms are per
         token this way: ``training.train.CharLMTraining``; timed in benchmarks/packed_bench.py)."""
         n, t = tokens.shape
-        if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
+        if bool(_pad_before_real(padding).any()):
             raise ValueError("forward_unpadded: padding must be at the end of each sequence")
         real = (~padding).flatten().nonzero().squeeze(1)  # (R,)
         offsets = F.pad(torch.cumsum(t - padding.sum(1), 0), (1, 0))  # (N+1,): sequence i is rows offsets[i]..
         x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
-        for block in cast("list[_Block]", self.blocks):
-            x = x + block.attention_packed(block.norm1(x), offsets)
-            x = x + block.mlp(block.norm2(x))
-        return self.head(self.final_norm(x)).squeeze(0)
+        return self._packed_blocks(x, offsets).squeeze(0)
 
     def forward_multihead(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """What :meth:`forward` computes, the slow way: each block's attention by ``nn.MultiheadAttention`` itself,

@@ -307,6 +307,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_backward(
   return {dx, f[0], f[1], f[2]};
 }
 
+// The checks split_forward and split_backward share: y contiguous (K, C, L * N), runs adding up to K, groups one per
+// part, params two per part; returns the number of parts.
+int64_t check_split(const char* name, const at::Tensor& y, int64_t n, const std::vector<int64_t>& runs,
+                    const std::vector<int64_t>& groups, const std::vector<at::Tensor>& params) {
+  const int64_t P = static_cast<int64_t>(runs.size());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0, name,
+              ": y must be contiguous (K, C, L * N)");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(params.size()) == 2 * P, name,
+              ": runs, groups: one per part; params: two per part");
+  int64_t total = 0;
+  for (const int64_t r : runs) total += r;
+  TORCH_CHECK(total == y.size(0), name, ": runs must add up to K (y's first dim)");
+  return P;
+}
+
 // A mixed pack's norm layer in one call (SplitNormReLU): y (K, C, M) contiguous, M = L * N, its runs in parts of
 // runs[i] consecutive runs each; part i a BatchNorm row part (groups[i] == 0: row_forward of its runs * C rows) or
 // a GroupNorm part (groups[i] groups: group_forward of (groups, S, N)), weight and bias params[2 i], params[2 i + 1],
@@ -316,15 +331,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> split_f
     const at::Tensor& y, const at::Tensor& conv_bias, int64_t n, const std::vector<int64_t>& runs,
     const std::vector<int64_t>& groups, const std::vector<double>& eps, const std::vector<at::Tensor>& params,
     bool relu, const at::Tensor& dest, int64_t out_rows) {
-  const int64_t P = static_cast<int64_t>(runs.size());
-  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
-              "split_forward: y must be contiguous (K, C, L * N)");
-  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(eps.size()) == P &&
-                  static_cast<int64_t>(params.size()) == 2 * P,
-              "split_forward: runs, groups, eps: one per part; params: two per part");
-  int64_t total = 0;
-  for (const int64_t r : runs) total += r;
-  TORCH_CHECK(total == y.size(0), "split_forward: runs must add up to K (y's first dim)");
+  const int64_t P = check_split("split_forward", y, n, runs, groups, params);
+  TORCH_CHECK(static_cast<int64_t>(eps.size()) == P, "split_forward: eps: one per part");
   const int64_t K = y.size(0), C = y.size(1), M = y.size(2), rows = (dest.numel() == 0 ? M / n : out_rows);
   auto out = at::empty({K, C * rows * n}, y.options());
   std::vector<at::Tensor> saved, stats;
@@ -354,12 +362,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> split_backward(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& conv_bias, int64_t n,
     const std::vector<int64_t>& runs, const std::vector<int64_t>& groups, const std::vector<at::Tensor>& params,
     const std::vector<at::Tensor>& saved, bool relu, const at::Tensor& dest, int64_t out_rows) {
-  const int64_t P = static_cast<int64_t>(runs.size());
-  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && n > 0 && y.size(2) % n == 0,
-              "split_backward: y must be contiguous (K, C, L * N)");
-  TORCH_CHECK(static_cast<int64_t>(groups.size()) == P && static_cast<int64_t>(params.size()) == 2 * P &&
-                  static_cast<int64_t>(saved.size()) == 2 * P,
-              "split_backward: runs, groups: one per part; params, saved: two per part");
+  const int64_t P = check_split("split_backward", y, n, runs, groups, params);
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == 2 * P, "split_backward: saved: two per part");
   const int64_t K = y.size(0), C = y.size(1), M = y.size(2);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == K && grad.is_contiguous(), "grad: contiguous (K, C * R * N)");
   auto grad_y = at::empty_like(y);

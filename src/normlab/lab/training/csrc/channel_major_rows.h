@@ -40,12 +40,22 @@ void check_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
                 "weight, bias: contiguous float32 of R values");
 }
 
-// A row's slots: without a table one slot of M values, else dest's L slots of M / L.
-Layout row_layout(const at::Tensor& dest, int64_t M, int64_t out_rows, int64_t& L, int64_t& N) {
-  L = dest.numel() == 0 ? 1 : dest.size(0);
+// The row kernels' shapes: R rows of M values, each L slots of N values (without a table one slot of M values, else
+// dest's L slots of M / L), the output layout t and the MO values of an output row.
+struct RowShape {
+  int64_t R, M, L, N;
+  Layout t;
+  int64_t MO;
+};
+
+RowShape row_shape(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& dest,
+                   int64_t out_rows) {
+  check_rows(x, w, b);
+  const int64_t M = x.size(1), L = dest.numel() == 0 ? 1 : dest.size(0);
   TORCH_CHECK(L > 0 && M % L == 0, "dest: M must be L slots of N values");
-  N = M / L;
-  return make_layout(dest, L, out_rows);
+  Layout t = make_layout(dest, L, out_rows);
+  const int64_t MO = t.rows * (M / L);
+  return {x.size(0), M, L, M / L, std::move(t), MO};
 }
 
 // (y, stats): y (R, R_out * N) in the output layout of dest (empty: x's), written into `out` where given;
@@ -53,11 +63,9 @@ Layout row_layout(const at::Tensor& dest, int64_t M, int64_t out_rows, int64_t& 
 std::tuple<at::Tensor, at::Tensor> row_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                                double eps, bool relu, const at::Tensor& dest, int64_t out_rows,
                                                const std::optional<at::Tensor>& out) {
-  check_rows(x, weight, bias);
-  const int64_t R = x.size(0), M = x.size(1);
-  int64_t L, N;
-  const Layout t = row_layout(dest, M, out_rows, L, N);
-  const int64_t MO = t.rows * N;
+  const RowShape shape = row_shape(x, weight, bias, dest, out_rows);
+  const int64_t R = shape.R, M = shape.M, L = shape.L, N = shape.N, MO = shape.MO;
+  const Layout& t = shape.t;
   auto y = output_tensor(out, {R, MO}, x, "out");
   auto stats = at::empty({4, R}, x.options());
   const Runs runs = make_runs(t, L);
@@ -101,11 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_backward(const at::Tensor& gr
                                                             const at::Tensor& mean, const at::Tensor& rstd, bool relu,
                                                             const at::Tensor& dest, int64_t out_rows,
                                                             const std::optional<at::Tensor>& out) {
-  check_rows(x, weight, bias);
-  const int64_t R = x.size(0), M = x.size(1);
-  int64_t L, N;
-  const Layout t = row_layout(dest, M, out_rows, L, N);
-  const int64_t MO = t.rows * N;
+  const RowShape shape = row_shape(x, weight, bias, dest, out_rows);
+  const int64_t R = shape.R, M = shape.M, L = shape.L, N = shape.N, MO = shape.MO;
+  const Layout& t = shape.t;
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == R && grad.size(1) == MO && grad.is_contiguous() &&
                   grad.scalar_type() == at::kFloat,
               "grad: contiguous float32, the output's shape");
