@@ -1,6 +1,7 @@
 """The compiled channel-major norm kernel of the packed ConvNet's matmul form (``lab/training/csrc/channel_major.cpp``,
 loaded by ``normlab.lab.training.channel_major_kernel``) against a float64 computation and against the ATen
-composites it replaces (``channel_major._GroupNormChannelMajor``, ``_RowBatchNorm``), which stay as its fallback:
+composites it replaces (``channel_major_composites.GroupNormChannelMajor``, ``RowBatchNorm``), which stay as its
+fallback:
 
 - GroupNorm of (G, C/G * L, N) maps with the conv's bias, affine and (or not) the ReLU: the output and all four
   gradients, random shapes (batch widths on and off the vector width), means 0 and 1e4, one and two threads; every
@@ -25,7 +26,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from normlab.lab.training import channel_major_kernel as cmk
-from normlab.lab.training.channel_major import _GroupNormChannelMajor, _RowBatchNorm, norm_act_channel_major
+from normlab.lab.training.channel_major import norm_act_channel_major
+from normlab.lab.training.channel_major_composites import GroupNormChannelMajor, RowBatchNorm
 from normlab.lab.training.conv_forms import tap_rows
 
 EPS = 1e-5
@@ -115,7 +117,7 @@ def _check_group_float64(groups, cg, length, n, relu, shift, threads, seed):
 
 
 def _composite(x, cb, w, b, relu):
-    y = _GroupNormChannelMajor.apply(x, cb, w, b, EPS)
+    y = GroupNormChannelMajor.apply(x, cb, w, b, EPS)
     return torch.relu(y) if relu else y
 
 
@@ -349,7 +351,7 @@ def test_a_failed_compile_warns_once_and_falls_back(monkeypatch):
         out2 = norm_act_channel_major(norm, act, y, 4, conv_bias)
     assert calls == [1]
     assert torch.equal(out, out2)
-    ref = torch.relu(_GroupNormChannelMajor.apply(y.view(2, 2, 5, 4), conv_bias, norm.weight, norm.bias, norm.eps))
+    ref = torch.relu(GroupNormChannelMajor.apply(y.view(2, 2, 5, 4), conv_bias, norm.weight, norm.bias, norm.eps))
     assert torch.equal(out, ref)
 
 
@@ -361,8 +363,8 @@ def test_disabled_kernels_take_the_composites(monkeypatch):
     conv_bias = torch.randn(4, requires_grad=True)
     out = norm_act_channel_major(norm, act, y, 4, conv_bias)
     names = _graph(out.grad_fn)
-    assert "_RowBatchNormBackward" in names and "ReluBackward0" in names and "RowBatchNormReLUBackward" not in names
-    ref, _, _ = _RowBatchNorm.apply(y.view(1, 4, 20), conv_bias, norm.weight, norm.bias, norm.eps)
+    assert "RowBatchNormBackward" in names and "ReluBackward0" in names and "RowBatchNormReLUBackward" not in names
+    ref, _, _ = RowBatchNorm.apply(y.view(1, 4, 20), conv_bias, norm.weight, norm.bias, norm.eps)
     assert torch.equal(out.view(-1), torch.relu(ref).view(-1))
 
 

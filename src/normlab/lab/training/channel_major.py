@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from ...nn import batch_variants as nl_batch_variants
 from ...nn import batchnorm as nl_batchnorm
 from ...nn import instancenorm as nl_instancenorm
 from ...nn import normalization as nl_normalization
+from .channel_major_composites import GroupNormChannelMajor, RowBatchNorm
 from .channel_major_kernel import (
     NO_TABLE,
     GroupNormReLU,
@@ -118,33 +119,6 @@ def norm_parts(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> list[Par
     return list(zip(norm.parts, maps, biases, strict=True))
 
 
-class _RowBatchNorm(torch.autograd.Function):
-    """BatchNorm in training of rows ``(1, C, M)`` plus a per-channel conv bias, as ATen's GroupNorm of one channel a
-    group (it reads a contiguous row about twice as fast as its batch norm). The bias cancels in the output: its
-    gradient is zero; the mean and rstd come back (not differentiable) for the running statistics."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, rows: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        _, c, m = rows.shape
-        out, mean, rstd = torch.native_group_norm(rows, weight, bias, 1, c, m, c, eps)
-        ctx.save_for_backward(rows, mean, rstd, weight)
-        ctx.mark_non_differentiable(mean, rstd)
-        return out, mean, rstd
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor, _mean: Tensor | None, _rstd: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
-        rows, mean, rstd, weight = ctx.saved_tensors
-        _, c, m = rows.shape
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), rows, mean, rstd, weight, 1, c, m, c, [True, True, True]
-        )
-        return gx, grad.new_zeros(c), gw, gb, None
-
-
 def _kernel_for(*tensors: Tensor) -> ModuleType | None:
     """The compiled kernel where it takes these tensors (float32 on the CPU), else None (the ATen composite)."""
     if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
@@ -173,7 +147,7 @@ def _row_batch_norm(
     """BatchNorm of ``(1, C, M)`` rows (plus ``conv_bias`` per channel), each channel's statistics over its row, and
     whether the ReLU ran with it (``relu`` asks for it). In training with running statistics and a momentum it runs
     as the compiled kernel (:class:`~normlab.lab.training.channel_major_kernel.RowBatchNormReLU`, the ReLU fused,
-    its output in ``table``'s layout where given) or, without one, :class:`_RowBatchNorm`, and updates the running
+    its output in ``table``'s layout where given) or, without one, :class:`RowBatchNorm`, and updates the running
     statistics as BatchNorm does (the bias in the mean, unbiased variance, ``num_batches_tracked``); otherwise it is
     ``norm`` itself. Batch Renorm runs as BatchNorm with its r and d in the affine (:func:`_renorm_affine`), its
     running statistics updated as its module does. ``table`` only where the kernel runs (:func:`_kernel_case`)."""
@@ -190,7 +164,7 @@ def _row_batch_norm(
             rows.view(c, m), conv_bias, weight, bias, norm.eps, relu, kernel, dest, out_rows
         )
     else:
-        out, mean, rstd = _RowBatchNorm.apply(rows, conv_bias, weight, bias, norm.eps)
+        out, mean, rstd = RowBatchNorm.apply(rows, conv_bias, weight, bias, norm.eps)
         var = rstd.reciprocal().square_().sub_(norm.eps)
     if not renorm:
         _update_running(norm, mean, var, conv_bias, m)
@@ -226,49 +200,6 @@ def _update_running(norm: nn.BatchNorm1d, mean: Tensor, var: Tensor, conv_bias: 
         unbiased = var.view(-1).mul(m / (m - 1))
         cast(Tensor, norm.running_var).mul_(1 - momentum).add_(unbiased, alpha=momentum)
         cast(Tensor, norm.num_batches_tracked).add_(1)
-
-
-class _GroupNormChannelMajor(torch.autograd.Function):
-    """GroupNorm of channel-major maps ``(G, C/G, L, N)`` plus a conv bias per channel (group g's channels together,
-    the batch last): statistics per (group, example) over ``(C/G, L)``, affine per channel. The bias is subtracted
-    with the mean (``x + b - mean(x + b)``, one pass); the reductions run over the middle axes with the batch
-    contiguous; backward is GroupNorm's, with the per-(group, example) sums taken once."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, conv_bias: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-        groups, cg, length, n = x.shape
-        size = cg * length
-        flat = x.view(groups, size, n)
-        cb = conv_bias.view(groups, cg)
-        cb = (cb - cb.mean(1, keepdim=True)).view(groups, cg, 1, 1)  # the bias less its group mean
-        shift = flat.mean(1).view(groups, 1, 1, n) - cb  # (G, C/G, 1, N)
-        xc = x - shift  # x + b - mean(x + b); two passes: exact at large means
-        var = xc.square().view(groups, size, n).mean(1)  # (G, N); vector_norm reduces the middle axis 4x slower
-        rstd = var.add_(eps).rsqrt_().view(groups, 1, 1, n)
-        scale = weight.view(groups, cg, 1, 1) * rstd  # (G, C/G, 1, N)
-        ctx.save_for_backward(xc, rstd, weight)
-        return torch.addcmul(bias.view(groups, cg, 1, 1), xc, scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor, None]:
-        xc, rstd, weight = ctx.saved_tensors
-        groups, cg, length, n = xc.shape
-        grad = grad.contiguous()
-        sum_g = grad.sum(2)  # (G, C/G, N)
-        sum_gx = (grad * xc).sum(2)  # (G, C/G, N): sum of grad * (x - mean)
-        r = rstd.view(groups, 1, n)
-        grad_bias = sum_g.sum(-1).view(-1)
-        grad_weight = (sum_gx * r).sum(-1).view(-1)
-        w = weight.view(groups, cg, 1)
-        size = cg * length
-        t1 = (w * sum_g).sum(1, keepdim=True)  # (G, 1, N): sum of grad * w
-        t2 = (w * sum_gx).sum(1, keepdim=True) * r  # (G, 1, N): sum of grad * w * xhat
-        c0 = (-r * t1 / size).view(groups, 1, 1, n)
-        c1 = (-r * r * t2 / size).view(groups, 1, 1, n)
-        grad_x = torch.addcmul(c0, grad, weight.view(groups, cg, 1, 1) * rstd)
-        grad_x.addcmul_(xc, c1)
-        grad_conv_bias = grad_x.sum((2, 3)).view(-1) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_conv_bias, grad_weight, grad_bias, None
 
 
 def _group_form(norm: nn.Module) -> tuple[int, Tensor, Tensor, float] | None:
@@ -470,10 +401,10 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
     slice of K (:func:`norm_parts`). BatchNorm, GroupNorm (LayerNorm packs as one) and InstanceNorm without running
     statistics run on the channel-major maps with the bias folded in: through the compiled kernel, which also runs
     a ReLU after them in the same pass (:mod:`~normlab.lab.training.channel_major_kernel`), or, without it
-    (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites here (InstanceNorm: its module). Any other
-    norm, or one with hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm
-    whose backward does not read its output runs in place, on the output itself (not on a view of it, which
-    autograd would copy back)."""
+    (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites
+    (:mod:`~normlab.lab.training.channel_major_composites`; InstanceNorm: its module). Any other norm, or one with
+    hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm whose backward does not
+    read its output runs in place, on the output itself (not on a view of it, which autograd would copy back)."""
     fused = None
     if SPLIT_FUSED and isinstance(act, (nn.ReLU, nn.Identity)):  # the kernel runs no other activation
         fused = _split_kernel(norm, y, n, conv_bias, isinstance(act, nn.ReLU), None)
@@ -502,7 +433,7 @@ def _norm_act_one(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias:
         and y.dtype == torch.float32
     ):
         gn = cast(nn.GroupNorm, norm)
-        out = _GroupNormChannelMajor.apply(y.view(gn.num_groups, -1, length, n), conv_bias, gn.weight, gn.bias, gn.eps)
+        out = GroupNormChannelMajor.apply(y.view(gn.num_groups, -1, length, n), conv_bias, gn.weight, gn.bias, gn.eps)
     else:
         if conv_bias is not None:
             y = y + conv_bias.view(k, c, 1)
