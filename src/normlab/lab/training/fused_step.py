@@ -147,7 +147,8 @@ def fused_loss_and_grads(
         c_out = conv.out_channels // k
         y = torch.bmm(conv.weight.detach().view(k, c_out, taps.shape[1]), taps)
         bias = conv.bias.detach()
-        layer = plan[i].fixed or kernel_layer(norm, plan[i].cases, y, bias)
+        fixed = plan[i].fixed
+        layer = fixed if fixed is not None else kernel_layer(norm, plan[i].cases, y, bias)
         dest, out_rows = tap_rows(y.shape[2] // n, halvings - i) if i < halvings else (NO_TABLE, 0)
         relu = isinstance(act, nn.ReLU)
         out, saved, stats = kernel.split_forward(
@@ -177,9 +178,18 @@ def fused_loss_and_grads(
         block, conv = blocks[i], convs[i]
         layer = block.layer
         d_y, d_bias, d_params = kernel.split_backward(
-            d_out, block.y, conv.bias.detach(), n, layer.runs, layer.groups, layer.params, block.saved, block.relu,
-            block.dest, block.out_rows,
-        )  # fmt: skip
+            d_out,
+            block.y,
+            conv.bias.detach(),
+            n,
+            layer.runs,
+            layer.groups,
+            layer.params,
+            block.saved,
+            block.relu,
+            block.dest,
+            block.out_rows,
+        )
         _norm_grads(layer, d_params, grads)
         grads[conv.bias] = d_bias
         grads[conv.weight] = _weight_grad(d_y, block.taps).view_as(conv.weight)
