@@ -39,6 +39,7 @@ __all__ = [
     "KernelLayer",
     "kernel_cases",
     "kernel_layer",
+    "layer_parts",
     "update_running_stats",
 ]
 
@@ -156,7 +157,9 @@ def _row_batch_norm(
         return norm(rows if conv_bias is None else rows + conv_bias.view(1, c, 1)), False
     conv_bias = cast(Tensor, conv_bias)  # checked by _row_stats_apply, as the statistics below
     renorm = type(norm) in RENORM_NORMS
-    weight, bias = _renorm_affine(norm, rows, conv_bias) if renorm else (norm.weight, norm.bias)
+    weight, bias = (
+        _renorm_affine(norm, *_renorm_corrections(norm, rows, conv_bias)) if renorm else (norm.weight, norm.bias)
+    )
     kernel = _kernel_for(rows, conv_bias, weight, bias)
     if kernel is not None:
         dest, out_rows = table if table is not None else (NO_TABLE, 0)
@@ -171,14 +174,13 @@ def _row_batch_norm(
     return cast(Tensor, out), kernel is not None and relu
 
 
-def _renorm_affine(norm: nn.Module, rows: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor]:
-    """Batch Renorm in training of ``(1, C, M)`` rows plus ``conv_bias`` as BatchNorm's output with weight
-    ``w * r`` and bias ``w * d + b``: ``w * ((x - mean_B) / std_B * r + d) + b``, r and d (no gradient)
-    from the rows' statistics (:func:`_renorm_corrections`); the weight and bias keep their gradients through the
-    products."""
-    r, d = _renorm_corrections(norm, rows, conv_bias)
+def _renorm_affine(norm: nn.Module, r: Tensor, d: Tensor) -> list[Tensor]:
+    """Batch Renorm in training as BatchNorm's output with weight ``w * r`` and bias ``w * d + b``:
+    ``w * ((x - mean_B) / std_B * r + d) + b``, r and d (no gradient) from the batch's statistics
+    (:func:`_renorm_corrections`); the weight and bias keep their gradients through the products (the fused step
+    takes them back through these by hand: ``fused_step._norm_grads``)."""
     weight, bias = cast(Tensor, norm.weight), cast(Tensor, norm.bias)
-    return weight * r, torch.addcmul(bias, weight, d)
+    return [weight * r, torch.addcmul(bias, weight, d)]
 
 
 def _renorm_corrections(norm: nn.Module, rows: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -274,7 +276,7 @@ class KernelLayer:
     renorm: list[tuple[Tensor, Tensor] | None]
 
 
-def _layer_parts(norm: nn.Module, k: int) -> tuple[list[nn.Module], list[int]]:
+def layer_parts(norm: nn.Module, k: int) -> tuple[list[nn.Module], list[int]]:
     """A norm layer's parts and each one's number of runs: a :class:`SplitNorm`'s, or the norm itself over all
     ``k`` runs."""
     if isinstance(norm, SplitNorm):
@@ -289,7 +291,7 @@ def kernel_cases(norm: nn.Module, y: Tensor, conv_bias: Tensor | None) -> list[s
     if hooked(norm) or conv_bias is None:
         return None
     # a part's case depends on its norm and the maps' dtype and device, not on its slice: checked on all of y
-    cases = [_kernel_case(part, y, conv_bias) for part in _layer_parts(norm, y.shape[0])[0]]
+    cases = [_kernel_case(part, y, conv_bias) for part in layer_parts(norm, y.shape[0])[0]]
     return None if None in cases else cast("list[str]", cases)
 
 
@@ -297,7 +299,7 @@ def kernel_layer(norm: nn.Module, cases: list[str], y: Tensor, conv_bias: Tensor
     """The kernel's arguments for the norm layer ``norm`` over contiguous channel-major maps ``y`` ``(K, C, L*N)``
     whose parts' cases are ``cases`` (:func:`kernel_cases`). A Batch Renorm part's r and d are computed here from
     ``y``, which counts its batch and updates its running statistics (:func:`_renorm_corrections`)."""
-    parts, runs = _layer_parts(norm, y.shape[0])
+    parts, runs = layer_parts(norm, y.shape[0])
     c, m = y.shape[1], y.shape[2]
     groups: list[int] = []
     eps: list[float] = []
@@ -313,8 +315,7 @@ def kernel_layer(norm: nn.Module, cases: list[str], y: Tensor, conv_bias: Tensor
             if type(part) in RENORM_NORMS:
                 rows = y[k0 : k0 + count].view(1, count * c, m)
                 correction = _renorm_corrections(part, rows, conv_bias[k0 * c : (k0 + count) * c])
-                weight, bias = cast(Tensor, bn.weight), cast(Tensor, bn.bias)
-                params += [weight * correction[0], torch.addcmul(bias, weight, correction[1])]
+                params += _renorm_affine(part, *correction)
             else:
                 params += [bn.weight, bn.bias]
         else:

@@ -48,7 +48,7 @@ from .channel_major import (
     hooked,
     kernel_cases,
     kernel_layer,
-    order_free,
+    layer_parts,
     update_running_stats,
 )
 from .channel_major_kernel import NO_TABLE, channel_major_kernel
@@ -90,15 +90,12 @@ def fused_plan(net: nn.Module, x: Tensor) -> list[FusedLayer] | None:
         return None
     if channel_major_kernel() is None or not net.uses_matmul(x.shape[0], True):
         return None
-    convs, norms, acts = _blocks(net)
-    halvings = len(convs) - 1
-    if [c.stride[0] for c in convs] != [1] + [2] * halvings or x.shape[-1] % 2**halvings:
+    if not net.parity_form(x.shape[-1]):
         return None
+    convs, norms, acts = _blocks(net)
     if any(parametrize.is_parametrized(cast(nn.Module, c)) or c.weight.dtype != torch.float32 for c in convs):
         return None
     if not all(type(a) in (nn.ReLU, nn.Identity) and not hooked(a) for a in acts):
-        return None
-    if not all(order_free(m) for m in norms):
         return None
     n, length, k = x.shape[0], x.shape[-1], net.copies
     plan = []
@@ -108,7 +105,7 @@ def fused_plan(net: nn.Module, x: Tensor) -> list[FusedLayer] | None:
         cases = kernel_cases(norm, standin, conv.bias)
         if cases is None:
             return None
-        renorm = any(type(part) in RENORM_NORMS for part in getattr(norm, "parts", [norm]))
+        renorm = any(type(part) in RENORM_NORMS for part in layer_parts(norm, k)[0])
         fixed = None if renorm else kernel_layer(norm, cases, standin, conv.bias)
         plan.append(FusedLayer(cases=cases, fixed=fixed))
     return plan

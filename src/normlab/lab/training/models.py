@@ -309,6 +309,18 @@ class ConvNet(nn.Module):
             x = packed_norm(layer, x) if i % 3 == 1 else layer(x)
         return x
 
+    def parity_form(self, length: int) -> bool:
+        """Whether the matmul form runs inputs of ``length`` positions without columns: a stride-1 first conv, then
+        stride-2 ones on a length that halves evenly at each, and norms that take the positions in any order
+        (:func:`~normlab.lab.training.channel_major.order_free`), the maps stored in
+        :func:`~normlab.lab.training.conv_forms.position_order`."""
+        layers = list(self.features)
+        halvings = len(layers[0::3]) - 1
+        strides = [cast(_PlainConv, m).stride[0] for m in layers[0::3]]
+        return (
+            strides == [1] + [2] * halvings and length % 2**halvings == 0 and all(order_free(m) for m in layers[1::3])
+        )
+
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``.
         A stride-1 first conv and stride-2 ones on a length that halves evenly take :class:`ParityConv` (positions
@@ -318,11 +330,7 @@ class ConvNet(nn.Module):
         blocks = list(self.features)
         convs = cast("list[_PlainConv]", blocks[0::3])
         halvings = len(convs) - 1
-        parity = (
-            [m.stride[0] for m in convs] == [1] + [2] * halvings
-            and x.shape[-1] % 2**halvings == 0
-            and all(order_free(m) for m in blocks[1::3])
-        )
+        parity = self.parity_form(x.shape[-1])
         taps: Tensor | None = None  # the next conv's taps (K, C*3, L/2*N), where the norm's kernel wrote them
         for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
             c_out = conv.out_channels // k
