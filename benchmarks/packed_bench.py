@@ -7,7 +7,9 @@ batched-matmul form, the pack-size curve, and the language model's tokens per se
 ConvNets: the lab's 4-block 1-d CNN (width 32) on MNIST-1D, SGD with momentum, one thread. Alone: torch.optim.SGD on
 one net, the lab's own loop; packed: ``normlab.lab.training.packed``'s model and optimizer over K nets, in today's form
 (grouped convolutions, ``packed_form="grouped"``: the code path of the main branch) and in the lab's choice
-(``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``.
+(``packed_form="auto"``: batched matrix products where measured faster), at K and at ``pack_size(batch)``, and
+the lab's own step at K (``PackedTraining.step`` on K seeds: the fused step where it applies, the data order, the
+loss and the optimizer as the lab trains), each against today's form in the same rounds.
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
 language model (2 blocks, width 64, 4 heads, sequences of 64 with padding), tokens per second with today's attention
 (``nn.MultiheadAttention`` with a causal and a key padding mask, per-parameter AdamW and clipping: the issue's code),
@@ -30,6 +32,7 @@ shared with other jobs distorts less than wall time (``--clock wall``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -92,15 +95,10 @@ def _packed(config: dict, copies: int, steps: int, form: str):
     return run
 
 
-def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int, autograd: bool = False) -> float:
-    """Model-steps/s of the lab's step on one pack of ``norms`` x ``seeds`` runs (a study's mixed-norm pack);
-    ``autograd``: with the fused step's plan refused (autograd's step; versions before the fused step take it
-    anyway)."""
-    configs = [
-        make_config(study="bench", norm=n, seed=s, batch_size=batch, lr=0.01, depth=4)
-        for n in norms
-        for s in range(seeds)
-    ]
+def _lab_step(configs: list, steps: int, autograd: bool = False):
+    """A round of ``steps`` of the lab's own step on one pack of ``configs`` (``PackedTraining.step``: batch fetch,
+    forward, backward, optimizer; the fused step where it applies), returning model-steps/s; ``autograd``: with the
+    fused step's plan refused (autograd's step; versions before the fused step take it anyway)."""
     data = classifier_data(configs[0])
     singles = [build_classifier(c, data) for c in configs]
     packed = build_packed_classifier(configs, data)
@@ -110,10 +108,25 @@ def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int, autograd: 
     live = list(range(len(configs)))
     for step in range(5):  # warm-up (allocator, first-call costs)
         training.step(step, live, False)
-    start = CLOCK()
-    for step in range(steps):
-        training.step(step, live, False)
-    return len(configs) * steps / (CLOCK() - start)
+
+    def run() -> float:
+        start = CLOCK()
+        for step in range(steps):
+            training.step(step, live, False)
+        return len(configs) * steps / (CLOCK() - start)
+
+    return run
+
+
+def _mixed_rate(norms: list[str], batch: int, seeds: int, steps: int, autograd: bool = False) -> float:
+    """Model-steps/s of the lab's step (:func:`_lab_step`) on one pack of ``norms`` x ``seeds`` runs (a study's
+    mixed-norm pack)."""
+    configs = [
+        make_config(study="bench", norm=n, seed=s, batch_size=batch, lr=0.01, depth=4)
+        for n in norms
+        for s in range(seeds)
+    ]
+    return _lab_step(configs, steps, autograd)()
 
 
 def _mixed_in(
@@ -228,8 +241,9 @@ def main() -> None:
     if not args.no_convnet:
         print(
             f"\n| norm | batch | alone model-steps/s | packed today (grouped, K={args.copies}) | packed new (auto, "
-            f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today |\n"
-            "|---|---|---|---|---|---|---|---|---|---|"
+            f"K={args.copies}) | new form | new/today | packed new (auto, K=pack_size) | K | sized/today | the lab's "
+            f"step (K={args.copies}) | lab step/today |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"
         )
         for norm in norms:
             for batch in (2, 32):
@@ -241,12 +255,14 @@ def main() -> None:
                 form = "matmul" if uses_matmul else "grouped"
                 k = pack_size(batch)
                 sized = _packed(config, k, max(2, args.steps * args.copies // k), "auto")
-                r = _best(
-                    {"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized}, args.rounds
-                )
+                seeds = [dataclasses.replace(config, seed=seed) for seed in range(args.copies)]
+                lab = _lab_step(seeds, args.steps)
+                variants = {"alone": _alone(config, 4 * args.steps), "today": today, "new": new, "sized": sized}
+                r = _best({**variants, "lab": lab}, args.rounds)
                 print(
                     f"| {norm} | {batch} | {r['alone']:.0f} | {r['today']:.0f} | {r['new']:.0f} | {form} | "
-                    f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x |",
+                    f"{r['new'] / r['today']:.2f}x | {r['sized']:.0f} | {k} | {r['sized'] / r['today']:.2f}x | "
+                    f"{r['lab']:.0f} | {r['lab'] / r['today']:.2f}x |",
                     flush=True,
                 )
     if args.sweep:
