@@ -1,7 +1,11 @@
 """The verdict criterion (paired t-test over seeds), verdicts settled over budgets, the convergence check, and the
 seed options."""
 
+from fractions import Fraction
+
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from normlab.lab.judging.study import (
     NOT_TRAINED,
@@ -27,6 +31,50 @@ def test_compare_outcomes():
     assert compare("c", [], [3, 4], "a", "b").outcome == "inconclusive"
     # min_effect: a consistent but tiny difference does not count
     assert compare("c", [1.001, 1.002], [1.0, 1.0], "a", "b", min_effect=0.01).outcome == "not reproduced at this scale"
+
+
+def _errors(accuracies: list[int]) -> Sample:
+    """Test errors in points as a study computes them, from accuracies counted over 1000 test examples."""
+    return Sample([100 * (1 - a / 1000) for a in accuracies], range(len(accuracies)))
+
+
+def test_a_difference_equal_to_the_threshold_does_not_exceed_it():
+    """BN's error is lower than GN's by exactly 0.5 points over 5 seeds (errors move in steps of 0.1 points, their
+    mean in steps of 0.02), which float arithmetic rounds to -0.5000000000000004: at min_effect 0.5 the difference
+    is not more than the threshold, so it counts neither way (session 15's 'GN beats BN at batch 2' at 4T read
+    'contradicted' from such a rounding)."""
+    bn, gn = _errors([968, 966, 972, 969, 982]), _errors([964, 962, 968, 963, 975])
+    effect, se, crit, _ = difference_test(bn, gn)
+    assert effect < -0.5 and crit * se < 0.5  # the float mean is past the threshold; the t-test would count it
+    v = compare("GN beats BN", bn, gn, "BN error", "GN error", min_effect=0.5)
+    assert v.outcome is Outcome.NOT_REPRODUCED and v.margin == 0.5
+    assert v.outcome_for(-0.5) is Outcome.NOT_REPRODUCED and v.outcome_for(-0.52) is Outcome.CONTRADICTED
+    assert v.outcome_for(0.5 + 1e-13) is Outcome.NOT_REPRODUCED and v.outcome_for(0.5 + 1e-6) is Outcome.REPRODUCED
+    # a "not greater" claim: a difference equal to its bound is at most the bound
+    same = _errors([970, 970, 970, 970, 970])
+    n = not_greater("as good as", _errors([965, 965, 965, 965, 965]), same, "a", "b", min_effect=0.5)
+    assert n.bound == pytest.approx(0.5) and n.outcome is Outcome.REPRODUCED  # +0.5 exactly, no spread
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(900, 1000), st.integers(900, 1000)), min_size=2, max_size=6),
+    min_effect=st.sampled_from(["0.1", "0.3", "0.5", "1.5"]),
+)
+def test_outcomes_are_those_of_exact_arithmetic(pairs, min_effect):
+    """Errors from counted accuracies: the outcome is the one the exact (rational) mean difference gives against
+    the margin, whatever the float rounding of the mean."""
+    hi, lo = _errors([a for a, _ in pairs]), _errors([b for _, b in pairs])
+    v = compare("c", hi, lo, "a", "b", min_effect=float(min_effect))
+    exact = sum(Fraction(b - a, 10) for a, b in pairs) / len(pairs)  # 100 (1 - a/1000) - 100 (1 - b/1000)
+    effect, se, crit, _ = difference_test(hi, lo)
+    if crit * se > float(min_effect):  # the t-test's margin: continuous, equal to a rational mean almost never
+        margin = Fraction(v.margin)
+        assume(abs(exact - margin) > Fraction(1, 10**6) and abs(exact + margin) > Fraction(1, 10**6))
+    else:
+        margin = Fraction(min_effect)
+    want = Outcome.REPRODUCED if exact > margin else Outcome.CONTRADICTED if exact < -margin else Outcome.NOT_REPRODUCED
+    assert v.outcome is want, (float(exact), effect, v.margin)
 
 
 def test_pairing_by_seed_finds_what_unpaired_spread_hides():

@@ -18,6 +18,7 @@ __all__ = [
     "Sample",
     "CRITERION",
     "CONFIDENCE",
+    "ROUNDING",
     "compare",
     "not_greater",
     "check",
@@ -32,6 +33,11 @@ __all__ = [
 
 CONFIDENCE = 0.95
 MAX_DOUBLINGS = 3  # budgets T, 2T, 4T, 8T
+# The metrics move in steps (a test error over 1000 examples in steps of 0.1 points, its mean over 5 seeds in steps
+# of 0.02), so a mean difference can equal a threshold exactly, and the float rounding of the mean (-0.5000000000000006
+# for an exact -0.5) must not decide on which side of it the difference falls: within this relative distance of a
+# threshold, a value is equal to it.
+ROUNDING = 1e-9
 
 
 class Outcome(str, Enum):
@@ -52,7 +58,9 @@ CRITERION = (
     "Runs are paired by seed (the same initialization of the shared layers and the same data order for every norm "
     "compared). A difference counts when a two-sided paired t-test on the per-seed differences rejects 'no "
     f"difference' at {CONFIDENCE:.0%} (|mean difference| > t(0.975, n-1) x its standard error) and the mean "
-    "difference is at least `min_effect`; runs that cannot be paired are compared by Welch's t-test. A difference "
+    "difference is more than `min_effect` (a difference equal to a threshold up to float rounding is not more: the "
+    "metrics move in steps, so a mean difference can equal one exactly); runs that cannot be paired are compared "
+    "by Welch's t-test. A difference "
     "that counts in the claimed direction reproduces the claim, the opposite contradicts it, anything else is 'not "
     "reproduced at this scale'. A claim that one setting is as good as another (its error or loss is not higher) "
     "is a non-inferiority test: reproduced when the whole 95% interval of the difference lies below its tolerance "
@@ -97,24 +105,31 @@ class Verdict:
         object.__setattr__(self, "outcome", Outcome(self.outcome))  # a stored text reads back as the type
 
     def outcome_for(self, effect: float) -> Outcome:
-        """The outcome this comparison would have with ``effect`` (and its margin, and bound)."""
+        """The outcome this comparison would have with ``effect`` (and its margin, and bound); an effect equal to a
+        threshold up to float rounding (:data:`ROUNDING`) is on neither side of it: it does not exceed the margin,
+        and it is at most the bound."""
         assert self.margin is not None
         if self.negated and self.bound is not None:  # non-inferiority: below the bound, or against by the margin
             return (
                 Outcome.CONTRADICTED
-                if effect > self.margin
-                else Outcome.REPRODUCED
-                if effect <= self.bound
+                if _beyond(effect, self.margin)
                 else Outcome.NOT_REPRODUCED
+                if _beyond(effect, self.bound)
+                else Outcome.REPRODUCED
             )
         raw = (
             Outcome.REPRODUCED
-            if effect > self.margin
+            if _beyond(effect, self.margin)
             else Outcome.CONTRADICTED
-            if effect < -self.margin
+            if _beyond(-effect, self.margin)
             else Outcome.NOT_REPRODUCED
         )
         return _NOT_GREATER.get(raw, raw) if self.negated else raw
+
+
+def _beyond(value: float, threshold: float) -> bool:
+    """``value > threshold``, a value equal to the threshold up to float rounding (:data:`ROUNDING`) not beyond it."""
+    return value > threshold + ROUNDING * max(1.0, abs(threshold))
 
 
 class Sample(list):
