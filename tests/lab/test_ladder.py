@@ -223,3 +223,56 @@ def test_the_rounds_of_a_lab_run_share_one_pool_of_workers(tmp_path, monkeypatch
         }
     with runner.worker_pool(1) as none, runner.worker_pool(4, executor="ray") as ray:
         assert none is None and ray is None
+
+
+def _bn_lm(**kw):
+    base = dict(
+        study="t",
+        norm="batch",
+        seed=4,
+        steps=12,
+        dim=16,
+        layers=1,
+        seq_len=16,
+        warmup=2,
+        lr_schedule="wsd",
+        points=4,
+    )
+    return make_config("char_lm", **{**base, **kw})
+
+
+def test_runs_that_differ_only_in_a_measurement_train_once_each_as_asked(monkeypatch):
+    """BatchNorm's language model with and without the batch-statistics recorder, at two budgets: one trajectory,
+    trained once with the recorder (the measurement changes no training step), each configuration getting what it
+    gives alone, the unrecorded one without the recorder's metrics."""
+    from normlab.lab.metrics import BATCH_VAR_FLUCTUATION
+    from normlab.lab.training import train as train_module
+
+    configs = [_bn_lm(doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
+    calls = []
+    real = train_module._train
+    monkeypatch.setattr(train_module, "_train", lambda cs, *a: calls.append(cs) or real(cs, *a))
+    together = run_ladder(configs)
+    assert len(calls) == 1 and [c.doublings for c in calls[0]] == [0, 1]  # once, with the recorder
+    assert all(c.record_batch_stats for c in calls[0])
+    alone = [run(c) for c in configs]
+    assert together == alone
+    assert [BATCH_VAR_FLUCTUATION in metrics for metrics, _ in together] == [False, True, False, True]
+
+
+def test_a_kept_trunk_that_measured_more_carries_on_a_run_that_measures_less(tmp_path):
+    """The trajectory kept by the recorded and unrecorded runs trained together carries on the unrecorded run at a
+    larger budget; a recorded run does not start from a trajectory that did not record."""
+    from normlab.lab.sweep.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(directory=str(tmp_path))
+    both = [_bn_lm(doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
+    run_ladder(both, trunk=checkpoints.trunk(both))
+    plain_4t, recorded_4t = _bn_lm(doublings=2), _bn_lm(doublings=2, record_batch_stats=True)
+    kept = checkpoints.trunk([plain_4t]).load(before=10**9)
+    assert kept is not None and kept["step"] > 0
+    assert run_ladder([plain_4t], trunk=checkpoints.trunk([plain_4t])) == [run(plain_4t)]
+    assert checkpoints.trunk([_bn_lm(doublings=2, seed=9)]).load(before=10**9) is None  # another run's
+    only_plain = Checkpoints(directory=str(tmp_path / "plain"))
+    run_ladder([plain_4t], trunk=only_plain.trunk([plain_4t]))
+    assert only_plain.trunk([recorded_4t]).load(before=10**9) is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,19 @@ class Checkpoints:
         at one or several budgets, one :func:`~normlab.lab.training.train.ladder_key`); ``packed``: its slice of a
         pack's (:class:`~normlab.lab.training.packed.PackTrunk`), kept apart from a run trained alone."""
         from ..store import config_key
+        from ..training.measurements import supersets, union, without_measurements
         from ..training.train import ladder_key
 
-        keys = {config_key(at_doublings(c, 0)) for c in configs}  # config_key: the training code's hash too
         if len({ladder_key(c) for c in configs}) != 1:
             raise ValueError("Checkpoints.trunk: one run at several budgets")
-        return Trunk(Path(self.directory) / "trunks" / f"{keys.pop()}{'.packed' if packed else ''}.pt")
+        run = union(configs)
+        key = config_key(without_measurements(at_doublings(run, 0)))  # config_key: the training code's hash too
+        # kept with the measurements it took; it carries on a run that asks for no more of them
+        paths = [
+            Path(self.directory) / "trunks" / f"{key}{''.join('.' + m for m in s)}{'.packed' if packed else ''}.pt"
+            for s in supersets(run)
+        ]
+        return Trunk(paths[0], carriers=paths[1:])
 
 
 class Saver:
@@ -97,13 +105,18 @@ class Trunk:
     instead of from step 0. The stable phase is the same whatever the budget, so the result is the same, bit for bit
     on CPU. Written as a checkpoint is (temporary name, then renamed)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, carriers: Sequence[Path] = ()) -> None:
         self.path = Path(path)
+        self.carriers = [Path(p) for p in carriers]  # trajectories of the same run that measured more
 
     def save(self, state: dict[str, Any]) -> None:
         Saver(self.path, 0.0).save(state)
 
     def load(self, before: int) -> dict[str, Any] | None:
-        """The saved trajectory if it ends at or before step ``before``, else None."""
-        state = Saver(self.path, 0.0).load()
-        return state if state is not None and state["step"] <= before else None
+        """The saved trajectory (its own, else the first of ``carriers`` kept) if it ends at or before step
+        ``before``, else None."""
+        for path in [self.path, *self.carriers]:
+            state = Saver(path, 0.0).load()
+            if state is not None:
+                return state if state["step"] <= before else None
+        return None

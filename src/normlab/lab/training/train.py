@@ -33,6 +33,7 @@ from ..metrics import (
 from ..store import config_key
 from .data import ImageData, load_images, load_text, training_part
 from .loop import Saver, Schedule, Trunk, fit_ladder
+from .measurements import train_once, without_measurements
 from .models import ConvNet, uses_weight_norm
 from .probes import (
     BatchStatRecorder,
@@ -58,8 +59,10 @@ def run(config: RunConfig, saver: Saver | None = None) -> RunOutput:
 
 
 def ladder_key(config: RunConfig) -> str:
-    """Runs with the same key are one run at several budgets (they differ in ``doublings`` alone)."""
-    return json.dumps({k: v for k, v in as_dict(config).items() if k != "doublings"}, sort_keys=True)
+    """Runs with the same key are one run at several budgets (they differ in ``doublings`` alone, and in
+    measurements that change no training step: :mod:`~normlab.lab.training.measurements`)."""
+    training = as_dict(without_measurements(config))
+    return json.dumps({k: v for k, v in training.items() if k != "doublings"}, sort_keys=True)
 
 
 def can_branch(config: RunConfig) -> bool:
@@ -83,10 +86,7 @@ def run_ladder(configs: list[RunConfig], saver: Saver | None = None, trunk: Trun
     keeps the run's stable phase for a larger budget asked for later, and starts from one kept earlier."""
     if len({ladder_key(c) for c in configs}) != 1 or (len(configs) > 1 and not can_branch(configs[0])):
         raise ValueError("run_ladder: the configurations must be one 'wsd' run at several budgets")
-    doublings = [getattr(c, "doublings", 0) for c in configs]
-    order = sorted(range(len(configs)), key=lambda i: doublings[i])
-    outputs = _train([configs[i] for i in order], saver, trunk)
-    return [outputs[order.index(i)] for i in range(len(configs))]
+    return train_once(configs, lambda runs: _train(runs, saver, trunk))
 
 
 def _train(configs: list[RunConfig], saver: Saver | None, trunk: Trunk | None) -> list[RunOutput]:
