@@ -3,6 +3,7 @@ each equals the run at that budget trained alone, bit for bit on CPU (alone, pac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from normlab.lab.training.loop import Schedule, lr_factor
 from normlab.lab.training.packed import plan_packs, train_packed
 from normlab.lab.training.train import run, run_ladder
 
-from .test_checkpoint import Crash, CrashingSaver
+from .test_checkpoint import CONFIGS, Crash, CrashingSaver
 
 
 def _classify(**kw):
@@ -30,6 +31,12 @@ def _classify(**kw):
         weight_decay=1e-3,
     )
     return make_config("classify", **{**base, **kw})
+
+
+def _lm(**kw):
+    """A small language model at "wsd" (test_checkpoint's, shorter)."""
+    fields = dict(norm="layer", seed=2, steps=12, warmup=2, lr_schedule="wsd", points=4)
+    return dataclasses.replace(CONFIGS["char_lm"], **{**fields, **kw})
 
 
 def test_wsd_is_constant_then_decays_as_one_minus_sqrt():
@@ -74,23 +81,7 @@ def test_a_packed_ladder_equals_each_run_alone_at_each_budget():
 
 
 def test_a_language_model_ladder_equals_each_budget_alone():
-    configs = [
-        make_config(
-            "char_lm",
-            study="t",
-            norm="layer",
-            seed=2,
-            steps=16,
-            dim=16,
-            layers=1,
-            seq_len=16,
-            warmup=3,
-            lr_schedule="wsd",
-            points=4,
-            doublings=d,
-        )
-        for d in (0, 1)
-    ]
+    configs = [_lm(steps=16, warmup=3, doublings=d) for d in (0, 1)]
     assert run_ladder(configs) == [run(c) for c in configs]
 
 
@@ -117,23 +108,7 @@ def test_a_larger_budget_asked_for_later_goes_on_from_the_kept_trunk(tmp_path, t
     if task == "classify":
         configs = [_classify(doublings=d) for d in (0, 1, 2)]
     else:
-        configs = [
-            make_config(
-                "char_lm",
-                study="t",
-                norm="rms",
-                seed=5,
-                steps=12,
-                dim=16,
-                layers=1,
-                seq_len=16,
-                warmup=2,
-                lr_schedule="wsd",
-                points=4,
-                doublings=d,
-            )
-            for d in (0, 1, 2)
-        ]
+        configs = [_lm(norm="rms", seed=5, doublings=d) for d in (0, 1, 2)]
     trunk = Checkpoints(directory=str(tmp_path)).trunk(configs[:2])
     run_ladder(configs[:2], trunk=trunk)
     saved = trunk.load(before=10**9)
@@ -225,22 +200,6 @@ def test_the_rounds_of_a_lab_run_share_one_pool_of_workers(tmp_path, monkeypatch
         assert none is None and ray is None
 
 
-def _bn_lm(**kw):
-    base = dict(
-        study="t",
-        norm="batch",
-        seed=4,
-        steps=12,
-        dim=16,
-        layers=1,
-        seq_len=16,
-        warmup=2,
-        lr_schedule="wsd",
-        points=4,
-    )
-    return make_config("char_lm", **{**base, **kw})
-
-
 def test_runs_that_differ_only_in_a_measurement_train_once_each_as_asked(monkeypatch):
     """BatchNorm's language model with and without the batch-statistics recorder, at two budgets: one trajectory,
     trained once with the recorder (the measurement changes no training step), each configuration getting what it
@@ -248,7 +207,7 @@ def test_runs_that_differ_only_in_a_measurement_train_once_each_as_asked(monkeyp
     from normlab.lab.metrics import BATCH_VAR_FLUCTUATION
     from normlab.lab.training import train as train_module
 
-    configs = [_bn_lm(doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
+    configs = [_lm(norm="batch", seed=4, doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
     calls = []
     real = train_module._train
     monkeypatch.setattr(train_module, "_train", lambda cs, *a: calls.append(cs) or real(cs, *a))
@@ -266,13 +225,14 @@ def test_a_kept_trunk_that_measured_more_carries_on_a_run_that_measures_less(tmp
     from normlab.lab.sweep.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(directory=str(tmp_path))
-    both = [_bn_lm(doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
+    both = [_lm(norm="batch", seed=4, doublings=d, record_batch_stats=r) for d in (0, 1) for r in (False, True)]
     run_ladder(both, trunk=checkpoints.trunk(both))
-    plain_4t, recorded_4t = _bn_lm(doublings=2), _bn_lm(doublings=2, record_batch_stats=True)
+    plain_4t = _lm(norm="batch", seed=4, doublings=2)
+    recorded_4t = dataclasses.replace(plain_4t, record_batch_stats=True)
     kept = checkpoints.trunk([plain_4t]).load(before=10**9)
     assert kept is not None and kept["step"] > 0
     assert run_ladder([plain_4t], trunk=checkpoints.trunk([plain_4t])) == [run(plain_4t)]
-    assert checkpoints.trunk([_bn_lm(doublings=2, seed=9)]).load(before=10**9) is None  # another run's
+    assert checkpoints.trunk([_lm(norm="batch", doublings=2, seed=9)]).load(before=10**9) is None  # another run's
     only_plain = Checkpoints(directory=str(tmp_path / "plain"))
     run_ladder([plain_4t], trunk=only_plain.trunk([plain_4t]))
     assert only_plain.trunk([recorded_4t]).load(before=10**9) is None
