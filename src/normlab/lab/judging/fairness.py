@@ -58,7 +58,9 @@ __all__ = [
 
 MAX_LOWERINGS = 2  # how many times a setting's rate is lowered when its final runs cannot hold it
 LOWERING_TOLERANCE = 0.02  # ... to the rate below only if it scored at most this much worse in selection (relative)
-# probes that only the final analysis reads: a selection run skips them (they change no training step)
+# probes that only the final analysis reads: a selection run skips them (they measure a run, not what it learns:
+# the same training up to float rounding, where a probe takes a packed step off its fused path; those that change
+# no bit at all share their run's training: normlab.lab.training.measurements)
 _PROBES = {
     "output_spread": False,
     "contrast_strengths": None,

@@ -53,15 +53,9 @@ from .channel_major import (
 )
 from .channel_major_kernel import NO_TABLE, channel_major_kernel
 from .conv_forms import first_conv_columns, tap_rows
-from .models import TAPS_MIN_BATCH, ConvNet, PackedLinear, _PlainConv
+from .models import TAPS_MIN_BATCH, ConvNet, PackedLinear
 
 __all__ = ["FusedLayer", "fused_plan", "fused_loss_and_grads"]
-
-
-def _blocks(net: ConvNet) -> tuple[list[_PlainConv], list[nn.Module], list[nn.Module]]:
-    """The net's convs (each with a bias: :meth:`ConvNet.uses_matmul` checks), norm layers and activations."""
-    layers = list(net.features)
-    return cast("list[_PlainConv]", layers[0::3]), layers[1::3], layers[2::3]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +86,7 @@ def fused_plan(net: nn.Module, x: Tensor) -> list[FusedLayer] | None:
         return None
     if not net.parity_form(x.shape[-1]):
         return None
-    convs, norms, acts = _blocks(net)
+    convs, norms, acts = net.plain_blocks()
     if any(parametrize.is_parametrized(cast(nn.Module, c)) or c.weight.dtype != torch.float32 for c in convs):
         return None
     if not all(type(a) in (nn.ReLU, nn.Identity) and not hooked(a) for a in acts):
@@ -134,7 +128,7 @@ def fused_loss_and_grads(
     parameter (``live`` ``(K,)``: 1 for the runs still learning, 0 for those that stopped). Updates the norms'
     running statistics, as a forward in training does."""
     k, n = cast(int, net.copies), x.shape[0]
-    convs, norms, acts = _blocks(net)
+    convs, norms, acts = net.plain_blocks()
     halvings = len(convs) - 1
     kernel = cast(Any, channel_major_kernel())  # fused_plan found it
     h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C_in, L, N)

@@ -33,8 +33,9 @@ MEASUREMENTS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def _defaults(config: RunConfig) -> dict[str, Any]:
-    fields = {f.name: f.default for f in dataclasses.fields(config)}
-    return {name: fields[name] for name in MEASUREMENTS.get(config.task, {})}
+    """Each measurement of ``config``'s task with its value when off (its field's default)."""
+    names = MEASUREMENTS.get(config.task, {})
+    return {f.name: f.default for f in dataclasses.fields(config) if f.name in names} if names else {}
 
 
 def without_measurements(config: RunConfig) -> RunConfig:

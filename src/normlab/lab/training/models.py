@@ -264,6 +264,17 @@ class ConvNet(nn.Module):
             return special
         return {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
 
+    def blocks(self) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+        """The blocks' convs, norm layers and activations (``features`` holds them in that order, block by
+        block)."""
+        layers = list(self.features)
+        return layers[0::3], layers[1::3], layers[2::3]
+
+    def plain_blocks(self) -> tuple[list[_PlainConv], list[nn.Module], list[nn.Module]]:
+        """:meth:`blocks`, the convs as the matmul form reads them (where :meth:`uses_matmul` accepted them)."""
+        convs, norms, acts = self.blocks()
+        return cast("list[_PlainConv]", convs), norms, acts
+
     def uses_matmul(self, batch: int, kernel: bool | None = None) -> bool:
         """Whether a forward over ``batch`` examples takes the matmul form (see ``packed_form``); ``kernel``: whether
         the compiled channel-major norm kernel runs the norms (default: it is available and the parameters are
@@ -271,7 +282,7 @@ class ConvNet(nn.Module):
         if self.copies is None or self.packed_form == "grouped":
             return False
         if self.packed_form == "auto":
-            layers = list(self.features)[1::3]
+            layers = self.blocks()[1]
             split = [m for m in layers if isinstance(m, SplitNorm) and not hooked(m)]
             norms = [p for m in layers for p in (m.parts if m in split else [m])]
             rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
@@ -282,7 +293,7 @@ class ConvNet(nn.Module):
                 kernel = weight.device.type == "cpu" and weight.dtype == torch.float32 and has_kernel()
             if not (rows or (groups and batch >= MATMUL_MIN_BATCH) or (kernel_norms and kernel)):
                 return False
-        convs = list(self.features)[0::3]
+        convs = self.blocks()[0]
         return all(
             _is_plain_conv1d(m)
             and m.kernel_size == (3,)
@@ -314,12 +325,10 @@ class ConvNet(nn.Module):
         stride-2 ones on a length that halves evenly at each, and norms that take the positions in any order
         (:func:`~normlab.lab.training.channel_major.order_free`), the maps stored in
         :func:`~normlab.lab.training.conv_forms.position_order`."""
-        layers = list(self.features)
-        halvings = len(layers[0::3]) - 1
-        strides = [cast(_PlainConv, m).stride[0] for m in layers[0::3]]
-        return (
-            strides == [1] + [2] * halvings and length % 2**halvings == 0 and all(order_free(m) for m in layers[1::3])
-        )
+        convs, norms, _ = self.plain_blocks()
+        halvings = len(convs) - 1
+        strides = [m.stride[0] for m in convs]
+        return strides == [1] + [2] * halvings and length % 2**halvings == 0 and all(order_free(m) for m in norms)
 
     def _forward_matmul(self, x: Tensor) -> Tensor:
         """The packed forward as batched matrix products: input ``(N, K*C_in, L)``, output ``(N, K, classes)``.
@@ -327,12 +336,11 @@ class ConvNet(nn.Module):
         stored in :func:`position_order`, no im2col columns), any other length :class:`Im2Col`."""
         k, n = cast(int, self.copies), x.shape[0]  # a packed net (uses_matmul)
         h = x.reshape(n, k, -1, x.shape[-1]).permute(1, 2, 3, 0)  # (K, C, L, N): a view
-        blocks = list(self.features)
-        convs = cast("list[_PlainConv]", blocks[0::3])
+        convs, norms, acts = self.plain_blocks()
         halvings = len(convs) - 1
         parity = self.parity_form(x.shape[-1])
         taps: Tensor | None = None  # the next conv's taps (K, C*3, L/2*N), where the norm's kernel wrote them
-        for i, (conv, norm, act) in enumerate(zip(convs, blocks[1::3], blocks[2::3], strict=True)):
+        for i, (conv, norm, act) in enumerate(zip(convs, norms, acts, strict=True)):
             c_out = conv.out_channels // k
             if taps is not None:  # the stride-2 conv: one product in the weight's own layout
                 y = torch.bmm(conv.weight.view(k, c_out, taps.shape[1]), taps)
