@@ -136,13 +136,14 @@ def _assert_forms_equal_alone(singles, packed, length, matmul=True):
 
 
 def test_auto_form_is_the_measured_faster_one(monkeypatch):
-    """matmul at every batch for BatchNorm and no norm; for GroupNorm, LayerNorm, InstanceNorm and Batch Renorm at
-    every batch where the channel-major kernel runs (GroupNorm and LayerNorm from MATMUL_MIN_BATCH where it does
-    not); for a mixed pack of such norms at every batch where it runs; grouped for the rest; an explicit form is
-    taken as given."""
-    nets = {norm: _nets(norm)[1] for norm in ("batch", "none", "group", "layer", "instance", "batchrenorm", "ghost")}
+    """matmul at every batch for BatchNorm, mean-only BatchNorm and no norm; for GroupNorm, LayerNorm, InstanceNorm
+    and Batch Renorm at every batch where the channel-major kernel runs (GroupNorm and LayerNorm from
+    MATMUL_MIN_BATCH where it does not); for a mixed pack of such norms at every batch where it runs; grouped for
+    the rest; an explicit form is taken as given."""
+    names = ("batch", "meanonly", "none", "group", "layer", "instance", "batchrenorm", "ghost")
+    nets = {norm: _nets(norm)[1] for norm in names}
     assert all(net.packed_form == "auto" for net in nets.values())
-    assert nets["batch"].uses_matmul(2) and nets["none"].uses_matmul(2)
+    assert all(nets[norm].uses_matmul(2, kernel=False) for norm in ("batch", "meanonly", "none"))
     for norm in ("group", "layer", "instance"):
         net = nets[norm]
         assert net.uses_matmul(1, kernel=True) and net.uses_matmul(2, kernel=True)
@@ -171,7 +172,8 @@ def test_auto_form_is_the_measured_faster_one(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "norm,batch", [("batch", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)]
+    "norm,batch",
+    [("batch", 8), ("meanonly", 8), ("none", 8), ("group", MATMUL_MIN_BATCH), ("layer", MATMUL_MIN_BATCH)],
 )
 def test_packed_training_in_the_matmul_form_equals_alone(norm, batch):
     """train_packed end to end at a batch where the lab's packs take the matmul form."""

@@ -51,10 +51,13 @@ ROW_NORMS = (nn.BatchNorm1d, nl_batchnorm.BatchNorm1d)
 # Batch Renorm: BatchNorm whose r and d (no gradient) fold into its affine, so it runs as BatchNorm's rows.
 RENORM_NORMS = (nl_batch_variants.BatchRenorm1d,)
 ROW_STAT_NORMS = (*ROW_NORMS, *RENORM_NORMS)
+# Mean-only BatchNorm (no variance, no weight): its module runs on the rows, the conv's bias added first.
+MEAN_ROW_NORMS = (nl_batch_variants.MeanOnlyBatchNorm,)
+ROW_LAYOUT_NORMS = (*ROW_NORMS, *MEAN_ROW_NORMS)
 GROUP_NORMS = (nn.GroupNorm, nl_normalization.GroupNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nl_instancenorm.InstanceNorm1d)
 # Norms whose output their backward does not read: the ReLU after them may run in place.
-INPLACE_AFTER = (*ROW_STAT_NORMS, *GROUP_NORMS, nn.Identity)
+INPLACE_AFTER = (*ROW_STAT_NORMS, *MEAN_ROW_NORMS, *GROUP_NORMS, nn.Identity)
 
 
 def hooked(module: nn.Module) -> bool:
@@ -64,12 +67,12 @@ def hooked(module: nn.Module) -> bool:
 
 def order_free(norm: nn.Module) -> bool:
     """Whether ``norm`` (a packed ConvNet's norm layer) runs on channel-major maps in any order of their positions:
-    no norm, BatchNorm, Batch Renorm, GroupNorm or InstanceNorm without hooks (statistics over all positions, the rest
-    elementwise), or a :class:`SplitNorm` of such parts."""
+    no norm, BatchNorm, Batch Renorm, mean-only BatchNorm, GroupNorm or InstanceNorm without hooks (statistics over
+    all positions, the rest elementwise), or a :class:`SplitNorm` of such parts."""
     if isinstance(norm, SplitNorm) and not hooked(norm):
         return all(order_free(part) for part in norm.parts)
     return isinstance(norm, nn.Identity) or (
-        type(norm) in ROW_STAT_NORMS + GROUP_NORMS + INSTANCE_NORMS and not hooked(norm)
+        type(norm) in ROW_STAT_NORMS + MEAN_ROW_NORMS + GROUP_NORMS + INSTANCE_NORMS and not hooked(norm)
     )
 
 
@@ -435,6 +438,8 @@ def _norm_act_one(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias:
     ):
         gn = cast(nn.GroupNorm, norm)
         out = GroupNormChannelMajor.apply(y.view(gn.num_groups, -1, length, n), conv_bias, gn.weight, gn.bias, gn.eps)
+    elif type(norm) in MEAN_ROW_NORMS and not hooked(norm):
+        out = norm((y if conv_bias is None else y + conv_bias.view(k, c, 1)).view(1, k * c, length * n))
     else:
         if conv_bias is not None:
             y = y + conv_bias.view(k, c, 1)

@@ -16,7 +16,7 @@ from ... import nn as nl
 from ...registry import conv_layer, create_norm, create_packed_norm, get_method
 from .channel_major import (
     GROUP_NORMS,
-    ROW_NORMS,
+    ROW_LAYOUT_NORMS,
     SplitNorm,
     hooked,
     kernel_takes,
@@ -285,8 +285,8 @@ class ConvNet(nn.Module):
             layers = self.blocks()[1]
             split = [m for m in layers if isinstance(m, SplitNorm) and not hooked(m)]
             norms = [p for m in layers for p in (m.parts if m in split else [m])]
-            rows = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS for m in norms)
-            groups = all(isinstance(m, nn.Identity) or type(m) in ROW_NORMS + GROUP_NORMS for m in norms)
+            rows = all(isinstance(m, nn.Identity) or type(m) in ROW_LAYOUT_NORMS for m in norms)
+            groups = all(isinstance(m, nn.Identity) or type(m) in ROW_LAYOUT_NORMS + GROUP_NORMS for m in norms)
             kernel_norms = all(isinstance(m, nn.Identity) or kernel_takes(m) for m in norms)
             if kernel_norms and not rows and kernel is None:
                 weight = self.features[0].weight
