@@ -332,6 +332,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> split_f
     const std::vector<int64_t>& groups, const std::vector<double>& eps, const std::vector<at::Tensor>& params,
     bool relu, const at::Tensor& dest, int64_t out_rows) {
   const int64_t P = check_split("split_forward", y, n, runs, groups, params);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the parts' slices: plain views, no autograd metadata
   TORCH_CHECK(static_cast<int64_t>(eps.size()) == P, "split_forward: eps: one per part");
   const int64_t K = y.size(0), C = y.size(1), M = y.size(2), rows = (dest.numel() == 0 ? M / n : out_rows);
   auto out = at::empty({K, C * rows * n}, y.options());
@@ -363,6 +364,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> split_backward(
     const std::vector<int64_t>& runs, const std::vector<int64_t>& groups, const std::vector<at::Tensor>& params,
     const std::vector<at::Tensor>& saved, bool relu, const at::Tensor& dest, int64_t out_rows) {
   const int64_t P = check_split("split_backward", y, n, runs, groups, params);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the parts' slices: plain views, no autograd metadata
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == 2 * P, "split_backward: saved: two per part");
   const int64_t K = y.size(0), C = y.size(1), M = y.size(2);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == K && grad.is_contiguous(), "grad: contiguous (K, C * R * N)");
