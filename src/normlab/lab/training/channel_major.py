@@ -406,9 +406,10 @@ def norm_act_channel_major(norm: nn.Module, act: nn.Module, y: Tensor, n: int, c
     statistics run on the channel-major maps with the bias folded in: through the compiled kernel, which also runs
     a ReLU after them in the same pass (:mod:`~normlab.lab.training.channel_major_kernel`), or, without it
     (``NORMLAB_NO_KERNELS=1``, a failed compile), the ATen composites
-    (:mod:`~normlab.lab.training.channel_major_composites`; InstanceNorm: its module). Any other norm, or one with
-    hooks, gets ``(N, K*C, L)`` maps through its module, a copy each way. A ReLU after a norm whose backward does not
-    read its output runs in place, on the output itself (not on a view of it, which autograd would copy back)."""
+    (:mod:`~normlab.lab.training.channel_major_composites`; InstanceNorm: its module). Mean-only BatchNorm's module
+    takes the rows ``(1, K*C, L*N)``, the bias added first. Any other norm, or one with hooks, gets ``(N, K*C, L)``
+    maps through its module, a copy each way. A ReLU after a norm whose backward does not read its output runs in
+    place, on the output itself (not on a view of it, which autograd would copy back)."""
     fused = None
     if SPLIT_FUSED and isinstance(act, (nn.ReLU, nn.Identity)):  # the kernel runs no other activation
         fused = _split_kernel(norm, y, n, conv_bias, isinstance(act, nn.ReLU), None)
