@@ -8,7 +8,9 @@ prints the total wall time, then per study the compute time (the sum of its runs
 time shared by its runs) of each part: learning-rate selection, the final runs (budget T), the longer budgets (2T
 and more; a run's budgets train as one trajectory, so the split between T and 2T is even by construction), and the
 final runs at rates they could not hold (lowered, trained again); then each study's training check and verdict
-counts. With DIR holding a finished run, only the report is rebuilt: use a new one.
+counts. The run's size in reference steps (its compute over the machine's mean reference step, measured before and
+after) compares runs made while a shared host ran at different speeds. With DIR holding a finished run, only the
+report is rebuilt: use a new one.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def main() -> None:
     total = sum(sum(v) for v in cost.values())
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers: {wall:.0f} s wall ({out})")
     print(f"# machine speed (reference_step_ms): {before:.1f} ms before, {after:.1f} ms after")
+    size = total / ((before + after) / 2e3) / 1e3
+    print(f"# the run's size: {total:.0f} s of compute = {size:.0f} thousand reference steps (runs compare by this)")
     print("| study | selection runs, s | final runs (T), s | longer budgets, s | unheld rates, s | compute s | share |")
     print("|---|---|---|---|---|---|---|")
     for name in STUDIES:
