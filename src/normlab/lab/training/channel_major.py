@@ -439,13 +439,13 @@ def _norm_act_one(norm: nn.Module, act: nn.Module, y: Tensor, n: int, conv_bias:
     ):
         gn = cast(nn.GroupNorm, norm)
         out = GroupNormChannelMajor.apply(y.view(gn.num_groups, -1, length, n), conv_bias, gn.weight, gn.bias, gn.eps)
-    elif type(norm) in MEAN_ROW_NORMS and not hooked(norm):
-        out = norm((y if conv_bias is None else y + conv_bias.view(k, c, 1)).view(1, k * c, length * n))
     else:
         if conv_bias is not None:
             y = y + conv_bias.view(k, c, 1)
         if isinstance(norm, nn.Identity):
             out = y
+        elif type(norm) in MEAN_ROW_NORMS and not hooked(norm):  # its module on the rows
+            out = norm(y.view(1, k * c, length * n))
         else:
             out = packed_norm(norm, y.view(k, c, length, n).permute(3, 0, 1, 2).reshape(n, k * c, length))
             restore = True
