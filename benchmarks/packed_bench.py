@@ -13,7 +13,8 @@ loss and the optimizer as the lab trains), each against today's form in the same
 ``--sweep``: model-steps/s of both forms at pack sizes 4 to 64, batch 2 and 32. ``--lm``: the character-level
 language model (2 blocks, width 64, 4 heads, sequences of 64 with padding), tokens per second with today's attention
 (``nn.MultiheadAttention`` with a causal and a key padding mask, per-parameter AdamW and clipping: the issue's code),
-the new one (what the lab trains with: its attention, fused AdamW, foreach clipping, as ``CharLMTraining``), and
+the new one on the padded batch (what the lab trains a batch-dependent norm with: its attention, the head on
+the real tokens only, fused AdamW, foreach clipping, as ``CharLMTraining``), and
 ``CharTransformer.forward_unpadded`` (the real tokens only, what the lab trains a per-token norm with; not for
 batch-dependent norms), same model, same parameters, the same 32x64 positions counted a step in every column.
 
@@ -195,9 +196,10 @@ def _lm(norm: str, batch: int, steps: int, forward: str):
             tokens, targets, padding = batches[i % len(batches)]
             if forward == "unpadded":  # the real positions only (their mean loss: the same as the padded one's)
                 loss = F.cross_entropy(model.forward_unpadded(tokens, padding), targets[~padding])
-            else:
-                logits = model.forward_multihead(tokens, padding) if today else model(tokens, padding)
-                loss = F.cross_entropy(logits.transpose(1, 2), targets)
+            elif today:
+                loss = F.cross_entropy(model.forward_multihead(tokens, padding).transpose(1, 2), targets)
+            else:  # the padded batch, the head on the real tokens only (what the lab trains BatchNorm with)
+                loss = F.cross_entropy(model(tokens, padding, real_only=True), targets[~padding])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=not today)

@@ -103,3 +103,26 @@ def test_the_lab_trains_per_token_norms_on_the_real_tokens_only(norm, unpadded):
     assert a == pytest.approx(b, rel=1e-5)
     for (name, p), q in zip(fast.model.named_parameters(), padded.model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["right-padded", "padding-first"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_real_only_head_gives_the_real_positions_logits_loss_and_gradients(norm, first):
+    """forward(..., real_only=True) (what the lab trains a BatchNorm model with) runs every layer on the padded batch
+    and the head on the real rows only: the rows of forward's logits at the real positions, and the loss and every
+    gradient of the padded batch's loss with its padding ignored, on either attention path."""
+    torch.manual_seed(3)
+    model = CharTransformer(30, norm, dim=32, layers=2, heads=4, max_len=24)
+    twin = copy.deepcopy(model)  # BatchNorm's running statistics move with each forward
+    tokens, targets, padding = _batch(seed=5)
+    if first:  # padding before the real tokens: the masked attention
+        tokens, targets, padding = tokens.flip(1), targets.flip(1), padding.flip(1)
+    full, real = model(tokens, padding), twin(tokens, padding, real_only=True)
+    assert real.shape == (int((~padding).sum()), 30)
+    torch.testing.assert_close(real, full[~padding], rtol=1e-5, atol=1e-5)
+    loss, real_loss = F.cross_entropy(full.transpose(1, 2), targets), F.cross_entropy(real, targets[~padding])
+    torch.testing.assert_close(real_loss, loss, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    real_grads = torch.autograd.grad(real_loss, list(twin.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

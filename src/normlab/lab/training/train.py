@@ -379,7 +379,8 @@ class CharLMTraining:
 
     A model whose norms are per token trains on the real tokens only (:meth:`CharTransformer.forward_unpadded`: the
     same loss and gradients as the padded batch, up to float rounding, without the 37% of padded positions); a
-    norm that mixes tokens (:func:`mixes_tokens`) sees the padded batch, padding included, as in PowerNorm's study."""
+    norm that mixes tokens (:func:`mixes_tokens`) sees the padded batch, padding included, as in PowerNorm's study
+    (only its head runs on the real tokens: ``CharTransformer.forward(..., real_only=True)``)."""
 
     runs = 1
 
@@ -424,10 +425,11 @@ class CharLMTraining:
             group["lr"] = self.schedule.lr_at(step)
         batch = _lm_batch(self.text.train, self.c.batch_size, self.c.seq_len, self.pad, self.generator, True)
         tokens, targets, padding = (t.to(self.device) for t in batch)
-        if self.unpadded:  # the mean over the real tokens' targets, as cross_entropy's ignore_index gives below
-            loss = F.cross_entropy(self.model.forward_unpadded(tokens, padding), targets[~padding])
-        else:
-            loss = F.cross_entropy(self.model(tokens, padding).flatten(0, 1), targets.flatten())
+        if self.unpadded:
+            logits = self.model.forward_unpadded(tokens, padding)
+        else:  # the padded batch, only the head on the real tokens (no loss reads the padding's logits)
+            logits = self.model(tokens, padding, real_only=True)
+        loss = F.cross_entropy(logits, targets[~padding])  # the mean over the real tokens' targets
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)

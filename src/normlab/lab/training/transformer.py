@@ -101,11 +101,15 @@ class CharTransformer(nn.Module):
         self.final_norm = TokenNorm(norm, dim, "final")
         self.head = nn.Linear(dim, vocab)
 
-    def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, padding: Tensor, *, real_only: bool = False) -> Tensor:
         """The logits ``(N, T, vocab)`` of every position, padding included (a query at a pad position attends to
         the real keys before it). Right-padded sequences of at least one real token each take the attention of
         packed sequences (:meth:`_Block.attention_packed`, each sequence's first tokens its keys); any other padding
-        the boolean mask (:func:`attention_mask`). The same function either way, up to float rounding."""
+        the boolean mask (:func:`attention_mask`). The same function either way, up to float rounding.
+
+        With ``real_only``, the real positions' logits only, ``(R, vocab)``: the rows of ``forward(...)[~padding]``.
+        Every layer up to the final norm still runs on the padded batch, so a norm that mixes tokens still takes its
+        statistics over the padding. Only the head skips the padding rows, whose logits no loss reads."""
         n, t = tokens.shape
         x = self.embed(tokens) + self.pos[:t]
         # one sync: a real token after a pad, or a sequence of padding only
@@ -113,17 +117,19 @@ class CharTransformer(nn.Module):
             allowed = attention_mask(padding, x.dtype)
             for block in self.blocks:
                 x = block(x, allowed)
-            return self.head(self.final_norm(x))
-        offsets, keys = torch.arange(0, (n + 1) * t, t, device=tokens.device), t - padding.sum(1)
-        return self._packed_blocks(x, offsets, keys)
+            x = self.final_norm(x)
+        else:
+            offsets, keys = torch.arange(0, (n + 1) * t, t, device=tokens.device), t - padding.sum(1)
+            x = self._packed_blocks(x, offsets, keys)
+        return self.head(x[~padding] if real_only else x)
 
     def _packed_blocks(self, x: Tensor, offsets: Tensor, keys: Tensor | None = None) -> Tensor:
-        """The blocks and the head over ``x`` whose rows are packed sequences (``offsets``; ``keys``: each
+        """The blocks and the final norm over ``x`` whose rows are packed sequences (``offsets``; ``keys``: each
         sequence's real keys, :meth:`_Block.attention_packed`)."""
         for block in cast("list[_Block]", self.blocks):
             x = x + block.attention_packed(block.norm1(x), offsets, keys)
             x = x + block.mlp(block.norm2(x))
-        return self.head(self.final_norm(x))
+        return cast(Tensor, self.final_norm(x))
 
     def forward_unpadded(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """The logits of the real (not padding) positions only, ``(R, vocab)`` in row-major order (the rows of
@@ -142,7 +148,7 @@ class CharTransformer(nn.Module):
         real = (~padding).flatten().nonzero().squeeze(1)  # (R,)
         offsets = F.pad(torch.cumsum(t - padding.sum(1), 0), (1, 0))  # (N+1,): sequence i is rows offsets[i]..
         x = (self.embed(tokens.flatten()[real]) + self.pos[:t].repeat(n, 1)[real]).unsqueeze(0)  # (1, R, D)
-        return self._packed_blocks(x, offsets).squeeze(0)
+        return self.head(self._packed_blocks(x, offsets).squeeze(0))
 
     def forward_multihead(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """What :meth:`forward` computes, the slow way: each block's attention by ``nn.MultiheadAttention`` itself,
