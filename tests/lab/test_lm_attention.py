@@ -126,3 +126,28 @@ def test_real_only_head_gives_the_real_positions_logits_loss_and_gradients(norm,
     real_grads = torch.autograd.grad(real_loss, list(twin.parameters()))
     for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5), (0, 5)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_computes_what_f_linear_computes(shape, with_bias):
+    """The language model's linear (a product, then the bias added in place) gives F.linear's output and gradients;
+    its Linear is an nn.Linear with nn.Linear's state_dict."""
+    from normlab.lab.training.transformer import Linear, linear
+
+    g = torch.Generator().manual_seed(len(shape) + with_bias)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    weight = torch.randn(6, 5, generator=g, requires_grad=True)
+    bias = torch.randn(6, generator=g, requires_grad=True) if with_bias else None
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    out, expected = linear(x, weight, bias), F.linear(x, weight, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    grad = torch.randn(expected.shape, generator=g)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(expected, leaves, grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    module = Linear(5, 6)
+    assert isinstance(module, torch.nn.Linear)
+    assert module.state_dict().keys() == torch.nn.Linear(5, 6).state_dict().keys()
+    torch.testing.assert_close(module(x), F.linear(x, module.weight, module.bias), rtol=1e-6, atol=1e-6)

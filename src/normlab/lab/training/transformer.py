@@ -15,7 +15,25 @@ from torch import Tensor, nn
 from .attention_kernel import packed_causal_attention
 from .models import make_norm
 
-__all__ = ["CharTransformer", "TokenNorm", "attention_mask"]
+__all__ = ["CharTransformer", "Linear", "TokenNorm", "attention_mask", "linear"]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)``: ``x @ weight.T + bias`` over the last dim of ``x`` ``(..., in)``. On the CPU
+    the product is one matrix product of the flattened rows and the bias is added to it in place: ATen's ``addmm``
+    first copies the bias into every row of its output, which its product then reads back. The same values (one
+    rounding of the product plus the bias); 3-8% less time a language-model step (RESULTS.md, session 18)."""
+    if bias is None or not x.is_cpu or x.dim() < 2:
+        return F.linear(x, weight, bias)
+    rows = torch.mm(x.reshape(-1, x.shape[-1]), weight.t())
+    return rows.add_(bias).view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (the same parameters and state_dict) computed by :func:`linear`."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return linear(input, self.weight, self.bias)
 
 
 class TokenNorm(nn.Module):
@@ -41,18 +59,18 @@ class _Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = TokenNorm(norm, dim, "attention"), TokenNorm(norm, dim, "mlp")
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(Linear(dim, 4 * dim), nn.GELU(), Linear(4 * dim, dim))
 
     def attention(self, h: Tensor, allowed: Tensor) -> Tensor:
         """Self-attention of ``h`` ``(N, T, D)``; ``allowed`` ``(N, 1, T, T)``, True (or 0 in an additive float mask)
         where a query may see a key."""
         n, t, d = h.shape
         heads = self.attn.num_heads
-        qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).view(n, t, 3, heads, d // heads)
+        qkv = linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).view(n, t, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, heads, T, D/heads): views
         dropout = self.attn.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
-        return F.linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
+        return linear(out.transpose(1, 2).reshape(n, t, d), self.attn.out_proj.weight, self.attn.out_proj.bias)
 
     def attention_packed(self, h: Tensor, offsets: Tensor, keys: Tensor | None = None) -> Tensor:
         """Self-attention of packed sequences' tokens ``h`` (``(..., D)``, R tokens in order; ``offsets``
@@ -62,9 +80,9 @@ class _Block(nn.Module):
         compiled kernel on the packed tokens, or the padded layout and ``scaled_dot_product_attention``, where the
         kernel is None or the attention's dropout applies)."""
         dropout = self.attn.dropout if self.training else 0.0
-        qkv = F.linear(h.reshape(-1, h.shape[-1]), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
+        qkv = linear(h.reshape(-1, h.shape[-1]), self.attn.in_proj_weight, self.attn.in_proj_bias)  # (R, 3D)
         out = packed_causal_attention(qkv, offsets, self.attn.num_heads, dropout, keys)  # (R, D)
-        return F.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).view(h.shape)
+        return linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias).view(h.shape)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x), allowed)
@@ -99,7 +117,7 @@ class CharTransformer(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_len, dim) / math.sqrt(dim))
         self.blocks = nn.ModuleList(_Block(dim, heads, norm) for _ in range(layers))
         self.final_norm = TokenNorm(norm, dim, "final")
-        self.head = nn.Linear(dim, vocab)
+        self.head = Linear(dim, vocab)
 
     def forward(self, tokens: Tensor, padding: Tensor, *, real_only: bool = False) -> Tensor:
         """The logits ``(N, T, vocab)`` of every position, padding included (a query at a pad position attends to
