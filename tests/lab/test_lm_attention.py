@@ -64,6 +64,18 @@ def test_attention_mask_is_causal_and_hides_padding():
     assert allowed[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
 
 
+def _assert_real_rows(model, full, twin, real, targets, padding):
+    """``real`` (``twin``'s logits of the real positions) are ``full``'s rows there (``model``'s logits of every
+    position), with the same mean loss over the real targets and the same gradients for every parameter."""
+    torch.testing.assert_close(real, full[~padding], rtol=1e-5, atol=1e-5)
+    loss, real_loss = F.cross_entropy(full.transpose(1, 2), targets), F.cross_entropy(real, targets[~padding])
+    torch.testing.assert_close(real_loss, loss, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    real_grads = torch.autograd.grad(real_loss, list(twin.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("norm", ["layer", "rms", "dyt"])
 def test_unpadded_forward_equals_the_real_positions(norm):
     """forward_unpadded (the real tokens only) gives the real positions' logits and the same mean loss and
@@ -71,14 +83,7 @@ def test_unpadded_forward_equals_the_real_positions(norm):
     torch.manual_seed(2)
     model = CharTransformer(30, norm, dim=32, layers=2, heads=4, max_len=24)
     tokens, targets, padding = _batch()
-    full, real = model(tokens, padding), model.forward_unpadded(tokens, padding)
-    torch.testing.assert_close(real, full[~padding], rtol=1e-5, atol=1e-5)
-    loss, real_loss = F.cross_entropy(full.transpose(1, 2), targets), F.cross_entropy(real, targets[~padding])
-    torch.testing.assert_close(real_loss, loss, rtol=1e-5, atol=1e-6)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    real_grads = torch.autograd.grad(real_loss, list(model.parameters()))
-    for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_real_rows(model, model(tokens, padding), model, model.forward_unpadded(tokens, padding), targets, padding)
     with pytest.raises(ValueError, match="end of each sequence"):
         model.forward_unpadded(tokens, padding.flip(1))
 
@@ -117,15 +122,9 @@ def test_real_only_head_gives_the_real_positions_logits_loss_and_gradients(norm,
     tokens, targets, padding = _batch(seed=5)
     if first:  # padding before the real tokens: the masked attention
         tokens, targets, padding = tokens.flip(1), targets.flip(1), padding.flip(1)
-    full, real = model(tokens, padding), twin(tokens, padding, real_only=True)
+    real = twin(tokens, padding, real_only=True)
     assert real.shape == (int((~padding).sum()), 30)
-    torch.testing.assert_close(real, full[~padding], rtol=1e-5, atol=1e-5)
-    loss, real_loss = F.cross_entropy(full.transpose(1, 2), targets), F.cross_entropy(real, targets[~padding])
-    torch.testing.assert_close(real_loss, loss, rtol=1e-5, atol=1e-6)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    real_grads = torch.autograd.grad(real_loss, list(twin.parameters()))
-    for (name, _), a, b in zip(model.named_parameters(), real_grads, grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_real_rows(model, model(tokens, padding), twin, real, targets, padding)
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5), (0, 5)])
